@@ -1,0 +1,117 @@
+/* qdiff: native inference for (quantized) diffusion models.
+ *
+ * One header, plain C. Typical use:
+ *
+ *   qd_ctx *ctx = qd_ctx_new(0);                      // 0 = all cores
+ *   qd_model *m;
+ *   if (qd_model_open(ctx, "path/to/diffusers-folder", &m) != QD_OK)
+ *       fprintf(stderr, "%s\n", qd_last_error(ctx));
+ *   qd_gen_params p; qd_gen_params_default(&p);
+ *   p.prompt = "a red circle on a blue background";
+ *   float *img = malloc(qd_image_size(&p, QD_IMAGE_F32));
+ *   qd_generate(ctx, m, &p, QD_IMAGE_F32, img, NULL);   // NHWC float in [0,1]
+ *
+ * Every fallible call returns a qd_status; on failure qd_last_error() says what
+ * went wrong, naming the file and tensor involved. The library never exits.
+ */
+#ifndef QDIFF_H
+#define QDIFF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QDIFF_VERSION "0.1.0"
+
+typedef int qd_status;
+enum {
+    QD_OK = 0,
+    QD_ERR_ARG = 1,         /* invalid argument from the caller */
+    QD_ERR_IO = 2,          /* a file could not be opened, read or written */
+    QD_ERR_FORMAT = 3,      /* a file's contents are malformed or inconsistent */
+    QD_ERR_NOMEM = 4,
+    QD_ERR_UNSUPPORTED = 5, /* valid input this version cannot handle */
+    QD_ERR_CANCELLED = 6    /* qd_cancel() or the progress callback stopped the run */
+};
+
+typedef struct qd_ctx qd_ctx;
+typedef struct qd_model qd_model;
+
+/* ---- context ---------------------------------------------------------- */
+
+enum { QD_LOG_ERROR = 0, QD_LOG_WARN = 1, QD_LOG_INFO = 2 };
+typedef void (*qd_log_fn)(void *user, int level, const char *msg);
+
+qd_ctx *qd_ctx_new(int n_threads);           /* n_threads <= 0: all online cores */
+void qd_ctx_free(qd_ctx *ctx);
+int qd_ctx_threads(const qd_ctx *ctx);
+const char *qd_last_error(const qd_ctx *ctx);
+void qd_set_log(qd_ctx *ctx, qd_log_fn fn, void *user);  /* default: warnings to stderr */
+void qd_cancel(qd_ctx *ctx);                 /* thread-safe; the running call returns QD_ERR_CANCELLED */
+
+/* ---- models ----------------------------------------------------------- */
+
+/* Open a Hugging Face diffusers folder (model_index.json + component folders).
+ * Weights are memory-mapped, not copied. */
+qd_status qd_model_open(qd_ctx *ctx, const char *dir, qd_model **out);
+void qd_model_free(qd_model *model);
+const char *qd_model_family(const qd_model *model);          /* "sd15", "sdxl" */
+const char *qd_model_scheduler(const qd_model *model);       /* the folder's scheduler class */
+int qd_model_default_size(const qd_model *model);            /* native image side in pixels */
+
+/* ---- generation -------------------------------------------------------- */
+
+/* Return non-zero to cancel. step counts model evaluations done (1..total). */
+typedef int (*qd_progress_fn)(void *user, int step, int total, double elapsed_seconds);
+
+typedef struct {
+    const char *prompt;
+    const char *negative_prompt;    /* NULL or "" : empty negative */
+    int width, height;              /* 0: the model's native size */
+    int steps;                      /* default 20 */
+    float cfg_scale;                /* default 7.5; <= 1 disables classifier-free guidance */
+    float guidance_rescale;         /* default 0 (off) */
+    uint64_t seed;                  /* torch.Generator('cpu').manual_seed(seed) */
+    int batch;                      /* images per call, default 1 */
+    const char *scheduler;          /* diffusers class name; NULL: the model's own */
+    int karras;                     /* -1: as configured, 0 off, 1 use_karras_sigmas */
+    qd_progress_fn progress;
+    void *progress_user;
+} qd_gen_params;
+
+void qd_gen_params_default(qd_gen_params *p);
+
+typedef enum {
+    QD_IMAGE_F32 = 0,   /* float [batch, H, W, 3] in [0,1]: ComfyUI's IMAGE layout */
+    QD_IMAGE_RGB8 = 1   /* uint8 [batch, H, W, 3], round(x * 255) */
+} qd_image_format;
+
+/* Bytes the output buffer needs for these params (after defaults are applied). */
+size_t qd_image_size(const qd_model *model, const qd_gen_params *p, qd_image_format fmt);
+
+/* Shape of the final latents [batch, C, H/8, W/8]; returns the element count. */
+size_t qd_latent_shape(const qd_model *model, const qd_gen_params *p, int64_t shape[4]);
+
+/* Run text-to-image. `image` gets qd_image_size() bytes. `latents` may be NULL,
+ * else it receives qd_latent_shape() floats: the final latents, before decoding. */
+qd_status qd_generate(qd_ctx *ctx, qd_model *model, const qd_gen_params *p,
+                      qd_image_format fmt, void *image, float *latents);
+
+/* ---- files ------------------------------------------------------------- */
+
+/* Write RGB8 pixels [H, W, 3] as PNG with optional tEXt chunks (keys[i], values[i]).
+ * The file appears only when complete (written to a temporary name, then renamed). */
+qd_status qd_write_png(qd_ctx *ctx, const char *path, const uint8_t *rgb, int width, int height,
+                       const char *const *keys, const char *const *values, int n_text);
+
+/* Write one F32 tensor to a .safetensors file (atomically, as above). */
+qd_status qd_write_tensor(qd_ctx *ctx, const char *path, const char *name,
+                          const float *data, const int64_t *shape, int ndim);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

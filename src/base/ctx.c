@@ -1,0 +1,84 @@
+#include "base/ctx.h"
+#include "base/threads.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+qd_ctx *qd_ctx_new(int n_threads) {
+    qd_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx) return NULL;
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)n : 1;
+    }
+    if (n_threads > 256) n_threads = 256;
+    ctx->n_threads = n_threads;
+    return ctx;
+}
+
+void qd_ctx_free(qd_ctx *ctx) {
+    if (!ctx) return;
+    qd_pool_destroy(ctx->pool);
+    free(ctx);
+}
+
+int qd_ctx_threads(const qd_ctx *ctx) { return ctx->n_threads; }
+const char *qd_last_error(const qd_ctx *ctx) { return ctx->err; }
+void qd_set_log(qd_ctx *ctx, qd_log_fn fn, void *user) { ctx->log = fn; ctx->log_user = user; }
+void qd_cancel(qd_ctx *ctx) { __atomic_store_n(&ctx->cancel, 1, __ATOMIC_RELAXED); }
+
+qd_status qd_fail(qd_ctx *ctx, qd_status code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ctx->err, sizeof ctx->err, fmt, ap);
+    va_end(ap);
+    return code == QD_OK ? QD_ERR_ARG : code;
+}
+
+qd_status qd_fail_prefix(qd_ctx *ctx, qd_status code, const char *fmt, ...) {
+    char prefix[512], old[sizeof ctx->err];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, ctx->err, sizeof old);
+    snprintf(ctx->err, sizeof ctx->err, "%s: %s", prefix, old);
+    return code == QD_OK ? QD_ERR_ARG : code;
+}
+
+static void emit(qd_ctx *ctx, int level, const char *fmt, va_list ap) {
+    char msg[1024];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    if (ctx && ctx->log) ctx->log(ctx->log_user, level, msg);
+    else if (level <= QD_LOG_WARN) fprintf(stderr, "qdiff: warning: %s\n", msg);
+}
+
+void qd_warn(qd_ctx *ctx, const char *fmt, ...) {
+    va_list ap; va_start(ap, fmt); emit(ctx, QD_LOG_WARN, fmt, ap); va_end(ap);
+}
+
+void qd_info(qd_ctx *ctx, const char *fmt, ...) {
+    va_list ap; va_start(ap, fmt); emit(ctx, QD_LOG_INFO, fmt, ap); va_end(ap);
+}
+
+void *qd_malloc(qd_ctx *ctx, size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) qd_fail(ctx, QD_ERR_NOMEM, "out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *qd_calloc(qd_ctx *ctx, size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) qd_fail(ctx, QD_ERR_NOMEM, "out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+void *qd_malloc_aligned(qd_ctx *ctx, size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? (n + 63) / 64 * 64 : 64) != 0) p = NULL;
+    if (!p) qd_fail(ctx, QD_ERR_NOMEM, "out of memory allocating %zu bytes", n);
+    return p;
+}

@@ -1,0 +1,41 @@
+/* The context every library call carries: thread count, error text, log sink,
+ * cancel flag. No global mutable state lives anywhere else. */
+#ifndef QD_BASE_CTX_H
+#define QD_BASE_CTX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "qdiff.h"
+
+typedef struct qd_pool qd_pool;
+
+struct qd_ctx {
+    int n_threads;
+    qd_pool *pool;              /* created lazily by qd_parallel_for */
+    char err[2048];             /* last error message */
+    qd_log_fn log;              /* may be NULL: then warnings go to stderr */
+    void *log_user;
+    volatile int cancel;        /* set by qd_cancel(); checked between steps */
+};
+
+/* Record an error: formats into ctx->err and returns `code` (never QD_OK). */
+qd_status qd_fail(qd_ctx *ctx, qd_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Prefix the current error message with "prefix: " (adds context on the way up). */
+qd_status qd_fail_prefix(qd_ctx *ctx, qd_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Warnings and info go through the context's log sink. */
+void qd_warn(qd_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void qd_info(qd_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Allocation that records an error on failure. */
+void *qd_malloc(qd_ctx *ctx, size_t n);
+void *qd_calloc(qd_ctx *ctx, size_t count, size_t size);
+/* 64-byte aligned, free with free(). */
+void *qd_malloc_aligned(qd_ctx *ctx, size_t n);
+
+#define QD_TRY(expr) do { qd_status s__ = (expr); if (s__ != QD_OK) return s__; } while (0)
+
+#endif

@@ -1,0 +1,111 @@
+#include "testutil.h"
+#include "io/safetensors.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int n_pass, n_fail;
+
+const char *fixture(const char *rel) {
+    static char bufs[8][4096];
+    static int slot;
+    const char *root = getenv("QD_FIXTURES");
+    if (!root) root = "tests/fixtures";
+    char *b = bufs[slot++ % 8];
+    snprintf(b, 4096, "%s/%s", root, rel);
+    return b;
+}
+
+static const qd_st_tensor *open_tensor(qd_ctx *ctx, qd_st_set *set, const char *path, const char *name) {
+    if (qd_st_open(ctx, path, set) != QD_OK) {
+        fprintf(stderr, "load: %s\n", qd_last_error(ctx));
+        return NULL;
+    }
+    const qd_st_tensor *t = qd_st_find(set, name);
+    if (!t) fprintf(stderr, "load: %s has no tensor '%s'\n", path, name);
+    return t;
+}
+
+float *load_f32(const char *path, const char *name, int64_t *shape, int *ndim, size_t *numel) {
+    qd_ctx *ctx = qd_ctx_new(1);
+    qd_st_set set;
+    float *out = NULL;
+    const qd_st_tensor *t = open_tensor(ctx, &set, path, name);
+    if (t) {
+        out = malloc((size_t)t->numel * sizeof(float) + 1);
+        qd_st_to_f32(t, 0, t->numel, out);
+        if (shape) memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+        if (ndim) *ndim = t->ndim;
+        if (numel) *numel = (size_t)t->numel;
+    }
+    if (set.n_files || t) qd_st_close(&set);
+    qd_ctx_free(ctx);
+    return out;
+}
+
+void *load_raw(const char *path, const char *name, size_t *nbytes) {
+    qd_ctx *ctx = qd_ctx_new(1);
+    qd_st_set set;
+    void *out = NULL;
+    const qd_st_tensor *t = open_tensor(ctx, &set, path, name);
+    if (t) {
+        out = malloc(t->nbytes + 1);
+        memcpy(out, t->data, t->nbytes);
+        if (nbytes) *nbytes = t->nbytes;
+    }
+    if (set.n_files || t) qd_st_close(&set);
+    qd_ctx_free(ctx);
+    return out;
+}
+
+double rel_l2(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    if (den == 0) return sqrt(num);
+    return sqrt(num / den);
+}
+
+double max_abs_diff(const float *a, const float *ref, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - ref[i]);
+        if (!(d <= m)) m = d;   /* NaN propagates as a failure */
+    }
+    return m;
+}
+
+double max_abs(const float *ref, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) if (fabs(ref[i]) > m) m = fabs(ref[i]);
+    return m;
+}
+
+void check(int cond, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%s ", cond ? "ok  " : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+    if (cond) n_pass++; else n_fail++;
+}
+
+void check_close(const char *what, const float *got, const float *ref, size_t n,
+                 double rel_tol, double abs_frac) {
+    if (!got || !ref) { check(0, "%s: missing data", what); return; }
+    double r = rel_l2(got, ref, n), m = max_abs_diff(got, ref, n), scale = max_abs(ref, n);
+    check(r <= rel_tol && m <= abs_frac * scale,
+          "%s: rel_l2 %.3g (tol %.1g), max_abs %.3g (tol %.3g)", what, r, rel_tol, m, abs_frac * scale);
+}
+
+int test_summary(void) {
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
