@@ -1,0 +1,129 @@
+#include "models/params.h"
+#include "io/file.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_params *p) {
+    static const char *candidates[] = {
+        "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
+        "model.safetensors.index.json", "model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors",
+        "model.fp16.safetensors.index.json", "model.fp16.safetensors",
+    };
+    memset(p, 0, sizeof *p);
+    p->ctx = ctx;
+    snprintf(p->name, sizeof p->name, "%s", name);
+    char path[4096];
+    for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
+        qd_path_join(path, sizeof path, dir, candidates[i]);
+        if (qd_file_exists(path)) return qd_st_open(ctx, path, &p->st);
+    }
+    return qd_fail(ctx, QD_ERR_IO, "%s: no weights file (expected %s or %s)", dir, candidates[1], candidates[3]);
+}
+
+void qd_params_close(qd_params *p) {
+    for (int i = 0; i < p->n_owned; i++) free(p->owned[i]);
+    free(p->owned);
+    qd_st_close(&p->st);
+    memset(p, 0, sizeof *p);
+}
+
+static float *own(qd_params *p, int64_t n) {
+    if (p->n_owned == p->cap_owned) {
+        int cap = p->cap_owned ? 2 * p->cap_owned : 64;
+        void **o = realloc(p->owned, sizeof(void *) * (size_t)cap);
+        if (!o) return NULL;
+        p->owned = o;
+        p->cap_owned = cap;
+    }
+    float *f = malloc(sizeof(float) * (size_t)(n ? n : 1));
+    if (f) p->owned[p->n_owned++] = f;
+    return f;
+}
+
+static qd_status get(qd_params *p, const char *name, int ndim, const int64_t *shape, const qd_st_tensor **t) {
+    qd_status st = qd_st_get(p->ctx, &p->st, name, ndim, shape, t);
+    if (st != QD_OK) return qd_fail_prefix(p->ctx, st, "%s", p->name);
+    return QD_OK;
+}
+
+static qd_status copy(qd_params *p, const char *name, int ndim, const int64_t *shape, float **out) {
+    const qd_st_tensor *t;
+    QD_TRY(get(p, name, ndim, shape, &t));
+    float *f = own(p, t->numel);
+    if (!f) return qd_fail(p->ctx, QD_ERR_NOMEM, "out of memory");
+    qd_st_to_f32(t, 0, t->numel, f);
+    *out = f;
+    return QD_OK;
+}
+
+#define FORMAT_PREFIX(buf, fmt) \
+    char buf[512]; do { va_list ap; va_start(ap, fmt); vsnprintf(buf, sizeof buf, fmt, ap); va_end(ap); } while (0)
+
+qd_status qd_p_linear(qd_params *p, qd_linear_p *out, int64_t out_f, int64_t in_f, int bias, const char *fmt, ...) {
+    FORMAT_PREFIX(prefix, fmt);
+    char name[600];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    const qd_st_tensor *t = qd_st_find(&p->st, name);
+    int64_t s2[2] = {out_f, in_f}, s4[4] = {out_f, in_f, 1, 1};
+    /* a 1x1 conv stored as [out, in, 1, 1] is the same matrix */
+    QD_TRY(get(p, name, t && t->ndim == 4 ? 4 : 2, t && t->ndim == 4 ? s4 : s2, &t));
+    qd_weight_dense(&out->w, t, out_f, in_f);
+    out->b = NULL;
+    if (bias) {
+        snprintf(name, sizeof name, "%s.bias", prefix);
+        QD_TRY(copy(p, name, 1, &out_f, &out->b));
+    }
+    return QD_OK;
+}
+
+qd_status qd_p_conv(qd_params *p, qd_conv_p *out, int64_t cout, int64_t cin, int k, int bias, const char *fmt, ...) {
+    FORMAT_PREFIX(prefix, fmt);
+    char name[600];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    int64_t s4[4] = {cout, cin, k, k};
+    const qd_st_tensor *t;
+    QD_TRY(get(p, name, 4, s4, &t));
+    qd_weight_dense(&out->w, t, cout, cin * k * k);
+    out->k = k;
+    out->cin = cin;
+    out->cout = cout;
+    out->b = NULL;
+    if (bias) {
+        snprintf(name, sizeof name, "%s.bias", prefix);
+        QD_TRY(copy(p, name, 1, &cout, &out->b));
+    }
+    return QD_OK;
+}
+
+qd_status qd_p_norm(qd_params *p, qd_norm_p *out, int64_t n, int bias, const char *fmt, ...) {
+    FORMAT_PREFIX(prefix, fmt);
+    char name[600];
+    out->n = n;
+    out->b = NULL;
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    QD_TRY(copy(p, name, 1, &n, &out->w));
+    if (bias) {
+        snprintf(name, sizeof name, "%s.bias", prefix);
+        QD_TRY(copy(p, name, 1, &n, &out->b));
+    }
+    return QD_OK;
+}
+
+qd_status qd_p_floats(qd_params *p, float **out, int ndim, const int64_t *shape, const char *fmt, ...) {
+    FORMAT_PREFIX(name, fmt);
+    return copy(p, name, ndim, shape, out);
+}
+
+qd_status qd_p_tensor(qd_params *p, const qd_st_tensor **out, int ndim, const int64_t *shape, const char *fmt, ...) {
+    FORMAT_PREFIX(name, fmt);
+    return get(p, name, ndim, shape, out);
+}
+
+int qd_p_has(qd_params *p, const char *fmt, ...) {
+    FORMAT_PREFIX(name, fmt);
+    return qd_st_find(&p->st, name) != NULL;
+}

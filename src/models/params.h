@@ -1,0 +1,50 @@
+/* Loading a component's parameters by name: every tensor's shape is checked
+ * against what the config implies, and errors name the file and the tensor.
+ * Matrices stay in the mapped file (qd_weight); small vectors (biases, norm
+ * scales) are converted to float32 copies owned by the qd_params. */
+#ifndef QD_MODELS_PARAMS_H
+#define QD_MODELS_PARAMS_H
+
+#include <stdint.h>
+#include "base/ctx.h"
+#include "io/safetensors.h"
+#include "tensor/weight.h"
+
+typedef struct {
+    qd_ctx *ctx;
+    qd_st_set st;
+    char name[64];          /* component name for messages, e.g. "unet" */
+    void **owned;           /* float copies, freed by qd_params_close */
+    int n_owned, cap_owned;
+} qd_params;
+
+/* Open the weights of a component folder: *.safetensors.index.json (sharded) or a
+ * single diffusion_pytorch_model / model .safetensors, plain or ".fp16" variant. */
+qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_params *p);
+void qd_params_close(qd_params *p);
+
+typedef struct { qd_weight w; float *b; } qd_linear_p;                 /* b NULL when absent */
+typedef struct { qd_weight w; float *b; int k; int64_t cin, cout; } qd_conv_p;
+typedef struct { float *w, *b; int64_t n; } qd_norm_p;
+
+enum { QD_NO_BIAS = 0, QD_BIAS = 1 };
+
+/* "<prefix>.weight" [out, in] (or [out, in, 1, 1]) and "<prefix>.bias" [out]. */
+qd_status qd_p_linear(qd_params *p, qd_linear_p *out, int64_t out_f, int64_t in_f, int bias,
+                      const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* "<prefix>.weight" [cout, cin, k, k] and "<prefix>.bias" [cout]. */
+qd_status qd_p_conv(qd_params *p, qd_conv_p *out, int64_t cout, int64_t cin, int k, int bias,
+                    const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+/* "<prefix>.weight" [n] and, if bias, "<prefix>.bias" [n]. */
+qd_status qd_p_norm(qd_params *p, qd_norm_p *out, int64_t n, int bias,
+                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* A float copy of the full tensor name, checked against ndim/shape (-1 = any). */
+qd_status qd_p_floats(qd_params *p, float **out, int ndim, const int64_t *shape,
+                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The stored tensor itself (no copy), shape-checked. */
+qd_status qd_p_tensor(qd_params *p, const qd_st_tensor **out, int ndim, const int64_t *shape,
+                      const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* 1 if a tensor with that full name exists. */
+int qd_p_has(qd_params *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

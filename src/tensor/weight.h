@@ -1,0 +1,24 @@
+/* A weight matrix as the GEMM sees it: `rows` output features by `cols` inputs
+ * (a conv weight [O, I, kh, kw] is O x I*kh*kw). The storage stays as loaded
+ * (memory-mapped fp32/fp16/bf16/fp8 today, quantized formats later) and
+ * decode() produces float32 for any rectangle. */
+#ifndef QD_TENSOR_WEIGHT_H
+#define QD_TENSOR_WEIGHT_H
+
+#include <stdint.h>
+#include "io/safetensors.h"
+
+struct qd_weight {
+    int64_t rows, cols;
+    const qd_st_tensor *t;     /* dense storage, row-major rows x cols */
+    /* Write rows [r0, r0+nr) x cols [k0, k0+nk) to dst (row stride ld). */
+    void (*decode)(const struct qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk,
+                   float *dst, int64_t ld);
+    const void *quant;         /* format-specific state for decode, if any */
+};
+typedef struct qd_weight qd_weight;
+
+/* A dense weight over a stored tensor whose numel is rows*cols. */
+void qd_weight_dense(qd_weight *w, const qd_st_tensor *t, int64_t rows, int64_t cols);
+
+#endif
