@@ -338,3 +338,11 @@ qd_status qd_st_write(qd_ctx *ctx, const char *path, const qd_st_out *t, int n, 
     }
     return qd_outfile_commit(ctx, &out);
 }
+
+qd_status qd_write_tensor(qd_ctx *ctx, const char *path, const char *name,
+                          const float *data, const int64_t *shape, int ndim) {
+    if (ndim < 0 || ndim > QD_MAX_DIMS) return qd_fail(ctx, QD_ERR_ARG, "%s: bad rank %d", path, ndim);
+    qd_st_out t = {name, QD_F32, ndim, {0}, data};
+    for (int i = 0; i < ndim; i++) t.shape[i] = shape[i];
+    return qd_st_write(ctx, path, &t, 1, NULL);
+}
