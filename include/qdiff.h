@@ -78,6 +78,8 @@ typedef struct {
     int batch;                      /* images per call, default 1 */
     const char *scheduler;          /* diffusers class name; NULL: the model's own */
     int karras;                     /* -1: as configured, 0 off, 1 use_karras_sigmas */
+    const char *scheduler_options;  /* NULL or a JSON object of scheduler config overrides,
+                                       e.g. {"prediction_type": "v_prediction"} (diffusers from_config kwargs) */
     qd_progress_fn progress;
     void *progress_user;
 } qd_gen_params;
@@ -88,6 +90,9 @@ typedef enum {
     QD_IMAGE_F32 = 0,   /* float [batch, H, W, 3] in [0,1]: ComfyUI's IMAGE layout */
     QD_IMAGE_RGB8 = 1   /* uint8 [batch, H, W, 3], round(x * 255) */
 } qd_image_format;
+
+/* Image width and height these params give (0 in params means the model's native size). */
+void qd_image_dims(const qd_model *model, const qd_gen_params *p, int *width, int *height);
 
 /* Bytes the output buffer needs for these params (after defaults are applied). */
 size_t qd_image_size(const qd_model *model, const qd_gen_params *p, qd_image_format fmt);
