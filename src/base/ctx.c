@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 qd_ctx *qd_ctx_new(int n_threads) {
@@ -81,4 +82,10 @@ void *qd_malloc_aligned(qd_ctx *ctx, size_t n) {
     if (posix_memalign(&p, 64, n ? (n + 63) / 64 * 64 : 64) != 0) p = NULL;
     if (!p) qd_fail(ctx, QD_ERR_NOMEM, "out of memory allocating %zu bytes", n);
     return p;
+}
+
+double qd_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }

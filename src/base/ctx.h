@@ -9,6 +9,11 @@
 
 typedef struct qd_pool qd_pool;
 
+/* Op trace for benchmarks: op is "conv2d", "linear" or "attention"; dims as
+ * documented at each call site in tensor/ops.c; seconds is the op's wall time. */
+typedef void (*qd_trace_fn)(void *user, const char *op, const int64_t *dims, int ndims, double seconds);
+double qd_now(void);   /* monotonic seconds */
+
 struct qd_ctx {
     int n_threads;
     qd_pool *pool;              /* created lazily by qd_parallel_for */
@@ -16,6 +21,8 @@ struct qd_ctx {
     qd_log_fn log;              /* may be NULL: then warnings go to stderr */
     void *log_user;
     volatile int cancel;        /* set by qd_cancel(); checked between steps */
+    qd_trace_fn trace;          /* benchmarks: called after every conv/linear/attention */
+    void *trace_user;
 };
 
 /* Record an error: formats into ctx->err and returns `code` (never QD_OK). */

@@ -7,7 +7,12 @@
 #include <string.h>
 
 void qd_linear(qd_ctx *ctx, const float *x, int64_t M, const qd_weight *w, const float *bias, float *y) {
+    double t0 = ctx->trace ? qd_now() : 0;
     qd_gemm(ctx, M, w->rows, w->cols, qd_rows(x, w->cols), qd_wmat(w), y, w->rows, 1.0f, 0.0f, NULL, bias);
+    if (ctx->trace) {
+        int64_t d[4] = {M, w->cols, w->rows, bias != NULL};       /* tokens, in, out, bias */
+        ctx->trace(ctx->trace_user, "linear", d, 4, qd_now() - t0);
+    }
 }
 
 /* ---- convolution: im2col into row chunks, then one GEMM per chunk ---- */
@@ -39,17 +44,10 @@ static void im2col_part(void *arg, int64_t b, int64_t e, int thread) {
     }
 }
 
-void qd_conv2d_pad(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int64_t H, int64_t W,
-                   const qd_weight *w, const float *bias, int kh, int kw, int stride,
-                   int pt, int pb, int pl, int pr, float *y) {
-    int64_t Ho = (H + pt + pb - kh) / stride + 1, Wo = (W + pl + pr - kw) / stride + 1;
+static void conv_im2col(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int64_t H, int64_t W,
+                        const qd_weight *w, const float *bias, int kh, int kw, int stride, int pt, int pl,
+                        int64_t Ho, int64_t Wo, float *y) {
     int64_t Cout = w->rows, K = Cin * kh * kw, S = Ho * Wo;
-    if (kh == 1 && kw == 1 && stride == 1 && !pt && !pb && !pl && !pr) {
-        for (int64_t b = 0; b < B; b++)
-            qd_gemm(ctx, Cout, S, K, qd_wmat(w), qd_cols(x + b * Cin * H * W, S), y + b * Cout * S, S,
-                    1.0f, 0.0f, bias, NULL);
-        return;
-    }
     /* Bound the im2col buffer to ~32 MB by converting a band of output rows at a time. */
     int64_t rows = (int64_t)((8u << 20) / (uint64_t)(K * Wo));
     if (rows < 1) rows = 1;
@@ -66,6 +64,26 @@ void qd_conv2d_pad(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int64_t 
         }
     }
     free(col);
+}
+
+void qd_conv2d_pad(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int64_t H, int64_t W,
+                   const qd_weight *w, const float *bias, int kh, int kw, int stride,
+                   int pt, int pb, int pl, int pr, float *y) {
+    int64_t Ho = (H + pt + pb - kh) / stride + 1, Wo = (W + pl + pr - kw) / stride + 1;
+    int64_t Cout = w->rows, K = Cin * kh * kw, S = Ho * Wo;
+    double t0 = ctx->trace ? qd_now() : 0;
+    if (kh == 1 && kw == 1 && stride == 1 && !pt && !pb && !pl && !pr) {
+        for (int64_t b = 0; b < B; b++)
+            qd_gemm(ctx, Cout, S, K, qd_wmat(w), qd_cols(x + b * Cin * H * W, S), y + b * Cout * S, S,
+                    1.0f, 0.0f, bias, NULL);
+    } else {
+        conv_im2col(ctx, x, B, Cin, H, W, w, bias, kh, kw, stride, pt, pl, Ho, Wo, y);
+    }
+    if (ctx->trace) {
+        /* batch, Cin, H, W, Cout, kh, kw, stride, pad top, bottom, left, right */
+        int64_t d[12] = {B, Cin, H, W, Cout, kh, kw, stride, pt, pb, pl, pr};
+        ctx->trace(ctx->trace_user, "conv2d", d, 12, qd_now() - t0);
+    }
 }
 
 void qd_conv2d(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int64_t H, int64_t W,
@@ -202,6 +220,7 @@ static void att_part(void *arg, int64_t b, int64_t e, int thread) {
 void qd_attention(qd_ctx *ctx, const float *q, int64_t ldq, const float *k, int64_t ldk,
                   const float *v, int64_t ldv, int64_t B, int64_t Lq, int64_t Lk, int heads, int64_t dh,
                   int causal, float *out) {
+    double t0 = ctx->trace ? qd_now() : 0;
     int t = qd_threads(ctx);
     float **scratch = malloc(sizeof(float *) * (size_t)t);
     if (!scratch) abort();
@@ -214,6 +233,10 @@ void qd_attention(qd_ctx *ctx, const float *q, int64_t ldq, const float *k, int6
     qd_parallel_for(ctx, B * heads * qblocks, att_part, &a);
     for (int i = 0; i < t; i++) free(scratch[i]);
     free(scratch);
+    if (ctx->trace) {
+        int64_t d[6] = {B, heads, Lq, Lk, dh, causal};
+        ctx->trace(ctx->trace_user, "attention", d, 6, qd_now() - t0);
+    }
 }
 
 /* ---- layout ---- */
