@@ -1,0 +1,251 @@
+/* ResnetBlock2D and Transformer2DModel for the UNet (diffusers 0.32.2 semantics).
+ *
+ * Layout tricks that save copies:
+ * - The time embedding projection is folded into conv1's bias (one bias vector per
+ *   batch item), so "h + temb[:, :, None, None]" costs nothing.
+ * - The 1x1 conv_shortcut accumulates straight into conv2's output (GEMM beta = 1).
+ * - Transformer2DModel never transposes: proj_in reads the NCHW GroupNorm output as a
+ *   transposed operand and writes tokens [B, S, D]; proj_out writes back NCHW and adds
+ *   the residual in the same GEMM. A 1x1 conv and a Linear are the same matrix here.
+ * - Attention output projections and the feed-forward add into the token buffer. */
+#include "models/unet_blocks.h"
+#include "base/threads.h"
+#include "tensor/gemm.h"
+#include "tensor/ops.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- parallel elementwise helpers ---- */
+
+typedef struct { float *y; const float *x; float s; } ew_args;
+
+static void add_scaled_part(void *arg, int64_t b, int64_t e, int thread) {
+    const ew_args *a = arg;
+    if (a->s == 1.0f)
+        for (int64_t i = b; i < e; i++) a->y[i] += a->x[i];
+    else
+        for (int64_t i = b; i < e; i++) a->y[i] = (a->y[i] + a->x[i]) / a->s;
+}
+
+void qd_unet_add_scaled(qd_ctx *ctx, float *y, const float *x, int64_t n, float scale) {
+    ew_args a = {y, x, scale};
+    qd_parallel_for(ctx, n, add_scaled_part, &a);
+}
+
+static void div_part(void *arg, int64_t b, int64_t e, int thread) {
+    const ew_args *a = arg;
+    for (int64_t i = b; i < e; i++) a->y[i] /= a->s;
+}
+
+static void silu_part(void *arg, int64_t b, int64_t e, int thread) {
+    const ew_args *a = arg;
+    qd_silu(a->y + b, e - b);
+}
+
+void qd_unet_silu(qd_ctx *ctx, float *x, int64_t n) {
+    ew_args a = {x, NULL, 1.0f};
+    qd_parallel_for(ctx, n, silu_part, &a);
+}
+
+typedef struct { const float *x; float *y; int64_t F; } geglu_args;
+
+static void geglu_part(void *arg, int64_t b, int64_t e, int thread) {
+    const geglu_args *a = arg;
+    qd_geglu(a->x + b * 2 * a->F, e - b, a->F, a->y + b * a->F);
+}
+
+static float *alloc_f(qd_ctx *ctx, int64_t n) {
+    return qd_malloc_aligned(ctx, sizeof(float) * (size_t)(n > 0 ? n : 1));
+}
+
+/* ---- ResnetBlock2D ---- */
+
+qd_status qd_unet_resnet_load(qd_params *p, qd_unet_resnet *r, int64_t cin, int64_t cout, int64_t temb_dim,
+                              int groups, float eps, float out_scale, const char *prefix) {
+    memset(r, 0, sizeof *r);
+    r->cin = cin;
+    r->cout = cout;
+    r->groups = groups;
+    r->eps = eps;
+    r->out_scale = out_scale;
+    QD_TRY(qd_p_norm(p, &r->norm1, cin, QD_BIAS, "%s.norm1", prefix));
+    QD_TRY(qd_p_conv(p, &r->conv1, cout, cin, 3, QD_BIAS, "%s.conv1", prefix));
+    QD_TRY(qd_p_linear(p, &r->temb_proj, cout, temb_dim, QD_BIAS, "%s.time_emb_proj", prefix));
+    QD_TRY(qd_p_norm(p, &r->norm2, cout, QD_BIAS, "%s.norm2", prefix));
+    QD_TRY(qd_p_conv(p, &r->conv2, cout, cout, 3, QD_BIAS, "%s.conv2", prefix));
+    r->has_shortcut = cin != cout;     /* diffusers: use_in_shortcut = in != out */
+    if (r->has_shortcut) QD_TRY(qd_p_conv(p, &r->shortcut, cout, cin, 1, QD_BIAS, "%s.conv_shortcut", prefix));
+    return QD_OK;
+}
+
+qd_status qd_unet_resnet_fwd(qd_ctx *ctx, const qd_unet_resnet *r, const float *x, int64_t B, int64_t H,
+                             int64_t W, const float *temb, float **out) {
+    int64_t S = H * W, cin = r->cin, cout = r->cout;
+    *out = NULL;
+    float *h = alloc_f(ctx, B * cin * S), *bias = alloc_f(ctx, B * cout);
+    if (!h || !bias) { free(h); free(bias); return QD_ERR_NOMEM; }
+    qd_group_norm(ctx, x, B, cin, S, r->groups, r->eps, r->norm1.w, r->norm1.b, 1, h);
+    /* conv1(h) + time_emb_proj(temb): per batch item, the projection is just more bias */
+    qd_linear(ctx, temb, B, &r->temb_proj.w, r->temb_proj.b, bias);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t c = 0; c < cout; c++) bias[b * cout + c] += r->conv1.b[c];
+    float *h2 = alloc_f(ctx, B * cout * S);
+    if (!h2) { free(h); free(bias); return QD_ERR_NOMEM; }
+    for (int64_t b = 0; b < B; b++)
+        qd_conv2d(ctx, h + b * cin * S, 1, cin, H, W, &r->conv1.w, bias + b * cout, 3, 3, 1, 1, h2 + b * cout * S);
+    free(h);
+    free(bias);
+    qd_group_norm(ctx, h2, B, cout, S, r->groups, r->eps, r->norm2.w, r->norm2.b, 1, h2);
+    float *y = alloc_f(ctx, B * cout * S);
+    if (!y) { free(h2); return QD_ERR_NOMEM; }
+    qd_conv2d(ctx, h2, B, cout, H, W, &r->conv2.w, r->conv2.b, 3, 3, 1, 1, y);
+    free(h2);
+    if (r->has_shortcut) {
+        for (int64_t b = 0; b < B; b++)     /* y += conv_shortcut(x), a 1x1 conv as one GEMM */
+            qd_gemm(ctx, cout, S, cin, qd_wmat(&r->shortcut.w), qd_cols(x + b * cin * S, S), y + b * cout * S, S,
+                    1.0f, 1.0f, r->shortcut.b, NULL);
+        if (r->out_scale != 1.0f) {
+            ew_args a = {y, NULL, r->out_scale};
+            qd_parallel_for(ctx, B * cout * S, div_part, &a);
+        }
+    } else {
+        qd_unet_add_scaled(ctx, y, x, B * cout * S, r->out_scale);
+    }
+    *out = y;
+    return QD_OK;
+}
+
+/* ---- Transformer2DModel ---- */
+
+static qd_status tblock_load(qd_params *p, qd_unet_tblock *b, int64_t D, int64_t cross, int64_t F,
+                             const char *prefix) {
+    QD_TRY(qd_p_norm(p, &b->norm1, D, QD_BIAS, "%s.norm1", prefix));
+    QD_TRY(qd_p_linear(p, &b->q1, D, D, QD_NO_BIAS, "%s.attn1.to_q", prefix));
+    QD_TRY(qd_p_linear(p, &b->k1, D, D, QD_NO_BIAS, "%s.attn1.to_k", prefix));
+    QD_TRY(qd_p_linear(p, &b->v1, D, D, QD_NO_BIAS, "%s.attn1.to_v", prefix));
+    QD_TRY(qd_p_linear(p, &b->o1, D, D, QD_BIAS, "%s.attn1.to_out.0", prefix));
+    QD_TRY(qd_p_norm(p, &b->norm2, D, QD_BIAS, "%s.norm2", prefix));
+    QD_TRY(qd_p_linear(p, &b->q2, D, D, QD_NO_BIAS, "%s.attn2.to_q", prefix));
+    QD_TRY(qd_p_linear(p, &b->k2, D, cross, QD_NO_BIAS, "%s.attn2.to_k", prefix));
+    QD_TRY(qd_p_linear(p, &b->v2, D, cross, QD_NO_BIAS, "%s.attn2.to_v", prefix));
+    QD_TRY(qd_p_linear(p, &b->o2, D, D, QD_BIAS, "%s.attn2.to_out.0", prefix));
+    QD_TRY(qd_p_norm(p, &b->norm3, D, QD_BIAS, "%s.norm3", prefix));
+    QD_TRY(qd_p_linear(p, &b->ff1, 2 * F, D, QD_BIAS, "%s.ff.net.0.proj", prefix));
+    QD_TRY(qd_p_linear(p, &b->ff2, D, F, QD_BIAS, "%s.ff.net.2", prefix));
+    return QD_OK;
+}
+
+/* proj_in / proj_out: a Linear [out, in] with use_linear_projection, else a 1x1 Conv. */
+static qd_status proj_load(qd_params *p, qd_linear_p *out, int64_t out_f, int64_t in_f, int linear,
+                           const char *prefix, const char *name) {
+    if (linear) {
+        int64_t s[2] = {out_f, in_f};
+        const qd_st_tensor *t;
+        QD_TRY(qd_p_tensor(p, &t, 2, s, "%s.%s.weight", prefix, name));
+        return qd_p_linear(p, out, out_f, in_f, QD_BIAS, "%s.%s", prefix, name);
+    }
+    qd_conv_p c;
+    QD_TRY(qd_p_conv(p, &c, out_f, in_f, 1, QD_BIAS, "%s.%s", prefix, name));
+    out->w = c.w;
+    out->b = c.b;
+    return QD_OK;
+}
+
+qd_status qd_unet_xformer_load(qd_params *p, qd_unet_xformer *t, int64_t C, int heads, int depth,
+                               int64_t cross_dim, int groups, int linear_proj, const char *prefix) {
+    memset(t, 0, sizeof *t);
+    /* Transformer2DModel(heads, C // heads, in_channels=C): inner = heads * (C // heads) */
+    t->C = C;
+    t->heads = heads;
+    t->dh = C / heads;
+    t->inner = heads * t->dh;
+    t->ff = 4 * t->inner;           /* FeedForward(mult=4) with GEGLU */
+    t->cross_dim = cross_dim;
+    t->groups = groups;
+    t->depth = depth;
+    QD_TRY(qd_p_norm(p, &t->norm, C, QD_BIAS, "%s.norm", prefix));
+    QD_TRY(proj_load(p, &t->proj_in, t->inner, C, linear_proj, prefix, "proj_in"));
+    t->blocks = calloc((size_t)depth, sizeof *t->blocks);
+    if (!t->blocks) return qd_fail(p->ctx, QD_ERR_NOMEM, "out of memory");
+    char name[512];
+    for (int i = 0; i < depth; i++) {
+        snprintf(name, sizeof name, "%s.transformer_blocks.%d", prefix, i);
+        QD_TRY(tblock_load(p, &t->blocks[i], t->inner, cross_dim, t->ff, name));
+    }
+    QD_TRY(proj_load(p, &t->proj_out, C, t->inner, linear_proj, prefix, "proj_out"));
+    return QD_OK;
+}
+
+void qd_unet_xformer_free(qd_unet_xformer *t) {
+    free(t->blocks);
+    t->blocks = NULL;
+}
+
+/* Scratch for one transformer call: `n` holds each LayerNorm output and then the
+ * attention output (the norm is dead once q, k, v exist); q/k/v double as the
+ * feed-forward's chunk buffers. */
+typedef struct {
+    float *tok, *n, *work;
+    int64_t work_n, kv_rows;
+} xf_scratch;
+
+/* hidden = hidden + attn(norm(hidden), kv_src) for one Attention module. */
+static void attention(qd_ctx *ctx, const qd_unet_xformer *t, xf_scratch *s, int64_t B, int64_t S,
+                      const qd_linear_p *q, const qd_linear_p *k, const qd_linear_p *v, const qd_linear_p *o,
+                      const float *kv_src, int64_t Lk) {
+    int64_t D = t->inner, M = B * S;
+    float *qb = s->work, *kb = qb + M * D, *vb = kb + s->kv_rows * D;
+    qd_linear(ctx, s->n, M, &q->w, NULL, qb);
+    qd_linear(ctx, kv_src, B * Lk, &k->w, NULL, kb);
+    qd_linear(ctx, kv_src, B * Lk, &v->w, NULL, vb);
+    qd_attention(ctx, qb, D, kb, D, vb, D, B, S, Lk, t->heads, t->dh, 0, s->n);
+    qd_gemm(ctx, M, D, D, qd_rows(s->n, D), qd_wmat(&o->w), s->tok, D, 1.0f, 1.0f, NULL, o->b);
+}
+
+static void tblock_fwd(qd_ctx *ctx, const qd_unet_xformer *t, const qd_unet_tblock *b, xf_scratch *s,
+                       int64_t B, int64_t S, const float *context, int64_t L) {
+    int64_t D = t->inner, M = B * S, F = t->ff;
+    qd_layer_norm(ctx, s->tok, M, D, 1e-5f, b->norm1.w, b->norm1.b, s->n);
+    attention(ctx, t, s, B, S, &b->q1, &b->k1, &b->v1, &b->o1, s->n, S);
+    qd_layer_norm(ctx, s->tok, M, D, 1e-5f, b->norm2.w, b->norm2.b, s->n);
+    attention(ctx, t, s, B, S, &b->q2, &b->k2, &b->v2, &b->o2, context, L);
+    qd_layer_norm(ctx, s->tok, M, D, 1e-5f, b->norm3.w, b->norm3.b, s->n);
+    /* feed-forward in row chunks that fit the scratch: [R, 2F] projection + [R, F] GEGLU */
+    int64_t R = s->work_n / (3 * F);
+    if (R > M) R = M;
+    float *f1 = s->work, *f2 = s->work + R * 2 * F;
+    for (int64_t r0 = 0; r0 < M; r0 += R) {
+        int64_t nr = M - r0 < R ? M - r0 : R;
+        qd_linear(ctx, s->n + r0 * D, nr, &b->ff1.w, b->ff1.b, f1);
+        geglu_args g = {f1, f2, F};
+        qd_parallel_for(ctx, nr, geglu_part, &g);
+        qd_gemm(ctx, nr, D, F, qd_rows(f2, F), qd_wmat(&b->ff2.w), s->tok + r0 * D, D, 1.0f, 1.0f, NULL, b->ff2.b);
+    }
+}
+
+qd_status qd_unet_xformer_fwd(qd_ctx *ctx, const qd_unet_xformer *t, float *x, int64_t B, int64_t H, int64_t W,
+                              const float *context, int64_t L) {
+    int64_t S = H * W, C = t->C, D = t->inner, M = B * S;
+    xf_scratch s = {0};
+    s.kv_rows = M > B * L ? M : B * L;
+    s.work_n = (M + 2 * s.kv_rows) * D;
+    if (s.work_n < 3 * t->ff) s.work_n = 3 * t->ff;   /* at least one feed-forward row */
+    s.tok = alloc_f(ctx, M * D);
+    s.n = alloc_f(ctx, M * (C > D ? C : D));     /* also holds the GroupNorm output [B, C, S] */
+    s.work = alloc_f(ctx, s.work_n);
+    if (!s.tok || !s.n || !s.work) { free(s.tok); free(s.n); free(s.work); return QD_ERR_NOMEM; }
+    qd_group_norm(ctx, x, B, C, S, t->groups, 1e-6f, t->norm.w, t->norm.b, 0, s.n);
+    for (int64_t b = 0; b < B; b++)     /* tokens[s, :] = W_in . norm[:, s] + b_in */
+        qd_gemm(ctx, S, D, C, qd_cols(s.n + b * C * S, S), qd_wmat(&t->proj_in.w), s.tok + b * S * D, D,
+                1.0f, 0.0f, NULL, t->proj_in.b);
+    for (int i = 0; i < t->depth; i++) tblock_fwd(ctx, t, &t->blocks[i], &s, B, S, context, L);
+    for (int64_t b = 0; b < B; b++)     /* x[:, s] += W_out . tokens[s, :] + b_out */
+        qd_gemm(ctx, C, S, D, qd_wmat(&t->proj_out.w), qd_rows(s.tok + b * S * D, D), x + b * C * S, S,
+                1.0f, 1.0f, t->proj_out.b, NULL);
+    free(s.tok);
+    free(s.n);
+    free(s.work);
+    return QD_OK;
+}
