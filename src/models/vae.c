@@ -378,11 +378,20 @@ nomem:
     return QD_ERR_NOMEM;
 }
 
+/* The projections below call qd_gemm directly (to skip transposes), so report
+ * them to the benchmark trace as qd_linear would: tokens, in, out, bias. */
+static void trace_linear(qd_ctx *ctx, int64_t tokens, int64_t in, int64_t out, double t0) {
+    if (!ctx->trace) return;
+    int64_t d[4] = {tokens, in, out, 1};
+    ctx->trace(ctx->trace_user, "linear", d, 4, qd_now() - t0);
+}
+
 /* Attention with one head over all channels (heads = C / attention_head_dim = 1):
  * GroupNorm, q/k/v linear on the [S, C] token view, softmax(q k^T / sqrt(C)) v,
  * to_out, + residual, / rescale_output_factor. Updates x [B, C, S] in place. */
 static qd_status attn_fwd(qd_ctx *ctx, const vae_attn *at, int groups, float *x, int64_t B, int64_t S) {
     int64_t C = at->c, n = B * C * S;
+    double t0 = ctx->trace ? qd_now() : 0;
     float *xn = act_alloc(ctx, n), *q = act_alloc(ctx, n), *k = act_alloc(ctx, n), *v = act_alloc(ctx, n);
     if (!xn || !q || !k || !v) { free(xn); free(q); free(k); free(v); return QD_ERR_NOMEM; }
     norm(ctx, &at->norm, groups, x, B, S, 0, xn);
@@ -393,13 +402,16 @@ static qd_status attn_fwd(qd_ctx *ctx, const vae_attn *at, int groups, float *x,
         qd_gemm(ctx, S, C, C, xt, qd_wmat(&at->k.w), k + b * S * C, C, 1.0f, 0.0f, NULL, at->k.b);
         qd_gemm(ctx, S, C, C, xt, qd_wmat(&at->v.w), v + b * S * C, C, 1.0f, 0.0f, NULL, at->v.b);
     }
+    trace_linear(ctx, 3 * B * S, C, C, t0);
     float *o = xn;   /* xn is dead: reuse it for the attention output [B, S, C] */
     qd_attention(ctx, q, C, k, C, v, C, B, S, S, 1, C, 0, o);
+    t0 = ctx->trace ? qd_now() : 0;
     free(q); free(k); free(v);
     /* to_out straight back into the [C, S] layout, adding onto the residual (beta = 1) */
     for (int64_t b = 0; b < B; b++)
         qd_gemm(ctx, C, S, C, qd_wmat(&at->out.w), qd_rows(o + b * S * C, C), x + b * C * S, S,
                 1.0f, 1.0f, at->out.b, NULL);
+    trace_linear(ctx, B * S, C, C, t0);
     free(o);
     if (at->rescale != 1.0f) qd_scale(x, n, 1.0f / at->rescale);
     return QD_OK;
