@@ -237,8 +237,9 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, u
                         "in/out_channels, norm_num_groups, cross_attention_dim, time_embedding_dim, "
                         "downsample_padding (0 or 1), conv kernels (odd) or scale factors out of range");
     for (int i = 0; i < nb; i++) {
-        int cross = !strcmp(c->down_types[i], "CrossAttnDownBlock2D") || !strcmp(c->up_types[i], "CrossAttnUpBlock2D")
-                    || (c->has_mid && i == nb - 1);
+        /* heads[i] serves down block i, up block nb-1-i and (last) the mid block */
+        int cross = !strcmp(c->down_types[i], "CrossAttnDownBlock2D") ||
+                    !strcmp(c->up_types[nb - 1 - i], "CrossAttnUpBlock2D") || (c->has_mid && i == nb - 1);
         if (cross && (c->heads[i] < 1 || c->heads[i] > c->boc[i]))
             return cfg_fail(ctx, QD_ERR_FORMAT, path, "%d attention heads for %d channels in block %d", c->heads[i],
                             c->boc[i], i);

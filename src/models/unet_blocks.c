@@ -56,6 +56,25 @@ static void geglu_part(void *arg, int64_t b, int64_t e, int thread) {
     qd_geglu(a->x + b * 2 * a->F, e - b, a->F, a->y + b * a->F);
 }
 
+/* The fused GEMMs below are linears and 1x1 convs: report them to the benchmark trace
+ * the way tensor/ops.c reports its own ops ("linear": tokens, in, out, bias; "conv2d":
+ * B, Cin, H, W, Cout, kh, kw, stride, pads), so per-op timings stay complete. */
+static void gemm_traced(qd_ctx *ctx, int conv, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C,
+                        int64_t ldc, float beta, const float *row_bias, const float *col_bias) {
+    double t0 = ctx->trace ? qd_now() : 0;
+    qd_gemm(ctx, M, N, K, A, B, C, ldc, 1.0f, beta, row_bias, col_bias);
+    if (!ctx->trace) return;
+    int w_on_a = A.kind == QD_MAT_WEIGHT;       /* then M = output features, N = tokens/pixels */
+    int64_t tokens = w_on_a ? N : M, outf = w_on_a ? M : N;
+    if (conv) {
+        int64_t d[12] = {1, K, 1, tokens, outf, 1, 1, 1, 0, 0, 0, 0};
+        ctx->trace(ctx->trace_user, "conv2d", d, 12, qd_now() - t0);
+    } else {
+        int64_t d[4] = {tokens, K, outf, row_bias || col_bias};
+        ctx->trace(ctx->trace_user, "linear", d, 4, qd_now() - t0);
+    }
+}
+
 static float *alloc_f(qd_ctx *ctx, int64_t n) {
     return qd_malloc_aligned(ctx, sizeof(float) * (size_t)(n > 0 ? n : 1));
 }
@@ -104,8 +123,8 @@ qd_status qd_unet_resnet_fwd(qd_ctx *ctx, const qd_unet_resnet *r, const float *
     free(h2);
     if (r->has_shortcut) {
         for (int64_t b = 0; b < B; b++)     /* y += conv_shortcut(x), a 1x1 conv as one GEMM */
-            qd_gemm(ctx, cout, S, cin, qd_wmat(&r->shortcut.w), qd_cols(x + b * cin * S, S), y + b * cout * S, S,
-                    1.0f, 1.0f, r->shortcut.b, NULL);
+            gemm_traced(ctx, 1, cout, S, cin, qd_wmat(&r->shortcut.w), qd_cols(x + b * cin * S, S),
+                        y + b * cout * S, S, 1.0f, r->shortcut.b, NULL);
         if (r->out_scale != 1.0f) {
             ew_args a = {y, NULL, r->out_scale};
             qd_parallel_for(ctx, B * cout * S, div_part, &a);
@@ -201,7 +220,7 @@ static void attention(qd_ctx *ctx, const qd_unet_xformer *t, xf_scratch *s, int6
     qd_linear(ctx, kv_src, B * Lk, &k->w, NULL, kb);
     qd_linear(ctx, kv_src, B * Lk, &v->w, NULL, vb);
     qd_attention(ctx, qb, D, kb, D, vb, D, B, S, Lk, t->heads, t->dh, 0, s->n);
-    qd_gemm(ctx, M, D, D, qd_rows(s->n, D), qd_wmat(&o->w), s->tok, D, 1.0f, 1.0f, NULL, o->b);
+    gemm_traced(ctx, 0, M, D, D, qd_rows(s->n, D), qd_wmat(&o->w), s->tok, D, 1.0f, NULL, o->b);
 }
 
 static void tblock_fwd(qd_ctx *ctx, const qd_unet_xformer *t, const qd_unet_tblock *b, xf_scratch *s,
@@ -221,7 +240,8 @@ static void tblock_fwd(qd_ctx *ctx, const qd_unet_xformer *t, const qd_unet_tblo
         qd_linear(ctx, s->n + r0 * D, nr, &b->ff1.w, b->ff1.b, f1);
         geglu_args g = {f1, f2, F};
         qd_parallel_for(ctx, nr, geglu_part, &g);
-        qd_gemm(ctx, nr, D, F, qd_rows(f2, F), qd_wmat(&b->ff2.w), s->tok + r0 * D, D, 1.0f, 1.0f, NULL, b->ff2.b);
+        gemm_traced(ctx, 0, nr, D, F, qd_rows(f2, F), qd_wmat(&b->ff2.w), s->tok + r0 * D, D, 1.0f, NULL,
+                    b->ff2.b);
     }
 }
 
@@ -238,12 +258,12 @@ qd_status qd_unet_xformer_fwd(qd_ctx *ctx, const qd_unet_xformer *t, float *x, i
     if (!s.tok || !s.n || !s.work) { free(s.tok); free(s.n); free(s.work); return QD_ERR_NOMEM; }
     qd_group_norm(ctx, x, B, C, S, t->groups, 1e-6f, t->norm.w, t->norm.b, 0, s.n);
     for (int64_t b = 0; b < B; b++)     /* tokens[s, :] = W_in . norm[:, s] + b_in */
-        qd_gemm(ctx, S, D, C, qd_cols(s.n + b * C * S, S), qd_wmat(&t->proj_in.w), s.tok + b * S * D, D,
-                1.0f, 0.0f, NULL, t->proj_in.b);
+        gemm_traced(ctx, 0, S, D, C, qd_cols(s.n + b * C * S, S), qd_wmat(&t->proj_in.w), s.tok + b * S * D,
+                    D, 0.0f, NULL, t->proj_in.b);
     for (int i = 0; i < t->depth; i++) tblock_fwd(ctx, t, &t->blocks[i], &s, B, S, context, L);
     for (int64_t b = 0; b < B; b++)     /* x[:, s] += W_out . tokens[s, :] + b_out */
-        qd_gemm(ctx, C, S, D, qd_wmat(&t->proj_out.w), qd_rows(s.tok + b * S * D, D), x + b * C * S, S,
-                1.0f, 1.0f, t->proj_out.b, NULL);
+        gemm_traced(ctx, 0, C, S, D, qd_wmat(&t->proj_out.w), qd_rows(s.tok + b * S * D, D), x + b * C * S, S,
+                    1.0f, t->proj_out.b, NULL);
     free(s.tok);
     free(s.n);
     free(s.work);
