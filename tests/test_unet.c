@@ -4,6 +4,7 @@
 #include "testutil.h"
 #include "models/unet.h"
 #include "io/safetensors.h"
+#include "base/ctx.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -12,13 +13,14 @@
 #include <string.h>
 #include <unistd.h>
 
-static void golden(qd_ctx *ctx, const char *name, int text_time) {
+/* model_dir NULL: the fixture model itself; else a folder holding an equivalent config. */
+static void golden(qd_ctx *ctx, const char *name, int text_time, const char *model_dir, const char *label) {
     char dir[256], gpath[256];
     snprintf(dir, sizeof dir, "models/%s/unet", name);
     snprintf(gpath, sizeof gpath, "goldens/%s/unet.safetensors", name);
     const char *g = fixture(gpath);
     qd_unet *u;
-    if (qd_unet_load(ctx, fixture(dir), &u) != QD_OK) {
+    if (qd_unet_load(ctx, model_dir ? model_dir : fixture(dir), &u) != QD_OK) {
         check(0, "%s: load: %s", name, qd_last_error(ctx));
         return;
     }
@@ -36,9 +38,11 @@ static void golden(qd_ctx *ctx, const char *name, int text_time) {
     check(cs[2] == info->cross_attention_dim, "%s: cross_attention_dim %d", name, info->cross_attention_dim);
     qd_status st = qd_unet_forward(ctx, u, x, xs[0], xs[2], xs[3], t, c, cs[1], te, ti, out);
     check(st == QD_OK, "%s: forward: %s", name, st ? qd_last_error(ctx) : "ok");
-    char what[128];
-    snprintf(what, sizeof what, "%s unet vs diffusers (t = %g, %g)", name, t[0], t[1]);
+    char what[256];
+    snprintf(what, sizeof what, "%s unet%s%s vs diffusers (t = %g, %g)", name, label ? " with " : "",
+             label ? label : "", t[0], t[1]);
     check_close(what, out, ref, n, 1e-4, 1e-3);
+    if (model_dir) goto done;
 
     /* batch item 1 alone gives the same answer: no cross-batch indexing mistakes */
     int64_t per = n / (size_t)xs[0];
@@ -49,11 +53,18 @@ static void golden(qd_ctx *ctx, const char *name, int text_time) {
     snprintf(what, sizeof what, "%s unet batch item 1 alone", name);
     check_close(what, out, ref + per, (size_t)per, 1e-4, 1e-3);
 
+    /* cancellation mid-forward frees everything (ASan checks) and says so */
+    qd_cancel(ctx);
+    st = qd_unet_forward(ctx, u, x, xs[0], xs[2], xs[3], t, c, cs[1], te, ti, out);
+    check(st == QD_ERR_CANCELLED, "%s: cancelled forward returns QD_ERR_CANCELLED (%d)", name, st);
+    ctx->cancel = 0;
+
     if (text_time) {
         st = qd_unet_forward(ctx, u, x, xs[0], xs[2], xs[3], t, c, cs[1], NULL, NULL, out);
         check(st == QD_ERR_ARG && strstr(qd_last_error(ctx), "text_embeds"), "%s: missing text_embeds: %s", name,
               qd_last_error(ctx));
     }
+done:
     free(x); free(t); free(c); free(ref); free(te); free(ti); free(out);
     qd_unet_free(u);
 }
@@ -94,8 +105,8 @@ static void write_text(const char *path, const char *text) {
     if (f) { fputs(text, f); fclose(f); }
 }
 
-/* tmpdir/config.json = the sd15-tiny config with `key` set to the JSON `value`;
- * weights symlinked. */
+/* tmpdir/config.json = the sd15-tiny config with `key` set to the JSON `value` (key NULL:
+ * value is an object of several overrides); weights symlinked. */
 static void make_config(const char *key, const char *value) {
     char path[512], src[512];
     snprintf(src, sizeof src, "%s", fixture("models/sd15-tiny/unet/config.json"));
@@ -105,7 +116,14 @@ static void make_config(const char *key, const char *value) {
     if (f) fclose(f);
     buf[len] = 0;
     cJSON *cfg = cJSON_Parse(buf);
-    cJSON_ReplaceItemInObjectCaseSensitive(cfg, key, cJSON_Parse(value));
+    if (key) {
+        cJSON_ReplaceItemInObjectCaseSensitive(cfg, key, cJSON_Parse(value));
+    } else {
+        cJSON *o = cJSON_Parse(value);
+        for (cJSON *e = o ? o->child : NULL; e; e = e->next)
+            cJSON_ReplaceItemInObjectCaseSensitive(cfg, e->string, cJSON_Duplicate(e, 1));
+        cJSON_Delete(o);
+    }
     char *text = cJSON_Print(cfg);
     snprintf(path, sizeof path, "%s/config.json", tmpdir);
     write_text(path, text);
@@ -147,6 +165,45 @@ static void bad_configs(qd_ctx *ctx) {
         snprintf(what, sizeof what, "config %s = %s", cases[i][0], cases[i][1]);
         expect_fail(ctx, what, QD_ERR_UNSUPPORTED, "config.json", cases[i][2]);
     }
+    /* spellings diffusers treats the same as the fixture's config give the same output */
+    static const char *same[][2] = {
+        {"transformer_layers_per_block", "[1, 1, 1]"}, {"attention_head_dim", "[4, 4, 4]"},
+        {"layers_per_block", "[2, 2, 2]"}, {"cross_attention_dim", "[32, 32, 32]"},
+        {"num_attention_heads", "4"},   /* diffusers itself refuses this key; we read it as the head count */
+        {NULL, "{\"transformer_layers_per_block\": [[1, 1], [1, 1], [1, 1]], "
+               "\"reverse_transformer_layers_per_block\": [[1, 1, 1], 1, [1, 1, 1]]}"},
+    };
+    for (size_t i = 0; i < sizeof same / sizeof *same; i++) {
+        make_config(same[i][0], same[i][1]);
+        char label[256];
+        snprintf(label, sizeof label, "%s%s%s", same[i][0] ? same[i][0] : "", same[i][0] ? " = " : "", same[i][1]);
+        golden(ctx, "sd15-tiny", 0, tmpdir, label);
+    }
+    /* no mid block: loads (the mid tensors are simply unused) and runs */
+    make_config("mid_block_type", "null");
+    qd_unet *u;
+    qd_status st = qd_unet_load(ctx, tmpdir, &u);
+    check(st == QD_OK, "mid_block_type null loads: %s", st ? qd_last_error(ctx) : "ok");
+    if (st == QD_OK) {
+        float x[2 * 4 * 8 * 8], c[2 * 3 * 32], t[2] = {10, 900}, out[2 * 4 * 8 * 8];
+        for (size_t i = 0; i < sizeof x / sizeof *x; i++) x[i] = sinf((float)i);
+        for (size_t i = 0; i < sizeof c / sizeof *c; i++) c[i] = cosf((float)i);
+        st = qd_unet_forward(ctx, u, x, 2, 8, 8, t, c, 3, NULL, NULL, out);
+        int finite = 1;
+        for (size_t i = 0; i < sizeof out / sizeof *out; i++) finite &= isfinite(out[i]) != 0;
+        check(st == QD_OK && finite, "mid_block_type null forward");
+        qd_unet_free(u);
+    }
+    /* deeper transformers than the weights hold: the missing tensor is named */
+    make_config("transformer_layers_per_block", "[1, 2, 1]");
+    expect_fail(ctx, "transformer_layers_per_block deeper than the weights", QD_ERR_FORMAT,
+                "down_blocks.1.attentions.0.transformer_blocks.1.", NULL);
+    make_config("transformer_layers_per_block", "[[1, 1], [1, 1], [1, 1]]");
+    expect_fail(ctx, "nested transformer_layers_per_block without the reverse list", QD_ERR_FORMAT, "config.json",
+                "reverse_transformer_layers_per_block");
+    make_config("attention_head_dim", "[4, 4, 100]");
+    expect_fail(ctx, "more heads than channels", QD_ERR_FORMAT, "config.json", "heads");
+
     /* malformed rather than unsupported */
     make_config("block_out_channels", "[32, 64]");
     expect_fail(ctx, "config with 2 block_out_channels for 3 blocks", QD_ERR_FORMAT, "config.json", NULL);
@@ -201,8 +258,8 @@ static void bad_weights(qd_ctx *ctx, const char *victim, int drop) {
 
 int main(void) {
     qd_ctx *ctx = qd_ctx_new(2);
-    golden(ctx, "sd15-tiny", 0);
-    golden(ctx, "sdxl-tiny", 1);
+    golden(ctx, "sd15-tiny", 0, NULL, NULL);
+    golden(ctx, "sdxl-tiny", 1, NULL, NULL);
     odd_sizes(ctx, "models/shapes-sd/unet", 8, 8);
     odd_sizes(ctx, "models/shapes-sd/unet", 9, 7);
     odd_sizes(ctx, "models/sd15-tiny/unet", 10, 6);
