@@ -69,7 +69,7 @@ typedef int (*qd_progress_fn)(void *user, int step, int total, double elapsed_se
 
 typedef struct {
     const char *prompt;
-    const char *negative_prompt;    /* NULL or "" : empty negative */
+    const char *negative_prompt;    /* NULL: none (SDXL then uses zero embeddings); "" is encoded */
     int width, height;              /* 0: the model's native size */
     int steps;                      /* default 20 */
     float cfg_scale;                /* default 7.5; <= 1 disables classifier-free guidance */

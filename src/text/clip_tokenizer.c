@@ -534,7 +534,7 @@ static int sm_put(strmap *m, const char *k, size_t n, int32_t val) {
 /* ------------------------------------------------------------------------ */
 /* Tokenizer object */
 
-typedef struct { uint32_t *cps; size_t n; char *content; int id; int lstrip, rstrip, single_word; } added_tok;
+typedef struct { uint32_t *cps; size_t n; char *content; int id; int lstrip, rstrip, single_word, no_split; } added_tok;
 
 struct qd_clip_tokenizer {
     strmap vocab, ranks;
@@ -762,6 +762,11 @@ static qd_status load_specials(qd_ctx *ctx, qd_clip_tokenizer *t, const char *di
     if (st == QD_OK) {
         int *ids[4] = {&t->bos_id, &t->eos_id, &t->unk_id, &t->pad_id};
         for (int k = 0; k < 4; k++) *ids[k] = idx[k] >= 0 ? t->added[idx[k]].id : -1;
+        /* A pad token that is an ordinary word (SDXL's tokenizer_2 pads with "!") stays
+         * an ordinary word inside prompts: "detailed!" keeps its "!</w>" token. This is
+         * what the reference stack produced for the sdxl-tiny pipeline goldens. */
+        if (idx[3] >= 0 && idx[3] != idx[0] && idx[3] != idx[1] && idx[3] != idx[2])
+            t->added[idx[3]].no_split = 1;
         if (t->bos_id < 0 || t->eos_id < 0)
             st = qd_fail(ctx, QD_ERR_FORMAT, "%s: empty bos/eos token", dir);
     }
@@ -1015,6 +1020,7 @@ static qd_status encode_ids(qd_ctx *ctx, const qd_clip_tokenizer *t, const char 
         size_t best_len = 0;
         for (int k = 0; k < t->n_added && i < in.n; k++) {
             const added_tok *a = &t->added[k];
+            if (a->no_split) continue;
             if (a->n > best_len && a->n <= in.n - i && !memcmp(a->cps, in.v + i, a->n * sizeof(uint32_t))) {
                 best = k;
                 best_len = a->n;

@@ -65,8 +65,10 @@ qd_status qd_encode_prompts(qd_ctx *ctx, qd_model *m, const char *prompt, const 
     qd_status st = encode_text(ctx, m, prompt ? prompt : "", c->context + cond_row * per,
                                sdxl ? c->text_embeds + cond_row * c->P : NULL);
     if (st == QD_OK && guidance) {
-        /* SDXL with force_zeros_for_empty_prompt: an empty negative is all zeros (left from calloc) */
-        int zeros = sdxl && m->force_zeros_for_empty_prompt && (!negative || !*negative);
+        /* SDXL with force_zeros_for_empty_prompt: no negative prompt at all (NULL, as
+         * diffusers' negative_prompt=None) gives all-zero embeddings (left from calloc);
+         * an explicit "" is encoded like any text. */
+        int zeros = sdxl && m->force_zeros_for_empty_prompt && !negative;
         if (!zeros) st = encode_text(ctx, m, negative ? negative : "", c->context, sdxl ? c->text_embeds : NULL);
     }
     if (st != QD_OK) { qd_cond_free(c); return st; }
