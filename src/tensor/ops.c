@@ -174,17 +174,6 @@ void qd_geglu(const float *x, int64_t M, int64_t F, float *y) {
     }
 }
 
-void qd_softmax_rows(float *x, int64_t M, int64_t N) {
-    for (int64_t r = 0; r < M; r++) {
-        float *row = x + r * N, mx = -INFINITY;
-        for (int64_t i = 0; i < N; i++) if (row[i] > mx) mx = row[i];
-        double sum = 0;
-        for (int64_t i = 0; i < N; i++) { row[i] = expf(row[i] - mx); sum += row[i]; }
-        float inv = (float)(1.0 / sum);
-        for (int64_t i = 0; i < N; i++) row[i] *= inv;
-    }
-}
-
 /* ---- attention: one task per (batch, head, block of queries) ---- */
 
 #define ATT_QBLOCK 128
