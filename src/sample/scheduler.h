@@ -1,0 +1,214 @@
+/* Noise schedulers with diffusers 0.32.2 semantics.
+ *
+ * A scheduler is built from a model folder's scheduler_config.json the way
+ * diffusers' Class.from_config(config, **overrides) builds it: keys present in
+ * the JSON (and accepted by the class) carry over, missing keys take the class
+ * defaults, overrides win. Schedules (betas, alphas_cumprod, sigmas,
+ * timesteps) are computed in the precision diffusers uses (float32 torch
+ * tensors, float64 numpy), so timesteps match exactly and sigmas to float32.
+ *
+ * Use, as diffusers' StableDiffusionPipeline does:
+ *   qd_scheduler_set_timesteps(ctx, s, steps);
+ *   latents = randn(...) * qd_scheduler_init_noise_sigma(s);
+ *   for (i = 0; i < qd_scheduler_len(s); i++) {
+ *       x = latents; qd_scheduler_scale_model_input(s, i, x, n);
+ *       eps = unet(x, qd_scheduler_timestep(s, i)); ... guidance ...
+ *       qd_scheduler_step(ctx, s, i, eps, latents, batch, per_item, rng);
+ *   }
+ * step() must be called for i = 0, 1, 2, ... in order (multistep and
+ * second-order classes keep state between calls). */
+#ifndef QD_SAMPLE_SCHEDULER_H
+#define QD_SAMPLE_SCHEDULER_H
+
+#include <math.h>
+#include <stdint.h>
+#include <cjson/cJSON.h>
+#include "base/ctx.h"
+#include "base/rng.h"
+
+typedef struct qd_scheduler qd_scheduler;
+
+/* config: parsed scheduler_config.json. class_name: NULL = the config's
+ * "_class_name". overrides: cJSON object of kwargs applied on top, may be NULL.
+ * Unknown class name -> QD_ERR_UNSUPPORTED naming the known ones. */
+qd_status qd_scheduler_new(qd_ctx *ctx, const cJSON *config, const char *class_name,
+                           const cJSON *overrides, qd_scheduler **out);
+void qd_scheduler_free(qd_scheduler *s);
+const char *qd_scheduler_class(const qd_scheduler *s);
+const char *qd_scheduler_prediction_type(const qd_scheduler *s);
+
+/* Names of all supported classes, NULL-terminated. */
+const char *const *qd_scheduler_classes(void);
+
+qd_status qd_scheduler_set_timesteps(qd_ctx *ctx, qd_scheduler *s, int num_inference_steps);
+int qd_scheduler_len(const qd_scheduler *s);                 /* model calls = len(timesteps) */
+float qd_scheduler_timestep(const qd_scheduler *s, int i);   /* timesteps[i], passed to the UNet */
+float qd_scheduler_init_noise_sigma(const qd_scheduler *s);
+/* sigmas as the class keeps them (may be NULL for classes without sigmas). */
+const float *qd_scheduler_sigmas(const qd_scheduler *s, int *n);
+/* alphas_cumprod [num_train_timesteps], float32 as torch computes it. */
+const float *qd_scheduler_alphas_cumprod(const qd_scheduler *s, int *n);
+
+/* Noise level of model call i: the sigma the sigma-space classes scale by,
+ * else sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t]) for t = timesteps[i]. */
+float qd_scheduler_model_sigma(const qd_scheduler *s, int i);
+
+/* scheduler.scale_model_input(x, timesteps[i]) in place on n floats. */
+void qd_scheduler_scale_model_input(qd_scheduler *s, int i, float *x, int64_t n);
+
+/* latents = scheduler.step(model_output, timesteps[i], latents, generator=rng).prev_sample,
+ * in place. sample holds `batch` items of `per_item` floats. Classes that draw
+ * noise call qd_rng_randn(rng, buf, batch*per_item) when diffusers calls
+ * randn_tensor(model_output.shape, generator=generator); rng may be NULL only
+ * for classes that draw none. */
+qd_status qd_scheduler_step(qd_ctx *ctx, qd_scheduler *s, int i, const float *model_output,
+                            float *sample, int64_t batch, int64_t per_item, qd_rng *rng);
+
+/* ======================= internal: shared by sched_*.c ====================== */
+
+enum { QD_PRED_EPSILON, QD_PRED_V, QD_PRED_SAMPLE };
+enum { QD_SPACING_LINSPACE, QD_SPACING_LEADING, QD_SPACING_TRAILING };
+enum { QD_BETA_LINEAR, QD_BETA_SCALED_LINEAR, QD_BETA_SQUAREDCOS, QD_BETA_SIGMOID, QD_BETA_EXP };
+enum { QD_ALGO_DPMSOLVERPP, QD_ALGO_SDE_DPMSOLVERPP, QD_ALGO_DPMSOLVER, QD_ALGO_SDE_DPMSOLVER, QD_ALGO_DEIS };
+enum { QD_SOLVER_MIDPOINT, QD_SOLVER_HEUN, QD_SOLVER_LOGRHO, QD_SOLVER_BH1, QD_SOLVER_BH2 };
+enum { QD_VAR_NONE, QD_VAR_FIXED_SMALL, QD_VAR_FIXED_SMALL_LOG, QD_VAR_FIXED_LARGE,
+       QD_VAR_FIXED_LARGE_LOG, QD_VAR_LEARNED, QD_VAR_LEARNED_RANGE };
+
+#define QD_SCHED_MAX_DISABLE 64
+
+/* Union of the config fields of all classes (each class reads its own). */
+typedef struct {
+    int num_train_timesteps;
+    double beta_start, beta_end;
+    int beta_schedule;
+    double *trained_betas;          /* owned; NULL = None */
+    int n_trained_betas;
+    int prediction_type;
+    int timestep_spacing;
+    int steps_offset;
+    int interpolation_log_linear;   /* interpolation_type == "log_linear" */
+    int use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas;
+    int has_sigma_min, has_sigma_max;
+    double sigma_min, sigma_max;
+    int timestep_continuous;        /* timestep_type == "continuous" */
+    int rescale_betas_zero_snr;
+    int final_sigmas_zero;          /* final_sigmas_type == "zero" (else "sigma_min") */
+    int clip_sample;
+    double clip_sample_range;
+    int set_alpha_to_one;
+    int thresholding;
+    double dynamic_thresholding_ratio, sample_max_value;
+    int variance_type;
+    int skip_prk_steps;
+    int solver_order;
+    int algorithm_type;
+    int solver_type;
+    int lower_order_final, euler_at_final, use_lu_lambdas;
+    double lambda_min_clipped;
+    int use_flow_sigmas;
+    double flow_shift;
+    int predict_x0;
+    int disable_corrector[QD_SCHED_MAX_DISABLE];
+    int n_disable_corrector;
+    double eta;                     /* DDIM step(eta=...): not a diffusers config key */
+} qd_sched_config;
+
+typedef struct qd_sched_class {
+    const char *name;
+    const char *const *keys;                        /* accepted config keys, NULL-terminated */
+    void (*defaults)(qd_sched_config *c);           /* the class __init__ defaults */
+    qd_status (*init)(qd_ctx *ctx, qd_scheduler *s);          /* validate config, state */
+    qd_status (*set_timesteps)(qd_ctx *ctx, qd_scheduler *s, int steps);
+    /* sigma the model is evaluated at for call i; classes that set it also
+     * scale the model input by 1/sqrt(sigma^2+1). NULL: no input scaling. */
+    float (*model_sigma)(const qd_scheduler *s, int i);
+    qd_status (*step)(qd_ctx *ctx, qd_scheduler *s, int i, const float *model_output,
+                      float *sample, int64_t batch, int64_t per_item, qd_rng *rng);
+    void (*free_state)(qd_scheduler *s);            /* may be NULL */
+    /* with rescale_betas_zero_snr, set alphas_cumprod[-1] = 2**-24 so the
+     * first sigma is finite (Euler, Euler ancestral, DPM multistep, UniPC) */
+    int zsnr_tiny_last;
+} qd_sched_class;
+
+struct qd_scheduler {
+    const qd_sched_class *cls;
+    qd_sched_config cfg;
+    int n_train;
+    float *betas;               /* [n_train] float32 */
+    float *alphas_cumprod;      /* [n_train] float32 (cumprod accumulated in double, as torch CPU) */
+    float final_alpha_cumprod;  /* DDIM/PNDM */
+    float *train_sigmas;        /* [n_train] ((1-ac)/ac)**0.5 in float32 */
+    float *log_sigmas;          /* [n_train] np.log of train_sigmas (float32) */
+    int num_inference_steps;
+    int n_timesteps;
+    float *timesteps;           /* as the UNet receives them */
+    int n_sigmas;
+    float *sigmas;              /* float32 torch tensor values */
+    float init_noise_sigma;
+    int next_step;              /* step() index expected next */
+    int64_t n;                  /* elements per step, fixed by the first step after set_timesteps */
+    void *state;                /* class-specific */
+};
+
+/* ---- schedule helpers (scheduler.c) ---- */
+
+/* torch.linspace(start, end, steps, dtype=float32) on CPU, bit-exact. */
+void qd_torch_linspace_f32(double start, double end, int steps, float *out);
+/* np.linspace(start, stop, num) (float64, endpoint). */
+void qd_np_linspace(double start, double stop, int num, double *out);
+/* np.arange(start, stop, step) for float step; returns the count (out may be NULL). */
+int qd_np_arange(double start, double stop, double step, double *out);
+/* np.round: half to even. */
+double qd_np_round(double x);
+/* np.interp(x, arange(n), fp). */
+double qd_np_interp_idx(double x, const float *fp, int n);
+/* _sigma_to_t(sigma, log_sigmas) of the k-diffusion-style schedulers. */
+double qd_sigma_to_t(double sigma, const float *log_sigmas, int n);
+/* _convert_to_karras / _exponential / _beta over [sigma_min, sigma_max], n values, descending. */
+void qd_sigmas_karras(double sigma_min, double sigma_max, int n, double *out);
+void qd_sigmas_exponential(double sigma_min, double sigma_max, int n, double *out);
+void qd_sigmas_beta(double sigma_min, double sigma_max, int n, double *out);
+/* Timesteps by timestep_spacing as Euler/LMS/Heun/KDPM2 compute them
+ * (float32, n values, descending). */
+qd_status qd_sched_spacing_f32(qd_ctx *ctx, const qd_scheduler *s, int n, float *out);
+/* DDIM/DDPM (n values, int64) spacing. */
+qd_status qd_sched_spacing_int(qd_ctx *ctx, const qd_scheduler *s, int n, double *out);
+/* DPM/DEIS/UniPC spacing (linspace over n+1 points, last dropped). */
+qd_status qd_sched_spacing_multistep(qd_ctx *ctx, const qd_scheduler *s, int n, int last_timestep,
+                                     double *out);
+/* The sigma-space classes' set_timesteps core (Euler, LMS, Heun, KDPM2...):
+ * timesteps by spacing (float32), sigmas interpolated from the training sigmas
+ * (or Euler's log_linear), then optionally replaced by karras / exponential /
+ * beta sigmas with timesteps from _sigma_to_t (rounded when round_ts).
+ * ts gets n values; sig gets *n_sig (n, or n+1 for log_linear) values, float64
+ * as numpy holds them, before the final sigma is appended. */
+qd_status qd_sched_kdiff_sigmas(qd_ctx *ctx, const qd_scheduler *s, int n, float *ts, double *sig,
+                                int *n_sig, int round_ts);
+/* Per-element x0 from the model output for sigma-space classes (float32 math
+ * as torch does it with a 0-dim float32 sigma). */
+static inline float qd_kd_x0(int pred, float sigma, float mo, float x) {
+    if (pred == QD_PRED_EPSILON) return x - sigma * mo;
+    if (pred == QD_PRED_V) return mo * (-sigma / sqrtf(sigma * sigma + 1.0f)) + x / (sigma * sigma + 1.0f);
+    return mo;
+}
+/* Dynamic thresholding (_threshold_sample) of x in place, per batch item. */
+qd_status qd_sched_threshold(qd_ctx *ctx, const qd_sched_config *c, float *x, int64_t batch,
+                             int64_t per_item);
+/* sqrt((1-ac)/ac) for one alphas_cumprod value, in float32 like torch. */
+float qd_sched_sigma_from_ac(float ac);
+/* Replace s->timesteps / s->sigmas (takes ownership of the arrays). */
+void qd_sched_set_arrays(qd_scheduler *s, float *timesteps, int n_t, float *sigmas, int n_s);
+/* init_noise_sigma of the sigma-space classes: max sigma, or sqrt(max^2+1)
+ * unless timestep_spacing is linspace/trailing. */
+float qd_sched_init_sigma_kdiff(const qd_scheduler *s);
+/* Check/record the element count of a step; allocates nothing. */
+qd_status qd_sched_check_n(qd_ctx *ctx, qd_scheduler *s, int64_t n);
+/* calloc a float buffer of s->n elements (error on failure). */
+float *qd_sched_alloc(qd_ctx *ctx, const qd_scheduler *s);
+
+/* The registered classes (sched_*.c). */
+extern const qd_sched_class qd_sched_euler, qd_sched_euler_ancestral, qd_sched_dpmsolver_multistep,
+    qd_sched_ddim, qd_sched_pndm, qd_sched_ddpm, qd_sched_lms, qd_sched_heun, qd_sched_kdpm2,
+    qd_sched_kdpm2_ancestral, qd_sched_dpmsolver_singlestep, qd_sched_deis, qd_sched_unipc;
+
+#endif
