@@ -1,6 +1,8 @@
 /* KDPM2AncestralDiscreteScheduler (k-diffusion's sample_dpm_2_ancestral): like
  * KDPM2 but the full step goes to sigma_down and adds noise * sigma_up. Noise
- * is drawn on every call (both halves), used only by the second half. */
+ * is drawn only by the second half of each interval (diffusers 0.32 draws it
+ * inside that branch; older releases drew on every call — the sd15-tiny
+ * golden settles it). */
 #include "sample/scheduler.h"
 
 #include <stdlib.h>
@@ -128,7 +130,6 @@ static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *mo, floa
     if (!st->sample && !(st->sample = qd_sched_alloc(ctx, s))) return QD_ERR_NOMEM;
     if (!st->noise && !(st->noise = qd_sched_alloc(ctx, s))) return QD_ERR_NOMEM;
     const int pred = s->cfg.prediction_type;
-    qd_rng_randn(rng, st->noise, n);   /* drawn before the branch, every call */
     if (!st->second) {
         const float sigma = s->sigmas[i], sigma_interpol = st->interp[i];
         const float dt = sigma_interpol - sigma;
@@ -143,6 +144,7 @@ static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *mo, floa
         const float sigma = s->sigmas[i - 1], sigma_interpol = st->interp[i - 1];
         const float sigma_up = st->up[i - 1], sigma_down = st->down[i - 1];
         const float dt = sigma_down - sigma;
+        qd_rng_randn(rng, st->noise, n);   /* randn_tensor in the 2nd-order branch */
         for (int64_t j = 0; j < n; j++) {
             float x0 = qd_kd_x0(pred, sigma_interpol, mo[j], x[j]);
             float d = (x[j] - x0) / sigma_interpol;
