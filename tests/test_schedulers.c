@@ -102,6 +102,13 @@ static void test_schedules(void) {
      * trailing spacing: init_noise_sigma = sigma_max itself */
     check(s && near(qd_scheduler_init_noise_sigma(s), 4096.0, 1e-6), "zsnr init_noise_sigma ~4096 (got %g)",
           s ? qd_scheduler_init_noise_sigma(s) : 0);
+    /* np.arange(1000, 0, -1000/61) has 62 entries: diffusers then runs 62 calls
+     * ending at t = -1; qdiff refuses instead of reproducing that */
+    s = make("DDIMScheduler", "{\"timestep_spacing\":\"trailing\"}");
+    check(s && qd_scheduler_set_timesteps(ctx, s, 61) == QD_ERR_UNSUPPORTED && strstr(qd_last_error(ctx), "61"),
+          "trailing 61 steps refused: %s", qd_last_error(ctx));
+    check(s && qd_scheduler_set_timesteps(ctx, s, 60) == QD_OK && qd_scheduler_len(s) == 60,
+          "trailing 60 steps fine");
     qd_scheduler_free(s);
 }
 
@@ -360,6 +367,75 @@ static void test_kdiffusion(void) {
     free(mu);
 }
 
+/* ------------------------------ noise draws: when diffusers calls randn_tensor */
+
+/* Runs `steps` and writes per call: 0 (no draw), 1 (one randn of the sample
+ * size), -1 (anything else). Returns the number of calls. */
+static int draw_pattern(const char *cls, const char *ov, int steps, int *pat) {
+    qd_scheduler *s = make(cls, ov);
+    if (!s || qd_scheduler_set_timesteps(ctx, s, steps) != QD_OK) {
+        qd_scheduler_free(s);
+        return 0;
+    }
+    enum { N = 2 * 4 * 4 };
+    float x[N], m[N], tmp[N];
+    qd_rng rng;
+    qd_rng_seed(&rng, 3);
+    qd_rng_randn(&rng, x, N);
+    int len = qd_scheduler_len(s);
+    for (int i = 0; i < len; i++) {
+        for (int j = 0; j < N; j++) m[j] = 0.5f * x[j];
+        qd_rng before = rng;
+        if (qd_scheduler_step(ctx, s, i, m, x, 2, N / 2, &rng) != QD_OK) {
+            len = i;
+            break;
+        }
+        if (memcmp(&before, &rng, sizeof rng) == 0) pat[i] = 0;
+        else {
+            qd_rng_randn(&before, tmp, N);
+            pat[i] = memcmp(&before, &rng, sizeof rng) == 0 ? 1 : -1;
+        }
+    }
+    qd_scheduler_free(s);
+    return len;
+}
+
+static void test_noise_draws(void) {
+    struct {
+        const char *cls, *ov;
+        int steps;
+        const char *want;   /* one char per model call */
+    } cases[] = {
+        {"EulerAncestralDiscreteScheduler", NULL, 4, "1111"},
+        /* only the second half of each interval draws (the sd15-tiny golden shows it) */
+        {"KDPM2AncestralDiscreteScheduler", NULL, 4, "0101010"},
+        /* every step with t > 0: sd15 leading + offset 1 ends at t = 1 */
+        {"DDPMScheduler", NULL, 4, "1111"},
+        {"DDPMScheduler", "{\"steps_offset\":0}", 4, "1110"},
+        {"DPMSolverMultistepScheduler", "{\"algorithm_type\":\"sde-dpmsolver++\"}", 4, "1111"},
+        {"DPMSolverSinglestepScheduler", "{\"algorithm_type\":\"sde-dpmsolver++\"}", 4, "1111"},
+        {"DDIMScheduler", "{\"eta\":0.5}", 4, "1111"},
+        {"DDIMScheduler", NULL, 4, "0000"},
+        {"EulerDiscreteScheduler", NULL, 4, "0000"},
+        {"DPMSolverMultistepScheduler", NULL, 4, "0000"},
+        {"PNDMScheduler", NULL, 4, "00000"},
+        {"LMSDiscreteScheduler", NULL, 4, "0000"},
+        {"HeunDiscreteScheduler", NULL, 4, "0000000"},
+        {"KDPM2DiscreteScheduler", NULL, 4, "0000000"},
+        {"DEISMultistepScheduler", NULL, 4, "0000"},
+        {"UniPCMultistepScheduler", NULL, 4, "0000"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        int pat[16];
+        int len = draw_pattern(cases[k].cls, cases[k].ov, cases[k].steps, pat);
+        char got[17];
+        for (int i = 0; i < len && i < 16; i++) got[i] = pat[i] < 0 ? '?' : (char)('0' + pat[i]);
+        got[len < 16 ? len : 16] = 0;
+        check(strcmp(got, cases[k].want) == 0, "%s %s noise draws per call: %s (want %s)", cases[k].cls,
+              cases[k].ov ? cases[k].ov : "", got, cases[k].want);
+    }
+}
+
 /* ------------------------------------------------------------ thresholding */
 
 static void test_threshold(void) {
@@ -400,6 +476,7 @@ int main(void) {
     test_sigmas();
     test_config();
     test_threshold();
+    test_noise_draws();
     test_all_classes();
     test_kdiffusion();
     cJSON_Delete(sd15);

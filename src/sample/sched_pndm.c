@@ -93,8 +93,9 @@ static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
         if (m != n) {
             free(base);
             free(all);
-            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: trailing spacing gives %d timesteps for %d steps",
-                           s->cls->name, m, n);
+            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: trailing spacing with %d steps gives %d timesteps in diffusers "
+                           "(numpy arange rounding, the last is -1); not supported",
+                           s->cls->name, n, m);
         }
         double *tmp = qd_malloc(ctx, sizeof(double) * (size_t)n);
         if (!tmp) {

@@ -362,8 +362,9 @@ qd_status qd_sched_spacing_f32(qd_ctx *ctx, const qd_scheduler *s, int n, float 
         int m = qd_np_arange(N, 0, -ratio, NULL);
         if (m != n) {
             free(tmp);
-            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: trailing spacing gives %d timesteps for %d steps",
-                           s->cls->name, m, n);
+            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: trailing spacing with %d steps gives %d timesteps in diffusers "
+                           "(numpy arange rounding, the last is -1); not supported",
+                           s->cls->name, n, m);
         }
         qd_np_arange(N, 0, -ratio, tmp);
         for (int i = 0; i < n; i++) out[i] = (float)qd_np_round(tmp[i]) - 1.0f;
@@ -395,8 +396,9 @@ qd_status qd_sched_spacing_int(qd_ctx *ctx, const qd_scheduler *s, int n, double
         double ratio = (double)N / n;
         int m = qd_np_arange(N, 0, -ratio, NULL);
         if (m != n)
-            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: trailing spacing gives %d timesteps for %d steps",
-                           s->cls->name, m, n);
+            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: trailing spacing with %d steps gives %d timesteps in diffusers "
+                           "(numpy arange rounding, the last is -1); not supported",
+                           s->cls->name, n, m);
         qd_np_arange(N, 0, -ratio, out);
         for (int i = 0; i < n; i++) out[i] = qd_np_round(out[i]) - 1;
         break;
@@ -427,8 +429,9 @@ qd_status qd_sched_spacing_multistep(qd_ctx *ctx, const qd_scheduler *s, int n, 
         double ratio = (double)N / n;
         int m = qd_np_arange(last_timestep, 0, -ratio, NULL);
         if (m != n)
-            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: trailing spacing gives %d timesteps for %d steps",
-                           s->cls->name, m, n);
+            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: trailing spacing with %d steps gives %d timesteps in diffusers "
+                           "(numpy arange rounding, the last is -1); not supported",
+                           s->cls->name, n, m);
         qd_np_arange(last_timestep, 0, -ratio, out);
         for (int i = 0; i < n; i++) out[i] = qd_np_round(out[i]) - 1;
         break;
