@@ -102,6 +102,7 @@ static void test_schedules(void) {
      * trailing spacing: init_noise_sigma = sigma_max itself */
     check(s && near(qd_scheduler_init_noise_sigma(s), 4096.0, 1e-6), "zsnr init_noise_sigma ~4096 (got %g)",
           s ? qd_scheduler_init_noise_sigma(s) : 0);
+    qd_scheduler_free(s);
     /* np.arange(1000, 0, -1000/61) has 62 entries: diffusers then runs 62 calls
      * ending at t = -1; qdiff refuses instead of reproducing that */
     s = make("DDIMScheduler", "{\"timestep_spacing\":\"trailing\"}");
@@ -275,7 +276,7 @@ static void test_all_classes(void) {
             qd_scheduler_free(s);
         }
     }
-    check(count == 13, "13 classes registered (%d)", count);
+    check(count == 13, "13 classes listed (%d)", count);
     free(x);
     free(eps);
     free(xin);
