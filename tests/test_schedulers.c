@@ -127,6 +127,17 @@ static void test_sigmas(void) {
         /* scaled_linear: beta_0 = 0.00085 */
         check(near(1 - ac[0], 0.00085, 1e-3), "beta_0 = 0.00085");
     }
+    /* float32 bit patterns of torch's alphas_cumprod for this config (torch 1.13:
+     * linspace(...)**2 then cumprod) at a few indices */
+    static const int idx[6] = {0, 72, 115, 500, 831, 999};
+    static const uint32_t want[6] = {0x3f7fc84bu, 0x3f6d71d2u, 0x3f600d2fu, 0x3e8d7b74u, 0x3ce44705u, 0x3b98b3b8u};
+    int exact = ac != NULL;
+    for (int k = 0; exact && k < 6; k++) {
+        uint32_t u;
+        memcpy(&u, &ac[idx[k]], 4);
+        exact = u == want[k];
+    }
+    check(exact, "alphas_cumprod bit-exact with torch at 6 indices");
     /* before set_timesteps with linspace: max sigma; after: sigma(999) */
     check(s && near(qd_scheduler_init_noise_sigma(s), 14.6146, 1e-4), "Euler linspace init_noise_sigma 14.6146");
     qd_scheduler_free(s);
