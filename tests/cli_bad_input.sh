@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The CLI on broken model folders and bad arguments: exit status 2, a message
+# naming the file at fault, and no output file (nor temporary) left behind.
+# usage: cli_bad_input.sh path/to/qdiff path/to/tests/fixtures
+set -u
+qdiff=$1
+fixtures=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0
+fail=0
+
+# expect NAME WANT_TEXT -- ARGS...: exit 2, stderr contains WANT_TEXT, no output left.
+expect() {
+  local name=$1 want=$2
+  shift 3
+  rm -f "$tmp"/out*
+  "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
+  local rc=$?
+  local left
+  left=$(ls "$tmp" | grep -E '^out' || true)
+  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && [[ -z "$left" ]] && ! grep -q "AddressSanitizer\|runtime error" "$tmp/stderr"; then
+    echo "ok   $name: $(head -c 300 "$tmp/stderr" | tr '\n' ' ')"
+    pass=$((pass + 1))
+  else
+    echo "FAIL $name: rc=$rc left='$left' stderr: $(head -c 600 "$tmp/stderr")"
+    fail=$((fail + 1))
+  fi
+}
+
+# a fresh copy of the tiny SD1.5 folder to break
+fresh() { rm -rf "$tmp/m"; cp -r "$fixtures/models/sd15-tiny" "$tmp/m"; }
+gen=(generate -m "$tmp/m" -p "a cat" --steps 2 -q -o "$tmp/out.png")
+
+fresh; rm -rf "$tmp/m/vae"
+expect "missing component folder" "$tmp/m/vae" -- "${gen[@]}"
+
+fresh; rm "$tmp/m/unet/diffusion_pytorch_model.safetensors"
+expect "missing weights file" "$tmp/m/unet" -- "${gen[@]}"
+
+fresh; rm "$tmp/m/tokenizer/merges.txt"
+expect "missing tokenizer file" "merges.txt" -- "${gen[@]}"
+
+fresh; sed -i 's/"UNet2DConditionModel"/"FooNet2DModel"/' "$tmp/m/model_index.json"
+expect "unknown component class" "FooNet2DModel" -- "${gen[@]}"
+
+fresh; sed -i 's/"StableDiffusionPipeline"/"FooPipeline"/' "$tmp/m/model_index.json"
+expect "unknown pipeline class" "FooPipeline" -- "${gen[@]}"
+
+fresh; printf '{"_class_name": "UNet2DConditionModel", ' > "$tmp/m/unet/config.json"
+expect "invalid JSON" "unet/config.json" -- "${gen[@]}"
+
+fresh; truncate -s 5000 "$tmp/m/unet/diffusion_pytorch_model.safetensors"
+expect "truncated safetensors" "diffusion_pytorch_model.safetensors" -- "${gen[@]}"
+
+fresh; truncate -s 4 "$tmp/m/vae/diffusion_pytorch_model.safetensors"
+expect "safetensors shorter than its header" "vae/diffusion_pytorch_model.safetensors" -- "${gen[@]}"
+
+fresh
+expect "unwritable output" "/nonexistent-dir/out.png" -- generate -m "$tmp/m" -p "a cat" --steps 2 -q -o /nonexistent-dir/out.png
+expect "missing model folder" "$tmp/nope" -- generate -m "$tmp/nope" -p "a cat" -q -o "$tmp/out.png"
+expect "bad width" "multiples of 8" -- generate -m "$tmp/m" -p "a cat" -W 60 -q -o "$tmp/out.png"
+expect "bad steps" "--steps" -- generate -m "$tmp/m" -p "a cat" --steps zero -q -o "$tmp/out.png"
+expect "unknown scheduler" "NoSuchScheduler" -- generate -m "$tmp/m" -p "a cat" --scheduler NoSuchScheduler -q -o "$tmp/out.png"
+expect "missing -o" "-o OUT.png" -- generate -m "$tmp/m" -p "a cat"
+expect "unknown command" "unknown command" -- frobnicate
+
+# and the good path writes a PNG carrying the parameters chunk
+"$qdiff" generate -m "$tmp/m" -p "a cat" --steps 2 --seed 7 -q -o "$tmp/good.png" 2>"$tmp/stderr"
+if [[ $? -eq 0 && -s "$tmp/good.png" ]] && grep -aq "Seed: 7" "$tmp/good.png"; then
+  echo "ok   good run writes a PNG with parameters"; pass=$((pass + 1))
+else
+  echo "FAIL good run: $(cat "$tmp/stderr")"; fail=$((fail + 1))
+fi
+
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 ]]
