@@ -28,6 +28,10 @@ void qd_group_norm(qd_ctx *ctx, const float *x, int64_t B, int64_t C, int64_t S,
 void qd_layer_norm(qd_ctx *ctx, const float *x, int64_t M, int64_t C, float eps,
                    const float *gamma, const float *beta, float *y);
 
+/* RMSNorm over the last dim of x [M, C]: x / sqrt(mean(x^2) + eps) * gamma (gamma may
+ * be NULL). In place allowed. (T5LayerNorm, SD3/FLUX qk-norm.) */
+void qd_rms_norm(qd_ctx *ctx, const float *x, int64_t M, int64_t C, float eps, const float *gamma, float *y);
+
 /* Elementwise, in place. */
 void qd_silu(float *x, int64_t n);
 void qd_gelu(float *x, int64_t n);          /* exact erf GELU */
