@@ -11,7 +11,7 @@ static const qd_sched_class *const registry[] = {
     &qd_sched_euler, &qd_sched_euler_ancestral, &qd_sched_dpmsolver_multistep,
     &qd_sched_dpmsolver_singlestep, &qd_sched_ddim, &qd_sched_ddpm, &qd_sched_pndm,
     &qd_sched_lms, &qd_sched_heun, &qd_sched_kdpm2, &qd_sched_kdpm2_ancestral,
-    &qd_sched_deis, &qd_sched_unipc,
+    &qd_sched_deis, &qd_sched_unipc, &qd_sched_flow_euler,
 };
 #define N_CLASSES ((int)(sizeof registry / sizeof registry[0]))
 
@@ -20,7 +20,8 @@ static const char *const class_names[] = {
     "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
     "DPMSolverSinglestepScheduler", "DDIMScheduler", "DDPMScheduler", "PNDMScheduler",
     "LMSDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler", NULL,
+    "KDPM2AncestralDiscreteScheduler", "DEISMultistepScheduler", "UniPCMultistepScheduler",
+    "FlowMatchEulerDiscreteScheduler", NULL,
 };
 
 const char *const *qd_scheduler_classes(void) { return class_names; }
@@ -176,6 +177,14 @@ static qd_status parse_key(qd_ctx *ctx, const char *cls, qd_sched_config *c, con
     if (IS("solver_p"))   /* only reached when not null */
         return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: solver_p (a nested scheduler) is not supported", cls);
     if (IS("eta")) return parse_num(ctx, cls, k, it, &c->eta);
+    if (IS("shift")) return parse_num(ctx, cls, k, it, &c->shift);
+    if (IS("base_shift")) return parse_num(ctx, cls, k, it, &c->base_shift);
+    if (IS("max_shift")) return parse_num(ctx, cls, k, it, &c->max_shift);
+    if (IS("use_dynamic_shifting")) return parse_bool(ctx, cls, k, it, &c->use_dynamic_shifting);
+    if (IS("base_image_seq_len")) return parse_int(ctx, cls, k, it, &c->base_image_seq_len);
+    if (IS("max_image_seq_len")) return parse_int(ctx, cls, k, it, &c->max_image_seq_len);
+    if (IS("invert_sigmas")) return parse_bool(ctx, cls, k, it, &c->invert_sigmas);
+    if (IS("shift_terminal")) { c->has_shift_terminal = 1; return parse_num(ctx, cls, k, it, &c->shift_terminal); }
 #undef IS
     return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: config key '%s' not handled", cls, k);
 }
@@ -716,7 +725,35 @@ void qd_scheduler_free(qd_scheduler *s) {
     free(s->log_sigmas);
     free(s->timesteps);
     free(s->sigmas);
+    free(s->flow_sigmas);
     free(s);
+}
+
+int qd_scheduler_is_flow(const qd_scheduler *s, int *dynamic, int *base_seq, int *max_seq,
+                         double *base_shift, double *max_shift) {
+    if (s->cls != &qd_sched_flow_euler) return 0;
+    if (dynamic) *dynamic = s->cfg.use_dynamic_shifting;
+    if (base_seq) *base_seq = s->cfg.base_image_seq_len;
+    if (max_seq) *max_seq = s->cfg.max_image_seq_len;
+    if (base_shift) *base_shift = s->cfg.base_shift;
+    if (max_shift) *max_shift = s->cfg.max_shift;
+    return 1;
+}
+
+qd_status qd_scheduler_set_flow_inputs(qd_ctx *ctx, qd_scheduler *s, int has_mu, double mu,
+                                       const float *sigmas, int n) {
+    s->has_flow_mu = has_mu;
+    s->flow_mu = mu;
+    free(s->flow_sigmas);
+    s->flow_sigmas = NULL;
+    s->n_flow_sigmas = 0;
+    if (sigmas && n > 0) {
+        s->flow_sigmas = qd_malloc(ctx, sizeof(float) * (size_t)n);
+        if (!s->flow_sigmas) return QD_ERR_NOMEM;
+        memcpy(s->flow_sigmas, sigmas, sizeof(float) * (size_t)n);
+        s->n_flow_sigmas = n;
+    }
+    return QD_OK;
 }
 
 const char *qd_scheduler_class(const qd_scheduler *s) { return s->cls->name; }

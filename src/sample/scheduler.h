@@ -41,6 +41,14 @@ const char *qd_scheduler_prediction_type(const qd_scheduler *s);
 const char *const *qd_scheduler_classes(void);
 
 qd_status qd_scheduler_set_timesteps(qd_ctx *ctx, qd_scheduler *s, int num_inference_steps);
+/* Flow-matching classes: 1, and the config's dynamic-shift parameters (for the
+ * pipeline's calculate_shift). 0 for noise-prediction classes. */
+int qd_scheduler_is_flow(const qd_scheduler *s, int *dynamic, int *base_seq, int *max_seq,
+                         double *base_shift, double *max_shift);
+/* Before set_timesteps of a flow class: mu for dynamic shifting, and/or explicit
+ * sigmas (n values, as FluxPipeline passes np.linspace(1, 1/n, n)); sigmas may be NULL. */
+qd_status qd_scheduler_set_flow_inputs(qd_ctx *ctx, qd_scheduler *s, int has_mu, double mu,
+                                       const float *sigmas, int n);
 int qd_scheduler_len(const qd_scheduler *s);                 /* model calls = len(timesteps) */
 float qd_scheduler_timestep(const qd_scheduler *s, int i);   /* timesteps[i], passed to the UNet */
 float qd_scheduler_init_noise_sigma(const qd_scheduler *s);
@@ -111,6 +119,11 @@ typedef struct {
     int disable_corrector[QD_SCHED_MAX_DISABLE];
     int n_disable_corrector;
     double eta;                     /* DDIM step(eta=...): not a diffusers config key */
+    /* FlowMatchEulerDiscreteScheduler */
+    double shift, base_shift, max_shift;
+    int use_dynamic_shifting, base_image_seq_len, max_image_seq_len, invert_sigmas;
+    int has_shift_terminal;
+    double shift_terminal;
 } qd_sched_config;
 
 typedef struct qd_sched_class {
@@ -148,6 +161,11 @@ struct qd_scheduler {
     int next_step;              /* step() index expected next */
     int64_t n;                  /* elements per step, fixed by the first step after set_timesteps */
     void *state;                /* class-specific */
+    /* flow-matching inputs of the next set_timesteps (diffusers' mu= and sigmas= kwargs) */
+    int has_flow_mu;
+    double flow_mu;
+    float *flow_sigmas;         /* owned; NULL: the class's own linspace */
+    int n_flow_sigmas;
 };
 
 /* ---- schedule helpers (scheduler.c) ---- */
@@ -209,6 +227,7 @@ float *qd_sched_alloc(qd_ctx *ctx, const qd_scheduler *s);
 /* The registered classes (sched_*.c). */
 extern const qd_sched_class qd_sched_euler, qd_sched_euler_ancestral, qd_sched_dpmsolver_multistep,
     qd_sched_ddim, qd_sched_pndm, qd_sched_ddpm, qd_sched_lms, qd_sched_heun, qd_sched_kdpm2,
-    qd_sched_kdpm2_ancestral, qd_sched_dpmsolver_singlestep, qd_sched_deis, qd_sched_unipc;
+    qd_sched_kdpm2_ancestral, qd_sched_dpmsolver_singlestep, qd_sched_deis, qd_sched_unipc,
+    qd_sched_flow_euler;
 
 #endif
