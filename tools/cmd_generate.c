@@ -1,0 +1,198 @@
+/* qdiff generate: text-to-image from a diffusers folder. */
+#include "cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static void usage_generate(FILE *f) {
+    fprintf(f,
+        "usage: qdiff generate -m DIR -p TEXT -o OUT.png [options]\n"
+        "\n"
+        "  -m, --model DIR            diffusers folder (model_index.json + component folders)\n"
+        "  -p, --prompt TEXT          what to draw\n"
+        "  -n, --negative TEXT        negative prompt (default: empty)\n"
+        "  -o, --output OUT.png       output PNG; with --batch N > 1, OUT-1.png ... OUT-N.png\n"
+        "      --steps N              sampling steps (default 20)\n"
+        "      --cfg X                classifier-free guidance scale (default 7.5; <= 1 disables it)\n"
+        "      --guidance-rescale X   rescale guided prediction toward the conditional std (default 0)\n"
+        "      --seed N               seed of the torch-compatible CPU generator (default: random)\n"
+        "  -W, --width N              image width in pixels, multiple of 8 (default: the model's size)\n"
+        "  -H, --height N             image height in pixels, multiple of 8 (default: the model's size)\n"
+        "      --scheduler CLASS      diffusers scheduler class (default: the folder's own), one of:\n"
+        "                             EulerDiscreteScheduler EulerAncestralDiscreteScheduler\n"
+        "                             DPMSolverMultistepScheduler DPMSolverSinglestepScheduler\n"
+        "                             DDIMScheduler PNDMScheduler DDPMScheduler LMSDiscreteScheduler\n"
+        "                             HeunDiscreteScheduler KDPM2DiscreteScheduler\n"
+        "                             KDPM2AncestralDiscreteScheduler DEISMultistepScheduler\n"
+        "                             UniPCMultistepScheduler\n"
+        "      --karras               use Karras sigmas (use_karras_sigmas=true)\n"
+        "      --scheduler-options J  JSON object of scheduler config overrides,\n"
+        "                             e.g. '{\"algorithm_type\":\"sde-dpmsolver++\"}'\n"
+        "      --batch N              images per run (default 1)\n"
+        "  -t, --threads N            worker threads (default: all cores)\n"
+        "      --save-latents F       also write the final latents to F (.safetensors, tensor \"latents\")\n"
+        "  -q, --quiet                no progress output\n"
+        "  -h, --help                 this help\n");
+}
+
+typedef struct { int quiet, tty; } progress_state;
+
+static int on_progress(void *user, int step, int total, double elapsed) {
+    progress_state *ps = user;
+    if (ps->quiet) return 0;
+    double per = elapsed / step, eta = per * (total - step);
+    fprintf(stderr, "%sstep %d/%d  %.2f s/it  ETA %.0fs%s", ps->tty ? "\r" : "", step, total, per, eta,
+            ps->tty ? (step == total ? "\n" : "") : "\n");
+    fflush(stderr);
+    return 0;
+}
+
+static uint64_t random_seed(void) {
+    uint64_t s = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&s, sizeof s, 1, f) != 1) s = (uint64_t)time(NULL) * 2654435761u;
+    if (f) fclose(f);
+    return s & 0xffffffffu;   /* A1111-style seeds fit in 32 bits */
+}
+
+/* OUT.png -> OUT-k.png for batches. */
+static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
+    if (batch <= 1) { snprintf(buf, n, "%s", path); return; }
+    const char *dot = strrchr(path, '.'), *slash = strrchr(path, '/');
+    if (!dot || (slash && dot < slash)) { snprintf(buf, n, "%s-%d", path, k); return; }
+    snprintf(buf, n, "%.*s-%d%s", (int)(dot - path), path, k, dot);
+}
+
+int cmd_generate(int argc, char **argv) {
+    enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS };
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
+        {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
+        {"steps", required_argument, 0, O_STEPS}, {"cfg", required_argument, 0, O_CFG},
+        {"seed", required_argument, 0, O_SEED}, {"width", required_argument, 0, 'W'},
+        {"height", required_argument, 0, 'H'}, {"scheduler", required_argument, 0, O_SCHED},
+        {"karras", no_argument, 0, O_KARRAS}, {"batch", required_argument, 0, O_BATCH},
+        {"threads", required_argument, 0, 't'}, {"save-latents", required_argument, 0, O_LATENTS},
+        {"guidance-rescale", required_argument, 0, O_RESCALE}, {"scheduler-options", required_argument, 0, O_SOPTS},
+        {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    qd_gen_params p;
+    qd_gen_params_default(&p);
+    const char *model_dir = NULL, *out = NULL, *latents_path = NULL;
+    long threads = 0, v;
+    int have_seed = 0, quiet = 0;
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:p:n:o:W:H:t:qh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_dir = optarg; break;
+        case 'p': p.prompt = optarg; break;
+        case 'n': p.negative_prompt = optarg; break;
+        case 'o': out = optarg; break;
+        case O_STEPS: if (cli_parse_int(optarg, "--steps", 1, 10000, &v)) return EXIT_BAD; p.steps = (int)v; break;
+        case O_CFG: if (cli_parse_float(optarg, "--cfg", &p.cfg_scale)) return EXIT_BAD; break;
+        case O_RESCALE: if (cli_parse_float(optarg, "--guidance-rescale", &p.guidance_rescale)) return EXIT_BAD; break;
+        case O_SEED: {
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(optarg, &end, 10);
+            if (errno || *end || end == optarg || optarg[0] == '-') {
+                fprintf(stderr, "qdiff: --seed expects a non-negative integer, got '%s'\n", optarg);
+                return EXIT_BAD;
+            }
+            p.seed = s;
+            have_seed = 1;
+            break;
+        }
+        case 'W': if (cli_parse_int(optarg, "--width", 8, 16384, &v)) return EXIT_BAD; p.width = (int)v; break;
+        case 'H': if (cli_parse_int(optarg, "--height", 8, 16384, &v)) return EXIT_BAD; p.height = (int)v; break;
+        case O_SCHED: p.scheduler = optarg; break;
+        case O_KARRAS: p.karras = 1; break;
+        case O_SOPTS: p.scheduler_options = optarg; break;
+        case O_BATCH: if (cli_parse_int(optarg, "--batch", 1, 64, &v)) return EXIT_BAD; p.batch = (int)v; break;
+        case 't': if (cli_parse_int(optarg, "--threads", 1, 256, &threads)) return EXIT_BAD; break;
+        case O_LATENTS: latents_path = optarg; break;
+        case 'q': quiet = 1; break;
+        case 'h': usage_generate(stdout); return 0;
+        default: usage_generate(stderr); return EXIT_BAD;
+        }
+    }
+    if (optind < argc) { fprintf(stderr, "qdiff: unexpected argument '%s'\n", argv[optind]); return EXIT_BAD; }
+    if (!model_dir || !p.prompt || !out) {
+        fprintf(stderr, "qdiff: generate needs -m DIR, -p TEXT and -o OUT.png (see qdiff generate --help)\n");
+        return EXIT_BAD;
+    }
+    if (!have_seed) p.seed = random_seed();
+
+    char path[4200];
+    for (int k = 1; k <= p.batch; k++) {
+        numbered(path, sizeof path, out, k, p.batch);
+        if (cli_check_writable(path)) return EXIT_BAD;
+    }
+    if (latents_path && cli_check_writable(latents_path)) return EXIT_BAD;
+
+    qd_ctx *ctx = qd_ctx_new((int)threads);
+    if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); return EXIT_BAD; }
+    qd_model *m = NULL;
+    int rc = 0;
+    uint8_t *img = NULL;
+    float *lat = NULL;
+    if (qd_model_open(ctx, model_dir, &m) != QD_OK) {
+        fprintf(stderr, "qdiff: %s\n", qd_last_error(ctx));
+        rc = EXIT_BAD;
+        goto done;
+    }
+    progress_state ps = {quiet, isatty(2)};
+    p.progress = on_progress;
+    p.progress_user = &ps;
+    int64_t shape[4];
+    size_t nlat = qd_latent_shape(m, &p, shape);
+    img = malloc(qd_image_size(m, &p, QD_IMAGE_RGB8));
+    lat = latents_path ? malloc(sizeof(float) * nlat) : NULL;
+    if (!img || (latents_path && !lat)) { fprintf(stderr, "qdiff: out of memory\n"); rc = EXIT_BAD; goto done; }
+    qd_status st = qd_generate(ctx, m, &p, QD_IMAGE_RGB8, img, lat);
+    if (st != QD_OK) {
+        fprintf(stderr, "qdiff: %s\n", qd_last_error(ctx));
+        rc = st == QD_ERR_CANCELLED ? 130 : EXIT_BAD;
+        goto done;
+    }
+    int W, H;
+    qd_image_dims(m, &p, &W, &H);
+    const char *sched = p.scheduler ? p.scheduler : qd_model_scheduler(m);
+    const char *mname = strrchr(model_dir, '/');
+    mname = mname && mname[1] ? mname + 1 : model_dir;
+    for (int k = 1; k <= p.batch; k++) {
+        char params[8192];
+        snprintf(params, sizeof params,
+                 "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, "
+                 "Model: %s, Batch pos: %d, Version: qdiff %s",
+                 p.prompt, p.negative_prompt ? p.negative_prompt : "", p.steps, sched,
+                 p.karras == 1 ? " Karras" : "", p.cfg_scale, (unsigned long long)p.seed, W, H, mname, k - 1,
+                 QDIFF_VERSION);
+        const char *keys[] = {"parameters"};
+        const char *vals[] = {params};
+        numbered(path, sizeof path, out, k, p.batch);
+        if (qd_write_png(ctx, path, img + (size_t)(k - 1) * (size_t)W * (size_t)H * 3, W, H, keys, vals, 1) != QD_OK) {
+            fprintf(stderr, "qdiff: %s\n", qd_last_error(ctx));
+            for (int j = 1; j < k; j++) { numbered(path, sizeof path, out, j, p.batch); remove(path); }
+            rc = EXIT_BAD;
+            goto done;
+        }
+        if (!quiet) fprintf(stderr, "wrote %s (seed %llu)\n", path, (unsigned long long)p.seed);
+    }
+    if (latents_path && qd_write_tensor(ctx, latents_path, "latents", lat, shape, 4) != QD_OK) {
+        fprintf(stderr, "qdiff: %s\n", qd_last_error(ctx));
+        rc = EXIT_BAD;
+    }
+done:
+    free(img);
+    free(lat);
+    qd_model_free(m);
+    qd_ctx_free(ctx);
+    return rc;
+}
+
