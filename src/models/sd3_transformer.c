@@ -8,8 +8,9 @@
  * Layout: the two streams are token-major ([B, N, D] image, [B, L, D] context). The
  * joint attention's Q/K/V live in one [B, N + L, D] buffer each, image rows first then
  * context rows (the order JointAttnProcessor2_0 concatenates them), so the projections
- * write straight into place and no concatenation or split copy is needed. Every buffer
- * of a forward pass is allocated once up front and reused by every block. */
+ * write straight into place; image and context queries attend in separate calls whose
+ * outputs land already split. No concatenation or split copy anywhere. Every buffer of
+ * a forward pass is allocated once up front and reused by every block. */
 #include "models/sd3_transformer.h"
 #include "models/params.h"
 #include "base/threads.h"

@@ -7,7 +7,11 @@
  * last block's context stream: AdaLayerNormContinuous, context_pre_only), qk_norm null or
  * "rms_norm", SD3.5's dual_attention_layers (SD35AdaLayerNormZeroX + attn2), norm_out,
  * proj_out and unpatchify. Anything else in the config fails at load with
- * QD_ERR_UNSUPPORTED or QD_ERR_FORMAT naming "<dir>/config.json". */
+ * QD_ERR_UNSUPPORTED or QD_ERR_FORMAT naming "<dir>/config.json".
+ *
+ * The position table is computed from the config in float32, as diffusers builds the
+ * buffer; the checkpoint's (bf16-rounded) pos_embed.pos_embed is used instead only when
+ * it is not a rounding of that table (a warning says so). */
 #ifndef QD_MODELS_SD3_TRANSFORMER_H
 #define QD_MODELS_SD3_TRANSFORMER_H
 
