@@ -1,0 +1,198 @@
+/* SDNQ dequantization (§1.8) of any rectangle of a layer's weight, in the order
+ * sdnq uses: codes -> q*scale (+zero_point) or codebook level -> + svd_up.svd_down
+ * -> .H per Hadamard block. All in fp32, the scale dtype sdnq computes in. */
+#include "quant/sdnq_weight.h"
+#include "quant/hadamard.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK 256           /* columns (or rows) handled per step with stack buffers */
+#define MAX_HADAMARD 4096   /* largest Hadamard block decoded on the stack */
+
+/* row[0..nk) holds the codes' values q for cols [k0, k0+nk) of output o: scale them. */
+static void scale_row(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t nk, float *row) {
+    const qd_sdnq_layout *l = &s->l;
+    const float *zp = s->zero_point;
+    int64_t gs = l->group_size;
+    if (l->codebook) {   /* Linear/Embedding only (checked at open) */
+        for (int64_t i = 0; i < nk; i++) {
+            const float *lut = s->scale + (o * s->so + (k0 + i) / gs * s->sg) * s->lut_size;
+            row[i] = lut[(int64_t)row[i]];
+        }
+        return;
+    }
+    if (l->ksize == 1) {
+        /* runs of columns sharing one scale: a group, or the whole range */
+        for (int64_t i = 0; i < nk;) {
+            int64_t g = s->sg ? (k0 + i) / gs : 0;
+            int64_t end = s->sg ? (g + 1) * gs - k0 : nk;
+            if (end > nk) end = nk;
+            int64_t idx = o * s->so + g * s->sg;
+            float sc = s->scale[idx], z = zp ? zp[idx] : 0.0f;
+            if (sc == 0) for (; i < end; i++) row[i] = z;        /* all-zero group: codes are undefined (§1.10) */
+            else if (zp) for (; i < end; i++) row[i] = row[i] * sc + z;
+            else for (; i < end; i++) row[i] = row[i] * sc;
+        }
+        return;
+    }
+    for (int64_t i = 0; i < nk; i++) {   /* Conv: scale per (out, group, kernel position) */
+        int64_t k = k0 + i, c = k / l->ksize, p = k % l->ksize;
+        int64_t idx = o * s->so + c / gs * s->sg + p * s->sp;
+        float sc = s->scale[idx], z = zp ? zp[idx] : 0.0f;
+        row[i] = sc == 0 ? z : zp ? row[i] * sc + z : row[i] * sc;
+    }
+}
+
+void qd_sdnq_decode_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
+    const qd_sdnq_layout *l = &s->l;
+    if (!l->transposed) {
+        for (int64_t r = 0; r < nr; r++) {
+            float *row = dst + r * ld;
+            qd_sdnq_unpack_f32(&l->dtype, s->codes, (r0 + r) * l->cols + k0, nk, row);
+            scale_row(s, r0 + r, k0, nk, row);
+        }
+        return;
+    }
+    /* stored [cols, out]: read runs of consecutive outputs for each column */
+    float q[CHUNK];
+    for (int64_t rc = 0; rc < nr; rc += CHUNK) {
+        int64_t n = nr - rc < CHUNK ? nr - rc : CHUNK;
+        for (int64_t k = 0; k < nk; k++) {
+            qd_sdnq_unpack_f32(&l->dtype, s->codes, (k0 + k) * l->out + r0 + rc, n, q);
+            for (int64_t r = 0; r < n; r++) {
+                int64_t o = r0 + rc + r, idx = o * s->so;
+                float sc = s->scale[idx], z = s->zero_point ? s->zero_point[idx] : 0.0f;
+                dst[(rc + r) * ld + k] = sc == 0 ? z : s->zero_point ? q[r] * sc + z : q[r] * sc;
+            }
+        }
+    }
+}
+
+/* row += (svd_up . svd_down)[o, k0:k0+nk], the product summed first as torch's mm does. */
+static void add_svd_row(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t nk, float *row) {
+    int64_t r = s->l.svd_rank, cols = s->l.cols;
+    const float *up = s->svd_up + o * r;
+    float acc[CHUNK];
+    for (int64_t c = 0; c < nk; c += CHUNK) {
+        int64_t n = nk - c < CHUNK ? nk - c : CHUNK;
+        memset(acc, 0, sizeof(float) * (size_t)n);
+        for (int64_t j = 0; j < r; j++) {
+            const float *d = s->svd_down + j * cols + k0 + c;
+            float u = up[j];
+            for (int64_t i = 0; i < n; i++) acc[i] += u * d[i];
+        }
+        for (int64_t i = 0; i < n; i++) row[c + i] += acc[i];
+    }
+}
+
+static void sdnq_decode(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
+    const qd_sdnq_state *s = w->quant;
+    if (!s->l.hadamard) {
+        qd_sdnq_decode_base(s, r0, nr, k0, nk, dst, ld);
+        if (s->l.svd)
+            for (int64_t r = 0; r < nr; r++) add_svd_row(s, r0 + r, k0, nk, dst + r * ld);
+        return;
+    }
+    /* Hadamard mixes a whole block: decode the blocks covering the range, rotate, copy out */
+    int64_t g = s->l.hadamard_size;
+    float buf[MAX_HADAMARD];
+    for (int64_t r = 0; r < nr; r++) {
+        for (int64_t b = k0 / g * g; b < k0 + nk; b += g) {
+            qd_sdnq_decode_base(s, r0 + r, 1, b, g, buf, g);
+            if (s->l.svd) add_svd_row(s, r0 + r, b, g, buf);
+            qd_hadamard(buf, g);
+            int64_t lo = b > k0 ? b : k0, hi = b + g < k0 + nk ? b + g : k0 + nk;
+            memcpy(dst + r * ld + (lo - k0), buf + (lo - b), sizeof(float) * (size_t)(hi - lo));
+        }
+    }
+}
+
+/* ---- building ---- */
+
+static int f32_in_place(const qd_st_tensor *t) {
+    return t->dtype == QD_F32 && ((uintptr_t)t->data & 3) == 0;
+}
+
+/* The tensor as fp32: in place when possible, else converted into *pool. */
+static const float *as_f32(const qd_st_tensor *t, float **pool) {
+    if (f32_in_place(t)) return t->data;
+    float *d = *pool;
+    qd_st_to_f32(t, 0, t->numel, d);
+    *pool += t->numel;
+    return d;
+}
+
+/* A stored [a, b] matrix as fp32 [b, a] into *pool (svd factors in the qmm orientation). */
+static const float *transposed_f32(const qd_st_tensor *t, float **pool, float *tmp) {
+    int64_t a = t->shape[0], b = t->shape[1];
+    float *d = *pool;
+    for (int64_t i = 0; i < a; i++) {
+        qd_st_to_f32(t, i * b, b, tmp);
+        for (int64_t j = 0; j < b; j++) d[j * a + i] = tmp[j];
+    }
+    *pool += t->numel;
+    return d;
+}
+
+qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_st_set *st, const char *prefix,
+                              const char *module, qd_sdnq_class cls, int ndim, const int64_t *shape,
+                              qd_weight *w, void **state) {
+    char name[700];
+    *state = NULL;
+    qd_sdnq_tensors t;
+    snprintf(name, sizeof name, "%s.weight", prefix);  t.weight = qd_st_find(st, name);
+    snprintf(name, sizeof name, "%s.scale", prefix);   t.scale = qd_st_find(st, name);
+    snprintf(name, sizeof name, "%s.zero_point", prefix); t.zero_point = qd_st_find(st, name);
+    snprintf(name, sizeof name, "%s.svd_up", prefix);  t.svd_up = qd_st_find(st, name);
+    snprintf(name, sizeof name, "%s.svd_down", prefix); t.svd_down = qd_st_find(st, name);
+
+    qd_sdnq_layout l;
+    snprintf(name, sizeof name, "%s.weight", module);
+    QD_TRY(qd_sdnq_layout_derive(ctx, cfg, name, cls, ndim, shape, &l));
+    QD_TRY(qd_sdnq_layout_check(ctx, &l, &t));
+    if (l.hadamard && l.hadamard_size > MAX_HADAMARD)
+        return qd_fail(ctx, QD_ERR_UNSUPPORTED, "layer '%s': Hadamard block %lld is larger than %d", l.param,
+                       (long long)l.hadamard_size, MAX_HADAMARD);
+
+    /* one allocation: the state, then every fp32 copy the mapping cannot serve */
+    size_t pool_n = 0;
+    pool_n += f32_in_place(t.scale) ? 0 : (size_t)t.scale->numel;
+    if (t.zero_point) pool_n += f32_in_place(t.zero_point) ? 0 : (size_t)t.zero_point->numel;
+    if (l.svd) {
+        pool_n += f32_in_place(t.svd_up) && !l.svd_transposed ? 0 : (size_t)t.svd_up->numel;
+        pool_n += f32_in_place(t.svd_down) && !l.svd_transposed ? 0 : (size_t)t.svd_down->numel;
+    }
+    size_t head = (sizeof(qd_sdnq_state) + 63) / 64 * 64;
+    qd_sdnq_state *s = qd_malloc(ctx, head + pool_n * sizeof(float));
+    if (!s) return QD_ERR_NOMEM;
+    memset(s, 0, sizeof *s);
+    float *pool = (float *)((char *)s + head);
+    s->l = l;
+    s->codes = t.weight->data;
+    s->scale = as_f32(t.scale, &pool);
+    s->zero_point = t.zero_point ? as_f32(t.zero_point, &pool) : NULL;
+    if (l.svd && !l.svd_transposed) {
+        s->svd_up = as_f32(t.svd_up, &pool);
+        s->svd_down = as_f32(t.svd_down, &pool);
+    } else if (l.svd) {
+        int64_t longest = t.svd_up->shape[1] > t.svd_down->shape[1] ? t.svd_up->shape[1] : t.svd_down->shape[1];
+        float *tmp = qd_malloc(ctx, sizeof(float) * (size_t)longest);
+        if (!tmp) { free(s); return QD_ERR_NOMEM; }
+        s->svd_up = transposed_f32(t.svd_up, &pool, tmp);      /* [r, out] -> [out, r] */
+        s->svd_down = transposed_f32(t.svd_down, &pool, tmp);  /* [cols, r] -> [r, cols] */
+        free(tmp);
+    }
+    qd_sdnq_scale_strides(&l, &s->so, &s->sg, &s->sp);
+    s->lut_size = l.codebook ? (int64_t)1 << l.dtype.bits : 0;
+
+    memset(w, 0, sizeof *w);
+    w->rows = l.out;
+    w->cols = l.cols;
+    w->t = t.weight;
+    w->decode = sdnq_decode;
+    w->quant = s;
+    *state = s;
+    return QD_OK;
+}

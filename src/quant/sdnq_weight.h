@@ -1,0 +1,41 @@
+/* An SDNQ layer as a qd_weight: decode() dequantizes exactly the rectangle the
+ * GEMM asks for (spec sdnq.md §1.8: unpack, scale/zero-point or codebook, SVD,
+ * Hadamard), so the weight stays quantized in the mapped file. */
+#ifndef QD_QUANT_SDNQ_WEIGHT_H
+#define QD_QUANT_SDNQ_WEIGHT_H
+
+#include <stdint.h>
+#include "base/ctx.h"
+#include "io/safetensors.h"
+#include "tensor/weight.h"
+#include "quant/sdnq_config.h"
+#include "quant/sdnq_layout.h"
+
+/* What decode() reads. Float arrays point into the mapping when the file stores
+ * them as aligned F32, else at converted copies in the same allocation. */
+typedef struct {
+    qd_sdnq_layout l;
+    const uint8_t *codes;           /* the weight tensor's bytes */
+    const float *scale;             /* scale, or the codebook LUT */
+    const float *zero_point;        /* NULL when symmetric */
+    const float *svd_up;            /* [out, r] */
+    const float *svd_down;          /* [r, cols] */
+    int64_t so, sg, sp;             /* scale index = o*so + group*sg + kernel_pos*sp */
+    int64_t lut_size;               /* codebook levels (2^bits) */
+} qd_sdnq_state;
+
+/* Build the weight of one layer. `prefix` finds the tensors ("<prefix>.weight",
+ * ".scale", ".zero_point", ".svd_up", ".svd_down"); `module` is the name the
+ * config's lists match ("<module>.weight"; usually module == prefix). shape is the
+ * logical weight shape: [out, in] (Linear/Embedding) or [out, in, k...] (Conv).
+ * On success *w is ready and *state (release with free()) owns all it points to
+ * apart from the mapped file. Errors name the layer and what was expected. */
+qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_st_set *st, const char *prefix,
+                              const char *module, qd_sdnq_class cls, int ndim, const int64_t *shape,
+                              qd_weight *w, void **state);
+
+/* The weight before SVD and Hadamard (q * scale + zero_point, or the codebook
+ * level) for rows [r0, r0+nr) x cols [k0, k0+nk): what quantized matmul re-quantizes. */
+void qd_sdnq_decode_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld);
+
+#endif
