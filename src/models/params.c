@@ -1,5 +1,7 @@
 #include "models/params.h"
 #include "io/file.h"
+#include "quant/sdnq_config.h"
+#include "quant/sdnq_weight.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,10 +18,15 @@ qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_para
     memset(p, 0, sizeof *p);
     p->ctx = ctx;
     snprintf(p->name, sizeof p->name, "%s", name);
+    snprintf(p->dir, sizeof p->dir, "%s", dir);
     char path[4096];
     for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
         qd_path_join(path, sizeof path, dir, candidates[i]);
-        if (qd_file_exists(path)) return qd_st_open(ctx, path, &p->st);
+        if (!qd_file_exists(path)) continue;
+        QD_TRY(qd_st_open(ctx, path, &p->st));
+        qd_status st = qd_sdnq_config_load_dir(ctx, dir, &p->sdnq);
+        if (st != QD_OK) qd_st_close(&p->st);
+        return st;
     }
     return qd_fail(ctx, QD_ERR_IO, "%s: no weights file (expected %s or %s)", dir, candidates[1], candidates[3]);
 }
@@ -27,21 +34,47 @@ qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_para
 void qd_params_close(qd_params *p) {
     for (int i = 0; i < p->n_owned; i++) free(p->owned[i]);
     free(p->owned);
+    qd_sdnq_config_free(p->sdnq);
     qd_st_close(&p->st);
     memset(p, 0, sizeof *p);
 }
 
-static float *own(qd_params *p, int64_t n) {
+/* Keep a malloc'd block until qd_params_close; if that fails the block is freed at once. */
+static int keep(qd_params *p, void *block) {
     if (p->n_owned == p->cap_owned) {
         int cap = p->cap_owned ? 2 * p->cap_owned : 64;
         void **o = realloc(p->owned, sizeof(void *) * (size_t)cap);
-        if (!o) return NULL;
+        if (!o) { free(block); return 0; }
         p->owned = o;
         p->cap_owned = cap;
     }
+    p->owned[p->n_owned++] = block;
+    return 1;
+}
+
+static float *own(qd_params *p, int64_t n) {
     float *f = malloc(sizeof(float) * (size_t)(n ? n : 1));
-    if (f) p->owned[p->n_owned++] = f;
-    return f;
+    return f && keep(p, f) ? f : NULL;
+}
+
+/* An SDNQ layer "<prefix>.*" (it has "<prefix>.scale") as a quantized weight of the given logical shape. */
+static qd_status sdnq_weight(qd_params *p, const char *prefix, qd_sdnq_class cls, int ndim, const int64_t *shape,
+                             qd_weight *w) {
+    if (!p->sdnq)
+        return qd_fail(p->ctx, QD_ERR_FORMAT, "%s: layer '%s' has SDNQ tensors ('%s.scale') but the folder has no SDNQ "
+                       "quantization_config (quantization_config.json or config.json)", p->dir, prefix, prefix);
+    void *state;
+    qd_status st = qd_sdnq_weight_open(p->ctx, p->sdnq, &p->st, prefix, prefix, cls, ndim, shape, w, &state);
+    if (st != QD_OK) return qd_fail_prefix(p->ctx, st, "%s", p->dir);
+    if (!keep(p, state)) return qd_fail(p->ctx, QD_ERR_NOMEM, "out of memory");
+    return QD_OK;
+}
+
+static int has_scale(qd_params *p, const char *prefix, const qd_st_tensor **scale) {
+    char name[600];
+    snprintf(name, sizeof name, "%s.scale", prefix);
+    *scale = qd_st_find(&p->st, name);
+    return *scale != NULL;
 }
 
 static qd_status get(qd_params *p, const char *name, int ndim, const int64_t *shape, const qd_st_tensor **t) {
@@ -66,12 +99,19 @@ static qd_status copy(qd_params *p, const char *name, int ndim, const int64_t *s
 qd_status qd_p_linear(qd_params *p, qd_linear_p *out, int64_t out_f, int64_t in_f, int bias, const char *fmt, ...) {
     FORMAT_PREFIX(prefix, fmt);
     char name[600];
-    snprintf(name, sizeof name, "%s.weight", prefix);
-    const qd_st_tensor *t = qd_st_find(&p->st, name);
     int64_t s2[2] = {out_f, in_f}, s4[4] = {out_f, in_f, 1, 1};
-    /* a 1x1 conv stored as [out, in, 1, 1] is the same matrix */
-    QD_TRY(get(p, name, t && t->ndim == 4 ? 4 : 2, t && t->ndim == 4 ? s4 : s2, &t));
-    qd_weight_dense(&out->w, t, out_f, in_f);
+    const qd_st_tensor *t;
+    if (has_scale(p, prefix, &t)) {
+        /* a quantized 1x1 Conv keeps its kernel dims in the scale ([out, G, 1, 1, 1] / [out, 1, 1, 1]) */
+        int conv = p->sdnq && p->sdnq->quant_conv && t->ndim >= 4;
+        QD_TRY(sdnq_weight(p, prefix, conv ? QD_SDNQ_CONV : QD_SDNQ_LINEAR, conv ? 4 : 2, conv ? s4 : s2, &out->w));
+    } else {
+        snprintf(name, sizeof name, "%s.weight", prefix);
+        t = qd_st_find(&p->st, name);
+        /* a 1x1 conv stored as [out, in, 1, 1] is the same matrix */
+        QD_TRY(get(p, name, t && t->ndim == 4 ? 4 : 2, t && t->ndim == 4 ? s4 : s2, &t));
+        qd_weight_dense(&out->w, t, out_f, in_f);
+    }
     out->b = NULL;
     if (bias) {
         snprintf(name, sizeof name, "%s.bias", prefix);
@@ -83,11 +123,15 @@ qd_status qd_p_linear(qd_params *p, qd_linear_p *out, int64_t out_f, int64_t in_
 qd_status qd_p_conv(qd_params *p, qd_conv_p *out, int64_t cout, int64_t cin, int k, int bias, const char *fmt, ...) {
     FORMAT_PREFIX(prefix, fmt);
     char name[600];
-    snprintf(name, sizeof name, "%s.weight", prefix);
     int64_t s4[4] = {cout, cin, k, k};
     const qd_st_tensor *t;
-    QD_TRY(get(p, name, 4, s4, &t));
-    qd_weight_dense(&out->w, t, cout, cin * k * k);
+    if (has_scale(p, prefix, &t)) {
+        QD_TRY(sdnq_weight(p, prefix, QD_SDNQ_CONV, 4, s4, &out->w));
+    } else {
+        snprintf(name, sizeof name, "%s.weight", prefix);
+        QD_TRY(get(p, name, 4, s4, &t));
+        qd_weight_dense(&out->w, t, cout, cin * k * k);
+    }
     out->k = k;
     out->cin = cin;
     out->cout = cout;
@@ -96,6 +140,18 @@ qd_status qd_p_conv(qd_params *p, qd_conv_p *out, int64_t cout, int64_t cin, int
         snprintf(name, sizeof name, "%s.bias", prefix);
         QD_TRY(copy(p, name, 1, &cout, &out->b));
     }
+    return QD_OK;
+}
+
+qd_status qd_p_embedding(qd_params *p, qd_weight *out, int64_t n, int64_t dim, const char *fmt, ...) {
+    FORMAT_PREFIX(prefix, fmt);
+    int64_t s2[2] = {n, dim};
+    const qd_st_tensor *t;
+    if (has_scale(p, prefix, &t)) return sdnq_weight(p, prefix, QD_SDNQ_EMBEDDING, 2, s2, out);
+    char name[600];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    QD_TRY(get(p, name, 2, s2, &t));
+    qd_weight_dense(out, t, n, dim);
     return QD_OK;
 }
 

@@ -1,7 +1,10 @@
 /* Loading a component's parameters by name: every tensor's shape is checked
  * against what the config implies, and errors name the file and the tensor.
  * Matrices stay in the mapped file (qd_weight); small vectors (biases, norm
- * scales) are converted to float32 copies owned by the qd_params. */
+ * scales) are converted to float32 copies owned by the qd_params.
+ * SDNQ-quantized components (a quantization_config in the folder) load the same
+ * way: a layer with "<prefix>.scale" becomes a quantized qd_weight that is
+ * dequantized tile by tile inside the GEMM. */
 #ifndef QD_MODELS_PARAMS_H
 #define QD_MODELS_PARAMS_H
 
@@ -10,16 +13,22 @@
 #include "io/safetensors.h"
 #include "tensor/weight.h"
 
+typedef struct qd_sdnq_config qd_sdnq_config;
+
 typedef struct {
     qd_ctx *ctx;
     qd_st_set st;
     char name[64];          /* component name for messages, e.g. "unet" */
+    char dir[1024];         /* the component folder, for messages */
+    qd_sdnq_config *sdnq;   /* the folder's SDNQ quantization_config, or NULL */
     void **owned;           /* float copies, freed by qd_params_close */
     int n_owned, cap_owned;
 } qd_params;
 
 /* Open the weights of a component folder: *.safetensors.index.json (sharded) or a
- * single diffusion_pytorch_model / model .safetensors, plain or ".fp16" variant. */
+ * single diffusion_pytorch_model / model .safetensors, plain or ".fp16" variant;
+ * and its SDNQ quantization_config (quantization_config.json, else config.json's
+ * "quantization_config") if it has one. */
 qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_params *p);
 void qd_params_close(qd_params *p);
 
@@ -29,12 +38,17 @@ typedef struct { float *w, *b; int64_t n; } qd_norm_p;
 
 enum { QD_NO_BIAS = 0, QD_BIAS = 1 };
 
-/* "<prefix>.weight" [out, in] (or [out, in, 1, 1]) and "<prefix>.bias" [out]. */
+/* "<prefix>.weight" [out, in] (or [out, in, 1, 1]) and "<prefix>.bias" [out].
+ * An SDNQ layer (one with "<prefix>.scale") is checked against out x in. */
 qd_status qd_p_linear(qd_params *p, qd_linear_p *out, int64_t out_f, int64_t in_f, int bias,
                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 /* "<prefix>.weight" [cout, cin, k, k] and "<prefix>.bias" [cout]. */
 qd_status qd_p_conv(qd_params *p, qd_conv_p *out, int64_t cout, int64_t cin, int k, int bias,
                     const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+/* An embedding table "<prefix>.weight" [n, dim] as a weight: decode(w, id, 1, 0, dim, row, dim)
+ * fetches row `id`. SDNQ-quantized tables (quant_embedding) stay quantized. */
+qd_status qd_p_embedding(qd_params *p, qd_weight *out, int64_t n, int64_t dim,
+                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 /* "<prefix>.weight" [n] and, if bias, "<prefix>.bias" [n]. */
 qd_status qd_p_norm(qd_params *p, qd_norm_p *out, int64_t n, int bias,
                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));

@@ -1,0 +1,569 @@
+/* SDNQ layers: every fixture case (quantized by sdnq itself) decoded and run
+ * through qd_linear against sdnq's own dequantization and output; the spec's bit
+ * layouts, float codes, name rules and layout derivation; and doctored layers
+ * that must fail with a message naming the layer, never crash. */
+#include "testutil.h"
+#include "base/ctx.h"
+#include "io/safetensors.h"
+#include "models/params.h"
+#include "quant/sdnq_config.h"
+#include "quant/sdnq_layout.h"
+#include "quant/sdnq_unpack.h"
+#include "quant/sdnq_weight.h"
+#include "tensor/ops.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) { free(s); s = NULL; }
+    if (s) s[n] = 0;
+    fclose(f);
+    return s;
+}
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    if (!f) { perror(path); return; }
+    fputs(text, f);
+    fclose(f);
+}
+
+/* ---- fixture cases ---- */
+
+typedef struct {
+    qd_st_set st;
+    qd_sdnq_config *cfg;
+    qd_weight w;
+    void *state;
+    int64_t out, in, M;
+    float *ref_w, *ref_out, *x, *bias;
+} layer_case;
+
+static int case_open(qd_ctx *ctx, const char *name, layer_case *c) {
+    char path[512], jpath[512];
+    memset(c, 0, sizeof *c);
+    snprintf(path, sizeof path, "%s", fixture("sdnq/layers/"));
+    snprintf(jpath, sizeof jpath, "%s%s.json", path, name);
+    strncat(path, name, sizeof path - strlen(path) - 20);
+    strcat(path, ".safetensors");
+    int64_t shape[8];
+    int nd;
+    c->ref_w = load_f32(path, "ref.dequantized_weight", shape, &nd, NULL);
+    c->out = shape[0];
+    c->in = shape[1];
+    c->x = load_f32(path, "ref.input", shape, &nd, NULL);
+    c->M = shape[0];
+    c->ref_out = load_f32(path, "ref.output", NULL, NULL, NULL);
+    c->bias = load_f32(path, "model.layer.bias", NULL, NULL, NULL);
+    if (!c->ref_w || !c->x || !c->ref_out || !c->bias) return 0;
+    if (qd_sdnq_config_load_file(ctx, jpath, &c->cfg) != QD_OK || qd_st_open(ctx, path, &c->st) != QD_OK) {
+        printf("  %s\n", qd_last_error(ctx));
+        return 0;
+    }
+    int64_t ws[2] = {c->out, c->in};
+    if (qd_sdnq_weight_open(ctx, c->cfg, &c->st, "model.layer", "layer", QD_SDNQ_LINEAR, 2, ws, &c->w, &c->state) != QD_OK) {
+        printf("  %s\n", qd_last_error(ctx));
+        return 0;
+    }
+    return 1;
+}
+
+static void case_close(layer_case *c) {
+    free(c->state);
+    if (c->st.n_files) qd_st_close(&c->st);
+    qd_sdnq_config_free(c->cfg);
+    free(c->ref_w); free(c->ref_out); free(c->x); free(c->bias);
+}
+
+static void run_case(qd_ctx *ctx, const char *name) {
+    layer_case c;
+    if (!case_open(ctx, name, &c)) {
+        check(0, "%s: open", name);
+        case_close(&c);
+        return;
+    }
+    const qd_sdnq_state *s = c.state;
+    check(!s->l.adjusted, "%s: the layout derived from the config matches the file (%s, %s, G=%lld%s%s%s%s)", name,
+          s->l.dtype.name, s->l.transposed ? "transposed" : s->l.grouping == QD_SDNQ_GROUPED ? "grouped" :
+          s->l.grouping == QD_SDNQ_ROWWISE ? "row-wise" : "tensor-wise", (long long)s->l.groups,
+          s->l.svd ? ", svd" : "", s->l.codebook ? ", codebook" : "", s->l.hadamard ? ", hadamard" : "",
+          s->l.zero_point ? ", zero point" : "");
+    size_t n = (size_t)(c.out * c.in);
+    float *full = malloc(sizeof(float) * n);
+    c.w.decode(&c.w, 0, c.out, 0, c.in, full, c.in);
+    double r = rel_l2(full, c.ref_w, n);
+    check(r <= 1e-6, "%s: dequantized weight vs sdnq: rel_l2 %.3g (tol 1e-6)", name, r);
+
+    /* any sub-rectangle decodes to exactly the same numbers as the full matrix */
+    int64_t rects[][4] = {{3, 7, 5, 77}, {c.out - 1, 1, c.in - 13, 13}, {10, 20, 100, 1}, {0, c.out, 31, 130}};
+    int same = 1;
+    for (size_t i = 0; i < sizeof rects / sizeof *rects; i++) {
+        int64_t r0 = rects[i][0], nr = rects[i][1], k0 = rects[i][2], nk = rects[i][3];
+        float *part = malloc(sizeof(float) * (size_t)(nr * nk));
+        c.w.decode(&c.w, r0, nr, k0, nk, part, nk);
+        for (int64_t a = 0; a < nr; a++)
+            if (memcmp(part + a * nk, full + (r0 + a) * c.in + k0, sizeof(float) * (size_t)nk)) same = 0;
+        free(part);
+    }
+    check(same, "%s: sub-rectangle decodes equal the full decode bit for bit", name);
+
+    float *y = malloc(sizeof(float) * (size_t)(c.M * c.out));
+    qd_linear(ctx, c.x, c.M, &c.w, c.bias, y);
+    r = rel_l2(y, c.ref_out, (size_t)(c.M * c.out));
+    check(r <= 1e-5, "%s: qd_linear output vs sdnq: rel_l2 %.3g (tol 1e-5)", name, r);
+    free(y);
+    free(full);
+    case_close(&c);
+}
+
+static void test_fixture_cases(qd_ctx *ctx) {
+    char *text = read_text(fixture("sdnq/layers/index.json"));
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    const cJSON *cases = cJSON_GetObjectItem(root, "cases");
+    int count = 0;
+    for (const cJSON *e = cases ? cases->child : NULL; e; e = e->next) {
+        const cJSON *name = cJSON_GetObjectItem(e, "case");
+        if (cJSON_IsString(name)) { run_case(ctx, name->valuestring); count++; }
+    }
+    check(count >= 20, "ran %d fixture cases from index.json", count);
+    cJSON_Delete(root);
+    free(text);
+}
+
+/* ---- §1.6 bit layouts: a packer transcribed from the spec's table vs the unpacker ---- */
+
+static void spec_pack(int n, const uint32_t *e, uint32_t *w) {
+    int j;
+    switch (n) {
+    case 1: w[0] = 0; for (j = 0; j < 8; j++) w[0] |= e[j] << j; break;
+    case 2: w[0] = 0; for (j = 0; j < 4; j++) w[0] |= e[j] << (2 * j); break;
+    case 3:
+        for (j = 0; j < 2; j++) w[j] = e[j] | e[j + 3] << 3 | (e[j + 6] & 3) << 6;
+        w[2] = e[2] | e[5] << 3 | ((e[6] >> 2) & 1) << 6 | ((e[7] >> 2) & 1) << 7;
+        break;
+    case 4: w[0] = e[0] | e[1] << 4; break;
+    case 5:
+        for (j = 0; j < 3; j++) w[j] = e[j] | (e[5 + j] & 7) << 5;
+        w[3] = e[3] | ((e[5] >> 3) & 3) << 5 | ((e[7] >> 4) & 1) << 7;
+        w[4] = e[4] | ((e[6] >> 3) & 3) << 5 | ((e[7] >> 3) & 1) << 7;
+        break;
+    case 6: for (j = 0; j < 3; j++) w[j] = e[j] | ((e[3] >> (4 - 2 * j)) & 3) << 6; break;
+    case 7: for (j = 0; j < 7; j++) w[j] = e[j] | ((e[7] >> (6 - j)) & 1) << 7; break;
+    case 9:
+        w[8] = 0;
+        for (j = 0; j < 8; j++) { w[j] = e[j] | (e[8 + j] & 127) << 9; w[8] |= ((e[8 + j] >> 7) & 3) << (2 * j); }
+        break;
+    case 10:
+        for (j = 0; j < 3; j++) w[j] = e[j] | (e[5 + j] & 63) << 10;
+        w[3] = e[3] | ((e[5] >> 6) & 15) << 10 | ((e[7] >> 8) & 3) << 14;
+        w[4] = e[4] | ((e[6] >> 6) & 15) << 10 | ((e[7] >> 6) & 3) << 14;
+        break;
+    case 11:
+        for (j = 0; j < 8; j++) w[j] = e[j] | (e[8 + j] & 31) << 11;
+        w[8] = ((e[8] >> 5) & 63) | ((e[11] >> 5) & 63) << 6 | ((e[14] >> 5) & 15) << 12;
+        w[9] = ((e[9] >> 5) & 63) | ((e[12] >> 5) & 63) << 6 | ((e[15] >> 5) & 15) << 12;
+        w[10] = ((e[10] >> 5) & 63) | ((e[13] >> 5) & 63) << 6 | ((e[14] >> 9) & 3) << 12 | ((e[15] >> 9) & 3) << 14;
+        break;
+    case 12: for (j = 0; j < 3; j++) w[j] = e[j] | ((e[3] >> (8 - 4 * j)) & 15) << 12; break;
+    case 13:
+        for (j = 0; j < 12; j++) w[j] = e[j] | ((e[13 + j % 3] >> (3 * (j / 3))) & 7) << 13;
+        w[12] = e[12] | ((e[13] >> 12) & 1) << 13 | ((e[14] >> 12) & 1) << 14 | ((e[15] >> 12) & 1) << 15;
+        break;
+    case 14: for (j = 0; j < 7; j++) w[j] = e[j] | ((e[7] >> (12 - 2 * j)) & 3) << 14; break;
+    case 15: for (j = 0; j < 15; j++) w[j] = e[j] | ((e[15] >> (14 - j)) & 1) << 15; break;
+    }
+}
+
+static uint32_t lcg(uint32_t *s) { *s = *s * 1664525u + 1013904223u; return *s >> 8; }
+
+static void test_bit_layouts(void) {
+    for (int n = 1; n <= 15; n++) {
+        if (n == 8) continue;
+        char name[16];
+        snprintf(name, sizeof name, "uint%d", n);
+        qd_sdnq_dtype d;
+        if (qd_sdnq_dtype_parse(name, &d) != 0) { check(0, "parse %s", name); continue; }
+        int K = d.block_codes, P = d.block_words, nblk = 7, total = K * nblk;
+        uint32_t e[16 * 7], w[16];
+        uint8_t bytes[2 * 16 * 7];
+        uint32_t seed = (uint32_t)n * 77u;
+        for (int i = 0; i < total; i++) e[i] = lcg(&seed) & ((1u << n) - 1);
+        for (int i = 0; i < 4; i++) e[i] = (1u << n) - 1;    /* all-ones codes exercise every bit */
+        for (int b = 0; b < nblk; b++) {
+            spec_pack(n, e + b * K, w);
+            for (int j = 0; j < P; j++) {
+                if (d.word_bytes == 1) bytes[b * P + j] = (uint8_t)w[j];
+                else { bytes[2 * (b * P + j)] = (uint8_t)w[j]; bytes[2 * (b * P + j) + 1] = (uint8_t)(w[j] >> 8); }
+            }
+        }
+        int ok = 1;
+        int32_t got[16 * 7];
+        for (int start = 0; start < total && ok; start += 3)        /* every start offset, odd lengths */
+            for (int len = 1; start + len <= total && ok; len += 5) {
+                qd_sdnq_unpack_int(&d, bytes, start, len, got);
+                for (int i = 0; i < len; i++) if ((uint32_t)got[i] != e[start + i]) ok = 0;
+            }
+        /* the signed twin stores q + 2^(N-1) in the same bits */
+        if (n >= 2) {
+            snprintf(name, sizeof name, "int%d", n);
+            qd_sdnq_dtype ds;
+            qd_sdnq_dtype_parse(name, &ds);
+            float f[16 * 7];
+            qd_sdnq_unpack_f32(&ds, bytes, 0, total, f);
+            for (int i = 0; i < total; i++) if (f[i] != (float)((int32_t)e[i] - (1 << (n - 1)))) ok = 0;
+        }
+        check(ok, "%d-bit layout: %d codes -> %d %s words round-trip from any offset (spec table packer)", n, K, P,
+              d.word_bytes == 1 ? "byte" : "16-bit");
+    }
+}
+
+static void test_dtypes(void) {
+    qd_sdnq_dtype d;
+    int ok = qd_sdnq_dtype_parse("float8_e4m3fn_sdnq", &d) == 0 && d.family == QD_SQ_CFLOAT && d.max == 480.0 &&
+             d.storage == QD_U8 && !d.packed && qd_sdnq_cfloat_value(&d, 0x7f) == 480.0f && qd_sdnq_cfloat_value(&d, 0xff) == -480.0f;
+    check(ok, "float8_e4m3fn_sdnq: custom, max 480 (code 0x7f), stored raw as U8");
+    ok = qd_sdnq_dtype_parse("fp4", &d) == 0 && strcmp(d.name, "float4_e2m1fn") == 0 && d.max == 6.0 &&
+         qd_sdnq_cfloat_value(&d, 7) == 6.0f && qd_sdnq_cfloat_value(&d, 1) == 0.5f &&
+         !signbit(qd_sdnq_cfloat_value(&d, 8)) && qd_sdnq_cfloat_value(&d, 9) == -0.5f && d.packed && d.block_codes == 2;
+    check(ok, "fp4 = float4_e2m1fn: max 6, subnormal 0.5, -0 decodes as +0, packed like uint4");
+    ok = qd_sdnq_dtype_parse("ufp1", &d) == 0 && !d.is_signed && d.bits == 1 && qd_sdnq_cfloat_value(&d, 1) == 2.0f &&
+         d.storage == QD_BOOL;
+    check(ok, "ufp1 = float1_e1m0fnu (stored like uint1 in BOOL)");
+    ok = qd_sdnq_dtype_parse("float16_e5m10fn", &d) == 0 && d.storage == QD_U16 && !d.packed &&
+         qd_sdnq_cfloat_value(&d, 0x3c00) == 1.0f && qd_sdnq_cfloat_value(&d, 0x7fff) == 131008.0f;
+    check(ok, "float16_e5m10fn: raw U16 codes, every exponent finite (max 131008)");
+    ok = qd_sdnq_dtype_parse("fp9", &d) == 0 && strcmp(d.name, "float9_e4m4fn") == 0 && d.storage == QD_I16 &&
+         d.block_codes == 16 && d.block_words == 9;
+    check(ok, "fp9 = float9_e4m4fn, packed like uint9 in I16 words");
+    ok = qd_sdnq_dtype_parse("int8", &d) == 0 && d.storage == QD_I8 && !d.custom &&
+         qd_sdnq_dtype_parse("uint16", &d) == 0 && d.storage == QD_U16 &&
+         qd_sdnq_dtype_parse("int12", &d) == 0 && d.packed && d.storage == QD_I16 &&
+         qd_sdnq_dtype_parse("bool", &d) == 0 && strcmp(d.name, "uint1") == 0 &&
+         qd_sdnq_dtype_parse("fp8", &d) == 0 && d.family == QD_SQ_FLOAT && d.storage == QD_F8_E4M3;
+    check(ok, "native and packed integer names, aliases bool/fp8");
+    check(qd_sdnq_dtype_parse("int99", &d) == -1 && qd_sdnq_dtype_parse("float7_e3m3fnx", &d) == -1 &&
+          qd_sdnq_dtype_parse("float5_e2m3fn", &d) == -1 && qd_sdnq_dtype_parse("int1", &d) == 0 &&
+          qd_sdnq_dtype_parse("float8_e8m0fnu", &d) == -2,
+          "unknown names rejected (int99, bad suffix, N != 1+E+M); e8m0fnu recognised as unsupported");
+    int8_t nat[4] = {-128, -1, 0, 127};
+    float f[4];
+    qd_sdnq_dtype_parse("int8", &d);
+    qd_sdnq_unpack_f32(&d, nat, 0, 4, f);
+    check(f[0] == -128 && f[1] == -1 && f[2] == 0 && f[3] == 127, "native int8 is two's complement");
+}
+
+static void test_name_matching(void) {
+    check(qd_sdnq_name_matches(".proj_out", "proj_out.weight") && !qd_sdnq_name_matches(".proj_out", "blocks.0.proj_out.weight"),
+          "'.proj_out' matches proj_out.weight at the root only");
+    check(qd_sdnq_name_matches("time_text_embed", "time_text_embed.linear_1.weight") &&
+          qd_sdnq_name_matches("norm_out", "a.norm_out.b.weight") && !qd_sdnq_name_matches("norm", "a.norm_out.weight") &&
+          qd_sdnq_name_matches("a.b.weight", "a.b.weight") && !qd_sdnq_name_matches("a.b", "x.a.b.weight"),
+          "plain entries: the full name or one dot-separated component");
+    check(qd_sdnq_name_matches("transformer_blocks.*.attn", "transformer_blocks.3.attn.to_q.weight") &&
+          !qd_sdnq_name_matches("transformer_blocks.*.attn", "single_transformer_blocks.3.attn.to_q.weight") &&
+          qd_sdnq_name_matches("*attn*", "blocks.0.attn.weight") && qd_sdnq_name_matches("blocks*", "blocks.weight") &&
+          !qd_sdnq_name_matches("blocks.*", "blocks") && qd_sdnq_name_matches("a.c*", "abc.weight"),
+          "'*' entries: anchored at the start, '.*' = literal dot then anything, other '.' any character");
+}
+
+/* ---- §1.4 derivation on the spec's own examples ---- */
+
+static int derive(qd_ctx *ctx, const char *qc_json, qd_sdnq_class cls, int ndim, const int64_t *shape, const char *param,
+                  qd_sdnq_layout *l) {
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/qd_sdnq_cfg_%d.json", (int)getpid());
+    write_text(path, qc_json);
+    qd_sdnq_config *cfg = NULL;
+    qd_status st = qd_sdnq_config_load_file(ctx, path, &cfg);
+    if (st == QD_OK) st = qd_sdnq_layout_derive(ctx, cfg, param, cls, ndim, shape, l);
+    qd_sdnq_config_free(cfg);
+    unlink(path);
+    if (st != QD_OK) printf("  %s\n", qd_last_error(ctx));
+    return st == QD_OK;
+}
+
+static void test_derivation(qd_ctx *ctx) {
+    qd_sdnq_layout l;
+    int64_t flux[2] = {3072, 3072}, odd[2] = {64, 4304}, emb[2] = {1000, 256}, conv[4] = {64, 256, 3, 3};
+    int ok = derive(ctx, "{\"quant_method\":\"sdnq\",\"weights_dtype\":\"uint4\",\"use_svd\":true,\"svd_rank\":32}",
+                    QD_SDNQ_LINEAR, 2, flux, "transformer_blocks.0.attn.to_q.weight", &l) &&
+             l.grouping == QD_SDNQ_GROUPED && l.group_size == 128 && l.groups == 24 && l.zero_point && l.svd && !l.svd_transposed;
+    check(ok, "FLUX to_q 3072x3072 uint4+SVD: group 128, G=24, zero point");
+    ok = derive(ctx, "{\"quant_method\":\"sdnq\",\"weights_dtype\":\"uint4\",\"group_size\":64}", QD_SDNQ_LINEAR, 2, odd, "x.weight", &l) &&
+         l.groups == 16 && l.group_size == 269;
+    check(ok, "in=4304 with group_size 64 searches down to G=16, group 269");
+    ok = derive(ctx, "{\"quant_method\":\"sdnq\",\"weights_dtype\":\"int8\"}", QD_SDNQ_LINEAR, 2, flux, "x.weight", &l) &&
+         l.grouping == QD_SDNQ_GROUPED && l.group_size == 1024 && l.groups == 3 && !l.transposed;
+    check(ok, "int8 Linear without quantized matmul: auto group 1024 (G=3 for in=3072)");
+    ok = derive(ctx, "{\"quant_method\":\"sdnq\",\"weights_dtype\":\"int8\",\"use_quantized_matmul\":true}", QD_SDNQ_LINEAR, 2,
+                flux, "x.weight", &l) && l.grouping == QD_SDNQ_ROWWISE && l.transposed && l.qmm && !l.requant;
+    check(ok, "int8 Linear with quantized matmul: row-wise, stored transposed");
+    ok = derive(ctx, "{\"quant_method\":\"sdnq\",\"weights_dtype\":\"uint4\",\"quant_embedding\":true,\"use_quantized_matmul\":true}",
+                QD_SDNQ_EMBEDDING, 2, emb, "wte.weight", &l) && l.group_size == 32 && !l.qmm;
+    check(ok, "uint4 Embedding: group 32, never quantized matmul");
+    ok = derive(ctx, "{\"quant_method\":\"sdnq\",\"weights_dtype\":\"uint4\",\"quant_conv\":true}", QD_SDNQ_CONV, 4, conv,
+                "conv.weight", &l) && l.group_size == 32 && l.groups == 8 && l.ksize == 9 && l.cols == 2304;
+    check(ok, "uint4 Conv 3x3: group 32 over input channels, 9 kernel positions");
+    ok = derive(ctx, "{\"quant_method\":\"sdnq\",\"weights_dtype\":\"uint4\",\"use_hadamard\":true,\"hadamard_group_size\":256}",
+                QD_SDNQ_LINEAR, 2, odd, "x.weight", &l) && l.hadamard && l.hadamard_size == 16;
+    check(ok, "Hadamard block for in=4304: next_pow2(256) halved until it divides -> 16");
+    ok = derive(ctx, "{\"quant_method\":\"sdnq\",\"weights_dtype\":\"uint4\",\"modules_dtype_dict\":{\"int5\":[\"ff\"],"
+                "\"minimum_6bit\":[\"attn\"]},\"modules_quant_config\":{\".proj\":{\"group_size\":-1}}}",
+                QD_SDNQ_LINEAR, 2, flux, "blocks.0.ff.net.weight", &l) && strcmp(l.dtype.name, "int5") == 0;
+    ok = ok && derive(ctx, "{\"quant_method\":\"sdnq\",\"weights_dtype\":\"uint4\",\"modules_dtype_dict\":{\"int5\":[\"ff\"],"
+                      "\"minimum_6bit\":[\"attn\"]}}", QD_SDNQ_LINEAR, 2, flux, "blocks.0.attn.to_q.weight", &l) &&
+         strcmp(l.dtype.name, "int6") == 0;
+    ok = ok && derive(ctx, "{\"quant_method\":\"sdnq\",\"weights_dtype\":\"uint4\",\"modules_dtype_dict\":{"
+                      "\"minimum_uint4bits\":[\"attn\"]}}", QD_SDNQ_LINEAR, 2, flux, "blocks.0.attn.to_q.weight", &l) &&
+         strcmp(l.dtype.name, "uint4") == 0;
+    ok = ok && derive(ctx, "{\"quant_method\":\"sdnq\",\"weights_dtype\":\"int8\",\"modules_quant_config\":{\".proj\":"
+                      "{\"group_size\":-2,\"weights_dtype\":\"int6\"}}}", QD_SDNQ_LINEAR, 2, flux, "proj.weight", &l) &&
+         l.grouping == QD_SDNQ_TENSORWISE && strcmp(l.dtype.name, "int6") == 0;
+    check(ok, "modules_dtype_dict (dtype and minimum-bit keys) and modules_quant_config resolve per layer");
+}
+
+/* ---- bad input: doctored layers in a temporary component folder ---- */
+
+#define LAYER "blocks.0.proj"
+
+typedef struct { char dir[256]; } tmpdir;
+
+static void tmp_make(tmpdir *d, const char *tag) {
+    snprintf(d->dir, sizeof d->dir, "/tmp/qd_sdnq_%d_%s", (int)getpid(), tag);
+    mkdir(d->dir, 0700);
+}
+
+static void tmp_remove(tmpdir *d) {
+    char p[512];
+    const char *files[] = {"model.safetensors", "quantization_config.json", "config.json"};
+    for (int i = 0; i < 3; i++) { snprintf(p, sizeof p, "%s/%s", d->dir, files[i]); unlink(p); }
+    rmdir(d->dir);
+}
+
+/* A layer folder from a fixture case's tensors, renamed to LAYER.*, with some doctored. */
+typedef struct { const char *suffix; qd_dtype dtype; int ndim; int64_t shape[4]; int drop; } doctor;
+
+static int build_layer_dir(qd_ctx *ctx, tmpdir *d, const char *case_name, const char *config, const doctor *docs, int n_docs) {
+    char src[512], dst[512];
+    snprintf(src, sizeof src, "%s%s.safetensors", fixture("sdnq/layers/"), case_name);
+    qd_st_set st;
+    if (qd_st_open(ctx, src, &st) != QD_OK) return 0;
+    qd_st_out outs[8];
+    char names[8][64];
+    void *bufs[8] = {0};
+    int n = 0;
+    for (int64_t i = 0; i < st.n_tensors && n < 8; i++) {
+        const qd_st_tensor *t = &st.tensors[i];
+        if (strncmp(t->name, "model.layer.", 12) != 0) continue;
+        const char *suffix = t->name + 12;
+        qd_st_out o;
+        memset(&o, 0, sizeof o);
+        snprintf(names[n], sizeof names[n], "%s.%s", LAYER, suffix);
+        o.name = names[n];
+        o.dtype = t->dtype;
+        o.ndim = t->ndim;
+        memcpy(o.shape, t->shape, sizeof o.shape);
+        o.data = t->data;
+        int dropped = 0;
+        for (int k = 0; k < n_docs; k++) {
+            if (strcmp(docs[k].suffix, suffix) != 0) continue;
+            if (docs[k].drop) { dropped = 1; break; }
+            o.dtype = docs[k].dtype;
+            o.ndim = docs[k].ndim;
+            memcpy(o.shape, docs[k].shape, sizeof docs[k].shape);
+            int64_t numel = 1;
+            for (int a = 0; a < o.ndim; a++) numel *= o.shape[a];
+            size_t bytes = (size_t)numel * qd_dtype_size(o.dtype);
+            bufs[n] = calloc(1, bytes + 1);
+            memcpy(bufs[n], t->data, bytes < t->nbytes ? bytes : t->nbytes);
+            o.data = bufs[n];
+        }
+        if (!dropped) outs[n++] = o;
+    }
+    snprintf(dst, sizeof dst, "%s/model.safetensors", d->dir);
+    qd_status s = qd_st_write(ctx, dst, outs, n, NULL);
+    for (int i = 0; i < 8; i++) free(bufs[i]);
+    qd_st_close(&st);
+    if (config) {
+        snprintf(dst, sizeof dst, "%s/quantization_config.json", d->dir);
+        write_text(dst, config);
+    }
+    return s == QD_OK;
+}
+
+/* Open the folder as a component and load LAYER as out x in: expect failure naming layer and folder. */
+static void expect_layer_error(qd_ctx *ctx, tmpdir *d, int64_t out, int64_t in, const char *what, const char *needle) {
+    qd_params p;
+    qd_status st = qd_params_open(ctx, d->dir, "test", &p);
+    if (st == QD_OK) {
+        qd_linear_p lin;
+        st = qd_p_linear(&p, &lin, out, in, QD_BIAS, "%s", LAYER);
+        qd_params_close(&p);
+    }
+    const char *err = qd_last_error(ctx);
+    check(st != QD_OK && strstr(err, LAYER) && strstr(err, d->dir) && (!needle || strstr(err, needle)),
+          "bad input, %s: fails naming the folder and layer: \"%s\"", what, st != QD_OK ? err : "(loaded!)");
+}
+
+static const char *cfg_with(char *buf, size_t n, const char *case_name, const char *key, const char *json_value) {
+    char path[512];
+    snprintf(path, sizeof path, "%s%s.json", fixture("sdnq/layers/"), case_name);
+    char *text = read_text(path);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    cJSON *qc = cJSON_GetObjectItem(root, "quantization_config");
+    if (key) cJSON_ReplaceItemInObject(qc, key, cJSON_Parse(json_value));
+    char *out = cJSON_Print(qc);
+    snprintf(buf, n, "%s", out ? out : "{}");
+    free(out);
+    cJSON_Delete(root);
+    free(text);
+    return buf;
+}
+
+static void test_bad_inputs(qd_ctx *ctx) {
+    static char cfg[16384];
+    tmpdir d;
+
+    /* a good layer loads through the params API first (the doctoring itself is sound) */
+    tmp_make(&d, "good");
+    if (build_layer_dir(ctx, &d, "uint4_svd_r8", cfg_with(cfg, sizeof cfg, "uint4_svd_r8", NULL, NULL), NULL, 0)) {
+        qd_params p;
+        qd_linear_p lin;
+        int ok = qd_params_open(ctx, d.dir, "test", &p) == QD_OK && p.sdnq &&
+                 qd_p_linear(&p, &lin, 64, 256, QD_BIAS, "%s", LAYER) == QD_OK && lin.w.rows == 64 && lin.w.cols == 256;
+        if (p.ctx) qd_params_close(&p);
+        check(ok, "a renamed fixture layer loads through qd_params_open / qd_p_linear%s%s", ok ? "" : ": ", ok ? "" : qd_last_error(ctx));
+    }
+    expect_layer_error(ctx, &d, 64, 128, "weight is not out x in as the model expects", "64 x 128");
+    tmp_remove(&d);
+
+    tmp_make(&d, "dtype");
+    build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_auto", "weights_dtype", "\"int99\""), NULL, 0);
+    expect_layer_error(ctx, &d, 64, 256, "unknown weights_dtype", "int99");
+    tmp_remove(&d);
+
+    tmp_make(&d, "dtype2");
+    build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_auto", "modules_dtype_dict", "{\"int77\":[\"proj\"]}"), NULL, 0);
+    expect_layer_error(ctx, &d, 64, 256, "modules_dtype_dict key that is no dtype", "int77");
+    tmp_remove(&d);
+
+    tmp_make(&d, "gs");
+    build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_auto", "group_size", "\"big\""), NULL, 0);
+    {   /* a malformed global field is the folder's error, found at open */
+        qd_params p;
+        qd_status st = qd_params_open(ctx, d.dir, "test", &p);
+        if (st == QD_OK) qd_params_close(&p);
+        check(st != QD_OK && strstr(qd_last_error(ctx), "quantization_config.json") && strstr(qd_last_error(ctx), "group_size"),
+              "bad input, group_size \"big\": qd_params_open fails naming the file and field: \"%s\"", qd_last_error(ctx));
+    }
+    tmp_remove(&d);
+
+    {   /* packed stream one byte short of whole blocks: uint4 [8191] for 64 x 256 codes */
+        doctor dw = {"weight", QD_U8, 1, {8191}, 0};
+        tmp_make(&d, "short");
+        build_layer_dir(ctx, &d, "uint4_auto", cfg_with(cfg, sizeof cfg, "uint4_auto", NULL, NULL), &dw, 1);
+        expect_layer_error(ctx, &d, 64, 256, "packed uint4 tensor not a whole number of blocks", "8192");
+        tmp_remove(&d);
+    }
+    {   /* int5 packs 8 codes in 5 bytes: a 2-D [n/8, 5] stream cut to [2047, 5] */
+        doctor dw = {"weight", QD_U8, 2, {2047, 5}, 0};
+        tmp_make(&d, "short5");
+        build_layer_dir(ctx, &d, "int5_auto", cfg_with(cfg, sizeof cfg, "int5_auto", NULL, NULL), &dw, 1);
+        expect_layer_error(ctx, &d, 64, 256, "int5 words for fewer codes than the layer has", "2048");
+        tmp_remove(&d);
+    }
+    {   /* a layer whose code count is not a whole number of 8-code uint3 blocks */
+        doctor dw[3] = {{"weight", QD_U8, 2, {250, 3}, 0}, {"scale", QD_F32, 2, {63, 1}, 0}, {"zero_point", QD_F32, 2, {63, 1}, 0}};
+        tmp_make(&d, "blocks");
+        build_layer_dir(ctx, &d, "uint3_g32", cfg_with(cfg, sizeof cfg, "uint3_g32", "group_size", "-1"), dw, 3);
+        expect_layer_error(ctx, &d, 63, 33, "63 x 33 uint3 codes are not whole 8-code blocks", "not a whole number");
+        tmp_remove(&d);
+    }
+    {
+        doctor ds = {"scale", QD_F32, 3, {64, 3, 1}, 0};
+        tmp_make(&d, "scale");
+        build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_auto", NULL, NULL), &ds, 1);
+        expect_layer_error(ctx, &d, 64, 256, "scale [64, 3, 1] fits no layout", "fits no");
+        tmp_remove(&d);
+    }
+    {
+        doctor ds = {"scale", QD_F32, 2, {32, 2}, 0};
+        tmp_make(&d, "scale2");
+        build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_auto", NULL, NULL), &ds, 1);
+        expect_layer_error(ctx, &d, 64, 256, "scale [32, 2] fits no layout", "fits no");
+        tmp_remove(&d);
+    }
+    {
+        doctor ds = {"scale", QD_I32, 2, {64, 1}, 0};
+        tmp_make(&d, "scaletype");
+        build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_auto", NULL, NULL), &ds, 1);
+        expect_layer_error(ctx, &d, 64, 256, "integer scale", "float");
+        tmp_remove(&d);
+    }
+    {
+        doctor dw = {"weight", QD_U8, 2, {64, 256}, 0};
+        tmp_make(&d, "sign");
+        build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_auto", NULL, NULL), &dw, 1);
+        expect_layer_error(ctx, &d, 64, 256, "int8 codes stored as U8", "U8");
+        tmp_remove(&d);
+    }
+    {
+        doctor dz = {"zero_point", QD_F32, 0, {0}, 1};
+        tmp_make(&d, "zp");
+        build_layer_dir(ctx, &d, "uint4_auto", cfg_with(cfg, sizeof cfg, "uint4_auto", NULL, NULL), &dz, 1);
+        expect_layer_error(ctx, &d, 64, 256, "unsigned layer without zero_point", "zero_point");
+        tmp_remove(&d);
+    }
+    {
+        doctor du = {"svd_up", QD_F32, 2, {64, 7}, 0};
+        tmp_make(&d, "svd");
+        build_layer_dir(ctx, &d, "uint4_svd_r8", cfg_with(cfg, sizeof cfg, "uint4_svd_r8", NULL, NULL), &du, 1);
+        expect_layer_error(ctx, &d, 64, 256, "svd_up rank differs from svd_down", "svd_up");
+        tmp_remove(&d);
+    }
+    {
+        doctor dd = {"svd_down", QD_F32, 0, {0}, 1};
+        tmp_make(&d, "svd2");
+        build_layer_dir(ctx, &d, "uint4_svd_r8", cfg_with(cfg, sizeof cfg, "uint4_svd_r8", NULL, NULL), &dd, 1);
+        expect_layer_error(ctx, &d, 64, 256, "svd_up without svd_down", "svd_down");
+        tmp_remove(&d);
+    }
+    tmp_make(&d, "nocfg");
+    build_layer_dir(ctx, &d, "int8_auto", NULL, NULL, 0);
+    expect_layer_error(ctx, &d, 64, 256, "SDNQ tensors without a quantization_config", "quantization_config");
+    tmp_remove(&d);
+
+    tmp_make(&d, "badjson");
+    build_layer_dir(ctx, &d, "int8_auto", "{\"quant_method\": \"sdnq\", ", NULL, 0);
+    {
+        qd_params p;
+        qd_status st = qd_params_open(ctx, d.dir, "test", &p);
+        if (st == QD_OK) qd_params_close(&p);
+        check(st != QD_OK && strstr(qd_last_error(ctx), "quantization_config.json"),
+              "bad input, malformed quantization_config.json: qd_params_open fails naming it: \"%s\"", qd_last_error(ctx));
+    }
+    tmp_remove(&d);
+}
+
+int main(void) {
+    qd_ctx *ctx = qd_ctx_new(2);
+    test_dtypes();
+    test_bit_layouts();
+    test_name_matching();
+    test_derivation(ctx);
+    test_fixture_cases(ctx);
+    test_bad_inputs(ctx);
+    qd_ctx_free(ctx);
+    return test_summary();
+}

@@ -1,0 +1,188 @@
+/* SDNQ-quantized model folders as sdnq publishes them: every quantized layer of
+ * the fixture components is recognised through the params API (its layout as the
+ * config derives it, its decoded weight near the dense original it came from),
+ * the quantized UNet and text encoder run, and the quantized SD1.5 pipeline
+ * reproduces diffusers+sdnq's golden. */
+#include "testutil.h"
+#include "base/ctx.h"
+#include "io/json.h"
+#include "models/params.h"
+#include "models/unet.h"
+#include "quant/sdnq_config.h"
+#include "quant/sdnq_weight.h"
+#include "text/clip_text.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static float frand(unsigned *s) { *s = *s * 1103515245u + 12345u; return ((*s >> 8) & 0xffff) / 32768.0f - 1.0f; }
+
+static int all_finite(const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
+/* Load every "<prefix>.scale" layer of `qdir` with the shape of the same layer in
+ * the dense `ddir` (the model it was quantized from) and compare the weights. */
+static void check_component(qd_ctx *ctx, const char *qdir, const char *ddir, double max_err) {
+    qd_params q, d;
+    qd_status st = qd_params_open(ctx, fixture(qdir), "q", &q);
+    check(st == QD_OK && q.sdnq, "%s: opens with its SDNQ config%s%s", qdir, st ? ": " : "", st ? qd_last_error(ctx) : "");
+    if (st != QD_OK) return;
+    if (qd_params_open(ctx, fixture(ddir), "d", &d) != QD_OK) { check(0, "%s: %s", ddir, qd_last_error(ctx)); qd_params_close(&q); return; }
+    int n_layers = 0, n_ok = 0, n_adjusted = 0, n_listed = 0, n_unlisted_dense = 0;
+    double worst = 0;
+    char worst_name[256] = "";
+    for (int64_t i = 0; i < q.st.n_tensors; i++) {
+        const char *name = q.st.tensors[i].name;
+        size_t len = strlen(name);
+        char prefix[512], param[600];
+        if (len > 7 && strcmp(name + len - 7, ".weight") == 0 && q.st.tensors[i].ndim >= 2) {
+            /* a dense matrix left unquantized must be one the config says it skipped */
+            snprintf(prefix, sizeof prefix, "%.*s", (int)(len - 7), name);
+            if (!qd_p_has(&q, "%s.scale", prefix) && q.st.tensors[i].dtype != QD_U8 && !qd_sdnq_skips(q.sdnq, name))
+                n_unlisted_dense++;
+            continue;
+        }
+        if (len <= 6 || strcmp(name + len - 6, ".scale") != 0) continue;
+        snprintf(prefix, sizeof prefix, "%.*s", (int)(len - 6), name);
+        snprintf(param, sizeof param, "%s.weight", prefix);
+        n_layers++;
+        if (qd_sdnq_skips(q.sdnq, param)) n_listed++;
+        const qd_st_tensor *dw = qd_st_find(&d.st, param);
+        if (!dw || dw->ndim < 2) { check(0, "%s: no dense twin for %s", ddir, param); continue; }
+        qd_weight w;
+        if (dw->ndim == 4 && (dw->shape[2] > 1 || dw->shape[3] > 1)) {
+            qd_conv_p c;
+            st = qd_p_conv(&q, &c, dw->shape[0], dw->shape[1], (int)dw->shape[2], QD_NO_BIAS, "%s", prefix);
+            w = c.w;
+        } else {
+            qd_linear_p l;
+            st = qd_p_linear(&q, &l, dw->shape[0], dw->shape[1], QD_NO_BIAS, "%s", prefix);
+            w = l.w;
+        }
+        if (st != QD_OK) { check(0, "%s: %s", qdir, qd_last_error(ctx)); continue; }
+        const qd_sdnq_state *s = w.quant;
+        if (s && s->l.adjusted) n_adjusted++;
+        size_t n = (size_t)(w.rows * w.cols);
+        float *got = malloc(sizeof(float) * n), *ref = malloc(sizeof(float) * n);
+        w.decode(&w, 0, w.rows, 0, w.cols, got, w.cols);
+        qd_st_to_f32(dw, 0, dw->numel, ref);
+        double r = rel_l2(got, ref, n);
+        if (r > worst) { worst = r; snprintf(worst_name, sizeof worst_name, "%s", prefix); }
+        if (s && all_finite(got, n)) n_ok++;
+        free(got);
+        free(ref);
+    }
+    check(n_layers > 0 && n_ok == n_layers, "%s: %d of %d SDNQ layers load as quantized weights", qdir, n_ok, n_layers);
+    check(n_adjusted == 0, "%s: every layer's stored layout is the one its config derives (%d differ)", qdir, n_adjusted);
+    check(n_listed == 0 && n_unlisted_dense == 0,
+          "%s: quantized layers are not in modules_to_not_convert (%d are) and dense matrices are (%d are not)",
+          qdir, n_listed, n_unlisted_dense);
+    check(worst <= max_err, "%s: decoded weights within the quantization error of the dense originals "
+          "(worst rel_l2 %.3g at %s; bound %.2g)", qdir, worst, worst_name, max_err);
+    qd_params_close(&d);
+    qd_params_close(&q);
+}
+
+static void unet_forward(qd_ctx *ctx, const char *dir, const float *x, const float *t, const float *ctxt, float *out) {
+    qd_unet *u;
+    qd_status st = qd_unet_load(ctx, fixture(dir), &u);
+    check(st == QD_OK, "%s: qd_unet_load%s%s", dir, st ? ": " : "", st ? qd_last_error(ctx) : "");
+    if (st != QD_OK) return;
+    st = qd_unet_forward(ctx, u, x, 1, 8, 8, t, ctxt, 7, NULL, NULL, out);
+    check(st == QD_OK, "%s: forward%s%s", dir, st ? ": " : "", st ? qd_last_error(ctx) : "");
+    qd_unet_free(u);
+}
+
+static void test_unet(qd_ctx *ctx) {
+    unsigned seed = 7;
+    float x[4 * 64], ctxt[7 * 32], t = 500.0f, yq[4 * 64], yd[4 * 64];
+    for (size_t i = 0; i < sizeof x / sizeof *x; i++) x[i] = frand(&seed);
+    for (size_t i = 0; i < sizeof ctxt / sizeof *ctxt; i++) ctxt[i] = frand(&seed);
+    memset(yq, 0xff, sizeof yq);   /* NaN until written */
+    memset(yd, 0, sizeof yd);
+    unet_forward(ctx, "models/sd15-tiny-sdnq-uint4-svd/unet", x, &t, ctxt, yq);
+    unet_forward(ctx, "models/sd15-tiny/unet", x, &t, ctxt, yd);
+    /* a different model (uint4 + SVD rank 8): only required to run and stay finite */
+    check(all_finite(yq, 4 * 64), "quantized UNet output is finite (rel_l2 to the dense UNet %.3g, for information)",
+          rel_l2(yq, yd, 4 * 64));
+}
+
+static void test_clip(qd_ctx *ctx) {
+    qd_clip_text *m;
+    qd_status st = qd_clip_text_load(ctx, fixture("models/sd15-tiny-sdnq-uint4-svd/text_encoder"), &m);
+    check(st == QD_OK, "int8 CLIP text encoder loads%s%s", st ? ": " : "", st ? qd_last_error(ctx) : "");
+    if (st != QD_OK) return;
+    const qd_clip_text_info *info = qd_clip_text_get_info(m);
+    int32_t ids[8] = {info->vocab_size - 2, 5, 17, 33, info->eos_token_id, info->eos_token_id, info->eos_token_id, info->eos_token_id};
+    float *last = malloc(sizeof(float) * 8 * (size_t)info->hidden_size), *pooled = malloc(sizeof(float) * (size_t)info->hidden_size);
+    st = qd_clip_text_forward(ctx, m, ids, 1, 8, last, NULL, pooled, NULL);
+    check(st == QD_OK && all_finite(last, 8 * (size_t)info->hidden_size) && all_finite(pooled, (size_t)info->hidden_size),
+          "int8 CLIP text encoder forward runs, outputs finite");
+    free(last);
+    free(pooled);
+    qd_clip_text_free(m);
+}
+
+/* The quantized SD1.5 pipeline against diffusers + sdnq (exact dequantization both sides). */
+static void test_pipeline(qd_ctx *ctx, const char *golden_dir) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/cases.json", fixture(golden_dir));
+    cJSON *cases;
+    if (qd_json_load(ctx, path, &cases) != QD_OK) { check(0, "%s", qd_last_error(ctx)); return; }
+    qd_model *m = NULL;
+    qd_status st = qd_model_open(ctx, fixture(qd_json_str(cases, "model_dir", "")), &m);
+    int opened = st == QD_OK;
+    check(st == QD_OK, "%s: qd_model_open%s%s", golden_dir, st ? ": " : "", st ? qd_last_error(ctx) : "");
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(cases, "pipelines");
+    for (const cJSON *c = opened && list ? list->child : NULL; c; c = c->next) {
+        qd_gen_params p;
+        qd_gen_params_default(&p);
+        p.prompt = qd_json_str(c, "prompt", "");
+        p.negative_prompt = qd_json_str(c, "negative_prompt", NULL);
+        p.steps = qd_json_int(c, "num_inference_steps", 20);
+        p.cfg_scale = (float)qd_json_num(c, "guidance_scale", 7.5);
+        p.seed = (uint64_t)qd_json_num(c, "seed", 0);
+        p.width = qd_json_int(c, "width", 0);
+        p.height = qd_json_int(c, "height", 0);
+        p.scheduler = qd_json_str(c, "scheduler", NULL);
+        int64_t shape[4];
+        size_t nlat = qd_latent_shape(m, &p, shape), nimg = qd_image_size(m, &p, QD_IMAGE_RGB8);
+        float *lat = malloc(sizeof(float) * nlat);
+        uint8_t *img = malloc(nimg);
+        st = qd_generate(ctx, m, &p, QD_IMAGE_RGB8, img, lat);
+        check(st == QD_OK, "%s generate%s%s", golden_dir, st ? ": " : "", st ? qd_last_error(ctx) : "");
+        snprintf(path, sizeof path, "%s/%s", fixture(golden_dir), qd_json_str(c, "golden", ""));
+        size_t n_ref = 0, n_img = 0;
+        float *ref = load_f32(path, "latents", NULL, NULL, &n_ref);
+        uint8_t *ref_img = load_raw(path, "image_u8", &n_img);
+        if (st == QD_OK && ref && n_ref == nlat && ref_img && n_img == nimg) {
+            size_t close = 0;
+            for (size_t i = 0; i < nimg; i++) close += abs((int)img[i] - (int)ref_img[i]) <= 2;
+            double r = rel_l2(lat, ref, nlat);
+            check(r <= 1e-3, "%s: latents rel_l2 %.3g (tol 1e-3)", golden_dir, r);
+            check(close >= nimg * 0.999, "%s: image_u8 within +-2: %.3f%% (need 99.9%%)", golden_dir, 100.0 * close / nimg);
+        } else if (st == QD_OK) {
+            check(0, "%s: golden shapes match", golden_dir);
+        }
+        free(ref); free(ref_img); free(lat); free(img);
+    }
+    if (opened) qd_model_free(m);
+    cJSON_Delete(cases);
+}
+
+int main(void) {
+    qd_ctx *ctx = qd_ctx_new(2);
+    /* bounds: a few times each fixture's own quantization error (uint4+SVD ~0.1, int8 ~0.01) */
+    check_component(ctx, "models/sd15-tiny-sdnq-uint4-svd/unet", "models/sd15-tiny/unet", 0.25);
+    check_component(ctx, "models/sd15-tiny-sdnq-uint4-svd/text_encoder", "models/sd15-tiny/text_encoder", 0.05);
+    check_component(ctx, "models/flux-tiny-sdnq-int8-qmm/transformer", "models/flux-tiny/transformer", 0.05);
+    check_component(ctx, "models/flux-tiny-sdnq-int8-qmm/text_encoder_2", "models/flux-tiny/text_encoder_2", 0.25);
+    test_unet(ctx);
+    test_clip(ctx);
+    test_pipeline(ctx, "goldens/sd15-tiny-sdnq-uint4-svd");
+    qd_ctx_free(ctx);
+    return test_summary();
+}
