@@ -13,8 +13,11 @@
 #include "text/clip_text.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static float frand(unsigned *s) { *s = *s * 1103515245u + 12345u; return ((*s >> 8) & 0xffff) / 32768.0f - 1.0f; }
 
@@ -126,6 +129,93 @@ static void test_clip(qd_ctx *ctx) {
     qd_clip_text_free(m);
 }
 
+static int copy_file(const char *from, const char *to) {
+    FILE *a = fopen(from, "rb"), *b = fopen(to, "wb");
+    int ok = a && b;
+    char buf[65536];
+    size_t n;
+    while (ok && (n = fread(buf, 1, sizeof buf, a)) > 0) ok = fwrite(buf, 1, n, b) == n;
+    if (a) fclose(a);
+    if (b) fclose(b);
+    return ok;
+}
+
+/* quant_embedding: the dense sd15-tiny CLIP with its token and position tables
+ * re-stored as SDNQ int8 row-wise (quantized here), run against the dense model. */
+static void test_clip_quantized_embedding(qd_ctx *ctx) {
+    char dir[256], path[512];
+    snprintf(dir, sizeof dir, "/tmp/qd_sdnq_emb_%d", (int)getpid());
+    mkdir(dir, 0700);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    copy_file(fixture("models/sd15-tiny/text_encoder/config.json"), path);
+    snprintf(path, sizeof path, "%s/quantization_config.json", dir);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fputs("{\"quant_method\": \"sdnq\", \"weights_dtype\": \"int8\", \"group_size\": -1, \"quant_embedding\": true}", f);
+        fclose(f);
+    }
+    qd_st_set st;
+    if (qd_st_open(ctx, fixture("models/sd15-tiny/text_encoder/model.safetensors"), &st) != QD_OK) {
+        check(0, "%s", qd_last_error(ctx));
+        return;
+    }
+    qd_st_out *outs = calloc((size_t)st.n_tensors + 2, sizeof *outs);
+    void *bufs[4] = {0};
+    char names[4][128];
+    int n = 0, nb = 0;
+    for (int64_t i = 0; i < st.n_tensors; i++) {
+        const qd_st_tensor *t = &st.tensors[i];
+        qd_st_out *o = &outs[n++];
+        o->name = t->name; o->dtype = t->dtype; o->ndim = t->ndim; o->data = t->data;
+        memcpy(o->shape, t->shape, sizeof o->shape);
+        if (!strstr(t->name, "embeddings.") || t->ndim != 2) continue;
+        int64_t rows = t->shape[0], cols = t->shape[1];
+        float *row = malloc(sizeof(float) * (size_t)cols), *scale = malloc(sizeof(float) * (size_t)rows);
+        int8_t *codes = malloc((size_t)(rows * cols));
+        for (int64_t r = 0; r < rows; r++) {
+            qd_st_to_f32(t, r * cols, cols, row);
+            float amax = 0;
+            for (int64_t c = 0; c < cols; c++) amax = fmaxf(amax, fabsf(row[c]));
+            scale[r] = amax / 127.0f;
+            for (int64_t c = 0; c < cols; c++) codes[r * cols + c] = (int8_t)lrintf(scale[r] > 0 ? row[c] / scale[r] : 0);
+        }
+        free(row);
+        o->dtype = QD_I8; o->data = codes;
+        qd_st_out *so = &outs[n++];
+        snprintf(names[nb / 2], sizeof names[0], "%.*s.scale", (int)(strlen(t->name) - 7), t->name);
+        so->name = names[nb / 2]; so->dtype = QD_F32; so->ndim = 2; so->shape[0] = rows; so->shape[1] = 1; so->data = scale;
+        bufs[nb++] = codes;
+        bufs[nb++] = scale;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    qd_status s = qd_st_write(ctx, path, outs, n, NULL);
+    for (int i = 0; i < 4; i++) free(bufs[i]);
+    free(outs);
+    qd_st_close(&st);
+    check(s == QD_OK && nb == 4, "wrote a CLIP with SDNQ int8 token and position embeddings");
+
+    qd_clip_text *mq = NULL, *md = NULL;
+    s = qd_clip_text_load(ctx, dir, &mq);
+    check(s == QD_OK, "CLIP with quantized embeddings loads%s%s", s ? ": " : "", s ? qd_last_error(ctx) : "");
+    if (s == QD_OK && qd_clip_text_load(ctx, fixture("models/sd15-tiny/text_encoder"), &md) == QD_OK) {
+        const qd_clip_text_info *in = qd_clip_text_get_info(md);
+        int32_t ids[6] = {in->vocab_size - 2, 7, 300, 41, in->eos_token_id, in->eos_token_id};
+        size_t nd = 6 * (size_t)in->hidden_size;
+        float *yq = malloc(sizeof(float) * nd), *yd = malloc(sizeof(float) * nd);
+        qd_clip_text_forward(ctx, mq, ids, 1, 6, yq, NULL, NULL, NULL);
+        qd_clip_text_forward(ctx, md, ids, 1, 6, yd, NULL, NULL, NULL);
+        double r = rel_l2(yq, yd, nd);
+        check(r < 2e-2, "quantized-embedding CLIP output near the dense one: rel_l2 %.3g (int8 row-wise error)", r);
+        free(yq);
+        free(yd);
+    }
+    qd_clip_text_free(mq);
+    qd_clip_text_free(md);
+    const char *files[] = {"config.json", "quantization_config.json", "model.safetensors"};
+    for (int i = 0; i < 3; i++) { snprintf(path, sizeof path, "%s/%s", dir, files[i]); unlink(path); }
+    rmdir(dir);
+}
+
 /* The quantized SD1.5 pipeline against diffusers + sdnq (exact dequantization both sides). */
 static void test_pipeline(qd_ctx *ctx, const char *golden_dir) {
     char path[1024];
@@ -182,6 +272,7 @@ int main(void) {
     check_component(ctx, "models/flux-tiny-sdnq-int8-qmm/text_encoder_2", "models/flux-tiny/text_encoder_2", 0.25);
     test_unet(ctx);
     test_clip(ctx);
+    test_clip_quantized_embedding(ctx);
     test_pipeline(ctx, "goldens/sd15-tiny-sdnq-uint4-svd");
     qd_ctx_free(ctx);
     return test_summary();

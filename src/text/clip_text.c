@@ -20,7 +20,7 @@ struct qd_clip_text {
     float eps;
     clip_act act;
     qd_params p;
-    const qd_st_tensor *tok_emb, *pos_emb;
+    qd_weight tok_emb, pos_emb;     /* tables; SDNQ-quantized ones decode row by row */
     clip_layer *layers;
     qd_norm_p final_ln;
     qd_linear_p proj;
@@ -85,9 +85,8 @@ qd_status qd_clip_text_load(qd_ctx *ctx, const char *dir, qd_clip_text **out) {
     if (!m->layers) st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
     qd_params *p = &m->p;
     const char *pre = "text_model.";
-    int64_t tok_shape[2] = {in->vocab_size, D}, pos_shape[2] = {in->max_positions, D};
-    if (st == QD_OK) st = qd_p_tensor(p, &m->tok_emb, 2, tok_shape, "%sembeddings.token_embedding.weight", pre);
-    if (st == QD_OK) st = qd_p_tensor(p, &m->pos_emb, 2, pos_shape, "%sembeddings.position_embedding.weight", pre);
+    if (st == QD_OK) st = qd_p_embedding(p, &m->tok_emb, in->vocab_size, D, "%sembeddings.token_embedding", pre);
+    if (st == QD_OK) st = qd_p_embedding(p, &m->pos_emb, in->max_positions, D, "%sembeddings.position_embedding", pre);
     for (int i = 0; st == QD_OK && i < in->num_layers; i++) {
         clip_layer *l = &m->layers[i];
         char lp[128];
@@ -136,8 +135,8 @@ qd_status qd_clip_text_forward(qd_ctx *ctx, qd_clip_text *m, const int32_t *ids,
     for (int64_t b = 0; b < B; b++)
         for (int64_t t = 0; t < L; t++) {
             float *row = x + (b * L + t) * D;
-            qd_st_to_f32(m->tok_emb, (int64_t)ids[b * L + t] * D, D, row);
-            qd_st_to_f32(m->pos_emb, t * D, D, tmp);
+            m->tok_emb.decode(&m->tok_emb, ids[b * L + t], 1, 0, D, row, D);
+            m->pos_emb.decode(&m->pos_emb, t, 1, 0, D, tmp, D);
             qd_add(row, tmp, D);
         }
     float *q = qkv, *k = qkv + M * D, *v = qkv + 2 * M * D;
@@ -163,8 +162,8 @@ qd_status qd_clip_text_forward(qd_ctx *ctx, qd_clip_text *m, const int32_t *ids,
         for (int64_t b = 0; b < B; b++)
             for (int64_t t = 0; t < L; t++) {
                 float *row = penult + (b * L + t) * D;
-                qd_st_to_f32(m->tok_emb, (int64_t)ids[b * L + t] * D, D, row);
-                qd_st_to_f32(m->pos_emb, t * D, D, tmp);
+                m->tok_emb.decode(&m->tok_emb, ids[b * L + t], 1, 0, D, row, D);
+                m->pos_emb.decode(&m->pos_emb, t, 1, 0, D, tmp, D);
                 qd_add(row, tmp, D);
             }
     }
