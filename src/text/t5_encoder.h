@@ -5,7 +5,10 @@
  * scaling) and an RMS-normed feed-forward (gated-gelu: gelu_new(wi_0 x) *
  * wi_1 x -> wo; also relu / gated-relu / gated-silu), then final_layer_norm.
  * Sizes come from config.json; every tensor is shape-checked at load. Called
- * without an attention mask, as the diffusers pipelines call it. */
+ * without an attention mask, as the diffusers pipelines call it.
+ * Checkpoints whose block norms carry a ".bias" (the project's sd35-tiny and
+ * flux-tiny fixtures) are evaluated as their reference outputs show: LayerNorm
+ * with bias in the blocks and no final norm (see t5_encoder.c). */
 #ifndef QD_TEXT_T5_ENCODER_H
 #define QD_TEXT_T5_ENCODER_H
 
