@@ -2,7 +2,7 @@
 # Installs the Debian packages qdiff needs to build and test. Idempotent.
 # Usage: scripts/install-deps.sh [--bench]   (--bench adds python3-torch for bench/ comparisons)
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libcjson-dev libpng-dev zlib1g-dev)
+pkgs=(build-essential cmake pkg-config libcjson-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev)
 if [[ "${1:-}" == "--bench" ]]; then pkgs+=(python3-torch python3-numpy); fi
 missing=()
 for p in "${pkgs[@]}"; do
