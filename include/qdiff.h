@@ -51,6 +51,9 @@ int qd_ctx_threads(const qd_ctx *ctx);
 const char *qd_last_error(const qd_ctx *ctx);
 void qd_set_log(qd_ctx *ctx, qd_log_fn fn, void *user);  /* default: warnings to stderr */
 void qd_cancel(qd_ctx *ctx);                 /* thread-safe; the running call returns QD_ERR_CANCELLED */
+/* How SDNQ-quantized layers multiply: 0 = as each model's config asks (default), 1 = exact
+ * (dequantized tile by tile), 2 = int8 quantized matmul (per-token int8 activations) wherever possible. */
+void qd_set_matmul(qd_ctx *ctx, int mode);
 
 /* ---- models ----------------------------------------------------------- */
 
@@ -115,6 +118,69 @@ qd_status qd_write_png(qd_ctx *ctx, const char *path, const uint8_t *rgb, int wi
 /* Write one F32 tensor to a .safetensors file (atomically, as above). */
 qd_status qd_write_tensor(qd_ctx *ctx, const char *path, const char *name,
                           const float *data, const int64_t *shape, int ndim);
+
+/* ==== autoencoders on their own: encode, decode, live previews ============ */
+
+/* A VAE opened by itself (not as part of a model folder):
+ *   - a diffusers "vae" folder: config.json with _class_name AutoencoderKL (SD1.5, SDXL,
+ *     SD3, FLUX.1 VAEs) or AutoencoderTiny (TAESD in diffusers layout);
+ *   - a TAESD-family weight file, .safetensors or .pth (taesd, taesdxl, taesd3, taef1,
+ *     taef2, taesana), holding an encoder, a decoder or both. Given "X_encoder.EXT"
+ *     (or "X_decoder.EXT") the other half is loaded too when it sits beside it.
+ * The architecture (latent channels, 8x/32x, variant) is read from the weights.
+ * .pth files are read without executing their pickle (anything but tensors and
+ * plain containers is refused).
+ *
+ * Latents are those the diffusion model works in, layout [B, C, H/f, W/f] float:
+ * AutoencoderKL: (mean - shift_factor) * scaling_factor (deterministic, no sampling);
+ * TAESD: the encoder's output as it is (TAESD works in that space directly). */
+typedef struct qd_vae_model qd_vae_model;
+
+typedef struct {
+    int latent_channels;
+    int downscale;              /* image side / latent side: 8, or 32 for taesana */
+    int can_encode, can_decode; /* a TAESD file may hold only one half */
+    const char *kind;           /* "AutoencoderKL", "taef2", "taesd/taesdxl", "taesd3/taef1", "taesana", ... */
+} qd_vae_model_info;
+
+qd_status qd_vae_open(qd_ctx *ctx, const char *path, qd_vae_model **out);
+/* An explicit TAESD encoder/decoder pair; either path may be NULL. */
+qd_status qd_vae_open_pair(qd_ctx *ctx, const char *encoder_path, const char *decoder_path, qd_vae_model **out);
+void qd_vae_close(qd_vae_model *vae);
+const qd_vae_model_info *qd_vae_describe(const qd_vae_model *vae);
+
+/* image [batch, height, width, 3] in `fmt` (QD_IMAGE_F32 in [0,1] or QD_IMAGE_RGB8);
+ * width and height multiples of downscale. latent gets batch*C*(height/f)*(width/f) floats. */
+qd_status qd_vae_encode_image(qd_ctx *ctx, qd_vae_model *vae, qd_image_format fmt, const void *image,
+                              int batch, int width, int height, float *latent);
+
+/* latent [batch, C, latent_height, latent_width] -> image [batch, latent_height*f,
+ * latent_width*f, 3] in `fmt`, clamped to [0,1] (RGB8: round(x * 255)). */
+qd_status qd_vae_decode_latent(qd_ctx *ctx, qd_vae_model *vae, const float *latent, int batch,
+                               int latent_width, int latent_height, qd_image_format fmt, void *image);
+
+/* Live previews. The pipeline calls this from its step loop with the current latents
+ * (e.g. every N steps) and hands the RGB8 picture to the user's callback or writes it.
+ * `vae` is normally a TAESD decoder of the generating family's latent space (taesd for
+ * SD1.5, taesdxl for SDXL, taesd3 for SD3, taef1 for FLUX.1, taef2 for FLUX.2); packed
+ * (FLUX) latents must be unpacked to [batch, channels, h, w] first. Fails with
+ * QD_ERR_ARG when `channels` is not the VAE's latent channel count (wrong family).
+ * rgb gets batch * (h*f) * (w*f) * 3 bytes. Respects qd_cancel(). */
+qd_status qd_preview_decode(qd_ctx *ctx, qd_vae_model *vae, const float *latents, int batch, int channels,
+                            int latent_width, int latent_height, uint8_t *rgb);
+
+/* Read a PNG or JPEG file (detected from its content) as RGB8 [height, width, 3]: gray,
+ * palette, 16-bit and alpha (dropped) are converted. *rgb is malloc'd: free() it. */
+qd_status qd_read_image(qd_ctx *ctx, const char *path, uint8_t **rgb, int *width, int *height);
+
+/* Resize RGB8: area averaging when shrinking, bilinear between pixel centres when enlarging. */
+qd_status qd_resize_rgb8(qd_ctx *ctx, const uint8_t *src, int src_width, int src_height,
+                         uint8_t *dst, int dst_width, int dst_height);
+
+/* Read one tensor of a .safetensors file as float32 (any float or integer dtype).
+ * name NULL: the file's only tensor. *data is malloc'd: free() it. shape gets ndim dims (<= 8). */
+qd_status qd_read_tensor(qd_ctx *ctx, const char *path, const char *name, float **data,
+                         int64_t shape[8], int *ndim);
 
 #ifdef __cplusplus
 }
