@@ -23,6 +23,7 @@ struct qd_ctx {
     volatile int cancel;        /* set by qd_cancel(); checked between steps */
     qd_trace_fn trace;          /* benchmarks: called after every conv/linear/attention */
     void *trace_user;
+    int matmul_mode;            /* SDNQ layers: 0 as the model's config asks, 1 exact, 2 int8 (qd_set_matmul) */
 };
 
 /* Record an error: formats into ctx->err and returns `code` (never QD_OK). */

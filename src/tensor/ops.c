@@ -8,7 +8,8 @@
 
 void qd_linear(qd_ctx *ctx, const float *x, int64_t M, const qd_weight *w, const float *bias, float *y) {
     double t0 = ctx->trace ? qd_now() : 0;
-    qd_gemm(ctx, M, w->rows, w->cols, qd_rows(x, w->cols), qd_wmat(w), y, w->rows, 1.0f, 0.0f, NULL, bias);
+    if (!(w->linear && w->linear(ctx, w, x, M, bias, y)))
+        qd_gemm(ctx, M, w->rows, w->cols, qd_rows(x, w->cols), qd_wmat(w), y, w->rows, 1.0f, 0.0f, NULL, bias);
     if (ctx->trace) {
         int64_t d[4] = {M, w->cols, w->rows, bias != NULL};       /* tokens, in, out, bias */
         ctx->trace(ctx->trace_user, "linear", d, 4, qd_now() - t0);

@@ -6,6 +6,7 @@
 #define QD_TENSOR_WEIGHT_H
 
 #include <stdint.h>
+#include "base/ctx.h"
 #include "io/safetensors.h"
 
 struct qd_weight {
@@ -15,6 +16,10 @@ struct qd_weight {
     void (*decode)(const struct qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk,
                    float *dst, int64_t ld);
     const void *quant;         /* format-specific state for decode, if any */
+    /* Optional: the format computes a whole linear itself (e.g. int8 quantized matmul),
+     * y[M, rows] = x[M, cols] . W^T + bias, returning 1; or returns 0 to let qd_linear
+     * run the GEMM over decode(). NULL: always the GEMM. */
+    int (*linear)(qd_ctx *ctx, const struct qd_weight *w, const float *x, int64_t M, const float *bias, float *y);
 };
 typedef struct qd_weight qd_weight;
 
