@@ -10,6 +10,9 @@
 #include "quant/sdnq_layout.h"
 #include "quant/sdnq_unpack.h"
 #include "quant/sdnq_weight.h"
+#include "quant/sdnq_matmul.h"
+#include "quant/int8_gemm.h"
+#include "quant/hadamard.h"
 #include "tensor/ops.h"
 
 #include <cjson/cJSON.h>
@@ -556,6 +559,177 @@ static void test_bad_inputs(qd_ctx *ctx) {
     tmp_remove(&d);
 }
 
+/* ---- int8 quantized matmul (§1.9) ---- */
+
+static void test_int8_kernels(void) {
+    static const int64_t Ks[] = {1, 3, 4, 37, 256, 1000};
+    uint32_t seed = 99;
+    for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++) {
+        int64_t K = Ks[ki], kp = qd_i8_kpad(K);
+        int8_t *x = calloc((size_t)(QD_I8_MR * kp), 1), *xv = calloc((size_t)(QD_I8_MR * kp), 1);
+        int8_t *w = malloc((size_t)(QD_I8_NB * K)), *panel = malloc((size_t)(QD_I8_NB * kp));
+        int32_t wsum[QD_I8_NB], acc[QD_I8_MR * QD_I8_NB];
+        for (int m = 0; m < QD_I8_MR; m++)
+            for (int64_t k = 0; k < K; k++) x[m * kp + k] = (int8_t)((int)(lcg(&seed) % 255) - 127);
+        for (int64_t i = 0; i < QD_I8_NB * K; i++) w[i] = (int8_t)((int)(lcg(&seed) % 256) - 128);
+        x[0] = 127; w[0] = -128;   /* the extremes */
+        int nb = K == 37 ? 29 : QD_I8_NB;   /* a partial panel */
+        qd_i8_pack(w, nb, K, kp, panel, wsum);
+        for (int isa = QD_I8_GENERIC; isa <= QD_I8_VNNI; isa++) {
+            if (!qd_i8_supported((qd_i8_isa)isa)) { printf("skip %s kernel (CPU lacks it)\n", qd_i8_isa_name((qd_i8_isa)isa)); continue; }
+            memcpy(xv, x, (size_t)(QD_I8_MR * kp));
+            for (int m = 0; m < QD_I8_MR; m++) qd_i8_prepare_row((qd_i8_isa)isa, xv + m * kp, kp);
+            qd_i8_kernel((qd_i8_isa)isa, xv, kp, panel, wsum, acc);
+            int ok = 1;
+            for (int m = 0; m < QD_I8_MR; m++)
+                for (int n = 0; n < QD_I8_NB; n++) {
+                    int64_t ref = 0;
+                    for (int64_t k = 0; n < nb && k < K; k++) ref += (int64_t)x[m * kp + k] * w[n * K + k];
+                    if (acc[m * QD_I8_NB + n] != ref) ok = 0;
+                }
+            check(ok, "int8 kernel %s, K=%lld, %d of 32 rows: exact integer dot products", qd_i8_isa_name((qd_i8_isa)isa),
+                  (long long)K, nb);
+        }
+        free(x); free(xv); free(w); free(panel);
+    }
+}
+
+/* sdnq's int8 matmul written out in double: x (rotated) quantized per token, the
+ * base weight as int8 codes (or re-quantized per row), plus the float SVD branch. */
+static void emulate_int8(const layer_case *c, const float *x, int64_t M, float *y, double *err_x, double *err_w) {
+    const qd_sdnq_state *s = c->state;
+    const qd_sdnq_layout *l = &s->l;
+    int64_t K = c->in, N = c->out;
+    float *xr = malloc(sizeof(float) * (size_t)(M * K)), *wb = malloc(sizeof(float) * (size_t)(N * K));
+    double *xh = malloc(sizeof(double) * (size_t)(M * K)), *wh = malloc(sizeof(double) * (size_t)(N * K));
+    memcpy(xr, x, sizeof(float) * (size_t)(M * K));
+    for (int64_t m = 0; l->hadamard && m < M; m++)
+        for (int64_t k = 0; k < K; k += l->hadamard_size) qd_hadamard(xr + m * K + k, l->hadamard_size);
+    double dx = 0, nx = 0, dw = 0, nw = 0;   /* what 8-bit rounding does to each operand */
+    for (int64_t m = 0; m < M; m++) {
+        float amax = 0;
+        for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(xr[m * K + k]));
+        float sx = amax / 127.0f;
+        for (int64_t k = 0; k < K; k++) {
+            xh[m * K + k] = (double)sx * nearbyintf(xr[m * K + k] / sx);
+            dx += (xh[m * K + k] - xr[m * K + k]) * (xh[m * K + k] - xr[m * K + k]);
+            nx += (double)xr[m * K + k] * xr[m * K + k];
+        }
+    }
+    qd_sdnq_decode_base(s, 0, N, 0, K, wb, K);
+    int direct = (l->dtype.family == QD_SQ_INT || l->dtype.family == QD_SQ_UINT) && l->dtype.bits <= 8 &&
+                 !l->codebook && l->grouping != QD_SDNQ_GROUPED;
+    for (int64_t n = 0; n < N; n++) {
+        float amax = 0;
+        for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(wb[n * K + k]));
+        float sw = amax / 127.0f;
+        for (int64_t k = 0; k < K; k++) {
+            wh[n * K + k] = direct ? wb[n * K + k] : (double)sw * nearbyintf(wb[n * K + k] / sw);
+            dw += (wh[n * K + k] - wb[n * K + k]) * (wh[n * K + k] - wb[n * K + k]);
+            nw += (double)wb[n * K + k] * wb[n * K + k];
+        }
+    }
+    *err_x = sqrt(dx / nx);
+    *err_w = sqrt(dw / nw);
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) {
+            double acc = c->bias[n];
+            for (int64_t k = 0; k < K; k++) acc += xh[m * K + k] * wh[n * K + k];
+            for (int64_t r = 0; l->svd && r < l->svd_rank; r++) {
+                double t = 0;
+                for (int64_t k = 0; k < K; k++) t += (double)xr[m * K + k] * s->svd_down[r * K + k];
+                acc += t * s->svd_up[n * l->svd_rank + r];
+            }
+            y[m * N + n] = (float)acc;
+        }
+    free(xr); free(wb); free(xh); free(wh);
+}
+
+static void run_int8_case(qd_ctx *ctx, const char *name) {
+    layer_case c;
+    if (!case_open(ctx, name, &c)) { check(0, "%s: open", name); case_close(&c); return; }
+    size_t ny = (size_t)(c.M * c.out);
+    float *y8 = malloc(sizeof(float) * ny), *ye = malloc(sizeof(float) * ny), *yf = malloc(sizeof(float) * ny);
+    qd_set_matmul(ctx, QD_MATMUL_INT8);
+    qd_linear(ctx, c.x, c.M, &c.w, c.bias, y8);
+    qd_set_matmul(ctx, QD_MATMUL_CONFIG);
+    double ex, ew;
+    emulate_int8(&c, c.x, c.M, ye, &ex, &ew);
+    double r_emul = rel_l2(y8, ye, ny);
+    check(r_emul <= 1e-5, "%s int8: equals sdnq's int8 algorithm (double emulation): rel_l2 %.3g (tol 1e-5)", name, r_emul);
+    /* accuracy: the fp32 original weight's output shows what weight quantization costs */
+    char path[512];
+    snprintf(path, sizeof path, "%s%s.safetensors", fixture("sdnq/layers/"), name);
+    float *wf = load_f32(path, "ref.weight_fp32", NULL, NULL, NULL);
+    for (int64_t m = 0; wf && m < c.M; m++)
+        for (int64_t n = 0; n < c.out; n++) {
+            double a = c.bias[n];
+            for (int64_t k = 0; k < c.in; k++) a += (double)c.x[m * c.in + k] * wf[n * c.in + k];
+            yf[m * c.out + n] = (float)a;
+        }
+    double r8 = rel_l2(y8, c.ref_out, ny), rq = wf ? rel_l2(yf, c.ref_out, ny) : 0, pred = hypot(ex, ew);
+    /* Bound: int8 matmul rounds its two operands to 8 bits (per-token activations, and
+     * per-row weights when re-quantized), so its error vs the exact output is about
+     * hypot(ex, ew) of those roundings (measured ratio 0.67-1.09 over the cases); allow
+     * 1.5x. Where the weights have <= 6 bits (output error of the stored weights >= 4%)
+     * that must also be well under the quantization error itself: <= half of it. At 7-8
+     * bits the 8-bit activations cost about as much as the weights, inherently. */
+    check(r8 <= 1.5 * pred, "%s int8: vs sdnq's exact output rel_l2 %.4f <= 1.5 x %.4f (8-bit rounding of x: %.4f, "
+          "of the weight: %.4f)", name, r8, pred, ex, ew);
+    if (rq >= 0.04)
+        check(r8 <= 0.5 * rq, "%s int8: error %.4f is under half the weight quantization's own %.4f", name, r8, rq);
+    free(wf); free(y8); free(ye); free(yf);
+    case_close(&c);
+}
+
+static void test_int8_cases(qd_ctx *ctx) {
+    char *text = read_text(fixture("sdnq/layers/index.json"));
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    const cJSON *cases = cJSON_GetObjectItem(root, "cases");
+    for (const cJSON *e = cases ? cases->child : NULL; e; e = e->next) {
+        const cJSON *name = cJSON_GetObjectItem(e, "case");
+        if (cJSON_IsString(name)) run_int8_case(ctx, name->valuestring);
+    }
+    cJSON_Delete(root);
+    free(text);
+}
+
+/* Which path runs: the config's use_quantized_matmul with sdnq's 32-token minimum,
+ * or the context's override. */
+static void test_matmul_modes(qd_ctx *ctx) {
+    layer_case q, a;
+    if (!case_open(ctx, "int8_qmm", &q) || !case_open(ctx, "int8_auto", &a)) {
+        check(0, "open int8_qmm / int8_auto");
+        case_close(&q);
+        return;
+    }
+    int64_t M = 40, N = q.out, K = q.in;
+    float *x = malloc(sizeof(float) * (size_t)(M * K));
+    for (int64_t m = 0; m < M; m++) memcpy(x + m * K, q.x + (m % q.M) * K, sizeof(float) * (size_t)K);
+    float *y0 = malloc(sizeof(float) * (size_t)(M * N)), *y1 = malloc(sizeof(float) * (size_t)(M * N)),
+          *y2 = malloc(sizeof(float) * (size_t)(M * N));
+    const qd_sdnq_state *sq = q.state, *sa = a.state;
+    qd_set_matmul(ctx, QD_MATMUL_CONFIG);
+    check(!qd_sdnq_uses_int8(ctx, sq, 5) && qd_sdnq_uses_int8(ctx, sq, 40) && !qd_sdnq_uses_int8(ctx, sa, 40),
+          "config mode: int8 only where use_quantized_matmul holds and from 32 tokens on");
+    qd_linear(ctx, x, M, &q.w, q.bias, y0);
+    qd_set_matmul(ctx, QD_MATMUL_INT8);
+    qd_linear(ctx, x, M, &q.w, q.bias, y2);
+    check(qd_sdnq_uses_int8(ctx, sa, 1) && memcmp(y0, y2, sizeof(float) * (size_t)(M * N)) == 0,
+          "int8 mode: every linear; the config's choice for 40 tokens gave the same int8 result");
+    qd_set_matmul(ctx, QD_MATMUL_EXACT);
+    qd_linear(ctx, x, M, &q.w, q.bias, y1);
+    check(!qd_sdnq_uses_int8(ctx, sq, 40) && memcmp(y0, y1, sizeof(float) * (size_t)(M * N)) != 0 &&
+          rel_l2(y1, y0, (size_t)(M * N)) < 0.02,
+          "exact mode overrides the config: dequantized GEMM (differs from int8 by rel_l2 %.3g)", rel_l2(y1, y0, (size_t)(M * N)));
+    qd_set_matmul(ctx, 7);
+    check(ctx->matmul_mode == QD_MATMUL_EXACT, "qd_set_matmul ignores an unknown mode");
+    qd_set_matmul(ctx, QD_MATMUL_CONFIG);
+    free(x); free(y0); free(y1); free(y2);
+    case_close(&q);
+    case_close(&a);
+}
+
 int main(void) {
     qd_ctx *ctx = qd_ctx_new(2);
     test_dtypes();
@@ -564,6 +738,9 @@ int main(void) {
     test_derivation(ctx);
     test_fixture_cases(ctx);
     test_bad_inputs(ctx);
+    test_int8_kernels();
+    test_int8_cases(ctx);
+    test_matmul_modes(ctx);
     qd_ctx_free(ctx);
     return test_summary();
 }

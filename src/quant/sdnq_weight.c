@@ -3,6 +3,7 @@
  * -> .H per Hadamard block. All in fp32, the scale dtype sdnq computes in. */
 #include "quant/sdnq_weight.h"
 #include "quant/hadamard.h"
+#include "quant/sdnq_matmul.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,6 +194,7 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
     w->t = t.weight;
     w->decode = sdnq_decode;
     w->quant = s;
+    w->linear = l.cls == QD_SDNQ_EMBEDDING ? NULL : qd_sdnq_linear;   /* int8 matmul when asked for */
     *state = s;
     return QD_OK;
 }

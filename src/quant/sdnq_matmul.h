@@ -1,0 +1,28 @@
+/* SDNQ's quantized matmul (spec sdnq.md §1.9) with int8 activations: per-token
+ * int8 activations, int32 accumulation against int8 weight codes, then the rescale,
+ * zero-point and SVD terms. It is an approximation of the exact (dequantizing)
+ * path, selected per layer by the model's config or by qd_set_matmul(). */
+#ifndef QD_QUANT_SDNQ_MATMUL_H
+#define QD_QUANT_SDNQ_MATMUL_H
+
+#include <stdint.h>
+#include "base/ctx.h"
+#include "tensor/weight.h"
+#include "quant/sdnq_weight.h"
+
+enum { QD_MATMUL_CONFIG = 0, QD_MATMUL_EXACT = 1, QD_MATMUL_INT8 = 2 };
+
+/* 1 if a linear over M tokens with this layer runs int8 under ctx->matmul_mode:
+ * EXACT never; INT8 for every Linear layer (K <= 65536); CONFIG when sdnq would:
+ * the layer qualifies for quantized matmul (§1.4 step 2) with an integer matmul
+ * dtype, and M >= 32 tokens (sdnq dequantizes for fewer). Float matmul dtypes
+ * (fp8/fp16) have no kernel here and run exact. */
+int qd_sdnq_uses_int8(const qd_ctx *ctx, const qd_sdnq_state *s, int64_t M);
+
+/* The qd_weight.linear hook of SDNQ Linear layers: y = x . W^T + bias through int8
+ * when qd_sdnq_uses_int8 says so (returns 1), else returns 0 (exact GEMM). Weights
+ * whose codes are not per-output int8-compatible (groups, codebook, > 8 bits,
+ * floats) are re-quantized per output row on the fly, as sdnq does. */
+int qd_sdnq_linear(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t M, const float *bias, float *y);
+
+#endif
