@@ -46,7 +46,8 @@ static qd_status read_png(qd_ctx *ctx, const char *path, FILE *f, uint8_t **out,
         png_destroy_read_struct(&png, &info, NULL);
         free(pix);
         free(rows);
-        return qd_fail(ctx, QD_ERR_FORMAT, "%s: bad PNG: %s", path, err.msg);
+        return qd_fail(ctx, QD_ERR_FORMAT, "%s: bad PNG: %s%s", path, err.msg,
+                       feof(f) ? " (the file ends early: truncated?)" : "");
     }
     png_init_io(png, f);
     png_set_user_limits(png, QD_IMAGE_MAX_SIDE, QD_IMAGE_MAX_SIDE);
