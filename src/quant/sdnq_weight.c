@@ -4,6 +4,7 @@
 #include "quant/sdnq_weight.h"
 #include "quant/hadamard.h"
 #include "quant/sdnq_matmul.h"
+#include "tensor/gemm.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,29 +72,19 @@ void qd_sdnq_decode_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t
     }
 }
 
-/* row += (svd_up . svd_down)[o, k0:k0+nk], the product summed first as torch's mm does. */
-static void add_svd_row(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t nk, float *row) {
-    int64_t r = s->l.svd_rank, cols = s->l.cols;
-    const float *up = s->svd_up + o * r;
-    float acc[CHUNK];
-    for (int64_t c = 0; c < nk; c += CHUNK) {
-        int64_t n = nk - c < CHUNK ? nk - c : CHUNK;
-        memset(acc, 0, sizeof(float) * (size_t)n);
-        for (int64_t j = 0; j < r; j++) {
-            const float *d = s->svd_down + j * cols + k0 + c;
-            float u = up[j];
-            for (int64_t i = 0; i < n; i++) acc[i] += u * d[i];
-        }
-        for (int64_t i = 0; i < n; i++) row[c + i] += acc[i];
-    }
+/* dst[nr x nk] += (svd_up . svd_down)[r0:r0+nr, k0:k0+nk]: a small GEMM over the rank,
+ * summed before it is added, as torch's W + up @ down does. */
+static void add_svd(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
+    int64_t r = s->l.svd_rank;
+    qd_gemm_serial(nr, nk, r, qd_rows(s->svd_up + r0 * r, r), qd_cols(s->svd_down + k0, s->l.cols), dst, ld,
+                   1.0f, 1.0f, NULL, NULL);
 }
 
 static void sdnq_decode(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
     const qd_sdnq_state *s = w->quant;
     if (!s->l.hadamard) {
         qd_sdnq_decode_base(s, r0, nr, k0, nk, dst, ld);
-        if (s->l.svd)
-            for (int64_t r = 0; r < nr; r++) add_svd_row(s, r0 + r, k0, nk, dst + r * ld);
+        if (s->l.svd) add_svd(s, r0, nr, k0, nk, dst, ld);
         return;
     }
     /* Hadamard mixes a whole block: decode the blocks covering the range, rotate, copy out */
@@ -102,7 +93,7 @@ static void sdnq_decode(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, 
     for (int64_t r = 0; r < nr; r++) {
         for (int64_t b = k0 / g * g; b < k0 + nk; b += g) {
             qd_sdnq_decode_base(s, r0 + r, 1, b, g, buf, g);
-            if (s->l.svd) add_svd_row(s, r0 + r, b, g, buf);
+            if (s->l.svd) add_svd(s, r0 + r, 1, b, g, buf, g);
             qd_hadamard(buf, g);
             int64_t lo = b > k0 ? b : k0, hi = b + g < k0 + nk ? b + g : k0 + nk;
             memcpy(dst + r * ld + (lo - k0), buf + (lo - b), sizeof(float) * (size_t)(hi - lo));
