@@ -434,6 +434,58 @@ static const char *cfg_with(char *buf, size_t n, const char *case_name, const ch
     return buf;
 }
 
+/* Load LAYER from the folder and compare its decode with a fixture case's sdnq dequantization. */
+static void expect_layer_decodes(qd_ctx *ctx, tmpdir *d, const char *ref_case, int want_adjusted, const char *what) {
+    char path[512];
+    snprintf(path, sizeof path, "%s%s.safetensors", fixture("sdnq/layers/"), ref_case);
+    int64_t shape[8];
+    int nd;
+    float *ref = load_f32(path, "ref.dequantized_weight", shape, &nd, NULL);
+    qd_params p;
+    qd_linear_p lin;
+    qd_status st = qd_params_open(ctx, d->dir, "test", &p);
+    if (st == QD_OK) st = qd_p_linear(&p, &lin, shape[0], shape[1], QD_BIAS, "%s", LAYER);
+    double r = 1;
+    int adjusted = -1;
+    if (st == QD_OK && ref) {
+        float *got = malloc(sizeof(float) * (size_t)(shape[0] * shape[1]));
+        lin.w.decode(&lin.w, 0, shape[0], 0, shape[1], got, shape[1]);
+        r = rel_l2(got, ref, (size_t)(shape[0] * shape[1]));
+        adjusted = ((const qd_sdnq_state *)lin.w.quant)->l.adjusted;
+        free(got);
+    }
+    if (p.ctx) qd_params_close(&p);
+    check(st == QD_OK && r <= 1e-6 && adjusted == want_adjusted, "shapes win: %s: decodes as %s (rel_l2 %.2g, adjusted %d)%s%s",
+          what, ref_case, r, adjusted, st ? ": " : "", st ? qd_last_error(ctx) : "");
+    free(ref);
+}
+
+/* Older writers stored some layers differently than today's derivation says: the file decides. */
+static void test_shapes_win(qd_ctx *ctx) {
+    static char cfg[16384];
+    tmpdir d;
+    tmp_make(&d, "win1");   /* qmm config (derives [in, out] + scale [1, out]); file row-wise, as v0.1.x wrote uint8 */
+    build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_qmm", NULL, NULL), NULL, 0);
+    expect_layer_decodes(ctx, &d, "int8_auto", 1, "row-wise int8 file under a quantized-matmul config");
+    tmp_remove(&d);
+    tmp_make(&d, "win2");   /* the reverse: transposed file, plain config */
+    build_layer_dir(ctx, &d, "int8_qmm", cfg_with(cfg, sizeof cfg, "int8_auto", NULL, NULL), NULL, 0);
+    expect_layer_decodes(ctx, &d, "int8_qmm", 1, "transposed int8 file under a plain config");
+    tmp_remove(&d);
+    tmp_make(&d, "win3");   /* the config derives G=2 (group 128), the file has G=4 */
+    build_layer_dir(ctx, &d, "uint4_auto", cfg_with(cfg, sizeof cfg, "uint4_auto", "group_size", "128"), NULL, 0);
+    expect_layer_decodes(ctx, &d, "uint4_auto", 1, "G=4 file where the config derives G=2");
+    tmp_remove(&d);
+    tmp_make(&d, "win4");   /* use_svd in the config, but the (unchanged) file has none, as v0.1 meta loading dropped it */
+    build_layer_dir(ctx, &d, "uint4_auto", cfg_with(cfg, sizeof cfg, "uint4_auto", "use_svd", "true"), NULL, 0);
+    expect_layer_decodes(ctx, &d, "uint4_auto", 1, "no svd tensors under use_svd (and its +1 group exponent)");
+    tmp_remove(&d);
+    tmp_make(&d, "win5");   /* unchanged: no adjustment */
+    build_layer_dir(ctx, &d, "uint4_svd_r8_qmm", cfg_with(cfg, sizeof cfg, "uint4_svd_r8_qmm", NULL, NULL), NULL, 0);
+    expect_layer_decodes(ctx, &d, "uint4_svd_r8_qmm", 0, "svd in the quantized-matmul orientation, as derived");
+    tmp_remove(&d);
+}
+
 static void test_bad_inputs(qd_ctx *ctx) {
     static char cfg[16384];
     tmpdir d;
@@ -738,6 +790,7 @@ int main(void) {
     test_derivation(ctx);
     test_fixture_cases(ctx);
     test_bad_inputs(ctx);
+    test_shapes_win(ctx);
     test_int8_kernels();
     test_int8_cases(ctx);
     test_matmul_modes(ctx);

@@ -42,6 +42,9 @@ qd_status qd_sdnq_layout_derive(qd_ctx *ctx, const qd_sdnq_config *cfg, const ch
     l->kdims = ndim - 2;
     for (int i = 2; i < ndim; i++) { l->kshape[i - 2] = shape[i]; l->ksize *= shape[i]; }
     l->cols = l->in * l->ksize;
+    if (l->ksize > ((int64_t)1 << 20) || l->cols > ((int64_t)1 << 40))   /* also keeps out * cols in int64 */
+        return qd_fail(ctx, QD_ERR_ARG, "layer '%s': weight of %lld x %lld x %lld is too large", param,
+                       (long long)l->out, (long long)l->in, (long long)l->ksize);
 
     qd_sdnq_kwargs kw;
     QD_TRY(qd_sdnq_layer_kwargs(ctx, cfg, param, &kw));

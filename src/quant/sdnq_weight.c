@@ -144,6 +144,9 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
     snprintf(name, sizeof name, "%s.weight", module);
     QD_TRY(qd_sdnq_layout_derive(ctx, cfg, name, cls, ndim, shape, &l));
     QD_TRY(qd_sdnq_layout_check(ctx, &l, &t));
+    if (l.adjusted)
+        qd_info(ctx, "layer '%s': stored layout differs from what %s derives (an older sdnq?); following the tensors",
+                l.param, cfg->path);
     if (l.hadamard && l.hadamard_size > MAX_HADAMARD)
         return qd_fail(ctx, QD_ERR_UNSUPPORTED, "layer '%s': Hadamard block %lld is larger than %d", l.param,
                        (long long)l.hadamard_size, MAX_HADAMARD);
