@@ -13,8 +13,10 @@
 #include "tensor/ops.h"
 #include "tensor/rope.h"
 
+#include <immintrin.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- loading ---- */
@@ -74,6 +76,24 @@ typedef struct {
     int64_t ld;                         /* stride between batch items of the vectors */
 } rows_args;
 
+/* sum of x[i] (or of (x[i] - c)^2 when sq) in double, as qd_layer_norm / qd_rms_norm
+ * do, but over four independent accumulators: one serial chain of dependent double
+ * adds made these passes latency-bound. */
+static double row_sum(const float *x, int64_t n, double c, int sq) {
+    double a[4] = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++) {
+            double d = (double)x[i + j] - c;
+            a[j] += sq ? d * d : d;
+        }
+    for (; i < n; i++) {
+        double d = (double)x[i] - c;
+        a[0] += sq ? d * d : d;
+    }
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
 /* y = LayerNorm(x) * (1 + scale) + shift (no affine, eps 1e-6): AdaLayerNormZero(Single)
  * and norm2 + modulation. Text rows are skipped when t0 is NULL. */
 static void ln_mod_part(void *arg, int64_t b, int64_t e, int thread) {
@@ -85,11 +105,8 @@ static void ln_mod_part(void *arg, int64_t b, int64_t e, int thread) {
         const float *sh = (txt ? a->t0 : a->i0) + bi * a->ld, *sc = (txt ? a->t1 : a->i1) + bi * a->ld;
         const float *x = a->x + r * D;
         float *y = a->y + r * D;
-        double sum = 0, sq = 0;   /* as qd_layer_norm */
-        for (int64_t i = 0; i < D; i++) sum += x[i];
-        double mean = sum / D;
-        for (int64_t i = 0; i < D; i++) { double d = x[i] - mean; sq += d * d; }
-        float inv = (float)(1.0 / sqrt(sq / D + QD_FLUX_EPS)), m = (float)mean;
+        double mean = row_sum(x, D, 0, 0) / D;
+        float inv = (float)(1.0 / sqrt(row_sum(x, D, mean, 1) / D + QD_FLUX_EPS)), m = (float)mean;
         for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * inv * (1.0f + sc[i]) + sh[i];
     }
 }
@@ -127,9 +144,7 @@ static void qk_part(void *arg, int64_t b, int64_t e, int thread) {
         const float *g = pos < L ? a->t0 : a->i0, *c = w->cos_t + pos * half, *s = w->sin_t + pos * half;
         for (int h = 0; h < w->heads; h++) {
             float *x = a->y + r * D + h * dh;
-            double sq = 0;   /* as qd_rms_norm */
-            for (int64_t i = 0; i < dh; i++) sq += (double)x[i] * x[i];
-            float inv = (float)(1.0 / sqrt(sq / dh + QD_FLUX_EPS));
+            float inv = (float)(1.0 / sqrt(row_sum(x, dh, 0, 1) / dh + QD_FLUX_EPS));
             for (int64_t i = 0; i < dh; i++) x[i] = x[i] * inv * g[i];
             qd_rope_rotate(x, half, c, s);
         }
@@ -143,26 +158,77 @@ static void qk_norm_rope(qd_ctx *ctx, const qd_flux_ws *w, float *x, const float
 
 /* GELU, tanh approximation, as x * sigmoid(2u) = x / (1 + e^(-2u)) with
  * u = sqrt(2/pi) (x + 0.044715 x^3): the same function as 0.5 x (1 + tanh(u)), with
- * one expf instead of libm's slower tanhf and no cancellation in 1 + tanh(u). */
+ * one exp instead of libm's slower tanhf and no cancellation in 1 + tanh(u). */
 static inline float gelu_tanh(float v) {
     float u = 0.79788456080286536f * (v + 0.044715f * v * v * v);
     return v / (1.0f + expf(-2.0f * u));
 }
 
-typedef struct { float *x; const float *att; float *cat; int64_t F, D; } gelu_args;
+/* The same 8 lanes at a time: scalar expf made GELU the largest pass outside the GEMMs.
+ * exp as Cephes' expf: 2^n * p(r), r = z - n ln2 in [-ln2/2, ln2/2], degree-6
+ * polynomial (about 1 ulp). z is clamped to [-87, 88] so 2^n stays finite: beyond it
+ * the result is x (z < -87: e^z < 2^-125) or ~0 (z > 88), as the scalar form gives. */
+__attribute__((target("avx2,fma")))
+static void gelu_avx2(const float *x, float *y, int64_t n) {
+    const __m256 c0 = _mm256_set1_ps(0.79788456080286536f), c1 = _mm256_set1_ps(0.044715f);
+    const __m256 m2 = _mm256_set1_ps(-2.0f), one = _mm256_set1_ps(1.0f);
+    const __m256 lo = _mm256_set1_ps(-87.0f), hi = _mm256_set1_ps(88.0f), log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 ln2_hi = _mm256_set1_ps(0.693359375f), ln2_lo = _mm256_set1_ps(-2.12194440e-4f);
+    const __m256 p0 = _mm256_set1_ps(1.9875691500e-4f), p1 = _mm256_set1_ps(1.3981999507e-3f),
+                 p2 = _mm256_set1_ps(8.3334519073e-3f), p3 = _mm256_set1_ps(4.1665795894e-2f),
+                 p4 = _mm256_set1_ps(1.6666665459e-1f), p5 = _mm256_set1_ps(5.0000001201e-1f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i);
+        __m256 u = _mm256_mul_ps(c0, _mm256_add_ps(v, _mm256_mul_ps(_mm256_mul_ps(c1, v), _mm256_mul_ps(v, v))));
+        __m256 z = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(m2, u), lo), hi);
+        __m256 k = _mm256_round_ps(_mm256_mul_ps(z, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 r = _mm256_fnmadd_ps(k, ln2_lo, _mm256_fnmadd_ps(k, ln2_hi, z));
+        __m256 p = _mm256_fmadd_ps(p0, r, p1);
+        p = _mm256_fmadd_ps(p, r, p2);
+        p = _mm256_fmadd_ps(p, r, p3);
+        p = _mm256_fmadd_ps(p, r, p4);
+        p = _mm256_fmadd_ps(p, r, p5);
+        p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, one));
+        __m256i e2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+        __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(e2));
+        _mm256_storeu_ps(y + i, _mm256_div_ps(v, _mm256_add_ps(one, e)));
+    }
+    for (; i < n; i++) y[i] = gelu_tanh(x[i]);
+}
+
+/* Checked on the calling thread for each pass (cheap), so no lazily set global.
+ * QD_ISA=generic forces the scalar form, as it does for the GEMM (tests use it). */
+static int cpu_avx2(void) {
+    const char *force = getenv("QD_ISA");
+    if (force && !strcmp(force, "generic")) return 0;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+/* y[i] = gelu_tanh(x[i]) (y == x allowed). */
+static void gelu_row(const float *x, float *y, int64_t n, int avx2) {
+    if (avx2) {
+        gelu_avx2(x, y, n);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) y[i] = gelu_tanh(x[i]);
+}
+
+typedef struct { float *x; const float *att; float *cat; int64_t F, D; int avx2; } gelu_args;
 
 static void gelu_part(void *arg, int64_t b, int64_t e, int thread) {
     const gelu_args *a = arg;
     for (int64_t r = b; r < e; r++) {
         float *x = a->x + r * a->F;
         if (!a->cat) {
-            for (int64_t i = 0; i < a->F; i++) x[i] = gelu_tanh(x[i]);
+            gelu_row(x, x, a->F, a->avx2);
             continue;
         }
         /* single blocks: cat row = [attention output, gelu(mlp)] (torch.cat([attn, mlp], dim=2)) */
         float *c = a->cat + r * (a->D + a->F);
         memcpy(c, a->att + r * a->D, sizeof(float) * (size_t)a->D);
-        for (int64_t i = 0; i < a->F; i++) c[a->D + i] = gelu_tanh(x[i]);
+        gelu_row(x, c + a->D, a->F, a->avx2);
     }
 }
 
@@ -172,7 +238,7 @@ static void feed_forward(qd_ctx *ctx, const qd_flux_ws *w, const qd_linear_p *in
     for (int64_t r0 = 0; r0 < rows; r0 += w->chunk) {
         int64_t n = rows - r0 < w->chunk ? rows - r0 : w->chunk;
         qd_linear(ctx, x + r0 * w->D, n, &in->w, in->b, w->hid);
-        gelu_args g = {w->hid, NULL, NULL, w->F, w->D};
+        gelu_args g = {w->hid, NULL, NULL, w->F, w->D, cpu_avx2()};
         qd_parallel_for(ctx, n, gelu_part, &g);
         qd_linear(ctx, w->hid, n, &out->w, out->b, y + r0 * w->D);
     }
@@ -236,7 +302,7 @@ void qd_flux_single_fwd(qd_ctx *ctx, const qd_flux_single *b, qd_flux_ws *w) {
     for (int64_t r0 = 0; r0 < R; r0 += w->chunk) {
         int64_t n = R - r0 < w->chunk ? R - r0 : w->chunk;
         qd_linear(ctx, w->n + r0 * D, n, &b->mlp.w, b->mlp.b, w->hid);
-        gelu_args g = {w->hid, w->att + r0 * D, w->cat, F, D};
+        gelu_args g = {w->hid, w->att + r0 * D, w->cat, F, D, cpu_avx2()};
         qd_parallel_for(ctx, n, gelu_part, &g);
         qd_linear(ctx, w->cat, n, &b->out.w, b->out.b, w->q + r0 * D);
     }
