@@ -355,7 +355,7 @@ static void tmp_remove(tmpdir *d) {
 }
 
 /* A layer folder from a fixture case's tensors, renamed to LAYER.*, with some doctored. */
-typedef struct { const char *suffix; qd_dtype dtype; int ndim; int64_t shape[4]; int drop; } doctor;
+typedef struct { const char *suffix; qd_dtype dtype; int ndim; int64_t shape[4]; int drop; int transpose; } doctor;
 
 static int build_layer_dir(qd_ctx *ctx, tmpdir *d, const char *case_name, const char *config, const doctor *docs, int n_docs) {
     char src[512], dst[512];
@@ -382,6 +382,18 @@ static int build_layer_dir(qd_ctx *ctx, tmpdir *d, const char *case_name, const 
         for (int k = 0; k < n_docs; k++) {
             if (strcmp(docs[k].suffix, suffix) != 0) continue;
             if (docs[k].drop) { dropped = 1; break; }
+            if (docs[k].transpose) {   /* store the 2-D tensor transposed, as quantized matmul does */
+                size_t es = qd_dtype_size(t->dtype);
+                int64_t a = t->shape[0], b = t->shape[1];
+                bufs[n] = malloc(t->nbytes + 1);
+                for (int64_t i = 0; i < a; i++)
+                    for (int64_t j = 0; j < b; j++)
+                        memcpy((char *)bufs[n] + (j * a + i) * es, (const char *)t->data + (i * b + j) * es, es);
+                o.shape[0] = b;
+                o.shape[1] = a;
+                o.data = bufs[n];
+                continue;
+            }
             o.dtype = docs[k].dtype;
             o.ndim = docs[k].ndim;
             memcpy(o.shape, docs[k].shape, sizeof docs[k].shape);
@@ -480,6 +492,17 @@ static void test_shapes_win(qd_ctx *ctx) {
     build_layer_dir(ctx, &d, "uint4_auto", cfg_with(cfg, sizeof cfg, "uint4_auto", "use_svd", "true"), NULL, 0);
     expect_layer_decodes(ctx, &d, "uint4_auto", 1, "no svd tensors under use_svd (and its +1 group exponent)");
     tmp_remove(&d);
+    {   /* tensor-wise int8 under quantized matmul: stored [in, out] with a [1, 1] scale */
+        doctor dt = {"weight", QD_I8, 2, {0}, 0, 1};
+        tmp_make(&d, "win6");
+        build_layer_dir(ctx, &d, "int8_tensorwise", cfg_with(cfg, sizeof cfg, "int8_tensorwise", "use_quantized_matmul", "true"), &dt, 1);
+        expect_layer_decodes(ctx, &d, "int8_tensorwise", 0, "transposed tensor-wise int8, as derived");
+        tmp_remove(&d);
+        tmp_make(&d, "win7");
+        build_layer_dir(ctx, &d, "int8_tensorwise", cfg_with(cfg, sizeof cfg, "int8_tensorwise", "use_quantized_matmul", "true"), NULL, 0);
+        expect_layer_decodes(ctx, &d, "int8_tensorwise", 1, "row-major tensor-wise int8 under a quantized-matmul config");
+        tmp_remove(&d);
+    }
     tmp_make(&d, "win5");   /* unchanged: no adjustment */
     build_layer_dir(ctx, &d, "uint4_svd_r8_qmm", cfg_with(cfg, sizeof cfg, "uint4_svd_r8_qmm", NULL, NULL), NULL, 0);
     expect_layer_decodes(ctx, &d, "uint4_svd_r8_qmm", 0, "svd in the quantized-matmul orientation, as derived");
@@ -525,70 +548,70 @@ static void test_bad_inputs(qd_ctx *ctx) {
     tmp_remove(&d);
 
     {   /* packed stream one byte short of whole blocks: uint4 [8191] for 64 x 256 codes */
-        doctor dw = {"weight", QD_U8, 1, {8191}, 0};
+        doctor dw = {"weight", QD_U8, 1, {8191}, 0, 0};
         tmp_make(&d, "short");
         build_layer_dir(ctx, &d, "uint4_auto", cfg_with(cfg, sizeof cfg, "uint4_auto", NULL, NULL), &dw, 1);
         expect_layer_error(ctx, &d, 64, 256, "packed uint4 tensor not a whole number of blocks", "8192");
         tmp_remove(&d);
     }
     {   /* int5 packs 8 codes in 5 bytes: a 2-D [n/8, 5] stream cut to [2047, 5] */
-        doctor dw = {"weight", QD_U8, 2, {2047, 5}, 0};
+        doctor dw = {"weight", QD_U8, 2, {2047, 5}, 0, 0};
         tmp_make(&d, "short5");
         build_layer_dir(ctx, &d, "int5_auto", cfg_with(cfg, sizeof cfg, "int5_auto", NULL, NULL), &dw, 1);
         expect_layer_error(ctx, &d, 64, 256, "int5 words for fewer codes than the layer has", "2048");
         tmp_remove(&d);
     }
     {   /* a layer whose code count is not a whole number of 8-code uint3 blocks */
-        doctor dw[3] = {{"weight", QD_U8, 2, {250, 3}, 0}, {"scale", QD_F32, 2, {63, 1}, 0}, {"zero_point", QD_F32, 2, {63, 1}, 0}};
+        doctor dw[3] = {{"weight", QD_U8, 2, {250, 3}, 0, 0}, {"scale", QD_F32, 2, {63, 1}, 0, 0}, {"zero_point", QD_F32, 2, {63, 1}, 0, 0}};
         tmp_make(&d, "blocks");
         build_layer_dir(ctx, &d, "uint3_g32", cfg_with(cfg, sizeof cfg, "uint3_g32", "group_size", "-1"), dw, 3);
         expect_layer_error(ctx, &d, 63, 33, "63 x 33 uint3 codes are not whole 8-code blocks", "not a whole number");
         tmp_remove(&d);
     }
     {
-        doctor ds = {"scale", QD_F32, 3, {64, 3, 1}, 0};
+        doctor ds = {"scale", QD_F32, 3, {64, 3, 1}, 0, 0};
         tmp_make(&d, "scale");
         build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_auto", NULL, NULL), &ds, 1);
         expect_layer_error(ctx, &d, 64, 256, "scale [64, 3, 1] fits no layout", "fits no");
         tmp_remove(&d);
     }
     {
-        doctor ds = {"scale", QD_F32, 2, {32, 2}, 0};
+        doctor ds = {"scale", QD_F32, 2, {32, 2}, 0, 0};
         tmp_make(&d, "scale2");
         build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_auto", NULL, NULL), &ds, 1);
         expect_layer_error(ctx, &d, 64, 256, "scale [32, 2] fits no layout", "fits no");
         tmp_remove(&d);
     }
     {
-        doctor ds = {"scale", QD_I32, 2, {64, 1}, 0};
+        doctor ds = {"scale", QD_I32, 2, {64, 1}, 0, 0};
         tmp_make(&d, "scaletype");
         build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_auto", NULL, NULL), &ds, 1);
         expect_layer_error(ctx, &d, 64, 256, "integer scale", "float");
         tmp_remove(&d);
     }
     {
-        doctor dw = {"weight", QD_U8, 2, {64, 256}, 0};
+        doctor dw = {"weight", QD_U8, 2, {64, 256}, 0, 0};
         tmp_make(&d, "sign");
         build_layer_dir(ctx, &d, "int8_auto", cfg_with(cfg, sizeof cfg, "int8_auto", NULL, NULL), &dw, 1);
         expect_layer_error(ctx, &d, 64, 256, "int8 codes stored as U8", "U8");
         tmp_remove(&d);
     }
     {
-        doctor dz = {"zero_point", QD_F32, 0, {0}, 1};
+        doctor dz = {"zero_point", QD_F32, 0, {0}, 1, 0};
         tmp_make(&d, "zp");
         build_layer_dir(ctx, &d, "uint4_auto", cfg_with(cfg, sizeof cfg, "uint4_auto", NULL, NULL), &dz, 1);
         expect_layer_error(ctx, &d, 64, 256, "unsigned layer without zero_point", "zero_point");
         tmp_remove(&d);
     }
     {
-        doctor du = {"svd_up", QD_F32, 2, {64, 7}, 0};
+        doctor du = {"svd_up", QD_F32, 2, {64, 7}, 0, 0};
         tmp_make(&d, "svd");
         build_layer_dir(ctx, &d, "uint4_svd_r8", cfg_with(cfg, sizeof cfg, "uint4_svd_r8", NULL, NULL), &du, 1);
         expect_layer_error(ctx, &d, 64, 256, "svd_up rank differs from svd_down", "svd_up");
         tmp_remove(&d);
     }
     {
-        doctor dd = {"svd_down", QD_F32, 0, {0}, 1};
+        doctor dd = {"svd_down", QD_F32, 0, {0}, 1, 0};
         tmp_make(&d, "svd2");
         build_layer_dir(ctx, &d, "uint4_svd_r8", cfg_with(cfg, sizeof cfg, "uint4_svd_r8", NULL, NULL), &dd, 1);
         expect_layer_error(ctx, &d, 64, 256, "svd_up without svd_down", "svd_down");

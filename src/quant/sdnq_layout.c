@@ -145,11 +145,11 @@ static int scale_shape(const qd_sdnq_layout *l, int64_t *s) {
         return 3;
     }
     int n = 0;
-    if (l->transposed) { s[0] = 1; s[1] = l->out; return 2; }
     if (l->grouping == QD_SDNQ_TENSORWISE) {
         for (n = 0; n < 2 + l->kdims; n++) s[n] = 1;
         return n;
     }
+    if (l->transposed) { s[0] = 1; s[1] = l->out; return 2; }
     s[n++] = l->out;
     if (l->grouping == QD_SDNQ_GROUPED) s[n++] = l->groups;
     s[n++] = 1;
@@ -220,44 +220,49 @@ static qd_status fail_layer(qd_ctx *ctx, const qd_sdnq_layout *l, const char *wh
                    (long long)l->out, (long long)l->cols, what);
 }
 
-/* Pick the grouping/orientation the scale shape says, starting with the derived one. */
+/* Could the weight be stored in this orientation? Packed streams are flat and never transposed. */
+static int orientation_ok(const qd_sdnq_layout *l, const qd_st_tensor *w) {
+    if (!l->transposed) return l->dtype.packed || w->shape[0] == l->out;
+    return !l->dtype.custom && !l->codebook && w->ndim == 2 && w->shape[0] == l->cols && w->shape[1] == l->out;
+}
+
+/* Pick the grouping and orientation the scale (and weight) shapes say, the derived one first. */
 static qd_status match_scale(qd_ctx *ctx, qd_sdnq_layout *l, const qd_st_tensor *scale, const qd_st_tensor *w) {
-    if (scale_fits(l, scale)) return QD_OK;
-    qd_sdnq_layout c = *l;
-    /* grouped with the G the scale shows */
+    qd_sdnq_layout cand[6], c;
+    int n = 0;
+    cand[n++] = *l;
     if (scale->ndim >= 2 && scale->shape[0] == l->out && scale->shape[1] > 1 && scale->shape[1] <= l->in &&
-        l->in % scale->shape[1] == 0) {
+        l->in % scale->shape[1] == 0) {   /* grouped with the G the scale shows */
         c = *l;
         c.grouping = QD_SDNQ_GROUPED;
         c.groups = scale->shape[1];
         c.group_size = l->in / c.groups;
         c.transposed = 0;
-        if (scale_fits(&c, scale)) goto found;
+        cand[n++] = c;
     }
     c = *l;
-    c.grouping = QD_SDNQ_ROWWISE; c.groups = 1; c.group_size = l->in; c.transposed = 0;
-    if (scale_fits(&c, scale)) goto found;
-    if (!l->dtype.custom && !l->codebook && w->ndim == 2 && w->shape[0] == l->cols && w->shape[1] == l->out) {
-        c.transposed = 1;
-        if (scale_fits(&c, scale)) goto found;
-        c.transposed = 0;
-    }
+    c.grouping = QD_SDNQ_ROWWISE;
+    c.groups = 1;
+    c.group_size = l->in;
+    for (int t = 0; t < 2; t++) { c.transposed = t; cand[n++] = c; }
     c.grouping = QD_SDNQ_TENSORWISE;
-    if (scale_fits(&c, scale)) goto found;
-    {
-        char have[160], want[160], msg[512];
-        int64_t s[QD_MAX_DIMS + 2];
-        fmt_shape(have, sizeof have, scale->ndim, scale->shape);
-        fmt_shape(want, sizeof want, scale_shape(l, s), s);
-        snprintf(msg, sizeof msg, "%s has shape %s, which fits no %s layout (expected %s)", l->codebook ? "codebook scale" : "scale",
-                 have, l->codebook ? "codebook" : "grouped, row-wise, transposed or tensor-wise", want);
-        return fail_layer(ctx, l, msg);
+    for (int t = 0; t < 2; t++) { c.transposed = t ? !l->transposed : l->transposed; cand[n++] = c; }
+    for (int i = 0; i < n; i++) {
+        if (!scale_fits(&cand[i], scale) || !orientation_ok(&cand[i], w)) continue;
+        if (i > 0) {
+            cand[i].adjusted = 1;
+            cand[i].requant = l->requant || cand[i].groups > 1;
+        }
+        *l = cand[i];
+        return QD_OK;
     }
-found:
-    c.adjusted = 1;
-    c.requant = l->requant || c.groups > 1;
-    *l = c;
-    return QD_OK;
+    char have[160], want[160], msg[512];
+    int64_t s[QD_MAX_DIMS + 2];
+    fmt_shape(have, sizeof have, scale->ndim, scale->shape);
+    fmt_shape(want, sizeof want, scale_shape(l, s), s);
+    snprintf(msg, sizeof msg, "%s has shape %s, which fits no %s layout (expected %s)", l->codebook ? "codebook scale" : "scale",
+             have, l->codebook ? "codebook" : "grouped, row-wise, transposed or tensor-wise", want);
+    return fail_layer(ctx, l, msg);
 }
 
 static qd_status check_svd(qd_ctx *ctx, qd_sdnq_layout *l, const qd_st_tensor *up, const qd_st_tensor *down) {
