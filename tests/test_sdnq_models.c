@@ -259,7 +259,7 @@ static void test_clip_quantized_embedding(qd_ctx *ctx) {
 }
 
 /* The quantized SD1.5 pipeline against diffusers + sdnq (exact dequantization both sides). */
-static void test_pipeline(qd_ctx *ctx, const char *golden_dir) {
+static void test_pipeline(qd_ctx *ctx, const char *golden_dir, int int8) {
     char path[1024];
     snprintf(path, sizeof path, "%s/cases.json", fixture(golden_dir));
     cJSON *cases;
@@ -294,8 +294,13 @@ static void test_pipeline(qd_ctx *ctx, const char *golden_dir) {
             size_t close = 0;
             for (size_t i = 0; i < nimg; i++) close += abs((int)img[i] - (int)ref_img[i]) <= 2;
             double r = rel_l2(lat, ref, nlat);
-            check(r <= 1e-3, "%s: latents rel_l2 %.3g (tol 1e-3)", golden_dir, r);
-            check(close >= nimg * 0.999, "%s: image_u8 within +-2: %.3f%% (need 99.9%%)", golden_dir, 100.0 * close / nimg);
+            if (int8) {   /* ~1% per int8 linear compounds over the layers and 5 steps: allow 5% */
+                check(all_finite(lat, nlat) && r <= 0.05, "%s with int8 matmul on every quantized linear: latents within "
+                      "rel_l2 %.3g of the exact golden (bound 0.05)", golden_dir, r);
+            } else {
+                check(r <= 1e-3, "%s: latents rel_l2 %.3g (tol 1e-3)", golden_dir, r);
+                check(close >= nimg * 0.999, "%s: image_u8 within +-2: %.3f%% (need 99.9%%)", golden_dir, 100.0 * close / nimg);
+            }
         } else if (st == QD_OK) {
             check(0, "%s: golden shapes match", golden_dir);
         }
@@ -316,7 +321,10 @@ int main(void) {
     test_flux(ctx);
     test_clip(ctx);
     test_clip_quantized_embedding(ctx);
-    test_pipeline(ctx, "goldens/sd15-tiny-sdnq-uint4-svd");
+    test_pipeline(ctx, "goldens/sd15-tiny-sdnq-uint4-svd", 0);
+    qd_set_matmul(ctx, QD_MATMUL_INT8);
+    test_pipeline(ctx, "goldens/sd15-tiny-sdnq-uint4-svd", 1);
+    qd_set_matmul(ctx, QD_MATMUL_CONFIG);
     qd_ctx_free(ctx);
     return test_summary();
 }
