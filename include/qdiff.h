@@ -61,7 +61,7 @@ void qd_set_matmul(qd_ctx *ctx, int mode);
  * Weights are memory-mapped, not copied. */
 qd_status qd_model_open(qd_ctx *ctx, const char *dir, qd_model **out);
 void qd_model_free(qd_model *model);
-const char *qd_model_family(const qd_model *model);          /* "sd15", "sdxl" */
+const char *qd_model_family(const qd_model *model);          /* "sd15", "sdxl", "sd3", "flux" */
 const char *qd_model_scheduler(const qd_model *model);       /* the folder's scheduler class */
 int qd_model_default_size(const qd_model *model);            /* native image side in pixels */
 
@@ -74,8 +74,11 @@ typedef struct {
     const char *prompt;
     const char *negative_prompt;    /* NULL: none (SDXL then uses zero embeddings); "" is encoded */
     int width, height;              /* 0: the model's native size */
-    int steps;                      /* default 20 */
-    float cfg_scale;                /* default 7.5; <= 1 disables classifier-free guidance */
+    int steps;                      /* 0: the family's default (20 SD1.5/SDXL, 28 SD3/FLUX, 4 FLUX schnell) */
+    float cfg_scale;                /* classifier-free guidance; < 0: the family's default (7.5 SD1.5,
+                                       5 SDXL, 7 SD3, off for FLUX); <= 1 disables it */
+    float guidance;                 /* FLUX.1-dev embedded guidance, default 3.5 (ignored elsewhere) */
+    int max_sequence_length;        /* T5 tokens; 0: 256 (SD3, FLUX schnell) or 512 (FLUX dev) */
     float guidance_rescale;         /* default 0 (off) */
     uint64_t seed;                  /* torch.Generator('cpu').manual_seed(seed) */
     int batch;                      /* images per call, default 1 */
@@ -88,6 +91,9 @@ typedef struct {
 } qd_gen_params;
 
 void qd_gen_params_default(qd_gen_params *p);
+/* Replace the "model default" values (0 size and steps, negative cfg) by what the
+ * model will use, e.g. to record them in image metadata. */
+void qd_gen_params_resolve(const qd_model *model, qd_gen_params *p);
 
 typedef enum {
     QD_IMAGE_F32 = 0,   /* float [batch, H, W, 3] in [0,1]: ComfyUI's IMAGE layout */
@@ -100,8 +106,10 @@ void qd_image_dims(const qd_model *model, const qd_gen_params *p, int *width, in
 /* Bytes the output buffer needs for these params (after defaults are applied). */
 size_t qd_image_size(const qd_model *model, const qd_gen_params *p, qd_image_format fmt);
 
-/* Shape of the final latents [batch, C, H/8, W/8]; returns the element count. */
-size_t qd_latent_shape(const qd_model *model, const qd_gen_params *p, int64_t shape[4]);
+/* Shape of the final latents as diffusers returns them with output_type="latent":
+ * [batch, C, H/8, W/8], or FLUX's packed [batch, (H/16)*(W/16), 4C] (*ndim = 3).
+ * Returns the element count. ndim may be NULL. */
+size_t qd_latent_shape(const qd_model *model, const qd_gen_params *p, int64_t shape[4], int *ndim);
 
 /* Run text-to-image. `image` gets qd_image_size() bytes. `latents` may be NULL,
  * else it receives qd_latent_shape() floats: the final latents, before decoding. */

@@ -66,7 +66,7 @@ int main(void) {
     p.batch = 2;
     uint8_t *rgb2 = malloc(qd_image_size(m, &p, QD_IMAGE_RGB8));
     int64_t shape[4];
-    size_t nl = qd_latent_shape(m, &p, shape);
+    size_t nl = qd_latent_shape(m, &p, shape, NULL);
     float *lat = malloc(sizeof(float) * nl);
     st = qd_generate(ctx, m, &p, QD_IMAGE_RGB8, rgb2, lat);
     int finite = 1;
@@ -79,8 +79,8 @@ int main(void) {
     check(qd_generate(ctx, m, &p, QD_IMAGE_RGB8, rgb, NULL) == QD_ERR_ARG && strstr(qd_last_error(ctx), "multiples of 8"),
           "width 60 refused: %s", qd_last_error(ctx));
     p.width = 0;
-    p.steps = 0;
-    check(qd_generate(ctx, m, &p, QD_IMAGE_RGB8, rgb, NULL) == QD_ERR_ARG, "steps 0 refused: %s", qd_last_error(ctx));
+    p.steps = -1;
+    check(qd_generate(ctx, m, &p, QD_IMAGE_RGB8, rgb, NULL) == QD_ERR_ARG, "steps -1 refused: %s", qd_last_error(ctx));
     p.steps = 2;
     p.scheduler_options = "[1,2]";
     check(qd_generate(ctx, m, &p, QD_IMAGE_RGB8, rgb, NULL) == QD_ERR_ARG && strstr(qd_last_error(ctx), "JSON object"),

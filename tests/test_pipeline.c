@@ -20,13 +20,20 @@ static void run_case(qd_ctx *ctx, qd_model *m, const char *golden_dir, const cJS
     p.seed = (uint64_t)qd_json_num(c, "seed", 0);
     p.width = qd_json_int(c, "width", 0);
     p.height = qd_json_int(c, "height", 0);
+    p.max_sequence_length = qd_json_int(c, "max_sequence_length", 0);
+    if (strcmp(qd_model_family(m), "flux") == 0) {   /* guidance-distilled: guidance_scale is embedded */
+        p.guidance = p.cfg_scale;
+        p.cfg_scale = -1;
+    }
+    /* "FlowMatchEulerDiscreteScheduler(shift=3.0)" describes the folder's own scheduler */
     p.scheduler = qd_json_str(c, "scheduler", NULL);
+    if (p.scheduler && strchr(p.scheduler, '(')) p.scheduler = NULL;
     const cJSON *kw = cJSON_GetObjectItemCaseSensitive(c, "scheduler_kwargs");
     char *opts = kw && cJSON_GetArraySize(kw) ? cJSON_PrintUnformatted(kw) : NULL;
     p.scheduler_options = opts;
 
     int64_t shape[4];
-    size_t nlat = qd_latent_shape(m, &p, shape);
+    size_t nlat = qd_latent_shape(m, &p, shape, NULL);
     size_t nimg = qd_image_size(m, &p, QD_IMAGE_RGB8);
     float *lat = malloc(sizeof(float) * nlat), *imgf = malloc(sizeof(float) * nimg);
     uint8_t *img = malloc(nimg);
@@ -50,7 +57,7 @@ static void run_case(qd_ctx *ctx, qd_model *m, const char *golden_dir, const cJS
                 if (d <= 2) close++;
                 if (d > worst) worst = d;
             }
-            check(r <= 1e-3, "%s %s latents rel_l2 %.3g (tol 1e-3)", golden, p.scheduler, r);
+            check(r <= 1e-3, "%s %s latents rel_l2 %.3g (tol 1e-3)", golden, p.scheduler ? p.scheduler : "", r);
             check(close >= nimg * 0.999, "%s image_u8 within +-2: %.4f%% (max diff %d; need 99.9%%)",
                   golden, 100.0 * close / nimg, worst);
             snprintf(what, sizeof what, "%s image_nhwc", golden);
@@ -88,6 +95,8 @@ int main(int argc, char **argv) {
         run_family(ctx, "goldens/sd15-tiny");
         run_family(ctx, "goldens/sdxl-tiny");
         run_family(ctx, "goldens/shapes-sd");
+        /* goldens/sd35-tiny and goldens/flux-tiny run (pass them as arguments) but
+         * do not match yet: latents 0.105 / 0.069 rel L2 off (issue 4, open). */
     }
     qd_ctx_free(ctx);
     return test_summary();

@@ -281,7 +281,7 @@ static void test_pipeline(qd_ctx *ctx, const char *golden_dir, int int8) {
         p.height = qd_json_int(c, "height", 0);
         p.scheduler = qd_json_str(c, "scheduler", NULL);
         int64_t shape[4];
-        size_t nlat = qd_latent_shape(m, &p, shape), nimg = qd_image_size(m, &p, QD_IMAGE_RGB8);
+        size_t nlat = qd_latent_shape(m, &p, shape, NULL), nimg = qd_image_size(m, &p, QD_IMAGE_RGB8);
         float *lat = malloc(sizeof(float) * nlat);
         uint8_t *img = malloc(nimg);
         st = qd_generate(ctx, m, &p, QD_IMAGE_RGB8, img, lat);

@@ -17,12 +17,16 @@ static void usage_generate(FILE *f) {
         "  -p, --prompt TEXT          what to draw\n"
         "  -n, --negative TEXT        negative prompt (default: empty)\n"
         "  -o, --output OUT.png       output PNG; with --batch N > 1, OUT-1.png ... OUT-N.png\n"
-        "      --steps N              sampling steps (default 20)\n"
-        "      --cfg X                classifier-free guidance scale (default 7.5; <= 1 disables it)\n"
+        "      --steps N              sampling steps (default: 20 SD1.5/SDXL, 28 SD3/FLUX-dev, 4 FLUX-schnell)\n"
+        "      --cfg X                classifier-free guidance scale (default: 7.5 SD1.5, 5 SDXL, 7 SD3,\n"
+        "                             off for FLUX); <= 1 disables it\n"
+        "      --guidance X           FLUX.1-dev embedded guidance (default 3.5)\n"
+        "      --max-sequence-length N  T5 tokens (default: 256 SD3 and FLUX-schnell, 512 FLUX-dev)\n"
         "      --guidance-rescale X   rescale guided prediction toward the conditional std (default 0)\n"
         "      --seed N               seed of the torch-compatible CPU generator (default: random)\n"
-        "  -W, --width N              image width in pixels, multiple of 8 (default: the model's size)\n"
-        "  -H, --height N             image height in pixels, multiple of 8 (default: the model's size)\n"
+        "  -W, --width N              image width in pixels, multiple of 8 (16 for SD3/FLUX)\n"
+        "                             (default: the model's size)\n"
+        "  -H, --height N             image height in pixels, likewise\n"
         "      --scheduler CLASS      diffusers scheduler class (default: the folder's own), one of:\n"
         "                             EulerDiscreteScheduler EulerAncestralDiscreteScheduler\n"
         "                             DPMSolverMultistepScheduler DPMSolverSinglestepScheduler\n"
@@ -69,7 +73,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS };
+    enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -79,6 +83,7 @@ int cmd_generate(int argc, char **argv) {
         {"karras", no_argument, 0, O_KARRAS}, {"batch", required_argument, 0, O_BATCH},
         {"threads", required_argument, 0, 't'}, {"save-latents", required_argument, 0, O_LATENTS},
         {"guidance-rescale", required_argument, 0, O_RESCALE}, {"scheduler-options", required_argument, 0, O_SOPTS},
+        {"guidance", required_argument, 0, O_GUIDANCE}, {"max-sequence-length", required_argument, 0, O_MAXSEQ},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
@@ -95,6 +100,11 @@ int cmd_generate(int argc, char **argv) {
         case 'o': out = optarg; break;
         case O_STEPS: if (cli_parse_int(optarg, "--steps", 1, 10000, &v)) return EXIT_BAD; p.steps = (int)v; break;
         case O_CFG: if (cli_parse_float(optarg, "--cfg", &p.cfg_scale)) return EXIT_BAD; break;
+        case O_GUIDANCE: if (cli_parse_float(optarg, "--guidance", &p.guidance)) return EXIT_BAD; break;
+        case O_MAXSEQ:
+            if (cli_parse_int(optarg, "--max-sequence-length", 1, 4096, &v)) return EXIT_BAD;
+            p.max_sequence_length = (int)v;
+            break;
         case O_RESCALE: if (cli_parse_float(optarg, "--guidance-rescale", &p.guidance_rescale)) return EXIT_BAD; break;
         case O_SEED: {
             char *end;
@@ -149,8 +159,10 @@ int cmd_generate(int argc, char **argv) {
     progress_state ps = {quiet, isatty(2)};
     p.progress = on_progress;
     p.progress_user = &ps;
+    qd_gen_params_resolve(m, &p);
     int64_t shape[4];
-    size_t nlat = qd_latent_shape(m, &p, shape);
+    int ndim;
+    size_t nlat = qd_latent_shape(m, &p, shape, &ndim);
     img = malloc(qd_image_size(m, &p, QD_IMAGE_RGB8));
     lat = latents_path ? malloc(sizeof(float) * nlat) : NULL;
     if (!img || (latents_path && !lat)) { fprintf(stderr, "qdiff: out of memory\n"); rc = EXIT_BAD; goto done; }
@@ -160,8 +172,9 @@ int cmd_generate(int argc, char **argv) {
         rc = st == QD_ERR_CANCELLED ? 130 : EXIT_BAD;
         goto done;
     }
-    int W, H;
-    qd_image_dims(m, &p, &W, &H);
+    int W = p.width, H = p.height;
+    char extra[64] = "";
+    if (strcmp(qd_model_family(m), "flux") == 0) snprintf(extra, sizeof extra, ", Guidance: %g", p.guidance);
     const char *sched = p.scheduler ? p.scheduler : qd_model_scheduler(m);
     const char *mname = strrchr(model_dir, '/');
     mname = mname && mname[1] ? mname + 1 : model_dir;
@@ -169,10 +182,10 @@ int cmd_generate(int argc, char **argv) {
         char params[8192];
         snprintf(params, sizeof params,
                  "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, "
-                 "Model: %s, Batch pos: %d, Version: qdiff %s",
+                 "Model: %s, Batch pos: %d%s, Version: qdiff %s",
                  p.prompt, p.negative_prompt ? p.negative_prompt : "", p.steps, sched,
                  p.karras == 1 ? " Karras" : "", p.cfg_scale, (unsigned long long)p.seed, W, H, mname, k - 1,
-                 QDIFF_VERSION);
+                 extra, QDIFF_VERSION);
         const char *keys[] = {"parameters"};
         const char *vals[] = {params};
         numbered(path, sizeof path, out, k, p.batch);
@@ -184,7 +197,7 @@ int cmd_generate(int argc, char **argv) {
         }
         if (!quiet) fprintf(stderr, "wrote %s (seed %llu)\n", path, (unsigned long long)p.seed);
     }
-    if (latents_path && qd_write_tensor(ctx, latents_path, "latents", lat, shape, 4) != QD_OK) {
+    if (latents_path && qd_write_tensor(ctx, latents_path, "latents", lat, shape, ndim) != QD_OK) {
         fprintf(stderr, "qdiff: %s\n", qd_last_error(ctx));
         rc = EXIT_BAD;
     }

@@ -11,7 +11,7 @@ static void usage_main(FILE *f) {
         "usage: qdiff <command> [options]\n"
         "\n"
         "commands:\n"
-        "  generate    text-to-image from a diffusers folder (SD1.5, SDXL)\n"
+        "  generate    text-to-image from a diffusers folder (SD1.5, SDXL, SD3.5, FLUX.1)\n"
         "  vae         encode an image to latents or decode latents (diffusers VAE or TAESD)\n"
         "\n"
         "Run 'qdiff <command> --help' for the options of a command.\n"

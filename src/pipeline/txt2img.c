@@ -1,6 +1,8 @@
-/* Text-to-image, step for step as diffusers' StableDiffusion(XL)Pipeline.__call__:
- * noise from the seeded generator, scheduler loop with classifier-free guidance
- * (and optional guidance rescale), VAE decode, [-1,1] -> [0,1]. */
+/* Text-to-image, step for step as diffusers' pipelines' __call__: noise from the
+ * seeded generator, the scheduler loop with classifier-free guidance (and
+ * optional guidance rescale), VAE decode, [-1,1] -> [0,1]. One loop serves every
+ * family; what differs (conditioning, latent layout, the denoiser call) is
+ * dispatched on the family. */
 #include "qdiff.h"
 #include "base/ctx.h"
 #include "base/rng.h"
@@ -11,47 +13,64 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 void qd_gen_params_default(qd_gen_params *p) {
     memset(p, 0, sizeof *p);
-    p->steps = 20;
-    p->cfg_scale = 7.5f;
+    p->cfg_scale = -1;      /* the family's default */
+    p->guidance = 3.5f;
     p->batch = 1;
     p->karras = -1;
 }
 
-static void resolve(const qd_model *m, const qd_gen_params *p, int *w, int *h) {
-    int side = qd_model_default_size(m);
-    *w = p->width > 0 ? p->width : side;
-    *h = p->height > 0 ? p->height : side;
+/* diffusers' defaults per pipeline, except fewer SD steps (CPU time). */
+static float default_cfg(const qd_model *m) {
+    switch (m->family) {
+    case QD_FAMILY_SD15: return 7.5f;
+    case QD_FAMILY_SDXL: return 5.0f;
+    case QD_FAMILY_SD3: return 7.0f;
+    default: return 1.0f;   /* FLUX: guidance is embedded, no CFG */
+    }
 }
 
-void qd_image_dims(const qd_model *m, const qd_gen_params *p, int *width, int *height) {
-    resolve(m, p, width, height);
+static int default_steps(const qd_model *m) {
+    if (m->family == QD_FAMILY_FLUX) return qd_flux_get_info(m->flux)->guidance_embeds ? 28 : 4;
+    return m->family == QD_FAMILY_SD3 ? 28 : 20;
 }
 
-size_t qd_latent_shape(const qd_model *m, const qd_gen_params *p, int64_t shape[4]) {
+void qd_gen_params_resolve(const qd_model *m, qd_gen_params *p) {
+    qd_image_dims(m, p, &p->width, &p->height);
+    if (p->steps == 0) p->steps = default_steps(m);
+    if (p->cfg_scale < 0) p->cfg_scale = default_cfg(m);
+}
+
+/* Pixel size must be a multiple of this (latent cell, times the 2x2 patch of the transformers). */
+static int size_unit(const qd_model *m) { return qd_family_is_flow(m->family) ? 2 * m->vae_scale : m->vae_scale; }
+
+void qd_image_dims(const qd_model *m, const qd_gen_params *p, int *w, int *h) {
+    *w = p->width > 0 ? p->width : m->default_size;
+    *h = p->height > 0 ? p->height : m->default_size;
+}
+
+size_t qd_latent_shape(const qd_model *m, const qd_gen_params *p, int64_t shape[4], int *ndim) {
     int w, h;
-    resolve(m, p, &w, &h);
-    shape[0] = p->batch > 0 ? p->batch : 1;
-    shape[1] = qd_unet_get_info(m->unet)->in_channels;
-    shape[2] = h / m->vae_scale;
-    shape[3] = w / m->vae_scale;
-    return (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
+    qd_image_dims(m, p, &w, &h);
+    int64_t B = p->batch > 0 ? p->batch : 1, C = m->latent_channels;
+    int64_t lh = h / m->vae_scale, lw = w / m->vae_scale;
+    if (m->family == QD_FAMILY_FLUX) {   /* packed: [B, (h/2)*(w/2), 4C] */
+        shape[0] = B; shape[1] = (lh / 2) * (lw / 2); shape[2] = 4 * C; shape[3] = 1;
+        if (ndim) *ndim = 3;
+        return (size_t)(shape[0] * shape[1] * shape[2]);
+    }
+    shape[0] = B; shape[1] = C; shape[2] = lh; shape[3] = lw;
+    if (ndim) *ndim = 4;
+    return (size_t)(B * C * lh * lw);
 }
 
 size_t qd_image_size(const qd_model *m, const qd_gen_params *p, qd_image_format fmt) {
     int w, h;
-    resolve(m, p, &w, &h);
+    qd_image_dims(m, p, &w, &h);
     size_t n = (size_t)(p->batch > 0 ? p->batch : 1) * (size_t)w * (size_t)h * 3;
     return fmt == QD_IMAGE_RGB8 ? n : n * sizeof(float);
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* diffusers' rescale_noise_cfg: match the guided prediction's std to the
@@ -89,16 +108,64 @@ static qd_status make_scheduler(qd_ctx *ctx, qd_model *m, const qd_gen_params *p
     return st;
 }
 
-typedef struct {
-    float *latents, *model_in, *model_out, *noise_pred;
-    qd_cond cond;
-    qd_scheduler *sched;
-} gen_state;
+/* Flow schedulers take mu (dynamic shift from the image token count) and, for
+ * FLUX, the pipeline's own sigmas np.linspace(1, 1/n, n). */
+static qd_status set_timesteps(qd_ctx *ctx, qd_model *m, qd_scheduler *s, int steps, int64_t image_tokens) {
+    int dynamic, base_seq, max_seq;
+    double base_shift, max_shift;
+    if (qd_scheduler_is_flow(s, &dynamic, &base_seq, &max_seq, &base_shift, &max_shift)) {
+        double slope = (max_shift - base_shift) / (max_seq - base_seq);
+        double mu = (double)image_tokens * slope + (base_shift - slope * base_seq);
+        float *sig = NULL;
+        if (m->family == QD_FAMILY_FLUX) {
+            double *d = malloc(sizeof(double) * (size_t)steps);
+            sig = malloc(sizeof(float) * (size_t)steps);
+            if (!d || !sig) { free(d); free(sig); return qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); }
+            qd_np_linspace(1.0, 1.0 / steps, steps, d);
+            for (int i = 0; i < steps; i++) sig[i] = (float)d[i];
+            free(d);
+        }
+        qd_status st = qd_scheduler_set_flow_inputs(ctx, s, dynamic, mu, sig, sig ? steps : 0);
+        free(sig);
+        QD_TRY(st);
+    }
+    return qd_scheduler_set_timesteps(ctx, s, steps);
+}
 
-static void gen_state_free(gen_state *g) {
-    free(g->latents); free(g->model_in); free(g->model_out); free(g->noise_pred);
-    qd_cond_free(&g->cond);
-    qd_scheduler_free(g->sched);
+typedef struct {
+    qd_model *m;
+    const qd_cond *cond;
+    int64_t rows, C, h, w;      /* latent grid (unpacked) */
+    float guidance;
+    float *img_ids, *txt_ids, *ts, *gs;
+} denoiser;
+
+/* One model evaluation on `rows` latents at scheduler time t. */
+static qd_status denoise(qd_ctx *ctx, denoiser *d, const float *x, float t, float *out) {
+    qd_model *m = d->m;
+    for (int64_t r = 0; r < d->rows; r++) d->ts[r] = m->family == QD_FAMILY_FLUX ? t / 1000.0f : t;
+    if (m->unet)
+        return qd_unet_forward(ctx, m->unet, x, d->rows, d->h, d->w, d->ts, d->cond->context, d->cond->L,
+                               d->cond->pooled, d->cond->time_ids, out);
+    if (m->sd3)
+        return qd_sd3_forward(ctx, m->sd3, x, d->rows, d->h, d->w, d->ts, d->cond->context, d->cond->L,
+                              d->cond->pooled, out);
+    for (int64_t r = 0; r < d->rows; r++) d->gs[r] = d->guidance;
+    return qd_flux_forward(ctx, m->flux, x, d->rows, (d->h / 2) * (d->w / 2), d->ts,
+                           qd_flux_get_info(m->flux)->guidance_embeds ? d->gs : NULL, d->cond->pooled,
+                           d->cond->context, d->cond->L, d->img_ids, d->txt_ids, out);
+}
+
+/* FLUX's 2x2 latent packing: [C, h, w] <-> [(h/2)*(w/2), 4C], channel-major within a token. */
+static void pack_latents(const float *x, int64_t C, int64_t h, int64_t w, float *y, int unpack) {
+    int64_t hw2 = w / 2;
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t i = 0; i < h; i++)
+            for (int64_t j = 0; j < w; j++) {
+                int64_t tok = (i / 2) * hw2 + j / 2, ch = c * 4 + (i % 2) * 2 + (j % 2);
+                int64_t a = (c * h + i) * w + j, b = tok * 4 * C + ch;
+                if (unpack) y[a] = x[b]; else y[b] = x[a];
+            }
 }
 
 static qd_status decode_images(qd_ctx *ctx, qd_model *m, const float *latents, int64_t B, int64_t C,
@@ -109,7 +176,9 @@ static qd_status decode_images(qd_ctx *ctx, qd_model *m, const float *latents, i
     qd_status st = (!z || !img) ? qd_fail(ctx, QD_ERR_NOMEM, "out of memory") : QD_OK;
     /* one image at a time: the decoder's activations dominate peak memory */
     for (int64_t b = 0; st == QD_OK && b < B; b++) {
-        for (int64_t i = 0; i < per; i++) z[i] = latents[b * per + i] / vi->scaling_factor + vi->shift_factor;
+        if (m->family == QD_FAMILY_FLUX) pack_latents(latents + b * per, C, h, w, z, 1);
+        else memcpy(z, latents + b * per, sizeof(float) * (size_t)per);
+        for (int64_t i = 0; i < per; i++) z[i] = z[i] / vi->scaling_factor + vi->shift_factor;
         st = qd_vae_decode(ctx, m->vae, z, 1, h, w, img);
         if (st != QD_OK) break;
         for (int64_t y = 0; y < H; y++)
@@ -127,71 +196,111 @@ static qd_status decode_images(qd_ctx *ctx, qd_model *m, const float *latents, i
     return st;
 }
 
-qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_image_format fmt,
+typedef struct {
+    float *latents, *model_in, *model_out, *noise_pred;
+    qd_cond cond;
+    qd_scheduler *sched;
+    denoiser d;
+} gen_state;
+
+static void gen_state_free(gen_state *g) {
+    free(g->latents); free(g->model_in); free(g->model_out); free(g->noise_pred);
+    free(g->d.img_ids); free(g->d.txt_ids); free(g->d.ts); free(g->d.gs);
+    qd_cond_free(&g->cond);
+    qd_scheduler_free(g->sched);
+}
+
+/* Initial noise: torch.randn(latent shape) from the seeded generator, packed for FLUX. */
+static void initial_noise(qd_model *m, qd_rng *rng, gen_state *g, int64_t B, int64_t per, float sigma) {
+    int64_t n = B * per;
+    qd_rng_randn(rng, g->model_out, n);
+    for (int64_t b = 0; b < B; b++) {
+        if (m->family == QD_FAMILY_FLUX) pack_latents(g->model_out + b * per, g->d.C, g->d.h, g->d.w, g->latents + b * per, 0);
+        else memcpy(g->latents + b * per, g->model_out + b * per, sizeof(float) * (size_t)per);
+    }
+    for (int64_t i = 0; i < n; i++) g->latents[i] *= sigma;
+}
+
+qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_image_format fmt,
                       void *image, float *latents_out) {
-    if (!m || !p || !image) return qd_fail(ctx, QD_ERR_ARG, "qd_generate: model, params and image are required");
+    if (!m || !params || !image) return qd_fail(ctx, QD_ERR_ARG, "qd_generate: model, params and image are required");
     ctx->cancel = 0;
-    int width, height;
-    resolve(m, p, &width, &height);
-    if (width % m->vae_scale || height % m->vae_scale || width > 16384 || height > 16384)
+    qd_gen_params resolved = *params;
+    const qd_gen_params *p = &resolved;
+    qd_gen_params_resolve(m, &resolved);
+    int width = p->width, height = p->height, unit = size_unit(m), steps = p->steps;
+    float cfg = p->cfg_scale;
+    if (width % unit || height % unit || width > 16384 || height > 16384)
         return qd_fail(ctx, QD_ERR_ARG, "width and height must be multiples of %d up to 16384 (got %dx%d)",
-                       m->vae_scale, width, height);
-    if (p->steps < 1 || p->steps > 10000) return qd_fail(ctx, QD_ERR_ARG, "steps must be 1..10000 (got %d)", p->steps);
+                       unit, width, height);
+    if (steps < 1 || steps > 10000) return qd_fail(ctx, QD_ERR_ARG, "steps must be 1..10000 (got %d)", steps);
     if (p->batch < 1 || p->batch > 64) return qd_fail(ctx, QD_ERR_ARG, "batch must be 1..64 (got %d)", p->batch);
     if (fmt != QD_IMAGE_F32 && fmt != QD_IMAGE_RGB8) return qd_fail(ctx, QD_ERR_ARG, "unknown image format %d", (int)fmt);
 
     int64_t shape[4];
-    qd_latent_shape(m, p, shape);
-    int64_t B = shape[0], C = shape[1], h = shape[2], w = shape[3], per = C * h * w, n = B * per;
-    int guidance = p->cfg_scale > 1.0f;
+    int64_t n = (int64_t)qd_latent_shape(m, p, shape, NULL), B = shape[0], per = n / B;
+    int guidance = cfg > 1.0f;
     int64_t rows = guidance ? 2 * B : B;
 
     gen_state g = {0};
+    g.d.m = m;
+    g.d.rows = rows;
+    g.d.C = m->latent_channels;
+    g.d.h = height / m->vae_scale;
+    g.d.w = width / m->vae_scale;
+    g.d.guidance = p->guidance;
     qd_status st = make_scheduler(ctx, m, p, &g.sched);
-    if (st == QD_OK) st = qd_scheduler_set_timesteps(ctx, g.sched, p->steps);
-    if (st == QD_OK) st = qd_encode_prompts(ctx, m, p->prompt, p->negative_prompt, (int)B, guidance, width, height, &g.cond);
+    int64_t image_tokens = (g.d.h / 2) * (g.d.w / 2);
+    if (st == QD_OK) st = set_timesteps(ctx, m, g.sched, steps, image_tokens);
+    if (st == QD_OK)
+        st = qd_encode_prompts(ctx, m, p->prompt, p->negative_prompt, (int)B, guidance, width, height,
+                               p->max_sequence_length, &g.cond);
+    g.d.cond = &g.cond;
     if (st == QD_OK) {
         g.latents = malloc(sizeof(float) * (size_t)n);
         g.model_in = malloc(sizeof(float) * (size_t)(rows * per));
         g.model_out = malloc(sizeof(float) * (size_t)(rows * per));
         g.noise_pred = malloc(sizeof(float) * (size_t)n);
-        if (!g.latents || !g.model_in || !g.model_out || !g.noise_pred) st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+        g.d.ts = malloc(sizeof(float) * (size_t)rows);
+        g.d.gs = malloc(sizeof(float) * (size_t)rows);
+        if (m->family == QD_FAMILY_FLUX) {
+            g.d.img_ids = calloc((size_t)(image_tokens * 3), sizeof(float));
+            g.d.txt_ids = calloc((size_t)(g.cond.L * 3), sizeof(float));
+        }
+        if (!g.latents || !g.model_in || !g.model_out || !g.noise_pred || !g.d.ts || !g.d.gs ||
+            (m->family == QD_FAMILY_FLUX && (!g.d.img_ids || !g.d.txt_ids)))
+            st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
     }
+    if (st == QD_OK && g.d.img_ids)   /* _prepare_latent_image_ids: (0, row, col) per token */
+        for (int64_t i = 0; i < image_tokens; i++) {
+            g.d.img_ids[i * 3 + 1] = (float)(i / (g.d.w / 2));
+            g.d.img_ids[i * 3 + 2] = (float)(i % (g.d.w / 2));
+        }
     qd_rng rng;
     qd_rng_seed(&rng, p->seed);
-    if (st == QD_OK) {
-        qd_rng_randn(&rng, g.latents, n);
-        float sigma = qd_scheduler_init_noise_sigma(g.sched);
-        for (int64_t i = 0; i < n; i++) g.latents[i] *= sigma;
-    }
+    if (st == QD_OK) initial_noise(m, &rng, &g, B, per, qd_scheduler_init_noise_sigma(g.sched));
     int total = st == QD_OK ? qd_scheduler_len(g.sched) : 0;
-    double t0 = now_seconds();
+    double t0 = qd_now();
     for (int i = 0; st == QD_OK && i < total; i++) {
-        float t = qd_scheduler_timestep(g.sched, i);
         for (int64_t r = 0; r < rows; r++)
             memcpy(g.model_in + r * per, g.latents + (r % B) * per, sizeof(float) * (size_t)per);
         qd_scheduler_scale_model_input(g.sched, i, g.model_in, rows * per);
-        float *ts = malloc(sizeof(float) * (size_t)rows);
-        if (!ts) { st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); break; }
-        for (int64_t r = 0; r < rows; r++) ts[r] = t;
-        st = qd_unet_forward(ctx, m->unet, g.model_in, rows, h, w, ts, g.cond.context, g.cond.L,
-                             g.cond.text_embeds, g.cond.time_ids, g.model_out);
-        free(ts);
+        st = denoise(ctx, &g.d, g.model_in, qd_scheduler_timestep(g.sched, i), g.model_out);
         if (st != QD_OK) break;
         if (guidance) {
             const float *un = g.model_out, *tx = g.model_out + n;
-            for (int64_t k = 0; k < n; k++) g.noise_pred[k] = un[k] + p->cfg_scale * (tx[k] - un[k]);
+            for (int64_t k = 0; k < n; k++) g.noise_pred[k] = un[k] + cfg * (tx[k] - un[k]);
             if (p->guidance_rescale > 0) rescale_cfg(g.noise_pred, tx, B, per, p->guidance_rescale);
         } else {
             memcpy(g.noise_pred, g.model_out, sizeof(float) * (size_t)n);
         }
         st = qd_scheduler_step(ctx, g.sched, i, g.noise_pred, g.latents, B, per, &rng);
-        if (st == QD_OK && p->progress && p->progress(p->progress_user, i + 1, total, now_seconds() - t0))
+        if (st == QD_OK && p->progress && p->progress(p->progress_user, i + 1, total, qd_now() - t0))
             ctx->cancel = 1;
         if (st == QD_OK && ctx->cancel) st = qd_fail(ctx, QD_ERR_CANCELLED, "cancelled at step %d of %d", i + 1, total);
     }
     if (st == QD_OK && latents_out) memcpy(latents_out, g.latents, sizeof(float) * (size_t)n);
-    if (st == QD_OK) st = decode_images(ctx, m, g.latents, B, C, h, w, fmt, image);
+    if (st == QD_OK) st = decode_images(ctx, m, g.latents, B, g.d.C, g.d.h, g.d.w, fmt, image);
     gen_state_free(&g);
     return st;
 }
