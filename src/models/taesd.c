@@ -24,11 +24,24 @@
 typedef enum { L_CLAMP, L_RELU, L_UP, L_CONV, L_BLOCK } ltype;
 typedef struct { ltype type; int cin, cout, stride, bias; } lspec;
 
-typedef struct { qd_weight w; float *b; int64_t cin, cout; int k, stride; } tconv;
+typedef struct {
+    qd_weight w;
+    float *b;
+    int64_t cin, cout;
+    int k, stride;
+    float *wf;                  /* float copy for the direct path (3x3 convs with few outputs) */
+} tconv;
+
+#define DIRECT_MAX_COUT 4       /* the decoder's last conv (64 -> 3) at full resolution */
 
 typedef struct {
     ltype type;
     tconv conv;                 /* L_CONV */
+    /* L_CONV right after an Upsample: the 3x3 conv folded into four 2x2 convs, one per
+     * output phase (see up_conv_fwd); weights owned by the model */
+    int phased;
+    qd_st_tensor phase_t[4];
+    qd_weight phase_w[4];
     tconv c[3], skip;           /* L_BLOCK: conv.0, conv.2, conv.4, skip (1x1, when cin != cout) */
     int has_skip, has_pool;
     tconv pool_in, pool_out;    /* pool.0, pool.3 */
@@ -175,6 +188,11 @@ static qd_status load_conv(const loader *ld, tconv *c, int idx, const char *sub,
     c->k = k;
     c->stride = stride;
     c->b = NULL;
+    c->wf = NULL;
+    if (k == 3 && stride == 1 && cout <= DIRECT_MAX_COUT) {
+        if (!(c->wf = own(ld->t, cout * cin * 9))) return qd_fail(ld->ctx, QD_ERR_NOMEM, "out of memory");
+        qd_st_to_f32(t, 0, cout * cin * 9, c->wf);
+    }
     snprintf(rest, sizeof rest, "%sbias", sub);
     if (bias) QD_TRY(get_floats(ld, idx, rest, cout, &c->b));
     else if (find(ld, idx, rest)) {
@@ -204,6 +222,43 @@ static qd_status load_block(const loader *ld, layer *L, int idx, int64_t cin, in
     return QD_OK;
 }
 
+/* Nearest 2x upsampling then a 3x3 conv (pad 1): output pixel (2i+py, 2j+px) only sees
+ * input rows {i-1, i} (py = 0) or {i, i+1} (py = 1), and likewise columns, so each of the
+ * four output phases is a 2x2 conv of the small input whose taps are sums of the 3x3
+ * taps: 4/9 of the multiply-adds and no full-size upsampled copy. */
+static qd_status fold_phases(const loader *ld, layer *L) {
+    static const int tap_of[2][3] = {{0, 1, 1}, {0, 0, 1}};   /* which phase tap a 3x3 tap folds into */
+    const tconv *c = &L->conv;
+    int64_t C = c->cout, Ci = c->cin, K9 = Ci * 9, K4 = Ci * 4;
+    float *w9 = malloc(sizeof(float) * (size_t)(C * K9)), *w4 = own(ld->t, 4 * C * K4);
+    if (!w9 || !w4) { free(w9); return qd_fail(ld->ctx, QD_ERR_NOMEM, "out of memory"); }
+    c->w.decode(&c->w, 0, C, 0, K9, w9, K9);
+    memset(w4, 0, sizeof(float) * (size_t)(4 * C * K4));
+    for (int p = 0; p < 4; p++) {
+        int py = p >> 1, px = p & 1;
+        float *wp = w4 + p * C * K4;
+        for (int64_t oc = 0; oc < C * Ci; oc++)      /* (out, in) channel pairs */
+            for (int ky = 0; ky < 3; ky++)
+                for (int kx = 0; kx < 3; kx++)
+                    wp[oc * 4 + tap_of[py][ky] * 2 + tap_of[px][kx]] += w9[oc * 9 + ky * 3 + kx];
+        qd_st_tensor *t = &L->phase_t[p];
+        memset(t, 0, sizeof *t);
+        t->name = "upsample phase";
+        t->dtype = QD_F32;
+        t->ndim = 2;
+        t->shape[0] = C;
+        t->shape[1] = K4;
+        t->numel = C * K4;
+        t->data = wp;
+        t->nbytes = sizeof(float) * (size_t)(C * K4);
+        t->file = ld->file;
+        qd_weight_dense(&L->phase_w[p], t, C, K4);
+    }
+    free(w9);
+    L->phased = 1;
+    return QD_OK;
+}
+
 static qd_status load_coder(const loader *ld, coder *cd, const lspec *s, int n) {
     cd->n = n;
     cd->max_ch = 3;
@@ -212,6 +267,7 @@ static qd_status load_coder(const loader *ld, coder *cd, const lspec *s, int n) 
         memset(L, 0, sizeof *L);
         L->type = s[i].type;
         if (s[i].type == L_CONV) QD_TRY(load_conv(ld, &L->conv, i, "", s[i].cout, s[i].cin, 3, s[i].stride, s[i].bias));
+        if (s[i].type == L_CONV && i > 0 && s[i - 1].type == L_UP && s[i].stride == 1) QD_TRY(fold_phases(ld, L));
         else if (s[i].type == L_BLOCK) QD_TRY(load_block(ld, L, i, s[i].cin, s[i].cout));
         int64_t c = s[i].cout * (L->has_pool ? 4 : 1);
         if (c > cd->max_ch) cd->max_ch = c;
@@ -334,7 +390,49 @@ static void ew(qd_ctx *ctx, int op, float *y, const float *x, int64_t n) {
     qd_parallel_for(ctx, n, ew_part, &a);
 }
 
+typedef struct { const tconv *c; const float *x; float *y; int64_t H, W; } direct_args;
+
+/* Rows [b, e) of all images (row r = image r / H, row r % H): each output row is
+ * accumulated over input channels and taps in an L1-sized buffer. */
+static void direct_part(void *arg, int64_t b, int64_t e, int thread) {
+    const direct_args *a = arg;
+    const tconv *c = a->c;
+    int64_t H = a->H, W = a->W, Ci = c->cin, Co = c->cout;
+    float acc[DIRECT_MAX_COUT][1024];
+    for (int64_t r = b; r < e; r++) {
+        int64_t img = r / H, oy = r % H;
+        for (int64_t x0 = 0; x0 < W; x0 += 1024) {
+            int64_t n = W - x0 < 1024 ? W - x0 : 1024;
+            for (int64_t o = 0; o < Co; o++)
+                for (int64_t j = 0; j < n; j++) acc[o][j] = c->b ? c->b[o] : 0.0f;
+            for (int64_t ci = 0; ci < Ci; ci++)
+                for (int ky = 0; ky < 3; ky++) {
+                    int64_t iy = oy + ky - 1;
+                    if (iy < 0 || iy >= H) continue;
+                    const float *xr = a->x + ((img * Ci + ci) * H + iy) * W;
+                    for (int kx = 0; kx < 3; kx++)
+                        for (int64_t o = 0; o < Co; o++) {
+                            float w = c->wf[((o * Ci + ci) * 3 + ky) * 3 + kx];
+                            /* output column x reads input column x + kx - 1 (zero outside) */
+                            int64_t lo = x0 + kx - 1 < 0 ? 1 : 0;
+                            int64_t hi = x0 + n + kx - 1 > W ? n - 1 : n;
+                            const float *xs = xr + x0 + kx - 1;
+                            float *ac = acc[o];
+                            for (int64_t j = lo; j < hi; j++) ac[j] += w * xs[j];
+                        }
+                }
+            for (int64_t o = 0; o < Co; o++)
+                memcpy(a->y + ((img * Co + o) * H + oy) * W + x0, acc[o], sizeof(float) * (size_t)n);
+        }
+    }
+}
+
 static void conv(qd_ctx *ctx, const tconv *c, const float *x, int64_t B, int64_t H, int64_t W, float *y) {
+    if (c->wf) {   /* few outputs: a GEMM with M <= 4 wastes most of its tile, so convolve directly */
+        direct_args a = {c, x, y, H, W};
+        qd_parallel_for(ctx, B * H, direct_part, &a);
+        return;
+    }
     qd_conv2d(ctx, x, B, c->cin, H, W, &c->w, c->b, c->k, c->k, c->stride, c->k / 2, y);
 }
 
@@ -372,6 +470,35 @@ static qd_status block_fwd(qd_ctx *ctx, const layer *L, float **px, int64_t B, i
     return QD_OK;
 }
 
+typedef struct { const float *p; float *y; int64_t H, W; int py, px; } scatter_args;
+
+static void scatter_part(void *arg, int64_t b, int64_t e, int thread) {
+    const scatter_args *a = arg;
+    for (int64_t plane = b; plane < e; plane++) {
+        const float *src = a->p + plane * a->H * a->W;
+        float *dst = a->y + plane * 4 * a->H * a->W + a->py * 2 * a->W + a->px;
+        for (int64_t i = 0; i < a->H; i++)
+            for (int64_t j = 0; j < a->W; j++) dst[i * 4 * a->W + 2 * j] = src[i * a->W + j];
+    }
+}
+
+/* Upsample(2x) + the phased conv L: x [B, Ci, H, W] -> [B, Co, 2H, 2W]. Takes *x. */
+static qd_status up_conv_fwd(qd_ctx *ctx, const layer *L, float **px, int64_t B, int64_t H, int64_t W) {
+    int64_t C = L->conv.cout, Ci = L->conv.cin;
+    float *ph = act(ctx, B * C * H * W), *y = ph ? act(ctx, B * C * 4 * H * W) : NULL;
+    if (!y) { free(ph); return QD_ERR_NOMEM; }
+    for (int p = 0; p < 4; p++) {
+        int py = p >> 1, px_ = p & 1;
+        qd_conv2d_pad(ctx, *px, B, Ci, H, W, &L->phase_w[p], L->conv.b, 2, 2, 1, !py, py, !px_, px_, ph);
+        scatter_args s = {ph, y, H, W, py, px_};
+        qd_parallel_for(ctx, B * C, scatter_part, &s);
+    }
+    free(ph);
+    free(*px);
+    *px = y;
+    return QD_OK;
+}
+
 /* Run the layer list on x [B, C, H, W] (a copy of the input, owned); the result
  * replaces it. C, H, W follow the layers. */
 static qd_status run(qd_ctx *ctx, const coder *cd, float **px, int64_t B, int64_t *pC, int64_t *pH, int64_t *pW) {
@@ -384,6 +511,14 @@ static qd_status run(qd_ctx *ctx, const coder *cd, float **px, int64_t B, int64_
         case L_CLAMP: ew(ctx, EW_CLAMP, x, NULL, B * C * H * W); break;
         case L_RELU: ew(ctx, EW_RELU, x, NULL, B * C * H * W); break;
         case L_UP:
+            if (i + 1 < cd->n && cd->l[i + 1].phased) {   /* fused with the conv after it */
+                QD_TRY(up_conv_fwd(ctx, &cd->l[i + 1], px, B, H, W));
+                C = cd->l[i + 1].conv.cout;
+                H *= 2;
+                W *= 2;
+                i++;
+                break;
+            }
             if (!(y = act(ctx, B * C * 4 * H * W))) return QD_ERR_NOMEM;
             qd_upsample_nearest2x(ctx, x, B * C, H, W, y);
             free(x);
