@@ -50,6 +50,15 @@ qd_status qd_fail_prefix(qd_ctx *ctx, qd_status code, const char *fmt, ...) {
     return code == QD_OK ? QD_ERR_ARG : code;
 }
 
+void qd_op_failed(qd_ctx *ctx, const char *what) {
+    if (!__atomic_exchange_n(&ctx->op_failed, 1, __ATOMIC_RELAXED))
+        qd_fail(ctx, QD_ERR_NOMEM, "out of memory for %s scratch", what);
+}
+
+qd_status qd_op_status(qd_ctx *ctx) {
+    return __atomic_exchange_n(&ctx->op_failed, 0, __ATOMIC_RELAXED) ? QD_ERR_NOMEM : QD_OK;
+}
+
 static void emit(qd_ctx *ctx, int level, const char *fmt, va_list ap) {
     char msg[1024];
     vsnprintf(msg, sizeof msg, fmt, ap);

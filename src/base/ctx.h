@@ -21,6 +21,7 @@ struct qd_ctx {
     qd_log_fn log;              /* may be NULL: then warnings go to stderr */
     void *log_user;
     volatile int cancel;        /* set by qd_cancel(); checked between steps */
+    volatile int op_failed;     /* an op without a status return could not allocate scratch */
     qd_trace_fn trace;          /* benchmarks: called after every conv/linear/attention */
     void *trace_user;
     int matmul_mode;            /* SDNQ layers: 0 as the model's config asks, 1 exact, 2 int8 (qd_set_matmul) */
@@ -33,6 +34,11 @@ qd_status qd_fail(qd_ctx *ctx, qd_status code, const char *fmt, ...)
 /* Prefix the current error message with "prefix: " (adds context on the way up). */
 qd_status qd_fail_prefix(qd_ctx *ctx, qd_status code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Ops that return nothing (GEMM, conv, attention) report a failed scratch
+ * allocation here; model code turns it into an error with qd_op_status(). */
+void qd_op_failed(qd_ctx *ctx, const char *what);
+qd_status qd_op_status(qd_ctx *ctx);   /* QD_ERR_NOMEM once after a failure, else QD_OK */
 
 /* Warnings and info go through the context's log sink. */
 void qd_warn(qd_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -225,6 +225,7 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
                       void *image, float *latents_out) {
     if (!m || !params || !image) return qd_fail(ctx, QD_ERR_ARG, "qd_generate: model, params and image are required");
     ctx->cancel = 0;
+    qd_op_status(ctx);   /* a stale failure from an earlier call is not this run's */
     qd_gen_params resolved = *params;
     const qd_gen_params *p = &resolved;
     qd_gen_params_resolve(m, &resolved);
@@ -255,6 +256,7 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     if (st == QD_OK)
         st = qd_encode_prompts(ctx, m, p->prompt, p->negative_prompt, (int)B, guidance, width, height,
                                p->max_sequence_length, &g.cond);
+    if (st == QD_OK) st = qd_op_status(ctx);
     g.d.cond = &g.cond;
     if (st == QD_OK) {
         g.latents = malloc(sizeof(float) * (size_t)n);
@@ -286,6 +288,7 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
             memcpy(g.model_in + r * per, g.latents + (r % B) * per, sizeof(float) * (size_t)per);
         qd_scheduler_scale_model_input(g.sched, i, g.model_in, rows * per);
         st = denoise(ctx, &g.d, g.model_in, qd_scheduler_timestep(g.sched, i), g.model_out);
+        if (st == QD_OK) st = qd_op_status(ctx);   /* an op that ran out of scratch memory */
         if (st != QD_OK) break;
         if (guidance) {
             const float *un = g.model_out, *tx = g.model_out + n;
@@ -301,6 +304,7 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     }
     if (st == QD_OK && latents_out) memcpy(latents_out, g.latents, sizeof(float) * (size_t)n);
     if (st == QD_OK) st = decode_images(ctx, m, g.latents, B, g.d.C, g.d.h, g.d.w, fmt, image);
+    if (st == QD_OK) st = qd_op_status(ctx);
     gen_state_free(&g);
     return st;
 }

@@ -76,8 +76,16 @@ void qd_sdnq_decode_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t
  * summed before it is added, as torch's W + up @ down does. */
 static void add_svd(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
     int64_t r = s->l.svd_rank;
-    qd_gemm_serial(nr, nk, r, qd_rows(s->svd_up + r0 * r, r), qd_cols(s->svd_down + k0, s->l.cols), dst, ld,
-                   1.0f, 1.0f, NULL, NULL);
+    if (qd_gemm_serial(nr, nk, r, qd_rows(s->svd_up + r0 * r, r), qd_cols(s->svd_down + k0, s->l.cols), dst, ld,
+                       1.0f, 1.0f, NULL, NULL) == 0)
+        return;
+    /* no memory for packing buffers: the same sums, directly */
+    for (int64_t i = 0; i < nr; i++)
+        for (int64_t j = 0; j < nk; j++) {
+            float acc = 0;
+            for (int64_t t = 0; t < r; t++) acc += s->svd_up[(r0 + i) * r + t] * s->svd_down[t * s->l.cols + k0 + j];
+            dst[i * ld + j] += acc;
+        }
 }
 
 static void sdnq_decode(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {

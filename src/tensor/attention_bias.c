@@ -16,6 +16,7 @@ typedef struct {
     float scale;
     float *out;
     float **scratch;
+    int failed;
 } ab_args;
 
 static void ab_part(void *arg, int64_t b, int64_t e, int thread) {
@@ -36,9 +37,14 @@ static void ab_part(void *arg, int64_t b, int64_t e, int thread) {
             memcpy(s, a->bias + (h * a->Lq + q0) * a->Lk, sizeof(float) * (size_t)(nq * a->Lk));
             beta = 1.0f;
         }
-        qd_gemm_serial(nq, a->Lk, a->dh, qd_rows(q, a->ldq), qd_rows(k, a->ldk), s, a->Lk, a->scale, beta, NULL, NULL);
-        qd_softmax_rows(s, nq, a->Lk);
-        qd_gemm_serial(nq, a->dh, a->Lk, qd_rows(s, a->Lk), qd_cols(v, a->ldv), o, ldo, 1.0f, 0.0f, NULL, NULL);
+        int rc = qd_gemm_serial(nq, a->Lk, a->dh, qd_rows(q, a->ldq), qd_rows(k, a->ldk), s, a->Lk, a->scale, beta,
+                                NULL, NULL);
+        if (!rc) qd_softmax_rows(s, nq, a->Lk);
+        if (!rc) rc = qd_gemm_serial(nq, a->dh, a->Lk, qd_rows(s, a->Lk), qd_cols(v, a->ldv), o, ldo, 1.0f, 0.0f, NULL, NULL);
+        if (rc) {
+            __atomic_store_n(&((ab_args *)arg)->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
     }
 }
 
@@ -53,8 +59,9 @@ qd_status qd_attention_bias(qd_ctx *ctx, const float *q, int64_t ldq, const floa
     for (int i = 0; ok && i < nt; i++) ok = (scratch[i] = malloc(sizeof(float) * (size_t)(QBLOCK * Lk))) != NULL;
     if (ok) {
         int64_t qblocks = (Lq + QBLOCK - 1) / QBLOCK;
-        ab_args a = {q, k, v, bias, ldq, ldk, ldv, Lq, Lk, dh, qblocks, heads, scale, out, scratch};
+        ab_args a = {q, k, v, bias, ldq, ldk, ldv, Lq, Lk, dh, qblocks, heads, scale, out, scratch, 0};
         qd_parallel_for(ctx, B * heads * qblocks, ab_part, &a);
+        ok = !a.failed;
     }
     for (int i = 0; scratch && i < nt; i++) free(scratch[i]);
     free(scratch);

@@ -150,7 +150,7 @@ typedef struct {
 } gemm_args;
 
 /* Serial GEMM over the rectangle [m0, m1) x [n0, n1) of C. */
-static void gemm_block(const gemm_args *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+static int gemm_block(const gemm_args *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
     const kernel_desc *kd = pick_kernel();
     const int MR = kd->mr, NR = kd->nr;
     int64_t mc_max = (MC / MR) * MR, nc_max = (NC / NR) * NR;
@@ -158,7 +158,12 @@ static void gemm_block(const gemm_args *g, int64_t m0, int64_t m1, int64_t n0, i
     float *ap = aligned_alloc(64, (size_t)KC * (size_t)(mc_max + MR) * sizeof(float));
     float *scratch = aligned_alloc(64, (size_t)KC * MAXR * sizeof(float));
     float tile[MAXR * MAXR];
-    if (!bp || !ap || !scratch) abort();   /* a few hundred KB: only fails when the process is already lost */
+    if (!bp || !ap || !scratch) {
+        free(bp);
+        free(ap);
+        free(scratch);
+        return -1;
+    }
 
     /* beta: fold into C once, so the kernel only overwrites or accumulates */
     int acc_first = 0;
@@ -207,9 +212,10 @@ static void gemm_block(const gemm_args *g, int64_t m0, int64_t m1, int64_t n0, i
     free(bp);
     free(ap);
     free(scratch);
+    return 0;
 }
 
-typedef struct { const gemm_args *g; int split_n; int64_t align; int64_t parts; } split_args;
+typedef struct { const gemm_args *g; int split_n; int64_t align; int64_t parts; int failed; } split_args;
 
 static void gemm_part(void *arg, int64_t b, int64_t e, int thread) {
     const split_args *s = arg;
@@ -219,14 +225,14 @@ static void gemm_part(void *arg, int64_t b, int64_t e, int thread) {
     int64_t lo = (len * b / s->parts) / s->align * s->align;
     int64_t hi = e == s->parts ? len : (len * e / s->parts) / s->align * s->align;
     if (lo >= hi) return;
-    if (s->split_n) gemm_block(g, 0, g->M, lo, hi);
-    else gemm_block(g, lo, hi, 0, g->N);
+    int rc = s->split_n ? gemm_block(g, 0, g->M, lo, hi) : gemm_block(g, lo, hi, 0, g->N);
+    if (rc) __atomic_store_n(&((split_args *)arg)->failed, 1, __ATOMIC_RELAXED);
 }
 
-void qd_gemm_serial(int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
-                    float alpha, float beta, const float *row_bias, const float *col_bias) {
+int qd_gemm_serial(int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
+                   float alpha, float beta, const float *row_bias, const float *col_bias) {
     gemm_args g = {M, N, K, A, B, C, ldc, alpha, beta, row_bias, col_bias};
-    if (M > 0 && N > 0) gemm_block(&g, 0, M, 0, N);
+    return M > 0 && N > 0 ? gemm_block(&g, 0, M, 0, N) : 0;
 }
 
 void qd_gemm(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
@@ -236,9 +242,13 @@ void qd_gemm(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, f
     const kernel_desc *kd = pick_kernel();
     int t = qd_threads(ctx);
     double work = (double)M * N * (K + 1);
-    if (t <= 1 || work < 200000) { gemm_block(&g, 0, M, 0, N); return; }
+    if (t <= 1 || work < 200000) {
+        if (gemm_block(&g, 0, M, 0, N)) qd_op_failed(ctx, "GEMM");
+        return;
+    }
     /* Split the dimension with more strips; splitting N keeps each thread's B panel its own. */
     int split_n = N / kd->nr >= M / kd->mr;
-    split_args s = {&g, split_n, split_n ? kd->nr : kd->mr, t};
+    split_args s = {&g, split_n, split_n ? kd->nr : kd->mr, t, 0};
     qd_parallel_for(ctx, t, gemm_part, &s);
+    if (s.failed) qd_op_failed(ctx, "GEMM");
 }

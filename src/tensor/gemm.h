@@ -35,9 +35,11 @@ void qd_gemm(qd_ctx *ctx, int64_t M, int64_t N, int64_t K,
              qd_mat A, qd_mat B, float *C, int64_t ldc,
              float alpha, float beta, const float *row_bias, const float *col_bias);
 
-/* Same, on the calling thread only (for callers that parallelise outside, e.g. per head). */
-void qd_gemm_serial(int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
-                    float alpha, float beta, const float *row_bias, const float *col_bias);
+/* Same, on the calling thread only (for callers that parallelise outside, e.g. per head).
+ * Returns -1 (C untouched or partial) when its packing buffers cannot be allocated.
+ * qd_gemm reports that through qd_op_failed(). */
+int qd_gemm_serial(int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
+                   float alpha, float beta, const float *row_bias, const float *col_bias);
 
 /* Name of the micro-kernel chosen for this CPU ("avx512", "avx2", "generic"). */
 const char *qd_gemm_isa(void);

@@ -54,7 +54,10 @@ static void conv_im2col(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int
     if (rows < 1) rows = 1;
     if (rows > Ho) rows = Ho;
     float *col = malloc(sizeof(float) * (size_t)(K * rows * Wo));
-    if (!col) abort();
+    if (!col) {
+        qd_op_failed(ctx, "convolution");
+        return;
+    }
     for (int64_t b = 0; b < B; b++) {
         for (int64_t r0 = 0; r0 < Ho; r0 += rows) {
             int64_t nr = Ho - r0 < rows ? Ho - r0 : rows;
@@ -183,6 +186,7 @@ typedef struct {
     const float *q, *k, *v; int64_t ldq, ldk, ldv;
     int64_t Lq, Lk, dh; int heads; int causal; float *out; int64_t qblocks;
     float **scratch;
+    int failed;
 } att_args;
 
 static void att_part(void *arg, int64_t b, int64_t e, int thread) {
@@ -198,12 +202,18 @@ static void att_part(void *arg, int64_t b, int64_t e, int thread) {
         const float *k = a->k + bi * a->Lk * a->ldk + h * a->dh;
         const float *v = a->v + bi * a->Lk * a->ldv + h * a->dh;
         float *o = a->out + (bi * a->Lq + q0) * ldo + h * a->dh;
-        qd_gemm_serial(nq, a->Lk, a->dh, qd_rows(q, a->ldq), qd_rows(k, a->ldk), s, a->Lk, scale, 0.0f, NULL, NULL);
+        if (qd_gemm_serial(nq, a->Lk, a->dh, qd_rows(q, a->ldq), qd_rows(k, a->ldk), s, a->Lk, scale, 0.0f, NULL, NULL)) {
+            __atomic_store_n(&((att_args *)arg)->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
         if (a->causal)
             for (int64_t i = 0; i < nq; i++)
                 for (int64_t j = q0 + i + 1; j < a->Lk; j++) s[i * a->Lk + j] = -INFINITY;
         qd_softmax_rows(s, nq, a->Lk);
-        qd_gemm_serial(nq, a->dh, a->Lk, qd_rows(s, a->Lk), qd_cols(v, a->ldv), o, ldo, 1.0f, 0.0f, NULL, NULL);
+        if (qd_gemm_serial(nq, a->dh, a->Lk, qd_rows(s, a->Lk), qd_cols(v, a->ldv), o, ldo, 1.0f, 0.0f, NULL, NULL)) {
+            __atomic_store_n(&((att_args *)arg)->failed, 1, __ATOMIC_RELAXED);
+            return;
+        }
     }
 }
 
@@ -212,16 +222,14 @@ void qd_attention(qd_ctx *ctx, const float *q, int64_t ldq, const float *k, int6
                   int causal, float *out) {
     double t0 = ctx->trace ? qd_now() : 0;
     int t = qd_threads(ctx);
-    float **scratch = malloc(sizeof(float *) * (size_t)t);
-    if (!scratch) abort();
-    for (int i = 0; i < t; i++) {
-        scratch[i] = malloc(sizeof(float) * (size_t)(ATT_QBLOCK * Lk));
-        if (!scratch[i]) abort();
-    }
+    float **scratch = calloc((size_t)t, sizeof(float *));
+    int ok = scratch != NULL;
+    for (int i = 0; ok && i < t; i++) ok = (scratch[i] = malloc(sizeof(float) * (size_t)(ATT_QBLOCK * Lk))) != NULL;
     int64_t qblocks = (Lq + ATT_QBLOCK - 1) / ATT_QBLOCK;
-    att_args a = {q, k, v, ldq, ldk, ldv, Lq, Lk, dh, heads, causal, out, qblocks, scratch};
-    qd_parallel_for(ctx, B * heads * qblocks, att_part, &a);
-    for (int i = 0; i < t; i++) free(scratch[i]);
+    att_args a = {q, k, v, ldq, ldk, ldv, Lq, Lk, dh, heads, causal, out, qblocks, scratch, 0};
+    if (ok) qd_parallel_for(ctx, B * heads * qblocks, att_part, &a);
+    if (!ok || a.failed) qd_op_failed(ctx, "attention");
+    for (int i = 0; scratch && i < t; i++) free(scratch[i]);
     free(scratch);
     if (ctx->trace) {
         int64_t d[6] = {B, heads, Lq, Lk, dh, causal};
