@@ -256,6 +256,120 @@ static void test_kl(qd_ctx *ctx) {
     qd_vae_close(m);
 }
 
+/* ---- synthetic variants: every layout taesd.py defines, random weights ------------ */
+
+/* Layer lists written from taesd.py's Encoder/Decoder/F32Encoder/F32Decoder, one token
+ * per nn.Sequential index: "cI:O" conv with bias, "nI:O" conv without, "BN" Block(N, N),
+ * "r" ReLU, "u" Upsample, "k" Clamp. '#' stands for the latent channels. */
+static const char *ENC8 = "c3:64 B64 n64:64 B64 B64 B64 n64:64 B64 B64 B64 n64:64 B64 B64 B64 c64:#";
+static const char *DEC8 = "k c#:64 r B64 B64 B64 u n64:64 B64 B64 B64 u n64:64 B64 B64 B64 u n64:64 B64 c64:3";
+static const char *ENC32 = "c3:32 r c32:64 r B64 n64:64 B64 B64 B64 n64:64 B64 B64 B64 n64:64 B64 B64 B64 c64:#";
+static const char *DEC32 = "k c#:256 r B256 B256 B256 u n256:128 B128 B128 B128 u n128:64 B64 B64 B64 u n64:64 "
+                           "B64 B64 B64 u n64:64 B64 B64 B64 u n64:64 B64 c64:3";
+
+typedef struct { qd_st_out *t; char (*names)[64]; float **data; int n; uint32_t seed; } synth;
+
+static void synth_add(synth *s, const char *name, int ndim, const int64_t *shape, float scale) {
+    qd_st_out *o = &s->t[s->n];
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) numel *= shape[i];
+    float *d = malloc(sizeof(float) * (size_t)numel);
+    for (int64_t i = 0; i < numel; i++) {
+        s->seed = s->seed * 1664525u + 1013904223u;
+        d[i] = ((float)(s->seed >> 8) / 16777216.0f - 0.5f) * 2 * scale;
+    }
+    snprintf(s->names[s->n], 64, "%s", name);
+    o->name = s->names[s->n];
+    o->dtype = QD_F32;
+    o->ndim = ndim;
+    memcpy(o->shape, shape, sizeof(int64_t) * (size_t)ndim);
+    o->data = d;
+    s->data[s->n++] = d;
+}
+
+static void synth_conv(synth *s, const char *pre, int64_t o, int64_t i, int k, int bias) {
+    char name[64];
+    int64_t w[4] = {o, i, k, k};
+    snprintf(name, sizeof name, "%s.weight", pre);
+    synth_add(s, name, 4, w, 1.0f / sqrtf((float)(i * k * k)));
+    if (bias) { snprintf(name, sizeof name, "%s.bias", pre); synth_add(s, name, 1, &o, 0.02f); }
+}
+
+static int write_spec(qd_ctx *ctx, const char *spec, int C, const char *path) {
+    synth s = {calloc(512, sizeof(qd_st_out)), calloc(512, 64), calloc(512, sizeof(float *)), 0, 12345u};
+    char buf[512], pre[32];
+    snprintf(buf, sizeof buf, "%s", spec);
+    int idx = 0;
+    for (char *tok = strtok(buf, " "); tok; tok = strtok(NULL, " "), idx++) {
+        snprintf(pre, sizeof pre, "%d", idx);
+        if (tok[0] == 'c' || tok[0] == 'n') {
+            int64_t i = tok[1] == '#' ? C : atoi(tok + 1);
+            const char *o = strchr(tok, ':') + 1;
+            synth_conv(&s, pre, o[0] == '#' ? C : atoi(o), i, 3, tok[0] == 'c');
+        } else if (tok[0] == 'B') {
+            int64_t n = atoi(tok + 1);
+            char sub[48];
+            for (int j = 0; j < 3; j++) {
+                snprintf(sub, sizeof sub, "%d.conv.%d", idx, 2 * j);
+                synth_conv(&s, sub, n, n, 3, 1);
+            }
+        }
+    }
+    int ok = qd_st_write(ctx, path, s.t, s.n, NULL) == QD_OK;
+    for (int i = 0; i < s.n; i++) free(s.data[i]);
+    free(s.t); free(s.names); free(s.data);
+    return ok;
+}
+
+/* Detection and shapes for taesd (4 ch), taesd3/taef1 (16 ch) and taesana (32x). Random
+ * weights: no reference numbers, only that each layout loads, is recognised and runs. */
+static void test_variants(qd_ctx *ctx) {
+    static const struct { int C, f; const char *kind; } v[] = {
+        {4, 8, "taesd/taesdxl"}, {16, 8, "taesd3/taef1"}, {32, 32, "taesana"}};
+    char dir[] = "/tmp/qd_taesd_var_XXXXXX", e[256], d[256];
+    if (!mkdtemp(dir)) { check(0, "mkdtemp"); return; }
+    for (int k = 0; k < 3; k++) {
+        snprintf(e, sizeof e, "%s/x_encoder.safetensors", dir);
+        snprintf(d, sizeof d, "%s/x_decoder.safetensors", dir);
+        int f32 = v[k].f == 32;
+        if (!write_spec(ctx, f32 ? ENC32 : ENC8, v[k].C, e) || !write_spec(ctx, f32 ? DEC32 : DEC8, v[k].C, d)) {
+            check(0, "write %s", v[k].kind);
+            continue;
+        }
+        qd_vae_model *m;
+        qd_status st = qd_vae_open(ctx, d, &m);   /* the decoder's name finds the encoder */
+        if (st) { check(0, "%s opens: %s", v[k].kind, qd_last_error(ctx)); continue; }
+        const qd_vae_model_info *in = qd_vae_describe(m);
+        check(in->latent_channels == v[k].C && in->downscale == v[k].f && !strcmp(in->kind, v[k].kind) &&
+              in->can_encode && in->can_decode, "synthetic %s: %d ch, %dx, kind %s", v[k].kind, in->latent_channels,
+              in->downscale, in->kind);
+        int side = 2 * v[k].f, l = 2;
+        float *img = malloc(sizeof(float) * (size_t)(side * side * 3)), *z = malloc(sizeof(float) * (size_t)(v[k].C * l * l));
+        float *out = malloc(sizeof(float) * (size_t)(side * side * 3));
+        for (int i = 0; i < side * side * 3; i++) img[i] = (float)(i % 251) / 250.0f;
+        st = qd_vae_encode_image(ctx, m, QD_IMAGE_F32, img, 1, side, side, z);
+        if (st == QD_OK) st = qd_vae_decode_latent(ctx, m, z, 1, l, l, QD_IMAGE_F32, out);
+        int finite = 1;
+        for (int i = 0; i < v[k].C * l * l; i++) finite &= isfinite(z[i]);
+        check(st == QD_OK && finite, "synthetic %s: %dx%d image -> [%d, %d, %d] -> %dx%d image%s%s", v[k].kind, side,
+              side, v[k].C, l, l, side, side, st ? ": " : "", st ? qd_last_error(ctx) : "");
+        free(img); free(z); free(out);
+        qd_vae_close(m);
+        unlink(e);
+        unlink(d);
+    }
+    /* halves of different latent spaces are refused */
+    write_spec(ctx, ENC8, 4, e);
+    write_spec(ctx, DEC8, 16, d);
+    qd_vae_model *m;
+    qd_status st = qd_vae_open_pair(ctx, e, d, &m);
+    check(st == QD_ERR_FORMAT && strstr(qd_last_error(ctx), "not a pair"), "4-ch encoder + 16-ch decoder: %s",
+          qd_last_error(ctx));
+    unlink(e);
+    unlink(d);
+    rmdir(dir);
+}
+
 int main(void) {
     qd_ctx *ctx = qd_ctx_new(0);
     const char *g = fixture("taesd/photo_golden.safetensors");
@@ -266,6 +380,7 @@ int main(void) {
         test_model(ctx);
         test_api_photo(ctx);
         test_layouts(ctx);
+        test_variants(ctx);
     } else {
         check(0, "photo_golden.safetensors loads");
     }
