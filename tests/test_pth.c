@@ -104,6 +104,13 @@ static void test_evil(qd_ctx *ctx, const char *file, const char *callable) {
           "%s refused, nothing ran: %s", file, err);
 }
 
+static void test_malformed(qd_ctx *ctx, const char *file, const char *want) {
+    qd_pth *p = (qd_pth *)1;
+    qd_status st = qd_pth_open(ctx, fixture(file), &p);
+    const char *err = qd_last_error(ctx);
+    check(st == QD_ERR_FORMAT && p == NULL && strstr(err, file) && strstr(err, want), "%s: %s", file, err);
+}
+
 static unsigned char *slurp(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
@@ -196,6 +203,9 @@ int main(void) {
     test_evil(ctx, "pth/evil_os_system.pth", "os.system");
     test_evil(ctx, "pth/evil_builtins_eval.pth", "builtins.eval");
     test_evil(ctx, "pth/evil_in_state_dict.pth", "posix.system");
+    test_evil(ctx, "pth/evil_inst_opcode.pth", "opcode 0x69 ('i')");
+    test_malformed(ctx, "pth/bad_memo_index.pth", "memo index 2147483647 out of range");
+    test_malformed(ctx, "pth/bad_not_a_dict.pth", "no dict of tensors");
     test_damaged(ctx);
     qd_ctx_free(ctx);
     return test_summary();

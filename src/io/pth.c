@@ -145,26 +145,34 @@ static const struct { const char *module, *name; int kind; qd_dtype dtype; } GLO
 };
 
 typedef struct val val;
+
+/* What a storage reference or a rebuilt tensor carries (allocated for those values only,
+ * so the common values stay small). */
+typedef struct {
+    qd_dtype dtype;             /* storage */
+    const char *key;
+    size_t key_len;
+    int64_t numel;
+    const val *storage;         /* tensor */
+    int64_t offset;
+    int ndim;
+    int64_t shape[QD_MAX_DIMS], stride[QD_MAX_DIMS];
+} tinfo;
+
 struct val {
     vtype type;
+    int visited;                /* walk(): a dict is flattened once */
     int64_t i;                  /* V_INT, V_BOOL; V_GLOBAL: index into GLOBALS */
     double f;
     const char *s;              /* V_STR: bytes inside the pickle (not NUL-terminated) */
     size_t len;
     val **items;                /* V_TUPLE, V_LIST; V_DICT: key, value, key, value, ... */
     int64_t n, cap;
-    /* V_STORAGE */
-    qd_dtype dtype;
-    const char *key;
-    size_t key_len;
-    int64_t numel;
-    /* V_TENSOR */
-    val *storage;
-    int64_t offset;
-    int ndim;
-    int64_t shape[QD_MAX_DIMS], stride[QD_MAX_DIMS];
-    int visited;                /* walk(): a dict is flattened once */
+    tinfo *ti;                  /* V_STORAGE, V_TENSOR */
 };
+
+/* A real state dict needs ~20 values per tensor; beyond this the pickle is not one. */
+#define MAX_VALUES (1 << 22)
 
 typedef struct {
     qd_ctx *ctx;
@@ -206,9 +214,10 @@ static qd_status bad(vm *v, const char *fmt, ...) {
 }
 
 static val *new_val(vm *v, vtype t) {
-    if (GROW(v->all, v->n_all, v->cap_all, 256)) return NULL;
+    if (v->n_all >= MAX_VALUES || GROW(v->all, v->n_all, v->cap_all, 256)) return NULL;
     val *x = calloc(1, sizeof *x);
     if (!x) return NULL;
+    if ((t == V_STORAGE || t == V_TENSOR) && !(x->ti = calloc(1, sizeof *x->ti))) { free(x); return NULL; }
     x->type = t;
     v->all[v->n_all++] = x;
     return x;
@@ -256,7 +265,12 @@ static qd_status pop_mark(vm *v, int64_t *first) {
     return QD_OK;
 }
 
-static qd_status nomem(vm *v) { return qd_fail(v->ctx, QD_ERR_NOMEM, "%s: out of memory reading the pickle", v->path); }
+static qd_status nomem(vm *v) {
+    if (v->n_all >= MAX_VALUES)
+        return qd_fail(v->ctx, QD_ERR_UNSUPPORTED, "%s: the pickle holds more than %d values: not a state dict", v->path,
+                       MAX_VALUES);
+    return qd_fail(v->ctx, QD_ERR_NOMEM, "%s: out of memory reading the pickle", v->path);
+}
 
 static qd_status refuse(vm *v, const char *module, size_t ml, const char *name, size_t nl) {
     return qd_fail(v->ctx, QD_ERR_UNSUPPORTED,
@@ -316,13 +330,13 @@ static qd_status reduce(vm *v) {
         if (a[0]->type != V_STORAGE) return bad(v, "_rebuild_tensor_v2: first argument is not a storage");
         if (!is_int(a[1]) || a[1]->i < 0) return bad(v, "_rebuild_tensor_v2: bad storage offset");
         if (!(r = new_val(v, V_TENSOR))) return nomem(v);
-        r->storage = a[0];
-        r->offset = a[1]->i;
+        r->ti->storage = a[0];
+        r->ti->offset = a[1]->i;
         int ns, nt;
-        QD_TRY(int_tuple(v, a[2], "size", r->shape, &ns));
-        QD_TRY(int_tuple(v, a[3], "stride", r->stride, &nt));
+        QD_TRY(int_tuple(v, a[2], "size", r->ti->shape, &ns));
+        QD_TRY(int_tuple(v, a[3], "stride", r->ti->stride, &nt));
         if (ns != nt) return bad(v, "tensor size and stride differ in length");
-        r->ndim = ns;
+        r->ti->ndim = ns;
         break;
     }
     case G_REBUILD_PARAMETER:   /* (data, requires_grad, backward_hooks): the tensor itself */
@@ -349,16 +363,17 @@ static qd_status persistent(vm *v) {
     if (!is_int(a[4]) || a[4]->i < 0) return bad(v, "bad storage size");
     val *s = new_val(v, V_STORAGE);
     if (!s) return nomem(v);
-    s->dtype = GLOBALS[a[1]->i].dtype;
-    s->key = a[2]->s;
-    s->key_len = a[2]->len;
-    s->numel = a[4]->i;
+    s->ti->dtype = GLOBALS[a[1]->i].dtype;
+    s->ti->key = a[2]->s;
+    s->ti->key_len = a[2]->len;
+    s->ti->numel = a[4]->i;
     return push(v, s) ? nomem(v) : QD_OK;
 }
 
 static qd_status memo_put(vm *v, uint64_t idx, val *x) {
-    /* indices are handed out in order, so a valid one is below the pickle's length */
-    if (idx > v->n) return bad(v, "memo index %llu out of range", (unsigned long long)idx);
+    /* the pickler numbers memoized objects in order, so a valid index is below the
+     * count of values made so far (this also bounds the memo table) */
+    if (idx > (uint64_t)v->n_all) return bad(v, "memo index %llu out of range", (unsigned long long)idx);
     if ((int64_t)idx >= v->n_memo) {
         val **m = realloc(v->memo, sizeof *m * (size_t)(idx + 1));
         if (!m) return nomem(v);
@@ -586,7 +601,7 @@ static qd_status run_pickle(vm *v, val **result) {
 }
 
 static void vm_free(vm *v) {
-    for (int64_t i = 0; i < v->n_all; i++) { free(v->all[i]->items); free(v->all[i]); }
+    for (int64_t i = 0; i < v->n_all; i++) { free(v->all[i]->items); free(v->all[i]->ti); free(v->all[i]); }
     free(v->all);
     free(v->stack);
     free(v->marks);
@@ -615,7 +630,7 @@ static void *own(qd_pth *p, void *x) {
 }
 
 /* Gather a strided tensor into a contiguous copy (elements of `es` bytes). */
-static void gather(uint8_t *dst, const uint8_t *base, const val *t, size_t es) {
+static void gather(uint8_t *dst, const uint8_t *base, const tinfo *t, size_t es) {
     int64_t idx[QD_MAX_DIMS] = {0}, numel = 1;
     for (int d = 0; d < t->ndim; d++) numel *= t->shape[d];
     for (int64_t i = 0; i < numel; i++) {
@@ -629,9 +644,9 @@ static void gather(uint8_t *dst, const uint8_t *base, const val *t, size_t es) {
     }
 }
 
-static qd_status add_tensor(collect *c, const char *name, const val *t) {
+static qd_status add_tensor(collect *c, const char *name, const val *tv) {
     qd_pth *p = c->p;
-    const val *s = t->storage;
+    const tinfo *t = tv->ti, *s = t->storage->ti;
     size_t es = qd_dtype_size(s->dtype);
     char key[80];
     snprintf(key, sizeof key, "data/%.*s", (int)s->key_len, s->key);

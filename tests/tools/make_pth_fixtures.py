@@ -12,8 +12,9 @@ committed so the tests need no Python.
   taef2_decoder.pth  tests/fixtures/taesd/taef2_decoder.safetensors re-saved the way
                      taesd.py's published .pth files are (a Sequential state_dict, fp16).
   evil_*.pth         archives whose data.pkl calls a function (os.system, builtins.eval,
-                     posix.system hidden inside a state dict). Loading them must fail
-                     without running anything: they would create /tmp/qd_pth_pwned.
+                     posix.system hidden inside a state dict, INST of os.system). Loading
+                     them must fail without running anything: they would create /tmp/qd_pth_pwned.
+  bad_*.pth          malformed pickles: an out-of-range memo index, a list instead of a dict.
 """
 import collections
 import io
@@ -68,8 +69,8 @@ def read_safetensors(path):
 def evil_zip(path, pkl):
     """A torch.save-shaped archive around a hand-written pickle."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
-        z.writestr("archive/data.pkl", pkl)
-        z.writestr("archive/version", "3\n")
+        for name, data in (("archive/data.pkl", pkl), ("archive/version", b"3\n")):
+            z.writestr(zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0)), data)   # reproducible bytes
 
 
 class Evil:
@@ -91,6 +92,11 @@ def main():
     evil_zip(f"{OUT}/evil_builtins_eval.pth",
              b"\x80\x04\x8c\x08builtins\x94\x8c\x04eval\x94\x93\x94X" + struct.pack("<I", len(code)) + code +
              b"\x94\x85\x94R\x94.")
+    # protocol 0's INST opcode instantiates a class by name: an opcode the reader refuses
+    evil_zip(f"{OUT}/evil_inst_opcode.pth", b"(ios\nsystem\nX\x04\x00\x00\x00true.")
+    # malformed: a memo index far beyond anything stored, and a list where the dict should be
+    evil_zip(f"{OUT}/bad_memo_index.pth", b"\x80\x02}r\xff\xff\xff\x7f.")
+    evil_zip(f"{OUT}/bad_not_a_dict.pth", b"\x80\x02]q\x00.")
     # a real state dict with one value whose pickle calls posix.system (os.system's home)
     sd = collections.OrderedDict(weight=torch.ones(2), bias=Evil())
     buf = io.BytesIO()
