@@ -9,6 +9,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define S 256
@@ -205,6 +206,24 @@ static void test_layouts(qd_ctx *ctx) {
         free(lat); free(img); free(out); free(ref);
         qd_vae_close(m);
     }
+    /* the same file as a diffusers AutoencoderTiny folder */
+    char sub[300], cfgp[320], wp[340];
+    snprintf(sub, sizeof sub, "%s/vae", dir);
+    snprintf(cfgp, sizeof cfgp, "%s/config.json", sub);
+    snprintf(wp, sizeof wp, "%s/diffusion_pytorch_model.safetensors", sub);
+    FILE *cf = NULL;
+    if (mkdir(sub, 0700) == 0 && (cf = fopen(cfgp, "w")) != NULL) {
+        fputs("{\"_class_name\": \"AutoencoderTiny\", \"latent_channels\": 32, \"scaling_factor\": 1.0}\n", cf);
+        fclose(cf);
+    }
+    st = cf && rename(comb, wp) == 0 ? qd_vae_open(ctx, sub, &m) : QD_ERR_IO;
+    check(st == QD_OK && !strcmp(qd_vae_describe(m)->kind, "taef2") && qd_vae_describe(m)->can_encode,
+          "diffusers AutoencoderTiny folder opens as taef2%s%s", st ? ": " : "", st ? qd_last_error(ctx) : "");
+    if (st == QD_OK) qd_vae_close(m);
+    unlink(wp);
+    unlink(cfgp);
+    rmdir(sub);
+
     const char *dec[] = {fixture("taesd/taef2_decoder.safetensors")};
     check(rewrite(ctx, dec, 1, broken, drop_one, NULL), "write a decoder missing a tensor");
     st = qd_vae_open(ctx, broken, &m);
