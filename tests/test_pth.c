@@ -69,6 +69,19 @@ static void test_state(qd_ctx *ctx) {
     qd_pth_close(p);
 }
 
+/* module.state_dict() as torch saves it: OrderedDict + BUILD of its _metadata. */
+static void test_module_state(qd_ctx *ctx) {
+    qd_pth *p;
+    qd_status st = qd_pth_open(ctx, fixture("pth/module_state.pth"), &p);
+    check(st == QD_OK, "module_state.pth opens%s%s", st ? ": " : "", st ? qd_last_error(ctx) : "");
+    if (st) return;
+    check(p->n_tensors == 4 && find(p, "0.weight") && find(p, "1.bias"), "4 tensors: 0.weight, 0.bias, 1.weight, 1.bias");
+    expect(p, "0.bias", QD_F32, 1, (int64_t[]){4}, (float[]){1, 2, 3, 4}, 4);
+    const qd_st_tensor *w = find(p, "0.weight");
+    check(w && w->ndim == 4 && w->shape[0] == 4 && w->shape[1] == 3 && w->shape[2] == 3, "0.weight [4, 3, 3, 3]");
+    qd_pth_close(p);
+}
+
 /* The published taesd.py layout: the same tensors, byte for byte, as the safetensors fixture. */
 static void test_taesd_layout(qd_ctx *ctx) {
     qd_pth *p;
@@ -199,6 +212,7 @@ static void test_damaged(qd_ctx *ctx) {
 int main(void) {
     qd_ctx *ctx = qd_ctx_new(1);
     test_state(ctx);
+    test_module_state(ctx);
     test_taesd_layout(ctx);
     test_evil(ctx, "pth/evil_os_system.pth", "os.system");
     test_evil(ctx, "pth/evil_builtins_eval.pth", "builtins.eval");

@@ -9,6 +9,8 @@ committed so the tests need no Python.
                      two views sharing one storage at offsets, a 0-d scalar, an
                      empty tensor, an nn.Parameter and a nested dict. Values follow
                      the formulas in test_pth.c.
+  module_state.pth   an nn.Sequential(Conv2d(3, 4, 3), GroupNorm(2, 4)).state_dict(), with
+                     the _metadata attribute real state dicts carry; 0.bias = [1, 2, 3, 4].
   taef2_decoder.pth  tests/fixtures/taesd/taef2_decoder.safetensors re-saved the way
                      taesd.py's published .pth files are (a Sequential state_dict, fp16).
   evil_*.pth         archives whose data.pkl calls a function (os.system, builtins.eval,
@@ -49,6 +51,15 @@ def state():
     return sd
 
 
+def module_state():
+    """A real nn.Module state_dict: it carries _metadata (pickled through BUILD)."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
+    with torch.no_grad():
+        m[0].bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    return m.state_dict()
+
+
 def read_safetensors(path):
     with open(path, "rb") as f:
         b = f.read()
@@ -81,6 +92,7 @@ class Evil:
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.save(state(), f"{OUT}/state.pth")
+    torch.save(module_state(), f"{OUT}/module_state.pth")
     torch.save(read_safetensors("tests/fixtures/taesd/taef2_decoder.safetensors"), f"{OUT}/taef2_decoder.pth")
 
     cmd = b"touch /tmp/qd_pth_pwned"
