@@ -1,5 +1,5 @@
 /* Full text-to-image runs against diffusers' pipeline goldens: every case in
- * goldens/{sd15-tiny,sdxl-tiny,shapes-sd}/cases.json (scheduler class and kwargs,
+ * goldens/{sd15-tiny,sdxl-tiny,shapes-sd,sd35-tiny,flux-tiny}/cases.json (scheduler class and kwargs,
  * steps, cfg, seed, size). Latents within relative L2 1e-3; image_u8 within
  * +-2 for >= 99.9% of values (tests/fixtures/README.md). */
 #include "testutil.h"
@@ -95,8 +95,8 @@ int main(int argc, char **argv) {
         run_family(ctx, "goldens/sd15-tiny");
         run_family(ctx, "goldens/sdxl-tiny");
         run_family(ctx, "goldens/shapes-sd");
-        /* goldens/sd35-tiny and goldens/flux-tiny run (pass them as arguments) but
-         * do not match yet: latents 0.105 / 0.069 rel L2 off (issue 4, open). */
+        run_family(ctx, "goldens/sd35-tiny");
+        run_family(ctx, "goldens/flux-tiny");
     }
     qd_ctx_free(ctx);
     return test_summary();

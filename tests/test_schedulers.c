@@ -159,6 +159,26 @@ static void test_sigmas(void) {
     }
     qd_scheduler_free(s);
 
+    /* FlowMatchEulerDiscreteScheduler has no scale_model_input: the SD3/FLUX
+     * pipelines give the transformer the latents unscaled (dividing by
+     * sqrt(sigma^2+1) put the sd35/flux goldens 0.105/0.069 off) */
+    s = make("FlowMatchEulerDiscreteScheduler", "{\"shift\":3.0}");
+    if (s && qd_scheduler_set_timesteps(ctx, s, 5) == QD_OK) {
+        float x[4] = {1, 2, 3, 4};
+        int same = 1;
+        for (int i = 0; i < qd_scheduler_len(s); i++) {
+            qd_scheduler_scale_model_input(s, i, x, 4);
+            same &= x[0] == 1 && x[3] == 4;
+        }
+        const float *sg = qd_scheduler_sigmas(s, NULL);
+        check(same && qd_scheduler_init_noise_sigma(s) == 1.0f, "flow match: model input unscaled, init_noise_sigma 1");
+        check(qd_scheduler_model_sigma(s, 1) == sg[1], "flow match: model sigma is sigmas[i] (%g)",
+              qd_scheduler_model_sigma(s, 1));
+    } else {
+        check(0, "FlowMatchEulerDiscreteScheduler constructs");
+    }
+    qd_scheduler_free(s);
+
     /* Karras (rho 7) over the full training range for DPM++ */
     s = make("DPMSolverMultistepScheduler", "{\"use_karras_sigmas\":true}");
     if (s && qd_scheduler_set_timesteps(ctx, s, 6) == QD_OK) {

@@ -97,8 +97,6 @@ static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
     return QD_OK;
 }
 
-static float model_sigma(const qd_scheduler *s, int i) { return s->sigmas[i]; }
-
 static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *v, float *x, int64_t batch,
                       int64_t per_item, qd_rng *rng) {
     (void)ctx;
@@ -116,7 +114,8 @@ const qd_sched_class qd_sched_flow_euler = {
     .defaults = defaults,
     .init = init,
     .set_timesteps = set_timesteps,
-    .model_sigma = model_sigma,
+    /* no model_sigma: FlowMatchEulerDiscreteScheduler has no scale_model_input
+     * (the flow pipelines feed the latents to the transformer as they are) */
     .step = step,
     .free_state = free_state,
 };
