@@ -61,6 +61,7 @@ expect "unwritable output" "/nonexistent-dir/out.png" -- generate -m "$tmp/m" -p
 expect "missing model folder" "$tmp/nope" -- generate -m "$tmp/nope" -p "a cat" -q -o "$tmp/out.png"
 expect "bad width" "multiples of 8" -- generate -m "$tmp/m" -p "a cat" -W 60 -q -o "$tmp/out.png"
 expect "bad steps" "--steps" -- generate -m "$tmp/m" -p "a cat" --steps zero -q -o "$tmp/out.png"
+expect "bad --matmul" "--matmul expects" -- generate -m "$tmp/m" -p "a cat" --matmul fp4 -q -o "$tmp/out.png"
 expect "unknown scheduler" "NoSuchScheduler" -- generate -m "$tmp/m" -p "a cat" --scheduler NoSuchScheduler -q -o "$tmp/out.png"
 expect "missing -o" "-o OUT.png" -- generate -m "$tmp/m" -p "a cat"
 expect "unknown command" "unknown command" -- frobnicate

@@ -38,6 +38,8 @@ static void usage_generate(FILE *f) {
         "      --scheduler-options J  JSON object of scheduler config overrides,\n"
         "                             e.g. '{\"algorithm_type\":\"sde-dpmsolver++\"}'\n"
         "      --batch N              images per run (default 1)\n"
+        "      --matmul MODE          SDNQ layers: auto (as the model's config asks), exact (dequantized\n"
+        "                             weights, fp32 math) or int8 (int8 activations x int8 weights)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
         "      --save-latents F       also write the final latents to F (.safetensors, tensor \"latents\")\n"
         "  -q, --quiet                no progress output\n"
@@ -73,7 +75,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ };
+    enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -84,12 +86,13 @@ int cmd_generate(int argc, char **argv) {
         {"threads", required_argument, 0, 't'}, {"save-latents", required_argument, 0, O_LATENTS},
         {"guidance-rescale", required_argument, 0, O_RESCALE}, {"scheduler-options", required_argument, 0, O_SOPTS},
         {"guidance", required_argument, 0, O_GUIDANCE}, {"max-sequence-length", required_argument, 0, O_MAXSEQ},
+        {"matmul", required_argument, 0, O_MATMUL},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
     const char *model_dir = NULL, *out = NULL, *latents_path = NULL;
     long threads = 0, v;
-    int have_seed = 0, quiet = 0;
+    int have_seed = 0, quiet = 0, matmul = 0;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:o:W:H:t:qh", opts, NULL)) != -1) {
@@ -104,6 +107,15 @@ int cmd_generate(int argc, char **argv) {
         case O_MAXSEQ:
             if (cli_parse_int(optarg, "--max-sequence-length", 1, 4096, &v)) return EXIT_BAD;
             p.max_sequence_length = (int)v;
+            break;
+        case O_MATMUL:
+            if (!strcmp(optarg, "auto")) matmul = 0;
+            else if (!strcmp(optarg, "exact")) matmul = 1;
+            else if (!strcmp(optarg, "int8")) matmul = 2;
+            else {
+                fprintf(stderr, "qdiff: --matmul expects auto, exact or int8, got '%s'\n", optarg);
+                return EXIT_BAD;
+            }
             break;
         case O_RESCALE: if (cli_parse_float(optarg, "--guidance-rescale", &p.guidance_rescale)) return EXIT_BAD; break;
         case O_SEED: {
@@ -147,6 +159,7 @@ int cmd_generate(int argc, char **argv) {
 
     qd_ctx *ctx = qd_ctx_new((int)threads);
     if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); return EXIT_BAD; }
+    qd_set_matmul(ctx, matmul);
     qd_model *m = NULL;
     int rc = 0;
     uint8_t *img = NULL;
