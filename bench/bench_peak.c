@@ -1,0 +1,122 @@
+/* Measured fp32 FMA peak of this machine: every thread runs independent chains of
+ * 512-bit (AVX-512F) or 256-bit (AVX2+FMA) fused multiply-adds from registers, no
+ * memory traffic. The result is the ceiling the GEMM kernels can approach, and
+ * together with the nominal "cores x GHz x FLOP/cycle" it shows the clock the cores
+ * really run at (a VM's lscpu often shows only the base/TSC frequency).
+ *
+ *   bench_peak [--threads N] [--seconds S]      (default: all online cores, 1 s)
+ *
+ * Each figure is the best of three runs (other processes can only lower it). The
+ * line "peak_gflops X" (AVX-512, all threads) is for scripts. */
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+#define CHAINS 12   /* > FMA latency (4) x FMA pipes (2): keeps both pipes full */
+#define ITERS 1000000L
+
+/* Twelve named accumulators (an array would live in memory at -O2). */
+#define FMA_BODY(T, SET, FMA, ADD)                                                      \
+    T m = SET(0.999999f), c = SET(1e-7f);                                               \
+    T a0 = SET(0), a1 = SET(1), a2 = SET(2), a3 = SET(3), a4 = SET(4), a5 = SET(5);     \
+    T a6 = SET(6), a7 = SET(7), a8 = SET(8), a9 = SET(9), a10 = SET(10), a11 = SET(11); \
+    for (long k = 0; k < iters; k++) {                                                  \
+        a0 = FMA(a0, m, c); a1 = FMA(a1, m, c); a2 = FMA(a2, m, c); a3 = FMA(a3, m, c); \
+        a4 = FMA(a4, m, c); a5 = FMA(a5, m, c); a6 = FMA(a6, m, c); a7 = FMA(a7, m, c); \
+        a8 = FMA(a8, m, c); a9 = FMA(a9, m, c); a10 = FMA(a10, m, c); a11 = FMA(a11, m, c); \
+    }                                                                                   \
+    T s = ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7)));            \
+    s = ADD(s, ADD(ADD(a8, a9), ADD(a10, a11)))
+
+__attribute__((target("avx512f"))) static float run512(long iters) {
+    FMA_BODY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps);
+    return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx2,fma"))) static float run256(long iters) {
+    FMA_BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps);
+    float o[8];
+    _mm256_storeu_ps(o, s);
+    return o[0] + o[1] + o[2] + o[3] + o[4] + o[5] + o[6] + o[7];
+}
+
+typedef struct {
+    int wide;
+    double seconds, flops;
+    float sink;
+} job;
+
+static void *worker(void *arg) {
+    job *j = arg;
+    double t0 = now(), lanes = j->wide ? 16 : 8;
+    long rounds = 0;
+    do {
+        j->sink += j->wide ? run512(ITERS) : run256(ITERS);
+        rounds++;
+    } while (now() - t0 < j->seconds);
+    j->seconds = now() - t0;
+    j->flops = 2.0 * lanes * CHAINS * (double)ITERS * (double)rounds;
+    return NULL;
+}
+
+static double measure(int threads, int wide, double seconds) {
+    pthread_t th[256];
+    job jobs[256];
+    for (int i = 0; i < threads; i++) {
+        memset(&jobs[i], 0, sizeof jobs[i]);
+        jobs[i].wide = wide;
+        jobs[i].seconds = seconds;
+        pthread_create(&th[i], NULL, worker, &jobs[i]);
+    }
+    double total = 0;
+    for (int i = 0; i < threads; i++) {
+        pthread_join(th[i], NULL);
+        total += jobs[i].flops / jobs[i].seconds;
+    }
+    return total;
+}
+
+int main(int argc, char **argv) {
+    int threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    double seconds = 1.0;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--seconds")) seconds = atof(argv[i + 1]);
+    }
+    if (threads < 1 || threads > 256) threads = 1;
+    __builtin_cpu_init();
+    printf("threads %d\n", threads);
+    /* best of three: a busy neighbour only ever lowers a measurement */
+    if (__builtin_cpu_supports("avx512f")) {
+        double one = 0, all = 0;
+        for (int r = 0; r < 3; r++) {
+            double o = measure(1, 1, seconds), a = measure(threads, 1, seconds);
+            if (o > one) one = o;
+            if (a > all) all = a;
+        }
+        printf("avx512 fp32 FMA peak: %.1f GFLOP/s on 1 core (= %.2f GHz at 64 FLOP/cycle), %.1f GFLOP/s on %d\n",
+               one / 1e9, one / 64e9, all / 1e9, threads);
+        printf("peak_gflops %.1f\n", all / 1e9);
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        double one = 0, all = 0;
+        for (int r = 0; r < 3; r++) {
+            double o = measure(1, 0, seconds), a = measure(threads, 0, seconds);
+            if (o > one) one = o;
+            if (a > all) all = a;
+        }
+        printf("avx2   fp32 FMA peak: %.1f GFLOP/s on 1 core (= %.2f GHz at 32 FLOP/cycle), %.1f GFLOP/s on %d\n",
+               one / 1e9, one / 32e9, all / 1e9, threads);
+    }
+    return 0;
+}
