@@ -92,7 +92,7 @@ int cmd_generate(int argc, char **argv) {
     qd_gen_params_default(&p);
     const char *model_dir = NULL, *out = NULL, *latents_path = NULL;
     long threads = 0, v;
-    int have_seed = 0, quiet = 0, matmul = 0;
+    int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:o:W:H:t:qh", opts, NULL)) != -1) {
@@ -109,9 +109,9 @@ int cmd_generate(int argc, char **argv) {
             p.max_sequence_length = (int)v;
             break;
         case O_MATMUL:
-            if (!strcmp(optarg, "auto")) matmul = 0;
-            else if (!strcmp(optarg, "exact")) matmul = 1;
-            else if (!strcmp(optarg, "int8")) matmul = 2;
+            if (!strcmp(optarg, "auto")) matmul = QD_MATMUL_CONFIG;
+            else if (!strcmp(optarg, "exact")) matmul = QD_MATMUL_EXACT;
+            else if (!strcmp(optarg, "int8")) matmul = QD_MATMUL_INT8;
             else {
                 fprintf(stderr, "qdiff: --matmul expects auto, exact or int8, got '%s'\n", optarg);
                 return EXIT_BAD;

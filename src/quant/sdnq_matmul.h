@@ -10,7 +10,7 @@
 #include "tensor/weight.h"
 #include "quant/sdnq_weight.h"
 
-enum { QD_MATMUL_CONFIG = 0, QD_MATMUL_EXACT = 1, QD_MATMUL_INT8 = 2 };
+/* QD_MATMUL_CONFIG / EXACT / INT8: see include/qdiff.h */
 
 /* 1 if a linear over M tokens with this layer runs int8 under ctx->matmul_mode:
  * EXACT never; INT8 for every Linear layer (K <= 65536); CONFIG when sdnq would:
