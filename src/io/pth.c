@@ -272,11 +272,20 @@ static qd_status nomem(vm *v) {
     return qd_fail(v->ctx, QD_ERR_NOMEM, "%s: out of memory reading the pickle", v->path);
 }
 
+/* A name from the file made safe to print: at most 80 bytes, control bytes as '?'. */
+static const char *printable(const char *s, size_t n, char *buf) {
+    size_t k = n < 80 ? n : 80;
+    for (size_t i = 0; i < k; i++) buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+    snprintf(buf + k, 5, "%s", n > k ? "..." : "");
+    return buf;
+}
+
 static qd_status refuse(vm *v, const char *module, size_t ml, const char *name, size_t nl) {
+    char a[96], b[96];
     return qd_fail(v->ctx, QD_ERR_UNSUPPORTED,
-                   "%s: refusing to load: the pickle refers to %.*s.%.*s, which a weights file has no need of "
+                   "%s: refusing to load: the pickle refers to %s.%s, which a weights file has no need of "
                    "(only tensors and plain containers are accepted; nothing was executed)",
-                   v->path, (int)ml, module, (int)nl, name);
+                   v->path, printable(module, ml, a), printable(name, nl, b));
 }
 
 static qd_status make_global(vm *v, const char *mod, size_t ml, const char *name, size_t nl) {
@@ -713,8 +722,10 @@ static qd_status walk(collect *c, val *d, const char *prefix, int depth) {
         const val *k = d->items[i];
         val *x = d->items[i + 1];
         if (x->type != V_TENSOR && x->type != V_DICT) continue;
-        if (k->type != V_STR || memchr(k->s, 0, k->len) || k->len > 1000)
-            return qd_fail(c->ctx, QD_ERR_FORMAT, "%s: a state dict key is not a string", c->p->path);
+        int ctl = k->type != V_STR;
+        for (size_t j = 0; !ctl && j < k->len; j++) ctl = (unsigned char)k->s[j] < 0x20 || k->s[j] == 0x7f;
+        if (ctl || k->len > 1000)
+            return qd_fail(c->ctx, QD_ERR_FORMAT, "%s: a state dict key is not a plain string", c->p->path);
         char name[2048];
         snprintf(name, sizeof name, "%s%.*s", prefix, (int)k->len, k->s);
         if (x->type == V_TENSOR) {
