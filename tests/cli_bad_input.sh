@@ -56,6 +56,17 @@ expect "truncated safetensors" "diffusion_pytorch_model.safetensors" -- "${gen[@
 fresh; truncate -s 4 "$tmp/m/vae/diffusion_pytorch_model.safetensors"
 expect "safetensors shorter than its header" "vae/diffusion_pytorch_model.safetensors" -- "${gen[@]}"
 
+# flow families: a T5 tokenizer folder without any tokenizer file, a transformer
+# config naming an unknown block layout
+fresh_flux() { rm -rf "$tmp/m"; cp -r "$fixtures/models/flux-tiny" "$tmp/m"; }
+fresh_flux; rm -f "$tmp/m/tokenizer_2/spiece.model" "$tmp/m/tokenizer_2/tokenizer.json"
+expect "T5 folder without a tokenizer file" "$tmp/m/tokenizer_2" -- "${gen[@]}"
+fresh_flux; sed -i 's/"num_single_layers": [0-9]*/"num_single_layers": -3/' "$tmp/m/transformer/config.json"
+expect "FLUX transformer with a negative block count" "transformer/config.json" -- "${gen[@]}"
+rm -rf "$tmp/m"; cp -r "$fixtures/models/sd35-tiny" "$tmp/m"
+sed -i 's/"SD3Transformer2DModel"/"SD4Transformer2DModel"/' "$tmp/m/transformer/config.json"
+expect "SD3 transformer config of another class" "transformer/config.json" -- "${gen[@]}"
+
 fresh
 expect "unwritable output" "/nonexistent-dir/out.png" -- generate -m "$tmp/m" -p "a cat" --steps 2 -q -o /nonexistent-dir/out.png
 expect "missing model folder" "$tmp/nope" -- generate -m "$tmp/nope" -p "a cat" -q -o "$tmp/out.png"
