@@ -178,6 +178,7 @@ qd_status qd_vae_encode_image(qd_ctx *ctx, qd_vae_model *m, qd_image_format fmt,
         return qd_fail(ctx, QD_ERR_ARG, "vae encode: image %d x %d: both sides must be positive multiples of %d",
                        width, height, f);
     if (!m->info.can_encode) return qd_fail(ctx, QD_ERR_ARG, "vae encode: this %s holds no encoder", m->info.kind);
+    qd_op_status(ctx);   /* a stale op failure from an earlier call is not this one's */
     int64_t S = (int64_t)width * height, n = (int64_t)batch * 3 * S;
     float *x = qd_malloc(ctx, sizeof(float) * (size_t)n);
     if (!x) return QD_ERR_NOMEM;
@@ -201,12 +202,15 @@ qd_status qd_vae_encode_image(qd_ctx *ctx, qd_vae_model *m, qd_image_format fmt,
         if (st == QD_OK)
             for (int64_t i = 0; i < nl; i++) latent[i] = (latent[i] - m->shift) * m->scale;
     }
+    if (st == QD_OK) st = qd_op_status(ctx);   /* a conv that could not allocate its scratch */
     free(x);
     return st;
 }
 
-qd_status qd_vae_decode_latent(qd_ctx *ctx, qd_vae_model *m, const float *latent, int batch,
-                               int latent_width, int latent_height, qd_image_format fmt, void *image) {
+/* clear: forget an earlier op failure first (a top-level call; a preview runs inside
+ * qd_generate, whose own failures must stay reported). */
+static qd_status decode(qd_ctx *ctx, qd_vae_model *m, const float *latent, int batch, int latent_width,
+                        int latent_height, qd_image_format fmt, void *image, int clear) {
     if (!m || !latent || !image || batch < 1 || latent_width < 1 || latent_height < 1 ||
         (fmt != QD_IMAGE_F32 && fmt != QD_IMAGE_RGB8))
         return qd_fail(ctx, QD_ERR_ARG, "vae decode: bad arguments");
@@ -214,6 +218,7 @@ qd_status qd_vae_decode_latent(qd_ctx *ctx, qd_vae_model *m, const float *latent
     int f = m->info.downscale;
     if (latent_width > 65536 / f || latent_height > 65536 / f)
         return qd_fail(ctx, QD_ERR_ARG, "vae decode: latent %d x %d is too large", latent_width, latent_height);
+    if (clear) qd_op_status(ctx);
     int64_t H = (int64_t)latent_height * f, W = (int64_t)latent_width * f, S = H * W;
     int64_t nl = (int64_t)batch * m->info.latent_channels * latent_width * latent_height;
     float *x = qd_malloc(ctx, sizeof(float) * (size_t)(batch * 3 * S)), *z = NULL;
@@ -228,6 +233,7 @@ qd_status qd_vae_decode_latent(qd_ctx *ctx, qd_vae_model *m, const float *latent
         st = qd_vae_decode(ctx, m->kl, z, batch, latent_height, latent_width, x);
     }
     free(z);
+    if (st == QD_OK) st = qd_op_status(ctx);
     if (st == QD_OK) {
         /* NCHW -> NHWC, clamped to [0,1] ((x+1)/2 first for AutoencoderKL, as diffusers postprocesses) */
         float mul = m->kl ? 0.5f : 1.0f, add = m->kl ? 0.5f : 0.0f;
@@ -245,12 +251,17 @@ qd_status qd_vae_decode_latent(qd_ctx *ctx, qd_vae_model *m, const float *latent
     return st;
 }
 
+qd_status qd_vae_decode_latent(qd_ctx *ctx, qd_vae_model *m, const float *latent, int batch,
+                               int latent_width, int latent_height, qd_image_format fmt, void *image) {
+    return decode(ctx, m, latent, batch, latent_width, latent_height, fmt, image, 1);
+}
+
 qd_status qd_preview_decode(qd_ctx *ctx, qd_vae_model *m, const float *latents, int batch, int channels,
                             int latent_width, int latent_height, uint8_t *rgb) {
     if (m && channels != m->info.latent_channels)
         return qd_fail(ctx, QD_ERR_ARG, "preview: latents have %d channels but the preview VAE (%s) expects %d: "
                        "it belongs to another model family", channels, m->info.kind, m->info.latent_channels);
-    return qd_vae_decode_latent(ctx, m, latents, batch, latent_width, latent_height, QD_IMAGE_RGB8, rgb);
+    return decode(ctx, m, latents, batch, latent_width, latent_height, QD_IMAGE_RGB8, rgb, 0);
 }
 
 /* ---- tensors -------------------------------------------------------------------- */
