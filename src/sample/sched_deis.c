@@ -61,58 +61,13 @@ static void free_state(qd_scheduler *s) {
     s->state = NULL;
 }
 
+/* final_sigmas_type is not a DEIS option: the last sigma is sigma_min */
 static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
-    const qd_sched_config *c = &s->cfg;
-    const int N = s->n_train;
     reset(s->state);
-    double *t = qd_malloc(ctx, sizeof(double) * (size_t)n);
-    double *sig = qd_malloc(ctx, sizeof(double) * (size_t)(n + 1));
-    float *ts = qd_malloc(ctx, sizeof(float) * (size_t)n);
-    float *sigmas = qd_malloc(ctx, sizeof(float) * (size_t)(n + 1));
-    qd_status st = t && sig && ts && sigmas ? qd_sched_spacing_multistep(ctx, s, n, c->num_train_timesteps, t)
-                                            : QD_ERR_NOMEM;
-    if (st != QD_OK) {
-        free(t); free(sig); free(ts); free(sigmas);
-        return st;
-    }
-    const double smax = s->train_sigmas[N - 1], smin = s->train_sigmas[0];
-    float last;
-    if (c->use_karras_sigmas || c->use_exponential_sigmas || c->use_beta_sigmas) {
-        if (c->use_karras_sigmas) qd_sigmas_karras(smin, smax, n, sig);
-        else if (c->use_exponential_sigmas) qd_sigmas_exponential(smin, smax, n, sig);
-        else qd_sigmas_beta(smin, smax, n, sig);
-        for (int i = 0; i < n; i++) {
-            double tt = qd_sigma_to_t(sig[i], s->log_sigmas, N);
-            t[i] = c->use_karras_sigmas ? qd_np_round(tt) : trunc(tt);
-        }
-        last = (float)sig[n - 1];   /* sigmas[-1:] repeated */
-    } else {
-        for (int i = 0; i < n; i++) sig[i] = qd_np_interp_idx(t[i], s->train_sigmas, N);
-        last = qd_sched_sigma_from_ac(s->alphas_cumprod[0]);
-    }
-    for (int i = 0; i < n; i++) {
-        ts[i] = (float)t[i];
-        sigmas[i] = (float)sig[i];
-    }
-    sigmas[n] = last;
-    free(t);
-    free(sig);
-    qd_sched_set_arrays(s, ts, n, sigmas, n + 1);
-    s->num_inference_steps = n;
-    return QD_OK;
+    return qd_sched_multistep_set_timesteps(ctx, s, n, s->cfg.num_train_timesteps);
 }
 
-typedef struct {
-    double alpha, sigma, lambda;
-} ast;
-
-static ast alpha_sigma(float sg) {
-    ast r;
-    r.alpha = 1.0 / sqrt((double)sg * sg + 1.0);
-    r.sigma = sg * r.alpha;
-    r.lambda = log(r.alpha) - log(r.sigma);
-    return r;
-}
+typedef qd_sched_ast ast;
 
 /* integral of (log t - log c) / (log b - log c) */
 static double ind2(double t, double b, double c) {
@@ -140,29 +95,24 @@ static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *mo, floa
     if (!buf && !(buf = qd_sched_alloc(ctx, s))) return QD_ERR_NOMEM;
     st->m[K - 1] = buf;
     /* convert_model_output: x0, optional thresholding, back to epsilon */
-    ast a = alpha_sigma(s->sigmas[i]);
-    for (int64_t j = 0; j < n; j++) {
-        if (c->prediction_type == QD_PRED_EPSILON) buf[j] = (float)((x[j] - a.sigma * mo[j]) / a.alpha);
-        else if (c->prediction_type == QD_PRED_SAMPLE) buf[j] = mo[j];
-        else buf[j] = (float)(a.alpha * x[j] - a.sigma * mo[j]);
-    }
-    if (c->thresholding) QD_TRY(qd_sched_threshold(ctx, c, buf, batch, per_item));
+    QD_TRY(qd_sched_convert_output(ctx, s, i, 1, mo, x, buf, batch, per_item));
+    ast a = qd_sched_alpha_sigma(s->sigmas[i]);
     for (int64_t j = 0; j < n; j++) buf[j] = (float)((x[j] - a.alpha * buf[j]) / a.sigma);
 
-    ast t = alpha_sigma(s->sigmas[i + 1]), s0 = a;
+    ast t = qd_sched_alpha_sigma(s->sigmas[i + 1]), s0 = a;
     if (K == 1 || st->lower_order_nums < 1 || lower_final) {
         const double h = t.lambda - s0.lambda;
         const double cx = t.alpha / s0.alpha, cm = -(t.sigma * (exp(h) - 1.0));
         for (int64_t j = 0; j < n; j++) x[j] = (float)(cx * x[j] + cm * buf[j]);
     } else if (K == 2 || st->lower_order_nums < 2 || lower_second) {
-        ast s1 = alpha_sigma(s->sigmas[i - 1]);
+        ast s1 = qd_sched_alpha_sigma(s->sigmas[i - 1]);
         const double rt = t.sigma / t.alpha, r0 = s0.sigma / s0.alpha, r1 = s1.sigma / s1.alpha;
         const double c1 = ind2(rt, r0, r1) - ind2(r0, r0, r1);
         const double c2 = ind2(rt, r1, r0) - ind2(r0, r1, r0);
         const float *m0 = st->m[K - 1], *m1 = st->m[K - 2];
         for (int64_t j = 0; j < n; j++) x[j] = (float)(t.alpha * (x[j] / s0.alpha + c1 * m0[j] + c2 * m1[j]));
     } else {
-        ast s1 = alpha_sigma(s->sigmas[i - 1]), s2 = alpha_sigma(s->sigmas[i - 2]);
+        ast s1 = qd_sched_alpha_sigma(s->sigmas[i - 1]), s2 = qd_sched_alpha_sigma(s->sigmas[i - 2]);
         const double rt = t.sigma / t.alpha, r0 = s0.sigma / s0.alpha, r1 = s1.sigma / s1.alpha,
                      r2 = s2.sigma / s2.alpha;
         const double c1 = ind3(rt, r0, r1, r2) - ind3(r0, r0, r1, r2);

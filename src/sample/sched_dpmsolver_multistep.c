@@ -83,111 +83,16 @@ static void free_state(qd_scheduler *s) {
 }
 
 static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
-    const qd_sched_config *c = &s->cfg;
-    const int N = s->n_train;
     reset(s->state);
-    /* clip lambda(t) from below (cosine schedules): count of flipped lambdas < the bound */
-    int clipped = 0;
-    for (int i = N - 1; i >= 0; i--) {
-        float a = sqrtf(s->alphas_cumprod[i]), sg = sqrtf(1.0f - s->alphas_cumprod[i]);
-        float lam = logf(a) - logf(sg);
-        if (lam < c->lambda_min_clipped) clipped++;
-        else break;
-    }
-    int last_timestep = c->num_train_timesteps - clipped;
-    double *t = qd_malloc(ctx, sizeof(double) * (size_t)n);
-    double *sig = qd_malloc(ctx, sizeof(double) * (size_t)(n + 1));
-    qd_status st = t && sig ? qd_sched_spacing_multistep(ctx, s, n, last_timestep, t) : QD_ERR_NOMEM;
-    if (st != QD_OK) {
-        free(t);
-        free(sig);
-        return st;
-    }
-    /* the full training sigmas reversed: [0] is the largest */
-    const double smax = s->train_sigmas[N - 1], smin = s->train_sigmas[0];
-    double last;
-    if (c->use_karras_sigmas || c->use_exponential_sigmas || c->use_beta_sigmas || c->use_lu_lambdas) {
-        if (c->use_karras_sigmas) qd_sigmas_karras(smin, smax, n, sig);
-        else if (c->use_exponential_sigmas) qd_sigmas_exponential(smin, smax, n, sig);
-        else if (c->use_beta_sigmas) qd_sigmas_beta(smin, smax, n, sig);
-        else {
-            /* Lu et al. 2022: uniform in lambda = log sigma (rho = 1) */
-            double lmax = s->log_sigmas[N - 1], lmin = s->log_sigmas[0];
-            qd_np_linspace(0, 1, n, sig);
-            for (int i = 0; i < n; i++) sig[i] = exp(lmax + sig[i] * (lmin - lmax));
-        }
-        for (int i = 0; i < n; i++) {
-            double tt = qd_sigma_to_t(sig[i], s->log_sigmas, N);
-            /* karras / lu round; exponential / beta are truncated by the int64 cast */
-            t[i] = c->use_karras_sigmas || c->use_lu_lambdas ? qd_np_round(tt) : trunc(tt);
-        }
-        last = c->final_sigmas_zero ? 0.0 : sig[n - 1];
-    } else {
-        for (int i = 0; i < n; i++) sig[i] = qd_np_interp_idx(t[i], s->train_sigmas, N);
-        last = c->final_sigmas_zero ? 0.0 : (double)qd_sched_sigma_from_ac(s->alphas_cumprod[0]);
-    }
-    float *ts = qd_malloc(ctx, sizeof(float) * (size_t)n);
-    float *sigmas = qd_malloc(ctx, sizeof(float) * (size_t)(n + 1));
-    if (!ts || !sigmas) {
-        free(t); free(sig); free(ts); free(sigmas);
-        return QD_ERR_NOMEM;
-    }
-    for (int i = 0; i < n; i++) {
-        ts[i] = (float)t[i];
-        sigmas[i] = (float)sig[i];
-    }
-    sigmas[n] = (float)last;
-    free(t);
-    free(sig);
-    qd_sched_set_arrays(s, ts, n, sigmas, n + 1);
-    s->num_inference_steps = n;
-    return QD_OK;
+    /* lambda(t) clipped from below (cosine schedules) shortens the range */
+    return qd_sched_multistep_set_timesteps(ctx, s, n, s->cfg.num_train_timesteps - qd_sched_lambda_clipped(s));
 }
 
-typedef struct {
-    double alpha, sigma, lambda;
-} ast;
-
-static ast alpha_sigma(float sg) {
-    ast r;
-    r.alpha = 1.0 / sqrt((double)sg * sg + 1.0);
-    r.sigma = sg * r.alpha;
-    r.lambda = log(r.alpha) - log(r.sigma);   /* +inf at sigma = 0 */
-    return r;
-}
-
-/* convert_model_output: x0 for DPM-Solver++, epsilon for DPM-Solver. */
-static qd_status convert(qd_ctx *ctx, const qd_scheduler *s, int i, const float *mo, const float *x, float *out,
-                         int64_t batch, int64_t per_item) {
-    const qd_sched_config *c = &s->cfg;
-    const int64_t n = batch * per_item;
-    ast a = alpha_sigma(s->sigmas[i]);
-    const double al = a.alpha, sg = a.sigma;
-    if (is_pp(c->algorithm_type)) {
-        for (int64_t j = 0; j < n; j++) {
-            if (c->prediction_type == QD_PRED_EPSILON) out[j] = (float)((x[j] - sg * mo[j]) / al);
-            else if (c->prediction_type == QD_PRED_SAMPLE) out[j] = mo[j];
-            else out[j] = (float)(al * x[j] - sg * mo[j]);
-        }
-        if (c->thresholding) QD_TRY(qd_sched_threshold(ctx, c, out, batch, per_item));
-        return QD_OK;
-    }
-    for (int64_t j = 0; j < n; j++) {
-        if (c->prediction_type == QD_PRED_EPSILON) out[j] = mo[j];
-        else if (c->prediction_type == QD_PRED_SAMPLE) out[j] = (float)((x[j] - al * mo[j]) / sg);
-        else out[j] = (float)(al * mo[j] + sg * x[j]);
-    }
-    if (c->thresholding) {
-        for (int64_t j = 0; j < n; j++) out[j] = (float)((x[j] - sg * out[j]) / al);
-        QD_TRY(qd_sched_threshold(ctx, c, out, batch, per_item));
-        for (int64_t j = 0; j < n; j++) out[j] = (float)((x[j] - al * out[j]) / sg);
-    }
-    return QD_OK;
-}
+typedef qd_sched_ast ast;
 
 static void first_order(const qd_scheduler *s, int i, const float *m0, float *x, const float *noise, int64_t n) {
     const int algo = s->cfg.algorithm_type;
-    ast t = alpha_sigma(s->sigmas[i + 1]), s0 = alpha_sigma(s->sigmas[i]);
+    ast t = qd_sched_alpha_sigma(s->sigmas[i + 1]), s0 = qd_sched_alpha_sigma(s->sigmas[i]);
     const double h = t.lambda - s0.lambda;
     double cx, cm, cn = 0;
     if (algo == QD_ALGO_DPMSOLVERPP) {
@@ -215,7 +120,8 @@ static void first_order(const qd_scheduler *s, int i, const float *m0, float *x,
 static void second_order(const qd_scheduler *s, int i, const float *m0, const float *m1, float *x,
                          const float *noise, int64_t n) {
     const int algo = s->cfg.algorithm_type, heun = s->cfg.solver_type == QD_SOLVER_HEUN;
-    ast t = alpha_sigma(s->sigmas[i + 1]), s0 = alpha_sigma(s->sigmas[i]), s1 = alpha_sigma(s->sigmas[i - 1]);
+    ast t = qd_sched_alpha_sigma(s->sigmas[i + 1]), s0 = qd_sched_alpha_sigma(s->sigmas[i]),
+        s1 = qd_sched_alpha_sigma(s->sigmas[i - 1]);
     const double h = t.lambda - s0.lambda, h0 = s0.lambda - s1.lambda, r0 = h0 / h;
     /* x_t = cx*x + c0*D0 + c1*D1 (+ cn*noise), D0 = m0, D1 = (m0 - m1)/r0 */
     double cx, c0, c1, cn = 0;
@@ -250,8 +156,8 @@ static void second_order(const qd_scheduler *s, int i, const float *m0, const fl
 static void third_order(const qd_scheduler *s, int i, const float *m0, const float *m1, const float *m2,
                         float *x, const float *noise, int64_t n) {
     const int algo = s->cfg.algorithm_type;
-    ast t = alpha_sigma(s->sigmas[i + 1]), s0 = alpha_sigma(s->sigmas[i]), s1 = alpha_sigma(s->sigmas[i - 1]),
-        s2 = alpha_sigma(s->sigmas[i - 2]);
+    ast t = qd_sched_alpha_sigma(s->sigmas[i + 1]), s0 = qd_sched_alpha_sigma(s->sigmas[i]),
+        s1 = qd_sched_alpha_sigma(s->sigmas[i - 1]), s2 = qd_sched_alpha_sigma(s->sigmas[i - 2]);
     const double h = t.lambda - s0.lambda, h0 = s0.lambda - s1.lambda, h1 = s1.lambda - s2.lambda;
     const double r0 = h0 / h, r1 = h1 / h;
     double cx, c0, c1, c2, cn = 0;
@@ -297,7 +203,8 @@ static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *mo, floa
     for (int k = 0; k < order - 1; k++) st->m[k] = st->m[k + 1];
     if (!buf && !(buf = qd_sched_alloc(ctx, s))) return QD_ERR_NOMEM;
     st->m[order - 1] = buf;
-    QD_TRY(convert(ctx, s, i, mo, x, buf, batch, per_item));
+    /* convert_model_output: x0 for DPM-Solver++, epsilon for DPM-Solver */
+    QD_TRY(qd_sched_convert_output(ctx, s, i, is_pp(c->algorithm_type), mo, x, buf, batch, per_item));
     const float *noise = NULL;
     if (is_sde(c->algorithm_type)) {
         if (!rng) return qd_fail(ctx, QD_ERR_ARG, "%s: SDE variant needs a generator", s->cls->name);

@@ -111,101 +111,40 @@ static void order_list(const qd_sched_config *c, int steps, int *o) {
 static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
     qd_sched_config *c = &s->cfg;
     state *st = s->state;
-    const int N = s->n_train;
     reset(st);
-    int clipped = 0;
-    for (int i = N - 1; i >= 0; i--) {
-        float a = sqrtf(s->alphas_cumprod[i]), sg = sqrtf(1.0f - s->alphas_cumprod[i]);
-        if (logf(a) - logf(sg) < c->lambda_min_clipped) clipped++;
-        else break;
-    }
+    const int clipped = qd_sched_lambda_clipped(s);
     double *t = qd_malloc(ctx, sizeof(double) * (size_t)(n + 1));
     double *sig = qd_malloc(ctx, sizeof(double) * (size_t)(n + 1));
-    float *ts = qd_malloc(ctx, sizeof(float) * (size_t)n);
-    float *sigmas = qd_malloc(ctx, sizeof(float) * (size_t)(n + 1));
     st->orders = qd_malloc(ctx, sizeof(int) * (size_t)(n + 3));
-    if (!t || !sig || !ts || !sigmas || !st->orders) {
-        free(t); free(sig); free(ts); free(sigmas);
-        return QD_ERR_NOMEM;
+    qd_status stt = t && sig && st->orders ? QD_OK : QD_ERR_NOMEM;
+    if (stt == QD_OK) {
+        /* linspace(0, N - 1 - clipped, n + 1).round()[::-1][:-1] */
+        qd_np_linspace(0, c->num_train_timesteps - 1 - clipped, n + 1, sig);
+        for (int i = 0; i < n; i++) t[i] = qd_np_round(sig[n - i]);
+        qd_sched_multistep_sigmas(s, n, t, sig);
+        /* unlike the multistep classes, the converted sigmas also end at sigma_min */
+        stt = qd_sched_store_schedule(ctx, s, n, t, sig,
+                                      c->final_sigmas_zero ? 0.0f : qd_sched_sigma_from_ac(s->alphas_cumprod[0]));
     }
-    /* linspace(0, N - 1 - clipped, n + 1).round()[::-1][:-1] */
-    qd_np_linspace(0, c->num_train_timesteps - 1 - clipped, n + 1, sig);
-    for (int i = 0; i < n; i++) t[i] = qd_np_round(sig[n - i]);
-    const double smax = s->train_sigmas[N - 1], smin = s->train_sigmas[0];
-    if (c->use_karras_sigmas || c->use_exponential_sigmas || c->use_beta_sigmas) {
-        if (c->use_karras_sigmas) qd_sigmas_karras(smin, smax, n, sig);
-        else if (c->use_exponential_sigmas) qd_sigmas_exponential(smin, smax, n, sig);
-        else qd_sigmas_beta(smin, smax, n, sig);
-        for (int i = 0; i < n; i++) {
-            double tt = qd_sigma_to_t(sig[i], s->log_sigmas, N);
-            t[i] = c->use_karras_sigmas ? qd_np_round(tt) : trunc(tt);
-        }
-    } else {
-        for (int i = 0; i < n; i++) sig[i] = qd_np_interp_idx(t[i], s->train_sigmas, N);
-    }
-    for (int i = 0; i < n; i++) {
-        ts[i] = (float)t[i];
-        sigmas[i] = (float)sig[i];
-    }
-    sigmas[n] = c->final_sigmas_zero ? 0.0f : qd_sched_sigma_from_ac(s->alphas_cumprod[0]);
     free(t);
     free(sig);
-    qd_sched_set_arrays(s, ts, n, sigmas, n + 1);
-    s->num_inference_steps = n;
+    if (stt != QD_OK) return stt;
     /* diffusers switches lower_order_final on (in the config) when needed */
     if (!c->lower_order_final && (n % c->solver_order != 0 || c->final_sigmas_zero)) c->lower_order_final = 1;
     order_list(c, n, st->orders);
     return QD_OK;
 }
 
-typedef struct {
-    double alpha, sigma, lambda;
-} ast;
-
-static ast alpha_sigma(float sg) {
-    ast r;
-    r.alpha = 1.0 / sqrt((double)sg * sg + 1.0);
-    r.sigma = sg * r.alpha;
-    r.lambda = log(r.alpha) - log(r.sigma);
-    return r;
-}
-
-static qd_status convert(qd_ctx *ctx, const qd_scheduler *s, int i, const float *mo, const float *x, float *out,
-                         int64_t batch, int64_t per_item) {
-    const qd_sched_config *c = &s->cfg;
-    const int64_t n = batch * per_item;
-    ast a = alpha_sigma(s->sigmas[i]);
-    const double al = a.alpha, sg = a.sigma;
-    if (is_pp(c->algorithm_type)) {
-        for (int64_t j = 0; j < n; j++) {
-            if (c->prediction_type == QD_PRED_EPSILON) out[j] = (float)((x[j] - sg * mo[j]) / al);
-            else if (c->prediction_type == QD_PRED_SAMPLE) out[j] = mo[j];
-            else out[j] = (float)(al * x[j] - sg * mo[j]);
-        }
-        if (c->thresholding) QD_TRY(qd_sched_threshold(ctx, c, out, batch, per_item));
-        return QD_OK;
-    }
-    for (int64_t j = 0; j < n; j++) {
-        if (c->prediction_type == QD_PRED_EPSILON) out[j] = mo[j];
-        else if (c->prediction_type == QD_PRED_SAMPLE) out[j] = (float)((x[j] - al * mo[j]) / sg);
-        else out[j] = (float)(al * mo[j] + sg * x[j]);
-    }
-    if (c->thresholding) {
-        for (int64_t j = 0; j < n; j++) out[j] = (float)((x[j] - sg * out[j]) / al);
-        QD_TRY(qd_sched_threshold(ctx, c, out, batch, per_item));
-        for (int64_t j = 0; j < n; j++) out[j] = (float)((x[j] - al * out[j]) / sg);
-    }
-    return QD_OK;
-}
+typedef qd_sched_ast ast;
 
 /* Writes the result to out; x0 is the group's starting sample. */
 static void update(const qd_scheduler *s, int i, int order, float *const *m, const float *x0,
                    const float *noise, float *out, int64_t n) {
     const int algo = s->cfg.algorithm_type, heun = s->cfg.solver_type == QD_SOLVER_HEUN;
     const int K = s->cfg.solver_order;
-    ast t = alpha_sigma(s->sigmas[i + 1]);
+    ast t = qd_sched_alpha_sigma(s->sigmas[i + 1]);
     if (order == 1) {
-        ast s0 = alpha_sigma(s->sigmas[i]);
+        ast s0 = qd_sched_alpha_sigma(s->sigmas[i]);
         const double h = t.lambda - s0.lambda;
         double cx, cm, cn = 0;
         if (algo == QD_ALGO_DPMSOLVERPP) cx = t.sigma / s0.sigma, cm = -(t.alpha * (exp(-h) - 1.0));
@@ -224,7 +163,7 @@ static void update(const qd_scheduler *s, int i, int order, float *const *m, con
         return;
     }
     if (order == 2) {
-        ast s0 = alpha_sigma(s->sigmas[i]), s1 = alpha_sigma(s->sigmas[i - 1]);
+        ast s0 = qd_sched_alpha_sigma(s->sigmas[i]), s1 = qd_sched_alpha_sigma(s->sigmas[i - 1]);
         const double h = t.lambda - s1.lambda, h0 = s0.lambda - s1.lambda, r0 = h0 / h;
         /* D0 = m1 (older), D1 = (m0 - m1) / r0 */
         double cx, c0, c1, cn = 0;
@@ -251,7 +190,8 @@ static void update(const qd_scheduler *s, int i, int order, float *const *m, con
         }
         return;
     }
-    ast s0 = alpha_sigma(s->sigmas[i]), s1 = alpha_sigma(s->sigmas[i - 1]), s2 = alpha_sigma(s->sigmas[i - 2]);
+    ast s0 = qd_sched_alpha_sigma(s->sigmas[i]), s1 = qd_sched_alpha_sigma(s->sigmas[i - 1]),
+        s2 = qd_sched_alpha_sigma(s->sigmas[i - 2]);
     const double h = t.lambda - s2.lambda, h0 = s0.lambda - s2.lambda, h1 = s1.lambda - s2.lambda;
     const double r0 = h0 / h, r1 = h1 / h;
     double cx, c0, c1, c2;
@@ -294,7 +234,8 @@ static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *mo, floa
     if (!buf && !(buf = qd_sched_alloc(ctx, s))) return QD_ERR_NOMEM;
     st->m[K - 1] = buf;
     st->have[K - 1] = 1;
-    QD_TRY(convert(ctx, s, i, mo, x, buf, batch, per_item));
+    /* convert_model_output: x0 for DPM-Solver++, epsilon for DPM-Solver */
+    QD_TRY(qd_sched_convert_output(ctx, s, i, is_pp(c->algorithm_type), mo, x, buf, batch, per_item));
     const float *noise = NULL;
     if (c->algorithm_type == QD_ALGO_SDE_DPMSOLVERPP) {
         if (!rng) return qd_fail(ctx, QD_ERR_ARG, "%s: SDE variant needs a generator", s->cls->name);

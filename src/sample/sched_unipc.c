@@ -68,57 +68,11 @@ static void free_state(qd_scheduler *s) {
 }
 
 static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
-    const qd_sched_config *c = &s->cfg;
-    const int N = s->n_train;
     reset(s->state);
-    double *t = qd_malloc(ctx, sizeof(double) * (size_t)n);
-    double *sig = qd_malloc(ctx, sizeof(double) * (size_t)(n + 1));
-    float *ts = qd_malloc(ctx, sizeof(float) * (size_t)n);
-    float *sigmas = qd_malloc(ctx, sizeof(float) * (size_t)(n + 1));
-    qd_status st = t && sig && ts && sigmas ? qd_sched_spacing_multistep(ctx, s, n, c->num_train_timesteps, t)
-                                            : QD_ERR_NOMEM;
-    if (st != QD_OK) {
-        free(t); free(sig); free(ts); free(sigmas);
-        return st;
-    }
-    const double smax = s->train_sigmas[N - 1], smin = s->train_sigmas[0];
-    float last;
-    if (c->use_karras_sigmas || c->use_exponential_sigmas || c->use_beta_sigmas) {
-        if (c->use_karras_sigmas) qd_sigmas_karras(smin, smax, n, sig);
-        else if (c->use_exponential_sigmas) qd_sigmas_exponential(smin, smax, n, sig);
-        else qd_sigmas_beta(smin, smax, n, sig);
-        for (int i = 0; i < n; i++) {
-            double tt = qd_sigma_to_t(sig[i], s->log_sigmas, N);
-            t[i] = c->use_karras_sigmas ? qd_np_round(tt) : trunc(tt);
-        }
-        last = c->final_sigmas_zero ? 0.0f : (float)sig[n - 1];
-    } else {
-        for (int i = 0; i < n; i++) sig[i] = qd_np_interp_idx(t[i], s->train_sigmas, N);
-        last = c->final_sigmas_zero ? 0.0f : qd_sched_sigma_from_ac(s->alphas_cumprod[0]);
-    }
-    for (int i = 0; i < n; i++) {
-        ts[i] = (float)t[i];
-        sigmas[i] = (float)sig[i];
-    }
-    sigmas[n] = last;
-    free(t);
-    free(sig);
-    qd_sched_set_arrays(s, ts, n, sigmas, n + 1);
-    s->num_inference_steps = n;
-    return QD_OK;
+    return qd_sched_multistep_set_timesteps(ctx, s, n, s->cfg.num_train_timesteps);
 }
 
-typedef struct {
-    double alpha, sigma, lambda;
-} ast;
-
-static ast alpha_sigma(float sg) {
-    ast r;
-    r.alpha = 1.0 / sqrt((double)sg * sg + 1.0);
-    r.sigma = sg * r.alpha;
-    r.lambda = log(r.alpha) - log(r.sigma);
-    return r;
-}
+typedef qd_sched_ast ast;
 
 /* Solve A x = b (k <= 3) by Gaussian elimination with partial pivoting. */
 static void solve(int k, double A[3][3], double *b, double *x) {
@@ -163,13 +117,13 @@ static void uni_p(const qd_scheduler *s, int i, int order, float *x, int64_t n) 
     const state *st = s->state;
     const qd_sched_config *c = &s->cfg;
     const int K = c->solver_order;
-    ast t = alpha_sigma(s->sigmas[i + 1]), s0 = alpha_sigma(s->sigmas[i]);
+    ast t = qd_sched_alpha_sigma(s->sigmas[i + 1]), s0 = qd_sched_alpha_sigma(s->sigmas[i]);
     const double h = t.lambda - s0.lambda;
     const float *m0 = st->m[K - 1];
     double rks[3], rhos[3] = {0, 0, 0};
     const float *mi[3];
     for (int k = 1; k < order; k++) {
-        ast si = alpha_sigma(s->sigmas[i - k]);
+        ast si = qd_sched_alpha_sigma(s->sigmas[i - k]);
         rks[k - 1] = (si.lambda - s0.lambda) / h;
         mi[k - 1] = st->m[K - 1 - k];
     }
@@ -201,13 +155,13 @@ static void uni_c(const qd_scheduler *s, int i, int order, const float *mt, floa
     const state *st = s->state;
     const qd_sched_config *c = &s->cfg;
     const int K = c->solver_order;
-    ast t = alpha_sigma(s->sigmas[i]), s0 = alpha_sigma(s->sigmas[i - 1]);
+    ast t = qd_sched_alpha_sigma(s->sigmas[i]), s0 = qd_sched_alpha_sigma(s->sigmas[i - 1]);
     const double h = t.lambda - s0.lambda;
     const float *m0 = st->m[K - 1], *last = st->last_sample;
     double rks[3], rhos[3] = {0, 0, 0};
     const float *mi[3];
     for (int k = 1; k < order; k++) {
-        ast si = alpha_sigma(s->sigmas[i - (k + 1)]);
+        ast si = qd_sched_alpha_sigma(s->sigmas[i - (k + 1)]);
         rks[k - 1] = (si.lambda - s0.lambda) / h;
         mi[k - 1] = st->m[K - 1 - k];
     }
@@ -246,26 +200,7 @@ static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *mo, floa
         if (c->disable_corrector[k] == i - 1) use_corrector = 0;
     /* convert_model_output with the uncorrected sample */
     float *mc = st->conv;
-    ast a = alpha_sigma(s->sigmas[i]);
-    for (int64_t j = 0; j < n; j++) {
-        if (c->predict_x0) {
-            if (c->prediction_type == QD_PRED_EPSILON) mc[j] = (float)((x[j] - a.sigma * mo[j]) / a.alpha);
-            else if (c->prediction_type == QD_PRED_SAMPLE) mc[j] = mo[j];
-            else mc[j] = (float)(a.alpha * x[j] - a.sigma * mo[j]);
-        } else {
-            if (c->prediction_type == QD_PRED_EPSILON) mc[j] = mo[j];
-            else if (c->prediction_type == QD_PRED_SAMPLE) mc[j] = (float)((x[j] - a.alpha * mo[j]) / a.sigma);
-            else mc[j] = (float)(a.alpha * mo[j] + a.sigma * x[j]);
-        }
-    }
-    if (c->thresholding) {
-        if (c->predict_x0) QD_TRY(qd_sched_threshold(ctx, c, mc, batch, per_item));
-        else {
-            for (int64_t j = 0; j < n; j++) mc[j] = (float)((x[j] - a.sigma * mc[j]) / a.alpha);
-            QD_TRY(qd_sched_threshold(ctx, c, mc, batch, per_item));
-            for (int64_t j = 0; j < n; j++) mc[j] = (float)((x[j] - a.alpha * mc[j]) / a.sigma);
-        }
-    }
+    QD_TRY(qd_sched_convert_output(ctx, s, i, c->predict_x0, mo, x, mc, batch, per_item));
     if (use_corrector) uni_c(s, i, st->this_order, mc, x, n);
     /* history shift: mc becomes the newest; the oldest buffer becomes conv */
     float *old = st->m[0];

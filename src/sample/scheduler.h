@@ -224,6 +224,35 @@ qd_status qd_sched_check_n(qd_ctx *ctx, qd_scheduler *s, int64_t n);
 /* calloc a float buffer of s->n elements (error on failure). */
 float *qd_sched_alloc(qd_ctx *ctx, const qd_scheduler *s);
 
+/* ---- DPM-Solver multistep / single-step, DEIS, UniPC (sched_common.c) ---- */
+
+/* alpha_t = 1/sqrt(sigma^2+1), sigma_t = sigma*alpha_t, lambda = log(alpha_t/sigma_t)
+ * (_sigma_to_alpha_sigma_t), in float64 from a float32 sigma. */
+typedef struct {
+    double alpha, sigma, lambda;
+} qd_sched_ast;
+qd_sched_ast qd_sched_alpha_sigma(float sigma);
+/* How many of the last training timesteps have lambda(t) < lambda_min_clipped
+ * (cosine schedules), counted from the end until the first that does not. */
+int qd_sched_lambda_clipped(const qd_scheduler *s);
+/* sig[0..n) at the n timesteps t: the training sigmas interpolated at t, or
+ * karras / exponential / beta sigmas (or DPM's use_lu_lambdas) over the
+ * training range with t replaced by _sigma_to_t (rounded for karras and lu,
+ * truncated otherwise). Returns 1 when the sigmas were converted. */
+int qd_sched_multistep_sigmas(const qd_scheduler *s, int n, double *t, double *sig);
+/* s->timesteps = float32(t[0..n)), s->sigmas = float32(sig[0..n)) + [last];
+ * sets num_inference_steps. */
+qd_status qd_sched_store_schedule(qd_ctx *ctx, qd_scheduler *s, int n, const double *t, const double *sig,
+                                  float last);
+/* set_timesteps of DPM multistep, DEIS and UniPC: spacing up to last_timestep,
+ * sigmas as qd_sched_multistep_sigmas, final sigma 0 with final_sigmas_type
+ * "zero", else the last converted sigma or the smallest training sigma. */
+qd_status qd_sched_multistep_set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n, int last_timestep);
+/* convert_model_output at sigmas[i]: x0 (to_x0: DPM-Solver++, UniPC predict_x0)
+ * or epsilon, with dynamic thresholding (on x0) when configured. */
+qd_status qd_sched_convert_output(qd_ctx *ctx, const qd_scheduler *s, int i, int to_x0, const float *mo,
+                                  const float *x, float *out, int64_t batch, int64_t per_item);
+
 /* The registered classes (sched_*.c). */
 extern const qd_sched_class qd_sched_euler, qd_sched_euler_ancestral, qd_sched_dpmsolver_multistep,
     qd_sched_ddim, qd_sched_pndm, qd_sched_ddpm, qd_sched_lms, qd_sched_heun, qd_sched_kdpm2,
