@@ -90,6 +90,13 @@ typedef struct {
                                        e.g. {"prediction_type": "v_prediction"} (diffusers from_config kwargs) */
     qd_progress_fn progress;
     void *progress_user;
+    /* Live previews: every preview_every model calls (0: never) the predicted clean image
+     * of the first batch item, decoded with preview_vae (see qd_vae_open: normally the
+     * family's TAESD), goes to preview(). The vae must match the model's latent channels. */
+    struct qd_vae_model *preview_vae;
+    int preview_every;
+    void (*preview)(void *user, int step, int total, const uint8_t *rgb, int width, int height);
+    void *preview_user;
 } qd_gen_params;
 
 void qd_gen_params_default(qd_gen_params *p);
@@ -191,6 +198,32 @@ qd_status qd_resize_rgb8(qd_ctx *ctx, const uint8_t *src, int src_width, int src
  * name NULL: the file's only tensor. *data is malloc'd: free() it. shape gets ndim dims (<= 8). */
 qd_status qd_read_tensor(qd_ctx *ctx, const char *path, const char *name, float **data,
                          int64_t shape[8], int *ndim);
+
+/* ==== inspecting a model folder (what it holds; nothing is computed) ======= */
+
+/* Describe a diffusers folder (every component model_index.json lists) or a single
+ * component folder (config.json + weights) as a JSON document, *json_out (release
+ * it with qd_free). Each SDNQ layer is opened as the loader opens it, so a folder
+ * that would fail to load fails here with the same message. The document:
+ *   { "path", "pipeline": class or null,
+ *     "components": [ { "name", "library", "class", "path", "weights": bool,
+ *        (with weights:) "files": [...], "quantization": null or {"method": "sdnq",
+ *        "version", "config": file, "weights_dtype", "modules_to_not_convert": entries},
+ *        "tensors", "parameters" (logical weights, quantization tensors excluded),
+ *        "disk_bytes" (its safetensors files), "resident_bytes" = "mapped_bytes" (kept in
+ *        the mapping) + "fp32_copy_bytes" (biases, norms, scales/SVD not stored as F32),
+ *        "layers": {"quantized", "dense", "skipped" (weights in modules_to_not_convert),
+ *                   "quantized_matmul", "svd", "hadamard", "codebook", "zero_point",
+ *                   "transposed", "adjusted", "linear", "conv", "embedding"},
+ *        "layer_types": [ {"label": e.g. "uint4 g32" / "int8 row-wise" / "bf16 dense",
+ *                   "type", "grouping": "group"|"row-wise"|"tensor-wise"|"dense",
+ *                   "group_size" (or null), "quantized", "codebook", "layers", "parameters"} ],
+ *        "svd_ranks": [ {"rank", "layers"} ], "hadamard_sizes": [ {"size", "layers"} ] } ],
+ *     "totals": { sizes, "layers", "layer_types" summed over the components } } */
+qd_status qd_inspect(qd_ctx *ctx, const char *dir, char **json_out);
+
+/* Release memory the library allocated for the caller (e.g. qd_inspect's JSON). */
+void qd_free(void *p);
 
 #ifdef __cplusplus
 }

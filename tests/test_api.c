@@ -10,6 +10,17 @@
 
 typedef struct { int calls, last_step, total, stop_at; qd_ctx *ctx; int use_cancel; } progress_log;
 
+typedef struct { int calls, last_step, w, h; uint8_t last[64 * 64 * 3]; } preview_log;
+
+static void on_preview(void *user, int step, int total, const uint8_t *rgb, int width, int height) {
+    preview_log *p = user;
+    p->calls++;
+    p->last_step = step;
+    p->w = width;
+    p->h = height;
+    if (width * height * 3 <= (int)sizeof p->last) memcpy(p->last, rgb, (size_t)(width * height * 3));
+}
+
 static int on_progress(void *user, int step, int total, double elapsed) {
     progress_log *p = user;
     p->calls++;
@@ -85,6 +96,35 @@ int main(void) {
     p.scheduler_options = "[1,2]";
     check(qd_generate(ctx, m, &p, QD_IMAGE_RGB8, rgb, NULL) == QD_ERR_ARG && strstr(qd_last_error(ctx), "JSON object"),
           "scheduler options must be an object: %s", qd_last_error(ctx));
+
+    /* previews: with Euler, the last step lands exactly on the predicted x0, so the
+     * last preview decoded with the model's own VAE is the final image */
+    p.scheduler_options = NULL;
+    p.steps = 4;
+    qd_vae_model *vae = NULL;
+    check(qd_vae_open(ctx, fixture("models/sd15-tiny/vae"), &vae) == QD_OK, "open the model's VAE for previews");
+    preview_log pl = {0};
+    p.preview_vae = vae;
+    p.preview_every = 3;
+    p.preview = on_preview;
+    p.preview_user = &pl;
+    st = qd_generate(ctx, m, &p, QD_IMAGE_RGB8, rgb, NULL);
+    int maxd = 0;
+    for (size_t i = 0; i < n; i++) {
+        int d = abs((int)rgb[i] - (int)pl.last[i]);
+        if (d > maxd) maxd = d;
+    }
+    check(st == QD_OK && pl.calls == 2 && pl.last_step == 4 && pl.w == 64 && pl.h == 64,
+          "previews at steps 3 and 4 of 4 (every 3, and the last): %d calls, last %d, %dx%d", pl.calls, pl.last_step,
+          pl.w, pl.h);
+    check(maxd <= 1, "Euler's last preview equals the final image (max diff %d)", maxd);
+    qd_vae_model *wrong = NULL;
+    check(qd_vae_open(ctx, fixture("taesd/taef2_decoder.safetensors"), &wrong) == QD_OK, "open taef2 (32 channels)");
+    p.preview_vae = wrong;
+    check(qd_generate(ctx, m, &p, QD_IMAGE_RGB8, rgb, NULL) == QD_ERR_ARG && strstr(qd_last_error(ctx), "family"),
+          "a preview VAE of another family is refused: %s", qd_last_error(ctx));
+    qd_vae_close(wrong);
+    qd_vae_close(vae);
 
     free(rgb); free(rgb2); free(f); free(lat);
     qd_model_free(m);

@@ -41,6 +41,9 @@ static void usage_generate(FILE *f) {
         "      --matmul MODE          SDNQ layers: auto (as the model's config asks), exact (dequantized\n"
         "                             weights, fp32 math) or int8 (int8 activations x int8 weights)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
+        "      --preview FILE.png     write a live preview of the image being made (needs --preview-vae)\n"
+        "      --preview-vae PATH     VAE for previews: the family's TAESD (.safetensors/.pth) or a vae/ folder\n"
+        "      --preview-every N      preview every N model calls (default 1)\n"
         "      --save-latents F       also write the final latents to F (.safetensors, tensor \"latents\")\n"
         "  -q, --quiet                no progress output\n"
         "  -h, --help                 this help\n");
@@ -56,6 +59,17 @@ static int on_progress(void *user, int step, int total, double elapsed) {
             ps->tty ? (step == total ? "\n" : "") : "\n");
     fflush(stderr);
     return 0;
+}
+
+typedef struct { qd_ctx *ctx; const char *path; int warned; } preview_state;
+
+/* Each preview replaces the file atomically, so a viewer never sees half a PNG. */
+static void on_preview(void *user, int step, int total, const uint8_t *rgb, int width, int height) {
+    preview_state *ps = user;
+    if (qd_write_png(ps->ctx, ps->path, rgb, width, height, NULL, NULL, 0) != QD_OK && !ps->warned) {
+        fprintf(stderr, "qdiff: warning: preview at step %d/%d: %s\n", step, total, qd_last_error(ps->ctx));
+        ps->warned = 1;
+    }
 }
 
 static uint64_t random_seed(void) {
@@ -75,7 +89,8 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 }
 
 int cmd_generate(int argc, char **argv) {
-    enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL };
+    enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
+           O_PREVIEW_VAE, O_PREVIEW_EVERY };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -86,11 +101,12 @@ int cmd_generate(int argc, char **argv) {
         {"threads", required_argument, 0, 't'}, {"save-latents", required_argument, 0, O_LATENTS},
         {"guidance-rescale", required_argument, 0, O_RESCALE}, {"scheduler-options", required_argument, 0, O_SOPTS},
         {"guidance", required_argument, 0, O_GUIDANCE}, {"max-sequence-length", required_argument, 0, O_MAXSEQ},
-        {"matmul", required_argument, 0, O_MATMUL},
+        {"matmul", required_argument, 0, O_MATMUL}, {"preview", required_argument, 0, O_PREVIEW},
+        {"preview-vae", required_argument, 0, O_PREVIEW_VAE}, {"preview-every", required_argument, 0, O_PREVIEW_EVERY},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
-    const char *model_dir = NULL, *out = NULL, *latents_path = NULL;
+    const char *model_dir = NULL, *out = NULL, *latents_path = NULL, *preview_path = NULL, *preview_vae_path = NULL;
     long threads = 0, v;
     int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG;
     int c;
@@ -107,6 +123,12 @@ int cmd_generate(int argc, char **argv) {
         case O_MAXSEQ:
             if (cli_parse_int(optarg, "--max-sequence-length", 1, 4096, &v)) return EXIT_BAD;
             p.max_sequence_length = (int)v;
+            break;
+        case O_PREVIEW: preview_path = optarg; break;
+        case O_PREVIEW_VAE: preview_vae_path = optarg; break;
+        case O_PREVIEW_EVERY:
+            if (cli_parse_int(optarg, "--preview-every", 1, 10000, &v)) return EXIT_BAD;
+            p.preview_every = (int)v;
             break;
         case O_MATMUL:
             if (!strcmp(optarg, "auto")) matmul = QD_MATMUL_CONFIG;
@@ -156,6 +178,11 @@ int cmd_generate(int argc, char **argv) {
         if (cli_check_writable(path)) return EXIT_BAD;
     }
     if (latents_path && cli_check_writable(latents_path)) return EXIT_BAD;
+    if (!preview_path != !preview_vae_path) {
+        fprintf(stderr, "qdiff: --preview and --preview-vae go together\n");
+        return EXIT_BAD;
+    }
+    if (preview_path && cli_check_writable(preview_path)) return EXIT_BAD;
 
     qd_ctx *ctx = qd_ctx_new((int)threads);
     if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); return EXIT_BAD; }
@@ -164,10 +191,19 @@ int cmd_generate(int argc, char **argv) {
     int rc = 0;
     uint8_t *img = NULL;
     float *lat = NULL;
-    if (qd_model_open(ctx, model_dir, &m) != QD_OK) {
+    qd_vae_model *preview_vae = NULL;
+    preview_state pv = {ctx, preview_path, 0};
+    if (qd_model_open(ctx, model_dir, &m) != QD_OK ||
+        (preview_vae_path && qd_vae_open(ctx, preview_vae_path, &preview_vae) != QD_OK)) {
         fprintf(stderr, "qdiff: %s\n", qd_last_error(ctx));
         rc = EXIT_BAD;
         goto done;
+    }
+    if (preview_vae) {
+        p.preview_vae = preview_vae;
+        p.preview = on_preview;
+        p.preview_user = &pv;
+        if (p.preview_every == 0) p.preview_every = 1;
     }
     progress_state ps = {quiet, isatty(2)};
     p.progress = on_progress;
@@ -183,6 +219,7 @@ int cmd_generate(int argc, char **argv) {
     if (st != QD_OK) {
         fprintf(stderr, "qdiff: %s\n", qd_last_error(ctx));
         rc = st == QD_ERR_CANCELLED ? 130 : EXIT_BAD;
+        if (preview_path) remove(preview_path);   /* no output of a failed run stays behind */
         goto done;
     }
     int W = p.width, H = p.height;
@@ -217,6 +254,7 @@ int cmd_generate(int argc, char **argv) {
 done:
     free(img);
     free(lat);
+    qd_vae_close(preview_vae);
     qd_model_free(m);
     qd_ctx_free(ctx);
     return rc;

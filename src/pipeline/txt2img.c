@@ -168,6 +168,48 @@ static void pack_latents(const float *x, int64_t C, int64_t h, int64_t w, float 
             }
 }
 
+/* The model's estimate of the clean latents for batch item 0 at call i, from the
+ * (guided) prediction and the input it was given: the UNet/transformer always sees
+ * VP-normalised latents x = a*x0 + s*noise with a = 1/sqrt(1+sigma^2), s = sigma*a
+ * (flow: x = (1-sigma)*x0 + sigma*noise, prediction v = noise - x0). */
+static void predicted_x0(const qd_model *m, const qd_scheduler *s, int i, const float *x, const float *pred,
+                         int64_t per, float *x0) {
+    float sigma = qd_scheduler_model_sigma(s, i);
+    const char *type = qd_scheduler_prediction_type(s);
+    if (qd_family_is_flow(m->family)) {
+        for (int64_t k = 0; k < per; k++) x0[k] = x[k] - sigma * pred[k];
+    } else if (!strcmp(type, "v_prediction")) {
+        float a = 1.0f / sqrtf(1.0f + sigma * sigma), sv = sigma * a;
+        for (int64_t k = 0; k < per; k++) x0[k] = a * x[k] - sv * pred[k];
+    } else if (!strcmp(type, "sample")) {
+        memcpy(x0, pred, sizeof(float) * (size_t)per);
+    } else {
+        float r = sqrtf(1.0f + sigma * sigma);
+        for (int64_t k = 0; k < per; k++) x0[k] = x[k] * r - sigma * pred[k];
+    }
+}
+
+static void pack_latents(const float *x, int64_t C, int64_t h, int64_t w, float *y, int unpack);
+
+/* Decode the current clean-image estimate with the preview VAE and hand it over. */
+static qd_status send_preview(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_scheduler *s,
+                              int i, int total, const float *model_in, const float *pred, int64_t per,
+                              int64_t C, int64_t h, int64_t w) {
+    int f = qd_vae_describe(p->preview_vae)->downscale;
+    float *x0 = malloc(sizeof(float) * (size_t)per), *z = malloc(sizeof(float) * (size_t)per);
+    uint8_t *rgb = malloc((size_t)(h * f) * (size_t)(w * f) * 3);
+    qd_status st = x0 && z && rgb ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    if (st == QD_OK) {
+        predicted_x0(m, s, i, model_in, pred, per, x0);
+        if (m->family == QD_FAMILY_FLUX) pack_latents(x0, C, h, w, z, 1);
+        else memcpy(z, x0, sizeof(float) * (size_t)per);
+        st = qd_preview_decode(ctx, p->preview_vae, z, 1, (int)C, (int)w, (int)h, rgb);
+    }
+    if (st == QD_OK) p->preview(p->preview_user, i + 1, total, rgb, (int)(w * f), (int)(h * f));
+    free(x0); free(z); free(rgb);
+    return st;
+}
+
 static qd_status decode_images(qd_ctx *ctx, qd_model *m, const float *latents, int64_t B, int64_t C,
                                int64_t h, int64_t w, qd_image_format fmt, void *image) {
     const qd_vae_info *vi = qd_vae_get_info(m->vae);
@@ -237,6 +279,11 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     if (steps < 1 || steps > 10000) return qd_fail(ctx, QD_ERR_ARG, "steps must be 1..10000 (got %d)", steps);
     if (p->batch < 1 || p->batch > 64) return qd_fail(ctx, QD_ERR_ARG, "batch must be 1..64 (got %d)", p->batch);
     if (fmt != QD_IMAGE_F32 && fmt != QD_IMAGE_RGB8) return qd_fail(ctx, QD_ERR_ARG, "unknown image format %d", (int)fmt);
+    int previews = p->preview && p->preview_vae && p->preview_every > 0;
+    if (previews && qd_vae_describe(p->preview_vae)->latent_channels != m->latent_channels)
+        return qd_fail(ctx, QD_ERR_ARG, "the preview VAE takes %d latent channels but this %s model makes %d: "
+                       "it belongs to another model family", qd_vae_describe(p->preview_vae)->latent_channels,
+                       qd_model_family(m), m->latent_channels);
 
     int64_t shape[4];
     int64_t n = (int64_t)qd_latent_shape(m, p, shape, NULL), B = shape[0], per = n / B;
@@ -297,6 +344,9 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
         } else {
             memcpy(g.noise_pred, g.model_out, sizeof(float) * (size_t)n);
         }
+        if (previews && ((i + 1) % p->preview_every == 0 || i + 1 == total))
+            st = send_preview(ctx, m, p, g.sched, i, total, g.model_in, g.noise_pred, per, g.d.C, g.d.h, g.d.w);
+        if (st != QD_OK) break;
         st = qd_scheduler_step(ctx, g.sched, i, g.noise_pred, g.latents, B, per, &rng);
         if (st == QD_OK && p->progress && p->progress(p->progress_user, i + 1, total, qd_now() - t0))
             ctx->cancel = 1;
