@@ -1,11 +1,60 @@
 /* Pieces several scheduler classes share verbatim in diffusers (each class
- * there carries its own copy): the multistep solvers' alpha/sigma/lambda view
+ * there carries its own copy): common defaults, the k-diffusion-style classes'
+ * key list and set_timesteps, the multistep solvers' alpha/sigma/lambda view
  * of a sigma, their convert_model_output and their set_timesteps. The classes'
  * own update rules stay in their sched_*.c files. */
 #include "sample/scheduler.h"
 
 #include <math.h>
 #include <stdlib.h>
+
+void qd_sched_defaults(qd_sched_config *c, double beta_start, double beta_end, int spacing) {
+    c->num_train_timesteps = 1000;
+    c->beta_start = beta_start;
+    c->beta_end = beta_end;
+    c->beta_schedule = QD_BETA_LINEAR;
+    c->prediction_type = QD_PRED_EPSILON;
+    c->timestep_spacing = spacing;
+}
+
+/* ------------------------------------------------ k-diffusion-style classes */
+
+const char *const qd_sched_kdiff_keys[] = {
+    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "use_karras_sigmas",
+    "use_exponential_sigmas", "use_beta_sigmas", "prediction_type", "timestep_spacing", "steps_offset", NULL};
+
+qd_status qd_sched_kdiff_set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n, float final_sigma) {
+    float *ts = qd_malloc(ctx, sizeof(float) * (size_t)n);
+    double *sig = qd_malloc(ctx, sizeof(double) * (size_t)(n + 2));
+    float *sigmas = qd_malloc(ctx, sizeof(float) * (size_t)(n + 2));
+    int m = 0;
+    qd_status st = ts && sig && sigmas ? qd_sched_kdiff_sigmas(ctx, s, n, ts, sig, &m, 0) : QD_ERR_NOMEM;
+    if (st != QD_OK) {
+        free(ts);
+        free(sig);
+        free(sigmas);
+        return st;
+    }
+    for (int i = 0; i < m; i++) sigmas[i] = (float)sig[i];
+    sigmas[m] = final_sigma;
+    free(sig);
+    qd_sched_set_arrays(s, ts, n, sigmas, m + 1);
+    s->num_inference_steps = n;
+    s->init_noise_sigma = qd_sched_init_sigma_kdiff(s);
+    return QD_OK;
+}
+
+float qd_sched_lerp_half(float a, float b) { return b - (b - a) * 0.5f; }
+
+void qd_sched_interleave(const float *v, int n, float *out) {
+    int k = 0;
+    out[k++] = v[0];
+    for (int i = 1; i <= n; i++) {
+        out[k++] = v[i];
+        out[k++] = v[i];
+    }
+    out[k] = v[n];
+}
 
 /* ------------------------------------------ DPM-Solver, DEIS and UniPC */
 

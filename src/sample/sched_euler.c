@@ -12,48 +12,23 @@ static const char *const keys[] = {
     "final_sigmas_type", NULL};
 
 static void defaults(qd_sched_config *c) {
-    c->num_train_timesteps = 1000;
-    c->beta_start = 0.0001;
-    c->beta_end = 0.02;
-    c->beta_schedule = QD_BETA_LINEAR;
-    c->prediction_type = QD_PRED_EPSILON;
-    c->timestep_spacing = QD_SPACING_LINSPACE;
+    qd_sched_defaults(c, 0.0001, 0.02, QD_SPACING_LINSPACE);
     c->final_sigmas_zero = 1;
 }
 
 static qd_status init(qd_ctx *ctx, qd_scheduler *s) {
     (void)ctx;
     /* before set_timesteps: all training sigmas (descending) and a final 0 */
-    float m = 0;
-    for (int i = 0; i < s->n_train; i++)
-        if (s->train_sigmas[i] > m) m = s->train_sigmas[i];
-    int lin = s->cfg.timestep_spacing == QD_SPACING_LINSPACE || s->cfg.timestep_spacing == QD_SPACING_TRAILING;
-    s->init_noise_sigma = lin ? m : sqrtf(m * m + 1.0f);
+    qd_sched_init_sigma_train(s);
     return QD_OK;
 }
 
 static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
     const qd_sched_config *c = &s->cfg;
-    float *ts = qd_malloc(ctx, sizeof(float) * (size_t)n);
-    double *sig = qd_malloc(ctx, sizeof(double) * (size_t)(n + 2));
-    float *sigmas = qd_malloc(ctx, sizeof(float) * (size_t)(n + 2));
-    qd_status st = ts && sig && sigmas ? QD_OK : QD_ERR_NOMEM;
-    int m = 0;
-    if (st == QD_OK) st = qd_sched_kdiff_sigmas(ctx, s, n, ts, sig, &m, 0);
-    if (st != QD_OK) {
-        free(ts);
-        free(sig);
-        free(sigmas);
-        return st;
-    }
-    for (int i = 0; i < m; i++) sigmas[i] = (float)sig[i];
-    sigmas[m] = c->final_sigmas_zero ? 0.0f : qd_sched_sigma_from_ac(s->alphas_cumprod[0]);
-    free(sig);
+    QD_TRY(qd_sched_kdiff_set_timesteps(ctx, s, n,
+                                        c->final_sigmas_zero ? 0.0f : qd_sched_sigma_from_ac(s->alphas_cumprod[0])));
     if (c->timestep_continuous && c->prediction_type == QD_PRED_V)
-        for (int i = 0; i < n; i++) ts[i] = 0.25f * logf(sigmas[i]);   /* EDM c_noise */
-    qd_sched_set_arrays(s, ts, n, sigmas, m + 1);
-    s->num_inference_steps = n;
-    s->init_noise_sigma = qd_sched_init_sigma_kdiff(s);
+        for (int i = 0; i < n; i++) s->timesteps[i] = 0.25f * logf(s->sigmas[i]);   /* EDM c_noise */
     return QD_OK;
 }
 

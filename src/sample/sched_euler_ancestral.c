@@ -9,14 +9,7 @@ static const char *const keys[] = {
     "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type",
     "timestep_spacing", "steps_offset", "rescale_betas_zero_snr", NULL};
 
-static void defaults(qd_sched_config *c) {
-    c->num_train_timesteps = 1000;
-    c->beta_start = 0.0001;
-    c->beta_end = 0.02;
-    c->beta_schedule = QD_BETA_LINEAR;
-    c->prediction_type = QD_PRED_EPSILON;
-    c->timestep_spacing = QD_SPACING_LINSPACE;
-}
+static void defaults(qd_sched_config *c) { qd_sched_defaults(c, 0.0001, 0.02, QD_SPACING_LINSPACE); }
 
 typedef struct {
     float *noise;
@@ -27,11 +20,7 @@ static qd_status init(qd_ctx *ctx, qd_scheduler *s) {
         return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: prediction_type 'sample' is not implemented", s->cls->name);
     s->state = qd_calloc(ctx, 1, sizeof(state));
     if (!s->state) return QD_ERR_NOMEM;
-    float m = 0;
-    for (int i = 0; i < s->n_train; i++)
-        if (s->train_sigmas[i] > m) m = s->train_sigmas[i];
-    int lin = s->cfg.timestep_spacing == QD_SPACING_LINSPACE || s->cfg.timestep_spacing == QD_SPACING_TRAILING;
-    s->init_noise_sigma = lin ? m : sqrtf(m * m + 1.0f);
+    qd_sched_init_sigma_train(s);
     return QD_OK;
 }
 
@@ -42,20 +31,10 @@ static void free_state(qd_scheduler *s) {
     s->state = NULL;
 }
 
+/* no sigma-schedule options here, so the training sigmas interpolated at the
+ * spaced timesteps */
 static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
-    float *ts = qd_malloc(ctx, sizeof(float) * (size_t)n);
-    float *sigmas = qd_malloc(ctx, sizeof(float) * (size_t)(n + 1));
-    qd_status st = ts && sigmas ? qd_sched_spacing_f32(ctx, s, n, ts) : QD_ERR_NOMEM;
-    if (st != QD_OK) {
-        free(ts);
-        free(sigmas);
-        return st;
-    }
-    for (int i = 0; i < n; i++) sigmas[i] = (float)qd_np_interp_idx(ts[i], s->train_sigmas, s->n_train);
-    sigmas[n] = 0.0f;
-    qd_sched_set_arrays(s, ts, n, sigmas, n + 1);
-    s->num_inference_steps = n;
-    s->init_noise_sigma = qd_sched_init_sigma_kdiff(s);
+    QD_TRY(qd_sched_kdiff_set_timesteps(ctx, s, n, 0.0f));
     state *stt = s->state;
     free(stt->noise);
     stt->noise = NULL;

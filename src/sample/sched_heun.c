@@ -12,13 +12,8 @@ static const char *const keys[] = {
     "timestep_spacing", "steps_offset", NULL};
 
 static void defaults(qd_sched_config *c) {
-    c->num_train_timesteps = 1000;
-    c->beta_start = 0.00085;
-    c->beta_end = 0.012;
-    c->beta_schedule = QD_BETA_LINEAR;
-    c->prediction_type = QD_PRED_EPSILON;
+    qd_sched_defaults(c, 0.00085, 0.012, QD_SPACING_LINSPACE);
     c->clip_sample_range = 1.0;
-    c->timestep_spacing = QD_SPACING_LINSPACE;
 }
 
 typedef struct {
@@ -30,11 +25,7 @@ typedef struct {
 static qd_status init(qd_ctx *ctx, qd_scheduler *s) {
     s->state = qd_calloc(ctx, 1, sizeof(state));
     if (!s->state) return QD_ERR_NOMEM;
-    float m = 0;
-    for (int i = 0; i < s->n_train; i++)
-        if (s->train_sigmas[i] > m) m = s->train_sigmas[i];
-    int lin = s->cfg.timestep_spacing == QD_SPACING_LINSPACE || s->cfg.timestep_spacing == QD_SPACING_TRAILING;
-    s->init_noise_sigma = lin ? m : sqrtf(m * m + 1.0f);
+    qd_sched_init_sigma_train(s);
     return QD_OK;
 }
 

@@ -6,18 +6,9 @@
 
 #include <stdlib.h>
 
-static const char *const keys[] = {
-    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "use_karras_sigmas",
-    "use_exponential_sigmas", "use_beta_sigmas", "prediction_type", "timestep_spacing", "steps_offset", NULL};
+/* config keys: qd_sched_kdiff_keys (sched_common.c) */
 
-static void defaults(qd_sched_config *c) {
-    c->num_train_timesteps = 1000;
-    c->beta_start = 0.00085;
-    c->beta_end = 0.012;
-    c->beta_schedule = QD_BETA_LINEAR;
-    c->prediction_type = QD_PRED_EPSILON;
-    c->timestep_spacing = QD_SPACING_LINSPACE;
-}
+static void defaults(qd_sched_config *c) { qd_sched_defaults(c, 0.00085, 0.012, QD_SPACING_LINSPACE); }
 
 typedef struct {
     float *sigmas_interpol;     /* same layout as s->sigmas */
@@ -30,11 +21,7 @@ static qd_status init(qd_ctx *ctx, qd_scheduler *s) {
         return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: prediction_type 'sample' is not implemented", s->cls->name);
     s->state = qd_calloc(ctx, 1, sizeof(state));
     if (!s->state) return QD_ERR_NOMEM;
-    float m = 0;
-    for (int i = 0; i < s->n_train; i++)
-        if (s->train_sigmas[i] > m) m = s->train_sigmas[i];
-    int lin = s->cfg.timestep_spacing == QD_SPACING_LINSPACE || s->cfg.timestep_spacing == QD_SPACING_TRAILING;
-    s->init_noise_sigma = lin ? m : sqrtf(m * m + 1.0f);
+    qd_sched_init_sigma_train(s);
     return QD_OK;
 }
 
@@ -46,20 +33,6 @@ static void free_state(qd_scheduler *s) {
     }
     free(st);
     s->state = NULL;
-}
-
-/* torch.lerp(a, b, 0.5) = b - (b - a) * 0.5 (weight not < 0.5) */
-static float lerp_half(float a, float b) { return b - (b - a) * 0.5f; }
-
-/* cat([v[:1], v[1:].repeat_interleave(2), v[-1:]]) for v of n+1 values -> 2n+2 */
-static void interleave(const float *v, int n, float *out) {
-    int k = 0;
-    out[k++] = v[0];
-    for (int i = 1; i <= n; i++) {
-        out[k++] = v[i];
-        out[k++] = v[i];
-    }
-    out[k] = v[n];
 }
 
 static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
@@ -82,9 +55,9 @@ static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
     sv[n] = 0.0f;
     /* log-space midpoints with the previous sigma (roll(1): index 0 pairs with
      * the final 0, giving NaN there and 0 at the end, as in torch) */
-    for (int i = 0; i <= n; i++) si[i] = expf(lerp_half(logf(sv[i]), logf(sv[i == 0 ? n : i - 1])));
-    interleave(sv, n, sigmas);
-    interleave(si, n, sinterp);
+    for (int i = 0; i <= n; i++) si[i] = expf(qd_sched_lerp_half(logf(sv[i]), logf(sv[i == 0 ? n : i - 1])));
+    qd_sched_interleave(sv, n, sigmas);
+    qd_sched_interleave(si, n, sinterp);
     int k = 0;
     tsi[k++] = ts[0];
     for (int i = 1; i < n; i++) {
@@ -142,7 +115,7 @@ static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *mo, floa
 
 const qd_sched_class qd_sched_kdpm2 = {
     .name = "KDPM2DiscreteScheduler",
-    .keys = keys,
+    .keys = qd_sched_kdiff_keys,
     .defaults = defaults,
     .init = init,
     .set_timesteps = set_timesteps,

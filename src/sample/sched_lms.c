@@ -8,18 +8,9 @@
 
 #define LMS_ORDER 4
 
-static const char *const keys[] = {
-    "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "use_karras_sigmas",
-    "use_exponential_sigmas", "use_beta_sigmas", "prediction_type", "timestep_spacing", "steps_offset", NULL};
+/* config keys: qd_sched_kdiff_keys (sched_common.c) */
 
-static void defaults(qd_sched_config *c) {
-    c->num_train_timesteps = 1000;
-    c->beta_start = 0.0001;
-    c->beta_end = 0.02;
-    c->beta_schedule = QD_BETA_LINEAR;
-    c->prediction_type = QD_PRED_EPSILON;
-    c->timestep_spacing = QD_SPACING_LINSPACE;
-}
+static void defaults(qd_sched_config *c) { qd_sched_defaults(c, 0.0001, 0.02, QD_SPACING_LINSPACE); }
 
 typedef struct {
     float *der[LMS_ORDER];   /* der[0] newest */
@@ -29,11 +20,7 @@ typedef struct {
 static qd_status init(qd_ctx *ctx, qd_scheduler *s) {
     s->state = qd_calloc(ctx, 1, sizeof(state));
     if (!s->state) return QD_ERR_NOMEM;
-    float m = 0;
-    for (int i = 0; i < s->n_train; i++)
-        if (s->train_sigmas[i] > m) m = s->train_sigmas[i];
-    int lin = s->cfg.timestep_spacing == QD_SPACING_LINSPACE || s->cfg.timestep_spacing == QD_SPACING_TRAILING;
-    s->init_noise_sigma = lin ? m : sqrtf(m * m + 1.0f);
+    qd_sched_init_sigma_train(s);
     return QD_OK;
 }
 
@@ -52,23 +39,7 @@ static void free_state(qd_scheduler *s) {
 }
 
 static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
-    float *ts = qd_malloc(ctx, sizeof(float) * (size_t)n);
-    double *sig = qd_malloc(ctx, sizeof(double) * (size_t)(n + 2));
-    float *sigmas = qd_malloc(ctx, sizeof(float) * (size_t)(n + 2));
-    int m = 0;
-    qd_status st = ts && sig && sigmas ? qd_sched_kdiff_sigmas(ctx, s, n, ts, sig, &m, 0) : QD_ERR_NOMEM;
-    if (st != QD_OK) {
-        free(ts);
-        free(sig);
-        free(sigmas);
-        return st;
-    }
-    for (int i = 0; i < m; i++) sigmas[i] = (float)sig[i];
-    sigmas[m] = 0.0f;
-    free(sig);
-    qd_sched_set_arrays(s, ts, n, sigmas, m + 1);
-    s->num_inference_steps = n;
-    s->init_noise_sigma = qd_sched_init_sigma_kdiff(s);
+    QD_TRY(qd_sched_kdiff_set_timesteps(ctx, s, n, 0.0f));
     reset(s->state);
     return QD_OK;
 }
@@ -123,7 +94,7 @@ static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *mo, floa
 
 const qd_sched_class qd_sched_lms = {
     .name = "LMSDiscreteScheduler",
-    .keys = keys,
+    .keys = qd_sched_kdiff_keys,
     .defaults = defaults,
     .init = init,
     .set_timesteps = set_timesteps,

@@ -536,14 +536,19 @@ void qd_sched_set_arrays(qd_scheduler *s, float *timesteps, int n_t, float *sigm
     s->n_sigmas = n_s;
 }
 
-float qd_sched_init_sigma_kdiff(const qd_scheduler *s) {
+/* max(v), or sqrt(max^2 + 1) unless timestep_spacing is linspace/trailing */
+static float init_sigma(const qd_scheduler *s, const float *v, int n) {
     float m = 0;
-    for (int i = 0; i < s->n_sigmas; i++)
-        if (s->sigmas[i] > m) m = s->sigmas[i];
+    for (int i = 0; i < n; i++)
+        if (v[i] > m) m = v[i];
     if (s->cfg.timestep_spacing == QD_SPACING_LINSPACE || s->cfg.timestep_spacing == QD_SPACING_TRAILING)
         return m;
     return sqrtf(m * m + 1.0f);
 }
+
+float qd_sched_init_sigma_kdiff(const qd_scheduler *s) { return init_sigma(s, s->sigmas, s->n_sigmas); }
+
+void qd_sched_init_sigma_train(qd_scheduler *s) { s->init_noise_sigma = init_sigma(s, s->train_sigmas, s->n_train); }
 
 
 qd_status qd_sched_check_n(qd_ctx *ctx, qd_scheduler *s, int64_t n) {

@@ -219,12 +219,31 @@ void qd_sched_set_arrays(qd_scheduler *s, float *timesteps, int n_t, float *sigm
 /* init_noise_sigma of the sigma-space classes: max sigma, or sqrt(max^2+1)
  * unless timestep_spacing is linspace/trailing. */
 float qd_sched_init_sigma_kdiff(const qd_scheduler *s);
+/* The same before set_timesteps (from the training sigmas), into s->init_noise_sigma. */
+void qd_sched_init_sigma_train(qd_scheduler *s);
 /* Check/record the element count of a step; allocates nothing. */
 qd_status qd_sched_check_n(qd_ctx *ctx, qd_scheduler *s, int64_t n);
 /* calloc a float buffer of s->n elements (error on failure). */
 float *qd_sched_alloc(qd_ctx *ctx, const qd_scheduler *s);
 
-/* ---- DPM-Solver multistep / single-step, DEIS, UniPC (sched_common.c) ---- */
+/* ---- class pieces shared by several classes (sched_common.c) ---- */
+
+/* The __init__ defaults nearly every class shares: 1000 training timesteps,
+ * linear betas from beta_start to beta_end, epsilon prediction, spacing. */
+void qd_sched_defaults(qd_sched_config *c, double beta_start, double beta_end, int spacing);
+
+/* Config keys of LMS, KDPM2 and KDPM2 ancestral (the same list in diffusers). */
+extern const char *const qd_sched_kdiff_keys[];
+/* set_timesteps of Euler, Euler ancestral and LMS: qd_sched_kdiff_sigmas (not
+ * rounded) in float32 followed by final_sigma; init_noise_sigma updated. */
+qd_status qd_sched_kdiff_set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n, float final_sigma);
+/* KDPM2 (ancestral): torch.lerp(a, b, 0.5) = b - (b - a) * 0.5 (weight not < 0.5). */
+float qd_sched_lerp_half(float a, float b);
+/* KDPM2 (ancestral): cat([v[:1], v[1:].repeat_interleave(2), v[-1:]]) for v of
+ * n+1 values -> 2n+2 values. */
+void qd_sched_interleave(const float *v, int n, float *out);
+
+/* DPM-Solver multistep / single-step, DEIS, UniPC: */
 
 /* alpha_t = 1/sqrt(sigma^2+1), sigma_t = sigma*alpha_t, lambda = log(alpha_t/sigma_t)
  * (_sigma_to_alpha_sigma_t), in float64 from a float32 sigma. */
