@@ -1,5 +1,5 @@
 /* Pieces several scheduler classes share verbatim in diffusers (each class
- * there carries its own copy): common defaults, the k-diffusion-style classes'
+ * there carries its own copy): common defaults, DDIM/DDPM timesteps and x0, the k-diffusion-style classes'
  * key list and set_timesteps, the multistep solvers' alpha/sigma/lambda view
  * of a sigma, their convert_model_output and their set_timesteps. The classes'
  * own update rules stay in their sched_*.c files. */
@@ -15,6 +15,44 @@ void qd_sched_defaults(qd_sched_config *c, double beta_start, double beta_end, i
     c->beta_schedule = QD_BETA_LINEAR;
     c->prediction_type = QD_PRED_EPSILON;
     c->timestep_spacing = spacing;
+}
+
+/* ------------------------------------------------------------ DDIM, DDPM */
+
+qd_status qd_sched_discrete_set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
+    double *t = qd_malloc(ctx, sizeof(double) * (size_t)n);
+    float *ts = qd_malloc(ctx, sizeof(float) * (size_t)n);
+    qd_status st = t && ts ? qd_sched_spacing_int(ctx, s, n, t) : QD_ERR_NOMEM;
+    for (int i = 0; st == QD_OK && i < n; i++) {
+        if (t[i] < 0 || t[i] >= s->n_train)
+            st = qd_fail(ctx, QD_ERR_ARG, "%s: timestep %.0f out of range (steps_offset?)", s->cls->name, t[i]);
+        else ts[i] = (float)t[i];
+    }
+    free(t);
+    if (st != QD_OK) {
+        free(ts);
+        return st;
+    }
+    qd_sched_set_arrays(s, ts, n, NULL, 0);
+    s->num_inference_steps = n;
+    return QD_OK;
+}
+
+qd_status qd_sched_ddpm_x0(qd_ctx *ctx, const qd_sched_config *c, float sa, float sb, const float *mo,
+                           const float *x, float *x0, int64_t batch, int64_t per_item) {
+    const int64_t n = batch * per_item;
+    for (int64_t j = 0; j < n; j++) {
+        if (c->prediction_type == QD_PRED_EPSILON) x0[j] = (x[j] - sb * mo[j]) / sa;
+        else if (c->prediction_type == QD_PRED_SAMPLE) x0[j] = mo[j];
+        else x0[j] = sa * x[j] - sb * mo[j];
+    }
+    if (c->thresholding) {
+        QD_TRY(qd_sched_threshold(ctx, c, x0, batch, per_item));
+    } else if (c->clip_sample) {
+        const float r = (float)c->clip_sample_range;
+        for (int64_t j = 0; j < n; j++) x0[j] = x0[j] < -r ? -r : (x0[j] > r ? r : x0[j]);
+    }
+    return QD_OK;
 }
 
 /* ------------------------------------------------ k-diffusion-style classes */

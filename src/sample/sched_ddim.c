@@ -12,17 +12,12 @@ static const char *const keys[] = {
     "clip_sample_range", "sample_max_value", "timestep_spacing", "rescale_betas_zero_snr", "eta", NULL};
 
 static void defaults(qd_sched_config *c) {
-    c->num_train_timesteps = 1000;
-    c->beta_start = 0.0001;
-    c->beta_end = 0.02;
-    c->beta_schedule = QD_BETA_LINEAR;
+    qd_sched_defaults(c, 0.0001, 0.02, QD_SPACING_LEADING);
     c->clip_sample = 1;
     c->set_alpha_to_one = 1;
-    c->prediction_type = QD_PRED_EPSILON;
     c->dynamic_thresholding_ratio = 0.995;
     c->clip_sample_range = 1.0;
     c->sample_max_value = 1.0;
-    c->timestep_spacing = QD_SPACING_LEADING;
 }
 
 typedef struct {
@@ -47,25 +42,6 @@ static void free_state(qd_scheduler *s) {
     s->state = NULL;
 }
 
-static qd_status set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n) {
-    double *t = qd_malloc(ctx, sizeof(double) * (size_t)n);
-    float *ts = qd_malloc(ctx, sizeof(float) * (size_t)n);
-    qd_status st = t && ts ? qd_sched_spacing_int(ctx, s, n, t) : QD_ERR_NOMEM;
-    for (int i = 0; st == QD_OK && i < n; i++) {
-        if (t[i] < 0 || t[i] >= s->n_train)
-            st = qd_fail(ctx, QD_ERR_ARG, "%s: timestep %.0f out of range (steps_offset?)", s->cls->name, t[i]);
-        else ts[i] = (float)t[i];
-    }
-    free(t);
-    if (st != QD_OK) {
-        free(ts);
-        return st;
-    }
-    qd_sched_set_arrays(s, ts, n, NULL, 0);
-    s->num_inference_steps = n;
-    return QD_OK;
-}
-
 static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *mo, float *x, int64_t batch,
                       int64_t per_item, qd_rng *rng) {
     state *st = s->state;
@@ -79,19 +55,8 @@ static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *mo, floa
     const float b_t = 1.0f - a_t;
     const float sa = sqrtf(a_t), sb = sqrtf(b_t);
     float *x0 = st->x0;
-    /* 3. x0 (and eps) from the model output */
-    for (int64_t j = 0; j < n; j++) {
-        if (c->prediction_type == QD_PRED_EPSILON) x0[j] = (x[j] - sb * mo[j]) / sa;
-        else if (c->prediction_type == QD_PRED_SAMPLE) x0[j] = mo[j];
-        else x0[j] = sa * x[j] - sb * mo[j];
-    }
-    /* 4. clip or threshold x0 */
-    if (c->thresholding) {
-        QD_TRY(qd_sched_threshold(ctx, c, x0, batch, per_item));
-    } else if (c->clip_sample) {
-        const float r = (float)c->clip_sample_range;
-        for (int64_t j = 0; j < n; j++) x0[j] = x0[j] < -r ? -r : (x0[j] > r ? r : x0[j]);
-    }
+    /* 3-4. x0 from the model output, clipped or thresholded */
+    QD_TRY(qd_sched_ddpm_x0(ctx, c, sa, sb, mo, x, x0, batch, per_item));
     /* 5. variance sigma_t(eta) (eq. 16) */
     const float b_prev = 1.0f - a_prev;
     const float variance = (b_prev / b_t) * (1.0f - a_t / a_prev);
@@ -121,7 +86,7 @@ const qd_sched_class qd_sched_ddim = {
     .keys = keys,
     .defaults = defaults,
     .init = init,
-    .set_timesteps = set_timesteps,
+    .set_timesteps = qd_sched_discrete_set_timesteps,
     .step = step,
     .free_state = free_state,
 };

@@ -13,18 +13,13 @@ static const char *const keys[] = {
     "timestep_spacing", "steps_offset", NULL};
 
 static void defaults(qd_sched_config *c) {
-    c->num_train_timesteps = 1000;
-    c->beta_start = 0.0001;
-    c->beta_end = 0.02;
-    c->beta_schedule = QD_BETA_LINEAR;
+    qd_sched_defaults(c, 0.0001, 0.02, QD_SPACING_LINSPACE);
     c->solver_order = 2;
-    c->prediction_type = QD_PRED_EPSILON;
     c->dynamic_thresholding_ratio = 0.995;
     c->sample_max_value = 1.0;
     c->algorithm_type = QD_ALGO_DEIS;
     c->solver_type = QD_SOLVER_LOGRHO;
     c->lower_order_final = 1;
-    c->timestep_spacing = QD_SPACING_LINSPACE;
 }
 
 typedef struct {

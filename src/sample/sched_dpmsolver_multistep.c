@@ -17,12 +17,8 @@ static const char *const keys[] = {
     "lambda_min_clipped", "variance_type", "timestep_spacing", "steps_offset", "rescale_betas_zero_snr", NULL};
 
 static void defaults(qd_sched_config *c) {
-    c->num_train_timesteps = 1000;
-    c->beta_start = 0.0001;
-    c->beta_end = 0.02;
-    c->beta_schedule = QD_BETA_LINEAR;
+    qd_sched_defaults(c, 0.0001, 0.02, QD_SPACING_LINSPACE);
     c->solver_order = 2;
-    c->prediction_type = QD_PRED_EPSILON;
     c->dynamic_thresholding_ratio = 0.995;
     c->sample_max_value = 1.0;
     c->algorithm_type = QD_ALGO_DPMSOLVERPP;
@@ -32,7 +28,6 @@ static void defaults(qd_sched_config *c) {
     c->final_sigmas_zero = 1;
     c->lambda_min_clipped = -INFINITY;
     c->variance_type = QD_VAR_NONE;
-    c->timestep_spacing = QD_SPACING_LINSPACE;
 }
 
 typedef struct {

@@ -15,12 +15,8 @@ static const char *const keys[] = {
     "final_sigmas_type", "lambda_min_clipped", "variance_type", NULL};
 
 static void defaults(qd_sched_config *c) {
-    c->num_train_timesteps = 1000;
-    c->beta_start = 0.0001;
-    c->beta_end = 0.02;
-    c->beta_schedule = QD_BETA_LINEAR;
+    qd_sched_defaults(c, 0.0001, 0.02, QD_SPACING_LINSPACE);   /* no timestep_spacing option: the value is unused */
     c->solver_order = 2;
-    c->prediction_type = QD_PRED_EPSILON;
     c->dynamic_thresholding_ratio = 0.995;
     c->sample_max_value = 1.0;
     c->algorithm_type = QD_ALGO_DPMSOLVERPP;

@@ -12,14 +12,7 @@ static const char *const keys[] = {
     "num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "skip_prk_steps",
     "set_alpha_to_one", "prediction_type", "timestep_spacing", "steps_offset", NULL};
 
-static void defaults(qd_sched_config *c) {
-    c->num_train_timesteps = 1000;
-    c->beta_start = 0.0001;
-    c->beta_end = 0.02;
-    c->beta_schedule = QD_BETA_LINEAR;
-    c->prediction_type = QD_PRED_EPSILON;
-    c->timestep_spacing = QD_SPACING_LEADING;
-}
+static void defaults(qd_sched_config *c) { qd_sched_defaults(c, 0.0001, 0.02, QD_SPACING_LEADING); }
 
 typedef struct {
     int n_prk;                  /* leading PRK timesteps in s->timesteps */

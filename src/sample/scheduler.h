@@ -232,6 +232,14 @@ float *qd_sched_alloc(qd_ctx *ctx, const qd_scheduler *s);
  * linear betas from beta_start to beta_end, epsilon prediction, spacing. */
 void qd_sched_defaults(qd_sched_config *c, double beta_start, double beta_end, int spacing);
 
+/* set_timesteps of DDIM and DDPM: integer timesteps by spacing
+ * (qd_sched_spacing_int), each within the training range; no sigmas. */
+qd_status qd_sched_discrete_set_timesteps(qd_ctx *ctx, qd_scheduler *s, int n);
+/* DDIM/DDPM step: x0 from the model output at alphas_cumprod a_t (sa = sqrt(a_t),
+ * sb = sqrt(1 - a_t)), float32, then thresholded or clipped to clip_sample_range. */
+qd_status qd_sched_ddpm_x0(qd_ctx *ctx, const qd_sched_config *c, float sa, float sb, const float *mo,
+                           const float *x, float *x0, int64_t batch, int64_t per_item);
+
 /* Config keys of LMS, KDPM2 and KDPM2 ancestral (the same list in diffusers). */
 extern const char *const qd_sched_kdiff_keys[];
 /* set_timesteps of Euler, Euler ancestral and LMS: qd_sched_kdiff_sigmas (not
