@@ -9,6 +9,17 @@
 /* Parse a JSON file; error names the file. */
 qd_status qd_json_load(qd_ctx *ctx, const char *path, cJSON **out);
 
+/* An error about a config file: "<path>: <formatted message>". Returns code. */
+qd_status qd_json_fail(qd_ctx *ctx, qd_status code, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* The key's item, or NULL when it is absent or null (diffusers then takes the default). */
+const cJSON *qd_json_item(const cJSON *obj, const char *key);
+/* An integer key in [lo, hi]: *out = def when absent or null. Returns 0, or -1
+ * (out untouched) when the value is not an integer in [lo, hi]; the caller
+ * reports the error in its own words. */
+int qd_json_int_range(const cJSON *obj, const char *key, int lo, int hi, int def, int *out);
+
 /* Getters: the default when the key is absent or null. */
 double qd_json_num(const cJSON *obj, const char *key, double def);
 int qd_json_int(const cJSON *obj, const char *key, int def);

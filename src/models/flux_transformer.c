@@ -17,7 +17,6 @@
 #include "tensor/rope.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,26 +47,11 @@ typedef struct {
     int axes[3];
 } fcfg;
 
-static qd_status cfg_fail(qd_ctx *ctx, qd_status code, const char *path, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static qd_status cfg_fail(qd_ctx *ctx, qd_status code, const char *path, const char *fmt, ...) {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return qd_fail(ctx, code, "%s: %s", path, msg);
-}
-
 /* An integer key in [lo, hi] (diffusers' default when absent or null). */
 static qd_status int_key(qd_ctx *ctx, const char *path, const cJSON *cfg, const char *key, int def, int lo, int hi,
                          int *out) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(cfg, key);
-    if (!it || cJSON_IsNull(it)) { *out = def; return QD_OK; }
-    if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || it->valuedouble < lo ||
-        it->valuedouble > hi)
-        return cfg_fail(ctx, QD_ERR_FORMAT, path, "%s must be an integer in [%d, %d]", key, lo, hi);
-    *out = (int)it->valuedouble;
+    if (qd_json_int_range(cfg, key, lo, hi, def, out) < 0)
+        return qd_json_fail(ctx, QD_ERR_FORMAT, path, "%s must be an integer in [%d, %d]", key, lo, hi);
     return QD_OK;
 }
 
@@ -75,11 +59,12 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, f
     memset(c, 0, sizeof *c);
     const cJSON *cls = cJSON_GetObjectItemCaseSensitive(cfg, "_class_name");
     if (cls && !cJSON_IsNull(cls) && (!cJSON_IsString(cls) || strcmp(cls->valuestring, "FluxTransformer2DModel")))
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "_class_name '%s' not supported (only FluxTransformer2DModel)",
-                        cJSON_IsString(cls) ? cls->valuestring : "(not a string)");
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path,
+                            "_class_name '%s' not supported (only FluxTransformer2DModel)",
+                            cJSON_IsString(cls) ? cls->valuestring : "(not a string)");
     QD_TRY(int_key(ctx, path, cfg, "patch_size", 1, 1, 64, &c->patch));
     if (c->patch != 1)   /* diffusers would only widen proj_out; no FLUX checkpoint does it */
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "patch_size %d not supported (only 1)", c->patch);
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "patch_size %d not supported (only 1)", c->patch);
     QD_TRY(int_key(ctx, path, cfg, "in_channels", 64, 1, MAX_DIM, &c->in_ch));
     QD_TRY(int_key(ctx, path, cfg, "out_channels", c->in_ch, 1, MAX_DIM, &c->out_ch));   /* null: in_channels */
     QD_TRY(int_key(ctx, path, cfg, "num_layers", 19, 0, MAX_LAYERS, &c->layers));
@@ -89,12 +74,12 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, f
     QD_TRY(int_key(ctx, path, cfg, "joint_attention_dim", 4096, 1, MAX_DIM, &c->joint));
     QD_TRY(int_key(ctx, path, cfg, "pooled_projection_dim", 768, 1, MAX_DIM, &c->pooled));
     if ((int64_t)c->heads * c->head_dim > MAX_DIM)
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "num_attention_heads * attention_head_dim = %lld too large",
-                        (long long)c->heads * c->head_dim);
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "num_attention_heads * attention_head_dim = %lld too large",
+                            (long long)c->heads * c->head_dim);
 
     const cJSON *g = cJSON_GetObjectItemCaseSensitive(cfg, "guidance_embeds");
     if (g && !cJSON_IsNull(g) && !cJSON_IsBool(g))
-        return cfg_fail(ctx, QD_ERR_FORMAT, path, "guidance_embeds must be true or false");
+        return qd_json_fail(ctx, QD_ERR_FORMAT, path, "guidance_embeds must be true or false");
     c->guidance = cJSON_IsTrue(g);
 
     /* FluxPosEmbed: one slice of every head per id column, each even (get_1d_rotary_pos_embed
@@ -104,23 +89,24 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, f
         c->axes[0] = 16; c->axes[1] = 56; c->axes[2] = 56;
     } else {
         if (!cJSON_IsArray(ax))
-            return cfg_fail(ctx, QD_ERR_FORMAT, path, "axes_dims_rope must be a list of integers");
+            return qd_json_fail(ctx, QD_ERR_FORMAT, path, "axes_dims_rope must be a list of integers");
         if (cJSON_GetArraySize(ax) != 3)
-            return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path,
-                            "axes_dims_rope with %d axes not supported (3: the ids have 3 columns)",
-                            cJSON_GetArraySize(ax));
+            return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path,
+                                "axes_dims_rope with %d axes not supported (3: the ids have 3 columns)",
+                                cJSON_GetArraySize(ax));
         int k = 0;
         for (const cJSON *e = ax->child; e; e = e->next, k++) {
             if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || e->valuedouble < 0 ||
                 e->valuedouble > MAX_DIM || (int)e->valuedouble % 2)
-                return cfg_fail(ctx, QD_ERR_FORMAT, path, "axes_dims_rope[%d] must be an even integer >= 0", k);
+                return qd_json_fail(ctx, QD_ERR_FORMAT, path, "axes_dims_rope[%d] must be an even integer >= 0", k);
             c->axes[k] = (int)e->valuedouble;
         }
     }
     int sum = c->axes[0] + c->axes[1] + c->axes[2];
     if (sum != c->head_dim)
-        return cfg_fail(ctx, QD_ERR_FORMAT, path, "axes_dims_rope [%d, %d, %d] sums to %d, not attention_head_dim %d",
-                        c->axes[0], c->axes[1], c->axes[2], sum, c->head_dim);
+        return qd_json_fail(ctx, QD_ERR_FORMAT, path,
+                            "axes_dims_rope [%d, %d, %d] sums to %d, not attention_head_dim %d",
+                            c->axes[0], c->axes[1], c->axes[2], sum, c->head_dim);
     return QD_OK;
 }
 

@@ -19,7 +19,6 @@
 #include "tensor/ops.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,25 +66,10 @@ typedef struct {
     unsigned char *dual;            /* [layers] */
 } scfg;
 
-static qd_status cfg_fail(qd_ctx *ctx, qd_status code, const char *path, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static qd_status cfg_fail(qd_ctx *ctx, qd_status code, const char *path, const char *fmt, ...) {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return qd_fail(ctx, code, "%s: %s", path, msg);
-}
-
 /* A positive integer key (diffusers' default when absent or null). */
 static qd_status pos_int(qd_ctx *ctx, const char *path, const cJSON *cfg, const char *key, int def, int *out) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(cfg, key);
-    if (!it || cJSON_IsNull(it)) { *out = def; return QD_OK; }
-    if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) || it->valuedouble < 1 ||
-        it->valuedouble > MAX_DIM)
-        return cfg_fail(ctx, QD_ERR_FORMAT, path, "%s must be a positive integer", key);
-    *out = (int)it->valuedouble;
+    if (qd_json_int_range(cfg, key, 1, MAX_DIM, def, out) < 0)
+        return qd_json_fail(ctx, QD_ERR_FORMAT, path, "%s must be a positive integer", key);
     return QD_OK;
 }
 
@@ -93,8 +77,9 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, s
     memset(c, 0, sizeof *c);
     const char *cls = qd_json_str(cfg, "_class_name", "SD3Transformer2DModel");
     if (strcmp(cls, "SD3Transformer2DModel"))
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "_class_name '%s' not supported (only SD3Transformer2DModel)",
-                        cls);
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path,
+                            "_class_name '%s' not supported (only SD3Transformer2DModel)",
+                            cls);
     QD_TRY(pos_int(ctx, path, cfg, "sample_size", 128, &c->sample));
     QD_TRY(pos_int(ctx, path, cfg, "patch_size", 2, &c->patch));
     QD_TRY(pos_int(ctx, path, cfg, "in_channels", 16, &c->in_ch));
@@ -107,27 +92,27 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, s
     QD_TRY(pos_int(ctx, path, cfg, "pooled_projection_dim", 2048, &c->pooled));
     const cJSON *pm = cJSON_GetObjectItemCaseSensitive(cfg, "pos_embed_max_size");
     if (cJSON_IsNull(pm))   /* then diffusers recomputes the table per latent size; no SD3 checkpoint does that */
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "pos_embed_max_size null not supported");
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "pos_embed_max_size null not supported");
     QD_TRY(pos_int(ctx, path, cfg, "pos_embed_max_size", 96, &c->pe_max));
     if (c->layers > MAX_LAYERS)
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "num_layers %d not supported (at most %d)", c->layers,
-                        MAX_LAYERS);
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "num_layers %d not supported (at most %d)", c->layers,
+                            MAX_LAYERS);
     if ((int64_t)c->heads * c->head_dim > MAX_DIM || c->pe_max > 4096 || c->patch > 64)
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "num_attention_heads * attention_head_dim, patch_size or "
-                        "pos_embed_max_size out of range");
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "num_attention_heads * attention_head_dim, patch_size or "
+                            "pos_embed_max_size out of range");
     /* context_embedder projects to caption_projection_dim, and the blocks take it as inner_dim */
     if (c->caption != c->heads * c->head_dim)
-        return cfg_fail(ctx, QD_ERR_FORMAT, path,
-                        "caption_projection_dim %d differs from num_attention_heads * attention_head_dim = %d",
-                        c->caption, c->heads * c->head_dim);
+        return qd_json_fail(ctx, QD_ERR_FORMAT, path,
+                            "caption_projection_dim %d differs from num_attention_heads * attention_head_dim = %d",
+                            c->caption, c->heads * c->head_dim);
     if (c->sample < c->patch)
-        return cfg_fail(ctx, QD_ERR_FORMAT, path, "sample_size %d smaller than patch_size %d", c->sample, c->patch);
+        return qd_json_fail(ctx, QD_ERR_FORMAT, path, "sample_size %d smaller than patch_size %d", c->sample, c->patch);
 
     const cJSON *qk = cJSON_GetObjectItemCaseSensitive(cfg, "qk_norm");
     if (qk && !cJSON_IsNull(qk)) {
         if (!cJSON_IsString(qk) || strcmp(qk->valuestring, "rms_norm"))
-            return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "qk_norm '%s' not supported (only null or rms_norm)",
-                            cJSON_IsString(qk) ? qk->valuestring : "(not a string)");
+            return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "qk_norm '%s' not supported (only null or rms_norm)",
+                                cJSON_IsString(qk) ? qk->valuestring : "(not a string)");
         c->qk_norm = 1;
     }
 
@@ -136,14 +121,15 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, s
     const cJSON *dl = cJSON_GetObjectItemCaseSensitive(cfg, "dual_attention_layers");
     if (dl && !cJSON_IsNull(dl)) {
         if (!cJSON_IsArray(dl))
-            return cfg_fail(ctx, QD_ERR_FORMAT, path, "dual_attention_layers must be a list of block indices");
+            return qd_json_fail(ctx, QD_ERR_FORMAT, path, "dual_attention_layers must be a list of block indices");
         for (const cJSON *e = dl->child; e; e = e->next) {
             if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble))
-                return cfg_fail(ctx, QD_ERR_FORMAT, path, "dual_attention_layers must be a list of block indices");
+                return qd_json_fail(ctx, QD_ERR_FORMAT, path, "dual_attention_layers must be a list of block indices");
             /* diffusers would silently ignore an index past the last block: refuse it as a broken config */
             if (e->valuedouble < 0 || e->valuedouble >= c->layers)
-                return cfg_fail(ctx, QD_ERR_FORMAT, path, "dual_attention_layers names block %g but num_layers is %d",
-                                e->valuedouble, c->layers);
+                return qd_json_fail(ctx, QD_ERR_FORMAT, path,
+                                    "dual_attention_layers names block %g but num_layers is %d",
+                                    e->valuedouble, c->layers);
             c->dual[(int)e->valuedouble] = 1;
         }
     }
@@ -184,8 +170,9 @@ static qd_status load_pos_embed(qd_ctx *ctx, qd_sd3 *m, const scfg *c, const cha
     }
     if (D % 4) {
         if (t) { m->pe_stored = t; return QD_OK; }
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path,
-                        "inner dim %lld is not a multiple of 4 (needed for the sin-cos position table)", (long long)D);
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path,
+                            "inner dim %lld is not a multiple of 4 (needed for the sin-cos position table)",
+                            (long long)D);
     }
     m->pe_step = (float)((double)M / (c->sample / c->patch));
     if (!(m->omega = qd_malloc(ctx, sizeof(double) * (size_t)(D / 4)))) return QD_ERR_NOMEM;

@@ -10,7 +10,6 @@
 #include "tensor/ops.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,22 +60,6 @@ typedef struct {
     float eps, res_scale, mid_scale;
 } ucfg;
 
-static qd_status cfg_fail(qd_ctx *ctx, qd_status code, const char *path, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static qd_status cfg_fail(qd_ctx *ctx, qd_status code, const char *path, const char *fmt, ...) {
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return qd_fail(ctx, code, "%s: %s", path, msg);
-}
-
-static int is_set(const cJSON *cfg, const char *key) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(cfg, key);
-    return it && !cJSON_IsNull(it);
-}
-
 /* An int or list of ints with one entry per block (diffusers repeats a scalar). */
 static qd_status per_block(qd_ctx *ctx, const char *path, const cJSON *cfg, const char *key, int nb, int def,
                            int *out) {
@@ -85,7 +68,7 @@ static qd_status per_block(qd_ctx *ctx, const char *path, const cJSON *cfg, cons
         for (int i = 0; i < nb; i++) out[i] = def;
         return QD_OK;
     }
-    if (n != nb) return cfg_fail(ctx, QD_ERR_FORMAT, path, "%s must be an int or a list of %d ints", key, nb);
+    if (n != nb) return qd_json_fail(ctx, QD_ERR_FORMAT, path, "%s must be an int or a list of %d ints", key, nb);
     return QD_OK;
 }
 
@@ -108,7 +91,7 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, u
     memset(c, 0, sizeof *c);
     const char *cls = qd_json_str(cfg, "_class_name", "UNet2DConditionModel");
     if (strcmp(cls, "UNet2DConditionModel"))
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "_class_name '%s' not supported", cls);
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "_class_name '%s' not supported", cls);
 
     /* options whose non-default values change the graph: refuse rather than guess */
     static const char *must_be_null[] = {
@@ -116,27 +99,28 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, u
         "time_cond_proj_dim", "time_embedding_act_fn", "timestep_post_act", "cross_attention_norm",
     };
     for (size_t i = 0; i < sizeof must_be_null / sizeof *must_be_null; i++)
-        if (is_set(cfg, must_be_null[i]))
-            return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "%s not supported (only null)", must_be_null[i]);
+        if (qd_json_item(cfg, must_be_null[i]))
+            return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "%s not supported (only null)", must_be_null[i]);
     static const char *must_be[][2] = {
         {"time_embedding_type", "positional"}, {"resnet_time_scale_shift", "default"}, {"attention_type", "default"},
     };
     for (size_t i = 0; i < sizeof must_be / sizeof *must_be; i++) {
         const char *v = qd_json_str(cfg, must_be[i][0], must_be[i][1]);
         if (strcmp(v, must_be[i][1]))
-            return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "%s '%s' not supported (only '%s')", must_be[i][0], v,
-                            must_be[i][1]);
+            return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "%s '%s' not supported (only '%s')", must_be[i][0], v,
+                                must_be[i][1]);
     }
     const char *act = qd_json_str(cfg, "act_fn", "silu");
     if (strcmp(act, "silu") && strcmp(act, "swish"))
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "act_fn '%s' not supported (only silu)", act);
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "act_fn '%s' not supported (only silu)", act);
     if (qd_json_bool(cfg, "dual_cross_attention", 0))
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "dual_cross_attention not supported");
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "dual_cross_attention not supported");
     const cJSON *oca = cJSON_GetObjectItemCaseSensitive(cfg, "only_cross_attention");
-    if (cJSON_IsTrue(oca)) return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "only_cross_attention not supported");
+    if (cJSON_IsTrue(oca)) return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "only_cross_attention not supported");
     if (cJSON_IsArray(oca))
         for (const cJSON *e = oca->child; e; e = e->next)
-            if (cJSON_IsTrue(e)) return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "only_cross_attention not supported");
+            if (cJSON_IsTrue(e)) return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path,
+                                                     "only_cross_attention not supported");
 
     /* blocks (defaults: diffusers' SD1.x layout) */
     static const char *def_down[] = {"CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"};
@@ -146,46 +130,48 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, u
     int nu = qd_json_strs(cfg, "up_block_types", c->up_types, MAX_BLOCKS);
     int nc = qd_json_ints(cfg, "block_out_channels", c->boc, MAX_BLOCKS);
     if (nd < 0 || nu < 0 || nc < 0)
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path,
-                        "down_block_types, up_block_types and block_out_channels must be lists of at most %d",
-                        MAX_BLOCKS);
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path,
+                            "down_block_types, up_block_types and block_out_channels must be lists of at most %d",
+                            MAX_BLOCKS);
     if (nd == 0) { nd = 4; memcpy(c->down_types, def_down, sizeof def_down); }
     if (nu == 0) { nu = 4; memcpy(c->up_types, def_up, sizeof def_up); }
     if (nc == 0) { nc = 4; memcpy(c->boc, def_boc, sizeof def_boc); }
     if (nd != nu || nd != nc)
-        return cfg_fail(ctx, QD_ERR_FORMAT, path, "%d down_block_types, %d up_block_types, %d block_out_channels",
-                        nd, nu, nc);
+        return qd_json_fail(ctx, QD_ERR_FORMAT, path, "%d down_block_types, %d up_block_types, %d block_out_channels",
+                            nd, nu, nc);
     int nb = c->nb = nd;
     for (int i = 0; i < nb; i++) {
         if (strcmp(c->down_types[i], "CrossAttnDownBlock2D") && strcmp(c->down_types[i], "DownBlock2D"))
-            return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "down_block_types[%d] '%s' not supported", i,
-                            c->down_types[i]);
+            return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "down_block_types[%d] '%s' not supported", i,
+                                c->down_types[i]);
         if (strcmp(c->up_types[i], "CrossAttnUpBlock2D") && strcmp(c->up_types[i], "UpBlock2D"))
-            return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "up_block_types[%d] '%s' not supported", i,
-                            c->up_types[i]);
-        if (c->boc[i] <= 0) return cfg_fail(ctx, QD_ERR_FORMAT, path, "block_out_channels[%d] = %d", i, c->boc[i]);
+            return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "up_block_types[%d] '%s' not supported", i,
+                                c->up_types[i]);
+        if (c->boc[i] <= 0) return qd_json_fail(ctx, QD_ERR_FORMAT, path, "block_out_channels[%d] = %d", i, c->boc[i]);
     }
     const cJSON *mbt = cJSON_GetObjectItemCaseSensitive(cfg, "mid_block_type");
     const char *mid = !mbt ? "UNetMidBlock2DCrossAttn" : cJSON_IsNull(mbt) ? NULL
                     : cJSON_IsString(mbt) ? mbt->valuestring : "(not a string)";
     if (mid && strcmp(mid, "UNetMidBlock2DCrossAttn"))
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "mid_block_type '%s' not supported", mid);
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "mid_block_type '%s' not supported", mid);
     c->has_mid = mid != NULL;
 
     QD_TRY(per_block(ctx, path, cfg, "layers_per_block", nb, 2, c->layers));
     for (int i = 0; i < nb; i++)
         if (c->layers[i] < 1 || c->layers[i] >= MAX_LAYERS)
-            return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "layers_per_block %d not supported (1..%d)", c->layers[i],
-                            MAX_LAYERS - 1);
+            return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "layers_per_block %d not supported (1..%d)",
+                                c->layers[i],
+                                MAX_LAYERS - 1);
 
     /* diffusers' naming quirk: attention_head_dim is the head COUNT unless num_attention_heads is given */
-    QD_TRY(per_block(ctx, path, cfg, is_set(cfg, "num_attention_heads") ? "num_attention_heads"
-                                                                         : "attention_head_dim", nb, 8, c->heads));
+    QD_TRY(per_block(ctx, path, cfg,
+                     qd_json_item(cfg, "num_attention_heads") ? "num_attention_heads" : "attention_head_dim", nb, 8,
+                     c->heads));
     int cd[MAX_BLOCKS];
     QD_TRY(per_block(ctx, path, cfg, "cross_attention_dim", nb, 1280, cd));
     for (int i = 1; i < nb; i++)    /* one context feeds every block */
         if (cd[i] != cd[0])
-            return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "cross_attention_dim differing per block not supported");
+            return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "cross_attention_dim differing per block not supported");
     c->cross_dim = cd[0];
 
     /* transformer_layers_per_block: int, a list per block, or a list of per-layer lists */
@@ -201,17 +187,17 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, u
         if (cJSON_IsNumber(tl)) e = tl;
         else if (cJSON_IsArray(tl) && cJSON_GetArraySize(tl) == nb) e = cJSON_GetArrayItem(tl, i);
         if (!e || depths_of(e, c->layers[i], c->depth_down[i]))
-            return cfg_fail(ctx, QD_ERR_FORMAT, path, "transformer_layers_per_block malformed");
+            return qd_json_fail(ctx, QD_ERR_FORMAT, path, "transformer_layers_per_block malformed");
         if (cJSON_IsArray(e) && !rtl)   /* diffusers refuses this too */
-            return cfg_fail(ctx, QD_ERR_FORMAT, path,
-                            "per-layer transformer_layers_per_block needs reverse_transformer_layers_per_block");
+            return qd_json_fail(ctx, QD_ERR_FORMAT, path,
+                                "per-layer transformer_layers_per_block needs reverse_transformer_layers_per_block");
     }
     for (int i = 0; i < nb; i++) {
         int n = c->layers[nb - 1 - i] + 1;
         if (rtl) {
             const cJSON *e = cJSON_IsArray(rtl) && cJSON_GetArraySize(rtl) == nb ? cJSON_GetArrayItem(rtl, i) : NULL;
             if (!e || depths_of(e, n, c->depth_up[i]))
-                return cfg_fail(ctx, QD_ERR_FORMAT, path, "reverse_transformer_layers_per_block malformed");
+                return qd_json_fail(ctx, QD_ERR_FORMAT, path, "reverse_transformer_layers_per_block malformed");
         } else {
             for (int j = 0; j < n; j++) c->depth_up[i][j] = c->depth_down[nb - 1 - i][0];
         }
@@ -219,8 +205,8 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, u
 
     c->in_ch = qd_json_int(cfg, "in_channels", 4);
     c->out_ch = qd_json_int(cfg, "out_channels", 4);
-    if (!is_set(cfg, "norm_num_groups") && cJSON_GetObjectItemCaseSensitive(cfg, "norm_num_groups"))
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "norm_num_groups null not supported");
+    if (!qd_json_item(cfg, "norm_num_groups") && cJSON_GetObjectItemCaseSensitive(cfg, "norm_num_groups"))
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "norm_num_groups null not supported");
     c->groups = qd_json_int(cfg, "norm_num_groups", 32);
     c->eps = (float)qd_json_num(cfg, "norm_eps", 1e-5);
     c->down_pad = qd_json_int(cfg, "downsample_padding", 1);
@@ -233,37 +219,38 @@ static qd_status parse_config(qd_ctx *ctx, const char *path, const cJSON *cfg, u
     if (c->in_ch <= 0 || c->out_ch <= 0 || c->groups <= 0 || c->cross_dim <= 0 || c->temb_dim <= 0 ||
         c->down_pad < 0 || c->down_pad > 1 || c->kin <= 0 || c->kin % 2 == 0 || c->kout <= 0 || c->kout % 2 == 0 ||
         !(c->res_scale != 0) || !(c->mid_scale != 0))
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path,
-                        "in/out_channels, norm_num_groups, cross_attention_dim, time_embedding_dim, "
-                        "downsample_padding (0 or 1), conv kernels (odd) or scale factors out of range");
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path,
+                            "in/out_channels, norm_num_groups, cross_attention_dim, time_embedding_dim, "
+                            "downsample_padding (0 or 1), conv kernels (odd) or scale factors out of range");
     for (int i = 0; i < nb; i++) {
         /* heads[i] serves down block i, up block nb-1-i and (last) the mid block */
         int cross = !strcmp(c->down_types[i], "CrossAttnDownBlock2D") ||
                     !strcmp(c->up_types[nb - 1 - i], "CrossAttnUpBlock2D") || (c->has_mid && i == nb - 1);
         if (cross && (c->heads[i] < 1 || c->heads[i] > c->boc[i]))
-            return cfg_fail(ctx, QD_ERR_FORMAT, path, "%d attention heads for %d channels in block %d", c->heads[i],
-                            c->boc[i], i);
+            return qd_json_fail(ctx, QD_ERR_FORMAT, path, "%d attention heads for %d channels in block %d", c->heads[i],
+                                c->boc[i], i);
         for (int j = 0; j < c->layers[i]; j++)
             if (c->depth_down[i][j] < 1 || c->depth_down[i][j] > MAX_DEPTH)
-                return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "transformer depth %d not supported",
-                                c->depth_down[i][j]);
+                return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "transformer depth %d not supported",
+                                    c->depth_down[i][j]);
         for (int j = 0; j <= c->layers[nb - 1 - i]; j++)
             if (c->depth_up[i][j] < 1 || c->depth_up[i][j] > MAX_DEPTH)
-                return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "transformer depth %d not supported",
-                                c->depth_up[i][j]);
+                return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "transformer depth %d not supported",
+                                    c->depth_up[i][j]);
     }
 
     const char *add = qd_json_str(cfg, "addition_embed_type", NULL);
     if (add && strcmp(add, "text_time"))
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "addition_embed_type '%s' not supported (only text_time)", add);
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "addition_embed_type '%s' not supported (only text_time)",
+                            add);
     c->text_time = add != NULL;
     if (c->text_time) {
         c->add_dim = qd_json_int(cfg, "addition_time_embed_dim", 0);
         c->proj_dim = qd_json_int(cfg, "projection_class_embeddings_input_dim", 0);
         if (c->add_dim <= 0 || c->proj_dim <= 6 * c->add_dim)
-            return cfg_fail(ctx, QD_ERR_FORMAT, path,
-                            "text_time needs addition_time_embed_dim > 0 and projection_class_embeddings_input_dim "
-                            "> 6 * addition_time_embed_dim (got %d, %d)", c->add_dim, c->proj_dim);
+            return qd_json_fail(ctx, QD_ERR_FORMAT, path,
+                                "text_time needs addition_time_embed_dim > 0 and projection_class_embeddings_input_dim "
+                                "> 6 * addition_time_embed_dim (got %d, %d)", c->add_dim, c->proj_dim);
     }
     return QD_OK;
 }
@@ -301,8 +288,8 @@ static qd_status ublock_alloc(qd_ctx *ctx, ublock *b, int n, int n_attn) {
 /* GroupNorm needs channels divisible by the group count (torch refuses otherwise). */
 static qd_status check_groups(qd_ctx *ctx, const char *path, int groups, int64_t C) {
     if (C % groups)
-        return cfg_fail(ctx, QD_ERR_FORMAT, path, "norm_num_groups %d does not divide %lld channels", groups,
-                        (long long)C);
+        return qd_json_fail(ctx, QD_ERR_FORMAT, path, "norm_num_groups %d does not divide %lld channels", groups,
+                            (long long)C);
     return QD_OK;
 }
 
@@ -374,9 +361,9 @@ static qd_status build(qd_ctx *ctx, qd_unet *u, const ucfg *c, const char *path)
         for (int j = 0; j < n; j++) {
             int skip = j == n - 1 ? in : out, rin = j ? out : prev;
             if (ns == 0 || sk_c[ns - 1] != skip || sk_l[ns - 1] != level || hc != rin)
-                return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path,
-                                "up_blocks.%d.resnets.%d does not line up with the down blocks' skip connections "
-                                "(asymmetric layers_per_block not supported)", i, j);
+                return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path,
+                                    "up_blocks.%d.resnets.%d does not line up with the down blocks' skip connections "
+                                    "(asymmetric layers_per_block not supported)", i, j);
             ns--;
             QD_TRY(check_groups(ctx, path, g, rin + skip));
             snprintf(pre, sizeof pre, "up_blocks.%d.resnets.%d", i, j);
@@ -394,7 +381,7 @@ static qd_status build(qd_ctx *ctx, qd_unet *u, const ucfg *c, const char *path)
         }
     }
     if (ns != 0 || hc != ch0)
-        return cfg_fail(ctx, QD_ERR_UNSUPPORTED, path, "up blocks do not consume every skip connection");
+        return qd_json_fail(ctx, QD_ERR_UNSUPPORTED, path, "up blocks do not consume every skip connection");
     QD_TRY(qd_p_norm(p, &u->norm_out, ch0, QD_BIAS, "conv_norm_out"));
     QD_TRY(qd_p_conv(p, &u->conv_out, c->out_ch, ch0, c->kout, QD_BIAS, "conv_out"));
     return QD_OK;

@@ -79,12 +79,8 @@ typedef struct {
 /* An integer key in [lo, hi], `def` when absent or null; anything else is an error. */
 static qd_status cfg_int(qd_ctx *ctx, const char *path, const cJSON *root, const char *key,
                          int def, int lo, int hi, int *out) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(root, key);
-    if (!it || cJSON_IsNull(it)) { *out = def; return QD_OK; }
-    double d = cJSON_IsNumber(it) ? it->valuedouble : NAN;
-    if (!(d >= lo && d <= hi) || d != floor(d))
-        return qd_fail(ctx, QD_ERR_FORMAT, "%s: \"%s\" must be an integer in [%d, %d]", path, key, lo, hi);
-    *out = (int)d;
+    if (qd_json_int_range(root, key, lo, hi, def, out) < 0)
+        return qd_json_fail(ctx, QD_ERR_FORMAT, path, "\"%s\" must be an integer in [%d, %d]", key, lo, hi);
     return QD_OK;
 }
 
