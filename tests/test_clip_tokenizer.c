@@ -12,45 +12,11 @@
 
 #define MAXIDS 4096
 
-static int ids_from_json(const cJSON *arr, int32_t *out, int cap) {
-    int n = 0;
-    for (const cJSON *it = arr ? arr->child : NULL; it; it = it->next) {
-        if (n >= cap || !cJSON_IsNumber(it)) return -1;
-        out[n++] = (int32_t)it->valuedouble;
-    }
-    return n;
-}
-
-/* Short one-line label for a prompt: at most ~40 bytes, whole UTF-8 characters,
- * control characters shown as spaces. */
-static const char *label(const char *s) {
-    static char buf[4][48];
-    static int slot;
-    char *b = buf[slot++ % 4];
-    int n = (int)strlen(s);
-    if (n > 40) {
-        n = 40;
-        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
-    }
-    for (int i = 0; i < n; i++) b[i] = (unsigned char)s[i] < 0x20 ? ' ' : s[i];
-    b[n] = 0;
-    return b;
-}
-
-static int same(const int32_t *a, int na, const int32_t *b, int nb) {
-    return na == nb && (na == 0 || !memcmp(a, b, (size_t)na * sizeof *a));
-}
-
 /* Encode two texts and say whether they give the same ids. */
 static int same_ids(qd_ctx *ctx, const qd_clip_tokenizer *t, const char *a, const char *b) {
     int32_t x[MAXIDS], y[MAXIDS];
     int nx = qd_clip_encode(ctx, t, a, x, MAXIDS), ny = qd_clip_encode(ctx, t, b, y, MAXIDS);
-    return nx > 0 && same(x, nx, y, ny);
-}
-
-static void write_file(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    if (f) { fputs(text, f); fclose(f); }
+    return nx > 0 && ids_eq(x, nx, y, ny);
 }
 
 static void test_cases(qd_ctx *ctx, const qd_clip_tokenizer *tok, const qd_clip_tokenizer *tok2) {
@@ -66,11 +32,11 @@ static void test_cases(qd_ctx *ctx, const qd_clip_tokenizer *tok, const qd_clip_
         int32_t want[MAXIDS], got[MAXIDS];
         for (const cJSON *kv = c->child; kv; kv = kv->next) {
             if (strncmp(kv->string, "clip_ids", 8) != 0) continue;
-            int nw = ids_from_json(kv, want, MAXIDS);
+            int nw = json_ids(kv, want, MAXIDS);
             if (!strcmp(kv->string, "clip_ids")) {
                 int ng = qd_clip_encode(ctx, tok, text, got, MAXIDS);
-                check(nw > 0 && same(got, ng, want, nw), "%s: %d ids for \"%s\"", kv->string, nw, label(text));
-                if (ng != nw || (ng > 0 && !same(got, ng, want, nw))) {
+                check(nw > 0 && ids_eq(got, ng, want, nw), "%s: %d ids for \"%s\"", kv->string, nw, text_label(text));
+                if (ng != nw || (ng > 0 && !ids_eq(got, ng, want, nw))) {
                     fprintf(stderr, "  got:");
                     for (int i = 0; i < ng; i++) fprintf(stderr, " %d", got[i]);
                     fprintf(stderr, "\n  want:");
@@ -81,7 +47,8 @@ static void test_cases(qd_ctx *ctx, const qd_clip_tokenizer *tok, const qd_clip_
             } else if (!strncmp(kv->string, "clip_ids_padded", 15)) {
                 int len = atoi(kv->string + 15), trunc = -1;
                 qd_status st = qd_clip_encode_padded(ctx, tok, text, got, len, &trunc);
-                check(st == QD_OK && nw == len && same(got, len, want, nw), "%s for \"%s\"", kv->string, label(text));
+                check(st == QD_OK && nw == len && ids_eq(got, len, want, nw),
+                      "%s for \"%s\"", kv->string, text_label(text));
                 n_checked++;
                 /* SDXL's tokenizer_2 pads with "!" (id 0) after the same EOS; the prompts
                  * here without "!" tokenize identically otherwise. */
@@ -91,8 +58,8 @@ static void test_cases(qd_ctx *ctx, const qd_clip_tokenizer *tok, const qd_clip_
                     while (eos_at < nw && want[eos_at] != 49407) eos_at++;
                     for (int i = 0; i < nw; i++) want2[i] = i > eos_at ? 0 : want[i];
                     st = qd_clip_encode_padded(ctx, tok2, text, got, len, NULL);
-                    check(st == QD_OK && same(got, len, want2, nw), "sdxl tokenizer_2 %s for \"%s\"",
-                          kv->string, label(text));
+                    check(st == QD_OK && ids_eq(got, len, want2, nw), "sdxl tokenizer_2 %s for \"%s\"",
+                          kv->string, text_label(text));
                 }
             } else {
                 check(0, "unknown CLIP key %s in cases.json", kv->string);
@@ -131,9 +98,9 @@ static void test_sdxl_bang(qd_ctx *ctx, const qd_clip_tokenizer *tok, const qd_c
     for (int i = 5; i < 77; i++) want1[i] = 49407;
     check(qd_clip_pad_id(tok2) == 0 && qd_clip_pad_id(tok) == 49407, "pad ids: tokenizer_2 %d, tokenizer %d",
           qd_clip_pad_id(tok2), qd_clip_pad_id(tok));
-    check(qd_clip_encode_padded(ctx, tok2, "! !! !!!", ids, 77, NULL) == QD_OK && same(ids, 77, want2, 77),
+    check(qd_clip_encode_padded(ctx, tok2, "! !! !!!", ids, 77, NULL) == QD_OK && ids_eq(ids, 77, want2, 77),
           "tokenizer_2: \"! !! !!!\" -> 256 748 995, EOS, then id-0 padding");
-    check(qd_clip_encode_padded(ctx, tok, "! !! !!!", ids, 77, NULL) == QD_OK && same(ids, 77, want1, 77),
+    check(qd_clip_encode_padded(ctx, tok, "! !! !!!", ids, 77, NULL) == QD_OK && ids_eq(ids, 77, want1, 77),
           "tokenizer: \"! !! !!!\" -> 256 748 995");
     check(qd_clip_model_max_length(tok) == 77, "model_max_length 77");
 }
@@ -199,28 +166,28 @@ static void test_load_errors(qd_ctx *ctx) {
     char vocab[256], merges[256];
     snprintf(vocab, sizeof vocab, "%s/vocab.json", dir);
     snprintf(merges, sizeof merges, "%s/merges.txt", dir);
-    write_file(vocab, "{\"a</w>\": 0, \"b\": ");
-    write_file(merges, "#version: 0.2\na b\n");
+    write_text_file(vocab, "{\"a</w>\": 0, \"b\": ");
+    write_text_file(merges, "#version: 0.2\na b\n");
     check(qd_clip_tokenizer_load(ctx, dir, &t) != QD_OK && !t && strstr(qd_last_error(ctx), vocab),
           "corrupt vocab.json: %s", qd_last_error(ctx));
-    write_file(vocab, "{\"a</w>\": 0, \"b\": \"x\"}");
+    write_text_file(vocab, "{\"a</w>\": 0, \"b\": \"x\"}");
     check(qd_clip_tokenizer_load(ctx, dir, &t) != QD_OK && strstr(qd_last_error(ctx), vocab),
           "non-integer id: %s", qd_last_error(ctx));
-    write_file(vocab, "{\"a\": 0, \"b</w>\": 1, \"ab</w>\": 2, \"<|startoftext|>\": 3, \"<|endoftext|>\": 4}");
-    write_file(merges, "#version: 0.2\na b</w>\nb c d\n");
+    write_text_file(vocab, "{\"a\": 0, \"b</w>\": 1, \"ab</w>\": 2, \"<|startoftext|>\": 3, \"<|endoftext|>\": 4}");
+    write_text_file(merges, "#version: 0.2\na b</w>\nb c d\n");
     check(qd_clip_tokenizer_load(ctx, dir, &t) != QD_OK && strstr(qd_last_error(ctx), merges) &&
               strstr(qd_last_error(ctx), "line 3"), "malformed merges: %s", qd_last_error(ctx));
-    write_file(merges, "#version: 0.2\na b</w>\n");
+    write_text_file(merges, "#version: 0.2\na b</w>\n");
     check(qd_clip_tokenizer_load(ctx, dir, &t) == QD_OK, "tiny tokenizer loads");
     if (t) {
         int32_t ids[8], want[3] = {3, 2, 4};
         int n = qd_clip_encode(ctx, t, "AB", ids, 8);
-        check(same(ids, n, want, 3), "tiny tokenizer merges a+b</w>");
+        check(ids_eq(ids, n, want, 3), "tiny tokenizer merges a+b</w>");
         qd_clip_tokenizer_free(t);
     }
     char cfg[256];
     snprintf(cfg, sizeof cfg, "%s/special_tokens_map.json", dir);
-    write_file(cfg, "{\"pad_token\": ");
+    write_text_file(cfg, "{\"pad_token\": ");
     t = NULL;
     check(qd_clip_tokenizer_load(ctx, dir, &t) != QD_OK && !t && strstr(qd_last_error(ctx), cfg),
           "corrupt special_tokens_map.json: %s", qd_last_error(ctx));

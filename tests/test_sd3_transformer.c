@@ -112,40 +112,14 @@ static void golden(qd_ctx *ctx, const golden_io *g) {
 
 /* ---- doctored model folders ---- */
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (f) { fputs(text, f); fclose(f); }
-}
-
 /* tmpdir/config.json = the fixture config with `key` set to the JSON `value` (NULL
  * value: key removed). */
 static void write_config(const char *key, const char *value) {
-    char path[512];
-    FILE *f = fopen(fixture(MODEL "/config.json"), "r");
-    char buf[8192];
-    size_t len = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    if (f) fclose(f);
-    buf[len] = 0;
-    cJSON *cfg = cJSON_Parse(buf);
-    if (key && value) {
-        cJSON *v = cJSON_Parse(value);
-        if (!cJSON_ReplaceItemInObjectCaseSensitive(cfg, key, v)) cJSON_AddItemToObject(cfg, key, v);
-    } else if (key) {
-        cJSON_DeleteItemFromObjectCaseSensitive(cfg, key);
-    }
-    char *text = cJSON_Print(cfg);
-    snprintf(path, sizeof path, "%s/config.json", tmpdir);
-    unlink(path);
-    write_text(path, text);
-    free(text);
-    cJSON_Delete(cfg);
+    write_config_with(fixture(MODEL "/config.json"), tmpdir, key, value);
 }
 
 static void link_weights(void) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", tmpdir);
-    unlink(path);
-    if (symlink(fixture(MODEL "/diffusion_pytorch_model.safetensors"), path) != 0) check(0, "symlink %s", path);
+    link_fixture(fixture(MODEL "/diffusion_pytorch_model.safetensors"), tmpdir, "diffusion_pytorch_model.safetensors");
 }
 
 static void expect_fail(qd_ctx *ctx, const char *what, qd_status want, const char *needle1, const char *needle2) {

@@ -107,11 +107,6 @@ static void test_flux(qd_ctx *ctx) {
 
 /* ---- bad folders ---- */
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    if (f) { fputs(text, f); fclose(f); }
-}
-
 static void write_config(const char *dir, const char *arch, const char *ff) {
     char path[4096], cfg[2048];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -120,7 +115,7 @@ static void write_config(const char *dir, const char *arch, const char *ff) {
              " \"layer_norm_epsilon\": 1e-06, \"model_type\": \"t5\", \"num_heads\": 3, \"num_layers\": 2,"
              " \"relative_attention_max_distance\": 128, \"relative_attention_num_buckets\": 32, \"vocab_size\": 32128}",
              arch, ff);
-    write_text(path, cfg);
+    write_text_file(path, cfg);
 }
 
 /* dir/model.safetensors = the sd35-tiny T5 weights without the tensors whose
@@ -166,10 +161,10 @@ static void test_bad_folders(qd_ctx *ctx) {
     write_config(dir, "BertModel", "gated-gelu");
     check(qd_t5_encoder_load(ctx, dir, &m) == QD_ERR_UNSUPPORTED && strstr(qd_last_error(ctx), cfg) &&
               strstr(qd_last_error(ctx), "BertModel"), "architecture BertModel: %s", qd_last_error(ctx));
-    write_text(cfg, "{\"d_model\": 96, \"num_heads\": 0}");
+    write_text_file(cfg, "{\"d_model\": 96, \"num_heads\": 0}");
     check(qd_t5_encoder_load(ctx, dir, &m) == QD_ERR_FORMAT && strstr(qd_last_error(ctx), cfg),
           "zero heads: %s", qd_last_error(ctx));
-    write_text(cfg, "{\"d_model\": ");
+    write_text_file(cfg, "{\"d_model\": ");
     check(qd_t5_encoder_load(ctx, dir, &m) != QD_OK && strstr(qd_last_error(ctx), cfg), "truncated config: %s",
           qd_last_error(ctx));
     /* config fine, no weights */
@@ -189,7 +184,7 @@ static void test_bad_folders(qd_ctx *ctx) {
     }
     /* d_model disagreeing with the weights: a shape error naming a tensor */
     write_weights_without(ctx, dir, "none");
-    write_text(cfg, "{\"architectures\": [\"T5EncoderModel\"], \"d_model\": 64, \"d_kv\": 16, \"num_heads\": 3,"
+    write_text_file(cfg, "{\"architectures\": [\"T5EncoderModel\"], \"d_model\": 64, \"d_kv\": 16, \"num_heads\": 3,"
                     " \"d_ff\": 64, \"num_layers\": 2, \"feed_forward_proj\": \"gated-gelu\"}");
     check(qd_t5_encoder_load(ctx, dir, &m) != QD_OK && strstr(qd_last_error(ctx), "shared.weight"),
           "d_model 64 vs weights 96: %s", qd_last_error(ctx));

@@ -13,34 +13,6 @@
 
 #define MAXIDS 4096
 
-static int ids_from_json(const cJSON *arr, int32_t *out, int cap) {
-    int n = 0;
-    for (const cJSON *it = arr ? arr->child : NULL; it; it = it->next) {
-        if (n >= cap || !cJSON_IsNumber(it)) return -1;
-        out[n++] = (int32_t)it->valuedouble;
-    }
-    return n;
-}
-
-/* Short one-line label for a prompt: whole UTF-8 characters, controls as spaces. */
-static const char *label(const char *s) {
-    static char buf[4][48];
-    static int slot;
-    char *b = buf[slot++ % 4];
-    int n = (int)strlen(s);
-    if (n > 40) {
-        n = 40;
-        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
-    }
-    for (int i = 0; i < n; i++) b[i] = (unsigned char)s[i] < 0x20 ? ' ' : s[i];
-    b[n] = 0;
-    return b;
-}
-
-static int same(const int32_t *a, int na, const int32_t *b, int nb) {
-    return na == nb && (na == 0 || !memcmp(a, b, (size_t)na * sizeof *a));
-}
-
 static void dump(const char *what, const int32_t *v, int n) {
     fprintf(stderr, "  %s:", what);
     for (int i = 0; i < n; i++) fprintf(stderr, " %d", v[i]);
@@ -83,21 +55,23 @@ static void test_cases(qd_ctx *ctx, const qd_t5_tokenizer *tok, const char *name
         int32_t want[MAXIDS], got[MAXIDS];
         for (const cJSON *kv = c->child; kv; kv = kv->next) {
             if (strncmp(kv->string, "t5", 2) != 0) continue;
-            int nw = ids_from_json(kv, want, MAXIDS), ng = -1;
+            int nw = json_ids(kv, want, MAXIDS), ng = -1;
             if (!strcmp(kv->string, "t5_ids")) {
                 ng = qd_t5_encode(ctx, tok, text, got, MAXIDS);
-                check(nw > 0 && same(got, ng, want, nw), "%s %s: %d ids for \"%s\"", name, kv->string, nw, label(text));
+                check(nw > 0 && ids_eq(got, ng, want, nw),
+                      "%s %s: %d ids for \"%s\"", name, kv->string, nw, text_label(text));
             } else if (!strncmp(kv->string, "t5_ids_padded", 13)) {
                 int len = atoi(kv->string + 13), trunc = -1;
                 qd_status st = len > 0 && len <= MAXIDS ? qd_t5_encode_padded(ctx, tok, text, got, len, &trunc) : QD_ERR_ARG;
                 ng = st == QD_OK ? len : -1;
-                check(st == QD_OK && nw == len && same(got, len, want, nw), "%s %s for \"%s\"", name, kv->string, label(text));
+                check(st == QD_OK && nw == len && ids_eq(got, len, want, nw),
+                      "%s %s for \"%s\"", name, kv->string, text_label(text));
             } else {
                 check(0, "unknown T5 key %s in cases.json", kv->string);
                 continue;
             }
             n_checked++;
-            if (ng != nw || (ng > 0 && !same(got, ng, want, nw))) {
+            if (ng != nw || (ng > 0 && !ids_eq(got, ng, want, nw))) {
                 dump("got", got, ng);
                 dump("want", want, nw);
             }
@@ -117,7 +91,7 @@ static void test_formats_agree(qd_ctx *ctx, const qd_t5_tokenizer *a, const qd_t
     for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
         int32_t x[MAXIDS], y[MAXIDS];
         int nx = qd_t5_encode(ctx, a, texts[i], x, MAXIDS), ny = qd_t5_encode(ctx, b, texts[i], y, MAXIDS);
-        check(nx > 0 && same(x, nx, y, ny), "formats agree on \"%s\" (%d ids)", label(texts[i]), nx);
+        check(nx > 0 && ids_eq(x, nx, y, ny), "formats agree on \"%s\" (%d ids)", text_label(texts[i]), nx);
     }
     int ok = 1, n_rounds = 0;
     char buf[400];
@@ -132,7 +106,7 @@ static void test_formats_agree(qd_ctx *ctx, const qd_t5_tokenizer *a, const qd_t
         buf[len] = 0;
         int32_t x[MAXIDS], y[MAXIDS];
         int nx = qd_t5_encode(ctx, a, buf, x, MAXIDS), ny = qd_t5_encode(ctx, b, buf, y, MAXIDS);
-        ok = nx >= 1 && same(x, nx, y, ny) && x[nx - 1] == 1;
+        ok = nx >= 1 && ids_eq(x, nx, y, ny) && x[nx - 1] == 1;
         for (int i = 0; i < nx && ok; i++) ok = x[i] >= 0 && x[i] < qd_t5_vocab_size(a);
         if (!ok) { dump("spiece", x, nx); dump("json", y, ny); }
     }
@@ -143,12 +117,13 @@ static void test_specials(qd_ctx *ctx, const qd_t5_tokenizer *t, const char *nam
     int32_t ids[64];
     int n = qd_t5_encode(ctx, t, "<extra_id_0><extra_id_99></s><pad><unk>", ids, 64);
     int32_t want[] = {32099, 32000, 1, 0, 2, 1};
-    check(same(ids, n, want, 6), "%s: special tokens in text map to their ids", name);
+    check(ids_eq(ids, n, want, 6), "%s: special tokens in text map to their ids", name);
     int32_t a[64], b[64];
     int na = qd_t5_encode(ctx, t, "a cat </s> a dog", a, 64);
     int nb1 = qd_t5_encode(ctx, t, "a cat", b, 64);
     int nb2 = qd_t5_encode(ctx, t, "a dog", b + nb1, 64 - nb1);
-    check(na == nb1 + nb2 && same(a, na, b, nb1 + nb2), "%s: \"a cat </s> a dog\" = \"a cat\" </s> \"a dog\" </s>", name);
+    check(na == nb1 + nb2 && ids_eq(a, na, b, nb1 + nb2),
+          "%s: \"a cat </s> a dog\" = \"a cat\" </s> \"a dog\" </s>", name);
     check(qd_t5_eos_id(t) == 1 && qd_t5_pad_id(t) == 0 && qd_t5_vocab_size(t) == 32100,
           "%s: eos 1, pad 0, vocab 32100", name);
     check(qd_t5_encode(ctx, t, NULL, ids, 64) == 1 && ids[0] == 1, "%s: NULL text is empty", name);
@@ -167,7 +142,7 @@ static void test_truncation(qd_ctx *ctx, const qd_t5_tokenizer *t) {
     check(st == QD_OK && !memcmp(ids, full, 76 * sizeof *ids) && ids[76] == 1 && trunc == 246 - 76,
           "truncated to 77: first 76 tokens, </s> last, %d dropped", trunc);
     st = qd_t5_encode_padded(ctx, t, text, ids, 247, &trunc);
-    check(st == QD_OK && same(ids, 247, full, 247) && trunc == 0, "exactly 247: nothing dropped");
+    check(st == QD_OK && ids_eq(ids, 247, full, 247) && trunc == 0, "exactly 247: nothing dropped");
     st = qd_t5_encode_padded(ctx, t, "a cat", ids, 1, &trunc);
     check(st == QD_OK && ids[0] == 1 && trunc == 3, "max_len 1 keeps only </s> (%d dropped)", trunc);
     check(qd_t5_encode_padded(ctx, t, "a cat", ids, 0, NULL) != QD_OK, "max_len 0 refused");
@@ -183,7 +158,7 @@ static void test_text_robustness(qd_ctx *ctx, const qd_t5_tokenizer *t) {
     int32_t x[MAXIDS];
     int32_t want[] = {3, 9, 2, 3, 115, 2, 1};
     int nx = qd_t5_encode(ctx, t, "a\xff b\xc3\xff\xe2\x82", x, MAXIDS);
-    check(same(x, nx, want, 7), "invalid UTF-8: each bad byte unknown, runs merged into one <unk>");
+    check(ids_eq(x, nx, want, 7), "invalid UTF-8: each bad byte unknown, runs merged into one <unk>");
     int ok = 1;
     char buf[600];
     for (int round = 0; round < 300 && ok; round++) {
@@ -216,7 +191,7 @@ static void test_model_folders(qd_ctx *ctx, const qd_t5_tokenizer *ref) {
         qd_status st = qd_t5_tokenizer_load(ctx, fixture(dirs[i]), &t);
         check(st == QD_OK, "load %s: %s", dirs[i], st ? qd_last_error(ctx) : "ok");
         if (st) continue;
-        check(qd_t5_encode_padded(ctx, t, prompt, got, 256, NULL) == QD_OK && same(got, nw, want, nw) &&
+        check(qd_t5_encode_padded(ctx, t, prompt, got, 256, NULL) == QD_OK && ids_eq(got, nw, want, nw) &&
                   got[255] == 0, "%s: fixture prompt, padded to 256", dirs[i]);
         qd_t5_tokenizer_free(t);
     }

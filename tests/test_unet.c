@@ -100,11 +100,6 @@ static void odd_sizes(qd_ctx *ctx, const char *model, int64_t H, int64_t W) {
 
 static char tmpdir[256];
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (f) { fputs(text, f); fclose(f); }
-}
-
 /* tmpdir/config.json = the sd15-tiny config with `key` set to the JSON `value` (key NULL:
  * value is an object of several overrides); weights symlinked. */
 static void make_config(const char *key, const char *value) {
@@ -126,13 +121,11 @@ static void make_config(const char *key, const char *value) {
     }
     char *text = cJSON_Print(cfg);
     snprintf(path, sizeof path, "%s/config.json", tmpdir);
-    write_text(path, text);
+    write_text_file(path, text);
     free(text);
     cJSON_Delete(cfg);
-    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", tmpdir);
-    unlink(path);
-    if (symlink(fixture("models/sd15-tiny/unet/diffusion_pytorch_model.safetensors"), path) != 0)
-        check(0, "symlink %s", path);
+    link_fixture(fixture("models/sd15-tiny/unet/diffusion_pytorch_model.safetensors"), tmpdir,
+                 "diffusion_pytorch_model.safetensors");
 }
 
 static void expect_fail(qd_ctx *ctx, const char *what, qd_status want, const char *needle1, const char *needle2) {

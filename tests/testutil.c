@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int n_pass, n_fail;
 
@@ -108,4 +109,65 @@ void check_close(const char *what, const float *got, const float *ref, size_t n,
 int test_summary(void) {
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
+}
+
+void write_text_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (f) { fputs(text, f); fclose(f); }
+}
+
+void write_config_with(const char *src, const char *dir, const char *key, const char *value) {
+    char path[512];
+    FILE *f = fopen(src, "r");
+    char buf[8192];
+    size_t len = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f) fclose(f);
+    buf[len] = 0;
+    cJSON *cfg = cJSON_Parse(buf);
+    if (key && value) {
+        cJSON *v = cJSON_Parse(value);
+        if (!cJSON_ReplaceItemInObjectCaseSensitive(cfg, key, v)) cJSON_AddItemToObject(cfg, key, v);
+    } else if (key) {
+        cJSON_DeleteItemFromObjectCaseSensitive(cfg, key);
+    }
+    char *text = cJSON_Print(cfg);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    write_text_file(path, text);
+    free(text);
+    cJSON_Delete(cfg);
+}
+
+void link_fixture(const char *src, const char *dir, const char *name) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    unlink(path);
+    if (symlink(src, path) != 0) check(0, "symlink %s", path);
+}
+
+int json_ids(const cJSON *arr, int32_t *out, int cap) {
+    int n = 0;
+    for (const cJSON *it = arr ? arr->child : NULL; it; it = it->next) {
+        if (n >= cap || !cJSON_IsNumber(it)) return -1;
+        out[n++] = (int32_t)it->valuedouble;
+    }
+    return n;
+}
+
+const char *text_label(const char *s) {
+    static char buf[4][48];
+    static int slot;
+    char *b = buf[slot++ % 4];
+    int n = (int)strlen(s);
+    if (n > 40) {
+        n = 40;
+        while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80) n--;
+    }
+    for (int i = 0; i < n; i++) b[i] = (unsigned char)s[i] < 0x20 ? ' ' : s[i];
+    b[n] = 0;
+    return b;
+}
+
+int ids_eq(const int32_t *a, int na, const int32_t *b, int nb) {
+    return na == nb && (na == 0 || !memcmp(a, b, (size_t)na * sizeof *a));
 }

@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include <cjson/cJSON.h>
+
 #include "qdiff.h"
 
 /* Path under tests/fixtures (from $QD_FIXTURES, set by ctest). Static buffer, rotating 8 slots. */
@@ -29,5 +31,25 @@ void check_close(const char *what, const float *got, const float *ref, size_t n,
                  double rel_tol, double abs_frac);
 /* Print the summary line and return the process exit status. */
 int test_summary(void);
+
+/* ---- doctored model folders ---- */
+
+/* Write text to path (truncating; errors ignored: the load that follows reports them). */
+void write_text_file(const char *path, const char *text);
+/* dir/config.json = the JSON file src with `key` set to the JSON `value` (added
+ * when missing; NULL value: key removed). */
+void write_config_with(const char *src, const char *dir, const char *key, const char *value);
+/* dir/name -> symlink to src (a failure is recorded as a failed check). */
+void link_fixture(const char *src, const char *dir, const char *name);
+
+/* ---- tokenizer cases ---- */
+
+/* A JSON array of ids into out; the count, or -1 (not all numbers, more than cap). */
+int json_ids(const cJSON *arr, int32_t *out, int cap);
+/* Short one-line label for a prompt: at most ~40 bytes, whole UTF-8 characters,
+ * control characters shown as spaces. Static buffer, rotating 4 slots. */
+const char *text_label(const char *s);
+/* Same id sequences. */
+int ids_eq(const int32_t *a, int na, const int32_t *b, int nb);
 
 #endif
