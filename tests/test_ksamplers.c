@@ -15,7 +15,9 @@
 #include "testutil.h"
 #include "io/json.h"
 #include "io/safetensors.h"
+#include "base/rng.h"
 #include "sample/ksampler.h"
+#include "sample/ksampler_noise.h"
 #include "sample/ksched.h"
 
 #include <math.h>
@@ -443,6 +445,53 @@ static void check_all_run(qd_ctx *ctx) {
     }
 }
 
+/* The Brownian noise source: each call a standard normal per coordinate;
+ * dpmpp_sde's overlapping calls (sigma, mid) and (sigma, next) correlated by
+ * sqrt(|sigma - mid| / |sigma - next|); the next step's calls independent. */
+typedef struct { qd_rng rng; float *f; int64_t n; } randn_src;
+
+static qd_status src_randn(void *user, double *out) {
+    randn_src *r = user;
+    qd_rng_randn(&r->rng, r->f, r->n);
+    for (int64_t j = 0; j < r->n; j++) out[j] = r->f[j];
+    return QD_OK;
+}
+
+static void moments(const double *a, const double *b, int64_t n, double *var_a, double *corr) {
+    double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
+    for (int64_t j = 0; j < n; j++) {
+        sa += a[j]; sb += b[j]; saa += a[j] * a[j]; sbb += b[j] * b[j]; sab += a[j] * b[j];
+    }
+    double ma = sa / n, mb = sb / n, va = saa / n - ma * ma, vb = sbb / n - mb * mb;
+    *var_a = va;
+    *corr = (sab / n - ma * mb) / sqrt(va * vb);
+}
+
+static void check_brownian(qd_ctx *ctx) {
+    enum { N = 40000 };
+    randn_src src;
+    src.f = malloc(sizeof(float) * N);
+    src.n = N;
+    qd_rng_seed(&src.rng, 5);
+    double *a = malloc(sizeof(double) * N), *b = malloc(sizeof(double) * N), *c = malloc(sizeof(double) * N);
+    qd_brownian *br = NULL;
+    qd_status st = qd_brownian_new(ctx, N, 0.03, src_randn, &src, &br);
+    if (st == QD_OK) st = qd_brownian_noise(ctx, br, 10, 5, a);
+    if (st == QD_OK) st = qd_brownian_noise(ctx, br, 10, 1, b);
+    if (st == QD_OK) st = qd_brownian_noise(ctx, br, 1, 0.5, c);
+    double va, vb, vc, ab, ac, bc;
+    moments(a, b, N, &va, &ab);
+    moments(b, c, N, &vb, &bc);
+    moments(c, a, N, &vc, &ac);
+    double want = sqrt(5.0 / 9.0);
+    check(st == QD_OK && fabs(va - 1) < 0.03 && fabs(vb - 1) < 0.03 && fabs(vc - 1) < 0.03 && fabs(ab - want) < 0.02 &&
+              fabs(bc) < 0.02 && fabs(ac) < 0.02,
+          "Brownian noise: variances %.3f %.3f %.3f, overlapping calls correlated %.3f (want %.3f), disjoint %.3f %.3f",
+          va, vb, vc, ab, want, bc, ac);
+    qd_brownian_free(br);
+    free(a); free(b); free(c); free(src.f);
+}
+
 int main(void) {
     qd_ctx *ctx = qd_ctx_new(1);
     char path[4096];
@@ -459,6 +508,7 @@ int main(void) {
     }
     cJSON_Delete(doc);
     check_schedule_rules(ctx);
+    check_brownian(ctx);
     check_convergence(ctx);
     check_all_run(ctx);
     qd_ctx_free(ctx);
