@@ -97,7 +97,41 @@ typedef struct {
     int preview_every;
     void (*preview)(void *user, int step, int total, const uint8_t *rgb, int width, int height);
     void *preview_user;
+    /* ComfyUI / k-diffusion sampling instead of a diffusers scheduler class. sampler:
+     * a ComfyUI sampler name ("euler", "dpmpp_2m", "dpmpp_2m_sde", ...); NULL: the
+     * diffusers class path (scheduler, karras). schedule: a ComfyUI scheduler name
+     * ("normal", "karras", "simple", ...); NULL: "normal", or "simple" for flow
+     * models. qd_list() names both. With a sampler, scheduler_options holds the
+     * sampler and schedule parameters (eta, s_noise, s_churn, s_tmin, s_tmax, order,
+     * r, sigma_min, sigma_max, rho, shift, ...) next to the diffusers config keys
+     * that describe the model's noise (prediction_type, rescale_betas_zero_snr, ...). */
+    const char *sampler;
+    const char *schedule;
+    /* Where a k-sampler's noise comes from (diffusers classes always draw all their
+     * noise from one generator seeded with seed, in order):
+     *   QD_NOISE_COMFYUI (0, the default), as ComfyUI on the CPU: the initial noise
+     *     is torch.randn from manual_seed(seed), scaled by sqrt(1 + sigma0^2) for
+     *     eps/v models at full noise (sigma0 otherwise, and for flow models); the
+     *     per-step noise of ancestral and SDE samplers comes from a second generator
+     *     seeded seed + 1; s_churn noise continues the first generator.
+     *   QD_NOISE_DIFFUSERS: one generator for everything, in order (initial noise,
+     *     then each step's), the initial noise scaled as diffusers' sigma-space
+     *     schedulers do: sigma0, or sqrt(sigma0^2 + 1) when the folder's
+     *     timestep_spacing is "leading".
+     * The SDE samplers (dpmpp_sde, dpmpp_2m_sde, dpmpp_3m_sde) get Brownian-motion
+     * noise built from the per-step generator: the law of ComfyUI's torchsde
+     * Brownian tree, not its values. */
+    int noise_mode;
 } qd_gen_params;
+
+enum { QD_NOISE_COMFYUI = 0, QD_NOISE_DIFFUSERS = 1 };
+
+/* The names generate accepts: QD_LIST_SAMPLERS (qd_gen_params.sampler),
+ * QD_LIST_SCHEDULES (.schedule), QD_LIST_SCHEDULER_CLASSES (.scheduler, the
+ * diffusers classes). Returns the i-th name, NULL past the end; *about (if not
+ * NULL) gets a one-line description. */
+enum { QD_LIST_SAMPLERS = 0, QD_LIST_SCHEDULES = 1, QD_LIST_SCHEDULER_CLASSES = 2 };
+const char *qd_list(int what, int i, const char **about);
 
 void qd_gen_params_default(qd_gen_params *p);
 /* Replace the "model default" values (0 size and steps, negative cfg) by what the

@@ -6,6 +6,7 @@
 #include "qdiff.h"
 #include "base/ctx.h"
 #include "base/rng.h"
+#include "pipeline/ksample_loop.h"
 #include "pipeline/model.h"
 #include "pipeline/prompt.h"
 #include "sample/scheduler.h"
@@ -156,6 +157,9 @@ static qd_status denoise(qd_ctx *ctx, denoiser *d, const float *x, float t, floa
                            d->cond->context, d->cond->L, d->img_ids, d->txt_ids, out);
 }
 
+/* The same call for the k-sampler loop (ksample_loop.c), which knows the denoiser only as a pointer. */
+static qd_status ks_model(qd_ctx *ctx, void *d, const float *x, float t, float *out) { return denoise(ctx, d, x, t, out); }
+
 /* FLUX's 2x2 latent packing: [C, h, w] <-> [(h/2)*(w/2), 4C], channel-major within a token. */
 static void pack_latents(const float *x, int64_t C, int64_t h, int64_t w, float *y, int unpack) {
     int64_t hw2 = w / 2;
@@ -297,7 +301,7 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     g.d.h = height / m->vae_scale;
     g.d.w = width / m->vae_scale;
     g.d.guidance = p->guidance;
-    qd_status st = make_scheduler(ctx, m, p, &g.sched);
+    qd_status st = p->sampler ? qd_ksample_scheduler(ctx, m, p, &g.sched) : make_scheduler(ctx, m, p, &g.sched);
     int64_t image_tokens = (g.d.h / 2) * (g.d.w / 2);
     if (st == QD_OK) st = set_timesteps(ctx, m, g.sched, steps, image_tokens);
     if (st == QD_OK)
@@ -328,8 +332,10 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     qd_rng rng;
     qd_rng_seed(&rng, p->seed);
     if (st == QD_OK) initial_noise(m, &rng, &g, B, per, qd_scheduler_init_noise_sigma(g.sched));
-    int total = st == QD_OK ? qd_scheduler_len(g.sched) : 0;
+    int total = st == QD_OK && !p->sampler ? qd_scheduler_len(g.sched) : 0;
     double t0 = qd_now();
+    if (st == QD_OK && p->sampler)   /* a ComfyUI / k-diffusion sampler runs its own loop */
+        st = qd_ksample_loop(ctx, m, p, g.sched, ks_model, &g.d, g.latents, B, per, rows);
     for (int i = 0; st == QD_OK && i < total; i++) {
         for (int64_t r = 0; r < rows; r++)
             memcpy(g.model_in + r * per, g.latents + (r % B) * per, sizeof(float) * (size_t)per);
