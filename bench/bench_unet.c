@@ -124,7 +124,7 @@ static void p_transformer(plist *l, const char *pre, int64_t C, int heads, int d
     snprintf(n, sizeof n, "%s.proj_in", pre);
     if (linear) p_linear(l, n, D, C, 1); else p_conv(l, n, D, C, 1);
     for (int i = 0; i < depth; i++) {
-        char b[128];
+        char b[96];     /* names are < 80 characters; sized so no snprintf below can truncate */
         snprintf(b, sizeof b, "%s.transformer_blocks.%d", pre, i);
         for (int a = 1; a <= 2; a++) {
             int64_t kv = a == 1 ? D : cross;
@@ -286,7 +286,7 @@ static void write_weights(const plist *l, qd_dtype dt, const char *path) {
     len += (size_t)snprintf(h + len, cap - len, "}");
     while (len % 8) h[len++] = ' ';
 
-    char tmp[4200];
+    char tmp[4300];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "wb");
     if (!f) die("%s: %s", tmp, strerror(errno));

@@ -202,6 +202,8 @@ def main():
                     help="measured fp32 peak of the machine (bench_peak); reported beside the nominal one")
     ap.add_argument("--json", help="write per-shape results here")
     ap.add_argument("--md", help="append the markdown tables here")
+    ap.add_argument("--render", metavar="RESULTS.json",
+                    help="no timing: redo the tables from an earlier --json output (e.g. with another --peak-gflops)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -250,20 +252,28 @@ def main():
     for h in head:
         print(h, flush=True)
 
-    t_start = time.perf_counter()
-    results = []
-    for i, ((op, d), e) in enumerate(sorted(shapes.items(), key=lambda kv: -kv[1]["qd"])):
-        fn = make_fn(op, list(d))
-        t, others = timed_clean(fn, a.reps, a.slow)
-        del fn
-        res = {"op": op, "dims": list(d), "count": e["count"], "qd_s": e["qd"], "torch_s": t * e["count"],
-               "gflop": flops(op, d) * e["count"] / 1e9, "others_cpu": others}
-        results.append(res)
-        print("  [%3d/%d] %-9s %-40s x%-3d qdiff %8.4f s  torch %8.4f s  ratio %.2f%s" % (
-            i + 1, len(shapes), op, describe(op, d), e["count"], e["qd"], t * e["count"],
-            t * e["count"] / e["qd"] if e["qd"] > 0 else 0,
-            "  (other processes: %.0f%% CPU)" % (100 * others) if others >= 0.10 else ""), flush=True)
-    print("torch timing took %.0f s" % (time.perf_counter() - t_start))
+    if a.render:
+        saved = json.load(open(a.render))
+        results = saved["results"]
+        head = [h for h in saved["head"] if not h.startswith("measured fp32")]
+        head[0] = head[0] + " (re-rendered from %s)" % a.render
+        if a.peak_gflops:
+            head.append("measured fp32 FMA peak (bench_peak, all cores): %.0f GFLOP/s" % a.peak_gflops)
+    else:
+        t_start = time.perf_counter()
+        results = []
+        for i, ((op, d), e) in enumerate(sorted(shapes.items(), key=lambda kv: -kv[1]["qd"])):
+            fn = make_fn(op, list(d))
+            t, others = timed_clean(fn, a.reps, a.slow)
+            del fn
+            res = {"op": op, "dims": list(d), "count": e["count"], "qd_s": e["qd"], "torch_s": t * e["count"],
+                   "gflop": flops(op, d) * e["count"] / 1e9, "others_cpu": others}
+            results.append(res)
+            print("  [%3d/%d] %-9s %-40s x%-3d qdiff %8.4f s  torch %8.4f s  ratio %.2f%s" % (
+                i + 1, len(shapes), op, describe(op, d), e["count"], e["qd"], t * e["count"],
+                t * e["count"] / e["qd"] if e["qd"] > 0 else 0,
+                "  (other processes: %.0f%% CPU)" % (100 * others) if others >= 0.10 else ""), flush=True)
+        print("torch timing took %.0f s" % (time.perf_counter() - t_start))
 
     lines = []
     title = a.label or os.path.basename(a.trace)
