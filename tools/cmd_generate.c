@@ -37,6 +37,15 @@ static void usage_generate(FILE *f) {
         "      --karras               use Karras sigmas (use_karras_sigmas=true)\n"
         "      --scheduler-options J  JSON object of scheduler config overrides,\n"
         "                             e.g. '{\"algorithm_type\":\"sde-dpmsolver++\"}'\n"
+        "      --scheduler-opt K=V    set one scheduler option (repeatable; later ones win), e.g.\n"
+        "                             prediction_type=v_prediction, use_karras_sigmas=true, s_churn=1\n"
+        "      --sampler NAME         a ComfyUI sampler instead of a scheduler class: euler, euler_ancestral,\n"
+        "                             dpmpp_2m, dpmpp_2m_sde, uni_pc, ... (qdiff samplers lists them)\n"
+        "      --schedule NAME        the sampler's noise schedule: normal, karras, exponential, simple,\n"
+        "                             sgm_uniform, beta, ... (default: normal; simple for SD3/FLUX)\n"
+        "      --eta X                noise of ancestral/SDE samplers (default 1) or of DDIMScheduler\n"
+        "      --noise-mode MODE      with --sampler: comfyui (default; initial noise from the seed, step\n"
+        "                             noise from seed+1, as ComfyUI on the CPU) or diffusers (one generator)\n"
         "      --batch N              images per run (default 1)\n"
         "      --matmul MODE          SDNQ layers: auto (as the model's config asks), exact (dequantized\n"
         "                             weights, fp32 math) or int8 (int8 activations x int8 weights)\n"
@@ -90,7 +99,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
-           O_PREVIEW_VAE, O_PREVIEW_EVERY };
+           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -103,12 +112,16 @@ int cmd_generate(int argc, char **argv) {
         {"guidance", required_argument, 0, O_GUIDANCE}, {"max-sequence-length", required_argument, 0, O_MAXSEQ},
         {"matmul", required_argument, 0, O_MATMUL}, {"preview", required_argument, 0, O_PREVIEW},
         {"preview-vae", required_argument, 0, O_PREVIEW_VAE}, {"preview-every", required_argument, 0, O_PREVIEW_EVERY},
+        {"sampler", required_argument, 0, O_SAMPLER}, {"schedule", required_argument, 0, O_SCHEDULE},
+        {"eta", required_argument, 0, O_ETA}, {"scheduler-opt", required_argument, 0, O_SOPT},
+        {"noise-mode", required_argument, 0, O_NOISE},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
     const char *model_dir = NULL, *out = NULL, *latents_path = NULL, *preview_path = NULL, *preview_vae_path = NULL;
     long threads = 0, v;
-    int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG;
+    int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0;
+    char sched_opts[8192] = "";   /* --scheduler-options / --scheduler-opt / --eta, as one JSON object */
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:o:W:H:t:qh", opts, NULL)) != -1) {
@@ -156,7 +169,22 @@ int cmd_generate(int argc, char **argv) {
         case 'H': if (cli_parse_int(optarg, "--height", 8, 16384, &v)) return EXIT_BAD; p.height = (int)v; break;
         case O_SCHED: p.scheduler = optarg; break;
         case O_KARRAS: p.karras = 1; break;
-        case O_SOPTS: p.scheduler_options = optarg; break;
+        case O_SOPTS: case O_SOPT: case O_ETA:
+            if (cli_scheduler_option(sched_opts, sizeof sched_opts, c == O_SOPTS ? "--scheduler-options"
+                                     : c == O_SOPT ? "--scheduler-opt" : "--eta", optarg))
+                return EXIT_BAD;
+            break;
+        case O_SAMPLER: p.sampler = optarg; break;
+        case O_SCHEDULE: p.schedule = optarg; break;
+        case O_NOISE:
+            if (!strcmp(optarg, "comfyui")) p.noise_mode = QD_NOISE_COMFYUI;
+            else if (!strcmp(optarg, "diffusers")) p.noise_mode = QD_NOISE_DIFFUSERS;
+            else {
+                fprintf(stderr, "qdiff: --noise-mode expects comfyui or diffusers, got '%s'\n", optarg);
+                return EXIT_BAD;
+            }
+            noise_mode_set = 1;
+            break;
         case O_BATCH: if (cli_parse_int(optarg, "--batch", 1, 64, &v)) return EXIT_BAD; p.batch = (int)v; break;
         case 't': if (cli_parse_int(optarg, "--threads", 1, 256, &threads)) return EXIT_BAD; break;
         case O_LATENTS: latents_path = optarg; break;
@@ -171,6 +199,19 @@ int cmd_generate(int argc, char **argv) {
         return EXIT_BAD;
     }
     if (!have_seed) p.seed = random_seed();
+    if (sched_opts[0]) p.scheduler_options = sched_opts;
+    if (p.sampler && (p.scheduler || p.karras == 1)) {
+        fprintf(stderr, "qdiff: --sampler replaces --scheduler/--karras (use --schedule karras)\n");
+        return EXIT_BAD;
+    }
+    if (!p.sampler && (p.schedule || noise_mode_set)) {
+        fprintf(stderr, "qdiff: --schedule and --noise-mode go with --sampler\n");
+        return EXIT_BAD;
+    }
+    if ((p.sampler && cli_check_name(QD_LIST_SAMPLERS, p.sampler, "--sampler")) ||
+        (p.schedule && cli_check_name(QD_LIST_SCHEDULES, p.schedule, "--schedule")) ||
+        (p.scheduler && cli_check_name(QD_LIST_SCHEDULER_CLASSES, p.scheduler, "--scheduler")))
+        return EXIT_BAD;
 
     char path[4200];
     for (int k = 1; k <= p.batch; k++) {
@@ -225,7 +266,10 @@ int cmd_generate(int argc, char **argv) {
     int W = p.width, H = p.height;
     char extra[64] = "";
     if (strcmp(qd_model_family(m), "flux") == 0) snprintf(extra, sizeof extra, ", Guidance: %g", p.guidance);
-    const char *sched = p.scheduler ? p.scheduler : qd_model_scheduler(m);
+    const char *sched = p.sampler ? p.sampler : p.scheduler ? p.scheduler : qd_model_scheduler(m);
+    char sched_more[96];   /* " Karras", or the k-sampler's schedule */
+    snprintf(sched_more, sizeof sched_more, "%s%s", p.sampler ? ", Schedule type: " : p.karras == 1 ? " Karras" : "",
+             !p.sampler ? "" : p.schedule ? p.schedule : strcmp(qd_model_family(m), "sd3") && strcmp(qd_model_family(m), "flux") ? "normal" : "simple");
     const char *mname = strrchr(model_dir, '/');
     mname = mname && mname[1] ? mname + 1 : model_dir;
     for (int k = 1; k <= p.batch; k++) {
@@ -234,7 +278,7 @@ int cmd_generate(int argc, char **argv) {
                  "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, "
                  "Model: %s, Batch pos: %d%s, Version: qdiff %s",
                  p.prompt, p.negative_prompt ? p.negative_prompt : "", p.steps, sched,
-                 p.karras == 1 ? " Karras" : "", p.cfg_scale, (unsigned long long)p.seed, W, H, mname, k - 1,
+                 sched_more, p.cfg_scale, (unsigned long long)p.seed, W, H, mname, k - 1,
                  extra, QDIFF_VERSION);
         const char *keys[] = {"parameters"};
         const char *vals[] = {params};
