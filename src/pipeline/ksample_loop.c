@@ -29,6 +29,13 @@ static const char *const ks_keys[] = {"eta",   "s_noise",     "s_churn",    "s_t
                                       "sigma_max", "rho",     "shift",      "threshold_noise", "linear_steps",
                                       "vp_beta_d", "vp_beta_min", "vp_eps_s", NULL};
 
+/* scheduler_config keys that describe the model's noise, passed to the
+ * describing scheduler; the class's other keys only shape its own timesteps. */
+static const char *const model_keys[] = {"num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                         "trained_betas", "prediction_type", "rescale_betas_zero_snr",
+                                         "timestep_spacing", "shift", "use_dynamic_shifting", "base_shift",
+                                         "max_shift", "base_image_seq_len", "max_image_seq_len", NULL};
+
 static int listed(const char *const *list, const char *key) {
     for (int i = 0; list[i]; i++)
         if (!strcmp(list[i], key)) return 1;
@@ -72,9 +79,13 @@ qd_status qd_ksample_scheduler(qd_ctx *ctx, const qd_model *m, const qd_gen_para
     const qd_sched_class *cls = flow ? &qd_sched_flow_euler : &qd_sched_euler;
     cJSON *over = cJSON_CreateObject();
     for (const cJSON *it = opts ? opts->child : NULL; over && it; it = it->next) {
-        if (!it->string) continue;
-        if (listed(cls->keys, it->string)) cJSON_AddItemToObject(over, it->string, cJSON_Duplicate(it, 1));
-        else if (!listed(ks_keys, it->string))
+        if (!it->string || listed(ks_keys, it->string)) continue;
+        if (listed(model_keys, it->string) && listed(cls->keys, it->string))
+            cJSON_AddItemToObject(over, it->string, cJSON_Duplicate(it, 1));
+        else if (listed(cls->keys, it->string))
+            qd_warn(ctx, "sampler %s: option '%s' has no effect (the schedule is --schedule's)", p->sampler,
+                    it->string);
+        else
             qd_warn(ctx, "sampler %s: ignoring option '%s' (neither a sampler/schedule parameter nor a key of %s)",
                     p->sampler, it->string, cls->name);
     }

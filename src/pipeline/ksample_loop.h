@@ -15,8 +15,11 @@ typedef qd_status (*qd_ks_model_fn)(qd_ctx *ctx, void *user, const float *x, flo
  * folder's scheduler_config.json read as EulerDiscreteScheduler (eps / v models:
  * alphas_cumprod, prediction_type, timestep_spacing) or
  * FlowMatchEulerDiscreteScheduler (flow models: shift, dynamic shifting), with
- * the scheduler_options keys that class takes. The k-sampler's own keys are
- * read by qd_ksample_loop; any other key draws a warning. */
+ * the scheduler_options keys that describe the model's noise (betas,
+ * prediction_type, rescale_betas_zero_snr, timestep_spacing, shift...). The
+ * k-sampler's own keys are read by qd_ksample_loop; any other key (including
+ * the class's schedule keys such as use_karras_sigmas) draws a warning. Also
+ * checks the sampler and schedule names. */
 qd_status qd_ksample_scheduler(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, qd_scheduler **out);
 
 /* Sample with p->sampler over p->schedule for p->steps: draw the initial noise

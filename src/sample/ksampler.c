@@ -153,8 +153,9 @@ qd_status qd_ks_churn(qd_ks *k, int i, double *sigma_hat, double *eps) {
         if (gamma > M_SQRT2 - 1) gamma = M_SQRT2 - 1;
     }
     *sigma_hat = s * (gamma + 1);
-    /* k-diffusion draws the churn noise at every step; ComfyUI only where it is used */
-    if (gamma > 0 || (o->kdiffusion && o->s_churn > 0)) QD_TRY(qd_ks_churn_noise(k, eps));
+    /* k-diffusion (and ComfyUI's heunpp2) draw the churn noise at every step,
+     * ComfyUI's euler/heun/dpm_2 only where it is used */
+    if (gamma > 0 || ((o->kdiffusion || k->churn_every_step) && o->s_churn > 0)) QD_TRY(qd_ks_churn_noise(k, eps));
     if (gamma > 0) {
         double f = sqrt(*sigma_hat * *sigma_hat - s * s);
         for (int64_t j = 0; j < k->n; j++) k->x[j] += eps[j] * f;

@@ -76,6 +76,7 @@ typedef struct qd_ks {
     int variant;            /* the table entry's variant (e.g. heun solver, cfg++) */
     double eta;             /* opts.eta or the entry's default */
     int calls;              /* denoise calls made */
+    int churn_every_step;   /* draw churn noise at every step when s_churn > 0 (heunpp2 in ComfyUI) */
     double *bufs[24];       /* scratch vectors (qd_ks_vec), freed after the run */
     int n_bufs;
 } qd_ks;

@@ -123,6 +123,7 @@ qd_status qd_ks_heunpp2(qd_ks *k) {
            *den3 = qd_ks_vec(k), *eps = qd_ks_vec(k);
     if (!den || !x2 || !x3 || !den2 || !den3 || !eps) return QD_ERR_NOMEM;
     const double *s = k->sigmas, s_end = s[k->n_steps];
+    k->churn_every_step = 1;
     for (int i = 0; i < k->n_steps; i++) {
         double sh;
         QD_TRY(qd_ks_churn(k, i, &sh, eps));
