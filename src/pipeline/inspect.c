@@ -120,8 +120,13 @@ static int strip(const char *name, const char *suffix, char *buf, size_t n) {
 }
 
 /* A quantized table is an Embedding when its module is named like one (the class is
- * not stored; Linear layers called "*_embedder" or "*_embedding.linear_1" are not). */
-static int embedding_name(const char *module) {
+ * not stored; Linear layers called "*_embedder" or "*_embedding.linear_1" are not).
+ * param is "<module>.weight". */
+static int embedding_name(const char *param) {
+    char module[600];
+    snprintf(module, sizeof module, "%s", param);
+    size_t n = strlen(module);
+    if (n > 7 && !strcmp(module + n - 7, ".weight")) module[n - 7] = 0;
     const char *last = strrchr(module, '.');
     last = last ? last + 1 : module;
     static const char *names[] = {"embed_tokens", "shared", "wte", "wpe", "word_embeddings", "tok_embeddings"};
@@ -287,17 +292,23 @@ static qd_status walk(qd_ctx *ctx, qd_params *p, tally *t, cJSON *files) {
     char prefix[600];
     const qd_st_set *set = &p->st;
     t->tensors = set->n_tensors;
-    /* files: the distinct ones the tensors live in, with their size on disk */
+    /* files: the distinct ones the tensors live in (each file's tensors share its path
+     * pointer), with their size on disk */
+    const char **seen = calloc((size_t)set->n_files + 1, sizeof *seen);
+    int n_seen = 0;
+    if (!seen) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
     for (int64_t i = 0; i < set->n_tensors; i++) {
         const char *f = set->tensors[i].file;
-        int seen = 0;
-        for (int64_t j = 0; j < i && !seen; j++) seen = set->tensors[j].file == f || !strcmp(set->tensors[j].file, f);
-        if (seen) continue;
+        int dup = 0;
+        for (int j = 0; j < n_seen && !dup; j++) dup = seen[j] == f;
+        if (dup || n_seen > set->n_files) continue;
+        seen[n_seen++] = f;
         struct stat sb;
-        if (stat(f, &sb) != 0) return qd_fail(ctx, QD_ERR_IO, "%s: cannot stat", f);
+        if (stat(f, &sb) != 0) { free(seen); return qd_fail(ctx, QD_ERR_IO, "%s: cannot stat", f); }
         t->disk += (int64_t)sb.st_size;
         cJSON_AddItemToArray(files, cJSON_CreateString(base_name(f)));
     }
+    free(seen);
     static const char *parts[] = {"weight", "scale", "zero_point", "svd_up", "svd_down"};
     for (int64_t i = 0; i < set->n_tensors; i++) {
         const qd_st_tensor *ten = &set->tensors[i];
