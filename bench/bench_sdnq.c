@@ -1,0 +1,1107 @@
+/* SDNQ memory and speed at real size (issue 3, "Done when"): an SD1.5 UNet written
+ * three ways from the same random weights, fp16, SDNQ int8 and SDNQ uint4 + SVD,
+ * then for each: peak RSS after loading and after one forward, and s/step, in exact
+ * mode and in int8 matmul mode; plus one big linear's GEMM throughput in both modes
+ * against this CPU's int8 VNNI peak (measured here with a tight vpdpbusd loop).
+ *
+ *   bench_sdnq [--config bench/configs/sd15_unet.json] [--dir /tmp/qd_bench_sdnq]
+ *              [--latent 64] [--batch 2] [--steps 2] [--threads N] [--svd-rank 32]
+ *              [--quant-conv 0|1] [--models fp16,int8,uint4] [--gemm M,K,N] [--no-unet]
+ *              [--no-gemm] [--reuse] [--keep] [--idle-wait S]
+ *
+ * The models (diffusers "unet" folders: config.json, quantization_config.json,
+ * diffusion_pytorch_model.safetensors) are written by this file:
+ *   - every tensor's fp32 values come from a generator seeded by its name, so the three
+ *     models hold the same weights: matrices N(0, 1/fan_in), norm scales 1, biases
+ *     N(0, 0.02^2) (as bench_unet.c; written independently of it);
+ *   - fp16: everything stored F16;
+ *   - int8: sdnq's int8 with use_quantized_matmul (Linear layers row-wise, stored
+ *     transposed [in, out] with a [1, out] scale; the int8 kernel reads the codes as
+ *     they are), Conv layers int8 with their auto group size;
+ *   - uint4-svd: uint4 with SVD rank --svd-rank (default 32), group size auto (128 for
+ *     Linear, 64 for Conv), zero points; the SVD factors are random (sdnq computes them
+ *     with svd_lowrank: the values do not change speed or memory), stored F16, and the
+ *     residual W - up.down is what gets quantized, as sdnq does, so the model still
+ *     approximates the fp16 one.
+ * Which layers are quantized follows sdnq: Linear (and Conv with --quant-conv 1, the
+ * default) with in_channels >= 32 and >= 16384 weights, minus sdnq's default skip keys
+ * (".time_embed" matches time_embedding.*). The per-layer layout (group count,
+ * transposition, zero point, SVD orientation) comes from the library's own §1.4
+ * derivation of the written quantization_config (qd_sdnq_layout_derive), so the files
+ * are what the loader expects; the loader checks them again against the shapes.
+ * Quantization: signed absmax (scale = amax / 127), unsigned min/max (zero point = min,
+ * scale = range / 15), round half to even, per group / row as the layout says.
+ *
+ * Each (model, matmul mode) runs in its own forked process: VmHWM after qd_unet_load
+ * and after the first forward (the peak resident set, mapped weights included), then
+ * --steps more timed forwards. The machine may be shared: each step records the CPU
+ * time other processes took while it ran; the fastest step is reported. Outputs are
+ * compared with the fp16 model's (relative L2) as a sanity check of the files. */
+#include "models/unet.h"
+#include "models/params.h"
+#include "base/ctx.h"
+#include "base/half.h"
+#include "io/json.h"
+#include "io/safetensors.h"
+#include "quant/int8_gemm.h"
+#include "quant/sdnq_config.h"
+#include "quant/sdnq_layout.h"
+#include "tensor/gemm.h"
+#include "tensor/ops.h"
+
+#include <errno.h>
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "bench_sdnq: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(2);
+}
+
+static void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) die("out of memory (%zu bytes)", n);
+    return p;
+}
+
+/* ---- the UNet2DConditionModel parameter list (SD1.x/SDXL options), diffusers names ---- */
+
+enum { K_MATRIX, K_NORM, K_BIAS };
+
+typedef struct {
+    char name[128];
+    int ndim;
+    int64_t shape[4];
+    int kind;
+} pdesc;
+
+typedef struct { pdesc *p; int n, cap; } plist;
+
+static void add(plist *l, int kind, int ndim, const int64_t *shape, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void add(plist *l, int kind, int ndim, const int64_t *shape, const char *fmt, ...) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 1024;
+        l->p = realloc(l->p, sizeof *l->p * (size_t)l->cap);
+        if (!l->p) die("out of memory");
+    }
+    pdesc *d = &l->p[l->n++];
+    memset(d, 0, sizeof *d);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(d->name, sizeof d->name, fmt, ap);
+    va_end(ap);
+    d->kind = kind;
+    d->ndim = ndim;
+    memcpy(d->shape, shape, sizeof(int64_t) * (size_t)ndim);
+}
+
+static void linear(plist *l, const char *pre, int64_t out, int64_t in, int bias) {
+    int64_t w[2] = {out, in}, b[1] = {out};
+    add(l, K_MATRIX, 2, w, "%s.weight", pre);
+    if (bias) add(l, K_BIAS, 1, b, "%s.bias", pre);
+}
+
+static void conv(plist *l, const char *pre, int64_t out, int64_t in, int k) {
+    int64_t w[4] = {out, in, k, k}, b[1] = {out};
+    add(l, K_MATRIX, 4, w, "%s.weight", pre);
+    add(l, K_BIAS, 1, b, "%s.bias", pre);
+}
+
+static void norm(plist *l, const char *pre, int64_t n) {
+    int64_t s[1] = {n};
+    add(l, K_NORM, 1, s, "%s.weight", pre);
+    add(l, K_BIAS, 1, s, "%s.bias", pre);
+}
+
+static void resnet(plist *l, const char *pre, int64_t in, int64_t out, int64_t temb) {
+    char n[128];
+    snprintf(n, sizeof n, "%s.norm1", pre); norm(l, n, in);
+    snprintf(n, sizeof n, "%s.conv1", pre); conv(l, n, out, in, 3);
+    snprintf(n, sizeof n, "%s.time_emb_proj", pre); linear(l, n, out, temb, 1);
+    snprintf(n, sizeof n, "%s.norm2", pre); norm(l, n, out);
+    snprintf(n, sizeof n, "%s.conv2", pre); conv(l, n, out, out, 3);
+    if (in != out) { snprintf(n, sizeof n, "%s.conv_shortcut", pre); conv(l, n, out, in, 1); }
+}
+
+static void transformer(plist *l, const char *pre, int64_t C, int depth, int64_t cross, int lin) {
+    char n[128], b[128];
+    int64_t D = C, F = 4 * D;
+    snprintf(n, sizeof n, "%s.norm", pre); norm(l, n, C);
+    snprintf(n, sizeof n, "%s.proj_in", pre);
+    if (lin) linear(l, n, D, C, 1); else conv(l, n, D, C, 1);
+    for (int i = 0; i < depth; i++) {
+        snprintf(b, sizeof b, "%s.transformer_blocks.%d", pre, i);
+        for (int a = 1; a <= 2; a++) {
+            int64_t kv = a == 1 ? D : cross;
+            snprintf(n, sizeof n, "%s.norm%d", b, a); norm(l, n, D);
+            snprintf(n, sizeof n, "%s.attn%d.to_q", b, a); linear(l, n, D, D, 0);
+            snprintf(n, sizeof n, "%s.attn%d.to_k", b, a); linear(l, n, D, kv, 0);
+            snprintf(n, sizeof n, "%s.attn%d.to_v", b, a); linear(l, n, D, kv, 0);
+            snprintf(n, sizeof n, "%s.attn%d.to_out.0", b, a); linear(l, n, D, D, 1);
+        }
+        snprintf(n, sizeof n, "%s.norm3", b); norm(l, n, D);
+        snprintf(n, sizeof n, "%s.ff.net.0.proj", b); linear(l, n, 2 * F, D, 1);
+        snprintf(n, sizeof n, "%s.ff.net.2", b); linear(l, n, D, F, 1);
+    }
+    snprintf(n, sizeof n, "%s.proj_out", pre);
+    if (lin) linear(l, n, C, D, 1); else conv(l, n, C, D, 1);
+}
+
+#define MAXB 8
+
+static void unet_params(const cJSON *cfg, plist *l) {
+    const char *down[MAXB], *up[MAXB];
+    int boc[MAXB], nb = qd_json_ints(cfg, "block_out_channels", boc, MAXB);
+    if (nb <= 0 || qd_json_strs(cfg, "down_block_types", down, MAXB) != nb ||
+        qd_json_strs(cfg, "up_block_types", up, MAXB) != nb)
+        die("config: block_out_channels, down_block_types and up_block_types must be lists of one length");
+    int layers[MAXB], cross[MAXB], tl[MAXB];
+    if (qd_json_ints(cfg, "layers_per_block", layers, nb) <= 0) for (int i = 0; i < nb; i++) layers[i] = 2;
+    int nc = qd_json_ints(cfg, "cross_attention_dim", cross, nb);
+    if (nc == 0) for (int i = 0; i < nb; i++) cross[i] = 1280;
+    if (qd_json_ints(cfg, "transformer_layers_per_block", tl, nb) <= 0) for (int i = 0; i < nb; i++) tl[i] = 1;
+    if (cJSON_GetObjectItemCaseSensitive(cfg, "addition_embed_type") &&
+        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(cfg, "addition_embed_type")))
+        die("config: this benchmark writes SD1.x UNets (no addition_embed_type)");
+    int lin = qd_json_bool(cfg, "use_linear_projection", 0);
+    int64_t in_ch = qd_json_int(cfg, "in_channels", 4), out_ch = qd_json_int(cfg, "out_channels", 4);
+    int64_t T = 4 * boc[0];
+    char n[128];
+    conv(l, "conv_in", boc[0], in_ch, 3);
+    linear(l, "time_embedding.linear_1", T, boc[0], 1);
+    linear(l, "time_embedding.linear_2", T, T, 1);
+    int64_t out = boc[0];
+    for (int i = 0; i < nb; i++) {
+        int64_t in = out;
+        out = boc[i];
+        int xattn = !strcmp(down[i], "CrossAttnDownBlock2D");
+        for (int j = 0; j < layers[i]; j++) {
+            snprintf(n, sizeof n, "down_blocks.%d.resnets.%d", i, j);
+            resnet(l, n, j ? out : in, out, T);
+            if (xattn) { snprintf(n, sizeof n, "down_blocks.%d.attentions.%d", i, j); transformer(l, n, out, tl[i], cross[i], lin); }
+        }
+        if (i < nb - 1) { snprintf(n, sizeof n, "down_blocks.%d.downsamplers.0.conv", i); conv(l, n, out, out, 3); }
+    }
+    int64_t c = boc[nb - 1];
+    resnet(l, "mid_block.resnets.0", c, c, T);
+    transformer(l, "mid_block.attentions.0", c, tl[nb - 1], cross[nb - 1], lin);
+    resnet(l, "mid_block.resnets.1", c, c, T);
+    out = boc[nb - 1];
+    for (int i = 0; i < nb; i++) {
+        int r = nb - 1 - i;
+        int64_t prev = out, in = boc[i + 1 < nb ? nb - 2 - i : 0];
+        out = boc[r];
+        int xattn = !strcmp(up[i], "CrossAttnUpBlock2D");
+        for (int j = 0; j < layers[r] + 1; j++) {
+            int64_t skip = j == layers[r] ? in : out, rin = j ? out : prev;
+            snprintf(n, sizeof n, "up_blocks.%d.resnets.%d", i, j);
+            resnet(l, n, rin + skip, out, T);
+            if (xattn) { snprintf(n, sizeof n, "up_blocks.%d.attentions.%d", i, j); transformer(l, n, out, tl[r], cross[r], lin); }
+        }
+        if (i < nb - 1) { snprintf(n, sizeof n, "up_blocks.%d.upsamplers.0.conv", i); conv(l, n, out, out, 3); }
+    }
+    norm(l, "conv_norm_out", boc[0]);
+    conv(l, "conv_out", out_ch, boc[0], 3);
+}
+
+static int64_t numel(const pdesc *d) {
+    int64_t n = 1;
+    for (int i = 0; i < d->ndim; i++) n *= d->shape[i];
+    return n;
+}
+
+/* ---- deterministic random values: a stream per tensor name ---- */
+
+typedef struct { uint64_t s; } rng;
+
+static uint64_t next64(rng *r) {
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Approximately N(0, 1): Irwin-Hall sum of four 16-bit uniforms, rescaled. */
+static float gauss(rng *r) {
+    uint64_t v = next64(r);
+    float s = (float)(v & 0xffff) + (float)((v >> 16) & 0xffff) + (float)((v >> 32) & 0xffff) + (float)(v >> 48);
+    return (s * (1.0f / 65536.0f) - 2.0f) * 1.7320508f;
+}
+
+static rng seeded(const char *name, uint64_t salt) {
+    uint64_t h = 1469598103934665603ull ^ salt;
+    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    rng r = {h};
+    return r;
+}
+
+/* The fp32 values of a parameter, identical in every model written. */
+static void values(const pdesc *d, float *dst) {
+    rng r = seeded(d->name, 0);
+    int64_t n = numel(d);
+    float sd = d->kind == K_MATRIX ? 1.0f / sqrtf((float)(n / d->shape[0])) : 0.02f;
+    for (int64_t i = 0; i < n; i++) dst[i] = d->kind == K_NORM ? 1.0f : sd * gauss(&r);
+}
+
+/* ---- writing a component folder ---- */
+
+typedef enum { P_DENSE, P_CODES, P_SCALE, P_ZP, P_UP, P_DOWN } part;
+
+typedef struct {
+    char name[160];
+    qd_dtype dt;
+    int ndim;
+    int64_t shape[QD_MAX_DIMS];
+    uint64_t bytes;
+    int param;                  /* index in the plist */
+    part what;
+} otensor;
+
+typedef struct { otensor *t; int n, cap; } olist;
+
+static otensor *onew(olist *o, int param, part what, const char *name, const char *suffix, qd_dtype dt) {
+    if (o->n == o->cap) {
+        o->cap = o->cap ? 2 * o->cap : 2048;
+        o->t = realloc(o->t, sizeof *o->t * (size_t)o->cap);
+        if (!o->t) die("out of memory");
+    }
+    otensor *t = &o->t[o->n++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s%s", name, suffix);
+    t->dt = dt;
+    t->param = param;
+    t->what = what;
+    return t;
+}
+
+static void oshape(otensor *t, int ndim, const int64_t *s) {
+    t->ndim = ndim;
+    uint64_t n = 1;
+    for (int i = 0; i < ndim; i++) { t->shape[i] = s[i]; n *= (uint64_t)s[i]; }
+    t->bytes = n * qd_dtype_size(t->dt);
+}
+
+typedef struct {
+    const char *weights_dtype;  /* NULL: dense fp16 */
+    int svd_rank;               /* 0: no SVD */
+    int qmm;                    /* use_quantized_matmul */
+    int quant_conv;
+} qspec;
+
+/* sdnq's check_quant_is_allowed and default skip keys for a UNet2DConditionModel. */
+static int quantizable(const pdesc *d, const qspec *q) {
+    if (d->kind != K_MATRIX || !q->weights_dtype) return 0;
+    if (d->ndim == 4 && !q->quant_conv) return 0;
+    if (d->shape[1] < 32 || numel(d) < 16384) return 0;
+    return strncmp(d->name, "time_embed", 10) != 0;   /* ".time_embed" (root prefix) */
+}
+
+static char *qconfig_json(const qspec *q, const plist *pl) {
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddStringToObject(c, "quant_method", "sdnq");
+    cJSON_AddStringToObject(c, "sdnq_version", "0.2.5");
+    cJSON_AddStringToObject(c, "weights_dtype", q->weights_dtype);
+    cJSON_AddNullToObject(c, "quantized_matmul_dtype");
+    cJSON_AddNumberToObject(c, "group_size", 0);
+    cJSON_AddBoolToObject(c, "use_svd", q->svd_rank > 0);
+    cJSON_AddNumberToObject(c, "svd_rank", q->svd_rank > 0 ? q->svd_rank : 32);
+    cJSON_AddNumberToObject(c, "svd_steps", 8);
+    cJSON_AddBoolToObject(c, "use_quantized_matmul", q->qmm);
+    cJSON_AddBoolToObject(c, "use_quantized_matmul_conv", 0);
+    cJSON_AddBoolToObject(c, "quant_conv", q->quant_conv);
+    cJSON_AddBoolToObject(c, "quant_embedding", 0);
+    cJSON_AddBoolToObject(c, "use_hadamard", 0);
+    cJSON_AddBoolToObject(c, "use_codebook", 0);
+    cJSON_AddBoolToObject(c, "dequantize_fp32", 1);
+    cJSON_AddNumberToObject(c, "hadamard_group_size", 256);
+    cJSON *skip = cJSON_AddArrayToObject(c, "modules_to_not_convert");
+    for (int i = 0; i < pl->n; i++)   /* the quantizer lists every weight it left alone */
+        if (!strcmp(pl->p[i].name + strlen(pl->p[i].name) - 7, ".weight") && !quantizable(&pl->p[i], q))
+            cJSON_AddItemToArray(skip, cJSON_CreateString(pl->p[i].name));
+    cJSON_AddItemToObject(c, "modules_to_not_use_matmul", cJSON_CreateArray());
+    cJSON_AddItemToObject(c, "modules_dtype_dict", cJSON_CreateObject());
+    cJSON_AddItemToObject(c, "modules_quant_config", cJSON_CreateObject());
+    char *s = cJSON_Print(c);
+    cJSON_Delete(c);
+    if (!s) die("out of memory");
+    return s;
+}
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f)) die("%s: write failed", path);
+}
+
+/* Quantize one layer (values w, [out, cols]) into its stored tensors. */
+typedef struct {
+    uint8_t *codes;             /* bytes as stored */
+    float *scale, *zp;
+    uint16_t *up, *down;        /* F16, in the stored orientation */
+} qlayer;
+
+static float rne(float v) { return nearbyintf(v); }
+
+static void quantize(const qd_sdnq_layout *l, float *w, qlayer *q) {
+    int64_t out = l->out, cols = l->cols, ks = l->ksize, r = l->svd ? l->svd_rank : 0;
+    if (r) {   /* random factors, rounded to F16; the residual is quantized */
+        rng g = seeded(l->param, 7);
+        float *up = xmalloc(sizeof(float) * (size_t)(out * r)), *down = xmalloc(sizeof(float) * (size_t)(r * cols));
+        float sd = sqrtf(0.3f / sqrtf((float)r * (float)l->in));   /* up.down ~ 0.3 x the weight's spread */
+        for (int64_t i = 0; i < out * r; i++) up[i] = qd_f16_to_f32(qd_f32_to_f16(sd * gauss(&g)));
+        for (int64_t i = 0; i < r * cols; i++) down[i] = qd_f16_to_f32(qd_f32_to_f16(sd * gauss(&g)));
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t t = 0; t < r; t++) {
+                float a = up[o * r + t];
+                const float *dr = down + t * cols;
+                float *wr = w + o * cols;
+                for (int64_t k = 0; k < cols; k++) wr[k] -= a * dr[k];
+            }
+        /* stored [out, r] / [r, cols], or [r, out] / [cols, r] for quantized matmul */
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t t = 0; t < r; t++)
+                q->up[l->svd_transposed ? t * out + o : o * r + t] = qd_f32_to_f16(up[o * r + t]);
+        for (int64_t t = 0; t < r; t++)
+            for (int64_t k = 0; k < cols; k++)
+                q->down[l->svd_transposed ? k * r + t : t * cols + k] = qd_f32_to_f16(down[t * cols + k]);
+        free(up);
+        free(down);
+    }
+    int64_t so, sg, sp;
+    qd_sdnq_scale_strides(l, &so, &sg, &sp);
+    int uns = l->dtype.family == QD_SQ_UINT, bits = l->dtype.bits;
+    float qmax = uns ? (float)((1 << bits) - 1) : (float)((1 << (bits - 1)) - 1), qmin = uns ? 0 : -qmax - 1;
+    int64_t G = l->groups, gs = l->group_size;
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t p = 0; p < ks; p++) {
+                /* the group: channels [g*gs, (g+1)*gs) at kernel position p */
+                float lo = INFINITY, hi = -INFINITY;
+                for (int64_t c = g * gs; c < (g + 1) * gs; c++) {
+                    float v = w[o * cols + c * ks + p];
+                    lo = fminf(lo, v);
+                    hi = fmaxf(hi, v);
+                }
+                float sc, z = 0;
+                if (uns) { sc = (hi - lo) / qmax; z = lo; }
+                else sc = fmaxf(fabsf(lo), fabsf(hi)) / qmax;
+                int64_t si = o * so + g * sg + p * sp;
+                q->scale[si] = sc;
+                if (q->zp) q->zp[si] = z;
+                for (int64_t c = g * gs; c < (g + 1) * gs; c++) {
+                    int64_t k = c * ks + p;
+                    float v = sc > 0 ? rne((w[o * cols + k] - z) / sc) : 0;
+                    v = fminf(fmaxf(v, qmin), qmax);
+                    int code = (int)v;
+                    int64_t e = l->transposed ? k * out + o : o * cols + k;
+                    if (bits == 8) q->codes[e] = (uint8_t)(int8_t)code;
+                    else q->codes[e >> 1] |= (uint8_t)(code << (e & 1 ? 4 : 0));   /* uint4: low nibble first; zeroed buffer */
+                }
+            }
+}
+
+/* Write `dir`/diffusion_pytorch_model.safetensors (+ quantization_config.json when q
+ * quantizes). Returns the bytes of weights written. */
+static uint64_t write_component(qd_ctx *ctx, const char *dir, const plist *pl, const qspec *q) {
+    char path[4200], tmp[4300];
+    mkdir(dir, 0755);
+    qd_sdnq_config *cfg = NULL;
+    if (q->weights_dtype) {
+        char *text = qconfig_json(q, pl);
+        snprintf(path, sizeof path, "%s/quantization_config.json", dir);
+        write_text(path, text);
+        free(text);
+        if (qd_sdnq_config_load_file(ctx, path, &cfg) != QD_OK) die("%s", qd_last_error(ctx));
+        if (strcmp(q->weights_dtype, "int8") && strcmp(q->weights_dtype, "uint4"))
+            die("this writer quantizes to int8 and uint4 only");
+    }
+    /* plan: the stored tensors, in file order */
+    qd_sdnq_layout *lay = calloc((size_t)pl->n, sizeof *lay);
+    char *isq = calloc((size_t)pl->n, 1);
+    olist o = {0};
+    if (!lay || !isq) die("out of memory");
+    for (int i = 0; i < pl->n; i++) {
+        const pdesc *d = &pl->p[i];
+        if (!quantizable(d, q)) {
+            oshape(onew(&o, i, P_DENSE, d->name, "", QD_F16), d->ndim, d->shape);
+            continue;
+        }
+        isq[i] = 1;
+        qd_sdnq_layout *l = &lay[i];
+        if (qd_sdnq_layout_derive(ctx, cfg, d->name, d->ndim == 4 ? QD_SDNQ_CONV : QD_SDNQ_LINEAR, d->ndim, d->shape, l) != QD_OK)
+            die("%s", qd_last_error(ctx));
+        char pre[160];
+        snprintf(pre, sizeof pre, "%.*s", (int)(strlen(d->name) - 7), d->name);
+        int64_t s[QD_MAX_DIMS], n = 0, codes = l->out * l->cols;
+        otensor *t = onew(&o, i, P_CODES, pre, ".weight", l->dtype.bits == 8 ? QD_I8 : QD_U8);
+        if (l->dtype.bits == 4) { s[0] = codes / 2; oshape(t, 1, s); }
+        else if (l->transposed) { s[0] = l->cols; s[1] = l->out; oshape(t, 2, s); }
+        else {
+            s[n++] = l->out;
+            if (l->groups > 1) s[n++] = l->groups;
+            s[n++] = l->group_size;
+            for (int k = 0; k < l->kdims; k++) s[n++] = l->kshape[k];
+            oshape(t, (int)n, s);
+        }
+        n = 0;   /* scale: [1, out] transposed, else [out, (G,) 1, k...] */
+        if (l->transposed) { s[n++] = 1; s[n++] = l->out; }
+        else {
+            s[n++] = l->out;
+            if (l->groups > 1) s[n++] = l->groups;
+            s[n++] = 1;
+            for (int k = 0; k < l->kdims; k++) s[n++] = l->kshape[k];
+        }
+        oshape(onew(&o, i, P_SCALE, pre, ".scale", QD_F32), (int)n, s);
+        if (l->zero_point) oshape(onew(&o, i, P_ZP, pre, ".zero_point", QD_F32), (int)n, s);
+        if (l->svd) {
+            int64_t r = l->svd_rank, su[2] = {l->out, r}, sd[2] = {r, l->cols};
+            if (l->svd_transposed) { su[0] = r; su[1] = l->out; sd[0] = l->cols; sd[1] = r; }
+            oshape(onew(&o, i, P_UP, pre, ".svd_up", QD_F16), 2, su);
+            oshape(onew(&o, i, P_DOWN, pre, ".svd_down", QD_F16), 2, sd);
+        }
+    }
+    /* header */
+    size_t cap = 4096 + (size_t)o.n * 256, len = 0;
+    char *h = xmalloc(cap);
+    len += (size_t)snprintf(h + len, cap - len, "{\"__metadata__\":{\"format\":\"pt\",\"generator\":\"qdiff bench_sdnq\"}");
+    uint64_t off = 0;
+    for (int i = 0; i < o.n; i++) {
+        const otensor *t = &o.t[i];
+        len += (size_t)snprintf(h + len, cap - len, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t->name, qd_dtype_name(t->dt));
+        for (int k = 0; k < t->ndim; k++) len += (size_t)snprintf(h + len, cap - len, k ? ",%lld" : "%lld", (long long)t->shape[k]);
+        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                                (unsigned long long)(off + t->bytes));
+        off += t->bytes;
+    }
+    len += (size_t)snprintf(h + len, cap - len, "}");
+    while (len % 8) h[len++] = ' ';
+    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", dir);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) die("%s: %s", tmp, strerror(errno));
+    uint8_t lb[8];
+    for (int i = 0; i < 8; i++) lb[i] = (uint8_t)((uint64_t)len >> (8 * i));
+    int ok = fwrite(lb, 1, 8, f) == 8 && fwrite(h, 1, len, f) == len;
+    free(h);
+    /* data, parameter by parameter (a layer's stored tensors are consecutive) */
+    for (int i = 0, ti = 0; i < pl->n && ok; i++) {
+        const pdesc *d = &pl->p[i];
+        float *w = xmalloc(sizeof(float) * (size_t)numel(d));
+        values(d, w);
+        if (!isq[i]) {
+            uint16_t *u = xmalloc(sizeof(uint16_t) * (size_t)numel(d));
+            for (int64_t k = 0; k < numel(d); k++) u[k] = qd_f32_to_f16(w[k]);
+            ok = fwrite(u, 2, (size_t)numel(d), f) == (size_t)numel(d);
+            free(u);
+            ti++;
+        } else {
+            qlayer ql = {0};
+            void *buf[5] = {0};
+            for (int t = ti; t < o.n && o.t[t].param == i; t++) {
+                buf[o.t[t].what - P_CODES] = calloc(1, (size_t)o.t[t].bytes);
+                if (!buf[o.t[t].what - P_CODES]) die("out of memory");
+            }
+            ql.codes = buf[0]; ql.scale = buf[1]; ql.zp = buf[2]; ql.up = buf[3]; ql.down = buf[4];
+            quantize(&lay[i], w, &ql);
+            for (; ti < o.n && o.t[ti].param == i && ok; ti++)
+                ok = fwrite(buf[o.t[ti].what - P_CODES], 1, (size_t)o.t[ti].bytes, f) == (size_t)o.t[ti].bytes;
+            for (int k = 0; k < 5; k++) free(buf[k]);
+        }
+        free(w);
+    }
+    if (fclose(f) != 0) ok = 0;
+    if (!ok) { remove(tmp); die("%s: write failed (disk full?)", tmp); }
+    if (rename(tmp, path)) die("rename %s: %s", tmp, strerror(errno));
+    free(o.t);
+    free(lay);
+    free(isq);
+    qd_sdnq_config_free(cfg);
+    return off;
+}
+
+/* ---- measuring ---- */
+
+static long status_kb(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    char line[256];
+    long v = -1;
+    size_t kl = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, kl) && line[kl] == ':') { v = atol(line + kl + 1); break; }
+    fclose(f);
+    return v;
+}
+
+/* Reset VmHWM to the current RSS (Linux >= 4.0); 0 on success. */
+static int reset_hwm(void) {
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return -1;
+    int ok = fputs("5", f) >= 0;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+static double machine_busy_s(void) {
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f) return 0;
+    unsigned long long v[8] = {0};
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n < 8) return 0;
+    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec + 1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+/* Wait (at most max_s) for the machine to be idle for a second (< 20% of a CPU busy). */
+static void wait_idle(double max_s) {
+    double t0 = qd_now();
+    for (;;) {
+        double b0 = machine_busy_s();
+        usleep(1000000);
+        if (machine_busy_s() - b0 < 0.2 || qd_now() - t0 > max_s) return;
+    }
+}
+
+typedef struct {
+    int ok;
+    char err[512];
+    double load_s, best_s, mean_s, others;  /* others: CPU share other processes took during the best step */
+    double op_s[3];                         /* conv2d, linear, attention seconds in the best step */
+    int steps;
+    long hwm_start_kb, hwm_load_kb, hwm_fwd_kb, rss_file_kb, rss_anon_kb, rss_start_kb;
+    int hwm_reset;
+} unet_result;
+
+typedef struct {
+    const char *dir, *out_path;
+    int mode, threads, latent, batch, steps;
+    double idle_wait;
+} unet_job;
+
+static void on_op(void *user, const char *op, const int64_t *dims, int nd, double seconds) {
+    double *acc = user;
+    int k = !strcmp(op, "conv2d") ? 0 : !strcmp(op, "linear") ? 1 : !strcmp(op, "attention") ? 2 : -1;
+    if (k >= 0) acc[k] += seconds;
+}
+
+static void run_unet(const unet_job *j, unet_result *r) {
+    memset(r, 0, sizeof *r);
+    r->hwm_reset = reset_hwm() == 0;
+    r->rss_start_kb = status_kb("VmRSS");
+    r->hwm_start_kb = status_kb("VmHWM");
+    qd_ctx *ctx = qd_ctx_new(j->threads);
+    if (!ctx) { snprintf(r->err, sizeof r->err, "no context"); return; }
+    qd_set_matmul(ctx, j->mode);
+    double t0 = qd_now();
+    qd_unet *u;
+    if (qd_unet_load(ctx, j->dir, &u) != QD_OK) {
+        snprintf(r->err, sizeof r->err, "load: %s", qd_last_error(ctx));
+        qd_ctx_free(ctx);
+        return;
+    }
+    r->load_s = qd_now() - t0;
+    r->hwm_load_kb = status_kb("VmHWM");
+    const qd_unet_info *info = qd_unet_get_info(u);
+    int64_t B = j->batch, H = j->latent, W = j->latent, L = 77, C = info->in_channels, X = info->cross_attention_dim;
+    float *x = xmalloc(sizeof(float) * (size_t)(B * C * H * W)), *ctxv = xmalloc(sizeof(float) * (size_t)(B * L * X));
+    float *out = xmalloc(sizeof(float) * (size_t)(B * info->out_channels * H * W)), ts[16];
+    rng g = {42};
+    for (int64_t i = 0; i < B * C * H * W; i++) x[i] = gauss(&g);
+    for (int64_t i = 0; i < B * L * X; i++) ctxv[i] = gauss(&g);
+    for (int64_t b = 0; b < B && b < 16; b++) ts[b] = 500.0f;
+    double ncpu = (double)sysconf(_SC_NPROCESSORS_ONLN), sum = 0, ops[3];
+    r->best_s = 1e30;
+    ctx->trace = on_op;
+    ctx->trace_user = ops;
+    for (int s = 0; s <= j->steps; s++) {   /* step 0 is the first forward: its HWM is "after one forward" */
+        wait_idle(j->idle_wait);
+        memset(ops, 0, sizeof ops);
+        double b0 = machine_busy_s(), c0 = self_cpu_s();
+        t0 = qd_now();
+        if (qd_unet_forward(ctx, u, x, B, H, W, ts, ctxv, L, NULL, NULL, out) != QD_OK) {
+            snprintf(r->err, sizeof r->err, "forward: %s", qd_last_error(ctx));
+            break;
+        }
+        double dt = qd_now() - t0, others = ((machine_busy_s() - b0) - (self_cpu_s() - c0)) / (dt * ncpu);
+        if (others < 0) others = 0;
+        if (s == 0) printf("    load %.2f s; VmRSS at start %.0f MiB, VmHWM after load %.0f MiB\n", r->load_s,
+                           r->rss_start_kb / 1024.0, r->hwm_load_kb / 1024.0);
+        printf("    step %d: %.2f s (conv %.2f, linear %.2f, attention %.2f; other processes %.0f%% of the CPUs)%s\n", s,
+               dt, ops[0], ops[1], ops[2], 100 * others, s == 0 ? " [first forward: page faults, not counted in s/step]" : "");
+        if (s == 0) { r->hwm_fwd_kb = status_kb("VmHWM"); continue; }
+        sum += dt;
+        r->steps++;
+        if (dt < r->best_s) { r->best_s = dt; r->others = others; memcpy(r->op_s, ops, sizeof ops); }
+    }
+    if (r->steps == j->steps) {
+        r->ok = 1;
+        r->mean_s = sum / r->steps;
+        r->rss_file_kb = status_kb("RssFile");
+        r->rss_anon_kb = status_kb("RssAnon");
+        FILE *f = fopen(j->out_path, "wb");
+        size_t n = (size_t)(B * info->out_channels * H * W);
+        if (!f || fwrite(out, sizeof(float), n, f) != n || fclose(f)) { r->ok = 0; snprintf(r->err, sizeof r->err, "write %s", j->out_path); }
+    }
+    ctx->trace = NULL;
+    free(x); free(ctxv); free(out);
+    qd_unet_free(u);
+    qd_ctx_free(ctx);
+}
+
+/* Run fn(arg, result) in a forked child: a fresh address space and peak-RSS account. */
+static void in_child(void (*fn)(const void *, void *), const void *arg, void *res, size_t res_size) {
+    int fd[2];
+    if (pipe(fd)) die("pipe: %s", strerror(errno));
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        close(fd[0]);
+        memset(res, 0, res_size);
+        fn(arg, res);
+        fflush(stdout);
+        ssize_t w = write(fd[1], res, res_size);
+        _exit(w == (ssize_t)res_size ? 0 : 1);
+    }
+    close(fd[1]);
+    memset(res, 0, res_size);
+    ssize_t got = 0;
+    while (got < (ssize_t)res_size) {
+        ssize_t n = read(fd[0], (char *)res + got, res_size - (size_t)got);
+        if (n <= 0) break;
+        got += n;
+    }
+    close(fd[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    if (got != (ssize_t)res_size) die("measurement process failed (status %d)", status);
+}
+
+static void unet_child(const void *a, void *r) { run_unet(a, r); }
+
+/* ---- the written weights against the values they came from ---- */
+
+static double rel_l2(const float *a, const float *b, int64_t n) {
+    double d = 0, s = 0;
+    for (int64_t i = 0; i < n; i++) { d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]); s += (double)b[i] * b[i]; }
+    return s > 0 ? sqrt(d / s) : sqrt(d);
+}
+
+
+typedef struct { const char *dir; const plist *pl; } verify_job;
+typedef struct {
+    int ok;
+    char err[512];
+    double worst[2], sum_err[2], sum_n[2];  /* Linear, Conv: worst rel. L2, numel-weighted sum */
+    char worst_name[2][128];
+} verify_result;
+
+static void verify(const void *a, void *res) {
+    const verify_job *j = a;
+    verify_result *r = res;
+    qd_ctx *ctx = qd_ctx_new(1);
+    qd_params p;
+    if (!ctx || qd_params_open(ctx, j->dir, "unet", &p) != QD_OK) {
+        snprintf(r->err, sizeof r->err, "%s", ctx ? qd_last_error(ctx) : "no context");
+        qd_ctx_free(ctx);
+        return;
+    }
+    r->ok = 1;
+    for (int i = 0; i < j->pl->n && r->ok; i++) {
+        const pdesc *d = &j->pl->p[i];
+        if (d->kind != K_MATRIX) continue;
+        char pre[160];
+        snprintf(pre, sizeof pre, "%.*s", (int)(strlen(d->name) - 7), d->name);
+        qd_weight w;
+        qd_status st;
+        if (d->ndim == 2) { qd_linear_p l; st = qd_p_linear(&p, &l, d->shape[0], d->shape[1], QD_NO_BIAS, "%s", pre); w = l.w; }
+        else { qd_conv_p c; st = qd_p_conv(&p, &c, d->shape[0], d->shape[1], (int)d->shape[2], QD_NO_BIAS, "%s", pre); w = c.w; }
+        if (st != QD_OK) { snprintf(r->err, sizeof r->err, "%s", qd_last_error(ctx)); r->ok = 0; break; }
+        int64_t n = numel(d);
+        float *ref = xmalloc(sizeof(float) * (size_t)n), *got = xmalloc(sizeof(float) * (size_t)n);
+        values(d, ref);
+        w.decode(&w, 0, w.rows, 0, w.cols, got, w.cols);
+        double e = rel_l2(got, ref, n);
+        int c = d->ndim == 4;
+        if (e > r->worst[c]) { r->worst[c] = e; snprintf(r->worst_name[c], sizeof r->worst_name[c], "%s", d->name); }
+        r->sum_err[c] += e * (double)n;
+        r->sum_n[c] += (double)n;
+        free(ref);
+        free(got);
+    }
+    qd_params_close(&p);
+    qd_ctx_free(ctx);
+}
+
+/* ---- peaks: int8 VNNI (vpdpbusd) and fp32 FMA, registers only ---- */
+
+#define ITERS 200000L
+
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static int vnni512(long iters) {
+    __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2);
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
+            c9 = c0, c10 = c0, c11 = c0;
+    for (long k = 0; k < iters; k++) {
+        c0 = _mm512_dpbusd_epi32(c0, a, b); c1 = _mm512_dpbusd_epi32(c1, a, b); c2 = _mm512_dpbusd_epi32(c2, a, b);
+        c3 = _mm512_dpbusd_epi32(c3, a, b); c4 = _mm512_dpbusd_epi32(c4, a, b); c5 = _mm512_dpbusd_epi32(c5, a, b);
+        c6 = _mm512_dpbusd_epi32(c6, a, b); c7 = _mm512_dpbusd_epi32(c7, a, b); c8 = _mm512_dpbusd_epi32(c8, a, b);
+        c9 = _mm512_dpbusd_epi32(c9, a, b); c10 = _mm512_dpbusd_epi32(c10, a, b); c11 = _mm512_dpbusd_epi32(c11, a, b);
+    }
+    __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3)),
+                                 _mm512_add_epi32(_mm512_add_epi32(c4, c5), _mm512_add_epi32(c6, c7)));
+    s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(c8, c9), _mm512_add_epi32(c10, c11)));
+    return _mm512_reduce_add_epi32(s);
+}
+
+__attribute__((target("avx512f"))) static float fma512(long iters) {
+    __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    __m512 a0 = _mm512_set1_ps(0), a1 = _mm512_set1_ps(1), a2 = _mm512_set1_ps(2), a3 = _mm512_set1_ps(3);
+    __m512 a4 = _mm512_set1_ps(4), a5 = _mm512_set1_ps(5), a6 = _mm512_set1_ps(6), a7 = _mm512_set1_ps(7);
+    __m512 a8 = _mm512_set1_ps(8), a9 = _mm512_set1_ps(9), a10 = _mm512_set1_ps(10), a11 = _mm512_set1_ps(11);
+    for (long k = 0; k < iters; k++) {
+        a0 = _mm512_fmadd_ps(a0, m, c); a1 = _mm512_fmadd_ps(a1, m, c); a2 = _mm512_fmadd_ps(a2, m, c);
+        a3 = _mm512_fmadd_ps(a3, m, c); a4 = _mm512_fmadd_ps(a4, m, c); a5 = _mm512_fmadd_ps(a5, m, c);
+        a6 = _mm512_fmadd_ps(a6, m, c); a7 = _mm512_fmadd_ps(a7, m, c); a8 = _mm512_fmadd_ps(a8, m, c);
+        a9 = _mm512_fmadd_ps(a9, m, c); a10 = _mm512_fmadd_ps(a10, m, c); a11 = _mm512_fmadd_ps(a11, m, c);
+    }
+    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
+    return _mm512_reduce_add_ps(s);
+}
+
+typedef struct { int vnni; double seconds, ops; long sink; } peak_job;
+
+static void *peak_worker(void *arg) {
+    peak_job *j = arg;
+    double t0 = qd_now();
+    long rounds = 0;
+    do {
+        j->sink += j->vnni ? vnni512(ITERS) : (long)fma512(ITERS);
+        rounds++;
+    } while (qd_now() - t0 < j->seconds);
+    j->seconds = qd_now() - t0;
+    /* vpdpbusd zmm: 16 lanes x 4 byte products = 64 multiply-adds = 128 ops; vfmadd zmm: 32 FLOP */
+    j->ops = (j->vnni ? 128.0 : 32.0) * 12 * (double)ITERS * (double)rounds;
+    return NULL;
+}
+
+/* Ops per second over `threads` threads, best of `reps` (each after waiting for an idle machine). */
+static double peak(int vnni, int threads, int reps, double idle_wait) {
+    double best = 0;
+    for (int r = 0; r < reps; r++) {
+        wait_idle(idle_wait);
+        pthread_t th[64];
+        peak_job jobs[64];
+        for (int i = 0; i < threads; i++) {
+            memset(&jobs[i], 0, sizeof jobs[i]);
+            jobs[i].vnni = vnni;
+            jobs[i].seconds = 0.5;
+            if (pthread_create(&th[i], NULL, peak_worker, &jobs[i])) die("pthread_create");
+        }
+        double total = 0;
+        for (int i = 0; i < threads; i++) { pthread_join(th[i], NULL); total += jobs[i].ops / jobs[i].seconds; }
+        if (total > best) best = total;
+    }
+    return best;
+}
+
+/* ---- one big linear: exact vs int8 ---- */
+
+typedef struct {
+    const char *root;
+    int threads;
+    int64_t M, K, N;
+    int svd_rank;
+    double idle_wait;
+} gemm_job;
+
+typedef struct {
+    int ok;
+    char err[512];
+    double exact_s[3], int8_s[3], rel_int8[3], rel_exact[3];   /* fp16, int8, uint4-svd */
+} gemm_result;
+
+static double time_linear(qd_ctx *ctx, const float *x, int64_t M, const qd_weight *w, float *y, double idle_wait) {
+    double best = 1e30;
+    qd_linear(ctx, x, M, w, NULL, y);   /* warm-up: pages, packing buffers */
+    wait_idle(idle_wait);
+    for (int r = 0; r < 5; r++) {
+        double t0 = qd_now();
+        qd_linear(ctx, x, M, w, NULL, y);
+        double dt = qd_now() - t0;
+        if (dt < best) best = dt;
+    }
+    return best;
+}
+
+static void run_gemm(const gemm_job *j, gemm_result *r) {
+    static const char *names[3] = {"fp16", "int8", "uint4-svd"};
+    qd_ctx *ctx = qd_ctx_new(j->threads);
+    if (!ctx) { snprintf(r->err, sizeof r->err, "no context"); return; }
+    float *x = xmalloc(sizeof(float) * (size_t)(j->M * j->K)), *ref = xmalloc(sizeof(float) * (size_t)(j->M * j->N));
+    float *y = xmalloc(sizeof(float) * (size_t)(j->M * j->N)), *wf = xmalloc(sizeof(float) * (size_t)(j->N * j->K));
+    rng g = {99};
+    for (int64_t i = 0; i < j->M * j->K; i++) x[i] = gauss(&g);
+    /* the fp32 reference: the same values the writer stores */
+    pdesc d = {"layer.weight", 2, {j->N, j->K}, K_MATRIX};
+    values(&d, wf);
+    qd_gemm(ctx, j->M, j->N, j->K, qd_rows(x, j->K), qd_rows(wf, j->K), ref, j->N, 1.0f, 0.0f, NULL, NULL);
+    r->ok = 1;
+    for (int v = 0; v < 3 && r->ok; v++) {
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/gemm-%s", j->root, names[v]);
+        qd_params p;
+        qd_linear_p lin;
+        if (qd_params_open(ctx, dir, "gemm", &p) != QD_OK ||
+            qd_p_linear(&p, &lin, j->N, j->K, QD_NO_BIAS, "layer") != QD_OK) {
+            snprintf(r->err, sizeof r->err, "%s: %s", dir, qd_last_error(ctx));
+            r->ok = 0;
+            break;
+        }
+        qd_set_matmul(ctx, 1);
+        r->exact_s[v] = time_linear(ctx, x, j->M, &lin.w, y, j->idle_wait);
+        r->rel_exact[v] = rel_l2(y, ref, j->M * j->N);
+        qd_set_matmul(ctx, 2);
+        r->int8_s[v] = time_linear(ctx, x, j->M, &lin.w, y, j->idle_wait);
+        r->rel_int8[v] = rel_l2(y, ref, j->M * j->N);
+        qd_params_close(&p);
+    }
+    free(x); free(ref); free(y); free(wf);
+    qd_ctx_free(ctx);
+}
+
+static void gemm_child(const void *a, void *r) { run_gemm(a, r); }
+
+/* ---- main ---- */
+
+static void usage(void) {
+    fprintf(stderr,
+            "usage: bench_sdnq [--config FILE] [--dir DIR] [--latent N] [--batch N] [--steps N] [--threads N]\n"
+            "                  [--svd-rank R] [--quant-conv 0|1] [--models fp16,int8,uint4] [--gemm M,K,N]\n"
+            "                  [--no-unet] [--no-gemm] [--reuse] [--keep] [--idle-wait S]\n");
+    exit(2);
+}
+
+static double file_mb(const char *dir) {
+    char p[4200];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", dir);
+    return stat(p, &sb) == 0 ? (double)sb.st_size / 1e6 : -1;
+}
+
+static float *read_out(const char *path, size_t n) {
+    float *o = xmalloc(sizeof(float) * n);
+    FILE *f = fopen(path, "rb");
+    size_t got = f ? fread(o, sizeof(float), n, f) : 0;
+    if (f) fclose(f);
+    if (got != n) { free(o); return NULL; }
+    return o;
+}
+
+int main(int argc, char **argv) {
+    const char *config = "bench/configs/sd15_unet.json", *root = "/tmp/qd_bench_sdnq", *models = "fp16,int8,uint4";
+    int latent = 64, batch = 2, steps = 2, threads = 0, svd_rank = 32, quant_conv = 1, reuse = 0, keep = 0;
+    int do_unet = 1, do_gemm = 1;
+    long gm = 4096, gk = 1280, gn = 1280;
+    double idle_wait = 120;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--reuse")) { reuse = 1; continue; }
+        if (!strcmp(a, "--keep")) { keep = 1; continue; }
+        if (!strcmp(a, "--no-unet")) { do_unet = 0; continue; }
+        if (!strcmp(a, "--no-gemm")) { do_gemm = 0; continue; }
+        if (!v) usage();
+        i++;
+        if (!strcmp(a, "--config")) config = v;
+        else if (!strcmp(a, "--dir")) root = v;
+        else if (!strcmp(a, "--latent")) latent = atoi(v);
+        else if (!strcmp(a, "--batch")) batch = atoi(v);
+        else if (!strcmp(a, "--steps")) steps = atoi(v);
+        else if (!strcmp(a, "--threads")) threads = atoi(v);
+        else if (!strcmp(a, "--svd-rank")) svd_rank = atoi(v);
+        else if (!strcmp(a, "--quant-conv")) quant_conv = atoi(v);
+        else if (!strcmp(a, "--models")) models = v;
+        else if (!strcmp(a, "--idle-wait")) idle_wait = atof(v);
+        else if (!strcmp(a, "--gemm")) { if (sscanf(v, "%ld,%ld,%ld", &gm, &gk, &gn) != 3) usage(); }
+        else usage();
+    }
+    if (latent < 8 || batch < 1 || batch > 16 || steps < 1 || svd_rank < 1 || gm < 1 || gk < 32 || gn < 32) usage();
+    if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    mkdir(root, 0755);
+    /* no threads in this process until the last fork: each measurement runs in a child */
+    qd_ctx *ctx = qd_ctx_new(1);
+    if (!ctx) die("no context");
+
+    static const struct { const char *tag; qspec q; } kinds[3] = {
+        {"fp16", {NULL, 0, 0, 0}},
+        {"int8", {"int8", 0, 1, 0}},
+        {"uint4", {"uint4", 32, 0, 0}},
+    };
+    qspec qs[3];
+    for (int k = 0; k < 3; k++) {
+        qs[k] = kinds[k].q;
+        qs[k].quant_conv = quant_conv;
+        if (qs[k].svd_rank) qs[k].svd_rank = svd_rank;
+    }
+    printf("bench_sdnq: %d threads, int8 kernel %s, float GEMM kernel %s\n", threads, qd_i8_isa_name(qd_i8_pick()), qd_gemm_isa());
+
+    /* ---- CPU peaks ---- */
+    __builtin_cpu_init();
+    double vnni_peak = 0, fma_peak = 0;
+    if (__builtin_cpu_supports("avx512vnni")) {
+        double v1 = peak(1, 1, 5, idle_wait / 4), f1 = peak(0, 1, 5, idle_wait / 4);
+        vnni_peak = peak(1, threads, 5, idle_wait / 4);
+        fma_peak = peak(0, threads, 5, idle_wait / 4);
+        printf("peak        int8 VNNI (vpdpbusd zmm): %.0f GOP/s on 1 thread, %.0f GOP/s on %d; fp32 FMA (zmm): %.0f GFLOP/s on 1,"
+               " %.0f GFLOP/s on %d (best of 5 each; 1 op = 1 multiply or add)\n",
+               v1 / 1e9, vnni_peak / 1e9, threads, f1 / 1e9, fma_peak / 1e9, threads);
+    } else {
+        printf("peak        this CPU has no AVX-512 VNNI: no int8 peak measured\n");
+    }
+
+    /* ---- GEMM: one linear, exact vs int8 ---- */
+    if (do_gemm) {
+        plist gp = {0};
+        int64_t s[2] = {gn, gk};
+        add(&gp, K_MATRIX, 2, s, "layer.weight");
+        static const char *gnames[3] = {"fp16", "int8", "uint4-svd"};
+        for (int k = 0; k < 3; k++) {
+            char dir[4200], cfgp[4300];
+            snprintf(dir, sizeof dir, "%s/gemm-%s", root, gnames[k]);
+            mkdir(dir, 0755);
+            snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
+            write_text(cfgp, "{\"_class_name\": \"Linear\"}\n");
+            qspec q = qs[k];
+            q.quant_conv = 0;
+            write_component(ctx, dir, &gp, &q);
+        }
+        free(gp.p);
+        gemm_job gj = {root, threads, gm, gk, gn, svd_rank, idle_wait};
+        gemm_result gr;
+        printf("\n== linear M=%ld tokens, K=%ld -> N=%ld (%.1f GOP per call), best of 5 ==\n", gm, gk, gn, 2.0 * gm * gk * gn / 1e9);
+        in_child(gemm_child, &gj, &gr, sizeof gr);
+        if (!gr.ok) die("gemm: %s", gr.err);
+        double ops = 2.0 * (double)gm * (double)gk * (double)gn;
+        printf("%-22s %10s %10s %10s %12s %12s\n", "weights", "exact s", "GFLOP/s", "int8 s", "GOP/s", "% VNNI peak");
+        for (int k = 0; k < 3; k++) {
+            printf("%-22s %10.4f %10.1f %10.4f %12.1f %11.1f%%   rel. error vs fp32: exact %.2e, int8 %.2e\n",
+                   gnames[k], gr.exact_s[k], ops / gr.exact_s[k] / 1e9, gr.int8_s[k], ops / gr.int8_s[k] / 1e9,
+                   vnni_peak > 0 ? 100 * ops / gr.int8_s[k] / vnni_peak : 0, gr.rel_exact[k], gr.rel_int8[k]);
+        }
+        printf("(fp16 has no int8 path: its \"int8\" column is the same exact GEMM; exact GFLOP/s vs the fp32 FMA peak %.0f)\n",
+               fma_peak / 1e9);
+    }
+
+    /* ---- the UNet three ways ---- */
+    if (do_unet) {
+        cJSON *cfg;
+        if (qd_json_load(ctx, config, &cfg) != QD_OK) die("%s", qd_last_error(ctx));
+        plist pl = {0};
+        unet_params(cfg, &pl);
+        int64_t nparams = 0, nlin = 0, nconv = 0;
+        for (int i = 0; i < pl.n; i++) {
+            nparams += numel(&pl.p[i]);
+            if (pl.p[i].kind == K_MATRIX) *(pl.p[i].ndim == 2 ? &nlin : &nconv) += numel(&pl.p[i]);
+        }
+        printf("\n== UNet %s: %d tensors, %.1f M parameters (Linear %.1f M, Conv %.1f M); latent %dx%d, batch %d; quant_conv %d ==\n",
+               config, pl.n, nparams / 1e6, nlin / 1e6, nconv / 1e6, latent, latent, batch, quant_conv);
+        char *cfg_text = cJSON_Print(cfg);
+        cJSON_Delete(cfg);
+        unet_result res[3][2];
+        int have[3] = {0};
+        memset(res, 0, sizeof res);
+        for (int k = 0; k < 3; k++) {
+            if (!strstr(models, kinds[k].tag)) continue;
+            char dir[4200], p[4300];
+            snprintf(dir, sizeof dir, "%s/unet-%s", root, kinds[k].tag);
+            snprintf(p, sizeof p, "%s/diffusion_pytorch_model.safetensors", dir);
+            struct stat sb;
+            if (!(reuse && stat(p, &sb) == 0)) {
+                mkdir(dir, 0755);
+                snprintf(p, sizeof p, "%s/config.json", dir);
+                write_text(p, cfg_text);
+                double t0 = qd_now();
+                write_component(ctx, dir, &pl, &qs[k]);
+                printf("wrote %s (%.0f MB) in %.1f s\n", dir, file_mb(dir), qd_now() - t0);
+            }
+            verify_job vj = {dir, &pl};
+            verify_result vr;
+            in_child(verify, &vj, &vr, sizeof vr);
+            if (!vr.ok) die("%s: %s", dir, vr.err);
+            printf("weights     decoded by the loader vs the fp32 values: rel. L2 Linear mean %.3g (worst %.3g %s), "
+                   "Conv mean %.3g (worst %.3g %s)\n", vr.sum_err[0] / vr.sum_n[0], vr.worst[0], vr.worst_name[0],
+                   vr.sum_err[1] / vr.sum_n[1], vr.worst[1], vr.worst_name[1]);
+            for (int m = 0; m < 2; m++) {
+                if (m == 1 && !qs[k].weights_dtype) continue;   /* fp16 has no int8 path */
+                char outp[4300];
+                snprintf(outp, sizeof outp, "%s/out-%s-%s.f32", root, kinds[k].tag, m ? "int8" : "exact");
+                unet_job uj = {dir, outp, m ? 2 : 1, threads, latent, batch, steps, idle_wait};
+                printf("%s, %s mode:\n", kinds[k].tag, m ? "int8" : "exact");
+                in_child(unet_child, &uj, &res[k][m], sizeof res[k][m]);
+                if (!res[k][m].ok) die("%s %s: %s", kinds[k].tag, m ? "int8" : "exact", res[k][m].err);
+            }
+            have[k] = 1;
+        }
+        free(cfg_text);
+        size_t nout = (size_t)batch * 4 * (size_t)latent * (size_t)latent;
+        char refp[4300];
+        snprintf(refp, sizeof refp, "%s/out-fp16-exact.f32", root);
+        float *ref = have[0] ? read_out(refp, nout) : NULL;
+        printf("\n%-6s %-6s %8s %7s %9s %8s %8s %8s %7s %6s %6s %6s %7s %s\n", "model", "mode", "file MB", "load s",
+               "HWM load", "HWM fwd", "RssFile", "RssAnon", "s/step", "conv", "linear", "attn", "others", "rel. L2 vs fp16");
+        for (int k = 0; k < 3; k++) {
+            if (!have[k]) continue;
+            char dir[4200];
+            snprintf(dir, sizeof dir, "%s/unet-%s", root, kinds[k].tag);
+            for (int m = 0; m < 2; m++) {
+                const unet_result *r = &res[k][m];
+                if (!r->ok) continue;
+                char outp[4300];
+                snprintf(outp, sizeof outp, "%s/out-%s-%s.f32", root, kinds[k].tag, m ? "int8" : "exact");
+                float *o = read_out(outp, nout);
+                double e = o && ref ? rel_l2(o, ref, (int64_t)nout) : -1;
+                free(o);
+                printf("%-6s %-6s %8.0f %7.2f %9.0f %8.0f %8.0f %8.0f %7.2f %6.2f %6.2f %6.2f %6.0f%% %.3g%s\n", kinds[k].tag,
+                       m ? "int8" : "exact", file_mb(dir), r->load_s, r->hwm_load_kb / 1024.0, r->hwm_fwd_kb / 1024.0,
+                       r->rss_file_kb / 1024.0, r->rss_anon_kb / 1024.0, r->best_s, r->op_s[0], r->op_s[1], r->op_s[2],
+                       100 * r->others, e, r->hwm_reset ? "" : " (VmHWM not reset: includes the parent's)");
+            }
+        }
+        printf("(file MB = 10^6 bytes; HWM = VmHWM, the peak resident set incl. mapped weights, MiB: 'HWM load' after\n"
+               " qd_unet_load, 'HWM fwd' after the first forward; RssFile/RssAnon (MiB) at the end; s/step = best of %d timed\n"
+               " forwards after the first; conv/linear/attn = seconds inside those ops in that step; others = CPU share other\n"
+               " processes took during it; rel. L2 = output vs the fp16 model's, same weights before quantization)\n", steps);
+        free(ref);
+        if (!keep && !reuse)
+            for (int k = 0; k < 3; k++) {
+                char p[4300];
+                snprintf(p, sizeof p, "%s/unet-%s/diffusion_pytorch_model.safetensors", root, kinds[k].tag);
+                remove(p);
+            }
+        free(pl.p);
+    }
+    qd_ctx_free(ctx);
+    return 0;
+}
