@@ -160,9 +160,11 @@ static qd_status tblock_load(qd_params *p, qd_unet_tblock *b, int64_t D, int64_t
 static qd_status proj_load(qd_params *p, qd_linear_p *out, int64_t out_f, int64_t in_f, int linear,
                            const char *prefix, const char *name) {
     if (linear) {
+        /* a dense linear projection must be 2-D (a [out, in, 1, 1] conv belongs to the other
+         * config); an SDNQ one stores packed codes, which qd_p_linear checks itself */
         int64_t s[2] = {out_f, in_f};
         const qd_st_tensor *t;
-        QD_TRY(qd_p_tensor(p, &t, 2, s, "%s.%s.weight", prefix, name));
+        if (!qd_p_has(p, "%s.%s.scale", prefix, name)) QD_TRY(qd_p_tensor(p, &t, 2, s, "%s.%s.weight", prefix, name));
         return qd_p_linear(p, out, out_f, in_f, QD_BIAS, "%s.%s", prefix, name);
     }
     qd_conv_p c;
