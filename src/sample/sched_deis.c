@@ -33,7 +33,7 @@ static qd_status init(qd_ctx *ctx, qd_scheduler *s) {
         if (c->algorithm_type == QD_ALGO_DPMSOLVER || c->algorithm_type == QD_ALGO_DPMSOLVERPP)
             c->algorithm_type = QD_ALGO_DEIS;
         else
-            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: algorithm_type is not implemented", s->cls->name);
+            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: algorithm_type is not supported by qdiff yet", s->cls->name);
     }
     if (c->solver_type != QD_SOLVER_LOGRHO) c->solver_type = QD_SOLVER_LOGRHO;   /* midpoint/heun/bh1/bh2 */
     s->state = qd_calloc(ctx, 1, sizeof(state));

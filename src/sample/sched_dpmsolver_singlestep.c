@@ -41,7 +41,7 @@ static qd_status init(qd_ctx *ctx, qd_scheduler *s) {
     qd_sched_config *c = &s->cfg;
     if (c->algorithm_type == QD_ALGO_DEIS) c->algorithm_type = QD_ALGO_DPMSOLVERPP;
     if (c->algorithm_type == QD_ALGO_SDE_DPMSOLVER)
-        return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: algorithm_type 'sde-dpmsolver' is not implemented",
+        return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: algorithm_type 'sde-dpmsolver' is not supported by qdiff yet",
                        s->cls->name);
     if (c->solver_type == QD_SOLVER_LOGRHO || c->solver_type == QD_SOLVER_BH1 || c->solver_type == QD_SOLVER_BH2)
         c->solver_type = QD_SOLVER_MIDPOINT;

@@ -17,7 +17,7 @@ typedef struct {
 
 static qd_status init(qd_ctx *ctx, qd_scheduler *s) {
     if (s->cfg.prediction_type == QD_PRED_SAMPLE)
-        return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: prediction_type 'sample' is not implemented", s->cls->name);
+        return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: prediction_type 'sample' is not supported by qdiff yet", s->cls->name);
     s->state = qd_calloc(ctx, 1, sizeof(state));
     if (!s->state) return QD_ERR_NOMEM;
     qd_sched_init_sigma_train(s);
