@@ -56,6 +56,15 @@ void qd_cancel(qd_ctx *ctx);                 /* thread-safe; the running call re
  * activations) wherever possible. */
 enum { QD_MATMUL_CONFIG = 0, QD_MATMUL_EXACT = 1, QD_MATMUL_INT8 = 2 };
 void qd_set_matmul(qd_ctx *ctx, int mode);
+/* Arithmetic of the dense math (GEMM, convolution, attention):
+ *   QD_PRECISION_FP32: float32 operands and accumulation, the reference semantics the
+ *     golden tests use;
+ *   QD_PRECISION_BF16: bfloat16 operands with float32 accumulation and statistics, where
+ *     the CPU has AVX512_BF16 (elsewhere it runs as fp32);
+ *   QD_PRECISION_AUTO: what the library considers best for this CPU.
+ * The default is QD_PRECISION_FP32. */
+enum { QD_PRECISION_AUTO = 0, QD_PRECISION_FP32 = 1, QD_PRECISION_BF16 = 2 };
+void qd_set_precision(qd_ctx *ctx, int precision);
 
 /* ---- models ----------------------------------------------------------- */
 

@@ -17,6 +17,7 @@ qd_ctx *qd_ctx_new(int n_threads) {
     }
     if (n_threads > 256) n_threads = 256;
     ctx->n_threads = n_threads;
+    ctx->precision = QD_PRECISION_FP32;
     return ctx;
 }
 
@@ -97,4 +98,18 @@ double qd_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void qd_set_precision(qd_ctx *ctx, int precision) {
+    if (ctx && precision >= QD_PRECISION_AUTO && precision <= QD_PRECISION_BF16) ctx->precision = precision;
+}
+
+int qd_ctx_bf16(const qd_ctx *ctx) {
+    /* No bf16 kernels exist yet: AUTO means fp32 until they do. */
+    static int has = -1;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = __builtin_cpu_supports("avx512bf16") ? 1 : 0;
+    }
+    return has && ctx->precision == QD_PRECISION_BF16;
 }

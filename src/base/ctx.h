@@ -25,6 +25,7 @@ struct qd_ctx {
     qd_trace_fn trace;          /* benchmarks: called after every conv/linear/attention */
     void *trace_user;
     int matmul_mode;            /* SDNQ layers: 0 as the model's config asks, 1 exact, 2 int8 (qd_set_matmul) */
+    int precision;              /* QD_PRECISION_* (qd_set_precision); read it through qd_ctx_bf16() */
 };
 
 /* Record an error: formats into ctx->err and returns `code` (never QD_OK). */
@@ -43,6 +44,10 @@ qd_status qd_op_status(qd_ctx *ctx);   /* QD_ERR_NOMEM once after a failure, els
 /* Warnings and info go through the context's log sink. */
 void qd_warn(qd_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void qd_info(qd_ctx *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Whether dense math runs with bf16 operands: the precision asks for it (or AUTO
+ * chooses it) and the CPU has AVX512_BF16. */
+int qd_ctx_bf16(const qd_ctx *ctx);
 
 /* Allocation that records an error on failure. */
 void *qd_malloc(qd_ctx *ctx, size_t n);
