@@ -268,6 +268,12 @@ qd_status qd_inspect(qd_ctx *ctx, const char *dir, char **json_out);
 /* Release memory the library allocated for the caller (e.g. qd_inspect's JSON). */
 void qd_free(void *p);
 
+/* ==== ABI checks for bindings ============================================= */
+
+/* sizeof(qd_gen_params) in this build of the library. Bindings that mirror the struct
+ * (ctypes, cffi) compare it with their own layout and refuse to run on a mismatch. */
+size_t qd_gen_params_size(void);
+
 #ifdef __cplusplus
 }
 #endif
