@@ -92,10 +92,20 @@ def _vae_approx_files():
         return None
 
 
+def _comfy_preview_args():
+    """ComfyUI's --preview-method is none, and its --preview-size (defaults when not in ComfyUI)."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return False, PREVIEW_MAX_SIDE
+    method = getattr(args, "preview_method", None)
+    return getattr(method, "value", method) == "none", int(getattr(args, "preview_size", PREVIEW_MAX_SIDE))
+
+
 def _resolve_preview_vae(choice, family):
     """Path of the preview VAE, or None for no previews."""
     choice = (choice or "").strip()
-    if choice in ("", PREVIEW_NONE):
+    if choice in ("", PREVIEW_NONE) or _comfy_preview_args()[0]:
         return None
     fp = _comfy("folder_paths")
     if choice == PREVIEW_AUTO:
@@ -301,6 +311,7 @@ class QdiffSampler:
         interrupted = getattr(mm, "processing_interrupted", None) if mm is not None else None
         pbar = utils.ProgressBar(1) if utils is not None and hasattr(utils, "ProgressBar") else None
         pending = {}   # the preview of the step being reported
+        preview_side = _comfy_preview_args()[1]
 
         def progress(step, total, elapsed):
             if interrupted is not None and interrupted():
@@ -315,7 +326,7 @@ class QdiffSampler:
             except ImportError:
                 return
             pending.clear()
-            pending[step] = ("JPEG", Image.frombytes("RGB", (w, h), rgb), PREVIEW_MAX_SIDE)
+            pending[step] = ("JPEG", Image.frombytes("RGB", (w, h), rgb), preview_side)
 
         try:
             if interrupted is not None:

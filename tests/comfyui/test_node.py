@@ -357,9 +357,22 @@ check(len(prevs) == 5 and all(p is not None and p[0] == "JPEG" and p[1].size == 
                                 for p in prevs),
       "preview VAE: every update carries ('JPEG', 64x64 PIL image, 512)")
 check(torch.equal(img, img_p), "previews do not change the image")
-last = np.asarray(prevs[-1][1], dtype=np.float64) / 255
+last = np.asarray(prevs[-1][1], dtype=np.float64) / 255 if prevs and prevs[-1] else np.zeros((64, 64, 3))
 mad = float(np.abs(last - img_p[0].numpy()).mean())
 check(mad < 0.02, f"the last preview (x0 at sigma 0, full VAE) matches the image: mean abs diff {mad:.4f} (tol 0.02)")
+
+cli_args = types.ModuleType("comfy.cli_args")
+sys.modules["comfy.cli_args"] = cli_args
+for method, side in (("none", 512), ("taesd", 256)):
+    cli_args.args = types.SimpleNamespace(preview_method=types.SimpleNamespace(value=method), preview_size=side)
+    FakeProgressBar.instances.clear()
+    node.sample(sd15, ASTRO, "", 2, 7.5, 64, 64, 11, "euler", "normal", threads=1, preview_vae=os.path.join(sd15, "vae"))
+    prevs = [c[2] for c in FakeProgressBar.instances[-1].calls]
+    if method == "none":
+        check(prevs == [None, None], "ComfyUI's --preview-method none: no previews")
+    else:
+        check(len(prevs) == 2 and all(p is not None and p[2] == 256 for p in prevs), "--preview-size 256 is passed on")
+del sys.modules["comfy.cli_args"]
 
 FakeMM.flag, FakeMM.cleared = True, 0
 FakeProgressBar.instances.clear()
@@ -411,6 +424,14 @@ FakeProgressBar.instances.clear()
 img_fp, _ = node.sample("sd15-tiny", ASTRO, "", 5, 7.5, 64, 64, 11, "euler", "normal", threads=1, preview_vae="auto")
 check(torch.equal(img_fp, img), "a dropdown name resolves under models/diffusers (same image as the full path)")
 check(all(c[2] is None for c in FakeProgressBar.instances[-1].calls), "auto preview without a TAESD installed: none")
+# stand-in for models/vae_approx/taesd_decoder.*: the fixture's own SD1.5 VAE folder
+os.symlink(os.path.join(sd15, "vae"), os.path.join(vae_approx, "taesd_decoder"))
+FakeProgressBar.instances.clear()
+node.sample("sd15-tiny", ASTRO, "", 3, 7.5, 64, 64, 11, "euler", "normal", threads=1, preview_vae="auto")
+check(all(c[2] is not None for c in FakeProgressBar.instances[-1].calls), "auto picks taesd_decoder for SD1.5")
+FakeProgressBar.instances.clear()
+node.sample("flux-tiny", ASTRO, "", 2, -1, 96, 64, 11, "euler", "diffusers default", threads=1, preview_vae="auto")
+check(all(c[2] is None for c in FakeProgressBar.instances[-1].calls), "  ... and nothing for FLUX (no taef1_decoder)")
 
 node_mod.CACHE.clear()   # the library frees everything (the ASan run checks for leaks)
 check(node_mod.CACHE.model is None and node_mod.CACHE.ctx is None, "cache cleared")
