@@ -23,7 +23,7 @@ if [[ ! -e "$lib" ]]; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-export QDIFF_LIB=$lib QD_QDIFF=$qdiff QD_FIXTURES=$fx
+export QDIFF_LIB=$lib QD_QDIFF=$qdiff QD_FIXTURES=$fx PYTHONDONTWRITEBYTECODE=1   # no __pycache__ in the source tree
 
 asan=$(ldd "$lib" | awk '/libasan/ {print $3}')
 if [[ -z "$asan" ]]; then

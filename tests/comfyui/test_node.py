@@ -301,6 +301,9 @@ e = expect_raises(lq.QdiffError, lambda: node.sample(sd15, "x", "", 2, -1, 60, 6
 check(e is not None and f"qdiff: {e}" == cli_msg, f"  ... with the library's message ({cli_msg})")
 expect_raises(lq.QdiffError, lambda: node.sample(sd15, "x", "", 2, -1, 0, 0, 0, "EulerDiscreteScheduler", "beta"),
               "a ComfyUI schedule with a diffusers class is refused")
+e = expect_raises(lq.QdiffError, lambda: node.sample(sd15, "x", "", 2, -1, 0, 0, 0, "no_such_sampler", "normal"),
+                  "an unknown sampler name raises QdiffError")
+check(e is not None and "no_such_sampler" in str(e), "  ... naming it")
 expect_raises(lq.QdiffError, lambda: node.sample(sd15, "x", "", 2, -1, 0, 0, 2 ** 64, "euler", "normal"),
               "seed 2^64 is refused")
 
