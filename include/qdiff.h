@@ -329,6 +329,12 @@ void qd_quant_params_default(qd_quant_params *p);
 qd_status qd_quantize(qd_ctx *ctx, const char *in_dir, const char *out_dir, const qd_quant_params *p,
                       char **report_json);
 
+/* ==== ABI checks for bindings ============================================= */
+
+/* sizeof(qd_gen_params) in this build of the library. Bindings that mirror the struct
+ * (ctypes, cffi) compare it with their own layout and refuse to run on a mismatch. */
+size_t qd_gen_params_size(void);
+
 #ifdef __cplusplus
 }
 #endif
