@@ -161,6 +161,39 @@ static void weight_shape(const qd_sdnq_layout *l, qd_st_out *t) {
     t->ndim = k;
 }
 
+int qd_sdnq_svd_fits(const qd_sdnq_layout *l) {
+    return l->svd && l->svd_rank >= 1 && l->svd_rank <= l->out && l->svd_rank <= l->cols;
+}
+
+void qd_sdnq_stored_tensors(const qd_sdnq_layout *l, qd_dtype model_dtype, qd_st_out *t, int *present) {
+    static const char *names[] = {"weight", "scale", "zero_point", "svd_up", "svd_down"};
+    memset(t, 0, sizeof *t * QD_SQ_NTENSORS);
+    for (int i = 0; i < QD_SQ_NTENSORS; i++) { t[i].name = names[i]; present[i] = 0; }
+    t[0].dtype = l->dtype.storage;
+    weight_shape(l, &t[0]);
+    t[1].dtype = QD_F32;
+    t[1].ndim = qd_sdnq_scale_shape(l, t[1].shape);
+    present[0] = present[1] = 1;
+    if (l->zero_point) {
+        t[2] = t[1];
+        t[2].name = names[2];
+        present[2] = 1;
+    }
+    if (qd_sdnq_svd_fits(l)) {
+        int64_t rank = l->svd_rank;
+        t[3].dtype = t[4].dtype = model_dtype;
+        t[3].ndim = t[4].ndim = 2;
+        if (l->svd_transposed) {
+            t[3].shape[0] = rank; t[3].shape[1] = l->out;
+            t[4].shape[0] = l->cols; t[4].shape[1] = rank;
+        } else {
+            t[3].shape[0] = l->out; t[3].shape[1] = rank;
+            t[4].shape[0] = rank; t[4].shape[1] = l->cols;
+        }
+        present[3] = present[4] = 1;
+    }
+}
+
 static void as_st_tensor(const qd_st_out *o, qd_st_tensor *t, const char *name) {
     memset(t, 0, sizeof *t);
     t->name = name;
@@ -255,12 +288,12 @@ qd_status qd_sdnq_quantize(qd_ctx *ctx, const qd_sdnq_qspec *spec, const float *
         up = qd_malloc(ctx, sizeof(float) * (size_t)(out * (rank > 0 ? rank : 1)));
         down = qd_malloc(ctx, sizeof(float) * (size_t)(cols * (rank > 0 ? rank : 1)));
         if (!up || !down) { st = QD_ERR_NOMEM; goto done; }
-        st = qd_sdnq_svd_lowrank(ctx, W, out, cols, rank, spec->svd_steps, spec->seed, up, down);
-        if (st == QD_ERR_UNSUPPORTED) {   /* sdnq silently stores such a layer without SVD */
+        if (!qd_sdnq_svd_fits(l)) {   /* svd_lowrank fails; sdnq then stores the layer without SVD */
             l->svd = 0;
-            st = QD_OK;
             free(up); free(down); up = down = NULL;
-        } else if (st != QD_OK) goto done;
+        } else if ((st = qd_sdnq_svd_lowrank(ctx, W, out, cols, rank, spec->svd_steps, spec->seed, up, down)) != QD_OK) {
+            goto done;
+        }
         if (l->svd) {
             round_to(spec->model_dtype, up, out * rank);
             round_to(spec->model_dtype, down, (int64_t)rank * cols);
@@ -284,49 +317,20 @@ qd_status qd_sdnq_quantize(qd_ctx *ctx, const qd_sdnq_qspec *spec, const float *
     }
 
     /* step 10: pack (codes are already in the stored orientation) */
+    qd_sdnq_stored_tensors(l, spec->model_dtype, r->t, r->present);
     size_t wbytes = (size_t)words * qd_dtype_size(dt->storage);
     void *wdata = qd_malloc(ctx, wbytes ? wbytes : 1);
     if (!wdata) { st = QD_ERR_NOMEM; goto done; }
     r->t[0].data = wdata;
     if ((st = qd_sdnq_pack(ctx, dt, codes, n, wdata)) != QD_OK) goto done;
-    r->t[0].name = "weight";
-    r->t[0].dtype = dt->storage;
-    weight_shape(l, &r->t[0]);
-    r->present[0] = 1;
-
-    r->t[1].name = "scale";
-    r->t[1].dtype = QD_F32;
-    r->t[1].ndim = sdims;
-    memcpy(r->t[1].shape, ns_shape, sizeof(int64_t) * (size_t)sdims);
     r->t[1].data = scale;
-    r->present[1] = 1;
     scale = NULL;
-    if (zp) {
-        r->t[2] = r->t[1];
-        r->t[2].name = "zero_point";
-        r->t[2].data = zp;
-        r->present[2] = 1;
-        zp = NULL;
-    }
+    if (zp) { r->t[2].data = zp; zp = NULL; }
     if (l->svd) {
         int64_t rank = l->svd_rank;
-        void *u = store_factor(spec->model_dtype, up, out, rank, l->svd_transposed);
-        void *d = store_factor(spec->model_dtype, down, rank, cols, l->svd_transposed);
-        r->t[3].data = u;
-        r->t[4].data = d;
-        if (!u || !d) { st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); goto done; }
-        r->t[3].name = "svd_up";
-        r->t[4].name = "svd_down";
-        r->t[3].dtype = r->t[4].dtype = spec->model_dtype;
-        r->t[3].ndim = r->t[4].ndim = 2;
-        if (l->svd_transposed) {
-            r->t[3].shape[0] = rank; r->t[3].shape[1] = out;
-            r->t[4].shape[0] = cols; r->t[4].shape[1] = rank;
-        } else {
-            r->t[3].shape[0] = out; r->t[3].shape[1] = rank;
-            r->t[4].shape[0] = rank; r->t[4].shape[1] = cols;
-        }
-        r->present[3] = r->present[4] = 1;
+        r->t[3].data = store_factor(spec->model_dtype, up, out, rank, l->svd_transposed);
+        r->t[4].data = store_factor(spec->model_dtype, down, rank, cols, l->svd_transposed);
+        if (!r->t[3].data || !r->t[4].data) { st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); goto done; }
     }
     r->bytes = 0;
     for (int i = 0; i < QD_SQ_NTENSORS; i++) {

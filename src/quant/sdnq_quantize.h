@@ -33,6 +33,12 @@ typedef struct {
     double loss;            /* sdnq's dynamic loss: MSE / unbiased variance of W (variance >= 1e-8) */
 } qd_sdnq_qresult;
 
+/* The tensors qd_sdnq_quantize stores for a layout (names are the suffixes, data
+ * NULL): what a writer can lay out before quantizing. SVD factors are present
+ * when the layout asks for SVD and the rank fits the weight (qd_sdnq_svd_fits). */
+void qd_sdnq_stored_tensors(const qd_sdnq_layout *l, qd_dtype model_dtype, qd_st_out *t, int *present);
+int qd_sdnq_svd_fits(const qd_sdnq_layout *l);
+
 /* w: the layer's fp32 weight, [out, cols] row-major (Conv flattened). */
 qd_status qd_sdnq_quantize(qd_ctx *ctx, const qd_sdnq_qspec *spec, const float *w, qd_sdnq_qresult *out);
 void qd_sdnq_qresult_free(qd_sdnq_qresult *r);
