@@ -72,7 +72,8 @@ static void scale_and_codes(const qd_sdnq_layout *l, const float *W, float *scal
     /* unsigned ints and unsigned floats start at 0; signed types are symmetric around it */
     for (int64_t i = 0; i < ns; i++) scale[i] = asym ? (scale[i] - zp[i]) / qmax : scale[i] / qmax;
     int is_int = dt->family == QD_SQ_INT || dt->family == QD_SQ_UINT;
-    float qmin = dt->family == QD_SQ_INT ? -qmax - 1.0f : 0.0f;
+    int64_t qmax_i = (int64_t)dt->max, qmin = dt->family == QD_SQ_INT ? -qmax_i - 1 : 0;
+    uint32_t code_mask = dt->bits >= 32 ? 0xffffffffu : (1u << dt->bits) - 1;
     uint32_t offset = dt->family == QD_SQ_INT && dt->packed ? 1u << (dt->bits - 1) : 0;
     for (int64_t o = 0; o < out; o++)
         for (int64_t c = 0; c < cols; c++) {
@@ -81,12 +82,13 @@ static void scale_and_codes(const qd_sdnq_layout *l, const float *W, float *scal
             float x = asym ? (v - zp[k]) / scale[k] : v / scale[k];
             int64_t at = l->transposed ? c * out + o : o * cols + c;
             if (is_int) {
-                float q = x != x ? 0.0f : rintf(x);          /* an all-zero group has scale 0: code 0 (§1.10) */
+                /* round in fp32 as torch does; clamp as integers (int32/uint32 extremes do not fit a float) */
+                double xr = rintf(x);
+                int64_t q = xr != xr ? 0 : xr >= 9e18 ? qmax_i : xr <= -9e18 ? qmin : (int64_t)xr;   /* NaN: an all-zero group (§1.10) */
                 if (q < qmin) q = qmin;
-                if (q > qmax) q = qmax;
-                int32_t qi = (int32_t)q;
-                codes[at] = dt->family == QD_SQ_INT ? (uint32_t)(qi + (int32_t)offset) : (uint32_t)qi;
-                if (dt->family == QD_SQ_INT && !dt->packed) codes[at] = (uint32_t)qi & (dt->bits == 32 ? 0xffffffffu : (1u << dt->bits) - 1);
+                if (q > qmax_i) q = qmax_i;
+                if (dt->family == QD_SQ_INT && dt->packed) codes[at] = (uint32_t)(q + (int64_t)offset);
+                else codes[at] = (uint32_t)(q & 0xffffffff) & code_mask;
             } else {
                 if (x != x) x = 0.0f;                        /* nan_to_num */
                 codes[at] = qd_sdnq_float_code(dt, x);
