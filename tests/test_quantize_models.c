@@ -401,6 +401,25 @@ static void prepare_hook(qd_ctx *ctx) {
     qd_st_close(&b);
 }
 
+static int stop_after_3(void *user, int64_t done, int64_t total, const char *tensor, double elapsed) {
+    int *n = user;
+    (void)done; (void)total; (void)tensor; (void)elapsed;
+    return ++*n >= 3;
+}
+
+/* Cancelled from the progress callback: QD_ERR_CANCELLED, nothing at OUT or OUT.tmp-*. */
+static void cancel(qd_ctx *ctx) {
+    qd_quant_params p;
+    fixture_params(&p);
+    int n = 0;
+    p.progress = stop_after_3;
+    p.progress_user = &n;
+    qd_status st = qd_quantize(ctx, fixture("models/sd15-tiny"), tmp("cancelled"), &p, NULL);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "ls -d '%s'/cancelled* >/dev/null 2>&1", tmpdir);
+    check(st == QD_ERR_CANCELLED && n == 3 && system(cmd) != 0, "cancelled run: QD_ERR_CANCELLED, no output and no temporary folder left");
+}
+
 /* Other types and options: the folders load and a short run stays near the dense one. */
 static void variants(qd_ctx *ctx) {
     /* Bound: latents rel_l2 to the dense run <= 6 x the weights' total relative error.
@@ -460,6 +479,7 @@ int main(void) {
     template_roundtrip(ctx);
     dynamic(ctx);
     prepare_hook(ctx);
+    cancel(ctx);
     variants(ctx);
     qd_ctx_free(ctx);
     char cmd[400];
