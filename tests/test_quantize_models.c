@@ -362,6 +362,47 @@ static void dynamic(qd_ctx *ctx) {
     qd_model_free(m);
     cJSON_Delete(q);
     cJSON_Delete(rep);
+
+    /* with SVD (computed once per layer, reused by every candidate type) */
+    fixture_params(&p);
+    p.weights_dtype = "uint4";
+    p.use_svd = 1;
+    p.svd_rank = 8;
+    p.dynamic = 1;
+    p.dynamic_loss = 1e-4;
+    rep = NULL;
+    ok = quantize(ctx, fixture("models/sd15-tiny"), tmp("dyn-svd"), &p, &rep) == QD_OK;
+    n = above = 0;
+    int svd = 0;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(rep, "components"))
+        cJSON_ArrayForEach(l, cJSON_GetObjectItem(c, "layers")) {
+            if (cJSON_GetObjectItem(l, "skipped")) continue;
+            n++;
+            if (qd_json_num(l, "loss", 1) > 1e-4) above++;
+            if (qd_json_int(l, "svd_rank", 0) == 8) svd++;
+        }
+    m = NULL;
+    st = ok ? qd_model_open(ctx, tmp("dyn-svd"), &m) : QD_ERR_ARG;
+    check(ok && n > 0 && above == 0 && svd == n && st == QD_OK,
+          "dynamic uint4 + SVD r8, loss <= 1e-4: %d layers with SVD, none above, folder loads", n);
+    qd_model_free(m);
+    cJSON_Delete(rep);
+
+    /* a threshold no type reaches: every layer stays unquantized and is listed so */
+    fixture_params(&p);
+    p.weights_dtype = "uint8";
+    p.dynamic = 1;
+    p.dynamic_loss = 0;
+    rep = NULL;
+    ok = quantize(ctx, fixture("models/sd15-tiny"), tmp("dyn-none"), &p, &rep) == QD_OK;
+    const cJSON *t = cJSON_GetObjectItem(rep, "totals");
+    q = NULL;
+    if (ok) qd_json_load(ctx, tmp("dyn-none/unet/quantization_config.json"), &q);
+    check(ok && qd_json_num(t, "quantized", -1) == 0 && qd_json_num(t, "skipped", 0) > 100 &&
+          str_in(cJSON_GetObjectItem(q, "modules_to_not_convert"), "mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight"),
+          "dynamic loss 0: no layer quantized (%g kept, listed in modules_to_not_convert)", qd_json_num(t, "skipped", 0));
+    cJSON_Delete(q);
+    cJSON_Delete(rep);
 }
 
 /* The hook doubles every weight: quantized layers then decode to ~2x, kept ones exactly 2x. */

@@ -454,34 +454,51 @@ static qd_status quantize_layer(run *r, layer_rec *rec, const float *w, qd_dtype
         qd_sdnq_dtype_parse(rec->kw.weights_dtype, &d);
         tau = p->dynamic_loss >= 0 ? p->dynamic_loss : pow(10.0, -d.bits / 2.0);
     }
+    /* dynamic: the SVD is computed once and reused by every candidate (§2 step 11) */
+    qd_sdnq_svd_cache cache = {0};
+    if (p->dynamic && rec->kw.use_svd && rec->kw.svd_rank > 0) {
+        int64_t out = rec->shape[0], cols = 1, rank = rec->kw.svd_rank;
+        for (int d = 1; d < rec->ndim; d++) cols *= rec->shape[d];
+        cache.up = qd_malloc(ctx, sizeof(float) * (size_t)(out * rank));
+        cache.down = qd_malloc(ctx, sizeof(float) * (size_t)(rank * cols));
+        if (!cache.up || !cache.down) { free(cache.up); free(cache.down); return QD_ERR_NOMEM; }
+    }
+    qd_status result = QD_OK;
+    int accepted = 0;
     for (int i = 0; i < n; i++) {
         qd_sdnq_qspec spec;
         memset(&spec, 0, sizeof spec);
+        spec.svd_cache = cache.up ? &cache : NULL;
         qd_sdnq_kwargs kw;
         int no_mm, fits;
-        QD_TRY(derive_as(r, rec, cands[i], &kw, &spec.l, &no_mm, &fits));
+        if ((result = derive_as(r, rec, cands[i], &kw, &spec.l, &no_mm, &fits)) != QD_OK) break;
         if (!fits) {
             if (p->dynamic) continue;
             not_whole_blocks(rec, &spec.l);
-            return QD_OK;
+            break;
         }
         spec.model_dtype = model_dtype;
         spec.svd_steps = p->svd_steps;
         spec.codebook_steps = p->codebook_steps;
         spec.seed = p->seed;
         qd_status st = qd_sdnq_quantize(ctx, &spec, w, res);
-        if (st != QD_OK) return qd_fail_prefix(ctx, st, "layer '%s'", rec->name);
+        if (st != QD_OK) { result = qd_fail_prefix(ctx, st, "layer '%s'", rec->name); break; }
         if (!p->dynamic || res->loss <= tau) {
             rec->kw = kw;
             rec->l = res->l;
             rec->no_matmul = no_mm;
-            return QD_OK;
+            accepted = 1;
+            break;
         }
         qd_sdnq_qresult_free(res);
     }
-    snprintf(rec->reason, sizeof rec->reason, "dynamic: no type reaches loss %.3g", tau);
-    rec->quantized = 0;
-    return QD_OK;
+    if (result == QD_OK && rec->quantized && !accepted) {
+        snprintf(rec->reason, sizeof rec->reason, "dynamic: no type reaches loss %.3g", tau);
+        rec->quantized = 0;
+    }
+    free(cache.up);
+    free(cache.down);
+    return result;
 }
 
 static qd_dtype model_dtype_of(const qd_st_tensor *t) { return t->dtype == QD_F64 ? QD_F32 : t->dtype; }

@@ -290,15 +290,28 @@ qd_status qd_sdnq_quantize(qd_ctx *ctx, const qd_sdnq_qspec *spec, const float *
         up = qd_malloc(ctx, sizeof(float) * (size_t)(out * (rank > 0 ? rank : 1)));
         down = qd_malloc(ctx, sizeof(float) * (size_t)(cols * (rank > 0 ? rank : 1)));
         if (!up || !down) { st = QD_ERR_NOMEM; goto done; }
+        qd_sdnq_svd_cache *cache = spec->svd_cache;
+        int cached = cache && cache->valid && cache->rank == rank && cache->up && cache->down;
         if (!qd_sdnq_svd_fits(l)) {   /* svd_lowrank fails; sdnq then stores the layer without SVD */
             l->svd = 0;
             free(up); free(down); up = down = NULL;
+        } else if (cached) {
+            memcpy(up, cache->up, sizeof(float) * (size_t)(out * rank));
+            memcpy(down, cache->down, sizeof(float) * (size_t)(rank * cols));
         } else if ((st = qd_sdnq_svd_lowrank(ctx, W, out, cols, rank, spec->svd_steps, spec->seed, up, down)) != QD_OK) {
             goto done;
         }
         if (l->svd) {
-            round_to(spec->model_dtype, up, out * rank);
-            round_to(spec->model_dtype, down, (int64_t)rank * cols);
+            if (!cached) {
+                round_to(spec->model_dtype, up, out * rank);
+                round_to(spec->model_dtype, down, (int64_t)rank * cols);
+                if (cache && cache->up && cache->down) {
+                    memcpy(cache->up, up, sizeof(float) * (size_t)(out * rank));
+                    memcpy(cache->down, down, sizeof(float) * (size_t)(rank * cols));
+                    cache->rank = rank;
+                    cache->valid = 1;
+                }
+            }
             qd_gemm(ctx, out, cols, rank, qd_rows(up, rank), qd_cols(down, cols), W, cols, -1.0f, 1.0f, NULL, NULL);
             if ((st = qd_op_status(ctx)) != QD_OK) goto done;
         }

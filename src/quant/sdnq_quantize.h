@@ -11,12 +11,21 @@
 #include "io/safetensors.h"
 #include "quant/sdnq_layout.h"
 
+/* The SVD factors of one weight, kept across dynamic-quantization candidates (sdnq
+ * computes Hadamard and SVD once per layer, §2 step 11). The caller owns the arrays. */
+typedef struct {
+    float *up, *down;       /* [out, r] and [r, cols], rounded to the model dtype */
+    int64_t rank;
+    int valid;
+} qd_sdnq_svd_cache;
+
 typedef struct {
     qd_sdnq_layout l;       /* the layer's layout (§1.4) */
     qd_dtype model_dtype;   /* F32, F16 or BF16: SVD factors are stored (and subtracted) in it */
     int svd_steps;          /* subspace iterations of the low-rank SVD */
     int codebook_steps;     /* Lloyd-Max iterations */
     uint64_t seed;          /* SVD start vectors */
+    qd_sdnq_svd_cache *svd_cache;   /* NULL, or reused / filled when the layout has SVD */
 } qd_sdnq_qspec;
 
 enum { QD_SQ_WEIGHT, QD_SQ_SCALE, QD_SQ_ZERO_POINT, QD_SQ_SVD_UP, QD_SQ_SVD_DOWN, QD_SQ_NTENSORS };
