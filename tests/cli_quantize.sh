@@ -84,6 +84,15 @@ expect "missing folder" "$tmp/nothing: no such folder" -- quantize "$tmp/nothing
 expect "component folder is not a pipeline" "not a diffusers folder (no model_index.json)" -- quantize "$m/sd15-tiny/unet" "$tmp/out"
 expect "unknown component" "no component 'transformer' in this pipeline" -- quantize "$m/sd15-tiny" "$tmp/out" --components transformer
 expect "already quantized" "already quantized" -- quantize "$m/sd15-tiny-sdnq-uint4-svd" "$tmp/out" --components unet
+mkdir -p "$tmp/in2" && cp -r "$m/sd15-tiny/." "$tmp/in2/"
+"$qdiff" quantize "$tmp/in2" "$tmp/in2/out" -q >"$tmp/stdout" 2>"$tmp/stderr"
+rc=$?
+if [[ $rc -eq 2 ]] && grep -qF "may not be inside the input folder" "$tmp/stderr" && ! ls -d "$tmp"/in2/out* >/dev/null 2>&1; then
+  ok "output inside the input refused: $(head -c 200 "$tmp/stderr")"
+else
+  bad "output inside the input: rc=$rc $(head -c 300 "$tmp/stderr")"
+fi
+rm -rf "$tmp/in2"
 expect "no output folder" "needs IN and OUT" -- quantize "$m/sd15-tiny"
 expect "unknown option" "unknown option '--frobnicate'" -- quantize "$m/sd15-tiny" "$tmp/out" --frobnicate
 printf '{"components":{"unet":{"layers":{"conv_in.weight":{"weight_dtype":"int8"}}}}}' >"$tmp/bad_layers.json"

@@ -31,6 +31,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1008,10 +1009,25 @@ static void run_free(run *r) {
     cJSON_Delete(r->layer_cfg_root);
 }
 
+/* The output may be neither the input nor inside it (the copy of the input would
+ * then include the folder being built). */
 static qd_status same_folder(qd_ctx *ctx, const char *in_dir, const char *out_dir) {
     struct stat a, b;
     if (stat(in_dir, &a) == 0 && stat(out_dir, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
         return qd_fail(ctx, QD_ERR_ARG, "%s: the output folder is the input folder", out_dir);
+    char parent[4200], rin[PATH_MAX], rpar[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", out_dir);
+    size_t n = strlen(parent);
+    while (n > 1 && parent[n - 1] == '/') parent[--n] = 0;
+    char *slash = strrchr(parent, '/');
+    if (!slash) snprintf(parent, sizeof parent, ".");
+    else if (slash == parent) parent[1] = 0;
+    else *slash = 0;
+    if (realpath(in_dir, rin) && realpath(parent, rpar)) {
+        size_t k = strlen(rin);
+        if (!strncmp(rpar, rin, k) && (rpar[k] == 0 || rpar[k] == '/'))
+            return qd_fail(ctx, QD_ERR_ARG, "%s: the output folder may not be inside the input folder %s", out_dir, in_dir);
+    }
     return QD_OK;
 }
 
