@@ -7,6 +7,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,6 +224,13 @@ static void print_report(const cJSON *rep, int layers) {
            100 * jnum(t, "bytes_out") / jnum(t, "bytes_in"), jnum(t, "rel_error"), jnum(t, "snr_db"), jnum(t, "seconds"));
 }
 
+/* Ctrl-C / SIGTERM cancel the run, so the library removes the half-built OUT.tmp-* folder. */
+static qd_ctx *running;
+static void on_signal(int sig) {
+    (void)sig;
+    if (running) qd_cancel(running);
+}
+
 int cmd_quantize(int argc, char **argv) {
     quantize_opts o;
     memset(&o, 0, sizeof o);
@@ -253,7 +261,17 @@ int cmd_quantize(int argc, char **argv) {
     qd_ctx *ctx = qd_ctx_new((int)o.threads);
     if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); return EXIT_BAD; }
     char *json = NULL;
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    running = ctx;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     qd_status st = qd_quantize(ctx, o.in, o.p.dry_run ? NULL : o.out, &o.p, &json);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    running = NULL;
     if (st != QD_OK) {
         if (b.tty && b.last >= 0) fprintf(stderr, "\n");
         fprintf(stderr, "qdiff quantize: %s\n", qd_last_error(ctx));
