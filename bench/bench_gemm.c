@@ -9,9 +9,12 @@
  * Weights are stored fp16 (as the models are) and decoded inside the GEMM; activations
  * are N(0,1). Each figure is the best (shortest) of --reps timed runs after a warm-up,
  * each run repeated until it lasts --min-seconds: the machine is shared, and other
- * processes can only make a run slower. The CPU time of the whole process and the
- * CPU time the rest of the machine took (from /proc/stat) are printed per shape, so a
- * disturbed figure can be recognised. */
+ * processes can only make a run slower. Printed per shape: the CPU time the rest of
+ * the machine took during the best run ("other", from /proc/stat, as % of its wall
+ * time), so a disturbed figure can be recognised, and the rate by this process's CPU
+ * time ("cpuGF/s" = FLOP / (CPU seconds / threads), the smallest CPU time of the runs),
+ * which a busy neighbour disturbs much less than wall time; with 2 threads it counts
+ * the time a thread spins waiting for the other, so it is still a lower bound. */
 #include "base/ctx.h"
 #include "base/half.h"
 #include "io/safetensors.h"
@@ -211,18 +214,21 @@ typedef struct {
 
 typedef void (*op_fn)(qd_ctx *ctx, void *arg);
 
-/* Best seconds per call; *other = CPU seconds the rest of the machine used per call in that run. */
-static double time_op(qd_ctx *ctx, op_fn fn, void *arg, const timing *tm, double *other) {
+/* Best wall seconds per call; *other = CPU seconds the rest of the machine used per call
+ * in that run; *cpu = the smallest CPU seconds of this process per call in any run. */
+static double time_op(qd_ctx *ctx, op_fn fn, void *arg, const timing *tm, double *other, double *cpu) {
     fn(ctx, arg);   /* warm-up: page in, pool threads up */
     double best = 1e30;
     *other = 0;
+    *cpu = 1e30;
     for (int r = 0; r < tm->reps; r++) {
         double m0 = machine_cpu_seconds(), c0 = own_cpu_seconds(), t0 = now();
         int calls = 0;
         do { fn(ctx, arg); calls++; } while (now() - t0 < tm->min_seconds);
-        double dt = (now() - t0) / calls;
-        double o = ((machine_cpu_seconds() - m0) - (own_cpu_seconds() - c0)) / calls;
+        double dt = (now() - t0) / calls, dc = (own_cpu_seconds() - c0) / calls;
+        double o = (machine_cpu_seconds() - m0) / calls - dc;
         if (dt < best) { best = dt; *other = o > 0 ? o : 0; }
+        if (dc < *cpu) *cpu = dc;
     }
     return best;
 }
@@ -277,7 +283,8 @@ int main(int argc, char **argv) {
     }
     printf("fp32 kernel %s; weights %s; best of %d runs of >= %.2f s each\n", qd_gemm_isa(), f16 ? "fp16" : "fp32",
            tm.reps, tm.min_seconds);
-    printf("%-34s %-5s %3s %9s %9s %7s %8s %7s\n", "shape", "prec", "thr", "ms", "GFLOP/s", "%peak", "2t/1t", "other");
+    printf("%-34s %-5s %3s %9s %9s %7s %8s %7s %9s %7s\n", "shape", "prec", "thr", "ms", "GFLOP/s", "%peak", "2t/1t", "other",
+           "cpuGF/s", "%peak");
     unsigned seed = 1234;
     for (int pass = 0; pass < 2; pass++) {
         int conv = pass == 1;
@@ -314,15 +321,17 @@ int main(int argc, char **argv) {
                 for (int t = 0; t < nt; t++) {
                     qd_ctx *ctx = qd_ctx_new(nthreads[t]);
                     qd_set_precision(ctx, b ? QD_PRECISION_BF16 : QD_PRECISION_FP32);
-                    double other;
-                    double sec = time_op(ctx, conv ? run_conv : run_lin, conv ? (void *)&ca : (void *)&la, &tm, &other);
+                    double other, cpu;
+                    double sec = time_op(ctx, conv ? run_conv : run_lin, conv ? (void *)&ca : (void *)&la, &tm, &other, &cpu);
+                    /* the rate if each thread had a core to itself: FLOP per CPU second x threads */
+                    double cgf = flop / (cpu / nthreads[t]) / 1e9;
                     qd_ctx_free(ctx);
                     double gf = flop / sec / 1e9, p = pk[nthreads[t]][b];
                     char ratio[16] = "";
                     if (nthreads[t] == 1) one = sec;
                     else if (one > 0) snprintf(ratio, sizeof ratio, "%.2fx", one / sec);
-                    printf("%-34s %-5s %3d %9.2f %9.1f %6.0f%% %8s %6.0f%%\n", name, pn, nthreads[t], sec * 1e3, gf,
-                           p > 0 ? 100 * gf / p : 0, ratio, 100 * other / sec);
+                    printf("%-34s %-5s %3d %9.2f %9.1f %6.0f%% %8s %6.0f%% %9.1f %6.0f%%\n", name, pn, nthreads[t],
+                           sec * 1e3, gf, p > 0 ? 100 * gf / p : 0, ratio, 100 * other / sec, cgf, p > 0 ? 100 * cgf / p : 0);
                     fflush(stdout);
                 }
             }

@@ -5,8 +5,11 @@
  * for L2, and runs the micro-kernel over them against the shared panel.
  *
  * Threads take work dynamically from atomic counters, step by step (a step is one
- * K block of one chunk of shared rows): first the pack tasks of the step, then its
- * compute items. Shared panels are double-buffered, so packing step s+1 overlaps
+ * K block of one chunk of shared rows, for one super-block of streamed rows): first
+ * the pack tasks of the step, then its compute items. With several K blocks, C is
+ * read and written once per K block, so the part of C a K block covers (chunk x
+ * super-block) is kept small enough to stay in L3; what is cheaper to re-pack (the
+ * streamed operand per chunk, or the shared one per super-block) decides the split. Shared panels are double-buffered, so packing step s+1 overlaps
  * computing step s; a step's compute starts only after the previous step's compute
  * is complete, since both accumulate into the same C. Nobody waits for work that is
  * not already claimed by a running thread, so the scheme does not depend on how
@@ -23,6 +26,7 @@
 #define MC_STRIPS 12        /* A rows per L2 block = 12 strips (168 rows at MR 14) */
 #define NC_STRIPS 8         /* streamed B columns per block = 8 strips (256 at NR 32) */
 #define SHARED_MAX_WORDS (1 << 20)   /* 4 MiB per shared panel buffer: chunks of shared rows beyond it */
+#define C_SLAB_FLOATS (2 << 20)      /* 8 MiB of C per (chunk, super-block): stays in the 32 MiB L3 */
 
 typedef struct {
     int64_t M, N, K;
@@ -43,7 +47,8 @@ typedef struct {
     int64_t srows, sw;         /* shared operand: rows (M or N) and its strip width (MR or NR) */
     int64_t xrows, xw;         /* streamed operand: rows and strip width */
     int64_t chunk, nchunk;     /* shared rows per chunk (multiple of sw), chunks */
-    int64_t xblk, nxb;         /* streamed rows per block (multiple of xw), blocks */
+    int64_t xblk, nxb;         /* streamed rows per block (multiple of xw), blocks per super-block */
+    int64_t xsup, nxs;         /* streamed rows per super-block (multiple of xblk), super-blocks */
     int64_t nws, ws_strips;    /* slices of a chunk per compute item, strips per slice */
     int64_t pack_strips;       /* shared strips per pack task */
     int64_t nsteps;
@@ -80,9 +85,9 @@ static void wait_for(const int64_t *counter, int64_t target) {
     }
 }
 
-/* Step s -> (chunk, K block). */
+/* Step s -> (super-block, chunk, K block); the super-block's rows are [*xs0, *xs1) when asked. */
 static void step_pos(const gemm_job *j, int64_t s, int64_t *c0, int64_t *c1, int64_t *k0, int64_t *kc) {
-    int64_t chunk = s / j->nk, kb = s % j->nk;
+    int64_t chunk = s / j->nk % j->nchunk, kb = s % j->nk;
     *c0 = chunk * j->chunk;
     *c1 = min64(*c0 + j->chunk, j->srows);
     *k0 = kb * j->kcmax;
@@ -114,7 +119,8 @@ static void compute_item(gemm_job *j, int64_t s, int64_t item, uint32_t *xbuf, f
     step_pos(j, s, &c0, &c1, &k0, &kc);
     int64_t kw = qd_gemm_kw(kc, j->bf16);
     int64_t xb = item / j->nws, ws = item % j->nws;
-    int64_t x0 = xb * j->xblk, x1 = min64(x0 + j->xblk, j->xrows);
+    int64_t xs0 = s / (j->nk * j->nchunk) * j->xsup, xs1 = min64(xs0 + j->xsup, j->xrows);
+    int64_t x0 = xs0 + xb * j->xblk, x1 = min64(x0 + j->xblk, xs1);
     int64_t w0 = c0 + ws * j->ws_strips * j->sw, w1 = min64(w0 + j->ws_strips * j->sw, c1);
     if (w0 >= w1 || x0 >= x1) return;
     const uint32_t *wp = j->sbuf[s & 1] + (w0 - c0) / j->sw * strip_words(j, kw, j->sw, j->shared_is_a);
@@ -224,12 +230,32 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
     int64_t swords = strip_words(&j, kwmax, j.sw, j.shared_is_a);
     int64_t sstrips = ceil_div(j.srows, j.sw);
     int64_t max_strips = SHARED_MAX_WORDS / swords > 1 ? SHARED_MAX_WORDS / swords : 1;
-    j.nchunk = ceil_div(sstrips, max_strips);
-    j.chunk = ceil_div(sstrips, j.nchunk) * j.sw;
-    int64_t chunk_strips = j.chunk / j.sw;
     j.xblk = (j.shared_is_a ? NC_STRIPS : MC_STRIPS) * j.xw;
     if (j.xblk > j.xrows) j.xblk = ceil_div(j.xrows, j.xw) * j.xw;
-    j.nxb = ceil_div(j.xrows, j.xblk);
+    j.nchunk = ceil_div(sstrips, max_strips);
+    j.xsup = ceil_div(j.xrows, j.xblk) * j.xblk;
+    if (j.nk > 1) {
+        /* Keep chunk x super-block of C within C_SLAB_FLOATS, choosing the count of chunks
+         * by estimated re-packing cost (ns per element: a weight decodes and transposes,
+         * streamed rows are copied or converted, im2col gathers). */
+        double cw = g->A.kind == QD_MAT_WEIGHT || g->B.kind == QD_MAT_WEIGHT ? 1.5 : 0.3;
+        double cx = j.shared_is_a ? 0.4 : 0.15, best = -1;
+        int64_t first = j.nchunk;
+        for (int64_t nc = first; nc <= sstrips && nc < first + 64; nc++) {
+            int64_t crows = ceil_div(sstrips, nc) * j.sw;
+            int64_t xs = C_SLAB_FLOATS / crows / j.xblk * j.xblk;
+            if (xs < j.xblk) xs = j.xblk;
+            if (xs > j.xrows) xs = ceil_div(j.xrows, j.xblk) * j.xblk;
+            int64_t nxs = ceil_div(j.xrows, xs);
+            double cost = (double)nc * (double)j.xrows * cx + (double)nxs * (double)j.srows * cw;
+            if (best < 0 || cost < best) { best = cost; j.nchunk = nc; j.xsup = xs; }
+        }
+    }
+    j.chunk = ceil_div(sstrips, j.nchunk) * j.sw;
+    j.nchunk = ceil_div(j.srows, j.chunk);
+    int64_t chunk_strips = j.chunk / j.sw;
+    j.nxs = ceil_div(j.xrows, j.xsup);
+    j.nxb = j.xsup / j.xblk;
     /* few streamed blocks: split the shared rows too, so every thread gets items */
     int64_t want = threads > 1 ? 3 * (int64_t)threads : 1;
     j.nws = j.nxb >= want ? 1 : min64(ceil_div(want, j.nxb), ceil_div(chunk_strips, 2));
@@ -237,7 +263,7 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
     j.ws_strips = ceil_div(chunk_strips, j.nws);
     j.pack_strips = threads > 1 ? (chunk_strips + 4 * threads - 1) / (4 * threads) : chunk_strips;
     if (j.pack_strips < 1) j.pack_strips = 1;
-    j.nsteps = j.nchunk * j.nk;
+    j.nsteps = j.nxs * j.nchunk * j.nk;
     j.sbuf_words = chunk_strips * swords;
     j.pbase = malloc(sizeof(int64_t) * (size_t)(2 * (j.nsteps + 1)));
     j.sbuf[0] = aligned_alloc(64, (size_t)j.sbuf_words * 4);
@@ -253,7 +279,8 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
         int64_t c0, c1, k0, kc;
         step_pos(&j, s, &c0, &c1, &k0, &kc);
         j.pbase[s + 1] = j.pbase[s] + ceil_div(ceil_div(c1 - c0, j.sw), j.pack_strips);
-        j.qbase[s + 1] = j.qbase[s] + j.nxb * j.nws;
+        int64_t xs0 = s / (j.nk * j.nchunk) * j.xsup, xs1 = min64(xs0 + j.xsup, j.xrows);
+        j.qbase[s + 1] = j.qbase[s] + ceil_div(xs1 - xs0, j.xblk) * j.nws;
     }
     if (threads > 1) qd_parallel_for(ctx, threads, worker_part, &j);
     else worker(&j);

@@ -21,6 +21,15 @@ static int cpu_avx512(void) {
     return has;
 }
 
+static int cpu_avx512bf16(void) {
+    static int has = -1;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16") ? 1 : 0;
+    }
+    return has;
+}
+
 static inline uint32_t bf16_pair(float lo, float hi) {
     return (uint32_t)qd_f32_to_bf16(lo) | (uint32_t)qd_f32_to_bf16(hi) << 16;
 }
@@ -93,39 +102,90 @@ static void im2col_rows_generic(const qd_conv_src *cv, int64_t j, int cols, int6
     }
 }
 
-/* The same for nr = 32 and stride 1: each output row's run is one masked load. */
+/* Position of output column j: image b, output row oy, column ox. */
+typedef struct { int64_t b, oy, ox; int cols; } strip_pos;
+
+/* The 32 values tap (c, ky, kx) reads for one strip (stride 1): each output row's run
+ * is one masked load, padding lanes stay 0. */
 __attribute__((target("avx512f")))
-static void im2col_rows_avx512(const qd_conv_src *cv, int64_t j, int cols, int64_t k0, int64_t kc, float *panel) {
-    int64_t S = cv->Ho * cv->Wo, b0 = j / S, sp = j % S, oy0 = sp / cv->Wo, ox0 = sp % cv->Wo;
-    int64_t taps = (int64_t)cv->kh * cv->kw, HW = cv->H * cv->W;
-    int64_t c = k0 / taps;
-    int ky = (int)(k0 % taps / cv->kw), kx = (int)(k0 % cv->kw);
-    for (int64_t k = 0; k < kc; k++) {
-        __m512 v0 = _mm512_setzero_ps(), v1 = v0;
-        int64_t b = b0, oy = oy0, ox = ox0;
-        for (int done = 0; done < cols;) {
-            int run = (int)(cv->Wo - ox < cols - done ? cv->Wo - ox : cols - done);
-            int64_t iy = oy - cv->pt + ky;
-            if (iy >= 0 && iy < cv->H) {
-                int64_t ix0 = ox - cv->pl + kx;             /* input column of the run's first output */
-                int64_t lo = ix0 < 0 ? -ix0 : 0, hi = cv->W - ix0 < run ? cv->W - ix0 : run;
-                if (hi > lo) {
-                    /* lanes [done+lo, done+hi) read x[row + ix0 + t - done]: base points at lane 0 */
-                    uintptr_t base = (uintptr_t)(cv->x + (b * cv->Cin + c) * HW + iy * cv->W + ix0) -
-                                     (uintptr_t)done * sizeof(float);
-                    uint64_t bits = (((uint64_t)1 << (hi - lo)) - 1) << (done + lo);
-                    __mmask16 m0 = (__mmask16)bits, m1 = (__mmask16)(bits >> 16);
-                    if (m0) v0 = _mm512_mask_loadu_ps(v0, m0, (const float *)base);
-                    if (m1) v1 = _mm512_mask_loadu_ps(v1, m1, (const float *)(base + 16 * sizeof(float)));
+static void gather32(const qd_conv_src *cv, const strip_pos *sp, int64_t c, int ky, int kx, __m512 *v0, __m512 *v1) {
+    __m512 a = _mm512_setzero_ps(), z = a;
+    int64_t b = sp->b, oy = sp->oy, ox = sp->ox, HW = cv->H * cv->W;
+    for (int done = 0; done < sp->cols;) {
+        int run = (int)(cv->Wo - ox < sp->cols - done ? cv->Wo - ox : sp->cols - done);
+        int64_t iy = oy - cv->pt + ky;
+        if (iy >= 0 && iy < cv->H) {
+            int64_t ix0 = ox - cv->pl + kx;             /* input column of the run's first output */
+            int64_t lo = ix0 < 0 ? -ix0 : 0, hi = cv->W - ix0 < run ? cv->W - ix0 : run;
+            if (hi > lo) {
+                /* lanes [done+lo, done+hi) read x[row + ix0 + t - done]: base points at lane 0 */
+                uintptr_t base = (uintptr_t)(cv->x + (b * cv->Cin + c) * HW + iy * cv->W + ix0) -
+                                 (uintptr_t)done * sizeof(float);
+                uint64_t bits = (((uint64_t)1 << (hi - lo)) - 1) << (done + lo);
+                __mmask16 m0 = (__mmask16)bits, m1 = (__mmask16)(bits >> 16);
+                if (m0) a = _mm512_mask_loadu_ps(a, m0, (const float *)base);
+                if (m1) z = _mm512_mask_loadu_ps(z, m1, (const float *)(base + 16 * sizeof(float)));
+            }
+        }
+        done += run;
+        ox += run;
+        if (ox == cv->Wo) { ox = 0; if (++oy == cv->Ho) { oy = 0; b++; } }
+    }
+    *v0 = a;
+    *v1 = z;
+}
+
+__attribute__((target("avx512f,avx512bf16")))
+static __m512i pair_words(__m512 lo, __m512 hi) {
+    __m512i l = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+    __m512i h = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+    return _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
+}
+
+/* Implicit im2col for nr = 32, stride 1, straight into the packed strips (fp32 or bf16
+ * pairs). The tap loop is outside the strip loop: for one tap, consecutive strips read
+ * consecutive input, and the kx taps of one row re-read it from L1 (per strip, the
+ * taps would walk all channels, whose planes alias in the caches). */
+__attribute__((target("avx512f,avx512bf16")))
+static void im2col_block_avx512(const qd_conv_src *cv, int64_t j0, int64_t n, int64_t k0, int64_t kc, int bf16,
+                                uint32_t *dst) {
+    enum { G = 8 };
+    int64_t kw = qd_gemm_kw(kc, bf16), S = cv->Ho * cv->Wo, taps = (int64_t)cv->kh * cv->kw;
+    for (int64_t g0 = 0; g0 < n; g0 += G * 32) {
+        strip_pos sp[G];
+        int ns = 0;
+        for (; ns < G && g0 + ns * 32 < n; ns++) {
+            int64_t j = j0 + g0 + ns * 32, r = j % S;
+            sp[ns].b = j / S;
+            sp[ns].oy = r / cv->Wo;
+            sp[ns].ox = r % cv->Wo;
+            sp[ns].cols = (int)(n - g0 - ns * 32 < 32 ? n - g0 - ns * 32 : 32);
+        }
+        uint32_t *d = dst + (g0 / 32) * kw * 32;
+        __m512 prev[G][2];
+        int64_t c = k0 / taps;
+        int ky = (int)(k0 % taps / cv->kw), kx = (int)(k0 % cv->kw);
+        for (int64_t k = 0; k < kc; k++) {
+            for (int t = 0; t < ns; t++) {
+                __m512 v0, v1;
+                gather32(cv, &sp[t], c, ky, kx, &v0, &v1);
+                uint32_t *o = d + t * kw * 32;
+                if (!bf16) {
+                    _mm512_storeu_ps(o + k * 32, v0);
+                    _mm512_storeu_ps(o + k * 32 + 16, v1);
+                } else if (k & 1) {
+                    _mm512_storeu_si512(o + k / 2 * 32, pair_words(prev[t][0], v0));
+                    _mm512_storeu_si512(o + k / 2 * 32 + 16, pair_words(prev[t][1], v1));
+                } else if (k + 1 == kc) {   /* odd kc: the last pair's high half is 0 */
+                    _mm512_storeu_si512(o + k / 2 * 32, pair_words(v0, _mm512_setzero_ps()));
+                    _mm512_storeu_si512(o + k / 2 * 32 + 16, pair_words(v1, _mm512_setzero_ps()));
+                } else {
+                    prev[t][0] = v0;
+                    prev[t][1] = v1;
                 }
             }
-            done += run;
-            ox += run;
-            if (ox == cv->Wo) { ox = 0; if (++oy == cv->Ho) { oy = 0; b++; } }
+            if (++kx == cv->kw) { kx = 0; if (++ky == cv->kh) { ky = 0; c++; } }
         }
-        _mm512_storeu_ps(panel + k * 32, v0);
-        _mm512_storeu_ps(panel + k * 32 + 16, v1);
-        if (++kx == cv->kw) { kx = 0; if (++ky == cv->kh) { ky = 0; c++; } }
     }
 }
 
@@ -148,6 +208,11 @@ void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int
                     float *scratch) {
     int64_t kw = qd_gemm_kw(kc, bf16);
     float *dec = scratch + (int64_t)2 * QD_GEMM_KCW * QD_GEMM_MAXR;   /* decoded weight rows */
+    if (m.kind == QD_MAT_IM2COL && nr == 32 && m.conv->stride == 1 && cpu_avx512() &&
+        (!bf16 || cpu_avx512bf16())) {
+        im2col_block_avx512(m.conv, j0, n, k0, kc, bf16, dst);
+        return;
+    }
     for (int64_t s = 0; s < n; s += nr) {
         int cols = (int)(n - s < nr ? n - s : nr);
         uint32_t *d = dst + (s / nr) * qd_gemm_b_strip_words(kw, nr);
@@ -158,9 +223,7 @@ void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int
                 for (int t = cols; t < nr; t++) panel[k * nr + t] = 0;
             }
         } else if (m.kind == QD_MAT_IM2COL) {
-            const qd_conv_src *cv = m.conv;
-            if (nr == 32 && cv->stride == 1 && cpu_avx512()) im2col_rows_avx512(cv, j0 + s, cols, k0, kc, panel);
-            else im2col_rows_generic(cv, j0 + s, cols, k0, kc, panel, nr);
+            im2col_rows_generic(m.conv, j0 + s, cols, k0, kc, panel, nr);
         } else {
             const float *src = dec;
             int64_t ld = kc;
