@@ -106,7 +106,7 @@ void qd_set_precision(qd_ctx *ctx, int precision) {
 
 int qd_ctx_bf16(const qd_ctx *ctx) {
     /* The bf16 GEMM kernels need AVX512_BF16; QD_ISA=avx2|generic (forcing a lower GEMM
-     * kernel, for tests) rules them out too. AUTO means fp32 for now. */
+     * kernel, for tests) rules them out too. AUTO takes bf16 wherever it can. */
     static int has = -1;
     if (has < 0) {
         const char *force = getenv("QD_ISA");
@@ -114,5 +114,5 @@ int qd_ctx_bf16(const qd_ctx *ctx) {
         has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16") &&
               !(force && (strcmp(force, "avx2") == 0 || strcmp(force, "generic") == 0));
     }
-    return ctx && has && ctx->precision == QD_PRECISION_BF16;
+    return ctx && has && (ctx->precision == QD_PRECISION_BF16 || ctx->precision == QD_PRECISION_AUTO);
 }

@@ -107,13 +107,6 @@ static void k_avx512bf16(int64_t kw, const uint32_t *a, const uint32_t *bw, floa
     const int *b = (const int *)bw;
     DECL_ACC(__m512, _mm512_setzero_ps());
     for (int64_t k = 0; k < kw; k++) {
-#ifdef QD_GEMM_PF
-        if ((k & 15) == 0) {
-#define PF(i) _mm_prefetch((const char *)(a + (i) * AST + QD_GEMM_PF), _MM_HINT_T0);
-            ALL_ROWS(PF)
-#undef PF
-        }
-#endif
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16), x;
 #define RBF(i) x = (__m512bh)_mm512_set1_epi32((int)a[(i) * AST]); c##i##0 = _mm512_dpbf16_ps(c##i##0, x, b0); \
                c##i##1 = _mm512_dpbf16_ps(c##i##1, x, b1);

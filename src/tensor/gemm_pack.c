@@ -204,6 +204,54 @@ static void panel_bf16_32(uint32_t *d, const float *panel, int64_t kc) {
     }
 }
 
+/* 16 x 16 transpose of 32-bit elements: out[c] lane group g holds rows 4g..4g+3 of column c. */
+__attribute__((target("avx512f")))
+static void transpose16(const __m512i r[16], __m512i out[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {   /* u[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3 */
+        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512i v = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), w = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+        __m512i v2 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee), w2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
+        out[c] = _mm512_shuffle_i32x4(v, w, 0x88);
+        out[4 + c] = _mm512_shuffle_i32x4(v, w, 0xdd);
+        out[8 + c] = _mm512_shuffle_i32x4(v2, w2, 0x88);
+        out[12 + c] = _mm512_shuffle_i32x4(v2, w2, 0xdd);
+    }
+}
+
+/* Rows (row t at src + t*ld, t < cols <= 32) x kc into one 32-wide B strip: 16 x 16
+ * blocks transposed in registers; bf16 rows are first converted to pair words. */
+__attribute__((target("avx512f,avx512bf16")))
+static void rows_to_strip32(const float *src, int64_t ld, int cols, int64_t kc, int bf16, uint32_t *d) {
+    int64_t kw = qd_gemm_kw(kc, bf16), step = bf16 ? 32 : 16;
+    for (int t0 = 0; t0 < 32; t0 += 16) {
+        for (int64_t k = 0; k < kc; k += step) {
+            __m512i r[16], o[16];
+            int64_t left = kc - k;
+            __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+            __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
+            for (int t = 0; t < 16; t++) {
+                if (t0 + t >= cols) { r[t] = _mm512_setzero_si512(); continue; }
+                const float *row = src + (t0 + t) * ld + k;
+                __m512 lo = _mm512_maskz_loadu_ps(m0, row);
+                r[t] = bf16 ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, row + 16), lo) : _mm512_castps_si512(lo);
+            }
+            transpose16(r, o);
+            int64_t q0 = bf16 ? k / 2 : k, nq = kw - q0 < 16 ? kw - q0 : 16;
+            for (int64_t q = 0; q < nq; q++) _mm512_storeu_si512(d + (q0 + q) * 32 + t0, o[q]);
+        }
+    }
+}
+
 void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int nr, int bf16, uint32_t *dst,
                     float *scratch) {
     int64_t kw = qd_gemm_kw(kc, bf16);
@@ -232,6 +280,10 @@ void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int
                 ld = m.ld;
             } else {
                 m.w->decode(m.w, j0 + s, cols, k0, kc, dec, kc);
+            }
+            if (nr == 32 && cpu_avx512() && (!bf16 || cpu_avx512bf16())) {
+                rows_to_strip32(src, ld, cols, kc, bf16, d);
+                continue;
             }
             for (int t = 0; t < cols; t++) {
                 const float *row = src + t * ld;
