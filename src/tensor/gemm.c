@@ -110,8 +110,11 @@ static void pack_task(gemm_job *j, int64_t s, int64_t task, float *scratch) {
         qd_gemm_pack_b(j->g->B, r0, r1 - r0, k0, kc, (int)j->sw, j->bf16, dst, scratch);
 }
 
-/* One compute item: a block of streamed rows against a slice of the step's shared rows. */
-static void compute_item(gemm_job *j, int64_t s, int64_t item, uint32_t *xbuf, float *scratch, float *tile) {
+/* One compute item: a block of streamed rows against a slice of the step's shared rows.
+ * *xkey remembers which (step, block) xbuf holds: consecutive items of a thread often
+ * share the block (several slices of few streamed rows), and then it is packed once. */
+static void compute_item(gemm_job *j, int64_t s, int64_t item, uint32_t *xbuf, float *scratch, float *tile,
+                         int64_t *xkey) {
     const gemm_args *g = j->g;
     const qd_gemm_kernel *kd = j->kd;
     const int MR = kd->mr, NR = kd->nr;
@@ -125,8 +128,12 @@ static void compute_item(gemm_job *j, int64_t s, int64_t item, uint32_t *xbuf, f
     if (w0 >= w1 || x0 >= x1) return;
     const uint32_t *wp = j->sbuf[s & 1] + (w0 - c0) / j->sw * strip_words(j, kw, j->sw, j->shared_is_a);
     /* the streamed block, packed privately */
-    if (j->shared_is_a) qd_gemm_pack_b(g->B, x0, x1 - x0, k0, kc, NR, j->bf16, xbuf, scratch);
-    else qd_gemm_pack_a(g->A, x0, x1 - x0, k0, kc, MR, j->bf16, g->alpha, xbuf, scratch);
+    int64_t key = s * j->nxb + xb;
+    if (*xkey != key) {
+        if (j->shared_is_a) qd_gemm_pack_b(g->B, x0, x1 - x0, k0, kc, NR, j->bf16, xbuf, scratch);
+        else qd_gemm_pack_a(g->A, x0, x1 - x0, k0, kc, MR, j->bf16, g->alpha, xbuf, scratch);
+        *xkey = key;
+    }
     /* A rows [a0, a1) packed at ap, B columns [b0, b1) at bp */
     const uint32_t *ap = j->shared_is_a ? wp : xbuf, *bp = j->shared_is_a ? xbuf : wp;
     int64_t a0 = j->shared_is_a ? w0 : x0, a1 = j->shared_is_a ? w1 : x1;
@@ -175,7 +182,7 @@ static void worker(gemm_job *j) {
         free(scratch);
         return;
     }
-    int64_t got;
+    int64_t got, xkey = -1;
     for (int64_t s = 0; s < j->nsteps; s++) {
         while (claim(&j->pack_next, j->pbase[s + 1], &got)) {
             pack_task(j, s, got - j->pbase[s], scratch);
@@ -184,7 +191,7 @@ static void worker(gemm_job *j) {
         wait_for(&j->pack_done, j->pbase[s + 1]);
         wait_for(&j->comp_done, j->qbase[s]);
         while (claim(&j->comp_next, j->qbase[s + 1], &got)) {
-            compute_item(j, s, got - j->qbase[s], xbuf, scratch, tile);
+            compute_item(j, s, got - j->qbase[s], xbuf, scratch, tile, &xkey);
             __atomic_add_fetch(&j->comp_done, 1, __ATOMIC_RELEASE);
         }
     }
