@@ -69,6 +69,15 @@ static void k_avx2(int64_t kw, const uint32_t *aw, const uint32_t *bw, float *c,
       c120 = Z, c121 = Z, c130 = Z, c131 = Z
 #define ALL_ROWS(R) R(0) R(1) R(2) R(3) R(4) R(5) R(6) R(7) R(8) R(9) R(10) R(11) R(12) R(13)
 
+/* The C tile the kernel will add to comes from L3 or memory (it was written one K block
+ * ago): ask for it into L2 now, so it arrives while the k loop runs. */
+#define PREFETCH_C()                                                                   \
+    if (acc)                                                                           \
+        for (int i_ = 0; i_ < 14; i_++) {                                              \
+            _mm_prefetch((const char *)(c + i_ * ldc), _MM_HINT_T1);                    \
+            _mm_prefetch((const char *)(c + i_ * ldc + 16), _MM_HINT_T1);               \
+        }
+
 /* Store the 14 x 32 tile: (+ C if acc) + row bias + column bias. */
 #define STORE512(i)                                                                      \
     {                                                                                    \
@@ -86,6 +95,7 @@ static void k_avx512(int64_t kw, const uint32_t *aw, const uint32_t *bw, float *
                      const float *rb, const float *cb) {
     const float *a = (const float *)aw, *b = (const float *)bw;
     DECL_ACC(__m512, _mm512_setzero_ps());
+    PREFETCH_C();
     for (int64_t k = 0; k < kw; k++) {
         __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), x;
 #define R512(i) x = _mm512_set1_ps(a[(i) * AST]); c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0); \
@@ -106,6 +116,7 @@ static void k_avx512bf16(int64_t kw, const uint32_t *a, const uint32_t *bw, floa
                          const float *rb, const float *cb) {
     const int *b = (const int *)bw;
     DECL_ACC(__m512, _mm512_setzero_ps());
+    PREFETCH_C();
     for (int64_t k = 0; k < kw; k++) {
         __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16), x;
 #define RBF(i) x = (__m512bh)_mm512_set1_epi32((int)a[(i) * AST]); c##i##0 = _mm512_dpbf16_ps(c##i##0, x, b0); \
