@@ -61,8 +61,8 @@ void qd_set_matmul(qd_ctx *ctx, int mode);
  *     golden tests use;
  *   QD_PRECISION_BF16: bfloat16 operands with float32 accumulation and statistics, where
  *     the CPU has AVX512_BF16 (elsewhere it runs as fp32);
- *   QD_PRECISION_AUTO: what the library considers best for this CPU.
- * The default is QD_PRECISION_FP32. */
+ *   QD_PRECISION_AUTO: bf16 where the CPU has AVX512_BF16, else fp32.
+ * The default is QD_PRECISION_FP32. Today bf16 covers the GEMMs and convolutions. */
 enum { QD_PRECISION_AUTO = 0, QD_PRECISION_FP32 = 1, QD_PRECISION_BF16 = 2 };
 void qd_set_precision(qd_ctx *ctx, int precision);
 

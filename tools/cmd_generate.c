@@ -49,6 +49,9 @@ static void usage_generate(FILE *f) {
         "      --batch N              images per run (default 1)\n"
         "      --matmul MODE          SDNQ layers: auto (as the model's config asks), exact (dequantized\n"
         "                             weights, fp32 math) or int8 (int8 activations x int8 weights)\n"
+        "      --precision P          dense math: fp32 (default; what the golden tests check), bf16\n"
+        "                             (bf16 operands, fp32 accumulation; CPUs with AVX512_BF16, else\n"
+        "                             fp32) or auto (bf16 where the CPU has it)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
         "      --preview FILE.png     write a live preview of the image being made (needs --preview-vae)\n"
         "      --preview-vae PATH     VAE for previews: the family's TAESD (.safetensors/.pth) or a vae/ folder\n"
@@ -99,7 +102,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
-           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE };
+           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -114,13 +117,13 @@ int cmd_generate(int argc, char **argv) {
         {"preview-vae", required_argument, 0, O_PREVIEW_VAE}, {"preview-every", required_argument, 0, O_PREVIEW_EVERY},
         {"sampler", required_argument, 0, O_SAMPLER}, {"schedule", required_argument, 0, O_SCHEDULE},
         {"eta", required_argument, 0, O_ETA}, {"scheduler-opt", required_argument, 0, O_SOPT},
-        {"noise-mode", required_argument, 0, O_NOISE},
+        {"noise-mode", required_argument, 0, O_NOISE}, {"precision", required_argument, 0, O_PRECISION},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
     const char *model_dir = NULL, *out = NULL, *latents_path = NULL, *preview_path = NULL, *preview_vae_path = NULL;
     long threads = 0, v;
-    int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0;
+    int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision = QD_PRECISION_FP32;
     char sched_opts[8192] = "";   /* --scheduler-options / --scheduler-opt / --eta, as one JSON object */
     int c;
     optind = 1;
@@ -149,6 +152,15 @@ int cmd_generate(int argc, char **argv) {
             else if (!strcmp(optarg, "int8")) matmul = QD_MATMUL_INT8;
             else {
                 fprintf(stderr, "qdiff: --matmul expects auto, exact or int8, got '%s'\n", optarg);
+                return EXIT_BAD;
+            }
+            break;
+        case O_PRECISION:
+            if (!strcmp(optarg, "fp32")) precision = QD_PRECISION_FP32;
+            else if (!strcmp(optarg, "bf16")) precision = QD_PRECISION_BF16;
+            else if (!strcmp(optarg, "auto")) precision = QD_PRECISION_AUTO;
+            else {
+                fprintf(stderr, "qdiff: --precision expects fp32, bf16 or auto, got '%s'\n", optarg);
                 return EXIT_BAD;
             }
             break;
@@ -228,6 +240,7 @@ int cmd_generate(int argc, char **argv) {
     qd_ctx *ctx = qd_ctx_new((int)threads);
     if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); return EXIT_BAD; }
     qd_set_matmul(ctx, matmul);
+    qd_set_precision(ctx, precision);
     qd_model *m = NULL;
     int rc = 0;
     uint8_t *img = NULL;
