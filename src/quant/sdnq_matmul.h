@@ -13,7 +13,7 @@
 /* QD_MATMUL_CONFIG / EXACT / INT8: see include/qdiff.h */
 
 /* 1 if a linear over M tokens with this layer runs int8 under ctx->matmul_mode:
- * EXACT never; INT8 for every Linear layer (K <= 65536); CONFIG when sdnq would:
+ * EXACT never; INT8 for every Linear layer (K <= QD_I8_MAX_K = 65536); CONFIG when sdnq would:
  * the layer qualifies for quantized matmul (§1.4 step 2) with an integer matmul
  * dtype, and M >= 32 tokens (sdnq dequantizes for fewer). Float matmul dtypes
  * (fp8/fp16) have no kernel here and run exact. */
@@ -24,5 +24,11 @@ int qd_sdnq_uses_int8(const qd_ctx *ctx, const qd_sdnq_state *s, int64_t M);
  * whose codes are not per-output int8-compatible (groups, codebook, > 8 bits,
  * floats) are re-quantized per output row on the fly, as sdnq does. */
 int qd_sdnq_linear(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t M, const float *bias, float *y);
+
+/* The same for callers that fuse: y[m * ldy + n] = (accumulate ? y : 0) + x . W^T + bias.
+ * Returns 0 (y untouched) when w is not an SDNQ weight, the layer does not run int8
+ * under ctx's mode, or scratch could not be allocated: the caller runs its exact GEMM. */
+int qd_sdnq_linear_into(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t M, const float *bias, float *y,
+                        int64_t ldy, int accumulate);
 
 #endif
