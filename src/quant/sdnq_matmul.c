@@ -51,7 +51,7 @@ typedef struct {
     int64_t M, K, kp, N;
     int direct;
     /* the current chunk of panels */
-    int64_t p0;            /* first panel of the chunk */
+    int64_t p0;            /* first panel of the chunk (packed at panels[0]) */
     uint8_t *panels;
     float *sw, *zp;        /* [N] */
     int failed;            /* a worker could not allocate */
@@ -125,32 +125,88 @@ static void pack_panels(void *arg, int64_t b, int64_t e, int thread) {
     free(rows); free(ibuf); free(fbuf);
 }
 
-int qd_sdnq_linear_into(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t M, const float *bias, float *y,
-                        int64_t ldy, int accumulate) {
-    if (w->linear != qd_sdnq_linear || !w->quant) return 0;
+struct qd_sdnq_i8_panels {
+    const qd_sdnq_state *s;
+    int64_t N, kp;
+    qd_i8_isa isa;
+    uint8_t *panels;       /* every panel of the layer */
+    float *sw, *zp;        /* [N] */
+};
+
+static void job_init(i8_job *j, const qd_sdnq_state *s) {
+    memset(j, 0, sizeof *j);
+    j->s = s;
+    j->isa = qd_i8_pick();
+    j->K = s->l.cols;
+    j->kp = qd_i8_kpad(s->l.cols);
+    j->N = s->l.out;
+    j->direct = direct_codes(&s->l);
+}
+
+static int uses_int8(const qd_ctx *ctx, const qd_weight *w, int64_t M) {
+    return w->linear == qd_sdnq_linear && w->quant && qd_sdnq_uses_int8(ctx, w->quant, M);
+}
+
+qd_sdnq_i8_panels *qd_sdnq_i8_prepack(qd_ctx *ctx, const qd_weight *w, int64_t M) {
+    if (!uses_int8(ctx, w, M)) return NULL;
+    i8_job j;
+    job_init(&j, w->quant);
+    int64_t npan = (j.N + QD_I8_NR - 1) / QD_I8_NR;
+    qd_sdnq_i8_panels *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->s = w->quant;
+    p->N = j.N;
+    p->kp = j.kp;
+    p->isa = j.isa;
+    p->panels = qd_malloc_aligned(ctx, (size_t)(npan * qd_i8_panel_bytes(j.kp)));
+    p->sw = malloc(sizeof(float) * (size_t)j.N);
+    p->zp = malloc(sizeof(float) * (size_t)j.N);
+    if (p->panels && p->sw && p->zp) {
+        j.panels = p->panels;
+        j.sw = p->sw;
+        j.zp = p->zp;
+        qd_parallel_for(ctx, npan, pack_panels, &j);
+        if (!j.failed) return p;
+    }
+    qd_sdnq_i8_panels_free(p);
+    return NULL;
+}
+
+void qd_sdnq_i8_panels_free(qd_sdnq_i8_panels *p) {
+    if (!p) return;
+    free(p->panels); free(p->sw); free(p->zp);
+    free(p);
+}
+
+int qd_sdnq_uses_int8_weight(const qd_ctx *ctx, const qd_weight *w, int64_t M) { return uses_int8(ctx, w, M); }
+
+int qd_sdnq_linear_into(qd_ctx *ctx, const qd_weight *w, const qd_sdnq_i8_panels *pre, const float *x, int64_t M,
+                        const float *bias, float *y, int64_t ldy, int accumulate) {
+    /* with panels, the int8 decision was taken for the caller's whole call at packing */
+    if (pre ? pre->s != w->quant || M <= 0 : !uses_int8(ctx, w, M)) return 0;
     const qd_sdnq_state *s = w->quant;
-    if (!qd_sdnq_uses_int8(ctx, s, M)) return 0;
     const qd_sdnq_layout *l = &s->l;
     i8_job j;
-    memset(&j, 0, sizeof j);
-    j.s = s;
-    j.isa = qd_i8_pick();
+    job_init(&j, s);
+    if (pre) j.isa = pre->isa;
     j.x = x;
     j.M = M;
-    j.K = l->cols;
-    j.kp = qd_i8_kpad(l->cols);
-    j.N = l->out;
-    j.direct = direct_codes(l);
     int64_t Mp = (M + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR, npan = (j.N + QD_I8_NR - 1) / QD_I8_NR;
-    int64_t pbytes = qd_i8_panel_bytes(j.kp), chunk = CHUNK_BYTES / pbytes;
+    int64_t pbytes = qd_i8_panel_bytes(j.kp), chunk = pre ? npan : CHUNK_BYTES / pbytes;
     if (chunk < 1) chunk = 1;
     if (chunk > npan) chunk = npan;
     j.xq = qd_malloc_aligned(ctx, (size_t)(Mp * j.kp));
     j.sx = malloc(sizeof(float) * (size_t)M);
     j.xsum = malloc(sizeof(int32_t) * (size_t)M);
-    j.sw = malloc(sizeof(float) * (size_t)j.N);
-    j.zp = malloc(sizeof(float) * (size_t)j.N);
-    j.panels = qd_malloc_aligned(ctx, (size_t)(chunk * pbytes));
+    if (pre) {
+        j.sw = pre->sw;
+        j.zp = pre->zp;
+        j.panels = pre->panels;
+    } else {
+        j.sw = malloc(sizeof(float) * (size_t)j.N);
+        j.zp = malloc(sizeof(float) * (size_t)j.N);
+        j.panels = qd_malloc_aligned(ctx, (size_t)(chunk * pbytes));
+    }
     if (l->hadamard) j.xr = malloc(sizeof(float) * (size_t)(M * j.K));
     float *t = l->svd ? malloc(sizeof(float) * (size_t)(M * l->svd_rank)) : NULL;
     int ok = j.xq && j.sx && j.xsum && j.sw && j.zp && j.panels && (!l->hadamard || j.xr) && (!l->svd || t);
@@ -168,17 +224,21 @@ int qd_sdnq_linear_into(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t
         }
         for (int64_t p0 = 0; ok && p0 < npan; p0 += chunk) {
             int64_t np = npan - p0 < chunk ? npan - p0 : chunk;
-            j.p0 = p0;
-            qd_parallel_for(ctx, np, pack_panels, &j);
-            if (j.failed) { ok = 0; break; }
             int64_t n0 = p0 * QD_I8_NR, nn = (p0 + np) * QD_I8_NR < j.N ? np * QD_I8_NR : j.N - n0;
-            qd_i8_gemm_args g = {j.xq, j.sx, j.xsum, M, j.kp, j.panels, nn, j.sw + n0, j.zp + n0,
-                                 bias ? bias + n0 : NULL, y + n0, ldy, accumulate || l->svd};
+            const uint8_t *panels = j.panels + (pre ? p0 * pbytes : 0);
+            if (!pre) {
+                j.p0 = p0;
+                qd_parallel_for(ctx, np, pack_panels, &j);
+                if (j.failed) { ok = 0; break; }
+            }
             touched = 1;
+            qd_i8_gemm_args g = {j.xq, j.sx, j.xsum, M, j.kp, panels, nn, j.sw + n0, j.zp + n0,
+                                 bias ? bias + n0 : NULL, y + n0, ldy, accumulate || l->svd};
             if (qd_i8_gemm(ctx, j.isa, &g)) ok = 0;
         }
     }
-    free(j.xq); free(j.sx); free(j.xsum); free(j.sw); free(j.zp); free(j.panels); free(j.xr); free(t);
+    free(j.xq); free(j.sx); free(j.xsum); free(j.xr); free(t);
+    if (!pre) { free(j.sw); free(j.zp); free(j.panels); }
     if (ok) return 1;
     if (!touched || !accumulate) return 0;   /* the exact GEMM (re)computes y */
     qd_op_failed(ctx, "int8 linear");      /* y was partly accumulated into: nothing can redo it */
@@ -187,5 +247,5 @@ int qd_sdnq_linear_into(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t
 
 int qd_sdnq_linear(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t M, const float *bias, float *y) {
     /* 0: nothing usable was written (not int8 here, or no memory); the exact GEMM recomputes y */
-    return qd_sdnq_linear_into(ctx, w, x, M, bias, y, w->rows, 0);
+    return qd_sdnq_linear_into(ctx, w, NULL, x, M, bias, y, w->rows, 0);
 }
