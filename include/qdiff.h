@@ -175,6 +175,11 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *model, const qd_gen_params *p,
 qd_status qd_write_png(qd_ctx *ctx, const char *path, const uint8_t *rgb, int width, int height,
                        const char *const *keys, const char *const *values, int n_text);
 
+/* The same PNG in memory: *out (release it with qd_free) gets *out_len bytes. */
+qd_status qd_encode_png(qd_ctx *ctx, const uint8_t *rgb, int width, int height,
+                        const char *const *keys, const char *const *values, int n_text,
+                        uint8_t **out, size_t *out_len);
+
 /* Write one F32 tensor to a .safetensors file (atomically, as above). */
 qd_status qd_write_tensor(qd_ctx *ctx, const char *path, const char *name,
                           const float *data, const int64_t *shape, int ndim);

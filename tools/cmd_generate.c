@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 static void usage_generate(FILE *f) {
@@ -82,14 +81,6 @@ static void on_preview(void *user, int step, int total, const uint8_t *rgb, int 
         fprintf(stderr, "qdiff: warning: preview at step %d/%d: %s\n", step, total, qd_last_error(ps->ctx));
         ps->warned = 1;
     }
-}
-
-static uint64_t random_seed(void) {
-    uint64_t s = 0;
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(&s, sizeof s, 1, f) != 1) s = (uint64_t)time(NULL) * 2654435761u;
-    if (f) fclose(f);
-    return s & 0xffffffffu;   /* A1111-style seeds fit in 32 bits */
 }
 
 /* OUT.png -> OUT-k.png for batches. */
@@ -210,7 +201,7 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "qdiff: generate needs -m DIR, -p TEXT and -o OUT.png (see qdiff generate --help)\n");
         return EXIT_BAD;
     }
-    if (!have_seed) p.seed = random_seed();
+    if (!have_seed) p.seed = cli_random_seed();
     if (sched_opts[0]) p.scheduler_options = sched_opts;
     if (p.sampler && (p.scheduler || p.karras == 1)) {
         fprintf(stderr, "qdiff: --sampler replaces --scheduler/--karras (use --schedule karras)\n");
@@ -277,22 +268,10 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     int W = p.width, H = p.height;
-    char extra[64] = "";
-    if (strcmp(qd_model_family(m), "flux") == 0) snprintf(extra, sizeof extra, ", Guidance: %g", p.guidance);
-    const char *sched = p.sampler ? p.sampler : p.scheduler ? p.scheduler : qd_model_scheduler(m);
-    char sched_more[96];   /* " Karras", or the k-sampler's schedule */
-    snprintf(sched_more, sizeof sched_more, "%s%s", p.sampler ? ", Schedule type: " : p.karras == 1 ? " Karras" : "",
-             !p.sampler ? "" : p.schedule ? p.schedule : strcmp(qd_model_family(m), "sd3") && strcmp(qd_model_family(m), "flux") ? "normal" : "simple");
-    const char *mname = strrchr(model_dir, '/');
-    mname = mname && mname[1] ? mname + 1 : model_dir;
+    const char *mname = cli_model_name(model_dir);
     for (int k = 1; k <= p.batch; k++) {
         char params[8192];
-        snprintf(params, sizeof params,
-                 "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, "
-                 "Model: %s, Batch pos: %d%s, Version: qdiff %s",
-                 p.prompt, p.negative_prompt ? p.negative_prompt : "", p.steps, sched,
-                 sched_more, p.cfg_scale, (unsigned long long)p.seed, W, H, mname, k - 1,
-                 extra, QDIFF_VERSION);
+        cli_params_text(params, sizeof params, m, mname, &p, k - 1);
         const char *keys[] = {"parameters"};
         const char *vals[] = {params};
         numbered(path, sizeof path, out, k, p.batch);
