@@ -131,6 +131,11 @@ typedef struct {
      * noise built from the per-step generator: the law of ComfyUI's torchsde
      * Brownian tree, not its values. */
     int noise_mode;
+    /* Previews larger than this many pixels on the longer side are decoded from latents
+     * box-averaged by the smallest integer factor that fits, so a preview costs a
+     * fraction of a step (TAESD at 512x512 ~9% of an SD1.5 step, at 256x256 ~2%).
+     * Default 256; 0: full size. */
+    int preview_max_size;
 } qd_gen_params;
 
 enum { QD_NOISE_COMFYUI = 0, QD_NOISE_DIFFUSERS = 1 };

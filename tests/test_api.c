@@ -119,6 +119,29 @@ int main(void) {
           "previews at steps 3 and 4 of 4 (every 3, and the last): %d calls, last %d, %dx%d", pl.calls, pl.last_step,
           pl.w, pl.h);
     check(maxd <= 1, "Euler's last preview equals the final image (max diff %d)", maxd);
+    /* preview_max_size 32 on a 64x64 image: the latents are averaged over 2x2 cells
+     * first, so the last preview is the decode of the final latents averaged here */
+    p.preview_max_size = 32;
+    pl.calls = 0;
+    float lat1[4 * 8 * 8], small[4 * 4 * 4];
+    st = qd_generate(ctx, m, &p, QD_IMAGE_RGB8, rgb, lat1);
+    for (int c = 0; c < 4; c++)
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++) {
+                const float *q = lat1 + (c * 8 + 2 * i) * 8 + 2 * j;
+                small[(c * 4 + i) * 4 + j] = (q[0] + q[1] + q[8] + q[9]) / 4;
+            }
+    uint8_t want[32 * 32 * 3];
+    qd_status st2 = qd_vae_decode_latent(ctx, vae, small, 1, 4, 4, QD_IMAGE_RGB8, want);
+    maxd = 0;
+    for (size_t i = 0; i < sizeof want; i++) {
+        int d = abs((int)want[i] - (int)pl.last[i]);
+        if (d > maxd) maxd = d;
+    }
+    check(st == QD_OK && st2 == QD_OK && pl.w == 32 && pl.h == 32 && maxd <= 1,
+          "preview_max_size 32: a %dx%d preview, the decode of the 2x2-averaged final latents (max diff %d)", pl.w,
+          pl.h, maxd);
+    p.preview_max_size = 0;
     qd_vae_model *wrong = NULL;
     check(qd_vae_open(ctx, fixture("taesd/taef2_decoder.safetensors"), &wrong) == QD_OK, "open taef2 (32 channels)");
     p.preview_vae = wrong;

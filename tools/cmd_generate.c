@@ -55,6 +55,9 @@ static void usage_generate(FILE *f) {
         "      --preview FILE.png     write a live preview of the image being made (needs --preview-vae)\n"
         "      --preview-vae PATH     VAE for previews: the family's TAESD (.safetensors/.pth) or a vae/ folder\n"
         "      --preview-every N      preview every N model calls (default 1)\n"
+        "      --preview-size PX      previews at most PX pixels on the longer side, the latents\n"
+        "                             shrunk by an integer factor before decoding (default 256;\n"
+        "                             0: full size)\n"
         "      --save-latents F       also write the final latents to F (.safetensors, tensor \"latents\")\n"
         "  -q, --quiet                no progress output\n"
         "  -h, --help                 this help\n");
@@ -93,7 +96,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
-           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION };
+           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -106,6 +109,7 @@ int cmd_generate(int argc, char **argv) {
         {"guidance", required_argument, 0, O_GUIDANCE}, {"max-sequence-length", required_argument, 0, O_MAXSEQ},
         {"matmul", required_argument, 0, O_MATMUL}, {"preview", required_argument, 0, O_PREVIEW},
         {"preview-vae", required_argument, 0, O_PREVIEW_VAE}, {"preview-every", required_argument, 0, O_PREVIEW_EVERY},
+        {"preview-size", required_argument, 0, O_PREVIEW_SIZE},
         {"sampler", required_argument, 0, O_SAMPLER}, {"schedule", required_argument, 0, O_SCHEDULE},
         {"eta", required_argument, 0, O_ETA}, {"scheduler-opt", required_argument, 0, O_SOPT},
         {"noise-mode", required_argument, 0, O_NOISE}, {"precision", required_argument, 0, O_PRECISION},
@@ -133,6 +137,10 @@ int cmd_generate(int argc, char **argv) {
             break;
         case O_PREVIEW: preview_path = optarg; break;
         case O_PREVIEW_VAE: preview_vae_path = optarg; break;
+        case O_PREVIEW_SIZE:
+            if (cli_parse_int(optarg, "--preview-size", 0, 1 << 20, &v)) return EXIT_BAD;
+            p.preview_max_size = (int)v;
+            break;
         case O_PREVIEW_EVERY:
             if (cli_parse_int(optarg, "--preview-every", 1, 10000, &v)) return EXIT_BAD;
             p.preview_every = (int)v;

@@ -55,6 +55,7 @@ class GenParams(ctypes.Structure):
         ("sampler", ctypes.c_char_p),
         ("schedule", ctypes.c_char_p),
         ("noise_mode", ctypes.c_int),
+        ("preview_max_size", ctypes.c_int),
     ]
 
 

@@ -312,6 +312,7 @@ class QdiffSampler:
         pbar = utils.ProgressBar(1) if utils is not None and hasattr(utils, "ProgressBar") else None
         pending = {}   # the preview of the step being reported
         preview_side = _comfy_preview_args()[1]
+        p.preview_max_size = preview_side   # qdiff shrinks the latents to ComfyUI's preview size before decoding
 
         def progress(step, total, elapsed):
             if interrupted is not None and interrupted():

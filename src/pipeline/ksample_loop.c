@@ -13,6 +13,7 @@
  * does; it is the same as combining the x0 estimates, which are affine in the
  * output). */
 #include "pipeline/ksample_loop.h"
+#include "pipeline/preview.h"
 #include "base/rng.h"
 #include "sample/ksampler.h"
 #include "sample/ksampler_noise.h"
@@ -112,7 +113,7 @@ typedef struct {
     int64_t B, per, n, rows, C, h, w;
     int flux, guidance, comfy;
     float *model_in, *model_out, *pred_f, *fnoise, *ftmp;
-    uint8_t *rgb;
+    int previews;               /* p asks for previews */
     int calls, total;
     double t0;
     qd_rng rng_init, rng_step;  /* ComfyUI: seed and seed + 1; diffusers: rng_init for all */
@@ -187,17 +188,13 @@ static void to_x0(const ks_loop *L, const double *x, double sigma, const float *
 }
 
 static qd_status send_preview(ks_loop *L, const double *x0) {
-    const qd_gen_params *p = L->p;
-    int f = qd_vae_describe(p->preview_vae)->downscale;
     for (int64_t j = 0; j < L->per; j++) L->ftmp[j] = (float)x0[j];
     const float *z = L->ftmp;
     if (L->flux) {
         flux_pack(L->ftmp, L->C, L->h, L->w, L->fnoise, 1);
         z = L->fnoise;
     }
-    QD_TRY(qd_preview_decode(L->ctx, p->preview_vae, z, 1, (int)L->C, (int)L->w, (int)L->h, L->rgb));
-    p->preview(p->preview_user, L->calls, L->total, L->rgb, (int)(L->w * f), (int)(L->h * f));
-    return QD_OK;
+    return qd_send_preview(L->ctx, L->p, z, L->C, L->h, L->w, L->calls, L->total);
 }
 
 static qd_status ks_denoise(void *user, const double *x, double sigma, double *x0, double *uncond_x0) {
@@ -237,7 +234,7 @@ static qd_status ks_denoise(void *user, const double *x, double sigma, double *x
     }
     L->calls++;
     int total = L->total > 0 ? L->total : L->calls;   /* dpm_adaptive: not known in advance */
-    if (L->rgb && (L->calls % p->preview_every == 0 || L->calls == total))
+    if (L->previews && (L->calls % p->preview_every == 0 || L->calls == total))
         QD_TRY(send_preview(L, x0));
     if (p->progress && p->progress(p->progress_user, L->calls, total, qd_now() - L->t0)) ctx->cancel = 1;
     if (ctx->cancel) return qd_fail(ctx, QD_ERR_CANCELLED, "cancelled at step %d of %d", L->calls, total);
@@ -367,11 +364,9 @@ qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p
         L.pred_f = malloc(sizeof(float) * (size_t)L.n);
         L.fnoise = malloc(sizeof(float) * (size_t)L.n);
         L.ftmp = malloc(sizeof(float) * (size_t)per);
-        int previews = p->preview && p->preview_vae && p->preview_every > 0;
-        int64_t f = previews ? qd_vae_describe(p->preview_vae)->downscale : 0;
-        L.rgb = previews ? malloc((size_t)(L.h * f) * (size_t)(L.w * f) * 3) : NULL;
+        L.previews = p->preview && p->preview_vae && p->preview_every > 0;
         x = malloc(sizeof(double) * (size_t)L.n);
-        if (!L.model_in || !L.model_out || !L.pred_f || !L.fnoise || !L.ftmp || !x || (previews && !L.rgb))
+        if (!L.model_in || !L.model_out || !L.pred_f || !L.fnoise || !L.ftmp || !x)
             st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
     }
     if (st == QD_OK) {
@@ -414,6 +409,5 @@ qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p
     free(L.pred_f);
     free(L.fnoise);
     free(L.ftmp);
-    free(L.rgb);
     return st;
 }

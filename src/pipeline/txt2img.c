@@ -8,6 +8,7 @@
 #include "base/rng.h"
 #include "pipeline/ksample_loop.h"
 #include "pipeline/model.h"
+#include "pipeline/preview.h"
 #include "pipeline/prompt.h"
 #include "sample/scheduler.h"
 
@@ -21,6 +22,7 @@ void qd_gen_params_default(qd_gen_params *p) {
     p->guidance = 3.5f;
     p->batch = 1;
     p->karras = -1;
+    p->preview_max_size = 256;
 }
 
 size_t qd_gen_params_size(void) { return sizeof(qd_gen_params); }
@@ -197,22 +199,19 @@ static void predicted_x0(const qd_model *m, const qd_scheduler *s, int i, const 
 
 static void pack_latents(const float *x, int64_t C, int64_t h, int64_t w, float *y, int unpack);
 
-/* Decode the current clean-image estimate with the preview VAE and hand it over. */
+/* The current clean-image estimate of the first image, to the preview callback. */
 static qd_status send_preview(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_scheduler *s,
                               int i, int total, const float *model_in, const float *pred, int64_t per,
                               int64_t C, int64_t h, int64_t w) {
-    int f = qd_vae_describe(p->preview_vae)->downscale;
     float *x0 = malloc(sizeof(float) * (size_t)per), *z = malloc(sizeof(float) * (size_t)per);
-    uint8_t *rgb = malloc((size_t)(h * f) * (size_t)(w * f) * 3);
-    qd_status st = x0 && z && rgb ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    qd_status st = x0 && z ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
     if (st == QD_OK) {
         predicted_x0(m, s, i, model_in, pred, per, x0);
         if (m->family == QD_FAMILY_FLUX) pack_latents(x0, C, h, w, z, 1);
         else memcpy(z, x0, sizeof(float) * (size_t)per);
-        st = qd_preview_decode(ctx, p->preview_vae, z, 1, (int)C, (int)w, (int)h, rgb);
+        st = qd_send_preview(ctx, p, z, C, h, w, i + 1, total);
     }
-    if (st == QD_OK) p->preview(p->preview_user, i + 1, total, rgb, (int)(w * f), (int)(h * f));
-    free(x0); free(z); free(rgb);
+    free(x0); free(z);
     return st;
 }
 

@@ -191,8 +191,8 @@ check(lib.dll.qd_gen_params_size() == ctypes.sizeof(lq.GenParams),
 real_params = lq.GenParams
 
 
-class ShortParams(ctypes.Structure):   # a mirror that lost its last field
-    _fields_ = real_params._fields_[:-1]
+class ShortParams(ctypes.Structure):   # a mirror that lost its last two int fields (one alone may hide in padding)
+    _fields_ = real_params._fields_[:-2]
 
 
 lq.GenParams = ShortParams
