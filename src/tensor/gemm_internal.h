@@ -14,7 +14,7 @@
 #include "tensor/gemm.h"
 
 #ifndef QD_GEMM_KCW
-#define QD_GEMM_KCW 256                 /* k-steps (words) per K block: 256 fp32 or 512 bf16 */
+#define QD_GEMM_KCW 256                 /* k-steps (words) per K block: 256 fp32 or 512 bf16 (-D to tune) */
 #endif
 #define QD_GEMM_AST (QD_GEMM_KCW + 16)  /* A-strip row stride: +64 bytes spreads rows over cache sets */
 #define QD_GEMM_MAXR 32                 /* largest MR or NR of any kernel */
