@@ -87,27 +87,37 @@ static float *alloc_f(qd_ctx *ctx, int64_t n) {
  * Each returns 0 when the layer does not run int8 or scratch is missing: the caller's
  * fused GEMM then runs as before. */
 
-/* y[M, N] (+)= x[M, K] . W^T + bias, token-major, y row stride ldy. */
-static int int8_linear(qd_ctx *ctx, const qd_weight *w, const qd_sdnq_i8_panels *pre, const float *x, int64_t M,
-                       const float *bias, float *y, int64_t ldy, int accumulate) {
+/* y[M, N] (+)= x[M, K] . W^T + bias, token-major, y row stride ldy; traced as gemm_traced
+ * does (a 1x1 conv when conv is set). */
+static int int8_gemm_traced(qd_ctx *ctx, int conv, const qd_weight *w, const qd_sdnq_i8_panels *pre, const float *x,
+                            int64_t M, const float *bias, float *y, int64_t ldy, int accumulate) {
     double t0 = ctx->trace ? qd_now() : 0;
     if (!qd_sdnq_linear_into(ctx, w, pre, x, M, bias, y, ldy, accumulate)) return 0;
-    if (ctx->trace) {
+    if (ctx->trace && conv) {
+        int64_t d[12] = {1, w->cols, 1, M, w->rows, 1, 1, 1, 0, 0, 0, 0};
+        ctx->trace(ctx->trace_user, "conv2d", d, 12, qd_now() - t0);
+    } else if (ctx->trace) {
         int64_t d[4] = {M, w->cols, w->rows, bias != NULL};
         ctx->trace(ctx->trace_user, "linear", d, 4, qd_now() - t0);
     }
     return 1;
 }
 
-/* x [B, K, S] (NCHW) -> y [B, S, N] tokens (+ bias), or with nchw_out y [B, N, S] += . */
-static int int8_nchw(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t B, int64_t S, const float *bias,
+static int int8_linear(qd_ctx *ctx, const qd_weight *w, const qd_sdnq_i8_panels *pre, const float *x, int64_t M,
+                       const float *bias, float *y, int64_t ldy, int accumulate) {
+    return int8_gemm_traced(ctx, 0, w, pre, x, M, bias, y, ldy, accumulate);
+}
+
+/* x [B, K, S] (NCHW) -> y [B, S, N] tokens (+ bias), or with nchw_out y [B, N, S] += .
+ * conv: trace as the 1x1 conv it replaces. */
+static int int8_nchw(qd_ctx *ctx, int conv, const qd_weight *w, const float *x, int64_t B, int64_t S, const float *bias,
                      float *y, int nchw_in, int nchw_out) {
     int64_t M = B * S, K = w->cols, N = w->rows;
     if (!qd_sdnq_uses_int8_weight(ctx, w, M)) return 0;
     float *xt = nchw_in ? alloc_f(ctx, M * K) : NULL, *yt = nchw_out ? alloc_f(ctx, 2 * M * N) : NULL;
     int ok = (!nchw_in || xt) && (!nchw_out || yt);
     if (ok && nchw_in) qd_transpose_cs(ctx, x, B, K, S, xt);
-    ok = ok && int8_linear(ctx, w, NULL, nchw_in ? xt : x, M, bias, nchw_out ? yt : y, N, 0);
+    ok = ok && int8_gemm_traced(ctx, conv, w, NULL, nchw_in ? xt : x, M, bias, nchw_out ? yt : y, N, 0);
     if (ok && nchw_out) {   /* y[b, n, s] += yt[b, s, n] */
         qd_transpose_cs(ctx, yt, B, S, N, yt + M * N);
         qd_unet_add_scaled(ctx, y, yt + M * N, M * N, 1.0f);
@@ -160,7 +170,7 @@ qd_status qd_unet_resnet_fwd(qd_ctx *ctx, const qd_unet_resnet *r, const float *
     qd_conv2d(ctx, h2, B, cout, H, W, &r->conv2.w, r->conv2.b, 3, 3, 1, 1, y);
     free(h2);
     if (r->has_shortcut) {
-        if (!int8_nchw(ctx, &r->shortcut.w, x, B, S, r->shortcut.b, y, 1, 1))
+        if (!int8_nchw(ctx, 1, &r->shortcut.w, x, B, S, r->shortcut.b, y, 1, 1))
             for (int64_t b = 0; b < B; b++)     /* y += conv_shortcut(x), a 1x1 conv as one GEMM */
                     gemm_traced(ctx, 1, cout, S, cin, qd_wmat(&r->shortcut.w), qd_cols(x + b * cin * S, S),
                             y + b * cout * S, S, 1.0f, r->shortcut.b, NULL);
@@ -306,12 +316,12 @@ qd_status qd_unet_xformer_fwd(qd_ctx *ctx, const qd_unet_xformer *t, float *x, i
     s.work = alloc_f(ctx, s.work_n);
     if (!s.tok || !s.n || !s.work) { free(s.tok); free(s.n); free(s.work); return QD_ERR_NOMEM; }
     qd_group_norm(ctx, x, B, C, S, t->groups, 1e-6f, t->norm.w, t->norm.b, 0, s.n);
-    if (!int8_nchw(ctx, &t->proj_in.w, s.n, B, S, t->proj_in.b, s.tok, 1, 0))
+    if (!int8_nchw(ctx, 0, &t->proj_in.w, s.n, B, S, t->proj_in.b, s.tok, 1, 0))
         for (int64_t b = 0; b < B; b++)     /* tokens[s, :] = W_in . norm[:, s] + b_in */
             gemm_traced(ctx, 0, S, D, C, qd_cols(s.n + b * C * S, S), qd_wmat(&t->proj_in.w), s.tok + b * S * D,
                         D, 0.0f, NULL, t->proj_in.b);
     for (int i = 0; i < t->depth; i++) tblock_fwd(ctx, t, &t->blocks[i], &s, B, S, context, L);
-    if (!int8_nchw(ctx, &t->proj_out.w, s.tok, B, S, t->proj_out.b, x, 0, 1))
+    if (!int8_nchw(ctx, 0, &t->proj_out.w, s.tok, B, S, t->proj_out.b, x, 0, 1))
         for (int64_t b = 0; b < B; b++)     /* x[:, s] += W_out . tokens[s, :] + b_out */
             gemm_traced(ctx, 0, C, S, D, qd_wmat(&t->proj_out.w), qd_rows(s.tok + b * S * D, D), x + b * C * S, S,
                         1.0f, t->proj_out.b, NULL);
