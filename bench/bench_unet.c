@@ -3,7 +3,7 @@
  *   bench_unet --config bench/configs/sd15_unet.json --latent 64 --batch 2
  *              [--dtype f16|bf16|f32] [--dir DIR] [--trace OUT.json] [--threads N]
  *              [--warmup N] [--steps N] [--max-steps N] [--idle-wait S] [--save IO.safetensors]
- *              [--reuse] [--keep]
+ *              [--reuse] [--keep] [--precision fp32|bf16]
  *
  * 1. Writes a diffusers "unet" folder into DIR: the config and a safetensors file with
  *    every parameter UNet2DConditionModel has for that config, derived here from the
@@ -448,7 +448,8 @@ static void usage(void) {
     fprintf(stderr,
             "usage: bench_unet --config FILE [--latent N] [--batch N] [--dtype f16|bf16|f32] [--dir DIR]\n"
             "                  [--trace OUT.json] [--threads N] [--warmup N] [--steps N] [--max-steps N]\n"
-            "                  [--idle-wait SECONDS] [--save IO.safetensors] [--reuse] [--keep]\n");
+            "                  [--idle-wait SECONDS] [--save IO.safetensors] [--reuse] [--keep]\n"
+            "                  [--precision fp32|bf16]\n");
     exit(2);
 }
 
@@ -461,7 +462,7 @@ static void mkdirs(const char *path) {
 }
 
 int main(int argc, char **argv) {
-    const char *config = NULL, *dir = NULL, *trace_path = NULL, *save_path = NULL, *dtype = "f16";
+    const char *config = NULL, *dir = NULL, *trace_path = NULL, *save_path = NULL, *dtype = "f16", *precision = "fp32";
     setvbuf(stdout, NULL, _IOLBF, 0);
     int latent = 64, batch = 2, threads = 0, warmup = -1, steps = 1, max_steps = -1, reuse = 0, keep = 0;
     double idle_wait = 300;
@@ -484,6 +485,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--max-steps")) max_steps = atoi(v);
         else if (!strcmp(a, "--idle-wait")) idle_wait = atof(v);
         else if (!strcmp(a, "--save")) save_path = v;
+        else if (!strcmp(a, "--precision")) precision = v;
         else usage();
     }
     if (!config || latent < 8 || batch < 1 || steps < 1) usage();
@@ -500,6 +502,8 @@ int main(int argc, char **argv) {
     }
 
     qd_ctx *ctx = qd_ctx_new(threads);
+    if (strcmp(precision, "fp32") && strcmp(precision, "bf16")) usage();
+    qd_set_precision(ctx, !strcmp(precision, "bf16") ? QD_PRECISION_BF16 : QD_PRECISION_FP32);
     if (!ctx) die("no context");
     cJSON *cfg;
     if (qd_json_load(ctx, config, &cfg) != QD_OK) die("%s", qd_last_error(ctx));
@@ -632,8 +636,8 @@ int main(int argc, char **argv) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     long hwm = status_kb("VmHWM"), anon = status_kb("RssAnon"), file = status_kb("RssFile");
-    printf("\n== UNet forward: latent %dx%d, batch %d, %s weights, %d threads, GEMM kernel %s ==\n", latent, latent,
-           batch, dtype, qd_ctx_threads(ctx), qd_gemm_isa());
+    printf("\n== UNet forward: latent %dx%d, batch %d, %s weights, %s math, %d threads, GEMM kernel %s ==\n", latent, latent,
+           batch, dtype, precision, qd_ctx_threads(ctx), qd_gemm_isa());
     printf("s/step      %.3f (best of %d; mean %.3f; %d warm-up)\n", best, done, step_s, warmup);
     printf("FLOPs       %.1f GFLOP per step (traced conv/linear/attention)\n", flops / 1e9);
     printf("GFLOP/s     %.1f (best step), %.1f (mean step), %.1f (inside traced ops)\n", flops / 1e9 / best,
