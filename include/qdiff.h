@@ -238,7 +238,9 @@ qd_status qd_resize_rgb8(qd_ctx *ctx, const uint8_t *src, int src_width, int src
                          uint8_t *dst, int dst_width, int dst_height);
 
 /* Read one tensor of a .safetensors file as float32 (any float or integer dtype).
- * name NULL: the file's only tensor. *data is malloc'd: free() it. shape gets ndim dims (<= 8). */
+ * name NULL: the file's only tensor. *data is malloc'd: free() it. shape gets ndim dims (<= 8).
+ * In a ComfyUI comfy_quant checkpoint, a quantized layer's name ("X" or "X.weight") reads
+ * back its dequantized weight [out, in] (every layer's config is validated first). */
 qd_status qd_read_tensor(qd_ctx *ctx, const char *path, const char *name, float **data,
                          int64_t shape[8], int *ndim);
 
