@@ -245,6 +245,22 @@ static void test_int8(qd_ctx *ctx) {
         expect_weight(ctx, gs == 16 ? "int8_tensorwise ConvRot G=16" : "int8_tensorwise ConvRot G=64 (params nesting)",
                       path, gs == 16 ? "m.c" : "m.p", N, K, ref);
     }
+    /* int8_blockwise: 4x4 tiles [5, 16]; the fork's row-group [20, 16, 1] under the same name */
+    float tile[5 * 16], rg[N * 16];
+    for (int i = 0; i < 5 * 16; i++) tile[i] = 0.001f * (float)(i + 1);
+    for (int i = 0; i < N * 16; i++) rg[i] = 0.002f * (float)(i % 37 + 1);
+    qd_st_out tb[] = {
+        CQ("b.t.comfy_quant", "{\"format\": \"int8_blockwise\", \"group_size\": 4}"), T("b.t.weight", QD_I8, 2, N, K, 0, q),
+        T("b.t.weight_scale", QD_F32, 2, 5, 16, 0, tile),
+        CQ("b.g.comfy_quant", "{\"format\": \"int8_blockwise\"}"), T("b.g.weight", QD_I8, 2, N, K, 0, q),
+        T("b.g.weight_scale", QD_F32, 3, N, 16, 1, rg),
+    };
+    const char *pb = tmp("int8b.safetensors");
+    write_file(pb, tb, (int)(sizeof tb / sizeof tb[0]), NULL);
+    for (int i = 0; i < N * K; i++) ref[i] = q[i] * (double)tile[(i / K / 4) * 16 + (i % K) / 4];
+    expect_weight(ctx, "int8_blockwise 4x4 tiles", pb, "b.t", N, K, ref);
+    for (int i = 0; i < N * K; i++) ref[i] = q[i] * (double)rg[(i / K) * 16 + (i % K) / 4];
+    expect_weight(ctx, "int8_blockwise row-groups [N, K/4, 1]", pb, "b.g", N, K, ref);
     (void)g;
     free(ref);
 }
