@@ -270,6 +270,69 @@ qd_status qd_inspect(qd_ctx *ctx, const char *dir, char **json_out);
 /* Release memory the library allocated for the caller (e.g. qd_inspect's JSON). */
 void qd_free(void *p);
 
+/* ==== LoRA merging and ComfyUI comfy_quant checkpoints ======================= */
+
+/* LoRA files merged into weights before quantizing: W += scale_f * dampen^i * alpha/rank
+ * * up.down for every pair naming W (i: the pair's position among the pairs applied to W,
+ * in file order). kohya (lora_unet_/lora_te1_/lora_te2_/lora_transformer_ + .lora_down/
+ * .lora_up/.alpha), diffusers (unet./transformer./text_encoder[_2]. + .lora.down/.lora.up
+ * or .lora_A/.lora_B), PEFT (base_model.model.) and BFL/ComfyUI (diffusion_model.) names;
+ * linear and conv LoRAs. Details: src/convert/lora.h. */
+typedef struct qd_lora_set qd_lora_set;
+
+/* scales: one per file (NULL: all 1). dampen in (0, 1] (1: none). Errors name the file. */
+qd_status qd_lora_set_open(qd_ctx *ctx, const char *const *paths, const float *scales, int n, float dampen,
+                           qd_lora_set **out);
+/* Add the deltas of the pairs naming `tensor_name` to the fp32 weight w ([out, in] or
+ * [out, in, kh, kw]). component: "unet", "transformer", "text_encoder", "text_encoder_2",
+ * "text_encoder_3" for a diffusers name inside that component; NULL for a name of a
+ * single-file checkpoint (model.diffusion_model., cond_stage_model., ... or bare).
+ * Returns the number of pairs applied, or -1 with the error in ctx (shape mismatch). */
+int qd_lora_apply(qd_ctx *ctx, qd_lora_set *set, const char *component, const char *tensor_name,
+                  float *w, const int64_t *shape, int ndim);
+/* Pairs applied at least once so far, and pairs in all files. */
+void qd_lora_set_report(const qd_lora_set *set, int64_t *matched, int64_t *total);
+/* After the last weight: an error when some file matched no weight at all ("0 of its N
+ * LoRA layers matched"), a warning when only some of its pairs did. */
+qd_status qd_lora_set_check(qd_ctx *ctx, const qd_lora_set *set);
+void qd_lora_set_free(qd_lora_set *set);
+
+/* Write a ComfyUI comfy_quant checkpoint (docs: README "comfy_quant checkpoints"). */
+typedef struct {
+    const char *weights_dtype;      /* "int8_tensorwise" (default), "float8_e4m3fn", "float8_e4m3fn_rowwise" */
+    int convrot;                    /* int8_tensorwise: Hadamard-rotated K-groups, per-row scales */
+    int convrot_group;              /* 0: 256; a power of 4 from 4 to 4096 */
+    int input_scale;                /* fp8: also write <layer>.input_scale = 1.0 */
+    int full_precision_mm;          /* "full_precision_matrix_mult": true in every config */
+    int save_quant_metadata;        /* also __metadata__._quantization_metadata */
+    const char *const *filters;     /* convert_to_quant model filter presets (flux2, qwen, ...) */
+    int n_filters;
+    const char *const *exclude;     /* extended regexes searched in layer names: kept unquantized */
+    int n_exclude;
+    qd_lora_set *lora;              /* merged first; NULL: none */
+    int dry_run;                    /* quantize and measure only, write nothing */
+    int force;                      /* replace an existing output file */
+    int (*progress)(void *user, int64_t done_bytes, int64_t total_bytes, const char *tensor,
+                    double elapsed_seconds);   /* non-zero return cancels */
+    void *progress_user;
+} qd_comfy_quant_params;
+
+void qd_comfy_quant_params_default(qd_comfy_quant_params *p);
+
+/* Quantize the 2-D linear weights of a single-file .safetensors checkpoint (any float
+ * dtype) round-to-nearest into out_path: <layer>.comfy_quant (JSON), .weight, .weight_scale
+ * as ComfyUI and convert_to_quant write them; everything else copied (LoRA-merged first if
+ * a LoRA names it); input metadata kept. Streams tensor by tensor into a temporary file
+ * renamed at the end; an existing out_path is refused unless p->force. out_path may be
+ * NULL with p->dry_run. *report_json (may be NULL; release with qd_free):
+ *   {"input", "output", "format": "comfy_quant", "weights_dtype", "dry_run",
+ *    "layers": [ {"name", "shape", "format", "convrot", "bytes_in", "bytes_out",
+ *                 "rel_error", "snr_db"} or {"name", "shape", "skipped": reason, "bytes_in"} ],
+ *    "totals": {"quantized", "copied", "lora_merged", "bytes_in", "bytes_out", "rel_error", "snr_db"}}
+ * rel_error = ||W - dequant(W)|| / ||W|| (totals: over all quantized layers). */
+qd_status qd_comfy_quantize(qd_ctx *ctx, const char *in_path, const char *out_path, const qd_comfy_quant_params *p,
+                            char **report_json);
+
 #ifdef __cplusplus
 }
 #endif

@@ -388,6 +388,8 @@ static void test_filters_and_lora(qd_ctx *ctx, const char *src) {
     qd_lora_set_free(set);
 }
 
+static int qd_file_exists_test(const char *path) { return access(path, F_OK) == 0; }
+
 static int dir_entries(void) {
     DIR *d = opendir(tmpdir);
     int n = 0;
@@ -449,6 +451,71 @@ static void test_bad(qd_ctx *ctx, const char *src) {
     check(dir_entries() == before, "no output or temporary file left behind (%d entries, %d before)", dir_entries(), before);
 }
 
+static int cancel_after_first(void *user, int64_t done, int64_t total, const char *tensor, double elapsed) {
+    int *calls = user;
+    (*calls)++;
+    return done > 0 && done < total;   /* stop after the first tensor */
+}
+
+/* The public entry: report JSON, dry run, refusing an existing output, bad dtype, cancel. */
+static void test_public_api(qd_ctx *ctx, const char *src) {
+    int before = dir_entries();
+    qd_comfy_quant_params p;
+    qd_comfy_quant_params_default(&p);
+    p.weights_dtype = "float8_e4m3fn";
+    p.dry_run = 1;
+    char *json = NULL;
+    check(qd_comfy_quantize(ctx, src, NULL, &p, &json) == QD_OK && json, "dry run: %s", qd_last_error(ctx));
+    check(dir_entries() == before, "dry run writes nothing");
+    cJSON *r = json ? cJSON_Parse(json) : NULL;
+    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(r, "layers"), *tot = cJSON_GetObjectItemCaseSensitive(r, "totals");
+    int nq = 0, nskip = 0;
+    double worst = 0;
+    const char *why_norm = NULL, *why_te = NULL;
+    for (const cJSON *e = layers ? layers->child : NULL; e; e = e->next) {
+        const cJSON *sk = cJSON_GetObjectItemCaseSensitive(e, "skipped"), *nm = cJSON_GetObjectItemCaseSensitive(e, "name");
+        if (sk) {
+            nskip++;
+            if (strstr(nm->valuestring, "norm1")) why_norm = sk->valuestring;
+            if (strstr(nm->valuestring, "cond_stage")) why_te = sk->valuestring;
+        } else {
+            nq++;
+            worst = fmax(worst, cJSON_GetObjectItemCaseSensitive(e, "rel_error")->valuedouble);
+        }
+    }
+    check(nq == 4 && nskip == 5, "report: 4 quantized layers and 5 skipped weights (%d, %d)", nq, nskip);
+    check(why_norm && strstr(why_norm, "'norm'") && why_te && strstr(why_te, "text encoder"),
+          "skip reasons: '%s', '%s'", why_norm ? why_norm : "-", why_te ? why_te : "-");
+    /* fp8 keeps ~2^-4 relative error per element at worst; rel L2 well under it */
+    check(worst > 0 && worst < 0.04, "per-layer rel_error of float8_e4m3fn in (0, 0.04): worst %.4f", worst);
+    const cJSON *q = cJSON_GetObjectItemCaseSensitive(tot, "quantized"), *snr = cJSON_GetObjectItemCaseSensitive(tot, "snr_db");
+    check(cJSON_IsNumber(q) && q->valuedouble == 4 && cJSON_IsNumber(snr) && snr->valuedouble > 28,
+          "totals: 4 quantized, SNR %.1f dB", cJSON_IsNumber(snr) ? snr->valuedouble : 0);
+    cJSON_Delete(r);
+    qd_free(json);
+
+    char out[256];
+    snprintf(out, sizeof out, "%s", tmp("api.safetensors"));
+    p.dry_run = 0;
+    check(qd_comfy_quantize(ctx, src, out, &p, NULL) == QD_OK, "write through the API: %s", qd_last_error(ctx));
+    check(qd_comfy_quantize(ctx, src, out, &p, NULL) != QD_OK && strstr(qd_last_error(ctx), "already exists"),
+          "existing output refused: %s", qd_last_error(ctx));
+    p.force = 1;
+    check(qd_comfy_quantize(ctx, src, out, &p, NULL) == QD_OK, "replaced with force");
+    p.weights_dtype = "int4";
+    check(qd_comfy_quantize(ctx, src, out, &p, NULL) != QD_OK && strstr(qd_last_error(ctx), "'int4'") &&
+              strstr(qd_last_error(ctx), "float8_e4m3fn_rowwise"),
+          "unknown dtype lists the valid ones: %s", qd_last_error(ctx));
+    p.weights_dtype = NULL;
+    int calls = 0;
+    p.progress = cancel_after_first;
+    p.progress_user = &calls;
+    char out2[256];
+    snprintf(out2, sizeof out2, "%s", tmp("cancelled.safetensors"));
+    check(qd_comfy_quantize(ctx, src, out2, &p, NULL) == QD_ERR_CANCELLED && calls == 1 && !qd_file_exists_test(out2),
+          "progress callback cancels; no output left (%d calls)", calls);
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_cqw_test_%d", (int)getpid());
     char cmd[128];
@@ -467,6 +534,7 @@ int main(void) {
     for (size_t i = 0; i < sizeof vs / sizeof vs[0]; i++) test_variant(ctx, src, &vs[i]);
     test_filters_and_lora(ctx, src);
     test_bad(ctx, src);
+    test_public_api(ctx, src);
     qd_ctx_free(ctx);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
     if (system(cmd) != 0) return 1;

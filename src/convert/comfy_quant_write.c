@@ -6,7 +6,7 @@
 #include "quant/hadamard.h"
 #include "io/safetensors.h"
 #include "io/safetensors_meta.h"
-#include "io/safetensors_stream.h"
+#include "io/safetensors_seqwrite.h"
 #include "base/fp8.h"
 #include "base/half.h"
 #include "base/threads.h"
@@ -92,23 +92,42 @@ static qd_status router_init(qd_ctx *ctx, const qd_cqw_options *o, router *r) {
     return QD_OK;
 }
 
-/* base = name without ".weight" */
-static int routed(const router *r, const char *name, int ndim, int is_float) {
+static int is_weight_name(const char *name) {
     size_t n = strlen(name);
-    if (n <= 7 || strcmp(name + n - 7, ".weight") != 0 || ndim != 2 || !is_float) return 0;
-    if (r->diffusion_only && strncmp(name, DIFFUSION_PREFIX, strlen(DIFFUSION_PREFIX)) != 0) return 0;
+    return n > 7 && strcmp(name + n - 7, ".weight") == 0;
+}
+
+/* NULL when the tensor is quantized, else why not (into why[256]). */
+static const char *skip_reason(const router *r, const qd_st_tensor *t, int is_float, char *why) {
+    const char *name = t->name;
+    size_t n = strlen(name);
+    if (!is_weight_name(name)) return "not a weight";
+    if (t->ndim != 2) return "not 2-D (conv or norm)";
+    if (!is_float) return "not a float tensor";
+    if (t->numel == 0) return "empty";
+    if (r->diffusion_only && strncmp(name, DIFFUSION_PREFIX, strlen(DIFFUSION_PREFIX)) != 0)
+        return "outside model.diffusion_model. (VAE or text encoder)";
     char base[1024];
-    if (n - 7 >= sizeof base) return 0;
+    if (n - 7 >= sizeof base) return "name too long";
     memcpy(base, name, n - 7);
     base[n - 7] = 0;
     for (int i = 0; default_skip[i]; i++)
-        if (strstr(base, default_skip[i])) return 0;
+        if (strstr(base, default_skip[i])) { snprintf(why, 256, "name contains '%s'", default_skip[i]); return why; }
     for (int k = 0; k < N_PRESETS; k++)
         for (int j = 0; r->preset[k] && j < 12 && presets[k].subs[j]; j++)
-            if (strstr(base, presets[k].subs[j])) return 0;
+            if (strstr(base, presets[k].subs[j])) {
+                snprintf(why, 256, "filter %s: '%s'", presets[k].name, presets[k].subs[j]);
+                return why;
+            }
     for (int i = 0; i < r->n_re; i++)
-        if (regexec(&r->re[i], base, 0, NULL, 0) == 0) return 0;
-    return 1;
+        if (regexec(&r->re[i], base, 0, NULL, 0) == 0) { snprintf(why, 256, "exclude pattern #%d", i + 1); return why; }
+    return NULL;
+}
+
+static cJSON *shape_json(const qd_st_tensor *t) {
+    cJSON *a = cJSON_CreateArray();
+    for (int d = 0; a && d < t->ndim; d++) cJSON_AddItemToArray(a, cJSON_CreateNumber((double)t->shape[d]));
+    return a;
 }
 
 /* ---- quantization ---- */
@@ -244,8 +263,18 @@ static qd_status plan_tensor(qd_ctx *ctx, const qd_cqw_options *o, const router 
                              planned **p, int *n, int *cap) {
     planned item = {0};
     item.src = t;
-    int quant = routed(rt, t->name, t->ndim, is_float(t->dtype)) && t->numel > 0;
-    if (!quant) {
+    char why[256];
+    const char *reason = skip_reason(rt, t, is_float(t->dtype), why);
+    if (reason) {
+        if (o->layers && is_weight_name(t->name)) {
+            cJSON *e = cJSON_CreateObject();
+            if (!e) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+            cJSON_AddStringToObject(e, "name", t->name);
+            cJSON_AddItemToObject(e, "shape", shape_json(t));
+            cJSON_AddStringToObject(e, "skipped", reason);
+            cJSON_AddNumberToObject(e, "bytes_in", (double)t->nbytes);
+            cJSON_AddItemToArray(o->layers, e);
+        }
         item.kind = o->lora && qd_lora_touches(o->lora, NULL, t->name) ? OUT_LORA_COPY : OUT_COPY;
         if (item.kind == OUT_LORA_COPY && t->dtype != QD_F32 && t->dtype != QD_F16 && t->dtype != QD_BF16)
             return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: a LoRA names '%s', stored as %s: merging needs F32, F16 or BF16",
@@ -374,9 +403,9 @@ static qd_status emit(qd_ctx *ctx, const qd_cqw_options *o, qd_st_writer *wr, pl
         rep->copied++;
         rep->bytes_in += t->nbytes;
         rep->bytes_out += t->nbytes;
-        return qd_st_writer_put(ctx, wr, t->data, t->nbytes);
+        return wr ? qd_st_writer_put(ctx, wr, t->data, t->nbytes) : QD_OK;
     case OUT_CONFIG:
-        return qd_st_writer_put(ctx, wr, e->config, strlen(e->config));
+        return wr ? qd_st_writer_put(ctx, wr, e->config, strlen(e->config)) : QD_OK;
     case OUT_LORA_COPY: {
         float *w = qd_malloc(ctx, sizeof(float) * (size_t)(t->numel ? t->numel : 1));
         if (!w) return QD_ERR_NOMEM;
@@ -384,7 +413,7 @@ static qd_status emit(qd_ctx *ctx, const qd_cqw_options *o, qd_st_writer *wr, pl
         qd_status st = lora_merge(ctx, o, t, w, rep);
         if (st == QD_OK) {
             from_f32(t->dtype, w, t->numel, w);   /* narrowing in place: each output is behind its input */
-            st = qd_st_writer_put(ctx, wr, w, t->nbytes);
+            if (wr) st = qd_st_writer_put(ctx, wr, w, t->nbytes);
         }
         free(w);
         rep->copied++;
@@ -408,22 +437,61 @@ static qd_status emit(qd_ctx *ctx, const qd_cqw_options *o, qd_st_writer *wr, pl
                              t->name, (long long)k, o->lora ? " (after the LoRA merge)" : "");
         int64_t ns = 0;
         if (st == QD_OK) ns = qd_cqw_quantize(ctx, o->type, e->convrot_group, w, N, K, q, scale);
-        if (st == QD_OK) st = qd_st_writer_put(ctx, wr, q, (size_t)(N * K));
+        if (st == QD_OK) {
+            /* error in the basis it was quantized in: ConvRot's H is orthogonal, so the same norm */
+            double err2 = 0, norm2 = 0;
+            for (int64_t r = 0; r < N; r++) {
+                float sc = scale[ns == 1 ? 0 : r];
+                for (int64_t k = 0; k < K; k++) {
+                    uint8_t c = q[r * K + k];
+                    double v = (o->type == QD_CQW_INT8_TENSORWISE ? (float)(int8_t)c : qd_f8e4m3_to_f32(c)) * sc;
+                    double d = v - w[r * K + k];
+                    err2 += d * d;
+                    norm2 += (double)w[r * K + k] * w[r * K + k];
+                }
+            }
+            rep->err2 += err2;
+            rep->norm2 += norm2;
+            uint64_t out_bytes = (uint64_t)(N * K) + sizeof(float) * (uint64_t)ns;
+            if (o->layers) {
+                cJSON *j = cJSON_CreateObject();
+                char base[1024];
+                snprintf(base, sizeof base, "%.*s", (int)(strlen(t->name) - 7), t->name);
+                double rel = norm2 > 0 ? sqrt(err2 / norm2) : 0;
+                if (j) {
+                    cJSON_AddStringToObject(j, "name", base);
+                    cJSON_AddItemToObject(j, "shape", shape_json(t));
+                    cJSON_AddStringToObject(j, "format", o->type == QD_CQW_INT8_TENSORWISE ? "int8_tensorwise"
+                                            : o->type == QD_CQW_FLOAT8_E4M3FN ? "float8_e4m3fn" : "float8_e4m3fn_rowwise");
+                    cJSON_AddBoolToObject(j, "convrot", e->convrot_group > 0);
+                    cJSON_AddNumberToObject(j, "bytes_in", (double)t->nbytes);
+                    cJSON_AddNumberToObject(j, "bytes_out", (double)out_bytes);
+                    cJSON_AddNumberToObject(j, "rel_error", rel);
+                    if (rel > 0) cJSON_AddNumberToObject(j, "snr_db", -20 * log10(rel));
+                    else cJSON_AddNullToObject(j, "snr_db");
+                    cJSON_AddItemToArray(o->layers, j);
+                } else {
+                    st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+                }
+            }
+            rep->bytes_out += out_bytes;
+        }
+        if (st == QD_OK && wr) st = qd_st_writer_put(ctx, wr, q, (size_t)(N * K));
         /* the scale entry is next in the plan */
-        if (st == QD_OK) { (*i)++; st = qd_st_writer_put(ctx, wr, scale, sizeof(float) * (size_t)ns); }
+        (*i)++;
+        if (st == QD_OK && wr) st = qd_st_writer_put(ctx, wr, scale, sizeof(float) * (size_t)ns);
         free(w);
         free(q);
         free(scale);
         rep->quantized++;
         rep->bytes_in += t->nbytes;
-        rep->bytes_out += (uint64_t)(N * K) + sizeof(float) * (uint64_t)ns;
         return st;
     }
     case OUT_SCALE:
         return qd_fail(ctx, QD_ERR_ARG, "internal: scale '%s' planned without its weight", e->name);
     case OUT_INPUT_SCALE: {
         float one = 1.0f;
-        return qd_st_writer_put(ctx, wr, &one, sizeof one);
+        return wr ? qd_st_writer_put(ctx, wr, &one, sizeof one) : QD_OK;
     }
     }
     return QD_OK;
@@ -461,23 +529,28 @@ qd_status qd_cqw_write(qd_ctx *ctx, const char *in_path, const char *out_path, c
     for (int64_t i = 0; i < st.n_tensors; i++)
         if (!strncmp(st.tensors[i].name, DIFFUSION_PREFIX, strlen(DIFFUSION_PREFIX))) rt.diffusion_only = 1;
     for (int64_t i = 0; s == QD_OK && i < st.n_tensors; i++) s = plan_tensor(ctx, o, &rt, &st.tensors[i], &plan, &n, &cap);
-    if (s == QD_OK) s = build_metadata(ctx, in_path, o, plan, n, &meta);
+    if (s == QD_OK && !o->dry_run) s = build_metadata(ctx, in_path, o, plan, n, &meta);
     qd_st_out *specs = s == QD_OK ? qd_malloc(ctx, sizeof *specs * (size_t)(n ? n : 1)) : NULL;
     if (s == QD_OK && !specs) s = QD_ERR_NOMEM;
     for (int i = 0; s == QD_OK && i < n; i++) specs[i] = plan[i].spec;
-    if (s == QD_OK) s = qd_st_writer_open(ctx, out_path, specs, n, meta, &wr);
+    if (s == QD_OK && !o->dry_run) s = qd_st_writer_open(ctx, out_path, specs, n, meta, &wr);
     free(specs);
     cJSON_Delete(meta);
     int64_t done = 0, total = 0;
-    for (int i = 0; i < n; i++) total += plan[i].kind == OUT_COPY || plan[i].kind == OUT_LORA_COPY || plan[i].kind == OUT_WEIGHT;
+    for (int64_t i = 0; i < st.n_tensors; i++) total += (int64_t)st.tensors[i].nbytes;
+    double t0 = qd_now();
     for (int i = 0; s == QD_OK && i < n; i++) {
         if (ctx->cancel) { s = qd_fail(ctx, QD_ERR_CANCELLED, "cancelled"); break; }
         out_kind k = plan[i].kind;
-        const char *name = plan[i].src->name;
+        const qd_st_tensor *src = plan[i].src;
         s = emit(ctx, o, wr, plan, &i, &rep);
-        if (s == QD_OK && k != OUT_CONFIG && k != OUT_INPUT_SCALE && o->progress) o->progress(o->progress_user, ++done, total, name);
+        if (s == QD_OK && (k == OUT_COPY || k == OUT_LORA_COPY || k == OUT_WEIGHT)) {
+            done += (int64_t)src->nbytes;
+            if (o->progress && o->progress(o->progress_user, done, total, src->name, qd_now() - t0))
+                s = qd_fail(ctx, QD_ERR_CANCELLED, "cancelled");
+        }
     }
-    if (s == QD_OK) { s = qd_st_writer_commit(ctx, wr); wr = NULL; }
+    if (s == QD_OK && wr) { s = qd_st_writer_commit(ctx, wr); wr = NULL; }
     qd_st_writer_abort(wr);
     plan_free(plan, n);
     qd_st_close(&st);

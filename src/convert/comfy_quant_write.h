@@ -18,6 +18,7 @@
 #define QD_CONVERT_COMFY_QUANT_WRITE_H
 
 #include <stdint.h>
+#include <cjson/cJSON.h>
 #include "base/ctx.h"
 #include "convert/lora.h"
 
@@ -35,13 +36,17 @@ typedef struct {
     const char *const *exclude; /* POSIX extended regexes searched in the layer name (no ".weight"): kept as is */
     int n_exclude;
     qd_lora_set *lora;          /* merged before quantizing (component NULL: single-file names); may be NULL */
-    void (*progress)(void *user, int64_t done, int64_t total, const char *name);
+    int dry_run;                /* quantize and measure, write nothing (out_path unused) */
+    cJSON *layers;              /* NULL, or an array that gets one object per weight (qd_comfy_quantize's report) */
+    /* after each input tensor; non-zero return cancels */
+    int (*progress)(void *user, int64_t done_bytes, int64_t total_bytes, const char *tensor, double elapsed_seconds);
     void *progress_user;
 } qd_cqw_options;
 
 typedef struct {
     int64_t quantized, copied, lora_merged;     /* tensors */
     uint64_t bytes_in, bytes_out;               /* tensor data */
+    double err2, norm2;                         /* sum of squared quantization errors / weights, quantized layers */
 } qd_cqw_report;
 
 /* "int8_tensorwise", "float8_e4m3fn", "float8_e4m3fn_rowwise" -> type; -1 when unknown. */

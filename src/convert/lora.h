@@ -24,34 +24,11 @@
 #include <stdint.h>
 #include "base/ctx.h"
 
-typedef struct qd_lora_set qd_lora_set;
-
-/* Open n LoRA files; scales[i] multiplies file i (NULL: all 1). dampen in (0, 1]
- * scales the i-th pair applied to a weight by dampen^i (1: no dampening). */
-qd_status qd_lora_set_open(qd_ctx *ctx, const char *const *paths, const float *scales, int n, float dampen,
-                           qd_lora_set **out);
-
-/* Add the merged delta of every pair naming `tensor_name` to the fp32 weight w (shape
- * [out, in] or [out, in, kh, kw]). component: "unet", "transformer", "text_encoder",
- * "text_encoder_2", "text_encoder_3" when the name is a diffusers name within that
- * component; NULL for a single-file checkpoint (the component follows from the name's
- * prefix: model.diffusion_model., cond_stage_model., conditioner.embedders.N., ...;
- * otherwise the denoiser). Returns the number of pairs applied (0: none names it),
- * or -1 with the error in ctx (shape mismatch, out of memory). */
-int qd_lora_apply(qd_ctx *ctx, qd_lora_set *set, const char *component, const char *tensor_name,
-                  float *w, const int64_t *shape, int ndim);
+/* qd_lora_set_open, qd_lora_apply, qd_lora_set_report, qd_lora_set_check and
+ * qd_lora_set_free are declared in qdiff.h. */
 
 /* How many pairs would apply to this weight (no arithmetic; to decide whether an
  * otherwise copied tensor must be converted). */
 int qd_lora_touches(const qd_lora_set *set, const char *component, const char *tensor_name);
-
-/* Pairs applied at least once so far, and pairs in all files. */
-void qd_lora_set_report(const qd_lora_set *set, int64_t *matched, int64_t *total);
-
-/* After the last weight: an error when a file had no pair matching any weight (saying
- * how many matched, i.e. 0 of N), a warning naming an example when only some did. */
-qd_status qd_lora_set_check(qd_ctx *ctx, const qd_lora_set *set);
-
-void qd_lora_set_free(qd_lora_set *set);
 
 #endif

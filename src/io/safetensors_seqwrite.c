@@ -1,4 +1,4 @@
-#include "io/safetensors_stream.h"
+#include "io/safetensors_seqwrite.h"
 #include "io/file.h"
 
 #include <stdint.h>

@@ -2,8 +2,8 @@
  * first, then each tensor's bytes in header order, one at a time, so a converter
  * holds only the tensor it is producing. Output goes to a temporary file beside the
  * destination and is renamed into place by commit; abort (or any error) removes it. */
-#ifndef QD_IO_SAFETENSORS_STREAM_H
-#define QD_IO_SAFETENSORS_STREAM_H
+#ifndef QD_IO_SAFETENSORS_SEQWRITE_H
+#define QD_IO_SAFETENSORS_SEQWRITE_H
 
 #include <stddef.h>
 #include <cjson/cJSON.h>
