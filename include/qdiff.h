@@ -301,7 +301,7 @@ void qd_lora_set_free(qd_lora_set *set);
 typedef struct {
     const char *weights_dtype;      /* "int8_tensorwise" (default), "float8_e4m3fn", "float8_e4m3fn_rowwise" */
     int convrot;                    /* int8_tensorwise: Hadamard-rotated K-groups, per-row scales */
-    int convrot_group;              /* 0: 256; a power of 4 from 4 to 4096 */
+    int convrot_group;              /* 0: 256; a power of 4 from 4 to 4096 (smaller per layer where it must divide K) */
     int input_scale;                /* fp8: also write <layer>.input_scale = 1.0 */
     int full_precision_mm;          /* "full_precision_matrix_mult": true in every config */
     int save_quant_metadata;        /* also __metadata__._quantization_metadata */

@@ -145,6 +145,7 @@ static void expect_copied(const qd_st_set *out, const qd_st_set *in, const char 
  * `want` = the source weight after any LoRA merge (fp32). */
 static void check_layer(qd_ctx *ctx, const char *path, const qd_st_set *st, const qd_cq_model *m, const char *layer,
                         qd_cqw_type type, int convrot, const float *want, int64_t N, int64_t K) {
+    int64_t G = convrot;   /* ConvRot group size, 0: none */
     char wn[256], sn[256];
     snprintf(wn, sizeof wn, "%s.weight", layer);
     snprintf(sn, sizeof sn, "%s.weight_scale", layer);
@@ -160,15 +161,15 @@ static void check_layer(qd_ctx *ctx, const char *path, const qd_st_set *st, cons
     double *rot = malloc(sizeof(double) * (size_t)(N * K));
     for (int64_t i = 0; i < N * K; i++) rot[i] = want[i];
     if (convrot) {
-        double *H = dense_hadamard(256), row[256];
+        double *H = dense_hadamard(G), row[256];
         for (int64_t r = 0; r < N; r++)
-            for (int64_t b = 0; b < K; b += 256) {
-                for (int j = 0; j < 256; j++) {
+            for (int64_t b = 0; b < K; b += G) {
+                for (int64_t j = 0; j < G; j++) {
                     double acc = 0;
-                    for (int i = 0; i < 256; i++) acc += (double)want[r * K + b + i] * H[i * 256 + j];
+                    for (int64_t i = 0; i < G; i++) acc += (double)want[r * K + b + i] * H[i * G + j];
                     row[j] = acc;
                 }
-                memcpy(rot + r * K + b, row, sizeof row);
+                memcpy(rot + r * K + b, row, sizeof(double) * (size_t)G);
             }
         free(H);
     }
@@ -211,7 +212,7 @@ static void check_layer(qd_ctx *ctx, const char *path, const qd_st_set *st, cons
     if (!l || qd_cq_dequantize(ctx, l, &deq) != QD_OK) { check(0, "%s: reader has the layer", layer); free(rot); return; }
     int64_t diff = 0;
     double maxd = 0, num = 0, den = 0;
-    double *H = convrot ? dense_hadamard(256) : NULL;
+    double *H = convrot ? dense_hadamard(G) : NULL;
     for (int64_t r = 0; r < N; r++)
         for (int64_t k = 0; k < K; k++) {
             int64_t i = r * K + k;
@@ -221,8 +222,8 @@ static void check_layer(qd_ctx *ctx, const char *path, const qd_st_set *st, cons
                 if (memcmp(&v, &deq[i], 4)) diff++;
             } else {
                 double acc = 0;
-                int64_t b = k / 256 * 256;
-                for (int64_t j = 0; j < 256; j++) acc += (int8_t)q[r * K + b + j] * (double)sc * H[j * 256 + (k - b)];
+                int64_t b = k / G * G;
+                for (int64_t j = 0; j < G; j++) acc += (int8_t)q[r * K + b + j] * (double)sc * H[j * G + (k - b)];
                 maxd = fmax(maxd, fabs(acc - deq[i]));
             }
             num += (deq[i] - want[i]) * (double)(deq[i] - want[i]);
@@ -260,13 +261,15 @@ static void test_variant(qd_ctx *ctx, const char *src, const variant *v) {
     check(m.n_layers == 4, "%s: the reader finds 4 layers", v->name);
     const char *fmt = v->type == QD_CQW_INT8_TENSORWISE ? "int8_tensorwise"
                     : v->type == QD_CQW_FLOAT8_E4M3FN ? "float8_e4m3fn" : "float8_e4m3fn_rowwise";
-    char plain[96], rot[128];
+    char plain[96], rot[128], rot16[160];
     snprintf(plain, sizeof plain, "{\"format\": \"%s\"}", fmt);
     snprintf(rot, sizeof rot, "{\"format\": \"%s\", \"convrot\": true}", fmt);
+    snprintf(rot16, sizeof rot16, "{\"format\": \"%s\", \"convrot\": true, \"convrot_groupsize\": 16}", fmt);
     const char *layers[4] = {SRC "blocks.0.attn.qkv", SRC "blocks.0.mlp.fc1", SRC "blocks.0.mlp.fc2", SRC "img_in"};
     for (int i = 0; i < 4; i++) {
-        int cr = v->convrot && i < 2;   /* K = 512, 256 take G = 256; fc2 (96) and img_in (16) stay unrotated */
-        expect_config(&st, layers[i], cr ? rot : plain);
+        /* K = 512, 256 take G = 256; fc2 (96) and img_in (16): the largest power of 4 dividing K, 16 */
+        int cr = !v->convrot ? 0 : i < 2 ? 256 : 16;
+        expect_config(&st, layers[i], cr == 256 ? rot : cr ? rot16 : plain);
         int64_t N, K;
         float *w = source_f32(layers[i], &N, &K);
         check_layer(ctx, out, &st, &m, layers[i], v->type, cr, w, N, K);

@@ -260,7 +260,7 @@ static char *join(const char *base, const char *suffix) {
 }
 
 static qd_status plan_tensor(qd_ctx *ctx, const qd_cqw_options *o, const router *rt, const qd_st_tensor *t,
-                             planned **p, int *n, int *cap) {
+                             planned **p, int *n, int *cap, int *convrot_changed) {
     planned item = {0};
     item.src = t;
     char why[256];
@@ -287,12 +287,14 @@ static qd_status plan_tensor(qd_ctx *ctx, const qd_cqw_options *o, const router 
     int64_t N = t->shape[0], K = t->shape[1];
     int g = 0;
     if (o->type == QD_CQW_INT8_TENSORWISE && o->convrot) {
+        /* a group that does not divide K: the largest smaller power of 4 that does (ComfyUI reads
+         * convrot_groupsize per layer; convert_to_quant's --dynamic-convrot does the same) */
         g = o->convrot_group ? o->convrot_group : 256;
-        if (K % g) {
-            qd_warn(ctx, "%s: '%s' has %lld input features, not a multiple of the ConvRot group %d: written without ConvRot",
-                    t->file, t->name, (long long)K, g);
-            g = 0;
-        }
+        while (g > 4 && K % g) g /= 4;
+        if (K % g) g = 0;
+        if (g != (o->convrot_group ? o->convrot_group : 256)) (*convrot_changed)++;
+        if (g == 0) qd_warn(ctx, "%s: '%s' has %lld input features, not a multiple of 4: written without ConvRot",
+                            t->file, t->name, (long long)K);
     }
     size_t bl = strlen(t->name) - 7;
     char base[1024];
@@ -528,7 +530,12 @@ qd_status qd_cqw_write(qd_ctx *ctx, const char *in_path, const char *out_path, c
         s = qd_fail(ctx, QD_ERR_ARG, "%s: already a comfy_quant checkpoint (it has .comfy_quant tensors)", in_path);
     for (int64_t i = 0; i < st.n_tensors; i++)
         if (!strncmp(st.tensors[i].name, DIFFUSION_PREFIX, strlen(DIFFUSION_PREFIX))) rt.diffusion_only = 1;
-    for (int64_t i = 0; s == QD_OK && i < st.n_tensors; i++) s = plan_tensor(ctx, o, &rt, &st.tensors[i], &plan, &n, &cap);
+    int convrot_changed = 0;
+    for (int64_t i = 0; s == QD_OK && i < st.n_tensors; i++)
+        s = plan_tensor(ctx, o, &rt, &st.tensors[i], &plan, &n, &cap, &convrot_changed);
+    if (s == QD_OK && convrot_changed)
+        qd_info(ctx, "%s: %d layers whose input features the ConvRot group %d does not divide use a smaller power of 4",
+                in_path, convrot_changed, o->convrot_group ? o->convrot_group : 256);
     if (s == QD_OK && !o->dry_run) s = build_metadata(ctx, in_path, o, plan, n, &meta);
     qd_st_out *specs = s == QD_OK ? qd_malloc(ctx, sizeof *specs * (size_t)(n ? n : 1)) : NULL;
     if (s == QD_OK && !specs) s = QD_ERR_NOMEM;

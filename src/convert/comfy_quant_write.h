@@ -3,7 +3,7 @@
  * linear layers quantized round-to-nearest (convert_to_quant's --simple):
  *   int8_tensorwise          scalar F32 scale s = max(amax/127, 1e-30), q = clamp(rne(w/s), +-127)
  *   int8_tensorwise+convrot  rows rotated per K-group by the regular Hadamard (G = 256 default,
- *                            a power of 4), then per-row scale [N,1]
+ *                            a power of 4, smaller where K needs it), then per-row scale [N,1]
  *   float8_e4m3fn            scalar scale: inv = 448/amax, q = e4m3(clamp(w*inv, +-448)), s = 1/inv
  *   float8_e4m3fn_rowwise    the same per row, scale [N] (convert_to_quant's format: stock
  *                            ComfyUI cannot load it, spec §0.7)
@@ -27,7 +27,8 @@ typedef enum { QD_CQW_INT8_TENSORWISE, QD_CQW_FLOAT8_E4M3FN, QD_CQW_FLOAT8_E4M3F
 typedef struct {
     qd_cqw_type type;
     int convrot;                /* int8_tensorwise only */
-    int convrot_group;          /* 0: 256. A power of 4; a layer whose K it does not divide stays unrotated */
+    int convrot_group;          /* 0: 256. A power of 4; a layer whose K it does not divide gets the largest
+                                 * smaller power of 4 that does (written as convrot_groupsize) */
     int input_scale;            /* fp8: write X.input_scale = 1.0 (convert_to_quant --input_scale) */
     int full_precision_mm;      /* config "full_precision_matrix_mult": true */
     int save_quant_metadata;    /* also __metadata__._quantization_metadata (spec §1.4) */
