@@ -56,7 +56,7 @@ typedef struct {
     int full_precision_mm;      /* config asks for dequantize + plain matmul */
 } qd_cq_layer;
 
-typedef struct {
+typedef struct qd_cq_model {
     char *path;
     qd_cq_layer *layers;        /* sorted by name */
     int n_layers;
