@@ -290,10 +290,14 @@ qd_status qd_lora_set_open(qd_ctx *ctx, const char *const *paths, const float *s
  * Returns the number of pairs applied, or -1 with the error in ctx (shape mismatch). */
 int qd_lora_apply(qd_ctx *ctx, qd_lora_set *set, const char *component, const char *tensor_name,
                   float *w, const int64_t *shape, int ndim);
+/* Before merging: note which pairs name a float weight (".weight", 2-D or more) of
+ * `weights` (a .safetensors file, a shard index or a diffusers component folder; component
+ * as for qd_lora_apply), so qd_lora_set_check can refuse a LoRA before anything is written. */
+qd_status qd_lora_set_plan(qd_ctx *ctx, qd_lora_set *set, const char *weights, const char *component);
 /* Pairs applied at least once so far, and pairs in all files. */
 void qd_lora_set_report(const qd_lora_set *set, int64_t *matched, int64_t *total);
-/* After the last weight: an error when some file matched no weight at all ("0 of its N
- * LoRA layers matched"), a warning when only some of its pairs did. */
+/* An error when some file has no pair that was applied or planned ("0 of its N LoRA layers
+ * matched"), a warning when only some of its pairs were. */
 qd_status qd_lora_set_check(qd_ctx *ctx, const qd_lora_set *set);
 void qd_lora_set_free(qd_lora_set *set);
 

@@ -510,6 +510,24 @@ static void test_public_api(qd_ctx *ctx, const char *src) {
               strstr(qd_last_error(ctx), "float8_e4m3fn_rowwise"),
           "unknown dtype lists the valid ones: %s", qd_last_error(ctx));
     p.weights_dtype = NULL;
+    /* a LoRA naming no weight of the input: refused before anything is written */
+    static uint16_t d[2 * 7], u[5 * 2];
+    qd_st_out lt[] = {{"lora_unet_nothing_here.lora_down.weight", QD_F16, 2, {2, 7}, d},
+                      {"lora_unet_nothing_here.lora_up.weight", QD_F16, 2, {5, 2}, u}};
+    char lp[256], out3[256];
+    snprintf(lp, sizeof lp, "%s", tmp("nomatch_lora.safetensors"));
+    snprintf(out3, sizeof out3, "%s", tmp("nomatch_out.safetensors"));
+    qd_st_write(ctx, lp, lt, 2, NULL);
+    const char *lpaths[1] = {lp};
+    qd_lora_set *set = NULL;
+    if (qd_lora_set_open(ctx, lpaths, NULL, 1, 1.0f, &set) == QD_OK) {
+        p.lora = set;
+        check(qd_comfy_quantize(ctx, src, out3, &p, NULL) != QD_OK && strstr(qd_last_error(ctx), "0 of its 1 LoRA layers") &&
+                  !qd_file_exists_test(out3),
+              "LoRA matching nothing: refused, no output: %s", qd_last_error(ctx));
+        p.lora = NULL;
+        qd_lora_set_free(set);
+    }
     int calls = 0;
     p.progress = cancel_after_first;
     p.progress_user = &calls;

@@ -221,6 +221,14 @@ static void test_errors(qd_ctx *ctx) {
         check(qd_lora_set_check(ctx, set) != QD_OK && strstr(qd_last_error(ctx), path) &&
                   strstr(qd_last_error(ctx), "0 of its 2 LoRA layers matched"),
               "a LoRA matching nothing: %s", qd_last_error(ctx));
+        /* planning against a weights file: a weight named like one pair makes it pass before any merge */
+        static float wt[8 * 6];
+        qd_st_out mt[] = {{"model.diffusion_model.nowhere.b.weight", QD_F32, 2, {8, 6}, wt},
+                          {"model.diffusion_model.somewhere.weight", QD_F32, 2, {8, 6}, wt}};
+        const char *mp = tmp("model.safetensors");
+        qd_st_write(ctx, mp, mt, 2, NULL);
+        check(qd_lora_set_plan(ctx, set, mp, NULL) == QD_OK && qd_lora_set_check(ctx, set) == QD_OK,
+              "planned against a file naming one of the pairs: check passes (%s)", qd_last_error(ctx));
         qd_lora_set_free(set);
     } else {
         check(0, "open: %s", qd_last_error(ctx));

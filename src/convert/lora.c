@@ -4,6 +4,8 @@
 #include "io/safetensors.h"
 #include "io/safetensors_meta.h"
 #include "tensor/gemm.h"
+#include "models/params.h"
+#include "io/file.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -23,6 +25,7 @@ typedef struct {
     const qd_st_tensor *down, *up;
     float alpha;
     int64_t rank, applied;
+    int planned;                /* qd_lora_set_plan found its weight */
 } lora_pair;
 
 struct qd_lora_set {
@@ -356,6 +359,30 @@ int qd_lora_apply(qd_ctx *ctx, qd_lora_set *s, const char *component, const char
     return applied;
 }
 
+qd_status qd_lora_set_plan(qd_ctx *ctx, qd_lora_set *s, const char *weights, const char *component) {
+    char path[4096];
+    if (qd_dir_exists(weights)) {
+        if (!qd_params_weights_path(weights, path, sizeof path))
+            return qd_fail(ctx, QD_ERR_IO, "%s: no weights file to match LoRAs against", weights);
+    } else {
+        snprintf(path, sizeof path, "%s", weights);
+    }
+    qd_st_set st;
+    QD_TRY(qd_st_open(ctx, path, &st));
+    for (int64_t i = 0; i < st.n_tensors; i++) {
+        const qd_st_tensor *t = &st.tensors[i];
+        if (t->ndim < 2 || !(t->dtype == QD_F32 || t->dtype == QD_F16 || t->dtype == QD_BF16 || t->dtype == QD_F64)) continue;
+        int comp;
+        char *key = model_key(component, t->name, &comp);
+        if (!key) continue;
+        for (int64_t j = first_pair(s, key); j >= 0 && j < s->n_pairs && !strcmp(s->pairs[j].key, key); j++)
+            if (comp_matches(s->pairs[j].comp, comp)) s->pairs[j].planned = 1;
+        free(key);
+    }
+    qd_st_close(&st);
+    return QD_OK;
+}
+
 void qd_lora_set_report(const qd_lora_set *s, int64_t *matched, int64_t *total) {
     int64_t m = 0;
     for (int64_t i = 0; i < s->n_pairs; i++) m += s->pairs[i].applied > 0;
@@ -370,7 +397,7 @@ qd_status qd_lora_set_check(qd_ctx *ctx, const qd_lora_set *s) {
         for (int64_t i = 0; i < s->n_pairs; i++) {
             if (s->pairs[i].file != f) continue;
             n++;
-            if (s->pairs[i].applied) m++;
+            if (s->pairs[i].applied || s->pairs[i].planned) m++;
             else if (!miss) miss = &s->pairs[i];
         }
         if (m == 0)

@@ -9,21 +9,28 @@
 #include <stdlib.h>
 #include <string.h>
 
+static const char *const weight_candidates[] = {
+    "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
+    "model.safetensors.index.json", "model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors",
+    "model.fp16.safetensors.index.json", "model.fp16.safetensors",
+};
+
+int qd_params_weights_path(const char *dir, char *path, size_t size) {
+    for (size_t i = 0; i < sizeof weight_candidates / sizeof *weight_candidates; i++) {
+        qd_path_join(path, size, dir, weight_candidates[i]);
+        if (qd_file_exists(path)) return 1;
+    }
+    return 0;
+}
+
 qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_params *p) {
-    static const char *candidates[] = {
-        "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
-        "model.safetensors.index.json", "model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors",
-        "model.fp16.safetensors.index.json", "model.fp16.safetensors",
-    };
     memset(p, 0, sizeof *p);
     p->ctx = ctx;
     snprintf(p->name, sizeof p->name, "%s", name);
     snprintf(p->dir, sizeof p->dir, "%s", dir);
     char path[4096];
-    for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
-        qd_path_join(path, sizeof path, dir, candidates[i]);
-        if (!qd_file_exists(path)) continue;
+    if (qd_params_weights_path(dir, path, sizeof path)) {
         QD_TRY(qd_st_open(ctx, path, &p->st));
         qd_status st = qd_sdnq_config_load_dir(ctx, dir, &p->sdnq);
         if (st == QD_OK && qd_cq_detect(&p->st)) {
@@ -35,7 +42,7 @@ qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_para
         if (st != QD_OK) { qd_sdnq_config_free(p->sdnq); p->sdnq = NULL; qd_st_close(&p->st); }
         return st;
     }
-    return qd_fail(ctx, QD_ERR_IO, "%s: no weights file (expected %s or %s)", dir, candidates[1], candidates[3]);
+    return qd_fail(ctx, QD_ERR_IO, "%s: no weights file (expected %s or %s)", dir, weight_candidates[1], weight_candidates[3]);
 }
 
 void qd_params_close(qd_params *p) {

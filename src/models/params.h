@@ -9,6 +9,7 @@
 #ifndef QD_MODELS_PARAMS_H
 #define QD_MODELS_PARAMS_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include "base/ctx.h"
 #include "io/safetensors.h"
@@ -33,6 +34,8 @@ typedef struct {
  * and its SDNQ quantization_config (quantization_config.json, else config.json's
  * "quantization_config") if it has one. */
 qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_params *p);
+/* The weights file (or shard index) qd_params_open would use in dir: 1 found, 0 none. */
+int qd_params_weights_path(const char *dir, char *path, size_t size);
 void qd_params_close(qd_params *p);
 
 typedef struct { qd_weight w; float *b; } qd_linear_p;                 /* b NULL when absent */
