@@ -270,6 +270,73 @@ qd_status qd_inspect(qd_ctx *ctx, const char *dir, char **json_out);
 /* Release memory the library allocated for the caller (e.g. qd_inspect's JSON). */
 void qd_free(void *p);
 
+/* ---- quantize (SDNQ writer) --------------------------------------------- */
+
+/* Called for every float weight ("*.weight", 2-D or more) of a chosen component
+ * before it is quantized (or, for a layer that stays unquantized, before it is
+ * stored again in its own dtype): w is the fp32 weight in its stored shape, to be
+ * changed in place (e.g. a merged LoRA delta). Return 0 to go on; non-zero stops
+ * the run with QD_ERR_CANCELLED unless the hook recorded its own error. */
+typedef int (*qd_quant_prepare_fn)(void *user, const char *component, const char *tensor_name, float *w,
+                                   const int64_t *shape, int ndim);
+/* After every tensor: input bytes done of the total; non-zero return cancels. */
+typedef int (*qd_quant_progress_fn)(void *user, int64_t done_bytes, int64_t total_bytes, const char *tensor,
+                                    double elapsed_seconds);
+
+typedef struct {
+    const char *components;         /* comma-separated component folders; NULL/"": the denoiser (unet/transformer) */
+    const char *weights_dtype;      /* any SDNQ type (spec sdnq.md §1.5); default "int8" */
+    const char *quantized_matmul_dtype;   /* NULL: sdnq's default for the weights dtype */
+    int group_size;                 /* 0 auto, -1 row-wise, -2 tensor-wise, > 0 requested */
+    int use_svd, svd_rank, svd_steps;               /* default off, 32, 8 */
+    int use_hadamard, hadamard_group_size;          /* default off, 256 */
+    int use_codebook, codebook_steps;               /* default off, 24 (unsigned ints only) */
+    int use_quantized_matmul, use_quantized_matmul_conv;   /* storage layout for quantized matmul */
+    int quant_conv, quant_embedding;                /* also quantize Conv / Embedding layers */
+    int dynamic;                    /* per-layer type escalation (spec §2 step 11) */
+    double dynamic_loss;            /* its threshold; < 0: 10^(-bits/2) */
+    long min_numel, min_channels;   /* layers smaller than this stay unquantized: 16384, 32 */
+    int default_skips;              /* apply sdnq's per-class skip lists (default 1) */
+    const char *const *skip;        /* extra skip patterns (sdnq name rules) */
+    int n_skip;
+    const char *const *dtype_for;   /* "PATTERN=TYPE": per-layer weights dtype */
+    int n_dtype_for;
+    const char *layer_config;       /* per-layer JSON as written by template_path, or NULL */
+    const char *template_path;      /* write the per-layer JSON here, or NULL */
+    int dry_run;                    /* quantize and measure only: nothing is written but the template */
+    int force;                      /* replace an existing output folder */
+    uint64_t seed;                  /* SVD start vectors (default 0) */
+    qd_quant_prepare_fn prepare;
+    void *prepare_user;
+    qd_quant_progress_fn progress;
+    void *progress_user;
+} qd_quant_params;
+
+void qd_quant_params_default(qd_quant_params *p);
+
+/* Quantize a diffusers folder into an SDNQ diffusers folder at out_dir, as sdnq
+ * writes one: the chosen components' layers quantized tensor by tensor from the
+ * mapped input (memory: a few of the largest tensors), config.json and
+ * quantization_config.json with sdnq's quantization_config, the other components
+ * hard-linked or copied unchanged. The folder is built at out_dir.tmp-XXXXXX and
+ * renamed at the end; an existing out_dir is refused unless p->force. out_dir may
+ * be NULL with p->dry_run. *report_json (may be NULL; release with qd_free):
+ *   {"input", "output", "dry_run", "components": [ {"name", "class", "quantized",
+ *     "skipped", "bytes_in", "bytes_out", "rel_error", "snr_db", "layers": [ {"name",
+ *     "class", "shape", "dtype", "grouping", "group_size", "svd_rank", "hadamard",
+ *     "codebook", "transposed", "bytes_in", "bytes_out", "rel_error", "snr_db", "loss"}
+ *     or {"name", "shape", "skipped": reason, "bytes_in"} ] } ], "totals": {...} }
+ * rel_error = ||W - dequant(W)|| / ||W|| over the layer (totals: over all quantized
+ * layers), snr_db = -20 log10(rel_error). */
+qd_status qd_quantize(qd_ctx *ctx, const char *in_dir, const char *out_dir, const qd_quant_params *p,
+                      char **report_json);
+
+/* ==== ABI checks for bindings ============================================= */
+
+/* sizeof(qd_gen_params) in this build of the library. Bindings that mirror the struct
+ * (ctypes, cffi) compare it with their own layout and refuse to run on a mismatch. */
+size_t qd_gen_params_size(void);
+
 /* ==== LoRA merging and ComfyUI comfy_quant checkpoints ======================= */
 
 /* LoRA files merged into weights before quantizing: W += scale_f * dampen^i * alpha/rank
@@ -316,8 +383,7 @@ typedef struct {
     qd_lora_set *lora;              /* merged first; NULL: none */
     int dry_run;                    /* quantize and measure only, write nothing */
     int force;                      /* replace an existing output file */
-    int (*progress)(void *user, int64_t done_bytes, int64_t total_bytes, const char *tensor,
-                    double elapsed_seconds);   /* non-zero return cancels */
+    qd_quant_progress_fn progress;  /* after every input tensor; non-zero return cancels */
     void *progress_user;
 } qd_comfy_quant_params;
 

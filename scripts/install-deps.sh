@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages qdiff needs to build and test. Idempotent.
-# Usage: scripts/install-deps.sh [--bench]   (--bench adds python3-torch for bench/ comparisons)
+# Usage: scripts/install-deps.sh [--bench]
+# (python3-torch, -numpy and -pil: the ComfyUI node's test, tests/cli_comfyui_node.sh, and bench/
+# comparisons; --bench is kept for scripts that pass it and adds nothing more now)
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libcjson-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev)
+pkgs=(build-essential cmake pkg-config libcjson-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev
+      python3 python3-torch python3-numpy python3-pil)
 if [[ "${1:-}" == "--bench" ]]; then pkgs+=(python3-torch python3-numpy); fi
 missing=()
 for p in "${pkgs[@]}"; do

@@ -34,6 +34,7 @@ static int on_progress(void *user, int step, int total, double elapsed) {
 }
 
 int main(void) {
+    check(qd_gen_params_size() == sizeof(qd_gen_params), "qd_gen_params_size() is sizeof(qd_gen_params)");
     qd_ctx *ctx = qd_ctx_new(0);
     qd_model *m;
     qd_status st = qd_model_open(ctx, fixture("models/sd15-tiny"), &m);

@@ -271,6 +271,59 @@ static void check_lists(void) {
           "qd_list: samplers, schedules and scheduler classes, each with a description");
 }
 
+/* Dynamic thresholding on the k-sampler path (diffusers' keys as options): one
+ * Euler step to sigma 0 returns x0 itself, so the thresholded run must equal
+ * the plain run's latents put through diffusers' _threshold_sample, computed
+ * here: s = clamp(quantile(|x0|, ratio), 1, sample_max_value) per image (torch's
+ * linear-interpolated quantile), x0 = clamp(x0, -s, s) / s. */
+static int cmp_float(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+static void thresholding(qd_ctx *ctx, qd_model *m) {
+    qd_gen_params p;
+    qd_gen_params_default(&p);
+    p.prompt = "a red square";
+    p.steps = 1;
+    p.batch = 2;
+    p.seed = 21;
+    p.sampler = "euler";
+    qd_status st_a, st_b;
+    size_t n;
+    float *a = gen(ctx, m, &p, &st_a, &n);
+    p.scheduler_options = "{\"thresholding\": true, \"dynamic_thresholding_ratio\": 0.9, \"sample_max_value\": 100}";
+    float *b = gen(ctx, m, &p, &st_b, NULL);
+    check(st_a == QD_OK && st_b == QD_OK, "thresholding runs: %s", st_a || st_b ? qd_last_error(ctx) : "ok");
+    if (a && b) {
+        size_t per = n / 2;
+        float *want = malloc(sizeof(float) * n), *mag = malloc(sizeof(float) * per);
+        double s_used[2];
+        for (int i = 0; i < 2; i++) {
+            const float *x = a + i * per;
+            for (size_t j = 0; j < per; j++) mag[j] = fabsf(x[j]);
+            qsort(mag, per, sizeof(float), cmp_float);
+            double rank = 0.9 * (double)(per - 1), fl = floor(rank);
+            size_t lo = (size_t)fl, hi = lo + 1 < per ? lo + 1 : lo;
+            double q = mag[lo] + (rank - fl) * (mag[hi] - mag[lo]);
+            double sc = q < 1 ? 1 : q > 100 ? 100 : q;
+            s_used[i] = sc;
+            for (size_t j = 0; j < per; j++) {
+                double v = x[j] < -sc ? -sc : x[j] > sc ? sc : x[j];
+                want[i * per + j] = (float)(v / sc);
+            }
+        }
+        double e = rel_l2(b, want, n), ma = max_abs_diff(b, want, n);
+        check(e < 1e-5 && ma < 1e-5 && (s_used[0] > 1 || s_used[1] > 1),
+              "k-sampler dynamic thresholding = diffusers' _threshold_sample: rel L2 %.2e, max abs %.2e (s %.3f, %.3f)",
+              e, ma, s_used[0], s_used[1]);
+        free(want);
+        free(mag);
+    }
+    free(a);
+    free(b);
+}
+
 int main(void) {
     qd_ctx *ctx = qd_ctx_new(0);
     check_lists();
@@ -278,6 +331,7 @@ int main(void) {
     if (open_model(ctx, "models/sd15-tiny", &sd)) {
         sd15_karras_golden(ctx, sd.m);
         noise_modes_and_errors(ctx, sd.m);
+        thresholding(ctx, sd.m);
         every_sampler(ctx, sd.m, "sd15-tiny", 4);
         qd_model_free(sd.m);
     }

@@ -145,6 +145,25 @@ void link_fixture(const char *src, const char *dir, const char *name) {
     if (symlink(src, path) != 0) check(0, "symlink %s", path);
 }
 
+void expect_load_fail(qd_ctx *ctx, test_load_fn load, const char *dir, const char *what, qd_status want,
+                      const char *needle1, const char *needle2) {
+    int cleared = 0;
+    qd_status st = load(ctx, dir, &cleared);
+    const char *e = qd_last_error(ctx);
+    check(st == want && cleared && strstr(e, needle1) && (!needle2 || strstr(e, needle2)), "%s fails (%d): %s",
+          what, st, e);
+}
+
+void check_config_cases(qd_ctx *ctx, test_load_fn load, const char *base_config, const char *dir,
+                        const char *const (*cases)[3], size_t n, qd_status want) {
+    for (size_t i = 0; i < n; i++) {
+        write_config_with(base_config, dir, cases[i][0], cases[i][1]);
+        char what[160];
+        snprintf(what, sizeof what, "config %s = %s", cases[i][0], cases[i][1]);
+        expect_load_fail(ctx, load, dir, what, want, "config.json", cases[i][2]);
+    }
+}
+
 int json_ids(const cJSON *arr, int32_t *out, int cap) {
     int n = 0;
     for (const cJSON *it = arr ? arr->child : NULL; it; it = it->next) {

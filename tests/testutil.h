@@ -41,6 +41,16 @@ void write_text_file(const char *path, const char *text);
 void write_config_with(const char *src, const char *dir, const char *key, const char *value);
 /* dir/name -> symlink to src (a failure is recorded as a failed check). */
 void link_fixture(const char *src, const char *dir, const char *name);
+/* A component loader under test: loads the folder dir and frees what it loaded.
+ * *out_cleared tells whether, on failure, the loader set its output pointer to NULL. */
+typedef qd_status (*test_load_fn)(qd_ctx *ctx, const char *dir, int *out_cleared);
+/* Loading dir must fail with `want`, clear the output, and name needle1 (and needle2). */
+void expect_load_fail(qd_ctx *ctx, test_load_fn load, const char *dir, const char *what, qd_status want,
+                      const char *needle1, const char *needle2);
+/* For each case {key, JSON value, needle}: dir/config.json = base_config with key set
+ * to value; loading must fail with `want`, naming config.json and the needle. */
+void check_config_cases(qd_ctx *ctx, test_load_fn load, const char *base_config, const char *dir,
+                        const char *const (*cases)[3], size_t n, qd_status want);
 
 /* ---- tokenizer cases ---- */
 

@@ -10,6 +10,7 @@ int cmd_generate(int argc, char **argv);
 int cmd_vae(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_samplers(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 
 /* Parse a whole-string integer in [lo, hi] / a finite float; print why not and return -1. */
 int cli_parse_int(const char *s, const char *opt, long lo, long hi, long *out);

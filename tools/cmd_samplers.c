@@ -40,7 +40,11 @@ int cmd_samplers(int argc, char **argv) {
     }
     printf("\nWith --sampler, --scheduler-opt KEY=VALUE sets sampler and schedule parameters: eta, s_noise,\n"
            "s_churn, s_tmin, s_tmax, order, r, sigma_min, sigma_max, rho, shift, threshold_noise,\n"
-           "linear_steps, vp_beta_d, vp_beta_min, vp_eps_s; and scheduler_config keys such as\n"
+           "linear_steps, vp_beta_d, vp_beta_min, vp_eps_s, rtol, atol, h_init, pcoeff, icoeff,\n"
+           "dcoeff, accept_safety (dpm_adaptive), predictor_order, corrector_order,\n"
+           "sde_start_percent, sde_end_percent (sa_solver); thresholding=true with\n"
+           "dynamic_thresholding_ratio, sample_max_value (diffusers' dynamic thresholding of x0);\n"
+           "and scheduler_config keys such as\n"
            "prediction_type=v_prediction or rescale_betas_zero_snr=true.\n");
     return 0;
 }

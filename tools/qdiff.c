@@ -15,6 +15,7 @@ static void usage_main(FILE *f) {
         "  vae         encode an image to latents or decode latents (diffusers VAE or TAESD)\n"
         "  inspect     what a model folder holds: parameters, bytes on disk/in memory, SDNQ layer types\n"
         "  samplers    the samplers, schedules and scheduler classes generate accepts\n"
+        "  quantize    write an SDNQ-quantized diffusers folder (or --dry-run: per-layer error report)\n"
         "\n"
         "Run 'qdiff <command> --help' for the options of a command.\n"
         "Exit status: 0 on success, 2 on bad input or failure, 130 when cancelled.\n",
@@ -30,6 +31,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "vae")) return cmd_vae(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "samplers")) return cmd_samplers(argc - 1, argv + 1);
+    if (!strcmp(cmd, "quantize")) return cmd_quantize(argc - 1, argv + 1);
     fprintf(stderr, "qdiff: unknown command '%s'\n\n", cmd);
     usage_main(stderr);
     return EXIT_BAD;

@@ -303,6 +303,14 @@ void qd_st_to_f32(const qd_st_tensor *t, int64_t offset, int64_t n, float *dst) 
     }
 }
 
+void qd_st_release(const qd_st_tensor *t) {
+    long page = sysconf(_SC_PAGESIZE);
+    if (!t || !t->data || !t->nbytes || page <= 0) return;
+    uintptr_t a = (uintptr_t)t->data / (uintptr_t)page * (uintptr_t)page;
+    uintptr_t b = ((uintptr_t)t->data + t->nbytes + (uintptr_t)page - 1) / (uintptr_t)page * (uintptr_t)page;
+    madvise((void *)a, b - a, MADV_DONTNEED);   /* read-only private file mapping: only drops clean pages */
+}
+
 qd_status qd_st_write(qd_ctx *ctx, const char *path, const qd_st_out *t, int n, const char *metadata_json) {
     /* Header: {"__metadata__":{...},"name":{"dtype":..,"shape":[..],"data_offsets":[b,e]},...} */
     size_t cap = 256 + (metadata_json ? strlen(metadata_json) : 0), len = 0;

@@ -59,6 +59,11 @@ qd_status qd_st_get(qd_ctx *ctx, const qd_st_set *set, const char *name,
  * integer dtypes are accepted (integers converted by value). */
 void qd_st_to_f32(const qd_st_tensor *t, int64_t offset, int64_t n, float *dst);
 
+/* Tell the kernel a tensor's mapped pages are no longer needed (streaming passes
+ * over a model keep the resident set to the tensors in hand); they are read
+ * from the file again if touched later. */
+void qd_st_release(const qd_st_tensor *t);
+
 /* Write tensors to a safetensors file atomically (tmp + rename). */
 typedef struct {
     const char *name;

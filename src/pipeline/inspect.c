@@ -119,22 +119,6 @@ static int strip(const char *name, const char *suffix, char *buf, size_t n) {
     return 1;
 }
 
-/* A quantized table is an Embedding when its module is named like one (the class is
- * not stored; Linear layers called "*_embedder" or "*_embedding.linear_1" are not).
- * param is "<module>.weight". */
-static int embedding_name(const char *param) {
-    char module[600];
-    snprintf(module, sizeof module, "%s", param);
-    size_t n = strlen(module);
-    if (n > 7 && !strcmp(module + n - 7, ".weight")) module[n - 7] = 0;
-    const char *last = strrchr(module, '.');
-    last = last ? last + 1 : module;
-    static const char *names[] = {"embed_tokens", "shared", "wte", "wpe", "word_embeddings", "tok_embeddings"};
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
-        if (!strcmp(last, names[i])) return 1;
-    return ends_with(last, "embedding") || ends_with(last, "embeddings");
-}
-
 static void lower(char *dst, size_t n, const char *src) {
     size_t i = 0;
     for (; src[i] && i + 1 < n; i++) dst[i] = (char)tolower((unsigned char)src[i]);
@@ -190,7 +174,7 @@ static qd_status layer_shape(qd_ctx *ctx, const qd_sdnq_config *cfg, const char 
     }
     if (kdims > 3) return qd_fail(ctx, QD_ERR_FORMAT, "layer '%s': scale has %d dims, more than any Conv", param, s->ndim);
     if (kdims) *cls = QD_SDNQ_CONV;
-    else if (cfg->quant_embedding && embedding_name(param)) *cls = QD_SDNQ_EMBEDDING;
+    else if (cfg->quant_embedding && qd_sdnq_embedding_name(param)) *cls = QD_SDNQ_EMBEDDING;
 
     int64_t ksize = 1;
     for (int i = 0; i < kdims; i++) ksize *= kshape[i] > 0 ? kshape[i] : 1;

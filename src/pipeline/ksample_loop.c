@@ -27,7 +27,9 @@ static const char *const ks_keys[] = {"eta",   "s_noise",     "s_churn",    "s_t
                                       "order", "r",           "rtol",       "atol",        "h_init",
                                       "pcoeff", "icoeff",     "dcoeff",     "accept_safety", "sigma_min",
                                       "sigma_max", "rho",     "shift",      "threshold_noise", "linear_steps",
-                                      "vp_beta_d", "vp_beta_min", "vp_eps_s", NULL};
+                                      "vp_beta_d", "vp_beta_min", "vp_eps_s", "predictor_order",
+                                      "corrector_order", "sde_start_percent", "sde_end_percent",
+                                      "thresholding", "dynamic_thresholding_ratio", "sample_max_value", NULL};
 
 /* scheduler_config keys that describe the model's noise, passed to the
  * describing scheduler; the class's other keys only shape its own timesteps. */
@@ -115,6 +117,7 @@ typedef struct {
     double t0;
     qd_rng rng_init, rng_step;  /* ComfyUI: seed and seed + 1; diffusers: rng_init for all */
     qd_brownian *brownian;      /* SDE samplers */
+    qd_sched_config thr;        /* dynamic thresholding of x0 (diffusers' keys), when .thresholding */
 } ks_loop;
 
 /* FLUX's 2x2 latent packing [C, h, w] -> [(h/2)*(w/2), 4C] (unpack: the reverse), per item. */
@@ -221,6 +224,13 @@ static qd_status ks_denoise(void *user, const double *x, double sigma, double *x
         memcpy(L->pred_f, L->model_out, sizeof(float) * (size_t)L->n);
     }
     to_x0(L, x, sigma, L->pred_f, x0);
+    if (L->thr.thresholding)   /* diffusers' _threshold_sample on the guided x0, per image */
+        for (int64_t b = 0; b < L->B; b++) {
+            double *xb = x0 + b * L->per;
+            for (int64_t j = 0; j < L->per; j++) L->ftmp[j] = (float)xb[j];
+            QD_TRY(qd_sched_threshold(ctx, &L->thr, L->ftmp, 1, L->per));
+            for (int64_t j = 0; j < L->per; j++) xb[j] = L->ftmp[j];
+        }
     if (uncond_x0) {   /* CFG++; without guidance the only estimate there is */
         if (L->guidance) to_x0(L, x, sigma, un, uncond_x0);
         else memcpy(uncond_x0, x0, sizeof(double) * (size_t)L->n);
@@ -236,12 +246,19 @@ static qd_status ks_denoise(void *user, const double *x, double sigma, double *x
 
 /* The sampler and schedule parameters of scheduler_options. */
 static qd_status read_options(qd_ctx *ctx, const qd_gen_params *p, qd_ks_opts *ko, qd_ksched_opts *so,
-                              double *shift) {
+                              double *shift, double sde_percent[2], qd_sched_config *thr) {
     cJSON *o;
     QD_TRY(parse_options(ctx, p, &o));
     qd_status st = QD_OK;
+    thr->dynamic_thresholding_ratio = 0.995;   /* diffusers' defaults */
+    thr->sample_max_value = 1.0;
     for (const cJSON *it = o ? o->child : NULL; it && st == QD_OK; it = it->next) {
         if (!it->string || !listed(ks_keys, it->string)) continue;
+        if (!strcmp(it->string, "thresholding")) {
+            if (!cJSON_IsBool(it)) st = qd_fail(ctx, QD_ERR_ARG, "sampler option 'thresholding' must be true or false");
+            thr->thresholding = cJSON_IsTrue(it);
+            continue;
+        }
         if (!cJSON_IsNumber(it)) {
             st = qd_fail(ctx, QD_ERR_ARG, "sampler option '%s' must be a number", it->string);
             break;
@@ -257,9 +274,20 @@ static qd_status read_options(qd_ctx *ctx, const qd_gen_params *p, qd_ks_opts *k
         KEY("sigma_max", so->sigma_max); KEY("rho", so->rho); KEY("shift", *shift);
         KEY("threshold_noise", so->threshold_noise); KEY("linear_steps", so->linear_steps);
         KEY("vp_beta_d", so->vp_beta_d); KEY("vp_beta_min", so->vp_beta_min); KEY("vp_eps_s", so->vp_eps_s);
+        KEY("predictor_order", ko->sa_predictor_order); KEY("corrector_order", ko->sa_corrector_order);
+        KEY("sde_start_percent", sde_percent[0]); KEY("sde_end_percent", sde_percent[1]);
+        KEY("dynamic_thresholding_ratio", thr->dynamic_thresholding_ratio);
+        KEY("sample_max_value", thr->sample_max_value);
 #undef KEY
     }
     cJSON_Delete(o);
+    if (st == QD_OK && !(sde_percent[0] >= 0 && sde_percent[0] <= sde_percent[1] && sde_percent[1] <= 1))
+        st = qd_fail(ctx, QD_ERR_ARG, "sde_start_percent and sde_end_percent must satisfy 0 <= start <= end <= 1 (got %g, %g)",
+                     sde_percent[0], sde_percent[1]);
+    if (st == QD_OK && !(thr->dynamic_thresholding_ratio > 0 && thr->dynamic_thresholding_ratio <= 1 &&
+                         thr->sample_max_value >= 1))
+        st = qd_fail(ctx, QD_ERR_ARG, "thresholding needs 0 < dynamic_thresholding_ratio <= 1 and sample_max_value >= 1 "
+                     "(got %g, %g)", thr->dynamic_thresholding_ratio, thr->sample_max_value);
     if (st == QD_OK && (!(ko->r > 0) || !(ko->s_noise >= 0) || ko->order < 0 || ko->order > 16))
         st = qd_fail(ctx, QD_ERR_ARG, "sampler options out of range (r %g, s_noise %g, order %d)", ko->r, ko->s_noise,
                      ko->order);
@@ -317,8 +345,13 @@ qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p
     qd_ksched_opts_default(&so);
     double shift = NAN, *sig = NULL, *x = NULL;
     int n_sig = 0;
-    qd_status st = read_options(ctx, p, &ko, &so, &shift);
+    double sde_percent[2] = {0.2, 0.8};   /* ComfyUI's SA-Solver defaults */
+    qd_status st = read_options(ctx, p, &ko, &so, &shift, sde_percent, &L.thr);
     if (st == QD_OK) st = model_sampling(ctx, s, (L.h / 2) * (L.w / 2), shift, &L.ms);
+    if (st == QD_OK) {
+        ko.sde_sigma_hi = qd_ms_percent_to_sigma(&L.ms, sde_percent[0]);
+        ko.sde_sigma_lo = qd_ms_percent_to_sigma(&L.ms, sde_percent[1]);
+    }
     if (st == QD_OK) {
         int discard = (ks->flags & QD_KS_DISCARD_PENULTIMATE) != 0;
         st = qd_ksched_sigmas(ctx, sched, &L.ms, p->steps + discard, &so, &sig, &n_sig);

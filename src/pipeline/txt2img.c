@@ -23,6 +23,8 @@ void qd_gen_params_default(qd_gen_params *p) {
     p->karras = -1;
 }
 
+size_t qd_gen_params_size(void) { return sizeof(qd_gen_params); }
+
 /* diffusers' defaults per pipeline, except fewer SD steps (CPU time). */
 static float default_cfg(const qd_model *m) {
     switch (m->family) {

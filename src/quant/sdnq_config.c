@@ -211,6 +211,32 @@ qd_status qd_sdnq_config_load_dir(qd_ctx *ctx, const char *dir, qd_sdnq_config *
     return QD_OK;
 }
 
+qd_status qd_sdnq_config_from_json(qd_ctx *ctx, cJSON *root, const char *label, qd_sdnq_config **out) {
+    const cJSON *inner = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    const cJSON *qc = cJSON_IsObject(inner) ? inner : root;
+    *out = NULL;
+    if (!is_sdnq(qc)) {
+        cJSON_Delete(root);
+        return qd_fail(ctx, QD_ERR_FORMAT, "%s: not an SDNQ quantization_config (quant_method is not \"sdnq\")", label);
+    }
+    return build(ctx, root, qc, label, out);
+}
+
+int qd_sdnq_embedding_name(const char *param) {
+    char module[600];
+    snprintf(module, sizeof module, "%s", param);
+    size_t n = strlen(module);
+    if (n > 7 && !strcmp(module + n - 7, ".weight")) module[n - 7] = 0;
+    const char *last = strrchr(module, '.');
+    last = last ? last + 1 : module;
+    static const char *names[] = {"embed_tokens", "shared", "wte", "wpe", "word_embeddings", "tok_embeddings",
+                                  "relative_attention_bias"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (!strcmp(last, names[i])) return 1;
+    size_t m = strlen(last);
+    return (m >= 9 && !strcmp(last + m - 9, "embedding")) || (m >= 10 && !strcmp(last + m - 10, "embeddings"));
+}
+
 void qd_sdnq_config_free(qd_sdnq_config *cfg) {
     if (!cfg) return;
     cJSON_Delete(cfg->root);

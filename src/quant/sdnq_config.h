@@ -41,7 +41,17 @@ qd_status qd_sdnq_config_load_dir(qd_ctx *ctx, const char *dir, qd_sdnq_config *
 /* One file holding either the config object itself or {"quantization_config": {...}}. */
 qd_status qd_sdnq_config_load_file(qd_ctx *ctx, const char *path, qd_sdnq_config **out);
 
+/* A config from a parsed JSON tree (the object itself or {"quantization_config": ..});
+ * takes ownership of root, also on failure. label names it in messages. */
+qd_status qd_sdnq_config_from_json(qd_ctx *ctx, cJSON *root, const char *label, qd_sdnq_config **out);
+
 void qd_sdnq_config_free(qd_sdnq_config *cfg);
+
+/* 1 if a 2-D "<module>.weight" belongs to an Embedding rather than a Linear: the
+ * class is not stored, so the module's last name decides (token/position tables,
+ * T5's shared, embed_tokens and relative_attention_bias; "*_embedder" and
+ * "time_embedding.linear_1" are Linear). */
+int qd_sdnq_embedding_name(const char *param);
 
 /* §1.3 matching of a parameter name ("<module>.weight") against a list entry:
  * ".x" prefix at the root, "x" equal to the name or one dot-separated component,

@@ -27,6 +27,16 @@ static int64_t next_pow2(int64_t x) {
 
 qd_status qd_sdnq_layout_derive(qd_ctx *ctx, const qd_sdnq_config *cfg, const char *param, qd_sdnq_class cls,
                                 int ndim, const int64_t *shape, qd_sdnq_layout *l) {
+    qd_sdnq_kwargs kw;
+    memset(l, 0, sizeof *l);
+    QD_TRY(qd_sdnq_layer_kwargs(ctx, cfg, param, &kw));
+    return qd_sdnq_layout_derive_kw(ctx, &kw, qd_sdnq_no_matmul(cfg, param), cfg->path, param, cls, ndim, shape, l);
+}
+
+qd_status qd_sdnq_layout_derive_kw(qd_ctx *ctx, const qd_sdnq_kwargs *kwp, int no_matmul, const char *where,
+                                   const char *param, qd_sdnq_class cls, int ndim, const int64_t *shape,
+                                   qd_sdnq_layout *l) {
+    qd_sdnq_kwargs kw = *kwp;
     memset(l, 0, sizeof *l);
     snprintf(l->param, sizeof l->param, "%s", param);
     l->cls = cls;
@@ -46,22 +56,20 @@ qd_status qd_sdnq_layout_derive(qd_ctx *ctx, const qd_sdnq_config *cfg, const ch
         return qd_fail(ctx, QD_ERR_ARG, "layer '%s': weight of %lld x %lld x %lld is too large", param,
                        (long long)l->out, (long long)l->in, (long long)l->ksize);
 
-    qd_sdnq_kwargs kw;
-    QD_TRY(qd_sdnq_layer_kwargs(ctx, cfg, param, &kw));
     int st = qd_sdnq_dtype_parse(kw.weights_dtype, &l->dtype);
     if (st == -2) return qd_fail(ctx, QD_ERR_UNSUPPORTED, "layer '%s': weights_dtype '%s' (%s) is not supported",
-                                 param, kw.weights_dtype, cfg->path);
-    if (st != 0) return qd_fail(ctx, QD_ERR_FORMAT, "layer '%s': unknown weights_dtype '%s' (%s)", param, kw.weights_dtype, cfg->path);
+                                 param, kw.weights_dtype, where);
+    if (st != 0) return qd_fail(ctx, QD_ERR_FORMAT, "layer '%s': unknown weights_dtype '%s' (%s)", param, kw.weights_dtype, where);
     const qd_sdnq_dtype *wd = &l->dtype;
 
     /* step 2: does the config ask for quantized matmul here? */
     int use_mm = cls == QD_SDNQ_LINEAR ? kw.use_quantized_matmul : cls == QD_SDNQ_CONV ? kw.use_quantized_matmul_conv : 0;
-    l->qmm = use_mm && !qd_sdnq_no_matmul(cfg, param) && l->out >= 32 && l->cols >= 32 &&
+    l->qmm = use_mm && !no_matmul && l->out >= 32 && l->cols >= 32 &&
              l->out % 16 == 0 && l->cols % 16 == 0;
     if (kw.matmul_dtype[0]) {
         if (qd_sdnq_dtype_parse(kw.matmul_dtype, &l->mm_dtype) != 0) {
             if (l->qmm) return qd_fail(ctx, QD_ERR_FORMAT, "layer '%s': unknown quantized_matmul_dtype '%s' (%s)",
-                                       param, kw.matmul_dtype, cfg->path);
+                                       param, kw.matmul_dtype, where);
             default_mm(wd, &l->mm_dtype);
         }
     } else {
@@ -86,7 +94,7 @@ qd_status qd_sdnq_layout_derive(qd_ctx *ctx, const qd_sdnq_config *cfg, const ch
     l->grouping = QD_SDNQ_ROWWISE;
     l->groups = 1;
     if (gs == -2) l->grouping = QD_SDNQ_TENSORWISE;
-    else if (gs < -2) return qd_fail(ctx, QD_ERR_FORMAT, "layer '%s': group_size %ld is not valid (%s)", param, gs, cfg->path);
+    else if (gs < -2) return qd_fail(ctx, QD_ERR_FORMAT, "layer '%s': group_size %ld is not valid (%s)", param, gs, where);
     else if (gs > 0 && gs < l->in) {
         int64_t G = l->in / gs;
         while (G > 1 && G * gs != l->in) {
@@ -135,8 +143,7 @@ static int shape_eq(const qd_st_tensor *t, int ndim, const int64_t *shape) {
     return 1;
 }
 
-/* The scale shape a candidate layout implies (LUT shape when codebook). */
-static int scale_shape(const qd_sdnq_layout *l, int64_t *s) {
+int qd_sdnq_scale_shape(const qd_sdnq_layout *l, int64_t *s) {
     int64_t L = (int64_t)1 << l->dtype.bits;
     if (l->codebook) {
         if (l->grouping == QD_SDNQ_TENSORWISE) { s[0] = L; return 1; }
@@ -159,7 +166,7 @@ static int scale_shape(const qd_sdnq_layout *l, int64_t *s) {
 
 static int scale_fits(const qd_sdnq_layout *l, const qd_st_tensor *scale) {
     int64_t s[QD_MAX_DIMS + 2];
-    int n = scale_shape(l, s);
+    int n = qd_sdnq_scale_shape(l, s);
     if (l->grouping == QD_SDNQ_TENSORWISE && !l->codebook) return scale->numel == 1;
     return shape_eq(scale, n, s);
 }
@@ -259,7 +266,7 @@ static qd_status match_scale(qd_ctx *ctx, qd_sdnq_layout *l, const qd_st_tensor 
     char have[160], want[160], msg[512];
     int64_t s[QD_MAX_DIMS + 2];
     fmt_shape(have, sizeof have, scale->ndim, scale->shape);
-    fmt_shape(want, sizeof want, scale_shape(l, s), s);
+    fmt_shape(want, sizeof want, qd_sdnq_scale_shape(l, s), s);
     snprintf(msg, sizeof msg, "%s has shape %s, which fits no %s layout (expected %s)", l->codebook ? "codebook scale" : "scale",
              have, l->codebook ? "codebook" : "grouped, row-wise, transposed or tensor-wise", want);
     return fail_layer(ctx, l, msg);

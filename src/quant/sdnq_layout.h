@@ -46,6 +46,16 @@ typedef struct {
 qd_status qd_sdnq_layout_derive(qd_ctx *ctx, const qd_sdnq_config *cfg, const char *param, qd_sdnq_class cls,
                                 int ndim, const int64_t *shape, qd_sdnq_layout *out);
 
+/* The same from already resolved arguments (what the quantizer tries before it
+ * writes the config that will say so): no_matmul = the layer is listed in
+ * modules_to_not_use_matmul; where names the config in errors. */
+qd_status qd_sdnq_layout_derive_kw(qd_ctx *ctx, const qd_sdnq_kwargs *kw, int no_matmul, const char *where,
+                                   const char *param, qd_sdnq_class cls, int ndim, const int64_t *shape,
+                                   qd_sdnq_layout *out);
+
+/* The stored scale shape of a layout (the LUT shape when codebook): the count of dims. */
+int qd_sdnq_scale_shape(const qd_sdnq_layout *l, int64_t *shape);
+
 /* Check (and, where the shapes say otherwise, adjust) the layout against the tensors:
  * weight storage type and size, scale/zero_point/svd shapes and dtypes. */
 qd_status qd_sdnq_layout_check(qd_ctx *ctx, qd_sdnq_layout *l, const qd_sdnq_tensors *t);

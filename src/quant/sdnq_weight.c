@@ -89,7 +89,10 @@ static void add_svd(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, 
 }
 
 static void sdnq_decode(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
-    const qd_sdnq_state *s = w->quant;
+    qd_sdnq_decode(w->quant, r0, nr, k0, nk, dst, ld);
+}
+
+void qd_sdnq_decode(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
     if (!s->l.hadamard) {
         qd_sdnq_decode_base(s, r0, nr, k0, nk, dst, ld);
         if (s->l.svd) add_svd(s, r0, nr, k0, nk, dst, ld);

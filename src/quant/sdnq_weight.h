@@ -38,4 +38,8 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
  * level) for rows [r0, r0+nr) x cols [k0, k0+nk): what quantized matmul re-quantizes. */
 void qd_sdnq_decode_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld);
 
+/* The full dequantized weight (§1.8: base, + SVD, . H) for the same rectangle:
+ * what decode() of the layer's qd_weight gives. */
+void qd_sdnq_decode(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld);
+
 #endif

@@ -18,6 +18,8 @@ void qd_ks_opts_default(qd_ks_opts *o) {
     o->icoeff = 1;
     o->accept_safety = 0.81;
     o->flow_sigma_start = 0.9999;
+    o->sa_corrector_order = -1;
+    o->sde_sigma_hi = INFINITY;
 }
 
 #define ANC QD_KS_ANCESTRAL
@@ -72,6 +74,9 @@ static const qd_ksampler table[] = {
     {"er_sde", "ER-SDE-Solver-3 (extended reverse-time SDE)", qd_ks_er_sde, 0, 1, ANC, 1},
     {"seeds_2", "SEEDS-2 exponential SDE solver, 2 stages", qd_ks_seeds_2, 0, 1, ANC, 2},
     {"seeds_3", "SEEDS-3 exponential SDE solver, 3 stages", qd_ks_seeds_3, 0, 1, ANC, 3},
+    {"sa_solver", "SA-Solver: stochastic Adams predictor-corrector (orders 3/4, eta 1 in the middle of the schedule)",
+     qd_ks_sa_solver, 0, 1, ANC, 1},
+    {"sa_solver_pece", "SA-Solver with a model call after the corrector too (PECE)", qd_ks_sa_solver, 1, 1, ANC, 2},
     {"ddim", "= euler (ComfyUI's ddim differs only when inpainting)", qd_ks_euler, 0, 0, QD_KS_CHURN, 1},
     {"uni_pc", "UniPC predictor-corrector multistep, B(h)=h (bh1)", qd_ks_uni_pc, 0, 0,
      QD_KS_DISCARD_PENULTIMATE, 0},
@@ -95,6 +100,8 @@ int qd_ksampler_calls(const qd_ksampler *s, const double *sigmas, int n_sigmas) 
     if (steps <= 0) return 0;
     if (s->fn == qd_ks_dpm_adaptive) return -1;
     if (s->fn == qd_ks_dpm_fast || s->fn == qd_ks_uni_pc) return steps;
+    if (s->fn == qd_ks_sa_solver)   /* one call up front; a last step makes none */
+        return 1 + s->calls_per_step * (steps - 1);
     if (s->fn == qd_ks_heunpp2)   /* 3 calls, 2 on the step before the last, 1 on the last */
         return steps == 1 ? 1 : 3 * (steps - 2) + 2 + 1;
     return s->calls_per_step * steps - (last_zero ? s->calls_per_step - 1 : 0);

@@ -52,6 +52,10 @@ typedef struct {
      * only where gamma > 0), and lms integrates its last step instead of
      * returning the denoised estimate. */
     int kdiffusion;
+    /* sa_solver: predictor order 1..3 (0: 3), corrector order 0..4 (-1: 4), and the
+     * sigma range where its noise strength is eta (0 outside): [lo, hi]. */
+    int sa_predictor_order, sa_corrector_order;
+    double sde_sigma_lo, sde_sigma_hi;
 } qd_ks_opts;
 
 void qd_ks_opts_default(qd_ks_opts *o);
@@ -156,5 +160,6 @@ qd_status qd_ks_er_sde(qd_ks *k);
 qd_status qd_ks_seeds_2(qd_ks *k);
 qd_status qd_ks_seeds_3(qd_ks *k);
 qd_status qd_ks_uni_pc(qd_ks *k);
+qd_status qd_ks_sa_solver(qd_ks *k);
 
 #endif

@@ -1,0 +1,350 @@
+"""The "qdiff Sampler" ComfyUI node: text-to-image with libqdiff from a diffusers folder.
+
+Returns ComfyUI's IMAGE (torch.float32 [B, H, W, 3] in [0, 1]) and LATENT
+({"samples": [B, C, H/8, W/8]} in the VAE's own latent space, as ComfyUI's
+VAEDecode and KSampler hold it). Works without ComfyUI too (tests import it with
+plain torch): ComfyUI's modules (folder_paths, comfy.utils, comfy.model_management)
+are used when importable.
+"""
+import json
+import os
+import threading
+
+import torch
+
+try:
+    from . import libqdiff
+except ImportError:   # imported as a top-level module (tests, scripts)
+    import libqdiff
+
+DIFFUSERS_DEFAULT = "diffusers default"
+PREVIEW_AUTO, PREVIEW_NONE = "auto", "none"
+PREVIEW_MAX_SIDE = 512   # ComfyUI's default --preview-size
+# The TAESD decoder ComfyUI keeps in models/vae_approx for each family.
+TAESD_FOR_FAMILY = {"sd15": "taesd_decoder", "sdxl": "taesdxl_decoder", "sd3": "taesd3_decoder",
+                    "flux": "taef1_decoder"}
+
+
+def _comfy(name):
+    """A ComfyUI module when running inside ComfyUI (tests install fakes), else None."""
+    try:
+        if name == "folder_paths":
+            import folder_paths as m
+        elif name == "utils":
+            import comfy.utils as m
+        else:
+            import comfy.model_management as m
+        return m
+    except ImportError:
+        return None
+
+
+def _names(what):
+    try:
+        return libqdiff.load().names(what)
+    except libqdiff.QdiffError:
+        return []   # the node still lists; running it reports why the library is missing
+
+
+def _model_folders():
+    """Diffusers folders (holding model_index.json) under ComfyUI's models/diffusers, 2 levels deep."""
+    fp = _comfy("folder_paths")
+    if fp is None:
+        return None
+    try:
+        roots = fp.get_folder_paths("diffusers")
+    except (KeyError, AttributeError):
+        return None
+    found = []
+    for root in roots:
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+            rel = os.path.relpath(dirpath, root)
+            depth = 0 if rel == "." else rel.count(os.sep) + 1
+            if depth and os.path.isfile(os.path.join(dirpath, "model_index.json")):
+                found.append(rel)
+                dirnames[:] = []
+            elif depth >= 2:
+                dirnames[:] = []
+    return sorted(set(found))
+
+
+def _resolve_folder(name):
+    if os.path.isabs(name) or os.path.isdir(name):
+        return name
+    fp = _comfy("folder_paths")
+    if fp is not None:
+        try:
+            for root in fp.get_folder_paths("diffusers"):
+                if os.path.isdir(os.path.join(root, name)):
+                    return os.path.join(root, name)
+        except (KeyError, AttributeError):
+            pass
+    return name   # qd_model_open names what is wrong with it
+
+
+def _vae_approx_files():
+    fp = _comfy("folder_paths")
+    try:
+        return list(fp.get_filename_list("vae_approx")) if fp is not None else None
+    except (KeyError, AttributeError):
+        return None
+
+
+def _comfy_preview_args():
+    """ComfyUI's --preview-method is none, and its --preview-size (defaults when not in ComfyUI)."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return False, PREVIEW_MAX_SIDE
+    method = getattr(args, "preview_method", None)
+    return getattr(method, "value", method) == "none", int(getattr(args, "preview_size", PREVIEW_MAX_SIDE))
+
+
+def _resolve_preview_vae(choice, family):
+    """Path of the preview VAE, or None for no previews."""
+    choice = (choice or "").strip()
+    if choice in ("", PREVIEW_NONE) or _comfy_preview_args()[0]:
+        return None
+    fp = _comfy("folder_paths")
+    if choice == PREVIEW_AUTO:
+        want = TAESD_FOR_FAMILY.get(family)
+        for f in _vae_approx_files() or []:
+            if want and os.path.splitext(os.path.basename(f))[0] == want:
+                return fp.get_full_path("vae_approx", f)
+        return None   # no TAESD for this family installed: run without previews
+    if fp is not None and not os.path.isabs(choice):
+        full = fp.get_full_path("vae_approx", choice)
+        if full:
+            return full
+    return choice
+
+
+def _vae_factors(folder):
+    """scaling_factor and shift_factor of the folder's VAE: LATENT holds (latent / scale + shift)."""
+    try:
+        with open(os.path.join(folder, "vae", "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise libqdiff.QdiffError(f"{folder}/vae/config.json: {e}") from e
+    return float(cfg.get("scaling_factor") or 0.18215), float(cfg.get("shift_factor") or 0.0)
+
+
+def unpack_flux_latents(packed, height, width):
+    """FLUX's packed [B, (H/16)*(W/16), 4C] latents -> [B, C, H/8, W/8] (2x2 patches unfolded)."""
+    b, tokens, c4 = packed.shape
+    h, w = height // 16, width // 16
+    x = packed.view(b, h, w, c4 // 4, 2, 2)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, h * 2, w * 2)
+
+
+class _Cache:
+    """The model (with its context) kept between runs; one folder at a time."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.key = self.ctx = self.model = None
+        self.vae_path = self.vae = None
+
+    def get(self, folder, threads):
+        key = (os.path.realpath(folder), int(threads))
+        if self.key != key:
+            ctx = libqdiff.Context(libqdiff.load(), threads)
+            try:
+                model = libqdiff.Model(ctx, folder)
+            except BaseException:   # the model already cached stays usable
+                ctx.close()
+                raise
+            self.clear()
+            self.key, self.ctx, self.model = key, ctx, model
+        return self.ctx, self.model
+
+    def preview_vae(self, path):
+        if path is None:
+            return None
+        if self.vae_path != path:
+            if self.vae:
+                self.vae.close()
+            self.vae, self.vae_path = None, None
+            self.vae = libqdiff.PreviewVae(self.ctx, path)
+            self.vae_path = path
+        return self.vae
+
+    def clear(self):
+        if self.vae:
+            self.vae.close()
+        if self.model:
+            self.model.close()
+        if self.ctx:
+            self.ctx.close()
+        self.key = self.ctx = self.model = self.vae = self.vae_path = None
+
+
+CACHE = _Cache()
+
+
+class _InterruptWatch:
+    """Polls ComfyUI's interrupt flag while the library runs and cancels it: the models
+    check the cancel flag inside a step, so a big model stops without waiting for the step."""
+
+    def __init__(self, ctx, interrupted):
+        self.ctx, self.interrupted, self.stop = ctx, interrupted, threading.Event()
+        self.thread = threading.Thread(target=self._run, name="qdiff-interrupt", daemon=True)
+
+    def _run(self):
+        while not self.stop.wait(0.1):
+            if self.interrupted():
+                self.ctx.cancel()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+
+def _interrupt_exception(mm):
+    """ComfyUI's interrupt exception (which also clears its flag), or QdiffCancelled."""
+    if mm is not None:
+        if hasattr(mm, "throw_exception_if_processing_interrupted"):
+            try:
+                mm.throw_exception_if_processing_interrupted()
+            except BaseException as e:   # noqa: B036 - that is what it is for
+                return e
+        if hasattr(mm, "InterruptProcessingException"):
+            return mm.InterruptProcessingException()
+    return libqdiff.QdiffCancelled("interrupted", libqdiff.QD_ERR_CANCELLED)
+
+
+class QdiffSampler:
+    """Text-to-image from a diffusers folder (SD1.5, SDXL, SD3, FLUX; SDNQ-quantized or not)."""
+
+    CATEGORY = "sampling/qdiff"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("IMAGE", "LATENT")
+    RETURN_NAMES = ("IMAGE", "LATENT")
+    DESCRIPTION = "Generates images with libqdiff (native CPU inference) from a diffusers folder."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        folders = _model_folders()
+        if folders:
+            model = (folders, {"tooltip": "a diffusers folder under models/diffusers"})
+        else:
+            model = ("STRING", {"default": "", "tooltip": "path of a diffusers folder (model_index.json + components)"})
+        classes = _names(libqdiff.QD_LIST_SCHEDULER_CLASSES)
+        samplers = [DIFFUSERS_DEFAULT] + _names(libqdiff.QD_LIST_SAMPLERS) + classes
+        schedules = [DIFFUSERS_DEFAULT] + _names(libqdiff.QD_LIST_SCHEDULES)
+        vae_files = _vae_approx_files()
+        if vae_files is None:
+            preview = ("STRING", {"default": "", "tooltip": "TAESD decoder file or vae/ folder for live previews; empty: none"})
+        else:
+            preview = ([PREVIEW_AUTO, PREVIEW_NONE] + vae_files,
+                       {"default": PREVIEW_AUTO, "tooltip": "TAESD for live previews; auto: the family's from models/vae_approx"})
+        return {
+            "required": {
+                "model": model,
+                "prompt": ("STRING", {"multiline": True, "default": ""}),
+                "negative_prompt": ("STRING", {"multiline": True, "default": "",
+                                               "tooltip": "empty: none (SDXL then uses zero embeddings, as diffusers)"}),
+                "steps": ("INT", {"default": 20, "min": 0, "max": 10000, "tooltip": "0: the family's default"}),
+                "cfg": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 100.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "-1: the family's default (7.5 SD1.5, 5 SDXL, 7 SD3, off for FLUX); <= 1 disables"}),
+                "width": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8, "tooltip": "0: the model's native size"}),
+                "height": ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8, "tooltip": "0: the model's native size"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "sampler_name": (samplers, {"default": DIFFUSERS_DEFAULT,
+                                            "tooltip": "a ComfyUI sampler, a diffusers scheduler class, or the folder's own scheduler"}),
+                "scheduler": (schedules, {"default": DIFFUSERS_DEFAULT,
+                                          "tooltip": "the ComfyUI sampler's schedule (diffusers default: normal, simple for SD3/FLUX); "
+                                                     "with a diffusers class only karras applies"}),
+            },
+            "optional": {
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+                "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1,
+                                       "tooltip": "FLUX.1-dev embedded guidance"}),
+                "threads": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "0: all cores"}),
+                "matmul": (list(libqdiff.QD_MATMUL), {"default": "auto",
+                                                     "tooltip": "SDNQ layers: as configured, exact, or int8 matmul"}),
+                "precision": (["fp32", "bf16", "auto"], {"default": "fp32"}),
+                "preview_vae": preview,
+            },
+        }
+
+    def sample(self, model, prompt, negative_prompt, steps, cfg, width, height, seed, sampler_name, scheduler,
+               batch_size=1, guidance=3.5, threads=0, matmul="auto", precision="fp32", preview_vae=""):
+        folder = _resolve_folder(model)
+        lib = libqdiff.load()
+        kw = {}
+        if sampler_name in (None, "", DIFFUSERS_DEFAULT) or sampler_name in lib.names(libqdiff.QD_LIST_SCHEDULER_CLASSES):
+            if sampler_name not in (None, "", DIFFUSERS_DEFAULT):
+                kw["scheduler"] = sampler_name
+            if scheduler == "karras":
+                kw["karras"] = 1
+            elif scheduler not in (None, "", DIFFUSERS_DEFAULT):
+                raise libqdiff.QdiffError(
+                    f"scheduler '{scheduler}' goes with a ComfyUI sampler; with '{sampler_name}' use "
+                    f"'{DIFFUSERS_DEFAULT}' or 'karras'", libqdiff.QD_ERR_ARG)
+        else:
+            kw["sampler"] = sampler_name
+            if scheduler not in (None, "", DIFFUSERS_DEFAULT):
+                kw["schedule"] = scheduler
+        with CACHE.lock:
+            ctx, m = CACHE.get(folder, threads)
+            ctx.set_matmul(matmul)
+            ctx.set_precision(precision)
+            p = libqdiff.make_params(lib, prompt, negative_prompt or None, width, height, steps, cfg, guidance,
+                                     seed, batch_size, **kw)
+            vae = CACHE.preview_vae(_resolve_preview_vae(preview_vae, m.family))
+            factors = _vae_factors(m.folder)   # read before the run: a bad config fails fast
+            return self._run(ctx, m, p, vae, factors)
+
+    def _run(self, ctx, m, p, vae, factors):
+        shape = libqdiff.image_shape(m, p)
+        image = torch.empty(shape, dtype=torch.float32)
+        lshape = libqdiff.latent_shape(m, p)
+        latents = torch.empty(lshape, dtype=torch.float32)
+        utils, mm = _comfy("utils"), _comfy("model_management")
+        interrupted = getattr(mm, "processing_interrupted", None) if mm is not None else None
+        pbar = utils.ProgressBar(1) if utils is not None and hasattr(utils, "ProgressBar") else None
+        pending = {}   # the preview of the step being reported
+        preview_side = _comfy_preview_args()[1]
+
+        def progress(step, total, elapsed):
+            if interrupted is not None and interrupted():
+                return True
+            if pbar is not None:
+                pbar.update_absolute(step, total, pending.pop(step, None))
+            return False
+
+        def preview(step, total, rgb, w, h):
+            try:
+                from PIL import Image
+            except ImportError:
+                return
+            pending.clear()
+            pending[step] = ("JPEG", Image.frombytes("RGB", (w, h), rgb), preview_side)
+
+        try:
+            if interrupted is not None:
+                with _InterruptWatch(ctx, interrupted):
+                    libqdiff.generate(m, p, image.data_ptr(), image.numel() * 4, latents.data_ptr(), latents.numel(),
+                                      progress, preview if pbar is not None else None, vae)
+            else:
+                libqdiff.generate(m, p, image.data_ptr(), image.numel() * 4, latents.data_ptr(), latents.numel(),
+                                  progress, preview if pbar is not None else None, vae)
+        except libqdiff.QdiffCancelled:
+            if interrupted is not None and interrupted():
+                raise _interrupt_exception(mm) from None
+            raise
+        if m.family == "flux":
+            latents = unpack_flux_latents(latents, shape[1], shape[2])
+        scale, shift = factors
+        return (image, {"samples": latents / scale + shift})
+
+
+NODE_CLASS_MAPPINGS = {"QdiffSampler": QdiffSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"QdiffSampler": "qdiff Sampler"}

@@ -1,0 +1,273 @@
+/* qdiff quantize: write an SDNQ-quantized diffusers folder (qd_quantize), or with
+ * --dry-run measure what each layer would become. Options map one to one onto
+ * qd_quant_params; parse_sdnq_option() is the SDNQ group, and other option groups
+ * (formats, LoRA merging) add their own parse function to the chain in
+ * cmd_quantize(). The progress bar goes to stderr. */
+#include "cli.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define MAX_LIST 256
+
+typedef struct {
+    qd_quant_params p;
+    const char *in, *out;
+    const char *skip[MAX_LIST];
+    const char *dtype_for[MAX_LIST];
+    int json, quiet;
+    long threads;
+} quantize_opts;
+
+static void usage_quantize(FILE *f) {
+    fprintf(f,
+        "usage: qdiff quantize IN OUT [options]\n"
+        "       qdiff quantize IN --dry-run [options]\n"
+        "\n"
+        "Quantize a diffusers folder (fp32/fp16/bf16 weights) into an SDNQ diffusers folder\n"
+        "as sdnq writes one: the chosen components' layers quantized, config.json and\n"
+        "quantization_config.json carrying sdnq's quantization_config, every other component\n"
+        "hard-linked or copied unchanged. Works tensor by tensor from the mapped input;\n"
+        "the folder is built at OUT.tmp-XXXXXX and renamed when complete.\n"
+        "\n"
+        "what to quantize:\n"
+        "  --components LIST         comma-separated component folders (default: the denoiser,\n"
+        "                            unet or transformer), e.g. unet,text_encoder\n"
+        "  --weights-dtype TYPE      int8 (default), uint4, int5, float8_e4m3fn, float6_e3m2fn, ...\n"
+        "                            any type qdiff reads; an unknown name lists them\n"
+        "  --group-size N            0 auto (default), -1 row-wise, -2 tensor-wise, N > 0\n"
+        "  --svd                     add a low-rank correction (svd_up . svd_down)\n"
+        "  --svd-rank N              its rank (default 32; implies --svd)\n"
+        "  --svd-steps N             subspace iterations of the randomized SVD (default 8)\n"
+        "  --hadamard                store weights Hadamard-rotated\n"
+        "  --hadamard-group-size N   largest rotation block (default 256)\n"
+        "  --codebook                Lloyd-Max codebook per group (unsigned int types)\n"
+        "  --codebook-steps N        its iterations (default 24)\n"
+        "  --quantized-matmul        store layers in the layout for quantized matmul\n"
+        "  --quantized-matmul-conv   the same for Conv layers\n"
+        "  --quantized-matmul-dtype T  int8, uint8, fp8 or fp16 (default: from the weights type)\n"
+        "  --quant-conv              also quantize Conv layers\n"
+        "  --quant-embedding         also quantize Embedding layers\n"
+        "  --dynamic                 per layer, the first type from --weights-dtype upwards\n"
+        "                            whose loss (MSE / variance) is at most the threshold\n"
+        "  --dynamic-loss X          that threshold (default 10^(-bits/2): uint4 1e-2, int8 1e-4)\n"
+        "  --min-numel N             layers with fewer weights stay unquantized (default 16384)\n"
+        "  --min-channels N          layers with fewer input channels stay unquantized (default 32)\n"
+        "  --no-default-skips        do not apply sdnq's skip list for the model class\n"
+        "  --skip PATTERN            keep matching layers unquantized (repeatable; sdnq's name\n"
+        "                            rules: '.x' root prefix, 'x' a name component, '*' wildcard)\n"
+        "  --dtype-for PATTERN=TYPE  weights type for matching layers (repeatable; first wins)\n"
+        "  --layer-config FILE       per-layer settings as written by --template\n"
+        "  --seed N                  seed of the SVD start vectors (default 0)\n"
+        "\n"
+        "output:\n"
+        "  --dry-run                 quantize in memory and report, write nothing (OUT not needed)\n"
+        "  --template FILE           write the per-layer settings and results as JSON\n"
+        "  --json                    print the report as JSON on stdout\n"
+        "  --force                   replace an existing OUT\n"
+        "  --threads N               worker threads (default: all cores)\n"
+        "  -q, --quiet               no progress bar\n"
+        "  -h, --help                this help\n"
+        "\n"
+        "The report gives per layer the shape, stored type and group size, bytes, relative\n"
+        "error ||W - dequant(W)|| / ||W|| and SNR in dB; then per component and in total.\n");
+}
+
+/* Options of the SDNQ group: 1 consumed (with *i advanced past its value),
+ * 0 not one of ours, -1 bad value (message printed). */
+static int parse_sdnq_option(quantize_opts *o, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    const char *v = *i + 1 < argc ? argv[*i + 1] : NULL;
+    long n;
+    qd_quant_params *p = &o->p;
+    static const struct { const char *name; size_t off; } flags[] = {
+        {"--svd", offsetof(qd_quant_params, use_svd)},
+        {"--hadamard", offsetof(qd_quant_params, use_hadamard)},
+        {"--codebook", offsetof(qd_quant_params, use_codebook)},
+        {"--quantized-matmul", offsetof(qd_quant_params, use_quantized_matmul)},
+        {"--quantized-matmul-conv", offsetof(qd_quant_params, use_quantized_matmul_conv)},
+        {"--quant-conv", offsetof(qd_quant_params, quant_conv)},
+        {"--quant-embedding", offsetof(qd_quant_params, quant_embedding)},
+        {"--dynamic", offsetof(qd_quant_params, dynamic)},
+        {"--dry-run", offsetof(qd_quant_params, dry_run)},
+        {"--force", offsetof(qd_quant_params, force)},
+    };
+    for (size_t k = 0; k < sizeof flags / sizeof *flags; k++)
+        if (!strcmp(a, flags[k].name)) { *(int *)((char *)p + flags[k].off) = 1; return 1; }
+    if (!strcmp(a, "--no-default-skips")) { p->default_skips = 0; return 1; }
+    static const struct { const char *name; size_t off; long lo, hi; int is_long; } ints[] = {
+        {"--group-size", offsetof(qd_quant_params, group_size), -1000000000L, 1000000000L, 0},
+        {"--svd-rank", offsetof(qd_quant_params, svd_rank), 1, 65536, 0},
+        {"--svd-steps", offsetof(qd_quant_params, svd_steps), 0, 1000, 0},
+        {"--hadamard-group-size", offsetof(qd_quant_params, hadamard_group_size), 4, 4096, 0},
+        {"--codebook-steps", offsetof(qd_quant_params, codebook_steps), 0, 1000, 0},
+        {"--min-numel", offsetof(qd_quant_params, min_numel), 0, 1L << 40, 1},
+        {"--min-channels", offsetof(qd_quant_params, min_channels), 0, 1L << 30, 1},
+    };
+    for (size_t k = 0; k < sizeof ints / sizeof *ints; k++) {
+        if (strcmp(a, ints[k].name)) continue;
+        if (!v) { fprintf(stderr, "qdiff: %s needs a value\n", a); return -1; }
+        if (cli_parse_int(v, a, ints[k].lo, ints[k].hi, &n) != 0) return -1;
+        if (ints[k].is_long) *(long *)((char *)p + ints[k].off) = n;
+        else *(int *)((char *)p + ints[k].off) = (int)n;
+        if (!strcmp(a, "--svd-rank")) p->use_svd = 1;
+        (*i)++;
+        return 1;
+    }
+    static const char *strs[] = {"--components", "--weights-dtype", "--quantized-matmul-dtype", "--layer-config",
+                                 "--template", "--skip", "--dtype-for", "--dynamic-loss", "--seed", "--threads"};
+    for (size_t k = 0; k < sizeof strs / sizeof *strs; k++) {
+        if (strcmp(a, strs[k])) continue;
+        if (!v) { fprintf(stderr, "qdiff: %s needs a value\n", a); return -1; }
+        (*i)++;
+        if (!strcmp(a, "--components")) p->components = v;
+        else if (!strcmp(a, "--weights-dtype")) p->weights_dtype = v;
+        else if (!strcmp(a, "--quantized-matmul-dtype")) p->quantized_matmul_dtype = v;
+        else if (!strcmp(a, "--layer-config")) p->layer_config = v;
+        else if (!strcmp(a, "--template")) p->template_path = v;
+        else if (!strcmp(a, "--skip") || !strcmp(a, "--dtype-for")) {
+            int *cnt = a[2] == 's' ? &p->n_skip : &p->n_dtype_for;
+            const char **arr = a[2] == 's' ? o->skip : o->dtype_for;
+            if (*cnt == MAX_LIST) { fprintf(stderr, "qdiff: too many %s options\n", a); return -1; }
+            arr[(*cnt)++] = v;
+        } else if (!strcmp(a, "--dynamic-loss")) {
+            float x;
+            if (cli_parse_float(v, a, &x) != 0) return -1;
+            if (!(x >= 0) || isinf(x)) { fprintf(stderr, "qdiff: --dynamic-loss expects a number >= 0, got '%s'\n", v); return -1; }
+            p->dynamic_loss = x;
+            p->dynamic = 1;
+        } else if (!strcmp(a, "--seed")) {
+            if (cli_parse_int(v, a, 0, 0x7fffffffL, &n) != 0) return -1;
+            p->seed = (uint64_t)n;
+        } else {
+            if (cli_parse_int(v, a, 1, 1024, &o->threads) != 0) return -1;
+        }
+        return 1;
+    }
+    if (!strcmp(a, "--json")) { o->json = 1; return 1; }
+    if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) { o->quiet = 1; return 1; }
+    return 0;
+}
+
+/* ---- progress bar ---- */
+
+typedef struct { int tty; double last; } bar;
+
+static int progress(void *user, int64_t done, int64_t total, const char *tensor, double elapsed) {
+    bar *b = user;
+    if (!b->tty) return 0;
+    if (elapsed - b->last < 0.1 && done < total) return 0;
+    b->last = elapsed;
+    double frac = total > 0 ? (double)done / (double)total : 1;
+    int w = 30, fill = (int)(frac * w + 0.5);
+    char line[w + 1];
+    for (int k = 0; k < w; k++) line[k] = k < fill ? '#' : '.';
+    line[w] = 0;
+    double eta = frac > 0.001 ? elapsed * (1 - frac) / frac : 0;
+    fprintf(stderr, "\r[%s] %5.1f%%  %6.1f s  ETA %6.1f s  %-40.40s", line, 100 * frac, elapsed, eta, tensor);
+    if (done >= total) fprintf(stderr, "\n");
+    fflush(stderr);
+    return 0;
+}
+
+/* ---- report ---- */
+
+static double jnum(const cJSON *o, const char *k) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(it) ? it->valuedouble : NAN;
+}
+static const char *jstr(const cJSON *o, const char *k) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(it) ? it->valuestring : NULL;
+}
+
+static void print_report(const cJSON *rep, int layers) {
+    const cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(rep, "components")) {
+        printf("%s  %s\n", jstr(c, "name"), jstr(c, "class") ? jstr(c, "class") : "");
+        if (layers) {
+            printf("  %-60s %-18s %-10s %-16s %12s %12s %10s %8s\n", "layer", "shape", "type", "group", "bytes in",
+                   "bytes out", "rel err", "SNR dB");
+            const cJSON *l;
+            cJSON_ArrayForEach(l, cJSON_GetObjectItemCaseSensitive(c, "layers")) {
+                char shape[64] = "";
+                size_t o = 0;
+                const cJSON *d;
+                cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(l, "shape"))
+                    if (o < sizeof shape) o += (size_t)snprintf(shape + o, sizeof shape - o, o ? "x%.0f" : "%.0f", d->valuedouble);
+                if (jstr(l, "skipped")) {
+                    printf("  %-60s %-18s %-10s %s\n", jstr(l, "name"), shape, "-", jstr(l, "skipped"));
+                    continue;
+                }
+                char group[48];
+                const char *g = jstr(l, "grouping");
+                if (g && !strcmp(g, "group")) snprintf(group, sizeof group, "g%.0f", jnum(l, "group_size"));
+                else snprintf(group, sizeof group, "%s", g ? g : "?");
+                if (jnum(l, "svd_rank") > 0) snprintf(group + strlen(group), sizeof group - strlen(group), " svd%.0f", jnum(l, "svd_rank"));
+                printf("  %-60s %-18s %-10s %-16s %12.0f %12.0f %10.6f %8.2f\n", jstr(l, "name"), shape, jstr(l, "dtype"),
+                       group, jnum(l, "bytes_in"), jnum(l, "bytes_out"), jnum(l, "rel_error"), jnum(l, "snr_db"));
+            }
+        }
+        printf("  quantized %.0f layers, kept %.0f; %.0f -> %.0f bytes (%.1f%%); rel error %.6f, SNR %.2f dB\n",
+               jnum(c, "quantized"), jnum(c, "skipped"), jnum(c, "bytes_in"), jnum(c, "bytes_out"),
+               100 * jnum(c, "bytes_out") / jnum(c, "bytes_in"), jnum(c, "rel_error"), jnum(c, "snr_db"));
+    }
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(rep, "totals");
+    printf("total: quantized %.0f layers, kept %.0f; %.0f -> %.0f bytes (%.1f%%); rel error %.6f, SNR %.2f dB; %.1f s\n",
+           jnum(t, "quantized"), jnum(t, "skipped"), jnum(t, "bytes_in"), jnum(t, "bytes_out"),
+           100 * jnum(t, "bytes_out") / jnum(t, "bytes_in"), jnum(t, "rel_error"), jnum(t, "snr_db"), jnum(t, "seconds"));
+}
+
+int cmd_quantize(int argc, char **argv) {
+    quantize_opts o;
+    memset(&o, 0, sizeof o);
+    qd_quant_params_default(&o.p);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage_quantize(stdout); return 0; }
+        if (a[0] == '-' && a[1]) {
+            int r = parse_sdnq_option(&o, argc, argv, &i);
+            if (r < 0) return EXIT_BAD;
+            if (r == 0) { fprintf(stderr, "qdiff quantize: unknown option '%s' (see qdiff quantize --help)\n", a); return EXIT_BAD; }
+            continue;
+        }
+        if (!o.in) o.in = a;
+        else if (!o.out) o.out = a;
+        else { fprintf(stderr, "qdiff quantize: unexpected argument '%s'\n", a); return EXIT_BAD; }
+    }
+    if (!o.in || (!o.out && !o.p.dry_run)) {
+        fprintf(stderr, "qdiff quantize: needs IN and OUT folders (or IN --dry-run)\n\n");
+        usage_quantize(stderr);
+        return EXIT_BAD;
+    }
+    o.p.skip = o.skip;
+    o.p.dtype_for = o.dtype_for;
+    bar b = {isatty(2) && !o.quiet, -1};
+    o.p.progress = progress;
+    o.p.progress_user = &b;
+    qd_ctx *ctx = qd_ctx_new((int)o.threads);
+    if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); return EXIT_BAD; }
+    char *json = NULL;
+    qd_status st = qd_quantize(ctx, o.in, o.p.dry_run ? NULL : o.out, &o.p, &json);
+    if (st != QD_OK) {
+        if (b.tty && b.last >= 0) fprintf(stderr, "\n");
+        fprintf(stderr, "qdiff quantize: %s\n", qd_last_error(ctx));
+        qd_ctx_free(ctx);
+        return st == QD_ERR_CANCELLED ? 130 : EXIT_BAD;
+    }
+    if (o.json) printf("%s\n", json);
+    else {
+        cJSON *rep = cJSON_Parse(json);
+        if (rep) print_report(rep, o.p.dry_run);
+        cJSON_Delete(rep);
+        if (!o.p.dry_run) printf("wrote %s\n", o.out);
+    }
+    qd_free(json);
+    qd_ctx_free(ctx);
+    return 0;
+}
