@@ -13,7 +13,7 @@
 #include "qdiff.h"
 #include "base/half.h"
 #include "io/safetensors.h"
-#include "io/safetensors_seqwrite.h"
+#include "io/safetensors_stream.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -150,8 +150,8 @@ static void write_model(qd_ctx *ctx, const char *path, const plist *l, int lora_
         snprintf(names[n], 160, "%s.alpha", base);
         spec[n] = (qd_st_out){names[n], QD_F16, 0, {0}, NULL}; n++;
     }
-    qd_st_writer *w;
-    if (qd_st_writer_open(ctx, path, spec, n, NULL, &w) != QD_OK) die(ctx, path);
+    qd_st_stream *w;
+    if (qd_st_stream_open(ctx, path, &w) != QD_OK) die(ctx, path);
     for (int i = 0; i < n; i++) {
         pdesc d = {{0}, spec[i].ndim, {0}, strstr(spec[i].name, "alpha") ? 1 : 0};
         snprintf(d.name, sizeof d.name, "%s", spec[i].name);
@@ -162,10 +162,10 @@ static void write_model(qd_ctx *ctx, const char *path, const plist *l, int lora_
         if (!lora_rank) d = l->p[i];
         if (spec[i].ndim == 0) buf[0] = qd_f32_to_f16((float)lora_rank);   /* alpha = rank */
         else fill(&d, buf);
-        if (qd_st_writer_put(ctx, w, buf, 2 * (size_t)ne) != QD_OK) die(ctx, path);
+        if (qd_st_stream_add(ctx, w, spec[i].name, spec[i].dtype, spec[i].ndim, spec[i].shape, buf) != QD_OK) die(ctx, path);
         free(buf);
     }
-    if (qd_st_writer_commit(ctx, w) != QD_OK) die(ctx, path);
+    if (qd_st_stream_finish(ctx, w, NULL) != QD_OK) die(ctx, path);
     free(spec);
     free(names);
 }

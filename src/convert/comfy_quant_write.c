@@ -1,12 +1,13 @@
-/* comfy_quant writer: plan every output tensor (names, dtypes, shapes) so the header
- * can be written first, then stream: convert one weight to fp32, merge LoRAs, quantize,
- * write, free. Quantization math in comfy_quant_write.h; layer routing spec §2.4. */
+/* comfy_quant writer: plan every output tensor (names, dtypes, shapes, configs; the
+ * report's skip reasons), then stream: convert one weight to fp32, merge LoRAs, quantize,
+ * add to the streaming writer, free, release the input pages. Quantization math in
+ * comfy_quant_write.h; layer routing spec §2.4. */
 #include "convert/comfy_quant_write.h"
 #include "quant/comfy_quant.h"
 #include "quant/hadamard.h"
 #include "io/safetensors.h"
 #include "io/safetensors_meta.h"
-#include "io/safetensors_seqwrite.h"
+#include "io/safetensors_stream.h"
 #include "base/fp8.h"
 #include "base/half.h"
 #include "base/threads.h"
@@ -397,7 +398,11 @@ static qd_status lora_merge(qd_ctx *ctx, const qd_cqw_options *o, const qd_st_te
 }
 
 /* Produce and write the data of plan[i] (weights: also the scale entry that follows). */
-static qd_status emit(qd_ctx *ctx, const qd_cqw_options *o, qd_st_writer *wr, planned *p, int *i, qd_cqw_report *rep) {
+static qd_status put(qd_ctx *ctx, qd_st_stream *wr, const qd_st_out *spec, const void *data) {
+    return wr ? qd_st_stream_add(ctx, wr, spec->name, spec->dtype, spec->ndim, spec->shape, data) : QD_OK;
+}
+
+static qd_status emit(qd_ctx *ctx, const qd_cqw_options *o, qd_st_stream *wr, planned *p, int *i, qd_cqw_report *rep) {
     planned *e = &p[*i];
     const qd_st_tensor *t = e->src;
     switch (e->kind) {
@@ -405,9 +410,9 @@ static qd_status emit(qd_ctx *ctx, const qd_cqw_options *o, qd_st_writer *wr, pl
         rep->copied++;
         rep->bytes_in += t->nbytes;
         rep->bytes_out += t->nbytes;
-        return wr ? qd_st_writer_put(ctx, wr, t->data, t->nbytes) : QD_OK;
+        return put(ctx, wr, &e->spec, t->data);
     case OUT_CONFIG:
-        return wr ? qd_st_writer_put(ctx, wr, e->config, strlen(e->config)) : QD_OK;
+        return put(ctx, wr, &e->spec, e->config);
     case OUT_LORA_COPY: {
         float *w = qd_malloc(ctx, sizeof(float) * (size_t)(t->numel ? t->numel : 1));
         if (!w) return QD_ERR_NOMEM;
@@ -415,7 +420,7 @@ static qd_status emit(qd_ctx *ctx, const qd_cqw_options *o, qd_st_writer *wr, pl
         qd_status st = lora_merge(ctx, o, t, w, rep);
         if (st == QD_OK) {
             from_f32(t->dtype, w, t->numel, w);   /* narrowing in place: each output is behind its input */
-            if (wr) st = qd_st_writer_put(ctx, wr, w, t->nbytes);
+            st = put(ctx, wr, &e->spec, w);
         }
         free(w);
         rep->copied++;
@@ -478,10 +483,10 @@ static qd_status emit(qd_ctx *ctx, const qd_cqw_options *o, qd_st_writer *wr, pl
             }
             rep->bytes_out += out_bytes;
         }
-        if (st == QD_OK && wr) st = qd_st_writer_put(ctx, wr, q, (size_t)(N * K));
+        if (st == QD_OK) st = put(ctx, wr, &e->spec, q);
         /* the scale entry is next in the plan */
         (*i)++;
-        if (st == QD_OK && wr) st = qd_st_writer_put(ctx, wr, scale, sizeof(float) * (size_t)ns);
+        if (st == QD_OK) st = put(ctx, wr, &p[*i].spec, scale);
         free(w);
         free(q);
         free(scale);
@@ -493,7 +498,7 @@ static qd_status emit(qd_ctx *ctx, const qd_cqw_options *o, qd_st_writer *wr, pl
         return qd_fail(ctx, QD_ERR_ARG, "internal: scale '%s' planned without its weight", e->name);
     case OUT_INPUT_SCALE: {
         float one = 1.0f;
-        return wr ? qd_st_writer_put(ctx, wr, &one, sizeof one) : QD_OK;
+        return put(ctx, wr, &e->spec, &one);
     }
     }
     return QD_OK;
@@ -524,7 +529,7 @@ qd_status qd_cqw_write(qd_ctx *ctx, const char *in_path, const char *out_path, c
     planned *plan = NULL;
     int n = 0, cap = 0;
     cJSON *meta = NULL;
-    qd_st_writer *wr = NULL;
+    qd_st_stream *wr = NULL;
     if (st.n_files != 1) s = qd_fail(ctx, QD_ERR_ARG, "%s: comfy_quant output needs a single-file checkpoint", in_path);
     if (s == QD_OK && qd_cq_detect(&st))
         s = qd_fail(ctx, QD_ERR_ARG, "%s: already a comfy_quant checkpoint (it has .comfy_quant tensors)", in_path);
@@ -537,12 +542,7 @@ qd_status qd_cqw_write(qd_ctx *ctx, const char *in_path, const char *out_path, c
         qd_info(ctx, "%s: %d layers whose input features the ConvRot group %d does not divide use a smaller power of 4",
                 in_path, convrot_changed, o->convrot_group ? o->convrot_group : 256);
     if (s == QD_OK && !o->dry_run) s = build_metadata(ctx, in_path, o, plan, n, &meta);
-    qd_st_out *specs = s == QD_OK ? qd_malloc(ctx, sizeof *specs * (size_t)(n ? n : 1)) : NULL;
-    if (s == QD_OK && !specs) s = QD_ERR_NOMEM;
-    for (int i = 0; s == QD_OK && i < n; i++) specs[i] = plan[i].spec;
-    if (s == QD_OK && !o->dry_run) s = qd_st_writer_open(ctx, out_path, specs, n, meta, &wr);
-    free(specs);
-    cJSON_Delete(meta);
+    if (s == QD_OK && !o->dry_run) s = qd_st_stream_open(ctx, out_path, &wr);
     int64_t done = 0, total = 0;
     for (int64_t i = 0; i < st.n_tensors; i++) total += (int64_t)st.tensors[i].nbytes;
     double t0 = qd_now();
@@ -552,13 +552,24 @@ qd_status qd_cqw_write(qd_ctx *ctx, const char *in_path, const char *out_path, c
         const qd_st_tensor *src = plan[i].src;
         s = emit(ctx, o, wr, plan, &i, &rep);
         if (s == QD_OK && (k == OUT_COPY || k == OUT_LORA_COPY || k == OUT_WEIGHT)) {
+            qd_st_release(src);   /* the resident set stays at the tensors in hand */
             done += (int64_t)src->nbytes;
             if (o->progress && o->progress(o->progress_user, done, total, src->name, qd_now() - t0))
                 s = qd_fail(ctx, QD_ERR_CANCELLED, "cancelled");
         }
     }
-    if (s == QD_OK && wr) { s = qd_st_writer_commit(ctx, wr); wr = NULL; }
-    qd_st_writer_abort(wr);
+    if (s == QD_OK && wr) {
+        /* __metadata__ as the body of its object: the cJSON text without the braces */
+        char *body = meta ? cJSON_PrintUnformatted(meta) : NULL;
+        if (meta && !body) s = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+        if (body) { size_t bl = strlen(body); memmove(body, body + 1, bl - 2); body[bl - 2] = 0; }
+        if (s == QD_OK) s = qd_st_stream_finish(ctx, wr, body && *body ? body : NULL);
+        else qd_st_stream_abort(wr);
+        wr = NULL;
+        free(body);
+    }
+    if (wr) qd_st_stream_abort(wr);
+    cJSON_Delete(meta);
     plan_free(plan, n);
     qd_st_close(&st);
     router_free(&rt);

@@ -25,7 +25,7 @@ qd_status qd_comfy_quantize(qd_ctx *ctx, const char *in_path, const char *out_pa
         return qd_fail(ctx, QD_ERR_ARG, "unknown comfy_quant weights dtype '%s' (valid: int8_tensorwise, float8_e4m3fn, "
                        "float8_e4m3fn_rowwise)", dt);
     if (!p->dry_run && !p->force && qd_file_exists(out_path))
-        return qd_fail(ctx, QD_ERR_ARG, "%s: already exists (force to replace it)", out_path);
+        return qd_fail(ctx, QD_ERR_ARG, "%s: already exists (use --force to replace it)", out_path);
     if (!p->dry_run && qd_dir_exists(out_path)) return qd_fail(ctx, QD_ERR_ARG, "%s: is a directory", out_path);
     if (p->lora) {   /* a LoRA that names no weight of the input fails before anything is written */
         QD_TRY(qd_lora_set_plan(ctx, p->lora, in_path, NULL));
