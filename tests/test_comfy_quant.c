@@ -357,6 +357,43 @@ static void test_metadata_override(qd_ctx *ctx) {
     expect_weight(ctx, "_quantization_metadata creates a layer config", path, "model.diffusion_model.h", N, K, ref);
 }
 
+/* Legacy scaled_fp8 (§1.2): marker [2] -> full_precision_matrix_mult; .scale_weight is the scale,
+ * .scale_input the input scale unless it is 1.0; a dummy scale on a BF16 weight is no layer. */
+static void test_legacy_scaled_fp8(qd_ctx *ctx) {
+    enum { N = 8, K = 16 };
+    uint8_t q[N * K], marker[2] = {0, 0};
+    uint16_t bf[N * K];
+    for (int i = 0; i < N * K; i++) { do q[i] = (uint8_t)rnd(); while ((q[i] & 0x7f) == 0x7f); bf[i] = 0x3f80; }
+    float s = 0.25f, si = 0.5f, one = 1.0f;
+    qd_st_out t[] = {
+        T("scaled_fp8", QD_F8_E4M3, 1, 2, 0, 0, marker),
+        T("a.weight", QD_F8_E4M3, 2, N, K, 0, q), T("a.scale_weight", QD_F32, 0, 0, 0, 0, &s),
+        T("a.scale_input", QD_F32, 0, 0, 0, 0, &si),
+        T("b.weight", QD_F8_E4M3, 2, N, K, 0, q), T("b.scale_weight", QD_F32, 1, 1, 0, 0, &s),
+        T("b.scale_input", QD_F32, 0, 0, 0, 0, &one),
+        T("c.weight", QD_BF16, 2, N, K, 0, bf), T("c.scale_weight", QD_F32, 0, 0, 0, 0, &one),
+    };
+    const char *path = tmp("legacy.safetensors");
+    write_file(path, t, (int)(sizeof t / sizeof t[0]), NULL);
+    double ref[N * K];
+    for (int i = 0; i < N * K; i++) ref[i] = ref_e4m3(q[i]) * s;
+    expect_weight(ctx, "legacy scaled_fp8 layer", path, "a", N, K, ref);
+    qd_st_set st;
+    qd_cq_model m;
+    if (qd_st_open(ctx, path, &st) == QD_OK) {
+        if (qd_cq_open(ctx, &st, path, &m) == QD_OK) {
+            const qd_cq_layer *a = qd_cq_find(&m, "a"), *b = qd_cq_find(&m, "b");
+            check(m.n_layers == 2 && a && b && !qd_cq_find(&m, "c") && a->full_precision_mm && a->has_input_scale &&
+                      a->input_scale == 0.5f && !b->has_input_scale && !strcmp(a->format_name, "float8_e4m3fn"),
+                  "legacy: 2 layers, full_precision_matrix_mult from the 2-element marker, input scale 0.5 kept, 1.0 dropped");
+            qd_cq_close(&m);
+        } else {
+            check(0, "legacy open: %s", qd_last_error(ctx));
+        }
+        qd_st_close(&st);
+    }
+}
+
 static void expect_bad(qd_ctx *ctx, const char *what, qd_st_out *t, int n, const char *meta, const char *want1,
                        const char *want2) {
     const char *path = tmp("bad.safetensors");
@@ -457,6 +494,7 @@ int main(void) {
     test_nvfp4(ctx);
     test_mxfp8(ctx);
     test_metadata_override(ctx);
+    test_legacy_scaled_fp8(ctx);
     test_bad(ctx);
     qd_ctx_free(ctx);
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

@@ -532,7 +532,7 @@ qd_status qd_cqw_write(qd_ctx *ctx, const char *in_path, const char *out_path, c
     qd_st_stream *wr = NULL;
     if (st.n_files != 1) s = qd_fail(ctx, QD_ERR_ARG, "%s: comfy_quant output needs a single-file checkpoint", in_path);
     if (s == QD_OK && qd_cq_detect(&st))
-        s = qd_fail(ctx, QD_ERR_ARG, "%s: already a comfy_quant checkpoint (it has .comfy_quant tensors)", in_path);
+        s = qd_fail(ctx, QD_ERR_ARG, "%s: already a comfy_quant checkpoint (it has .comfy_quant tensors or the scaled_fp8 marker)", in_path);
     for (int64_t i = 0; i < st.n_tensors; i++)
         if (!strncmp(st.tensors[i].name, DIFFUSION_PREFIX, strlen(DIFFUSION_PREFIX))) rt.diffusion_only = 1;
     int convrot_changed = 0;

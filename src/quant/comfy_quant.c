@@ -38,6 +38,7 @@ static const struct { const char *name; qd_cq_format fmt; } formats[] = {
 
 int qd_cq_detect(const qd_st_set *st) {
     static const char suffix[] = ".comfy_quant";
+    if (qd_st_find(st, "scaled_fp8")) return 1;   /* the legacy marker (§1.2) */
     size_t sl = sizeof suffix - 1;
     for (int64_t i = 0; i < st->n_tensors; i++) {
         size_t n = strlen(st->tensors[i].name);
@@ -302,7 +303,9 @@ static qd_status bind_block_format(qd_ctx *ctx, const char *path, qd_cq_layer *l
     return QD_OK;
 }
 
-static qd_status bind_layer(qd_ctx *ctx, const char *path, const qd_st_set *st, qd_cq_layer *l, const cJSON *conf) {
+/* legacy: a pre-comfy_quant "scaled_fp8" layer, whose tensors are .scale_weight / .scale_input (§1.2) */
+static qd_status bind_layer(qd_ctx *ctx, const char *path, const qd_st_set *st, qd_cq_layer *l, const cJSON *conf,
+                            int legacy) {
     const cJSON *jf = cJSON_GetObjectItemCaseSensitive(conf, "format");
     if (!cJSON_IsString(jf)) return LFAIL(QD_ERR_FORMAT, "config has no \"format\" string");
     snprintf(l->format_name, sizeof l->format_name, "%s", jf->valuestring);
@@ -319,9 +322,10 @@ static qd_status bind_layer(qd_ctx *ctx, const char *path, const qd_st_set *st, 
     l->full_precision_mm = bool_field(conf, "full_precision_matrix_mult");
 
     const qd_st_tensor *w = find_sub(st, l->name, ".weight");
-    const qd_st_tensor *s = find_sub(st, l->name, ".weight_scale");
+    const char *scale_key = legacy ? ".scale_weight" : ".weight_scale";
+    const qd_st_tensor *s = find_sub(st, l->name, scale_key);
     if (!w) return LFAIL(QD_ERR_FORMAT, "'%s.weight' is missing", l->name);
-    if (!s) return LFAIL(QD_ERR_FORMAT, "'%s.weight_scale' is missing", l->name);
+    if (!s) return LFAIL(QD_ERR_FORMAT, "'%s%s' is missing", l->name, scale_key);
     l->weight = w;
     char have[128];
     shape_str(have, sizeof have, w);
@@ -365,13 +369,13 @@ static qd_status bind_layer(qd_ctx *ctx, const char *path, const qd_st_set *st, 
         l->convrot_group = g;
     }
 
-    const qd_st_tensor *is = find_sub(st, l->name, ".input_scale");
+    const qd_st_tensor *is = find_sub(st, l->name, legacy ? ".scale_input" : ".input_scale");
     if (is) {
         if (is->numel != 1 || !is_float_dtype(is->dtype))
             return LFAIL(QD_ERR_FORMAT, "input_scale must be one float, got %s with %lld elements",
                          qd_dtype_name(is->dtype), (long long)is->numel);
         qd_st_to_f32(is, 0, 1, &l->input_scale);
-        l->has_input_scale = 1;
+        l->has_input_scale = !(legacy && l->input_scale == 1.0f);   /* ComfyUI drops a legacy 1.0 */
     }
     const qd_st_tensor *pq = find_sub(st, l->name, ".pre_quant_scale");
     if (pq) {
@@ -386,7 +390,7 @@ static qd_status bind_layer(qd_ctx *ctx, const char *path, const qd_st_set *st, 
 
 /* ---- open: collecting the configs ---- */
 
-typedef struct { char *name; cJSON *conf; } pending;
+typedef struct { char *name; cJSON *conf; int legacy; } pending;
 
 static int cmp_pending(const void *a, const void *b) {
     return strcmp(((const pending *)a)->name, ((const pending *)b)->name);
@@ -450,10 +454,12 @@ static qd_status metadata_configs(qd_ctx *ctx, const char *path, const qd_st_set
             }
             (*list)[j].name = strdup(name);
             (*list)[j].conf = NULL;
+            (*list)[j].legacy = 0;
             if (!(*list)[j].name) { status = qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); goto done; }
             (*n)++;
         }
         cJSON_Delete((*list)[j].conf);
+        (*list)[j].legacy = 0;   /* the header's config names the modern tensors */
         (*list)[j].conf = cJSON_Duplicate(it, 1);
         if (!(*list)[j].conf) { status = qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); goto done; }
     }
@@ -461,6 +467,46 @@ done:
     cJSON_Delete(root);
     cJSON_Delete(meta);
     return status;
+}
+
+/* Legacy "scaled_fp8" files (§1.2, ComfyUI's convert_old_quants): with the top-level marker,
+ * every fp8 "X.weight" with "X.scale_weight" is a float8 layer; a 2-element marker adds
+ * full_precision_matrix_mult. Scales on high-precision weights are dummies and ignored. */
+static qd_status legacy_configs(qd_ctx *ctx, const qd_st_set *st, pending **list, int *n, int *cap) {
+    const qd_st_tensor *marker = qd_st_find(st, "scaled_fp8");
+    if (!marker) return QD_OK;
+    static const char suffix[] = ".scale_weight";
+    size_t sl = sizeof suffix - 1;
+    for (int64_t i = 0; i < st->n_tensors; i++) {
+        const char *nm = st->tensors[i].name;
+        size_t len = strlen(nm);
+        if (len <= sl || strcmp(nm + len - sl, suffix) != 0) continue;
+        char layer[1024];
+        if (len - sl >= sizeof layer) continue;
+        memcpy(layer, nm, len - sl);
+        layer[len - sl] = 0;
+        const qd_st_tensor *w = find_sub(st, layer, ".weight");
+        if (!w || (w->dtype != QD_F8_E4M3 && w->dtype != QD_F8_E5M2)) continue;
+        int j = 0;
+        while (j < *n && strcmp((*list)[j].name, layer) != 0) j++;
+        if (j < *n) continue;   /* a .comfy_quant config wins */
+        if (*n == *cap) {
+            int nc = *cap ? *cap * 2 : 64;
+            pending *g = realloc(*list, sizeof *g * (size_t)nc);
+            if (!g) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+            *list = g;
+            *cap = nc;
+        }
+        pending *p = &(*list)[*n];
+        p->legacy = 1;
+        p->conf = cJSON_CreateObject();
+        p->name = strdup(layer);
+        if (!p->conf || !p->name) { cJSON_Delete(p->conf); free(p->name); return qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); }
+        (*n)++;
+        cJSON_AddStringToObject(p->conf, "format", w->dtype == QD_F8_E5M2 ? "float8_e5m2" : "float8_e4m3fn");
+        if (marker->numel == 2) cJSON_AddTrueToObject(p->conf, "full_precision_matrix_mult");
+    }
+    return QD_OK;
 }
 
 qd_status qd_cq_open(qd_ctx *ctx, const qd_st_set *st, const char *path, qd_cq_model *out) {
@@ -482,10 +528,12 @@ qd_status qd_cq_open(qd_ctx *ctx, const qd_st_set *st, const char *path, qd_cq_m
             cap = nc;
         }
         list[n].conf = NULL;
+        list[n].legacy = 0;
         if (!(list[n].name = strndup(t->name, len - sl))) { status = qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); break; }
         n++;
         status = parse_config_tensor(ctx, path, t, list[n - 1].name, &list[n - 1].conf);
     }
+    if (status == QD_OK) status = legacy_configs(ctx, st, &list, &n, &cap);
     /* a header override exists only in single files (ComfyUI loads no shards) */
     size_t pl = strlen(path);
     int is_index = pl > 5 && strcmp(path + pl - 5, ".json") == 0;
@@ -500,7 +548,7 @@ qd_status qd_cq_open(qd_ctx *ctx, const qd_st_set *st, const char *path, qd_cq_m
             qd_cq_layer *l = &out->layers[out->n_layers++];
             l->name = list[i].name;
             list[i].name = NULL;
-            status = bind_layer(ctx, path, st, l, list[i].conf);
+            status = bind_layer(ctx, path, st, l, list[i].conf, list[i].legacy);
         }
         free(list[i].name);
         cJSON_Delete(list[i].conf);

@@ -62,12 +62,14 @@ typedef struct qd_cq_model {
     int n_layers;
 } qd_cq_model;
 
-/* Whether any tensor of the set ends in ".comfy_quant" (ComfyUI's detection, §1.4). */
+/* Whether any tensor of the set ends in ".comfy_quant" (ComfyUI's detection, §1.4), or the
+ * set has the legacy "scaled_fp8" marker (§1.2). */
 int qd_cq_detect(const qd_st_set *st);
 
 /* Parse and validate every quantized layer of `st` (opened from `path`): the per-layer
  * ".comfy_quant" tensors, overridden by __metadata__["_quantization_metadata"] when the
- * header has it (§1.4). Errors name the file, the layer and what is wrong; an unknown or
+ * header has it (§1.4); legacy "scaled_fp8" files (.scale_weight / .scale_input) as
+ * ComfyUI converts them (§1.2). Errors name the file, the layer and what is wrong; an unknown or
  * unsupported format is an error naming it. The model points into `st`: keep it open. */
 qd_status qd_cq_open(qd_ctx *ctx, const qd_st_set *st, const char *path, qd_cq_model *out);
 void qd_cq_close(qd_cq_model *m);
