@@ -49,14 +49,10 @@ int qd_cq_detect(const qd_st_set *st) {
 
 /* ---- decode ---- */
 
+/* An nvfp4 code's value: element 2j is the high nibble of byte j. */
 static float code_value(const qd_cq_layer *l, int64_t r, int64_t c) {
     const uint8_t *q = (const uint8_t *)l->weight->data + r * l->ld;
-    switch (l->format) {
-    case QD_CQ_FLOAT8_E5M2: return qd_f8e5m2_to_f32(q[c]);
-    case QD_CQ_INT8_TENSORWISE: case QD_CQ_INT8_BLOCKWISE: case QD_CQ_INT8_AXISWISE: return (float)(int8_t)q[c];
-    case QD_CQ_NVFP4: return e2m1_lut[(c & 1) ? (q[c >> 1] & 15) : (q[c >> 1] >> 4)];  /* element 2j: high nibble */
-    default: return qd_f8e4m3_to_f32(q[c]);
-    }
+    return e2m1_lut[(c & 1) ? (q[c >> 1] & 15) : (q[c >> 1] >> 4)];
 }
 
 /* Byte offset of logical block-scale (r, c) in the cuBLAS 128x4 tiled layout (§1.5.2). */
@@ -77,14 +73,34 @@ static float scale_at(const qd_cq_layer *l, int64_t r, int64_t c) {
     return b ? ldexpf(1.0f, (int)b - 127) : 0.0f;   /* E8M0; e = 0 stands for a zero block */
 }
 
-/* Codes times scales, no rotation: what was quantized. */
+/* dst[0..n) = value of codes k0.. of row r times s: one loop per storage kind. */
+static void decode_run(const qd_cq_layer *l, int64_t r, int64_t k0, int64_t n, float s, float *dst) {
+    const uint8_t *q = (const uint8_t *)l->weight->data + r * l->ld;
+    switch (l->format) {
+    case QD_CQ_INT8_TENSORWISE: case QD_CQ_INT8_BLOCKWISE: case QD_CQ_INT8_AXISWISE:
+        for (int64_t i = 0; i < n; i++) dst[i] = (float)(int8_t)q[k0 + i] * s;
+        break;
+    case QD_CQ_NVFP4:
+        for (int64_t i = 0; i < n; i++) dst[i] = code_value(l, r, k0 + i) * s;
+        break;
+    default:   /* fp8 codes through the layer's table */
+        for (int64_t i = 0; i < n; i++) dst[i] = l->lut[q[k0 + i]] * s;
+        break;
+    }
+}
+
+/* Codes times scales, no rotation: what was quantized. Runs of columns share one scale. */
 static void decode_base(const qd_cq_layer *l, int64_t r, int64_t k0, int64_t nk, float *dst) {
     if (l->scaling == QD_CQ_SCALE_TENSOR || l->scaling == QD_CQ_SCALE_ROW) {
-        float s = l->scale[l->scaling == QD_CQ_SCALE_ROW ? r : 0];
-        for (int64_t i = 0; i < nk; i++) dst[i] = code_value(l, r, k0 + i) * s;
+        decode_run(l, r, k0, nk, l->scale[l->scaling == QD_CQ_SCALE_ROW ? r : 0], dst);
         return;
     }
-    for (int64_t i = 0; i < nk; i++) dst[i] = code_value(l, r, k0 + i) * scale_at(l, r, k0 + i);
+    for (int64_t i = 0; i < nk;) {
+        int64_t c = k0 + i, end = (c / l->block + 1) * l->block - k0;
+        if (end > nk) end = nk;
+        decode_run(l, r, c, end - i, scale_at(l, r, c), dst + i);
+        i = end;
+    }
 }
 
 void qd_cq_decode(const qd_cq_layer *l, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
@@ -317,6 +333,8 @@ static qd_status bind_layer(qd_ctx *ctx, const char *path, const qd_st_set *st, 
                      known ? "not supported by qdiff yet" : "unknown");
     }
     l->format = formats[k].fmt;
+    for (int c = 0; c < 256; c++)
+        l->lut[c] = l->format == QD_CQ_FLOAT8_E5M2 ? qd_f8e5m2_to_f32((uint8_t)c) : qd_f8e4m3_to_f32((uint8_t)c);
     if (field(conf, "num_experts"))
         return LFAIL(QD_ERR_UNSUPPORTED, "MoE expert banks (num_experts) are not supported by qdiff yet");
     l->full_precision_mm = bool_field(conf, "full_precision_matrix_mult");

@@ -54,6 +54,7 @@ typedef struct {
     int has_input_scale;
     float input_scale;          /* static activation scale (fp8 / nvfp4), when present */
     int full_precision_mm;      /* config asks for dequantize + plain matmul */
+    float lut[256];             /* fp8 formats: each code's value */
 } qd_cq_layer;
 
 typedef struct qd_cq_model {
