@@ -1,6 +1,6 @@
-/* Measured fp32 FMA peak of this machine: every thread runs independent chains of
- * 512-bit (AVX-512F) or 256-bit (AVX2+FMA) fused multiply-adds from registers, no
- * memory traffic. The result is the ceiling the GEMM kernels can approach, and
+/* Measured fp32 FMA and bf16 dot-product peaks of this machine: every thread runs
+ * independent chains of 512-bit (AVX-512F) or 256-bit (AVX2+FMA) fused multiply-adds,
+ * or of AVX512_BF16 vdpbf16ps, from registers, no memory traffic. The result is the ceiling the GEMM kernels can approach, and
  * together with the nominal "cores x GHz x FLOP/cycle" it shows the clock the cores
  * really run at (a VM's lscpu often shows only the base/TSC frequency).
  *
@@ -8,7 +8,8 @@
  *
  * Each figure is the best of several runs, each started once the machine is idle
  * (other processes can only lower it). The
- * line "peak_gflops X" (AVX-512, all threads) is for scripts. */
+ * lines "peak_gflops X" (AVX-512 fp32, all threads) and "peak_bf16_gflops X" are for
+ * scripts. */
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -44,6 +45,27 @@ __attribute__((target("avx512f"))) static float run512(long iters) {
     return _mm512_reduce_add_ps(s);
 }
 
+/* bf16 dot products (AVX512_BF16 vdpbf16ps: 16 lanes x 2 products + their sum = 64 FLOP
+ * per instruction), 24 chains: more than its latency x 2 pipes. */
+#define BF_CHAINS 24
+__attribute__((target("avx512f,avx512bf16"))) static float runbf16(long iters) {
+    __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), y = (__m512bh)_mm512_set1_epi32(0x33d633d6);
+#define D(i) __m512 a##i = _mm512_set1_ps((float)i);
+#define F(i) a##i = _mm512_dpbf16_ps(a##i, x, y);
+#define ALL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) \
+               X(12) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20) X(21) X(22) X(23)
+    ALL(D)
+    for (long k = 0; k < iters; k++) { ALL(F) }
+#define S(i) s = _mm512_add_ps(s, a##i);
+    __m512 s = _mm512_setzero_ps();
+    ALL(S)
+    return _mm512_reduce_add_ps(s);
+#undef D
+#undef F
+#undef S
+#undef ALL
+}
+
 __attribute__((target("avx2,fma"))) static float run256(long iters) {
     FMA_BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps);
     float o[8];
@@ -52,7 +74,7 @@ __attribute__((target("avx2,fma"))) static float run256(long iters) {
 }
 
 typedef struct {
-    int wide;
+    int wide;   /* 0 AVX2 FMA, 1 AVX-512 FMA, 2 AVX-512 BF16 */
     double seconds, flops;
     float sink;
 } job;
@@ -60,13 +82,14 @@ typedef struct {
 static void *worker(void *arg) {
     job *j = arg;
     double t0 = now(), lanes = j->wide ? 16 : 8;
-    long rounds = 0;
+    long rounds = 0, bf_iters = ITERS * CHAINS / BF_CHAINS;
     do {
-        j->sink += j->wide ? run512(ITERS) : run256(ITERS);
+        j->sink += j->wide == 2 ? runbf16(bf_iters) : j->wide ? run512(ITERS) : run256(ITERS);
         rounds++;
     } while (now() - t0 < j->seconds);
     j->seconds = now() - t0;
-    j->flops = 2.0 * lanes * CHAINS * (double)ITERS * (double)rounds;
+    j->flops = (j->wide == 2 ? 4.0 * lanes * BF_CHAINS * (double)bf_iters : 2.0 * lanes * CHAINS * (double)ITERS) *
+               (double)rounds;
     return NULL;
 }
 
@@ -128,6 +151,17 @@ int main(int argc, char **argv) {
         printf("avx512 fp32 FMA peak: %.1f GFLOP/s on 1 core (= %.2f GHz at 64 FLOP/cycle), %.1f GFLOP/s on %d\n",
                one / 1e9, one / 64e9, all / 1e9, threads);
         printf("peak_gflops %.1f\n", all / 1e9);
+    }
+    if (__builtin_cpu_supports("avx512bf16")) {
+        double one = 0, all = 0;
+        for (int r = 0; r < 5; r++) {
+            double o = measure(1, 2, seconds), a = measure(threads, 2, seconds);
+            if (o > one) one = o;
+            if (a > all) all = a;
+        }
+        printf("avx512 bf16 vdpbf16ps peak: %.1f GFLOP/s on 1 core (= %.2f GHz at 128 FLOP/cycle), %.1f GFLOP/s on %d\n",
+               one / 1e9, one / 128e9, all / 1e9, threads);
+        printf("peak_bf16_gflops %.1f\n", all / 1e9);
     }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         double one = 0, all = 0;

@@ -759,8 +759,11 @@ static void verify(const void *a, void *res) {
 
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) static int vnni512(long iters) {
     __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-2);
-    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0, c8 = c0,
-            c9 = c0, c10 = c0, c11 = c0;
+    /* distinct start values: with equal ones the compiler merges the twelve identical
+     * chains into one, and the "peak" counted 12 vpdpbusd per executed one */
+    __m512i c0 = _mm512_set1_epi32(0), c1 = _mm512_set1_epi32(1), c2 = _mm512_set1_epi32(2), c3 = _mm512_set1_epi32(3),
+            c4 = _mm512_set1_epi32(4), c5 = _mm512_set1_epi32(5), c6 = _mm512_set1_epi32(6), c7 = _mm512_set1_epi32(7),
+            c8 = _mm512_set1_epi32(8), c9 = _mm512_set1_epi32(9), c10 = _mm512_set1_epi32(10), c11 = _mm512_set1_epi32(11);
     for (long k = 0; k < iters; k++) {
         c0 = _mm512_dpbusd_epi32(c0, a, b); c1 = _mm512_dpbusd_epi32(c1, a, b); c2 = _mm512_dpbusd_epi32(c2, a, b);
         c3 = _mm512_dpbusd_epi32(c3, a, b); c4 = _mm512_dpbusd_epi32(c4, a, b); c5 = _mm512_dpbusd_epi32(c5, a, b);

@@ -61,8 +61,8 @@ void qd_set_matmul(qd_ctx *ctx, int mode);
  *     golden tests use;
  *   QD_PRECISION_BF16: bfloat16 operands with float32 accumulation and statistics, where
  *     the CPU has AVX512_BF16 (elsewhere it runs as fp32);
- *   QD_PRECISION_AUTO: what the library considers best for this CPU.
- * The default is QD_PRECISION_FP32. */
+ *   QD_PRECISION_AUTO: bf16 where the CPU has AVX512_BF16, else fp32.
+ * The default is QD_PRECISION_FP32. Today bf16 covers the GEMMs and convolutions. */
 enum { QD_PRECISION_AUTO = 0, QD_PRECISION_FP32 = 1, QD_PRECISION_BF16 = 2 };
 void qd_set_precision(qd_ctx *ctx, int precision);
 
@@ -174,6 +174,11 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *model, const qd_gen_params *p,
  * The file appears only when complete (written to a temporary name, then renamed). */
 qd_status qd_write_png(qd_ctx *ctx, const char *path, const uint8_t *rgb, int width, int height,
                        const char *const *keys, const char *const *values, int n_text);
+
+/* The same PNG in memory: *out (release it with qd_free) gets *out_len bytes. */
+qd_status qd_encode_png(qd_ctx *ctx, const uint8_t *rgb, int width, int height,
+                        const char *const *keys, const char *const *values, int n_text,
+                        uint8_t **out, size_t *out_len);
 
 /* Write one F32 tensor to a .safetensors file (atomically, as above). */
 qd_status qd_write_tensor(qd_ctx *ctx, const char *path, const char *name,

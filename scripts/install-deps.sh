@@ -6,6 +6,11 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libcjson-dev libpng-dev libjpeg62-turbo-dev zlib1g-dev
       python3 python3-torch python3-numpy python3-pil)
+# qdiff serve and its tests: the HTTP library, curl + python3 (tests/cli_serve.sh), headless
+# Chromium driven by Node over the DevTools protocol (tests/cli_web.sh); a Node already on
+# the machine (e.g. from another repository) is used as it is.
+pkgs+=(libmicrohttpd-dev curl chromium)
+command -v node >/dev/null || pkgs+=(nodejs)
 if [[ "${1:-}" == "--bench" ]]; then pkgs+=(python3-torch python3-numpy); fi
 missing=()
 for p in "${pkgs[@]}"; do

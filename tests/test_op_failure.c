@@ -1,6 +1,7 @@
 /* Ops without a status return must not abort when their scratch memory cannot be
  * had: they record the failure, qd_op_status() reports QD_ERR_NOMEM once, and the
- * error text says what ran out. Sizes here are absurd on purpose (2^40 keys). */
+ * error text says what ran out. Sizes here are absurd on purpose (a 2^40 head size:
+ * attention's scratch grows with the head size, not with the number of keys). */
 #include "testutil.h"
 #include "tensor/ops.h"
 #include "tensor/weight.h"
@@ -15,9 +16,9 @@ int main(void) {
     qd_ctx *ctx = qd_ctx_new(2);
     float q[4] = {0}, out[4] = {0};
     check(qd_op_status(ctx) == QD_OK, "no failure recorded at start");
-    qd_attention(ctx, q, 1, q, 1, q, 1, 1, 1, (int64_t)1 << 40, 1, 1, 0, out);
+    qd_attention(ctx, q, 1, q, 1, q, 1, 1, 1, 1, 1, (int64_t)1 << 40, 0, out);
     check(qd_op_status(ctx) == QD_ERR_NOMEM && strstr(qd_last_error(ctx), "attention"),
-          "attention with 2^40 keys: %s", qd_last_error(ctx));
+          "attention with a 2^40 head size: %s", qd_last_error(ctx));
     check(qd_op_status(ctx) == QD_OK, "the failure is reported once");
 
     qd_st_tensor t = {0};

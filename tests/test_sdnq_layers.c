@@ -636,39 +636,6 @@ static void test_bad_inputs(qd_ctx *ctx) {
 
 /* ---- int8 quantized matmul (§1.9) ---- */
 
-static void test_int8_kernels(void) {
-    static const int64_t Ks[] = {1, 3, 4, 37, 256, 1000};
-    uint32_t seed = 99;
-    for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++) {
-        int64_t K = Ks[ki], kp = qd_i8_kpad(K);
-        int8_t *x = calloc((size_t)(QD_I8_MR * kp), 1), *xv = calloc((size_t)(QD_I8_MR * kp), 1);
-        int8_t *w = malloc((size_t)(QD_I8_NB * K)), *panel = malloc((size_t)(QD_I8_NB * kp));
-        int32_t wsum[QD_I8_NB], acc[QD_I8_MR * QD_I8_NB];
-        for (int m = 0; m < QD_I8_MR; m++)
-            for (int64_t k = 0; k < K; k++) x[m * kp + k] = (int8_t)((int)(lcg(&seed) % 255) - 127);
-        for (int64_t i = 0; i < QD_I8_NB * K; i++) w[i] = (int8_t)((int)(lcg(&seed) % 256) - 128);
-        x[0] = 127; w[0] = -128;   /* the extremes */
-        int nb = K == 37 ? 29 : QD_I8_NB;   /* a partial panel */
-        qd_i8_pack(w, nb, K, kp, panel, wsum);
-        for (int isa = QD_I8_GENERIC; isa <= QD_I8_VNNI; isa++) {
-            if (!qd_i8_supported((qd_i8_isa)isa)) { printf("skip %s kernel (CPU lacks it)\n", qd_i8_isa_name((qd_i8_isa)isa)); continue; }
-            memcpy(xv, x, (size_t)(QD_I8_MR * kp));
-            for (int m = 0; m < QD_I8_MR; m++) qd_i8_prepare_row((qd_i8_isa)isa, xv + m * kp, kp);
-            qd_i8_kernel((qd_i8_isa)isa, xv, kp, panel, wsum, acc);
-            int ok = 1;
-            for (int m = 0; m < QD_I8_MR; m++)
-                for (int n = 0; n < QD_I8_NB; n++) {
-                    int64_t ref = 0;
-                    for (int64_t k = 0; n < nb && k < K; k++) ref += (int64_t)x[m * kp + k] * w[n * K + k];
-                    if (acc[m * QD_I8_NB + n] != ref) ok = 0;
-                }
-            check(ok, "int8 kernel %s, K=%lld, %d of 32 rows: exact integer dot products", qd_i8_isa_name((qd_i8_isa)isa),
-                  (long long)K, nb);
-        }
-        free(x); free(xv); free(w); free(panel);
-    }
-}
-
 /* sdnq's int8 matmul written out in double: x (rotated) quantized per token, the
  * base weight as int8 codes (or re-quantized per row), plus the float SVD branch. */
 static void emulate_int8(const layer_case *c, const float *x, int64_t M, float *y, double *err_x, double *err_w) {
@@ -814,7 +781,6 @@ int main(void) {
     test_fixture_cases(ctx);
     test_bad_inputs(ctx);
     test_shapes_win(ctx);
-    test_int8_kernels();
     test_int8_cases(ctx);
     test_matmul_modes(ctx);
     qd_ctx_free(ctx);

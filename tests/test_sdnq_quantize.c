@@ -158,6 +158,69 @@ static void float_codes_roundtrip(void) {
     }
 }
 
+/* Every type through qd_sdnq_quantize on a Gaussian 64 x 256 weight (auto group size):
+ * the reader's decoder must give the weight back within the type's resolution,
+ * 1.5 x 2^-(bits-1) for integers (a step of amax / (2^(bits-1) - 1) over groups
+ * of Gaussians; uint1: 1) and 2^-mantissa for floats, not below fp32's 2e-7 (a
+ * broken layout or packing gives errors of order 1). */
+static void every_type(qd_ctx *ctx) {
+    static const char *types[] = {
+        "uint1", "int2", "uint2", "int3", "uint3", "int4", "uint4", "int5", "uint5", "int6", "uint6", "int7", "uint7",
+        "int8", "uint8", "int9", "uint9", "int10", "uint11", "int12", "uint12", "int13", "uint14", "int15", "uint15",
+        "int16", "uint16", "int32", "uint32", "float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2",
+        "float8_e4m3fn_sdnq", "float7_e3m3fn", "float6_e2m3fn", "float5_e2m2fn", "float4_e2m1fn", "float3_e1m1fn",
+        "float2_e1m0fn", "float9_e4m4fn", "float12_e5m6fn", "float16_e5m10fn", "float1_e1m0fnu", "float4_e2m2fnu",
+        "float8_e4m4fnu", "float11_e5m6fnu", "float16_e5m11fnu"};
+    int64_t out = 64, in = 256, shape[2] = {64, 256};
+    float *w = malloc(sizeof(float) * (size_t)(out * in));
+    unsigned seed = 12345;
+    for (int64_t i = 0; i < out * in; i++) {   /* Box-Muller from an LCG */
+        seed = seed * 1103515245u + 12345u; double u1 = ((seed >> 8) + 1.0) / 16777217.0;
+        seed = seed * 1103515245u + 12345u; double u2 = (seed >> 8) / 16777216.0;
+        w[i] = (float)(sqrt(-2 * log(u1)) * cos(2 * M_PI * u2));
+    }
+    int bad = 0;
+    for (size_t t = 0; t < sizeof types / sizeof *types; t++) {
+        qd_sdnq_kwargs kw;
+        memset(&kw, 0, sizeof kw);
+        snprintf(kw.weights_dtype, sizeof kw.weights_dtype, "%s", types[t]);
+        kw.hadamard_group_size = 256;
+        qd_sdnq_qspec spec;
+        memset(&spec, 0, sizeof spec);
+        spec.model_dtype = QD_F32;
+        qd_sdnq_qresult r;
+        if (qd_sdnq_layout_derive_kw(ctx, &kw, 0, "test", "layer.weight", QD_SDNQ_LINEAR, 2, shape, &spec.l) != QD_OK ||
+            qd_sdnq_quantize(ctx, &spec, w, &r) != QD_OK) {
+            check(0, "%s: %s", types[t], qd_last_error(ctx));
+            bad++;
+            continue;
+        }
+        const qd_sdnq_dtype *d = &spec.l.dtype;
+        int is_int = d->family == QD_SQ_INT || d->family == QD_SQ_UINT;
+        double bound = is_int ? (d->bits > 1 ? 1.5 * ldexp(1.0, -(d->bits - 1)) : 1.0) : ldexp(1.0, -d->man_bits);
+        if (bound < 2e-7) bound = 2e-7;   /* fp32 arithmetic */
+        if (!(r.rel_err <= bound)) { check(0, "%s: rel error %.3g > %.3g", types[t], r.rel_err, bound); bad++; }
+        qd_sdnq_qresult_free(&r);
+    }
+    check(bad == 0, "%zu types quantize and decode back within their resolution", sizeof types / sizeof *types);
+    /* SVD rank above the weight's smaller side: stored without SVD, as sdnq does */
+    qd_sdnq_kwargs kw;
+    memset(&kw, 0, sizeof kw);
+    snprintf(kw.weights_dtype, sizeof kw.weights_dtype, "uint4");
+    kw.use_svd = 1;
+    kw.svd_rank = 100;
+    qd_sdnq_qspec spec;
+    memset(&spec, 0, sizeof spec);
+    spec.model_dtype = QD_F16;
+    spec.svd_steps = 2;
+    qd_sdnq_qresult r;
+    int ok = qd_sdnq_layout_derive_kw(ctx, &kw, 0, "test", "layer.weight", QD_SDNQ_LINEAR, 2, shape, &spec.l) == QD_OK &&
+             qd_sdnq_quantize(ctx, &spec, w, &r) == QD_OK;
+    check(ok && !r.present[QD_SQ_SVD_UP] && !r.l.svd && r.rel_err < 0.15, "SVD rank 100 on 64 x 256: stored without SVD");
+    if (ok) qd_sdnq_qresult_free(&r);
+    free(w);
+}
+
 int main(void) {
     qd_ctx *ctx = qd_ctx_new(2);
     char *idx = NULL;
@@ -170,6 +233,7 @@ int main(void) {
     cJSON_Delete(root);
     free(idx);
     svd_known_spectrum(ctx);
+    every_type(ctx);
     float_codes_roundtrip();
     qd_ctx_free(ctx);
     return test_summary();

@@ -12,6 +12,7 @@ int cmd_vae(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_samplers(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
 
 /* qdiff quantize: the output format and LoRA option group (quantize_comfy.c). */
 #define QUANTIZE_EXTRA_MAX 64
@@ -56,5 +57,15 @@ int cli_check_name(int what, const char *name, const char *opt);
  * "text", else as a string), --eta X sets "eta". Later settings win. Prints why
  * and returns -1 on bad input. */
 int cli_scheduler_option(char *buf, size_t cap, const char *opt, const char *arg);
+
+/* A random seed that fits in 32 bits, as A1111 draws them. */
+uint64_t cli_random_seed(void);
+/* The last component of a model folder path (per-thread buffer). */
+const char *cli_model_name(const char *dir);
+/* The k-sampler's schedule as generate records it (NULL without a sampler). */
+const char *cli_schedule_label(const qd_model *m, const qd_gen_params *p);
+/* The A1111 "parameters" text of one image of a resolved (qd_gen_params_resolve) run. */
+void cli_params_text(char *buf, size_t n, const qd_model *m, const char *model_name, const qd_gen_params *p,
+                     int batch_pos);
 
 #endif

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 static void usage_generate(FILE *f) {
@@ -49,6 +48,9 @@ static void usage_generate(FILE *f) {
         "      --batch N              images per run (default 1)\n"
         "      --matmul MODE          SDNQ layers: auto (as the model's config asks), exact (dequantized\n"
         "                             weights, fp32 math) or int8 (int8 activations x int8 weights)\n"
+        "      --precision P          dense math: fp32 (default; what the golden tests check), bf16\n"
+        "                             (bf16 operands, fp32 accumulation; CPUs with AVX512_BF16, else\n"
+        "                             fp32) or auto (bf16 where the CPU has it)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
         "      --preview FILE.png     write a live preview of the image being made (needs --preview-vae)\n"
         "      --preview-vae PATH     VAE for previews: the family's TAESD (.safetensors/.pth) or a vae/ folder\n"
@@ -81,14 +83,6 @@ static void on_preview(void *user, int step, int total, const uint8_t *rgb, int 
     }
 }
 
-static uint64_t random_seed(void) {
-    uint64_t s = 0;
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(&s, sizeof s, 1, f) != 1) s = (uint64_t)time(NULL) * 2654435761u;
-    if (f) fclose(f);
-    return s & 0xffffffffu;   /* A1111-style seeds fit in 32 bits */
-}
-
 /* OUT.png -> OUT-k.png for batches. */
 static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
     if (batch <= 1) { snprintf(buf, n, "%s", path); return; }
@@ -99,7 +93,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
-           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE };
+           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -114,13 +108,13 @@ int cmd_generate(int argc, char **argv) {
         {"preview-vae", required_argument, 0, O_PREVIEW_VAE}, {"preview-every", required_argument, 0, O_PREVIEW_EVERY},
         {"sampler", required_argument, 0, O_SAMPLER}, {"schedule", required_argument, 0, O_SCHEDULE},
         {"eta", required_argument, 0, O_ETA}, {"scheduler-opt", required_argument, 0, O_SOPT},
-        {"noise-mode", required_argument, 0, O_NOISE},
+        {"noise-mode", required_argument, 0, O_NOISE}, {"precision", required_argument, 0, O_PRECISION},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
     const char *model_dir = NULL, *out = NULL, *latents_path = NULL, *preview_path = NULL, *preview_vae_path = NULL;
     long threads = 0, v;
-    int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0;
+    int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision = QD_PRECISION_FP32;
     char sched_opts[8192] = "";   /* --scheduler-options / --scheduler-opt / --eta, as one JSON object */
     int c;
     optind = 1;
@@ -149,6 +143,15 @@ int cmd_generate(int argc, char **argv) {
             else if (!strcmp(optarg, "int8")) matmul = QD_MATMUL_INT8;
             else {
                 fprintf(stderr, "qdiff: --matmul expects auto, exact or int8, got '%s'\n", optarg);
+                return EXIT_BAD;
+            }
+            break;
+        case O_PRECISION:
+            if (!strcmp(optarg, "fp32")) precision = QD_PRECISION_FP32;
+            else if (!strcmp(optarg, "bf16")) precision = QD_PRECISION_BF16;
+            else if (!strcmp(optarg, "auto")) precision = QD_PRECISION_AUTO;
+            else {
+                fprintf(stderr, "qdiff: --precision expects fp32, bf16 or auto, got '%s'\n", optarg);
                 return EXIT_BAD;
             }
             break;
@@ -198,7 +201,7 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "qdiff: generate needs -m DIR, -p TEXT and -o OUT.png (see qdiff generate --help)\n");
         return EXIT_BAD;
     }
-    if (!have_seed) p.seed = random_seed();
+    if (!have_seed) p.seed = cli_random_seed();
     if (sched_opts[0]) p.scheduler_options = sched_opts;
     if (p.sampler && (p.scheduler || p.karras == 1)) {
         fprintf(stderr, "qdiff: --sampler replaces --scheduler/--karras (use --schedule karras)\n");
@@ -228,6 +231,7 @@ int cmd_generate(int argc, char **argv) {
     qd_ctx *ctx = qd_ctx_new((int)threads);
     if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); return EXIT_BAD; }
     qd_set_matmul(ctx, matmul);
+    qd_set_precision(ctx, precision);
     qd_model *m = NULL;
     int rc = 0;
     uint8_t *img = NULL;
@@ -264,22 +268,10 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     int W = p.width, H = p.height;
-    char extra[64] = "";
-    if (strcmp(qd_model_family(m), "flux") == 0) snprintf(extra, sizeof extra, ", Guidance: %g", p.guidance);
-    const char *sched = p.sampler ? p.sampler : p.scheduler ? p.scheduler : qd_model_scheduler(m);
-    char sched_more[96];   /* " Karras", or the k-sampler's schedule */
-    snprintf(sched_more, sizeof sched_more, "%s%s", p.sampler ? ", Schedule type: " : p.karras == 1 ? " Karras" : "",
-             !p.sampler ? "" : p.schedule ? p.schedule : strcmp(qd_model_family(m), "sd3") && strcmp(qd_model_family(m), "flux") ? "normal" : "simple");
-    const char *mname = strrchr(model_dir, '/');
-    mname = mname && mname[1] ? mname + 1 : model_dir;
+    const char *mname = cli_model_name(model_dir);
     for (int k = 1; k <= p.batch; k++) {
         char params[8192];
-        snprintf(params, sizeof params,
-                 "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, "
-                 "Model: %s, Batch pos: %d%s, Version: qdiff %s",
-                 p.prompt, p.negative_prompt ? p.negative_prompt : "", p.steps, sched,
-                 sched_more, p.cfg_scale, (unsigned long long)p.seed, W, H, mname, k - 1,
-                 extra, QDIFF_VERSION);
+        cli_params_text(params, sizeof params, m, mname, &p, k - 1);
         const char *keys[] = {"parameters"};
         const char *vals[] = {params};
         numbered(path, sizeof path, out, k, p.batch);

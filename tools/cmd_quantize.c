@@ -7,6 +7,7 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -229,6 +230,13 @@ static void print_report(const cJSON *rep, int layers) {
            100 * jnum(t, "bytes_out") / jnum(t, "bytes_in"), jnum(t, "rel_error"), jnum(t, "snr_db"), jnum(t, "seconds"));
 }
 
+/* Ctrl-C / SIGTERM cancel the run, so the library removes the half-built OUT.tmp-* folder. */
+static qd_ctx *running;
+static void on_signal(int sig) {
+    (void)sig;
+    if (running) qd_cancel(running);
+}
+
 int cmd_quantize(int argc, char **argv) {
     quantize_opts o;
     memset(&o, 0, sizeof o);
@@ -288,34 +296,46 @@ int cmd_quantize(int argc, char **argv) {
     o.p.progress_user = &b;
     qd_ctx *ctx = qd_ctx_new((int)o.threads);
     if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); quantize_extra_free(&o.x); return EXIT_BAD; }
+    /* Ctrl-C / SIGTERM cancel the run: the library removes its temporary output */
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    running = ctx;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     qd_status st = quantize_extra_open_loras(ctx, &o.x);
-    if (st == QD_OK && comfy) {
-        int rc = quantize_comfy_run(ctx, &o.x, o.in, o.out, o.dtype_given ? o.p.weights_dtype : NULL, o.p.dry_run, o.p.force, o.json, progress, &b);
-        quantize_extra_free(&o.x);
-        qd_ctx_free(ctx);
-        return rc;
-    }
-    if (st == QD_OK && o.x.lora) {
-        /* a LoRA naming no weight of the chosen components fails before anything is written */
-        char comps[1024], dir[4096];
-        if (o.p.components && *o.p.components) snprintf(comps, sizeof comps, "%s", o.p.components);
-        else {
-            snprintf(dir, sizeof dir, "%s/unet", o.in);
-            snprintf(comps, sizeof comps, "%s", access(dir, F_OK) == 0 ? "unet" : "transformer");
-        }
-        for (char *c = strtok(comps, ","); c && st == QD_OK; c = strtok(NULL, ",")) {
-            snprintf(dir, sizeof dir, "%s/%s", o.in, c);
-            st = qd_lora_set_plan(ctx, o.x.lora, dir, c);
-        }
-        if (st == QD_OK) st = qd_lora_set_check(ctx, o.x.lora);
-        o.x.ctx = ctx;
-        o.p.prepare = quantize_extra_prepare;
-        o.p.prepare_user = &o.x;
-    }
+    int comfy_rc = -1;
     char *json = NULL;
-    if (st == QD_OK) st = qd_quantize(ctx, o.in, o.p.dry_run ? NULL : o.out, &o.p, &json);
-    if (st == QD_OK && o.x.lora) st = qd_lora_set_check(ctx, o.x.lora);   /* warns about pairs left over */
+    if (st == QD_OK && comfy) {
+        comfy_rc = quantize_comfy_run(ctx, &o.x, o.in, o.out, o.dtype_given ? o.p.weights_dtype : NULL, o.p.dry_run,
+                                      o.p.force, o.json, progress, &b);
+    } else if (st == QD_OK) {
+        if (o.x.lora) {
+            /* a LoRA naming no weight of the chosen components fails before anything is written */
+            char comps[1024], dir[4096];
+            if (o.p.components && *o.p.components) snprintf(comps, sizeof comps, "%s", o.p.components);
+            else {
+                snprintf(dir, sizeof dir, "%s/unet", o.in);
+                snprintf(comps, sizeof comps, "%s", access(dir, F_OK) == 0 ? "unet" : "transformer");
+            }
+            for (char *c = strtok(comps, ","); c && st == QD_OK; c = strtok(NULL, ",")) {
+                snprintf(dir, sizeof dir, "%s/%s", o.in, c);
+                st = qd_lora_set_plan(ctx, o.x.lora, dir, c);
+            }
+            if (st == QD_OK) st = qd_lora_set_check(ctx, o.x.lora);
+            o.x.ctx = ctx;
+            o.p.prepare = quantize_extra_prepare;
+            o.p.prepare_user = &o.x;
+        }
+        if (st == QD_OK) st = qd_quantize(ctx, o.in, o.p.dry_run ? NULL : o.out, &o.p, &json);
+        if (st == QD_OK && o.x.lora) st = qd_lora_set_check(ctx, o.x.lora);   /* warns about pairs left over */
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    running = NULL;
     quantize_extra_free(&o.x);
+    if (comfy_rc >= 0) { qd_ctx_free(ctx); return comfy_rc; }
     if (st != QD_OK) {
         if (b.tty && b.last >= 0) fprintf(stderr, "\n");
         fprintf(stderr, "qdiff quantize: %s\n", qd_last_error(ctx));

@@ -16,6 +16,7 @@ static void usage_main(FILE *f) {
         "  inspect     what a model folder holds: parameters, bytes on disk/in memory, SDNQ layer types\n"
         "  samplers    the samplers, schedules and scheduler classes generate accepts\n"
         "  quantize    write an SDNQ-quantized diffusers folder (or --dry-run: per-layer error report)\n"
+        "  serve       HTTP server: A1111- and OpenAI-compatible image APIs and a web page\n"
         "\n"
         "Run 'qdiff <command> --help' for the options of a command.\n"
         "Exit status: 0 on success, 2 on bad input or failure, 130 when cancelled.\n",
@@ -32,6 +33,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "samplers")) return cmd_samplers(argc - 1, argv + 1);
     if (!strcmp(cmd, "quantize")) return cmd_quantize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "serve")) return cmd_serve(argc - 1, argv + 1);
     fprintf(stderr, "qdiff: unknown command '%s'\n\n", cmd);
     usage_main(stderr);
     return EXIT_BAD;

@@ -105,11 +105,14 @@ void qd_set_precision(qd_ctx *ctx, int precision) {
 }
 
 int qd_ctx_bf16(const qd_ctx *ctx) {
-    /* No bf16 kernels exist yet: AUTO means fp32 until they do. */
+    /* The bf16 GEMM kernels need AVX512_BF16; QD_ISA=avx2|generic (forcing a lower GEMM
+     * kernel, for tests) rules them out too. AUTO takes bf16 wherever it can. */
     static int has = -1;
     if (has < 0) {
+        const char *force = getenv("QD_ISA");
         __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx512bf16") ? 1 : 0;
+        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16") &&
+              !(force && (strcmp(force, "avx2") == 0 || strcmp(force, "generic") == 0));
     }
-    return has && ctx->precision == QD_PRECISION_BF16;
+    return ctx && has && (ctx->precision == QD_PRECISION_BF16 || ctx->precision == QD_PRECISION_AUTO);
 }

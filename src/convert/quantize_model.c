@@ -31,6 +31,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -416,6 +417,31 @@ static qd_status plan(run *r) {
 
 /* ---- quantizing one layer ---- */
 
+/* The layout of rec as `dtype`, as the reader will derive it. Dynamic escalation
+ * past what the matmul type holds drops quantized matmul for the layer (§2 step
+ * 11). Returns 0 when the weights do not fill whole packing blocks (sdnq cannot
+ * store that), else 1. */
+static qd_status derive_as(run *r, layer_rec *rec, const char *dtype, qd_sdnq_kwargs *kw, qd_sdnq_layout *l,
+                           int *no_mm, int *fits) {
+    qd_ctx *ctx = r->ctx;
+    *kw = rec->kw;
+    snprintf(kw->weights_dtype, sizeof kw->weights_dtype, "%s", dtype);
+    *no_mm = 0;
+    QD_TRY(qd_sdnq_layout_derive_kw(ctx, kw, 0, "quantize options", rec->name, rec->cls, rec->ndim, rec->shape, l));
+    if (r->p->dynamic && l->qmm && l->dtype.bits > l->mm_dtype.bits) {
+        *no_mm = 1;
+        QD_TRY(qd_sdnq_layout_derive_kw(ctx, kw, 1, "quantize options", rec->name, rec->cls, rec->ndim, rec->shape, l));
+    }
+    *fits = qd_sdnq_storage_elems(&l->dtype, l->out * l->cols) >= 0;
+    return QD_OK;
+}
+
+static void not_whole_blocks(layer_rec *rec, const qd_sdnq_layout *l) {
+    snprintf(rec->reason, sizeof rec->reason, "%lld weights are not whole %s packing blocks",
+             (long long)(l->out * l->cols), l->dtype.name);
+    rec->quantized = 0;
+}
+
 static qd_status quantize_layer(run *r, layer_rec *rec, const float *w, qd_dtype model_dtype, qd_sdnq_qresult *res) {
     qd_ctx *ctx = r->ctx;
     const qd_quant_params *p = r->p;
@@ -429,44 +455,84 @@ static qd_status quantize_layer(run *r, layer_rec *rec, const float *w, qd_dtype
         qd_sdnq_dtype_parse(rec->kw.weights_dtype, &d);
         tau = p->dynamic_loss >= 0 ? p->dynamic_loss : pow(10.0, -d.bits / 2.0);
     }
-    int64_t shape[QD_MAX_DIMS];
-    memcpy(shape, rec->shape, sizeof shape);
+    /* dynamic: the SVD is computed once and reused by every candidate (§2 step 11) */
+    qd_sdnq_svd_cache cache = {0};
+    if (p->dynamic && rec->kw.use_svd && rec->kw.svd_rank > 0) {
+        int64_t out = rec->shape[0], cols = 1, rank = rec->kw.svd_rank;
+        for (int d = 1; d < rec->ndim; d++) cols *= rec->shape[d];
+        cache.up = qd_malloc(ctx, sizeof(float) * (size_t)(out * rank));
+        cache.down = qd_malloc(ctx, sizeof(float) * (size_t)(rank * cols));
+        if (!cache.up || !cache.down) { free(cache.up); free(cache.down); return QD_ERR_NOMEM; }
+    }
+    qd_status result = QD_OK;
+    int accepted = 0;
     for (int i = 0; i < n; i++) {
-        qd_sdnq_kwargs kw = rec->kw;
-        snprintf(kw.weights_dtype, sizeof kw.weights_dtype, "%s", cands[i]);
         qd_sdnq_qspec spec;
         memset(&spec, 0, sizeof spec);
-        int no_mm = 0;
-        QD_TRY(qd_sdnq_layout_derive_kw(ctx, &kw, 0, "quantize options", rec->name, rec->cls, rec->ndim, shape, &spec.l));
-        if (p->dynamic && spec.l.qmm && spec.l.dtype.bits > spec.l.mm_dtype.bits) {
-            /* escalated past what its matmul type holds: no quantized matmul for it (§2 step 11) */
-            no_mm = 1;
-            QD_TRY(qd_sdnq_layout_derive_kw(ctx, &kw, 1, "quantize options", rec->name, rec->cls, rec->ndim, shape, &spec.l));
-        }
-        if (qd_sdnq_storage_elems(&spec.l.dtype, spec.l.out * spec.l.cols) < 0) {
+        spec.svd_cache = cache.up ? &cache : NULL;
+        qd_sdnq_kwargs kw;
+        int no_mm, fits;
+        if ((result = derive_as(r, rec, cands[i], &kw, &spec.l, &no_mm, &fits)) != QD_OK) break;
+        if (!fits) {
             if (p->dynamic) continue;
-            snprintf(rec->reason, sizeof rec->reason, "%lld weights are not whole %s packing blocks",
-                     (long long)(spec.l.out * spec.l.cols), spec.l.dtype.name);
-            rec->quantized = 0;
-            return QD_OK;
+            not_whole_blocks(rec, &spec.l);
+            break;
         }
         spec.model_dtype = model_dtype;
         spec.svd_steps = p->svd_steps;
         spec.codebook_steps = p->codebook_steps;
         spec.seed = p->seed;
         qd_status st = qd_sdnq_quantize(ctx, &spec, w, res);
-        if (st != QD_OK) return qd_fail_prefix(ctx, st, "layer '%s'", rec->name);
+        if (st != QD_OK) { result = qd_fail_prefix(ctx, st, "layer '%s'", rec->name); break; }
         if (!p->dynamic || res->loss <= tau) {
             rec->kw = kw;
             rec->l = res->l;
             rec->no_matmul = no_mm;
-            return QD_OK;
+            accepted = 1;
+            break;
         }
         qd_sdnq_qresult_free(res);
     }
-    snprintf(rec->reason, sizeof rec->reason, "dynamic: no type reaches loss %.3g", tau);
-    rec->quantized = 0;
-    return QD_OK;
+    if (result == QD_OK && rec->quantized && !accepted) {
+        snprintf(rec->reason, sizeof rec->reason, "dynamic: no type reaches loss %.3g", tau);
+        rec->quantized = 0;
+    }
+    free(cache.up);
+    free(cache.down);
+    return result;
+}
+
+static qd_dtype model_dtype_of(const qd_st_tensor *t) { return t->dtype == QD_F64 ? QD_F32 : t->dtype; }
+
+/* Without dynamic escalation every stored tensor is known from the headers: declare
+ * them all so the writer puts each one straight in its place. */
+static qd_status declare_outputs(run *r, comp *c, const qd_st_set *st, qd_st_stream *out) {
+    qd_ctx *ctx = r->ctx;
+    for (int64_t k = 0; k < st->n_tensors; k++) {
+        const qd_st_tensor *t = &st->tensors[k];
+        layer_rec rec;
+        decide(r, c, t, &rec, 0);
+        if (rec.quantized) {
+            qd_sdnq_kwargs kw;
+            qd_sdnq_layout l;
+            int no_mm, fits;
+            QD_TRY(derive_as(r, &rec, rec.kw.weights_dtype, &kw, &l, &no_mm, &fits));
+            if (fits) {
+                qd_st_out o[QD_SQ_NTENSORS];
+                int present[QD_SQ_NTENSORS];
+                qd_sdnq_stored_tensors(&l, model_dtype_of(t), o, present);
+                char name[600];
+                for (int i = 0; i < QD_SQ_NTENSORS; i++) {
+                    if (!present[i]) continue;
+                    snprintf(name, sizeof name, "%.*s.%s", (int)(strlen(t->name) - 7), t->name, o[i].name);
+                    QD_TRY(qd_st_stream_declare(ctx, out, name, o[i].dtype, o[i].ndim, o[i].shape));
+                }
+                continue;
+            }
+        }
+        QD_TRY(qd_st_stream_declare(ctx, out, t->name, t->dtype, t->ndim, t->shape));
+    }
+    return qd_st_stream_layout(ctx, out, "\"format\":\"pt\"");
 }
 
 /* ---- the config sdnq writes ---- */
@@ -667,8 +733,7 @@ static qd_status process_tensor(run *r, comp *c, const qd_st_tensor *t, qd_st_st
     qd_sdnq_qresult res;
     memset(&res, 0, sizeof res);
     if (st == QD_OK && rec.quantized) {
-        qd_dtype model = t->dtype == QD_F64 ? QD_F32 : t->dtype;
-        st = quantize_layer(r, &rec, w, model, &res);
+        st = quantize_layer(r, &rec, w, model_dtype_of(t), &res);
         if (st == QD_OK && rec.quantized) {
             double sw2 = 0;
             for (int64_t i = 0; i < t->numel; i++) sw2 += (double)w[i] * w[i];
@@ -741,6 +806,11 @@ static qd_status process_component(run *r, comp *c, const char *tmp_dir) {
     qd_st_set st;
     qd_status s = qd_st_open(ctx, c->weights, &st);
     if (s != QD_OK) { qd_st_stream_abort(out); return s; }
+    if (out && !r->p->dynamic && (s = declare_outputs(r, c, &st, out)) != QD_OK) {
+        qd_st_close(&st);
+        qd_st_stream_abort(out);
+        return s;
+    }
     for (int64_t k = 0; k < st.n_tensors && s == QD_OK; k++) {
         const qd_st_tensor *t = &st.tensors[k];
         if (ctx->cancel) { s = qd_fail(ctx, QD_ERR_CANCELLED, "cancelled"); break; }
@@ -939,10 +1009,25 @@ static void run_free(run *r) {
     cJSON_Delete(r->layer_cfg_root);
 }
 
+/* The output may be neither the input nor inside it (the copy of the input would
+ * then include the folder being built). */
 static qd_status same_folder(qd_ctx *ctx, const char *in_dir, const char *out_dir) {
     struct stat a, b;
     if (stat(in_dir, &a) == 0 && stat(out_dir, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
         return qd_fail(ctx, QD_ERR_ARG, "%s: the output folder is the input folder", out_dir);
+    char parent[4200], rin[PATH_MAX], rpar[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", out_dir);
+    size_t n = strlen(parent);
+    while (n > 1 && parent[n - 1] == '/') parent[--n] = 0;
+    char *slash = strrchr(parent, '/');
+    if (!slash) snprintf(parent, sizeof parent, ".");
+    else if (slash == parent) parent[1] = 0;
+    else *slash = 0;
+    if (realpath(in_dir, rin) && realpath(parent, rpar)) {
+        size_t k = strlen(rin);
+        if (!strncmp(rpar, rin, k) && (rpar[k] == 0 || rpar[k] == '/'))
+            return qd_fail(ctx, QD_ERR_ARG, "%s: the output folder may not be inside the input folder %s", out_dir, in_dir);
+    }
     return QD_OK;
 }
 

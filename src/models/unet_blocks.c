@@ -12,6 +12,7 @@
 #include "base/threads.h"
 #include "tensor/gemm.h"
 #include "tensor/ops.h"
+#include "quant/sdnq_matmul.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +80,43 @@ static float *alloc_f(qd_ctx *ctx, int64_t n) {
     return qd_malloc_aligned(ctx, sizeof(float) * (size_t)(n > 0 ? n : 1));
 }
 
+/* ---- SDNQ layers in int8 matmul mode ----
+ * The fused GEMMs below read weights through decode() (exact mode). When an SDNQ layer
+ * runs int8 (qd_sdnq_uses_int8_weight), these helpers do the same linear through the
+ * int8 kernel instead; the fused layouts (NCHW in or out, accumulate) cost a transpose.
+ * Each returns 0 when the layer does not run int8 or scratch is missing: the caller's
+ * fused GEMM then runs as before. */
+
+/* y[M, N] (+)= x[M, K] . W^T + bias, token-major, y row stride ldy. */
+static int int8_linear(qd_ctx *ctx, const qd_weight *w, const qd_sdnq_i8_panels *pre, const float *x, int64_t M,
+                       const float *bias, float *y, int64_t ldy, int accumulate) {
+    double t0 = ctx->trace ? qd_now() : 0;
+    if (!qd_sdnq_linear_into(ctx, w, pre, x, M, bias, y, ldy, accumulate)) return 0;
+    if (ctx->trace) {
+        int64_t d[4] = {M, w->cols, w->rows, bias != NULL};
+        ctx->trace(ctx->trace_user, "linear", d, 4, qd_now() - t0);
+    }
+    return 1;
+}
+
+/* x [B, K, S] (NCHW) -> y [B, S, N] tokens (+ bias), or with nchw_out y [B, N, S] += . */
+static int int8_nchw(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t B, int64_t S, const float *bias,
+                     float *y, int nchw_in, int nchw_out) {
+    int64_t M = B * S, K = w->cols, N = w->rows;
+    if (!qd_sdnq_uses_int8_weight(ctx, w, M)) return 0;
+    float *xt = nchw_in ? alloc_f(ctx, M * K) : NULL, *yt = nchw_out ? alloc_f(ctx, 2 * M * N) : NULL;
+    int ok = (!nchw_in || xt) && (!nchw_out || yt);
+    if (ok && nchw_in) qd_transpose_cs(ctx, x, B, K, S, xt);
+    ok = ok && int8_linear(ctx, w, NULL, nchw_in ? xt : x, M, bias, nchw_out ? yt : y, N, 0);
+    if (ok && nchw_out) {   /* y[b, n, s] += yt[b, s, n] */
+        qd_transpose_cs(ctx, yt, B, S, N, yt + M * N);
+        qd_unet_add_scaled(ctx, y, yt + M * N, M * N, 1.0f);
+    }
+    free(xt);
+    free(yt);
+    return ok;
+}
+
 /* ---- ResnetBlock2D ---- */
 
 qd_status qd_unet_resnet_load(qd_params *p, qd_unet_resnet *r, int64_t cin, int64_t cout, int64_t temb_dim,
@@ -122,9 +160,10 @@ qd_status qd_unet_resnet_fwd(qd_ctx *ctx, const qd_unet_resnet *r, const float *
     qd_conv2d(ctx, h2, B, cout, H, W, &r->conv2.w, r->conv2.b, 3, 3, 1, 1, y);
     free(h2);
     if (r->has_shortcut) {
-        for (int64_t b = 0; b < B; b++)     /* y += conv_shortcut(x), a 1x1 conv as one GEMM */
-            gemm_traced(ctx, 1, cout, S, cin, qd_wmat(&r->shortcut.w), qd_cols(x + b * cin * S, S),
-                        y + b * cout * S, S, 1.0f, r->shortcut.b, NULL);
+        if (!int8_nchw(ctx, &r->shortcut.w, x, B, S, r->shortcut.b, y, 1, 1))
+            for (int64_t b = 0; b < B; b++)     /* y += conv_shortcut(x), a 1x1 conv as one GEMM */
+                    gemm_traced(ctx, 1, cout, S, cin, qd_wmat(&r->shortcut.w), qd_cols(x + b * cin * S, S),
+                            y + b * cout * S, S, 1.0f, r->shortcut.b, NULL);
         if (r->out_scale != 1.0f) {
             ew_args a = {y, NULL, r->out_scale};
             qd_parallel_for(ctx, B * cout * S, div_part, &a);
@@ -222,7 +261,8 @@ static void attention(qd_ctx *ctx, const qd_unet_xformer *t, xf_scratch *s, int6
     qd_linear(ctx, kv_src, B * Lk, &k->w, NULL, kb);
     qd_linear(ctx, kv_src, B * Lk, &v->w, NULL, vb);
     qd_attention(ctx, qb, D, kb, D, vb, D, B, S, Lk, t->heads, t->dh, 0, s->n);
-    gemm_traced(ctx, 0, M, D, D, qd_rows(s->n, D), qd_wmat(&o->w), s->tok, D, 1.0f, NULL, o->b);
+    if (!int8_linear(ctx, &o->w, NULL, s->n, M, o->b, s->tok, D, 1))
+        gemm_traced(ctx, 0, M, D, D, qd_rows(s->n, D), qd_wmat(&o->w), s->tok, D, 1.0f, NULL, o->b);
 }
 
 static void tblock_fwd(qd_ctx *ctx, const qd_unet_xformer *t, const qd_unet_tblock *b, xf_scratch *s,
@@ -237,14 +277,21 @@ static void tblock_fwd(qd_ctx *ctx, const qd_unet_xformer *t, const qd_unet_tblo
     int64_t R = s->work_n / (3 * F);
     if (R > M) R = M;
     float *f1 = s->work, *f2 = s->work + R * 2 * F;
+    /* int8 layers: pack each weight once for all the chunks; whether a layer runs int8
+     * is decided for all M tokens, as one diffusers call would */
+    qd_sdnq_i8_panels *p1 = qd_sdnq_i8_prepack(ctx, &b->ff1.w, M), *p2 = qd_sdnq_i8_prepack(ctx, &b->ff2.w, M);
     for (int64_t r0 = 0; r0 < M; r0 += R) {
         int64_t nr = M - r0 < R ? M - r0 : R;
-        qd_linear(ctx, s->n + r0 * D, nr, &b->ff1.w, b->ff1.b, f1);
+        if (!int8_linear(ctx, &b->ff1.w, p1, s->n + r0 * D, nr, b->ff1.b, f1, 2 * F, 0))
+            qd_linear(ctx, s->n + r0 * D, nr, &b->ff1.w, b->ff1.b, f1);
         geglu_args g = {f1, f2, F};
         qd_parallel_for(ctx, nr, geglu_part, &g);
-        gemm_traced(ctx, 0, nr, D, F, qd_rows(f2, F), qd_wmat(&b->ff2.w), s->tok + r0 * D, D, 1.0f, NULL,
-                    b->ff2.b);
+        if (!int8_linear(ctx, &b->ff2.w, p2, f2, nr, b->ff2.b, s->tok + r0 * D, D, 1))
+            gemm_traced(ctx, 0, nr, D, F, qd_rows(f2, F), qd_wmat(&b->ff2.w), s->tok + r0 * D, D, 1.0f, NULL,
+                        b->ff2.b);
     }
+    qd_sdnq_i8_panels_free(p1);
+    qd_sdnq_i8_panels_free(p2);
 }
 
 qd_status qd_unet_xformer_fwd(qd_ctx *ctx, const qd_unet_xformer *t, float *x, int64_t B, int64_t H, int64_t W,
@@ -259,13 +306,15 @@ qd_status qd_unet_xformer_fwd(qd_ctx *ctx, const qd_unet_xformer *t, float *x, i
     s.work = alloc_f(ctx, s.work_n);
     if (!s.tok || !s.n || !s.work) { free(s.tok); free(s.n); free(s.work); return QD_ERR_NOMEM; }
     qd_group_norm(ctx, x, B, C, S, t->groups, 1e-6f, t->norm.w, t->norm.b, 0, s.n);
-    for (int64_t b = 0; b < B; b++)     /* tokens[s, :] = W_in . norm[:, s] + b_in */
-        gemm_traced(ctx, 0, S, D, C, qd_cols(s.n + b * C * S, S), qd_wmat(&t->proj_in.w), s.tok + b * S * D,
-                    D, 0.0f, NULL, t->proj_in.b);
+    if (!int8_nchw(ctx, &t->proj_in.w, s.n, B, S, t->proj_in.b, s.tok, 1, 0))
+        for (int64_t b = 0; b < B; b++)     /* tokens[s, :] = W_in . norm[:, s] + b_in */
+            gemm_traced(ctx, 0, S, D, C, qd_cols(s.n + b * C * S, S), qd_wmat(&t->proj_in.w), s.tok + b * S * D,
+                        D, 0.0f, NULL, t->proj_in.b);
     for (int i = 0; i < t->depth; i++) tblock_fwd(ctx, t, &t->blocks[i], &s, B, S, context, L);
-    for (int64_t b = 0; b < B; b++)     /* x[:, s] += W_out . tokens[s, :] + b_out */
-        gemm_traced(ctx, 0, C, S, D, qd_wmat(&t->proj_out.w), qd_rows(s.tok + b * S * D, D), x + b * C * S, S,
-                    1.0f, t->proj_out.b, NULL);
+    if (!int8_nchw(ctx, &t->proj_out.w, s.tok, B, S, t->proj_out.b, x, 0, 1))
+        for (int64_t b = 0; b < B; b++)     /* x[:, s] += W_out . tokens[s, :] + b_out */
+            gemm_traced(ctx, 0, C, S, D, qd_wmat(&t->proj_out.w), qd_rows(s.tok + b * S * D, D), x + b * C * S, S,
+                        1.0f, t->proj_out.b, NULL);
     free(s.tok);
     free(s.n);
     free(s.work);

@@ -1,12 +1,20 @@
-/* int8 dot-product kernels. Panel layout [k/4][32 outputs][4 k]: one 32-bit lane
- * holds the 4 consecutive k of one output, which is what VNNI's vpdpbusd and
- * AVX2's maddubs+madd pairs sum, so a broadcast of 4 activation bytes meets 16
- * (AVX-512) or 8 (AVX2) outputs per instruction. */
+/* int8 GEMM: quantization of rows, weight panel packing, micro-kernels per ISA and
+ * the cache-blocked driver (see int8_gemm.h for the arithmetic).
+ *
+ * Blocking: each thread owns blocks of mc tokens (their codes stay in L2). For every
+ * weight panel (64 outputs x kp, shared by all threads, packed once per call) it
+ * walks K in blocks of KC (a 64 x KC sub-panel stays in L1) and runs the 6 x 64
+ * micro-kernel down the token block, accumulating int32 into a small mc x 64 tile;
+ * after the last K block the tile goes through the float epilogue into y. */
 #include "quant/int8_gemm.h"
+#include "base/threads.h"
 
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define KC 512            /* k per inner block: 64 x 512 bytes of panel = 32 KiB */
+#define MC_BYTES 393216   /* token block codes kept in L2 */
 
 int qd_i8_supported(qd_i8_isa isa) {
     __builtin_cpu_init();
@@ -32,100 +40,310 @@ const char *qd_i8_isa_name(qd_i8_isa isa) {
     return isa == QD_I8_VNNI ? "avx512vnni" : isa == QD_I8_AVX2 ? "avx2" : "generic";
 }
 
-void qd_i8_prepare_row(qd_i8_isa isa, int8_t *row, int64_t kp) {
-    if (isa != QD_I8_VNNI) return;
-    for (int64_t k = 0; k < kp; k++) row[k] = (int8_t)((uint8_t)row[k] ^ 0x80u);   /* x + 128 as a byte */
+/* ---- row quantization ---- */
+
+/* RNE of v clamped to [-127, 127] without libm calls: clamping first is the same
+ * (RNE is monotonic and +-127 are integers); NaN fails both tests and becomes -127.
+ * Adding and subtracting 1.5 * 2^23 rounds to an integer in the default rounding mode. */
+static inline int8_t round_i8(float v) {
+    if (v > 127.0f) v = 127.0f;
+    else if (!(v >= -127.0f)) v = -127.0f;
+    v = (v + 12582912.0f) - 12582912.0f;
+    return (int8_t)(int)v;
 }
 
-void qd_i8_pack(const int8_t *rows, int nb, int64_t K, int64_t kp, int8_t *panel, int32_t *wsum) {
-    memset(panel, 0, (size_t)(kp * QD_I8_NB));
-    for (int n = 0; n < QD_I8_NB; n++) {
-        int32_t s = 0;
-        if (n < nb) {
-            const int8_t *r = rows + n * K;
-            for (int64_t k = 0; k < K; k++) {
-                panel[(k / 4) * (4 * QD_I8_NB) + n * 4 + (k & 3)] = r[k];
-                s += r[k];
-            }
+static float amax_generic(const float *x, int64_t K) {
+    float m = 0;
+    for (int64_t k = 0; k < K; k++) {
+        float a = x[k] < 0 ? -x[k] : x[k];
+        if (a > m) m = a;      /* NaN compares false: ignored, as fmaxf does */
+    }
+    return m;
+}
+
+__attribute__((target("avx512f")))
+static float amax_avx512(const float *x, int64_t K) {
+    __m512 m = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + k)), m);  /* NaN: keeps m */
+    if (k < K) {
+        __mmask16 t = (__mmask16)((1u << (K - k)) - 1);
+        m = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(t, x + k)), m);
+    }
+    return _mm512_reduce_max_ps(m);
+}
+
+float qd_i8_amax(qd_i8_isa isa, const float *x, int64_t K) {
+    return isa == QD_I8_VNNI ? amax_avx512(x, K) : amax_generic(x, K);
+}
+
+static int32_t quant_generic(const float *x, int64_t K, float s, int8_t *q) {
+    int32_t sum = 0;
+    for (int64_t k = 0; k < K; k++) {
+        q[k] = round_i8(x[k] / s);
+        sum += q[k];
+    }
+    return sum;
+}
+
+/* x / s (a true division, as sdnq does), cvtps rounds to nearest even; NaN converts
+ * to INT_MIN and the clamp takes it to -127. */
+__attribute__((target("avx512f,avx512bw")))
+static int32_t quant_avx512(const float *x, int64_t K, float s, int8_t *q) {
+    const __m512 vs = _mm512_set1_ps(s);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127);
+    __m512i sum = _mm512_setzero_si512();
+    for (int64_t k = 0; k < K; k += 16) {
+        __mmask16 t = K - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (K - k)) - 1);
+        __m512i v = _mm512_cvtps_epi32(_mm512_div_ps(_mm512_maskz_loadu_ps(t, x + k), vs));
+        v = _mm512_min_epi32(_mm512_max_epi32(v, lo), hi);
+        v = _mm512_maskz_mov_epi32(t, v);
+        sum = _mm512_add_epi32(sum, v);
+        _mm512_mask_cvtepi32_storeu_epi8(q + k, t, v);
+    }
+    return _mm512_reduce_add_epi32(sum);
+}
+
+float qd_i8_quantize_row(qd_i8_isa isa, const float *x, int64_t K, int64_t kp, int8_t *q, int32_t *sum) {
+    float s = qd_i8_amax(isa, x, K) / 127.0f;
+    memset(q + K, 0, (size_t)(kp - K));
+    if (!(s > 0)) {
+        memset(q, 0, (size_t)K);
+        *sum = 0;
+        return 0;
+    }
+    *sum = isa == QD_I8_VNNI ? quant_avx512(x, K, s, q) : quant_generic(x, K, s, q);
+    return s;
+}
+
+/* ---- panel packing ---- */
+
+static uint8_t isa_flip(qd_i8_isa isa) { return isa == QD_I8_VNNI ? 0x80 : 0; }   /* VNNI reads w + 128 */
+
+void qd_i8_pack_rows(qd_i8_isa isa, const int8_t *rows, int64_t ld, int nb, int64_t K, int64_t kp, uint8_t *panel) {
+    uint32_t flip = isa_flip(isa) * 0x01010101u, *p = (uint32_t *)(void *)panel;
+    int64_t k4n = kp / 4, full = K / 4;
+    for (int n = 0; n < QD_I8_NR; n++) {
+        if (n >= nb) {
+            for (int64_t k4 = 0; k4 < k4n; k4++) p[k4 * QD_I8_NR + n] = flip;
+            continue;
         }
-        wsum[n] = s;
+        const int8_t *r = rows + n * ld;
+        for (int64_t k4 = 0; k4 < full; k4++) {
+            uint32_t v;
+            memcpy(&v, r + 4 * k4, 4);
+            p[k4 * QD_I8_NR + n] = v ^ flip;
+        }
+        if (full < k4n) {   /* K % 4 tail */
+            uint8_t b[4] = {0, 0, 0, 0};
+            for (int64_t k = 4 * full; k < K; k++) b[k - 4 * full] = (uint8_t)r[k];
+            uint32_t v;
+            memcpy(&v, b, 4);
+            p[full * QD_I8_NR + n] = v ^ flip;
+        }
     }
 }
 
-static void kernel_generic(const int8_t *x, int64_t kp, const int8_t *panel, int32_t *acc) {
+void qd_i8_pack_cols(qd_i8_isa isa, const uint8_t *codes, int64_t ld, int64_t n0, int nb, int64_t K, int64_t kp,
+                     uint8_t flip, uint8_t *panel) {
+    uint8_t f = flip ^ isa_flip(isa);   /* stored byte -> the byte the kernel reads */
+    uint8_t zero = isa_flip(isa);       /* weight 0 */
+    int64_t k4n = kp / 4;
+    const __m128i vf = _mm_set1_epi8((char)f);
+    for (int64_t k4 = 0; k4 < k4n; k4++) {
+        uint8_t *dst = panel + k4 * 4 * QD_I8_NR;
+        if (4 * k4 + 4 <= K && nb == QD_I8_NR) {
+            /* 4 rows of 16 bytes -> 16 lanes of 4 bytes: two rounds of unpacking */
+            const uint8_t *r0 = codes + (4 * k4) * ld + n0;
+            for (int c = 0; c < QD_I8_NR; c += 16) {
+                __m128i a = _mm_loadu_si128((const __m128i *)(r0 + c)), b = _mm_loadu_si128((const __m128i *)(r0 + ld + c));
+                __m128i e = _mm_loadu_si128((const __m128i *)(r0 + 2 * ld + c));
+                __m128i d = _mm_loadu_si128((const __m128i *)(r0 + 3 * ld + c));
+                __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
+                __m128i cd0 = _mm_unpacklo_epi8(e, d), cd1 = _mm_unpackhi_epi8(e, d);
+                _mm_storeu_si128((__m128i *)(dst + 4 * c), _mm_xor_si128(_mm_unpacklo_epi16(ab0, cd0), vf));
+                _mm_storeu_si128((__m128i *)(dst + 4 * c + 16), _mm_xor_si128(_mm_unpackhi_epi16(ab0, cd0), vf));
+                _mm_storeu_si128((__m128i *)(dst + 4 * c + 32), _mm_xor_si128(_mm_unpacklo_epi16(ab1, cd1), vf));
+                _mm_storeu_si128((__m128i *)(dst + 4 * c + 48), _mm_xor_si128(_mm_unpackhi_epi16(ab1, cd1), vf));
+            }
+            continue;
+        }
+        for (int n = 0; n < QD_I8_NR; n++)
+            for (int j = 0; j < 4; j++) {
+                int64_t k = 4 * k4 + j;
+                dst[4 * n + j] = n < nb && k < K ? (uint8_t)(codes[k * ld + n0 + n] ^ f) : zero;
+            }
+    }
+}
+
+/* ---- micro-kernels: c[MR][NR] (+)= x[MR rows, 4*k4n] . panel ---- */
+
+static void kern_generic(const int8_t *x, int64_t ldx, const uint8_t *b, int64_t k4n, int32_t *c, int first) {
     for (int m = 0; m < QD_I8_MR; m++) {
-        const int8_t *xr = x + m * kp;
-        int32_t *a = acc + m * QD_I8_NB;
-        for (int n = 0; n < QD_I8_NB; n++) a[n] = 0;
-        for (int64_t k4 = 0; k4 < kp / 4; k4++) {
-            const int8_t *p = panel + k4 * 4 * QD_I8_NB, *xk = xr + 4 * k4;
-            for (int n = 0; n < QD_I8_NB; n++)
-                a[n] += xk[0] * p[4 * n] + xk[1] * p[4 * n + 1] + xk[2] * p[4 * n + 2] + xk[3] * p[4 * n + 3];
+        int32_t *cr = c + m * QD_I8_NR;
+        if (first) memset(cr, 0, sizeof(int32_t) * QD_I8_NR);
+        const int8_t *xr = x + m * ldx;
+        for (int64_t k4 = 0; k4 < k4n; k4++) {
+            const int8_t *p = (const int8_t *)b + k4 * 4 * QD_I8_NR, *xk = xr + 4 * k4;
+            for (int n = 0; n < QD_I8_NR; n++)
+                cr[n] += xk[0] * p[4 * n] + xk[1] * p[4 * n + 1] + xk[2] * p[4 * n + 2] + xk[3] * p[4 * n + 3];
         }
     }
 }
 
-/* AVX2 has no signed x signed byte product: maddubs(|w|, x * sign(w)) is the same
- * sum, and with |x| <= 127, |w| <= 128 a pair stays below 2^15 (no saturation). */
+/* 16 outputs (two ymm) at a time for the 6 rows: 12 accumulators. */
 __attribute__((target("avx2")))
-static void kernel_avx2(const int8_t *x, int64_t kp, const int8_t *panel, int32_t *acc) {
+static void kern_avx2(const int8_t *x, int64_t ldx, const uint8_t *b, int64_t k4n, int32_t *c, int first) {
     const __m256i ones = _mm256_set1_epi16(1);
-    for (int m0 = 0; m0 < QD_I8_MR; m0 += 4)
-        for (int half = 0; half < 2; half++) {   /* 16 outputs at a time: 8 accumulators */
-            __m256i c[4][2];
-            for (int i = 0; i < 4; i++) c[i][0] = c[i][1] = _mm256_setzero_si256();
-            for (int64_t k4 = 0; k4 < kp / 4; k4++) {
-                const int8_t *p = panel + k4 * 4 * QD_I8_NB + half * 64;
-                __m256i w0 = _mm256_loadu_si256((const __m256i *)p), w1 = _mm256_loadu_si256((const __m256i *)(p + 32));
-                __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
-                for (int i = 0; i < 4; i++) {
-                    int32_t xv;
-                    memcpy(&xv, x + (m0 + i) * kp + 4 * k4, 4);
-                    __m256i xb = _mm256_set1_epi32(xv);
-                    __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(a0, _mm256_sign_epi8(xb, w0)), ones);
-                    __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(a1, _mm256_sign_epi8(xb, w1)), ones);
-                    c[i][0] = _mm256_add_epi32(c[i][0], p0);
-                    c[i][1] = _mm256_add_epi32(c[i][1], p1);
-                }
-            }
-            for (int i = 0; i < 4; i++) {
-                int32_t *a = acc + (m0 + i) * QD_I8_NB + half * 16;
-                _mm256_storeu_si256((__m256i *)a, c[i][0]);
-                _mm256_storeu_si256((__m256i *)(a + 8), c[i][1]);
+    for (int q = 0; q < QD_I8_NR; q += 16) {
+        __m256i a[QD_I8_MR][2];
+        for (int i = 0; i < QD_I8_MR; i++)
+            for (int h = 0; h < 2; h++)
+                a[i][h] = first ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)(c + i * QD_I8_NR + q + 8 * h));
+        for (int64_t k4 = 0; k4 < k4n; k4++) {
+            const uint8_t *p = b + k4 * 4 * QD_I8_NR + 4 * q;
+            __m256i w0 = _mm256_loadu_si256((const __m256i *)p), w1 = _mm256_loadu_si256((const __m256i *)(p + 32));
+            __m256i u0 = _mm256_abs_epi8(w0), u1 = _mm256_abs_epi8(w1);
+            for (int i = 0; i < QD_I8_MR; i++) {
+                int32_t xv;
+                memcpy(&xv, x + i * ldx + 4 * k4, 4);
+                __m256i xb = _mm256_set1_epi32(xv);
+                a[i][0] = _mm256_add_epi32(a[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(u0, _mm256_sign_epi8(xb, w0)), ones));
+                a[i][1] = _mm256_add_epi32(a[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(u1, _mm256_sign_epi8(xb, w1)), ones));
             }
         }
+        for (int i = 0; i < QD_I8_MR; i++)
+            for (int h = 0; h < 2; h++) _mm256_storeu_si256((__m256i *)(c + i * QD_I8_NR + q + 8 * h), a[i][h]);
+    }
 }
 
-/* VNNI: unsigned activations (x + 128) times signed weights, 4 products per lane. */
+/* 6 x 64: 24 zmm accumulators, 4 weight registers, activations broadcast from memory. */
+#define VNNI_ROW(i)                                                                   \
+    do {                                                                              \
+        int32_t xv;                                                                   \
+        memcpy(&xv, x + (i) * ldx + 4 * k4, 4);                                       \
+        __m512i xb = _mm512_set1_epi32(xv);                                           \
+        c##i##0 = _mm512_dpbusd_epi32(c##i##0, w0, xb);                               \
+        c##i##1 = _mm512_dpbusd_epi32(c##i##1, w1, xb);                               \
+        c##i##2 = _mm512_dpbusd_epi32(c##i##2, w2, xb);                               \
+        c##i##3 = _mm512_dpbusd_epi32(c##i##3, w3, xb);                               \
+    } while (0)
+#define VNNI_LOAD(i)                                                                  \
+    __m512i c##i##0 = first ? z : _mm512_loadu_si512((const void *)(c + (i) * QD_I8_NR)),      \
+            c##i##1 = first ? z : _mm512_loadu_si512((const void *)(c + (i) * QD_I8_NR + 16)), \
+            c##i##2 = first ? z : _mm512_loadu_si512((const void *)(c + (i) * QD_I8_NR + 32)), \
+            c##i##3 = first ? z : _mm512_loadu_si512((const void *)(c + (i) * QD_I8_NR + 48))
+#define VNNI_STORE(i)                                                                 \
+    _mm512_storeu_si512((void *)(c + (i) * QD_I8_NR), c##i##0);                       \
+    _mm512_storeu_si512((void *)(c + (i) * QD_I8_NR + 16), c##i##1);                  \
+    _mm512_storeu_si512((void *)(c + (i) * QD_I8_NR + 32), c##i##2);                  \
+    _mm512_storeu_si512((void *)(c + (i) * QD_I8_NR + 48), c##i##3)
+
 __attribute__((target("avx512f,avx512bw,avx512vnni")))
-static void kernel_vnni(const int8_t *x, int64_t kp, const int8_t *panel, int32_t *acc) {
-    __m512i c[QD_I8_MR][2];
-    for (int i = 0; i < QD_I8_MR; i++) c[i][0] = c[i][1] = _mm512_setzero_si512();
-    for (int64_t k4 = 0; k4 < kp / 4; k4++) {
-        const int8_t *p = panel + k4 * 4 * QD_I8_NB;
+static void kern_vnni(const int8_t *x, int64_t ldx, const uint8_t *b, int64_t k4n, int32_t *c, int first) {
+    const __m512i z = _mm512_setzero_si512();
+    VNNI_LOAD(0); VNNI_LOAD(1); VNNI_LOAD(2); VNNI_LOAD(3); VNNI_LOAD(4); VNNI_LOAD(5);
+    for (int64_t k4 = 0; k4 < k4n; k4++) {
+        const uint8_t *p = b + k4 * 4 * QD_I8_NR;
         __m512i w0 = _mm512_loadu_si512((const void *)p), w1 = _mm512_loadu_si512((const void *)(p + 64));
-        for (int i = 0; i < QD_I8_MR; i++) {
-            int32_t xv;
-            memcpy(&xv, x + i * kp + 4 * k4, 4);
-            __m512i xb = _mm512_set1_epi32(xv);
-            c[i][0] = _mm512_dpbusd_epi32(c[i][0], xb, w0);
-            c[i][1] = _mm512_dpbusd_epi32(c[i][1], xb, w1);
-        }
+        __m512i w2 = _mm512_loadu_si512((const void *)(p + 128)), w3 = _mm512_loadu_si512((const void *)(p + 192));
+        VNNI_ROW(0); VNNI_ROW(1); VNNI_ROW(2); VNNI_ROW(3); VNNI_ROW(4); VNNI_ROW(5);
     }
-    for (int i = 0; i < QD_I8_MR; i++) {
-        _mm512_storeu_si512((void *)(acc + i * QD_I8_NB), c[i][0]);
-        _mm512_storeu_si512((void *)(acc + i * QD_I8_NB + 16), c[i][1]);
+    VNNI_STORE(0); VNNI_STORE(1); VNNI_STORE(2); VNNI_STORE(3); VNNI_STORE(4); VNNI_STORE(5);
+}
+
+/* ---- epilogue: int32 tile rows -> y ---- */
+
+typedef struct {
+    const qd_i8_gemm_args *g;
+    int32_t corr_mul;      /* 128 for VNNI (undo w + 128), else 0 */
+} epi_ctx;
+
+static void epi_generic(const epi_ctx *e, const int32_t *c, int64_t m, int64_t n0, int nb) {
+    const qd_i8_gemm_args *g = e->g;
+    float sx = g->sx[m], xs = (float)g->xsum[m];
+    int32_t corr = e->corr_mul * g->xsum[m];
+    float *y = g->y + m * g->ldy + n0;
+    for (int n = 0; n < nb; n++) {
+        float t = g->sw[n0 + n] * (float)(c[n] - corr);
+        if (g->zp) t += g->zp[n0 + n] * xs;
+        float v = sx * t;
+        if (g->bias) v += g->bias[n0 + n];
+        y[n] = g->accumulate ? y[n] + v : v;
     }
 }
 
-void qd_i8_kernel(qd_i8_isa isa, const int8_t *x, int64_t kp, const int8_t *panel, const int32_t *wsum, int32_t *acc) {
-    if (isa == QD_I8_VNNI) {
-        kernel_vnni(x, kp, panel, acc);
-        for (int m = 0; m < QD_I8_MR; m++)          /* sum (x+128) w - 128 sum w = sum x w */
-            for (int n = 0; n < QD_I8_NB; n++) acc[m * QD_I8_NB + n] -= 128 * wsum[n];
-    } else if (isa == QD_I8_AVX2) {
-        kernel_avx2(x, kp, panel, acc);
-    } else {
-        kernel_generic(x, kp, panel, acc);
+/* Same arithmetic, 16 outputs per step (separate mul and add: no FMA contraction, so
+ * the result equals the scalar path's). */
+__attribute__((target("avx512f")))
+static void epi_avx512(const epi_ctx *e, const int32_t *c, int64_t m, int64_t n0, int nb) {
+    const qd_i8_gemm_args *g = e->g;
+    __m512 sx = _mm512_set1_ps(g->sx[m]), xs = _mm512_set1_ps((float)g->xsum[m]);
+    __m512i corr = _mm512_set1_epi32(e->corr_mul * g->xsum[m]);
+    float *y = g->y + m * g->ldy + n0;
+    for (int n = 0; n < nb; n += 16) {
+        __mmask16 t = nb - n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (nb - n)) - 1);
+        __m512 a = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_loadu_si512((const void *)(c + n)), corr));
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(t, g->sw + n0 + n), a);
+        if (g->zp) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_maskz_loadu_ps(t, g->zp + n0 + n), xs));
+        v = _mm512_mul_ps(sx, v);
+        if (g->bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(t, g->bias + n0 + n));
+        if (g->accumulate) v = _mm512_add_ps(_mm512_maskz_loadu_ps(t, y + n), v);
+        _mm512_mask_storeu_ps(y + n, t, v);
     }
+}
+
+/* ---- driver ---- */
+
+typedef struct {
+    const qd_i8_gemm_args *g;
+    qd_i8_isa isa;
+    int64_t mc, nblk;
+    int failed;
+} gemm_job;
+
+static void gemm_part(void *arg, int64_t b, int64_t e, int thread) {
+    gemm_job *j = arg;
+    const qd_i8_gemm_args *g = j->g;
+    int32_t *cb = malloc(sizeof(int32_t) * (size_t)(j->mc * QD_I8_NR));
+    if (!cb) { __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED); return; }
+    void (*kern)(const int8_t *, int64_t, const uint8_t *, int64_t, int32_t *, int) =
+        j->isa == QD_I8_VNNI ? kern_vnni : j->isa == QD_I8_AVX2 ? kern_avx2 : kern_generic;
+    void (*epi)(const epi_ctx *, const int32_t *, int64_t, int64_t, int) = j->isa == QD_I8_VNNI ? epi_avx512 : epi_generic;
+    epi_ctx ec = {g, j->isa == QD_I8_VNNI ? 128 : 0};
+    int64_t kp = g->kp, k4n = kp / 4, npanels = (g->N + QD_I8_NR - 1) / QD_I8_NR, pbytes = qd_i8_panel_bytes(kp);
+    for (int64_t blk = b; blk < e; blk++) {
+        int64_t m0 = blk * j->mc, mend = m0 + j->mc < g->M ? m0 + j->mc : g->M;
+        if (m0 >= mend) break;
+        int64_t rows = (mend - m0 + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR;   /* xq is padded to MR */
+        for (int64_t p = 0; p < npanels; p++) {
+            const uint8_t *panel = g->panels + p * pbytes;
+            for (int64_t k0 = 0; k0 < k4n; k0 += KC / 4) {
+                int64_t kn = k4n - k0 < KC / 4 ? k4n - k0 : KC / 4;
+                for (int64_t r = 0; r < rows; r += QD_I8_MR)
+                    kern(g->xq + (m0 + r) * kp + 4 * k0, kp, panel + k0 * 4 * QD_I8_NR, kn, cb + r * QD_I8_NR, k0 == 0);
+            }
+            int64_t n0 = p * QD_I8_NR;
+            int nb = (int)(g->N - n0 < QD_I8_NR ? g->N - n0 : QD_I8_NR);
+            for (int64_t m = m0; m < mend; m++) epi(&ec, cb + (m - m0) * QD_I8_NR, m, n0, nb);
+        }
+    }
+    free(cb);
+}
+
+int qd_i8_gemm(qd_ctx *ctx, qd_i8_isa isa, const qd_i8_gemm_args *g) {
+    if (g->M <= 0 || g->N <= 0) return 0;
+    /* token blocks: codes of one block fit MC_BYTES, and the count is a multiple of the
+     * thread count so the static split gives every thread the same work */
+    int t = qd_threads(ctx);
+    int64_t mc = MC_BYTES / g->kp / QD_I8_MR * QD_I8_MR;
+    if (mc < QD_I8_MR) mc = QD_I8_MR;
+    if (mc > 192) mc = 192;
+    int64_t nblk = (g->M + mc - 1) / mc;
+    nblk = (nblk + t - 1) / t * t;
+    mc = ((g->M + nblk - 1) / nblk + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR;
+    nblk = (g->M + mc - 1) / mc;
+    gemm_job j = {g, isa, mc, nblk, 0};
+    qd_parallel_for(ctx, nblk, gemm_part, &j);
+    return j.failed ? -1 : 0;
 }

@@ -1,22 +1,23 @@
 /* SDNQ quantized matmul with int8 activations (§1.9):
  *   1. rotate x per Hadamard block (the stored weight is rotated);
- *   2. SVD branch on the float x: y = (x . svd_down^T) . svd_up^T;
- *   3. per token: s_x = amax/127, xq = RNE(x / s_x), and sum(xq) for zero points;
- *   4. per block of 32 outputs: int8 weight rows (the stored codes when they are
- *      per-output int8-compatible, else the dequantized base weight re-quantized
- *      per row, amax/127), int32 dot products, then
- *      y += s_x * (s_w * acc + zp * sum(xq)) + bias. */
+ *   2. per token: s_x = amax/127, xq = RNE(x / s_x), and sum(xq) for zero points;
+ *   3. SVD branch on the float (rotated) x: y (+)= (x . svd_down^T) . svd_up^T;
+ *   4. weights into int8 panels of 64 outputs, packed once per call and shared by the
+ *      threads: the stored codes when they are per-output int8-compatible (int8 and
+ *      uint8, packed int2..int7 / uint1..uint7, row-wise or tensor-wise), else the
+ *      dequantized base weight re-quantized per output row (amax/127), as sdnq does
+ *      for grouped, codebook, > 8-bit and float weights;
+ *   5. the int8 GEMM: y (+)= s_x * (s_w * acc + zp * sum(xq)) + bias. */
 #include "quant/sdnq_matmul.h"
 #include "quant/int8_gemm.h"
 #include "quant/hadamard.h"
 #include "base/threads.h"
 #include "tensor/gemm.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_K 65536   /* keeps every int32 sum exact (int8_gemm.h) */
+#define CHUNK_BYTES (8 << 20)   /* packed weight panels per pass (a FLUX MLP would be 37 MB) */
 
 /* The public setter lives with the code it steers. */
 void qd_set_matmul(qd_ctx *ctx, int mode) {
@@ -27,7 +28,8 @@ static int is_int_family(const qd_sdnq_dtype *d) { return d->family == QD_SQ_INT
 
 int qd_sdnq_uses_int8(const qd_ctx *ctx, const qd_sdnq_state *s, int64_t M) {
     const qd_sdnq_layout *l = &s->l;
-    if (ctx->matmul_mode == QD_MATMUL_EXACT || l->cls == QD_SDNQ_EMBEDDING || l->ksize != 1 || l->cols > MAX_K || M <= 0)
+    if (ctx->matmul_mode == QD_MATMUL_EXACT || l->cls == QD_SDNQ_EMBEDDING || l->ksize != 1 ||
+        l->cols > QD_I8_MAX_K || M <= 0)
         return 0;
     if (ctx->matmul_mode == QD_MATMUL_INT8) return 1;
     return l->qmm && is_int_family(&l->mm_dtype) && M >= 32;
@@ -38,26 +40,20 @@ static int direct_codes(const qd_sdnq_layout *l) {
     return is_int_family(&l->dtype) && l->dtype.bits <= 8 && !l->codebook && l->grouping != QD_SDNQ_GROUPED;
 }
 
-/* Round half to even and clamp to [-127, 127]; NaN goes to -127 rather than UB. */
-static int8_t to_i8(float v) {
-    v = nearbyintf(v);
-    if (v > 127.0f) v = 127.0f;
-    else if (!(v >= -127.0f)) v = -127.0f;
-    return (int8_t)v;
-}
-
 typedef struct {
     const qd_sdnq_state *s;
     qd_i8_isa isa;
     const float *x;        /* activations [M, K] as given */
     float *xr;             /* rotated copy (Hadamard only), else NULL */
-    int8_t *xq;            /* [Mp, kp] prepared for the kernel */
+    int8_t *xq;            /* [Mp, kp] codes */
     float *sx;             /* per-token scale */
     int32_t *xsum;         /* per-token sum of codes */
-    int64_t M, Mp, K, kp, N;
-    const float *bias;
-    float *y;              /* [M, N]; holds the SVD term on entry when svd */
-    int svd, direct;
+    int64_t M, K, kp, N;
+    int direct;
+    /* the current chunk of panels */
+    int64_t p0;            /* first panel of the chunk (packed at panels[0]) */
+    uint8_t *panels;
+    float *sw, *zp;        /* [N] */
     int failed;            /* a worker could not allocate */
 } i8_job;
 
@@ -72,128 +68,184 @@ static void quantize_tokens(void *arg, int64_t b, int64_t e, int thread) {
             for (int64_t k = 0; k < K; k += g) qd_hadamard(dst + k, g);
             src = dst;
         }
-        float amax = 0;
-        for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(src[k]));
-        float s = amax / 127.0f;
-        int8_t *q = j->xq + m * j->kp;
-        int32_t sum = 0;
-        for (int64_t k = 0; k < K; k++) {
-            q[k] = s > 0 ? to_i8(src[k] / s) : 0;
-            sum += q[k];
-        }
-        j->sx[m] = s;
-        j->xsum[m] = sum;
-        qd_i8_prepare_row(j->isa, q, j->kp);
+        j->sx[m] = qd_i8_quantize_row(j->isa, src, K, j->kp, j->xq + m * j->kp, &j->xsum[m]);
     }
 }
 
-/* int8 rows for outputs [n0, n0+nb): codes, per-row scale and zero point. */
-static void weight_rows(const i8_job *j, int64_t n0, int nb, int8_t *rows, float *sw, float *zp,
-                        int32_t *ibuf, float *fbuf) {
+/* One panel: outputs [n0, n0 + nb) into the packed layout, with their scales and zero points. */
+static void pack_panel(const i8_job *j, int64_t n0, int nb, uint8_t *panel, int8_t *rows, int32_t *ibuf, float *fbuf) {
     const qd_sdnq_state *s = j->s;
     const qd_sdnq_layout *l = &s->l;
     int64_t K = j->K;
-    if (!j->direct) {   /* dequantize the (rotated, SVD-less) weight and re-quantize per row */
+    if (!j->direct) {   /* dequantize the (rotated, SVD-less) base weight and re-quantize per row */
         for (int i = 0; i < nb; i++) {
+            int32_t unused;
             qd_sdnq_decode_base(s, n0 + i, 1, 0, K, fbuf, K);
-            float amax = 0;
-            for (int64_t k = 0; k < K; k++) amax = fmaxf(amax, fabsf(fbuf[k]));
-            sw[i] = amax / 127.0f;
-            zp[i] = 0;
-            for (int64_t k = 0; k < K; k++) rows[i * K + k] = sw[i] > 0 ? to_i8(fbuf[k] / sw[i]) : 0;
+            j->sw[n0 + i] = qd_i8_quantize_row(j->isa, fbuf, K, K, rows + i * K, &unused);
+            j->zp[n0 + i] = 0;
         }
+        qd_i8_pack_rows(j->isa, rows, K, nb, K, j->kp, panel);
         return;
     }
-    /* uint8 codes do not fit int8: use q - 128 and fold 128 * scale into the zero point */
+    /* uint codes do not fit int8 when 8-bit: use q - 128 and fold 128 * scale into the zero point */
     int32_t shift = l->dtype.family == QD_SQ_UINT && l->dtype.bits == 8 ? 128 : 0;
-    if (l->transposed) {
-        for (int64_t k = 0; k < K; k++) {
-            qd_sdnq_unpack_int(&l->dtype, s->codes, k * l->out + n0, nb, ibuf);
-            for (int i = 0; i < nb; i++) rows[i * K + k] = (int8_t)(ibuf[i] - shift);
-        }
+    if (l->transposed) {   /* [K, out] bytes: int8 or uint8 */
+        qd_i8_pack_cols(j->isa, s->codes, l->out, n0, nb, K, j->kp, shift ? 0x80 : 0, panel);
     } else {
         for (int i = 0; i < nb; i++) {
             qd_sdnq_unpack_int(&l->dtype, s->codes, (n0 + i) * K, K, ibuf);
             for (int64_t k = 0; k < K; k++) rows[i * K + k] = (int8_t)(ibuf[k] - shift);
         }
+        qd_i8_pack_rows(j->isa, rows, K, nb, K, j->kp, panel);
     }
     for (int i = 0; i < nb; i++) {
         int64_t idx = (n0 + i) * s->so;
-        sw[i] = s->scale[idx];
-        zp[i] = (s->zero_point ? s->zero_point[idx] : 0.0f) + (float)shift * sw[i];
+        float sw = s->scale[idx];
+        j->sw[n0 + i] = sw;
+        j->zp[n0 + i] = (s->zero_point ? s->zero_point[idx] : 0.0f) + (float)shift * sw;
     }
 }
 
-static void output_panels(void *arg, int64_t b, int64_t e, int thread) {
+static void pack_panels(void *arg, int64_t b, int64_t e, int thread) {
     i8_job *j = arg;
-    int64_t K = j->K, kp = j->kp, N = j->N;
-    int8_t *rows = malloc((size_t)(QD_I8_NB * K)), *panel = malloc((size_t)(QD_I8_NB * kp));
-    int32_t *ibuf = malloc(sizeof(int32_t) * (size_t)(K > QD_I8_NB ? K : QD_I8_NB));
+    int64_t K = j->K;
+    int8_t *rows = malloc((size_t)(QD_I8_NR * K));
+    int32_t *ibuf = malloc(sizeof(int32_t) * (size_t)K);
     float *fbuf = malloc(sizeof(float) * (size_t)K);
-    if (!rows || !panel || !ibuf || !fbuf) {
+    if (!rows || !ibuf || !fbuf) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
-        free(rows); free(panel); free(ibuf); free(fbuf);
+        free(rows); free(ibuf); free(fbuf);
         return;
     }
-    int32_t wsum[QD_I8_NB], acc[QD_I8_MR * QD_I8_NB];
-    float sw[QD_I8_NB], zp[QD_I8_NB];
     for (int64_t p = b; p < e; p++) {
-        int64_t n0 = p * QD_I8_NB;
-        int nb = (int)(N - n0 < QD_I8_NB ? N - n0 : QD_I8_NB);
-        weight_rows(j, n0, nb, rows, sw, zp, ibuf, fbuf);
-        qd_i8_pack(rows, nb, K, kp, panel, wsum);
-        for (int64_t m0 = 0; m0 < j->M; m0 += QD_I8_MR) {
-            qd_i8_kernel(j->isa, j->xq + m0 * kp, kp, panel, wsum, acc);
-            int64_t mr = j->M - m0 < QD_I8_MR ? j->M - m0 : QD_I8_MR;
-            for (int64_t m = 0; m < mr; m++) {
-                float s = j->sx[m0 + m], xs = (float)j->xsum[m0 + m];
-                float *y = j->y + (m0 + m) * N + n0;
-                for (int n = 0; n < nb; n++) {
-                    float v = s * (sw[n] * (float)acc[m * QD_I8_NB + n] + zp[n] * xs);
-                    if (j->bias) v += j->bias[n0 + n];
-                    y[n] = j->svd ? y[n] + v : v;
-                }
-            }
-        }
+        int64_t n0 = (j->p0 + p) * QD_I8_NR;
+        int nb = (int)(j->N - n0 < QD_I8_NR ? j->N - n0 : QD_I8_NR);
+        pack_panel(j, n0, nb, j->panels + p * qd_i8_panel_bytes(j->kp), rows, ibuf, fbuf);
     }
-    free(rows); free(panel); free(ibuf); free(fbuf);
+    free(rows); free(ibuf); free(fbuf);
 }
 
-int qd_sdnq_linear(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t M, const float *bias, float *y) {
+struct qd_sdnq_i8_panels {
+    const qd_sdnq_state *s;
+    int64_t N, kp;
+    qd_i8_isa isa;
+    uint8_t *panels;       /* every panel of the layer */
+    float *sw, *zp;        /* [N] */
+};
+
+static void job_init(i8_job *j, const qd_sdnq_state *s) {
+    memset(j, 0, sizeof *j);
+    j->s = s;
+    j->isa = qd_i8_pick();
+    j->K = s->l.cols;
+    j->kp = qd_i8_kpad(s->l.cols);
+    j->N = s->l.out;
+    j->direct = direct_codes(&s->l);
+}
+
+static int uses_int8(const qd_ctx *ctx, const qd_weight *w, int64_t M) {
+    return w->linear == qd_sdnq_linear && w->quant && qd_sdnq_uses_int8(ctx, w->quant, M);
+}
+
+qd_sdnq_i8_panels *qd_sdnq_i8_prepack(qd_ctx *ctx, const qd_weight *w, int64_t M) {
+    if (!uses_int8(ctx, w, M)) return NULL;
+    i8_job j;
+    job_init(&j, w->quant);
+    int64_t npan = (j.N + QD_I8_NR - 1) / QD_I8_NR;
+    qd_sdnq_i8_panels *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    p->s = w->quant;
+    p->N = j.N;
+    p->kp = j.kp;
+    p->isa = j.isa;
+    p->panels = qd_malloc_aligned(ctx, (size_t)(npan * qd_i8_panel_bytes(j.kp)));
+    p->sw = malloc(sizeof(float) * (size_t)j.N);
+    p->zp = malloc(sizeof(float) * (size_t)j.N);
+    if (p->panels && p->sw && p->zp) {
+        j.panels = p->panels;
+        j.sw = p->sw;
+        j.zp = p->zp;
+        qd_parallel_for(ctx, npan, pack_panels, &j);
+        if (!j.failed) return p;
+    }
+    qd_sdnq_i8_panels_free(p);
+    return NULL;
+}
+
+void qd_sdnq_i8_panels_free(qd_sdnq_i8_panels *p) {
+    if (!p) return;
+    free(p->panels); free(p->sw); free(p->zp);
+    free(p);
+}
+
+int qd_sdnq_uses_int8_weight(const qd_ctx *ctx, const qd_weight *w, int64_t M) { return uses_int8(ctx, w, M); }
+
+int qd_sdnq_linear_into(qd_ctx *ctx, const qd_weight *w, const qd_sdnq_i8_panels *pre, const float *x, int64_t M,
+                        const float *bias, float *y, int64_t ldy, int accumulate) {
+    /* with panels, the int8 decision was taken for the caller's whole call at packing */
+    if (pre ? pre->s != w->quant || M <= 0 : !uses_int8(ctx, w, M)) return 0;
     const qd_sdnq_state *s = w->quant;
-    if (!qd_sdnq_uses_int8(ctx, s, M)) return 0;
     const qd_sdnq_layout *l = &s->l;
     i8_job j;
-    memset(&j, 0, sizeof j);
-    j.s = s;
-    j.isa = qd_i8_pick();
+    job_init(&j, s);
+    if (pre) j.isa = pre->isa;
     j.x = x;
     j.M = M;
-    j.Mp = (M + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR;
-    j.K = l->cols;
-    j.kp = qd_i8_kpad(l->cols);
-    j.N = l->out;
-    j.bias = bias;
-    j.y = y;
-    j.svd = l->svd;
-    j.direct = direct_codes(l);
-    j.xq = calloc((size_t)(j.Mp * j.kp), 1);
+    int64_t Mp = (M + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR, npan = (j.N + QD_I8_NR - 1) / QD_I8_NR;
+    int64_t pbytes = qd_i8_panel_bytes(j.kp), chunk = pre ? npan : CHUNK_BYTES / pbytes;
+    if (chunk < 1) chunk = 1;
+    if (chunk > npan) chunk = npan;
+    j.xq = qd_malloc_aligned(ctx, (size_t)(Mp * j.kp));
     j.sx = malloc(sizeof(float) * (size_t)M);
     j.xsum = malloc(sizeof(int32_t) * (size_t)M);
+    if (pre) {
+        j.sw = pre->sw;
+        j.zp = pre->zp;
+        j.panels = pre->panels;
+    } else {
+        j.sw = malloc(sizeof(float) * (size_t)j.N);
+        j.zp = malloc(sizeof(float) * (size_t)j.N);
+        j.panels = qd_malloc_aligned(ctx, (size_t)(chunk * pbytes));
+    }
     if (l->hadamard) j.xr = malloc(sizeof(float) * (size_t)(M * j.K));
     float *t = l->svd ? malloc(sizeof(float) * (size_t)(M * l->svd_rank)) : NULL;
-    int ok = j.xq && j.sx && j.xsum && (!l->hadamard || j.xr) && (!l->svd || t);
+    int ok = j.xq && j.sx && j.xsum && j.sw && j.zp && j.panels && (!l->hadamard || j.xr) && (!l->svd || t);
+    int touched = 0;   /* y written: from here a failure cannot fall back to the exact GEMM */
     if (ok) {
+        memset(j.xq + M * j.kp, 0, (size_t)((Mp - M) * j.kp));   /* pad rows the kernel reads */
         qd_parallel_for(ctx, M, quantize_tokens, &j);
         if (l->svd) {   /* float low-rank branch on the (rotated) activations */
             const float *xa = j.xr ? j.xr : x;
+            touched = 1;
             int64_t r = l->svd_rank;
             qd_gemm(ctx, M, r, j.K, qd_rows(xa, j.K), qd_rows(s->svd_down, j.K), t, r, 1.0f, 0.0f, NULL, NULL);
-            qd_gemm(ctx, M, j.N, r, qd_rows(t, r), qd_rows(s->svd_up, r), y, j.N, 1.0f, 0.0f, NULL, NULL);
+            qd_gemm(ctx, M, j.N, r, qd_rows(t, r), qd_rows(s->svd_up, r), y, ldy, 1.0f, accumulate ? 1.0f : 0.0f,
+                    NULL, NULL);
         }
-        qd_parallel_for(ctx, (j.N + QD_I8_NB - 1) / QD_I8_NB, output_panels, &j);
-        ok = !j.failed;
+        for (int64_t p0 = 0; ok && p0 < npan; p0 += chunk) {
+            int64_t np = npan - p0 < chunk ? npan - p0 : chunk;
+            int64_t n0 = p0 * QD_I8_NR, nn = (p0 + np) * QD_I8_NR < j.N ? np * QD_I8_NR : j.N - n0;
+            const uint8_t *panels = j.panels + (pre ? p0 * pbytes : 0);
+            if (!pre) {
+                j.p0 = p0;
+                qd_parallel_for(ctx, np, pack_panels, &j);
+                if (j.failed) { ok = 0; break; }
+            }
+            touched = 1;
+            qd_i8_gemm_args g = {j.xq, j.sx, j.xsum, M, j.kp, panels, nn, j.sw + n0, j.zp + n0,
+                                 bias ? bias + n0 : NULL, y + n0, ldy, accumulate || l->svd};
+            if (qd_i8_gemm(ctx, j.isa, &g)) ok = 0;
+        }
     }
     free(j.xq); free(j.sx); free(j.xsum); free(j.xr); free(t);
-    return ok;   /* 0: nothing usable was written, the exact GEMM recomputes y */
+    if (!pre) { free(j.sw); free(j.zp); free(j.panels); }
+    if (ok) return 1;
+    if (!touched || !accumulate) return 0;   /* the exact GEMM (re)computes y */
+    qd_op_failed(ctx, "int8 linear");      /* y was partly accumulated into: nothing can redo it */
+    return 1;
+}
+
+int qd_sdnq_linear(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t M, const float *bias, float *y) {
+    /* 0: nothing usable was written (not int8 here, or no memory); the exact GEMM recomputes y */
+    return qd_sdnq_linear_into(ctx, w, NULL, x, M, bias, y, w->rows, 0);
 }

@@ -13,7 +13,7 @@
 /* QD_MATMUL_CONFIG / EXACT / INT8: see include/qdiff.h */
 
 /* 1 if a linear over M tokens with this layer runs int8 under ctx->matmul_mode:
- * EXACT never; INT8 for every Linear layer (K <= 65536); CONFIG when sdnq would:
+ * EXACT never; INT8 for every Linear layer (K <= QD_I8_MAX_K = 65536); CONFIG when sdnq would:
  * the layer qualifies for quantized matmul (§1.4 step 2) with an integer matmul
  * dtype, and M >= 32 tokens (sdnq dequantizes for fewer). Float matmul dtypes
  * (fp8/fp16) have no kernel here and run exact. */
@@ -24,5 +24,24 @@ int qd_sdnq_uses_int8(const qd_ctx *ctx, const qd_sdnq_state *s, int64_t M);
  * whose codes are not per-output int8-compatible (groups, codebook, > 8 bits,
  * floats) are re-quantized per output row on the fly, as sdnq does. */
 int qd_sdnq_linear(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t M, const float *bias, float *y);
+
+/* For callers that fuse: 1 if w is an SDNQ weight that runs int8 for M tokens here. */
+int qd_sdnq_uses_int8_weight(const qd_ctx *ctx, const qd_weight *w, int64_t M);
+
+/* A layer's int8 weight panels packed once, for a caller that runs the same layer
+ * over several row chunks of one M-token call (the UNet's feed-forward). NULL when
+ * the layer does not run int8 for M tokens, or without memory (then each call packs
+ * for itself and decides by its own row count). */
+typedef struct qd_sdnq_i8_panels qd_sdnq_i8_panels;
+qd_sdnq_i8_panels *qd_sdnq_i8_prepack(qd_ctx *ctx, const qd_weight *w, int64_t M);
+void qd_sdnq_i8_panels_free(qd_sdnq_i8_panels *p);
+
+/* y[m * ldy + n] = (accumulate ? y : 0) + x . W^T + bias through int8, with the panels
+ * of qd_sdnq_i8_prepack for this w (the int8 decision was taken there) or NULL (packed
+ * here). Returns 0 when w is not an SDNQ weight,
+ * the layer does not run int8 for M tokens under ctx's mode, or scratch could not be
+ * allocated: y is then to be computed by the caller's exact GEMM. */
+int qd_sdnq_linear_into(qd_ctx *ctx, const qd_weight *w, const qd_sdnq_i8_panels *pre, const float *x, int64_t M,
+                        const float *bias, float *y, int64_t ldy, int accumulate);
 
 #endif

@@ -1,6 +1,7 @@
 /* SDNQ encoders and the packer (the inverse of sdnq_unpack.c). */
 #include "quant/sdnq_pack.h"
 #include "base/half.h"
+#include "base/threads.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -103,6 +104,30 @@ static int bit_map(const qd_sdnq_dtype *dt, uint16_t *map) {
     return 0;
 }
 
+typedef struct {
+    const qd_sdnq_dtype *dt;
+    const uint32_t *codes;
+    uint8_t *out;
+    const uint16_t *map;
+    size_t block_bytes;
+    uint32_t mask;
+} pack_job;
+
+static void pack_blocks(void *arg, int64_t b0, int64_t b1, int thread) {
+    const pack_job *j = arg;
+    int bits = j->dt->bits, K = j->dt->block_codes;
+    (void)thread;
+    for (int64_t blk = b0; blk < b1; blk++) {
+        uint8_t *b = j->out + (size_t)blk * j->block_bytes;
+        const uint32_t *c = j->codes + blk * K;
+        for (int k = 0; k < K; k++) {
+            uint32_t v = c[k] & j->mask;
+            for (int i = 0; v; i++, v >>= 1)
+                if (v & 1) { int p = j->map[k * bits + i]; b[p >> 3] |= (uint8_t)(1u << (p & 7)); }
+        }
+    }
+}
+
 qd_status qd_sdnq_pack(qd_ctx *ctx, const qd_sdnq_dtype *dt, const uint32_t *codes, int64_t n, void *dst) {
     uint8_t *out = dst;
     if (!dt->packed) {
@@ -120,17 +145,9 @@ qd_status qd_sdnq_pack(qd_ctx *ctx, const qd_sdnq_dtype *dt, const uint32_t *cod
                               (long long)n, dt->name, K);
     uint16_t map[256];
     if (bit_map(dt, map) != 0) return qd_fail(ctx, QD_ERR_UNSUPPORTED, "no packing layout for %s", dt->name);
-    size_t block_bytes = (size_t)dt->block_words * (size_t)dt->word_bytes;
-    uint32_t mask = bits >= 32 ? 0xffffffffu : (1u << bits) - 1;
-    memset(out, 0, (size_t)(n / K) * block_bytes);
-    for (int64_t blk = 0; blk < n / K; blk++) {
-        uint8_t *b = out + (size_t)blk * block_bytes;
-        const uint32_t *c = codes + blk * K;
-        for (int j = 0; j < K; j++) {
-            uint32_t v = c[j] & mask;
-            for (int i = 0; v; i++, v >>= 1)
-                if (v & 1) { int p = map[j * bits + i]; b[p >> 3] |= (uint8_t)(1u << (p & 7)); }
-        }
-    }
+    pack_job j = {dt, codes, out, map, (size_t)dt->block_words * (size_t)dt->word_bytes,
+                  bits >= 32 ? 0xffffffffu : (1u << bits) - 1};
+    memset(out, 0, (size_t)(n / K) * j.block_bytes);
+    qd_parallel_for(ctx, n / K, pack_blocks, &j);
     return QD_OK;
 }

@@ -1,254 +1,326 @@
-/* Blocked GEMM in the GotoBLAS shape: B is packed in KC x NC panels, A in
- * MC x KC blocks, and a register-blocked micro-kernel (per ISA, chosen once
- * from CPUID) multiplies MR x KC strips by KC x NR strips. Packing is where
- * stored weights get decoded, so fp16/bf16/quantized weights cost one decode
- * per panel, not per use. */
+/* Blocked GEMM driver. One operand is the "shared" one (the stored weight when there
+ * is one): each K block of it is decoded and packed once per call into a buffer all
+ * threads read. The other is the "streamed" one (activations, or a convolution's
+ * input read as implicit im2col): each thread packs blocks of it privately, sized
+ * for L2, and runs the micro-kernel over them against the shared panel.
+ *
+ * Threads take work dynamically from atomic counters, step by step (a step is one
+ * K block of one chunk of shared rows, for one super-block of streamed rows): first
+ * the pack tasks of the step, then its compute items. With several K blocks, C is
+ * read and written once per K block, so the part of C a K block covers (chunk x
+ * super-block) is kept small enough to stay in L3; what is cheaper to re-pack (the
+ * streamed operand per chunk, or the shared one per super-block) decides the split. Shared panels are double-buffered, so packing step s+1 overlaps
+ * computing step s; a step's compute starts only after the previous step's compute
+ * is complete, since both accumulate into the same C. Nobody waits for work that is
+ * not already claimed by a running thread, so the scheme does not depend on how
+ * many threads the pool really runs. */
 #include "tensor/gemm.h"
-#include "tensor/weight.h"
+#include "tensor/gemm_internal.h"
 #include "base/threads.h"
 
 #include <immintrin.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define KC 256
-#define MC 96
-#define NC 512
-#define MAXR 32   /* largest MR or NR of any kernel */
-
-typedef void (*ukernel_fn)(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc);
-
-typedef struct {
-    int mr, nr;
-    ukernel_fn fn;
-    const char *name;
-} kernel_desc;
-
-/* ---- micro-kernels: c[MR x NR] (=|+=) sum_k a[k*MR + i] * b[k*NR + j] ---- */
-
-static void ukernel_generic(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc) {
-    enum { R = 4, N = 16 };
-    float t[R][N] = {{0}};
-    for (int64_t k = 0; k < kc; k++)
-        for (int i = 0; i < R; i++)
-            for (int j = 0; j < N; j++) t[i][j] += a[k * R + i] * b[k * N + j];
-    for (int i = 0; i < R; i++)
-        for (int j = 0; j < N; j++) c[i * ldc + j] = acc ? c[i * ldc + j] + t[i][j] : t[i][j];
-}
-
-__attribute__((target("avx2,fma")))
-static void ukernel_avx2(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc) {
-    /* 6 x 16: 12 accumulators + 2 B vectors + 1 broadcast fit in 16 ymm registers. */
-    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
-           c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-    for (int64_t k = 0; k < kc; k++) {
-        __m256 b0 = _mm256_loadu_ps(b + k * 16), b1 = _mm256_loadu_ps(b + k * 16 + 8);
-        const float *ak = a + k * 6;
-        __m256 x;
-        x = _mm256_broadcast_ss(ak + 0); c00 = _mm256_fmadd_ps(x, b0, c00); c01 = _mm256_fmadd_ps(x, b1, c01);
-        x = _mm256_broadcast_ss(ak + 1); c10 = _mm256_fmadd_ps(x, b0, c10); c11 = _mm256_fmadd_ps(x, b1, c11);
-        x = _mm256_broadcast_ss(ak + 2); c20 = _mm256_fmadd_ps(x, b0, c20); c21 = _mm256_fmadd_ps(x, b1, c21);
-        x = _mm256_broadcast_ss(ak + 3); c30 = _mm256_fmadd_ps(x, b0, c30); c31 = _mm256_fmadd_ps(x, b1, c31);
-        x = _mm256_broadcast_ss(ak + 4); c40 = _mm256_fmadd_ps(x, b0, c40); c41 = _mm256_fmadd_ps(x, b1, c41);
-        x = _mm256_broadcast_ss(ak + 5); c50 = _mm256_fmadd_ps(x, b0, c50); c51 = _mm256_fmadd_ps(x, b1, c51);
-    }
-    __m256 r[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-    for (int i = 0; i < 6; i++)
-        for (int h = 0; h < 2; h++) {
-            float *p = c + i * ldc + h * 8;
-            _mm256_storeu_ps(p, acc ? _mm256_add_ps(_mm256_loadu_ps(p), r[i][h]) : r[i][h]);
-        }
-}
-
-__attribute__((target("avx512f")))
-static void ukernel_avx512(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int acc) {
-    /* 8 x 32: 16 zmm accumulators keep both FMA pipes busy through their latency. */
-    __m512 acc0[8], acc1[8];
-    for (int i = 0; i < 8; i++) { acc0[i] = _mm512_setzero_ps(); acc1[i] = _mm512_setzero_ps(); }
-    for (int64_t k = 0; k < kc; k++) {
-        __m512 b0 = _mm512_loadu_ps(b + k * 32), b1 = _mm512_loadu_ps(b + k * 32 + 16);
-        const float *ak = a + k * 8;
-        for (int i = 0; i < 8; i++) {
-            __m512 x = _mm512_set1_ps(ak[i]);
-            acc0[i] = _mm512_fmadd_ps(x, b0, acc0[i]);
-            acc1[i] = _mm512_fmadd_ps(x, b1, acc1[i]);
-        }
-    }
-    for (int i = 0; i < 8; i++) {
-        float *p = c + i * ldc;
-        if (acc) {
-            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), acc0[i]));
-            _mm512_storeu_ps(p + 16, _mm512_add_ps(_mm512_loadu_ps(p + 16), acc1[i]));
-        } else {
-            _mm512_storeu_ps(p, acc0[i]);
-            _mm512_storeu_ps(p + 16, acc1[i]);
-        }
-    }
-}
-
-static const kernel_desc *pick_kernel(void) {
-    static const kernel_desc k512 = {8, 32, ukernel_avx512, "avx512"};
-    static const kernel_desc k2 = {6, 16, ukernel_avx2, "avx2"};
-    static const kernel_desc kg = {4, 16, ukernel_generic, "generic"};
-    static const kernel_desc *chosen;   /* idempotent: every thread computes the same answer */
-    if (!chosen) {
-        const char *force = getenv("QD_ISA");
-        __builtin_cpu_init();
-        if (force && strcmp(force, "generic") == 0) chosen = &kg;
-        else if (force && strcmp(force, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) chosen = &k2;
-        else if (__builtin_cpu_supports("avx512f")) chosen = &k512;
-        else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) chosen = &k2;
-        else chosen = &kg;
-    }
-    return chosen;
-}
-
-const char *qd_gemm_isa(void) { return pick_kernel()->name; }
-
-/* ---- packing: rows [i0, i0+n) x k [k0, k0+kc) into strips of R rows, k-major ---- */
-
-static void pack(qd_mat m, int64_t i0, int64_t n, int64_t k0, int64_t kc, int R, float alpha,
-                 float *dst, float *scratch) {
-    for (int64_t s = 0; s < n; s += R) {
-        int rows = (int)(n - s < R ? n - s : R);
-        float *d = dst + s * kc;
-        if (m.kind == QD_MAT_COLS) {
-            for (int64_t k = 0; k < kc; k++) {
-                const float *src = m.p + (k0 + k) * m.ld + i0 + s;
-                float *dk = d + k * R;
-                for (int r = 0; r < rows; r++) dk[r] = src[r] * alpha;
-                for (int r = rows; r < R; r++) dk[r] = 0;
-            }
-            continue;
-        }
-        const float *src;
-        int64_t ld;
-        if (m.kind == QD_MAT_ROWS) {
-            src = m.p + (i0 + s) * m.ld + k0;
-            ld = m.ld;
-        } else {
-            m.w->decode(m.w, i0 + s, rows, k0, kc, scratch, kc);
-            src = scratch;
-            ld = kc;
-        }
-        for (int r = 0; r < rows; r++) {
-            const float *row = src + r * ld;
-            for (int64_t k = 0; k < kc; k++) d[k * R + r] = row[k] * alpha;
-        }
-        for (int r = rows; r < R; r++)
-            for (int64_t k = 0; k < kc; k++) d[k * R + r] = 0;
-    }
-}
+#define MC_STRIPS 12        /* A rows per L2 block = 12 strips (168 rows at MR 14) */
+#define NC_STRIPS 8         /* streamed B columns per block = 8 strips (256 at NR 32) */
+#define SHARED_MAX_WORDS (1 << 20)   /* 4 MiB per shared panel buffer: chunks of shared rows beyond it */
+#define C_SLAB_FLOATS (2 << 20)      /* 8 MiB of C per (chunk, super-block): stays in the 32 MiB L3 */
 
 typedef struct {
     int64_t M, N, K;
     qd_mat A, B;
     float *C;
-    int64_t ldc;
+    int64_t ldc, c_cols, c_bstride;
     float alpha, beta;
     const float *row_bias, *col_bias;
 } gemm_args;
 
-/* Serial GEMM over the rectangle [m0, m1) x [n0, n1) of C. */
-static int gemm_block(const gemm_args *g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-    const kernel_desc *kd = pick_kernel();
-    const int MR = kd->mr, NR = kd->nr;
-    int64_t mc_max = (MC / MR) * MR, nc_max = (NC / NR) * NR;
-    float *bp = aligned_alloc(64, (size_t)KC * (size_t)(nc_max + NR) * sizeof(float));
-    float *ap = aligned_alloc(64, (size_t)KC * (size_t)(mc_max + MR) * sizeof(float));
-    float *scratch = aligned_alloc(64, (size_t)KC * MAXR * sizeof(float));
-    float tile[MAXR * MAXR];
-    if (!bp || !ap || !scratch) {
-        free(bp);
-        free(ap);
-        free(scratch);
-        return -1;
-    }
+typedef struct {
+    const gemm_args *g;
+    const qd_gemm_kernel *kd;
+    int bf16;
+    int shared_is_a;           /* the shared operand is A (a conv weight) or B (a linear weight) */
+    int acc_first;             /* C already holds beta*C: accumulate from the first K block */
+    int64_t kcmax, nk;         /* K block and number of K blocks */
+    int64_t srows, sw;         /* shared operand: rows (M or N) and its strip width (MR or NR) */
+    int64_t xrows, xw;         /* streamed operand: rows and strip width */
+    int64_t chunk, nchunk;     /* shared rows per chunk (multiple of sw), chunks */
+    int64_t xblk, nxb;         /* streamed rows per block (multiple of xw), blocks per super-block */
+    int64_t xsup, nxs;         /* streamed rows per super-block (multiple of xblk), super-blocks */
+    int64_t nws, ws_strips;    /* slices of a chunk per compute item, strips per slice */
+    int64_t pack_strips;       /* shared strips per pack task */
+    int64_t nsteps;
+    int64_t *pbase, *qbase;    /* per step: first global pack task / compute item, [nsteps+1] */
+    uint32_t *sbuf[2];
+    int64_t sbuf_words;
+    int64_t pack_next, pack_done, comp_next, comp_done;   /* atomics */
+    int failed;
+} gemm_job;
 
-    /* beta: fold into C once, so the kernel only overwrites or accumulates */
-    int acc_first = 0;
-    if (g->beta != 0) {
-        acc_first = 1;
-        if (g->beta != 1)
-            for (int64_t i = m0; i < m1; i++)
-                for (int64_t j = n0; j < n1; j++) g->C[i * g->ldc + j] *= g->beta;
-    }
-    for (int64_t nb = n0; nb < n1; nb += nc_max) {
-        int64_t nc = n1 - nb < nc_max ? n1 - nb : nc_max;
-        for (int64_t kb = 0; kb < g->K; kb += KC) {
-            int64_t kc = g->K - kb < KC ? g->K - kb : KC;
-            int acc = kb > 0 || acc_first;
-            pack(g->B, nb, nc, kb, kc, NR, 1.0f, bp, scratch);
-            for (int64_t mb = m0; mb < m1; mb += mc_max) {
-                int64_t mc = m1 - mb < mc_max ? m1 - mb : mc_max;
-                pack(g->A, mb, mc, kb, kc, MR, g->alpha, ap, scratch);
-                for (int64_t j = 0; j < nc; j += NR) {
-                    int nj = (int)(nc - j < NR ? nc - j : NR);
-                    for (int64_t i = 0; i < mc; i += MR) {
-                        int ni = (int)(mc - i < MR ? mc - i : MR);
-                        float *c = g->C + (mb + i) * g->ldc + nb + j;
-                        if (ni == MR && nj == NR) {
-                            kd->fn(kc, ap + i * kc, bp + j * kc, c, g->ldc, acc);
-                        } else {
-                            kd->fn(kc, ap + i * kc, bp + j * kc, tile, NR, 0);
-                            for (int r = 0; r < ni; r++)
-                                for (int q = 0; q < nj; q++)
-                                    c[r * g->ldc + q] = acc ? c[r * g->ldc + q] + tile[r * NR + q] : tile[r * NR + q];
-                        }
-                    }
-                }
-            }
+static inline float *c_at(const gemm_args *g, int64_t i, int64_t j) {
+    int64_t off = g->c_cols ? (j / g->c_cols) * g->c_bstride + j % g->c_cols : j;
+    return g->C + i * g->ldc + off;
+}
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static int claim(int64_t *next, int64_t limit, int64_t *got) {
+    int64_t g = __atomic_load_n(next, __ATOMIC_RELAXED);
+    while (g < limit) {
+        if (__atomic_compare_exchange_n(next, &g, g + 1, 1, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            *got = g;
+            return 1;
         }
     }
-    if (g->K == 0 && !acc_first)
-        for (int64_t i = m0; i < m1; i++)
-            for (int64_t j = n0; j < n1; j++) g->C[i * g->ldc + j] = 0;
-    if (g->row_bias || g->col_bias)
-        for (int64_t i = m0; i < m1; i++) {
-            float rb = g->row_bias ? g->row_bias[i] : 0;
-            float *c = g->C + i * g->ldc;
-            for (int64_t j = n0; j < n1; j++) c[j] += rb + (g->col_bias ? g->col_bias[j] : 0);
-        }
-    free(bp);
-    free(ap);
-    free(scratch);
     return 0;
 }
 
-typedef struct { const gemm_args *g; int split_n; int64_t align; int64_t parts; int failed; } split_args;
+static void wait_for(const int64_t *counter, int64_t target) {
+    for (int spins = 0; __atomic_load_n(counter, __ATOMIC_ACQUIRE) < target; spins++) {
+        if (spins < 2000) _mm_pause();
+        else sched_yield();   /* the machine may have fewer free cores than threads */
+    }
+}
 
-static void gemm_part(void *arg, int64_t b, int64_t e, int thread) {
-    const split_args *s = arg;
-    const gemm_args *g = s->g;
-    int64_t len = s->split_n ? g->N : g->M;
-    /* parts are [b, e) of `parts` equal slices, rounded to the kernel's strip size */
-    int64_t lo = (len * b / s->parts) / s->align * s->align;
-    int64_t hi = e == s->parts ? len : (len * e / s->parts) / s->align * s->align;
-    if (lo >= hi) return;
-    int rc = s->split_n ? gemm_block(g, 0, g->M, lo, hi) : gemm_block(g, lo, hi, 0, g->N);
-    if (rc) __atomic_store_n(&((split_args *)arg)->failed, 1, __ATOMIC_RELAXED);
+/* Step s -> (super-block, chunk, K block); the super-block's rows are [*xs0, *xs1) when asked. */
+static void step_pos(const gemm_job *j, int64_t s, int64_t *c0, int64_t *c1, int64_t *k0, int64_t *kc) {
+    int64_t chunk = s / j->nk % j->nchunk, kb = s % j->nk;
+    *c0 = chunk * j->chunk;
+    *c1 = min64(*c0 + j->chunk, j->srows);
+    *k0 = kb * j->kcmax;
+    *kc = min64(j->kcmax, j->g->K - *k0);
+}
+
+static int64_t strip_words(const gemm_job *j, int64_t kw, int64_t width, int is_a) {
+    return is_a ? qd_gemm_a_strip_words((int)width) : qd_gemm_b_strip_words(kw, (int)width);
+}
+
+static void pack_task(gemm_job *j, int64_t s, int64_t task, float *scratch) {
+    int64_t c0, c1, k0, kc;
+    step_pos(j, s, &c0, &c1, &k0, &kc);
+    int64_t kw = qd_gemm_kw(kc, j->bf16);
+    int64_t r0 = c0 + task * j->pack_strips * j->sw, r1 = min64(r0 + j->pack_strips * j->sw, c1);
+    uint32_t *dst = j->sbuf[s & 1] + (r0 - c0) / j->sw * strip_words(j, kw, j->sw, j->shared_is_a);
+    if (j->shared_is_a)
+        qd_gemm_pack_a(j->g->A, r0, r1 - r0, k0, kc, (int)j->sw, j->bf16, j->g->alpha, dst, scratch);
+    else
+        qd_gemm_pack_b(j->g->B, r0, r1 - r0, k0, kc, (int)j->sw, j->bf16, dst, scratch);
+}
+
+/* One compute item: a block of streamed rows against a slice of the step's shared rows.
+ * *xkey remembers which (step, block) xbuf holds: consecutive items of a thread often
+ * share the block (several slices of few streamed rows), and then it is packed once. */
+static void compute_item(gemm_job *j, int64_t s, int64_t item, uint32_t *xbuf, float *scratch, float *tile,
+                         int64_t *xkey) {
+    const gemm_args *g = j->g;
+    const qd_gemm_kernel *kd = j->kd;
+    const int MR = kd->mr, NR = kd->nr;
+    int64_t c0, c1, k0, kc;
+    step_pos(j, s, &c0, &c1, &k0, &kc);
+    int64_t kw = qd_gemm_kw(kc, j->bf16);
+    int64_t xb = item / j->nws, ws = item % j->nws;
+    int64_t xs0 = s / (j->nk * j->nchunk) * j->xsup, xs1 = min64(xs0 + j->xsup, j->xrows);
+    int64_t x0 = xs0 + xb * j->xblk, x1 = min64(x0 + j->xblk, xs1);
+    int64_t w0 = c0 + ws * j->ws_strips * j->sw, w1 = min64(w0 + j->ws_strips * j->sw, c1);
+    if (w0 >= w1 || x0 >= x1) return;
+    const uint32_t *wp = j->sbuf[s & 1] + (w0 - c0) / j->sw * strip_words(j, kw, j->sw, j->shared_is_a);
+    /* the streamed block, packed privately */
+    int64_t key = s * j->nxb + xb;
+    if (*xkey != key) {
+        if (j->shared_is_a) qd_gemm_pack_b(g->B, x0, x1 - x0, k0, kc, NR, j->bf16, xbuf, scratch);
+        else qd_gemm_pack_a(g->A, x0, x1 - x0, k0, kc, MR, j->bf16, g->alpha, xbuf, scratch);
+        *xkey = key;
+    }
+    /* A rows [a0, a1) packed at ap, B columns [b0, b1) at bp */
+    const uint32_t *ap = j->shared_is_a ? wp : xbuf, *bp = j->shared_is_a ? xbuf : wp;
+    int64_t a0 = j->shared_is_a ? w0 : x0, a1 = j->shared_is_a ? w1 : x1;
+    int64_t b0 = j->shared_is_a ? x0 : w0, b1 = j->shared_is_a ? x1 : w1;
+    int acc = k0 > 0 || j->acc_first, last = k0 + kc == g->K;
+    const float *rb = last ? g->row_bias : NULL, *cb = last ? g->col_bias : NULL;
+    int64_t astrip = qd_gemm_a_strip_words(MR), bstrip = qd_gemm_b_strip_words(kw, NR);
+    int64_t mc = (int64_t)MC_STRIPS * MR;
+    for (int64_t ab = a0; ab < a1; ab += mc) {
+        int64_t ae = min64(ab + mc, a1);
+        for (int64_t jb = b0; jb < b1; jb += NR) {
+            int nj = (int)min64(NR, b1 - jb);
+            const uint32_t *bs = bp + (jb - b0) / NR * bstrip;
+            /* a strip of C columns stays in one batch image unless it straddles one */
+            int contiguous = !g->c_cols || jb / g->c_cols == (jb + nj - 1) / g->c_cols;
+            for (int64_t i = ab; i < ae; i += MR) {
+                int ni = (int)min64(MR, ae - i);
+                const uint32_t *as = ap + (i - a0) / MR * astrip;
+                if (ni == MR && nj == NR && contiguous) {
+                    kd->fn(kw, as, bs, c_at(g, i, jb), g->ldc, acc, rb ? rb + i : NULL, cb ? cb + jb : NULL);
+                    continue;
+                }
+                kd->fn(kw, as, bs, tile, NR, 0, NULL, NULL);
+                for (int r = 0; r < ni; r++)
+                    for (int q = 0; q < nj; q++) {
+                        float *c = c_at(g, i + r, jb + q);
+                        float v = tile[r * NR + q] + (acc ? *c : 0.0f);
+                        if (rb) v += rb[i + r];
+                        if (cb) v += cb[jb + q];
+                        *c = v;
+                    }
+            }
+        }
+    }
+}
+
+static void worker(gemm_job *j) {
+    const qd_gemm_kernel *kd = j->kd;
+    int64_t xwords = j->shared_is_a ? ceil_div(j->xblk, kd->nr) * qd_gemm_b_strip_words(QD_GEMM_KCW, kd->nr)
+                                    : ceil_div(j->xblk, kd->mr) * qd_gemm_a_strip_words(kd->mr);
+    uint32_t *xbuf = aligned_alloc(64, (size_t)xwords * 4);
+    float *scratch = aligned_alloc(64, sizeof(float) * QD_GEMM_PACK_SCRATCH);
+    float tile[QD_GEMM_MAXR * QD_GEMM_MAXR];
+    if (!xbuf || !scratch) {   /* sit out: the other threads take every task */
+        free(xbuf);
+        free(scratch);
+        return;
+    }
+    int64_t got, xkey = -1;
+    for (int64_t s = 0; s < j->nsteps; s++) {
+        while (claim(&j->pack_next, j->pbase[s + 1], &got)) {
+            pack_task(j, s, got - j->pbase[s], scratch);
+            __atomic_add_fetch(&j->pack_done, 1, __ATOMIC_RELEASE);
+        }
+        wait_for(&j->pack_done, j->pbase[s + 1]);
+        wait_for(&j->comp_done, j->qbase[s]);
+        while (claim(&j->comp_next, j->qbase[s + 1], &got)) {
+            compute_item(j, s, got - j->qbase[s], xbuf, scratch, tile, &xkey);
+            __atomic_add_fetch(&j->comp_done, 1, __ATOMIC_RELEASE);
+        }
+    }
+    free(xbuf);
+    free(scratch);
+}
+
+static void worker_part(void *arg, int64_t b, int64_t e, int thread) { worker(arg); }
+
+/* Plan and run. threads <= 1 (or ctx NULL): the calling thread alone. Returns -1 when
+ * no thread could allocate its buffers (C then is incomplete). */
+static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
+    if (g->M <= 0 || g->N <= 0) return 0;
+    gemm_job j;
+    memset(&j, 0, sizeof j);
+    j.g = g;
+    j.kd = qd_gemm_kernel_pick(bf16);
+    j.bf16 = j.kd->bf16;
+    const int MR = j.kd->mr, NR = j.kd->nr;
+    /* beta: fold into C once, so the kernels only overwrite or accumulate */
+    if (g->beta != 0) {
+        j.acc_first = 1;
+        if (g->beta != 1)
+            for (int64_t i = 0; i < g->M; i++)
+                for (int64_t n = 0; n < g->N; n++) *c_at(g, i, n) *= g->beta;
+    }
+    if (g->K <= 0) {   /* nothing to multiply: C = beta*C + biases */
+        for (int64_t i = 0; i < g->M; i++)
+            for (int64_t n = 0; n < g->N; n++) {
+                float *c = c_at(g, i, n);
+                *c = (j.acc_first ? *c : 0.0f) + (g->row_bias ? g->row_bias[i] : 0) + (g->col_bias ? g->col_bias[n] : 0);
+            }
+        return 0;
+    }
+    j.shared_is_a = g->A.kind == QD_MAT_WEIGHT || g->B.kind == QD_MAT_IM2COL;
+    j.kcmax = j.bf16 ? 2 * QD_GEMM_KCW : QD_GEMM_KCW;
+    j.nk = ceil_div(g->K, j.kcmax);
+    j.srows = j.shared_is_a ? g->M : g->N;
+    j.sw = j.shared_is_a ? MR : NR;
+    j.xrows = j.shared_is_a ? g->N : g->M;
+    j.xw = j.shared_is_a ? NR : MR;
+    int64_t kwmax = qd_gemm_kw(min64(g->K, j.kcmax), j.bf16);
+    int64_t swords = strip_words(&j, kwmax, j.sw, j.shared_is_a);
+    int64_t sstrips = ceil_div(j.srows, j.sw);
+    int64_t max_strips = SHARED_MAX_WORDS / swords > 1 ? SHARED_MAX_WORDS / swords : 1;
+    j.xblk = (j.shared_is_a ? NC_STRIPS : MC_STRIPS) * j.xw;
+    if (j.xblk > j.xrows) j.xblk = ceil_div(j.xrows, j.xw) * j.xw;
+    j.nchunk = ceil_div(sstrips, max_strips);
+    j.xsup = ceil_div(j.xrows, j.xblk) * j.xblk;
+    if (j.nk > 1) {
+        /* Keep chunk x super-block of C within C_SLAB_FLOATS, choosing the count of chunks
+         * by estimated re-packing cost (ns per element: a weight decodes and transposes,
+         * streamed rows are copied or converted, im2col gathers). */
+        double cw = g->A.kind == QD_MAT_WEIGHT || g->B.kind == QD_MAT_WEIGHT ? 1.5 : 0.3;
+        double cx = j.shared_is_a ? 0.4 : 0.15, best = -1;
+        int64_t first = j.nchunk;
+        for (int64_t nc = first; nc <= sstrips && nc < first + 64; nc++) {
+            int64_t crows = ceil_div(sstrips, nc) * j.sw;
+            int64_t xs = C_SLAB_FLOATS / crows / j.xblk * j.xblk;
+            if (xs < j.xblk) xs = j.xblk;
+            if (xs > j.xrows) xs = ceil_div(j.xrows, j.xblk) * j.xblk;
+            int64_t nxs = ceil_div(j.xrows, xs);
+            double cost = (double)nc * (double)j.xrows * cx + (double)nxs * (double)j.srows * cw;
+            if (best < 0 || cost < best) { best = cost; j.nchunk = nc; j.xsup = xs; }
+        }
+    }
+    j.chunk = ceil_div(sstrips, j.nchunk) * j.sw;
+    j.nchunk = ceil_div(j.srows, j.chunk);
+    int64_t chunk_strips = j.chunk / j.sw;
+    j.nxs = ceil_div(j.xrows, j.xsup);
+    j.nxb = j.xsup / j.xblk;
+    /* few streamed blocks: split the shared rows too, so every thread gets items */
+    int64_t want = threads > 1 ? 3 * (int64_t)threads : 1;
+    j.nws = j.nxb >= want ? 1 : min64(ceil_div(want, j.nxb), ceil_div(chunk_strips, 2));
+    if (j.nws < 1) j.nws = 1;
+    j.ws_strips = ceil_div(chunk_strips, j.nws);
+    j.pack_strips = threads > 1 ? (chunk_strips + 4 * threads - 1) / (4 * threads) : chunk_strips;
+    if (j.pack_strips < 1) j.pack_strips = 1;
+    j.nsteps = j.nxs * j.nchunk * j.nk;
+    j.sbuf_words = chunk_strips * swords;
+    j.pbase = malloc(sizeof(int64_t) * (size_t)(2 * (j.nsteps + 1)));
+    j.sbuf[0] = aligned_alloc(64, (size_t)j.sbuf_words * 4);
+    j.sbuf[1] = j.nsteps > 1 ? aligned_alloc(64, (size_t)j.sbuf_words * 4) : j.sbuf[0];
+    int rc = 0;
+    if (!j.pbase || !j.sbuf[0] || !j.sbuf[1]) {
+        rc = -1;
+        goto done;
+    }
+    j.qbase = j.pbase + j.nsteps + 1;
+    j.pbase[0] = j.qbase[0] = 0;
+    for (int64_t s = 0; s < j.nsteps; s++) {
+        int64_t c0, c1, k0, kc;
+        step_pos(&j, s, &c0, &c1, &k0, &kc);
+        j.pbase[s + 1] = j.pbase[s] + ceil_div(ceil_div(c1 - c0, j.sw), j.pack_strips);
+        int64_t xs0 = s / (j.nk * j.nchunk) * j.xsup, xs1 = min64(xs0 + j.xsup, j.xrows);
+        j.qbase[s + 1] = j.qbase[s] + ceil_div(xs1 - xs0, j.xblk) * j.nws;
+    }
+    if (threads > 1) qd_parallel_for(ctx, threads, worker_part, &j);
+    else worker(&j);
+    if (j.comp_done != j.qbase[j.nsteps]) rc = -1;
+done:
+    if (j.sbuf[1] != j.sbuf[0]) free(j.sbuf[1]);
+    free(j.sbuf[0]);
+    free(j.pbase);
+    return rc;
 }
 
 int qd_gemm_serial(int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
                    float alpha, float beta, const float *row_bias, const float *col_bias) {
-    gemm_args g = {M, N, K, A, B, C, ldc, alpha, beta, row_bias, col_bias};
-    return M > 0 && N > 0 ? gemm_block(&g, 0, M, 0, N) : 0;
+    gemm_args g = {M, N, K, A, B, C, ldc, 0, 0, alpha, beta, row_bias, col_bias};
+    return gemm_run(NULL, 1, &g, 0);
+}
+
+int qd_gemm_cbatch(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
+                   int64_t c_cols, int64_t c_batch_stride, float alpha, float beta, const float *row_bias,
+                   const float *col_bias) {
+    gemm_args g = {M, N, K, A, B, C, ldc, c_cols, c_batch_stride, alpha, beta, row_bias, col_bias};
+    if (M <= 0 || N <= 0) return 0;
+    int t = qd_threads(ctx);
+    double work = (double)M * N * (K + 1);
+    if (work < 200000) t = 1;
+    return gemm_run(ctx, t, &g, qd_ctx_bf16(ctx));
 }
 
 void qd_gemm(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
              float alpha, float beta, const float *row_bias, const float *col_bias) {
-    gemm_args g = {M, N, K, A, B, C, ldc, alpha, beta, row_bias, col_bias};
-    if (M <= 0 || N <= 0) return;
-    const kernel_desc *kd = pick_kernel();
-    int t = qd_threads(ctx);
-    double work = (double)M * N * (K + 1);
-    if (t <= 1 || work < 200000) {
-        if (gemm_block(&g, 0, M, 0, N)) qd_op_failed(ctx, "GEMM");
-        return;
-    }
-    /* Split the dimension with more strips; splitting N keeps each thread's B panel its own. */
-    int split_n = N / kd->nr >= M / kd->mr;
-    split_args s = {&g, split_n, split_n ? kd->nr : kd->mr, t, 0};
-    qd_parallel_for(ctx, t, gemm_part, &s);
-    if (s.failed) qd_op_failed(ctx, "GEMM");
+    if (qd_gemm_cbatch(ctx, M, N, K, A, B, C, ldc, 0, 0, alpha, beta, row_bias, col_bias)) qd_op_failed(ctx, "GEMM");
 }
+
+const char *qd_gemm_isa(void) { return qd_gemm_kernel_pick(0)->name; }
+
+const char *qd_gemm_kernel_name(const qd_ctx *ctx) { return qd_gemm_kernel_pick(qd_ctx_bf16(ctx))->name; }

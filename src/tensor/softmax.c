@@ -1,31 +1,11 @@
-/* Row softmax with a vectorised exp: in attention it runs over every score, and
- * libm's scalar expf made it a third of a UNet step. exp(x) = 2^n * e^r with
- * n = round(x / ln 2), |r| <= ln2/2, and a degree-6 polynomial for e^r
- * (relative error ~2e-7, inputs are <= 0 after the max is subtracted). */
+/* Row softmax with a vectorised exp (tensor/exp_avx512.h): libm's scalar expf made
+ * it a third of a UNet step when attention still went through it. */
 #include "tensor/ops.h"
+
+#include "tensor/exp_avx512.h"
 
 #include <immintrin.h>
 #include <math.h>
-
-#define LN2_HI 0.693359375f
-#define LN2_LO -2.12194440e-4f
-
-__attribute__((target("avx512f")))
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));   /* below: e^x underflows to 0 anyway */
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_scalef_ps(p, n);
-}
 
 __attribute__((target("avx512f")))
 static void softmax_avx512(float *x, int64_t M, int64_t N) {
@@ -42,13 +22,13 @@ static void softmax_avx512(float *x, int64_t M, int64_t N) {
         }
         __m512 vm = _mm512_set1_ps(mx), vsum = _mm512_setzero_ps();
         for (i = 0; i + 16 <= N; i += 16) {
-            __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(row + i), vm));
+            __m512 e = qd_exp512(_mm512_sub_ps(_mm512_loadu_ps(row + i), vm));
             _mm512_storeu_ps(row + i, e);
             vsum = _mm512_add_ps(vsum, e);
         }
         if (i < N) {
             __mmask16 k = (__mmask16)((1u << (N - i)) - 1);
-            __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row + i), vm));
+            __m512 e = qd_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, row + i), vm));
             _mm512_mask_storeu_ps(row + i, k, e);
             vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(k, e));
         }

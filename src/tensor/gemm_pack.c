@@ -1,0 +1,313 @@
+/* Packing for the GEMM: operands (float rows/columns, stored weights decoded here,
+ * or a convolution's input read as implicit im2col) into the strip layouts of
+ * gemm_internal.h, as fp32 words or bf16 pairs. The AVX-512 paths cover what runs
+ * per output tile (activation rows, convolution input); weights are packed once
+ * per K block and call, so they take the plain path. */
+#include "tensor/gemm_internal.h"
+#include "tensor/weight.h"
+#include "base/half.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#define AST QD_GEMM_AST
+
+static int cpu_avx512(void) {
+    static int has = -1;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = __builtin_cpu_supports("avx512f") ? 1 : 0;
+    }
+    return has;
+}
+
+static int cpu_avx512bf16(void) {
+    static int has = -1;
+    if (has < 0) {
+        __builtin_cpu_init();
+        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16") ? 1 : 0;
+    }
+    return has;
+}
+
+static inline uint32_t bf16_pair(float lo, float hi) {
+    return (uint32_t)qd_f32_to_bf16(lo) | (uint32_t)qd_f32_to_bf16(hi) << 16;
+}
+
+/* ---- A strips: rows stay rows ---- */
+
+/* One row of kc values (times alpha) as bf16 pairs; bf16 mode implies AVX512_BF16. */
+__attribute__((target("avx512f,avx512bf16")))
+static void row_bf16(uint32_t *d, const float *s, int64_t kc, float alpha) {
+    __m512 al = _mm512_set1_ps(alpha);
+    int64_t k = 0;
+    for (; k + 32 <= kc; k += 32) {
+        __m512 lo = _mm512_mul_ps(_mm512_loadu_ps(s + k), al), hi = _mm512_mul_ps(_mm512_loadu_ps(s + k + 16), al);
+        _mm512_storeu_si512(d + k / 2, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+    for (; k < kc; k += 2) d[k / 2] = bf16_pair(s[k] * alpha, k + 1 < kc ? s[k + 1] * alpha : 0.0f);
+}
+
+static void row_f32(uint32_t *d, const float *s, int64_t kc, float alpha) {
+    float *o = (float *)d;
+    if (alpha == 1.0f) memcpy(o, s, sizeof(float) * (size_t)kc);
+    else for (int64_t k = 0; k < kc; k++) o[k] = s[k] * alpha;
+}
+
+void qd_gemm_pack_a(qd_mat m, int64_t i0, int64_t n, int64_t k0, int64_t kc, int mr, int bf16, float alpha,
+                    uint32_t *dst, float *scratch) {
+    int64_t kw = qd_gemm_kw(kc, bf16);
+    for (int64_t s = 0; s < n; s += mr) {
+        int rows = (int)(n - s < mr ? n - s : mr);
+        uint32_t *d = dst + (s / mr) * qd_gemm_a_strip_words(mr);
+        const float *src = scratch;
+        int64_t ld = kc;
+        if (m.kind == QD_MAT_ROWS) {
+            src = m.p + (i0 + s) * m.ld + k0;
+            ld = m.ld;
+        } else if (m.kind == QD_MAT_WEIGHT) {
+            m.w->decode(m.w, i0 + s, rows, k0, kc, scratch, kc);
+        } else {   /* QD_MAT_COLS (the driver never puts an im2col operand in the A role) */
+            for (int r = 0; r < rows; r++)
+                for (int64_t k = 0; k < kc; k++) scratch[r * kc + k] = m.p[(k0 + k) * m.ld + i0 + s + r];
+        }
+        for (int r = 0; r < rows; r++) {
+            if (bf16) row_bf16(d + r * AST, src + r * ld, kc, alpha);
+            else row_f32(d + r * AST, src + r * ld, kc, alpha);
+        }
+        for (int r = rows; r < mr; r++) memset(d + r * AST, 0, sizeof(uint32_t) * (size_t)kw);
+    }
+}
+
+/* ---- B strips: k-major panels of nr columns ---- */
+
+/* panel[k*nr + j] for j < cols (columns past cols are zeroed by the caller's layout) */
+static void im2col_rows_generic(const qd_conv_src *cv, int64_t j, int cols, int64_t k0, int64_t kc, float *panel,
+                                int nr) {
+    int64_t S = cv->Ho * cv->Wo, b0 = j / S, sp = j % S, oy0 = sp / cv->Wo, ox0 = sp % cv->Wo;
+    int64_t taps = (int64_t)cv->kh * cv->kw;
+    int64_t c = k0 / taps;
+    int ky = (int)(k0 % taps / cv->kw), kx = (int)(k0 % cv->kw);
+    for (int64_t k = 0; k < kc; k++) {
+        float *o = panel + k * nr;
+        int64_t b = b0, oy = oy0, ox = ox0;
+        for (int t = 0; t < cols; t++) {
+            int64_t iy = oy * cv->stride - cv->pt + ky, ix = ox * cv->stride - cv->pl + kx;
+            o[t] = iy >= 0 && iy < cv->H && ix >= 0 && ix < cv->W ? cv->x[((b * cv->Cin + c) * cv->H + iy) * cv->W + ix]
+                                                                  : 0.0f;
+            if (++ox == cv->Wo) { ox = 0; if (++oy == cv->Ho) { oy = 0; b++; } }
+        }
+        for (int t = cols; t < nr; t++) o[t] = 0;
+        if (++kx == cv->kw) { kx = 0; if (++ky == cv->kh) { ky = 0; c++; } }
+    }
+}
+
+/* Position of output column j: image b, output row oy, column ox. */
+typedef struct { int64_t b, oy, ox; int cols; } strip_pos;
+
+/* The 32 values tap (c, ky, kx) reads for one strip (stride 1): each output row's run
+ * is one masked load, padding lanes stay 0. */
+__attribute__((target("avx512f")))
+static void gather32(const qd_conv_src *cv, const strip_pos *sp, int64_t c, int ky, int kx, __m512 *v0, __m512 *v1) {
+    __m512 a = _mm512_setzero_ps(), z = a;
+    int64_t b = sp->b, oy = sp->oy, ox = sp->ox, HW = cv->H * cv->W;
+    if (sp->cols == 32 && cv->Wo - ox >= 32) {   /* one output row, the common case: no run loop */
+        int64_t iy = oy - cv->pt + ky, ix0 = ox - cv->pl + kx;
+        if (iy >= 0 && iy < cv->H && ix0 >= 0 && ix0 + 32 <= cv->W) {
+            const float *p = cv->x + (b * cv->Cin + c) * HW + iy * cv->W + ix0;
+            *v0 = _mm512_loadu_ps(p);
+            *v1 = _mm512_loadu_ps(p + 16);
+            return;
+        }
+    }
+    for (int done = 0; done < sp->cols;) {
+        int run = (int)(cv->Wo - ox < sp->cols - done ? cv->Wo - ox : sp->cols - done);
+        int64_t iy = oy - cv->pt + ky;
+        if (iy >= 0 && iy < cv->H) {
+            int64_t ix0 = ox - cv->pl + kx;             /* input column of the run's first output */
+            int64_t lo = ix0 < 0 ? -ix0 : 0, hi = cv->W - ix0 < run ? cv->W - ix0 : run;
+            if (hi > lo) {
+                /* lanes [done+lo, done+hi) read x[row + ix0 + t - done]: base points at lane 0 */
+                uintptr_t base = (uintptr_t)(cv->x + (b * cv->Cin + c) * HW + iy * cv->W + ix0) -
+                                 (uintptr_t)done * sizeof(float);
+                uint64_t bits = (((uint64_t)1 << (hi - lo)) - 1) << (done + lo);
+                __mmask16 m0 = (__mmask16)bits, m1 = (__mmask16)(bits >> 16);
+                if (m0) a = _mm512_mask_loadu_ps(a, m0, (const float *)base);
+                if (m1) z = _mm512_mask_loadu_ps(z, m1, (const float *)(base + 16 * sizeof(float)));
+            }
+        }
+        done += run;
+        ox += run;
+        if (ox == cv->Wo) { ox = 0; if (++oy == cv->Ho) { oy = 0; b++; } }
+    }
+    *v0 = a;
+    *v1 = z;
+}
+
+__attribute__((target("avx512f,avx512bf16")))
+static __m512i pair_words(__m512 lo, __m512 hi) {
+    __m512i l = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
+    __m512i h = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
+    return _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
+}
+
+/* Implicit im2col for nr = 32, stride 1, straight into the packed strips (fp32 or bf16
+ * pairs). The tap loop is outside the strip loop: for one tap, consecutive strips read
+ * consecutive input, and the kx taps of one row re-read it from L1 (per strip, the
+ * taps would walk all channels, whose planes alias in the caches). */
+__attribute__((target("avx512f,avx512bf16")))
+static void im2col_block_avx512(const qd_conv_src *cv, int64_t j0, int64_t n, int64_t k0, int64_t kc, int bf16,
+                                uint32_t *dst) {
+    enum { G = 8 };
+    int64_t kw = qd_gemm_kw(kc, bf16), S = cv->Ho * cv->Wo, taps = (int64_t)cv->kh * cv->kw;
+    for (int64_t g0 = 0; g0 < n; g0 += G * 32) {
+        strip_pos sp[G];
+        int ns = 0;
+        for (; ns < G && g0 + ns * 32 < n; ns++) {
+            int64_t j = j0 + g0 + ns * 32, r = j % S;
+            sp[ns].b = j / S;
+            sp[ns].oy = r / cv->Wo;
+            sp[ns].ox = r % cv->Wo;
+            sp[ns].cols = (int)(n - g0 - ns * 32 < 32 ? n - g0 - ns * 32 : 32);
+        }
+        uint32_t *d = dst + (g0 / 32) * kw * 32;
+        __m512 prev[G][2];
+        int64_t c = k0 / taps;
+        int ky = (int)(k0 % taps / cv->kw), kx = (int)(k0 % cv->kw);
+        for (int64_t k = 0; k < kc; k++) {
+            for (int t = 0; t < ns; t++) {
+                __m512 v0, v1;
+                gather32(cv, &sp[t], c, ky, kx, &v0, &v1);
+                uint32_t *o = d + t * kw * 32;
+                if (!bf16) {
+                    _mm512_storeu_ps(o + k * 32, v0);
+                    _mm512_storeu_ps(o + k * 32 + 16, v1);
+                } else if (k & 1) {
+                    _mm512_storeu_si512(o + k / 2 * 32, pair_words(prev[t][0], v0));
+                    _mm512_storeu_si512(o + k / 2 * 32 + 16, pair_words(prev[t][1], v1));
+                } else if (k + 1 == kc) {   /* odd kc: the last pair's high half is 0 */
+                    _mm512_storeu_si512(o + k / 2 * 32, pair_words(v0, _mm512_setzero_ps()));
+                    _mm512_storeu_si512(o + k / 2 * 32 + 16, pair_words(v1, _mm512_setzero_ps()));
+                } else {
+                    prev[t][0] = v0;
+                    prev[t][1] = v1;
+                }
+            }
+            if (++kx == cv->kw) { kx = 0; if (++ky == cv->kh) { ky = 0; c++; } }
+        }
+    }
+}
+
+/* Pairs of panel rows 2p, 2p+1 into bf16 words, 32 columns at a time. */
+__attribute__((target("avx512f,avx512bf16")))
+static void panel_bf16_32(uint32_t *d, const float *panel, int64_t kc) {
+    for (int64_t p = 0; p < (kc + 1) / 2; p++) {
+        const float *r0 = panel + 2 * p * 32, *r1 = r0 + 32;
+        int odd = 2 * p + 1 >= kc;
+        for (int h = 0; h < 2; h++) {
+            __m512i lo = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r0 + 16 * h)));
+            __m512i hi = odd ? _mm512_setzero_si512()
+                             : _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(r1 + 16 * h)));
+            _mm512_storeu_si512(d + p * 32 + 16 * h, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+        }
+    }
+}
+
+/* 16 x 16 transpose of 32-bit elements: out[c] lane group g holds rows 4g..4g+3 of column c. */
+__attribute__((target("avx512f")))
+static void transpose16(const __m512i r[16], __m512i out[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {   /* u[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3 */
+        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        __m512i v = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), w = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+        __m512i v2 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee), w2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
+        out[c] = _mm512_shuffle_i32x4(v, w, 0x88);
+        out[4 + c] = _mm512_shuffle_i32x4(v, w, 0xdd);
+        out[8 + c] = _mm512_shuffle_i32x4(v2, w2, 0x88);
+        out[12 + c] = _mm512_shuffle_i32x4(v2, w2, 0xdd);
+    }
+}
+
+/* Rows (row t at src + t*ld, t < cols <= 32) x kc into one 32-wide B strip: 16 x 16
+ * blocks transposed in registers; bf16 rows are first converted to pair words. */
+__attribute__((target("avx512f,avx512bf16")))
+static void rows_to_strip32(const float *src, int64_t ld, int cols, int64_t kc, int bf16, uint32_t *d) {
+    int64_t kw = qd_gemm_kw(kc, bf16), step = bf16 ? 32 : 16;
+    for (int t0 = 0; t0 < 32; t0 += 16) {
+        for (int64_t k = 0; k < kc; k += step) {
+            __m512i r[16], o[16];
+            int64_t left = kc - k;
+            __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+            __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
+            for (int t = 0; t < 16; t++) {
+                if (t0 + t >= cols) { r[t] = _mm512_setzero_si512(); continue; }
+                const float *row = src + (t0 + t) * ld + k;
+                __m512 lo = _mm512_maskz_loadu_ps(m0, row);
+                r[t] = bf16 ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, row + 16), lo) : _mm512_castps_si512(lo);
+            }
+            transpose16(r, o);
+            int64_t q0 = bf16 ? k / 2 : k, nq = kw - q0 < 16 ? kw - q0 : 16;
+            for (int64_t q = 0; q < nq; q++) _mm512_storeu_si512(d + (q0 + q) * 32 + t0, o[q]);
+        }
+    }
+}
+
+void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int nr, int bf16, uint32_t *dst,
+                    float *scratch) {
+    int64_t kw = qd_gemm_kw(kc, bf16);
+    float *dec = scratch + (int64_t)2 * QD_GEMM_KCW * QD_GEMM_MAXR;   /* decoded weight rows */
+    if (m.kind == QD_MAT_IM2COL && nr == 32 && m.conv->stride == 1 && cpu_avx512() &&
+        (!bf16 || cpu_avx512bf16())) {
+        im2col_block_avx512(m.conv, j0, n, k0, kc, bf16, dst);
+        return;
+    }
+    for (int64_t s = 0; s < n; s += nr) {
+        int cols = (int)(n - s < nr ? n - s : nr);
+        uint32_t *d = dst + (s / nr) * qd_gemm_b_strip_words(kw, nr);
+        float *panel = bf16 ? scratch : (float *)d;
+        if (m.kind == QD_MAT_COLS) {
+            for (int64_t k = 0; k < kc; k++) {
+                memcpy(panel + k * nr, m.p + (k0 + k) * m.ld + j0 + s, sizeof(float) * (size_t)cols);
+                for (int t = cols; t < nr; t++) panel[k * nr + t] = 0;
+            }
+        } else if (m.kind == QD_MAT_IM2COL) {
+            im2col_rows_generic(m.conv, j0 + s, cols, k0, kc, panel, nr);
+        } else {
+            const float *src = dec;
+            int64_t ld = kc;
+            if (m.kind == QD_MAT_ROWS) {
+                src = m.p + (j0 + s) * m.ld + k0;
+                ld = m.ld;
+            } else {
+                m.w->decode(m.w, j0 + s, cols, k0, kc, dec, kc);
+            }
+            if (nr == 32 && cpu_avx512() && (!bf16 || cpu_avx512bf16())) {
+                rows_to_strip32(src, ld, cols, kc, bf16, d);
+                continue;
+            }
+            for (int t = 0; t < cols; t++) {
+                const float *row = src + t * ld;
+                for (int64_t k = 0; k < kc; k++) panel[k * nr + t] = row[k];
+            }
+            for (int t = cols; t < nr; t++)
+                for (int64_t k = 0; k < kc; k++) panel[k * nr + t] = 0;
+        }
+        if (!bf16) continue;
+        if (nr == 32) {
+            panel_bf16_32(d, panel, kc);
+        } else {
+            for (int64_t p = 0; p < kw; p++)
+                for (int t = 0; t < nr; t++)
+                    d[p * nr + t] = bf16_pair(panel[2 * p * nr + t], 2 * p + 1 < kc ? panel[(2 * p + 1) * nr + t] : 0.0f);
+        }
+    }
+}

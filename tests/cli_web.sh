@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The web page of qdiff serve in headless Chromium (Debian's chromium, driven over the
+# DevTools protocol by tests/web/drive_page.js): fill the form, generate with the fixture
+# model shapes-sd, see the live preview and progress, the image (its pixels equal to
+# `qdiff generate` with the same settings), its parameters and the session's history.
+# The screenshot is kept in the build directory: BUILD/test-artifacts/cli_web.png.
+# Chromium or Node missing is a failure, not a skip.
+# usage: cli_web.sh path/to/qdiff path/to/tests/fixtures
+set -u
+qdiff=$1
+fx=$(cd "$2" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+chk="$here/tools/serve_check.py"
+artifacts="$(cd "$(dirname "$qdiff")" && pwd)/test-artifacts"
+tmp=$(mktemp -d)
+spid=
+cleanup() {
+  [[ -n $spid ]] && kill "$spid" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+pass=0
+fail=0
+ok() { echo "ok   $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+finish() { echo "$pass passed, $fail failed"; [[ $fail -eq 0 ]]; exit $?; }
+
+chromium=$(command -v chromium || command -v chromium-browser)
+[[ -n $chromium ]] && ok "chromium: $chromium" || { bad "chromium is not installed (scripts/install-deps.sh installs it)"; finish; }
+command -v node >/dev/null && ok "node $(node --version)" || { bad "node is not installed (scripts/install-deps.sh installs nodejs)"; finish; }
+command -v python3 >/dev/null || { bad "python3 is not installed"; finish; }
+
+log="$tmp/serve.log"
+"$qdiff" serve --port 0 -m "$fx/models/shapes-sd" -t 2 --preview-vae "$fx/models/shapes-sd/vae" --preview-every 5 2>"$log" &
+spid=$!
+U=
+for _ in $(seq 300); do
+  U=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$log" | head -1)
+  [[ -n $U ]] && break
+  sleep 0.1
+done
+[[ -n $U ]] && ok "server at $U" || { bad "server did not start: $(cat "$log")"; finish; }
+
+mkdir -p "$artifacts"
+if node "$here/web/drive_page.js" "$chromium" "$U/" "$tmp" >"$tmp/drive.out" 2>"$tmp/drive.err"; then
+  ok "page driven: $(cat "$tmp/drive.out")"
+else
+  bad "driving the page: $(cat "$tmp/drive.err") $(cat "$tmp/drive.out")"
+  finish
+fi
+cp "$tmp/screenshot.png" "$artifacts/cli_web.png" && ok "screenshot kept: $artifacts/cli_web.png ($(python3 "$chk" size "$tmp/screenshot.png" 2>/dev/null || echo '?'))"
+st="$tmp/state.json"
+[[ $(python3 "$chk" get "$st" samplers) -gt 20 ]] && ok "sampler list filled from /sdapi/v1/samplers ($(python3 "$chk" get "$st" samplers) entries)" \
+  || bad "sampler list: $(cat "$st")"
+[[ $(python3 "$chk" get "$st" sawProgress) == true ]] && ok "live progress shown (step k/n)" || bad "no live progress"
+[[ $(python3 "$chk" get "$st" sawPreview) -ge 1 ]] && ok "live preview image shown $(python3 "$chk" get "$st" sawPreview) time(s)" \
+  || bad "no preview shown"
+[[ $(python3 "$chk" get "$st" first.w) == 64 && $(python3 "$chk" get "$st" first.h) == 64 ]] \
+  && ok "the image is shown (64x64)" || bad "image size: $(cat "$st")"
+params=$(python3 "$chk" get "$st" first.params)
+[[ $params == *"a red circle on a blue background"* && $params == *"Negative prompt: blurry"* && $params == *"Seed: 1234"* && \
+   $params == *"Sampler: euler_ancestral"* && $params == *"Steps: 100"* ]] && ok "its parameters are shown: ${params//$'\n'/ | }" \
+  || bad "parameters shown: $params"
+[[ $(python3 "$chk" get "$st" history) == 2 && $(python3 "$chk" get "$st" historyClickShows) == true ]] \
+  && ok "the history keeps both images; a thumbnail click shows it again" || bad "history: $(cat "$st")"
+
+"$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
+  --steps 100 --cfg 5 --seed 1234 --sampler euler_ancestral -o "$tmp/cli-1.png"
+"$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
+  --steps 8 --cfg 5 --seed 99 --sampler euler_ancestral -o "$tmp/cli-2.png"
+for k in 1 2; do
+  if why=$(python3 "$chk" same "$tmp/result-$k.png" "$tmp/cli-$k.png"); then
+    ok "image $k shown by the page = qdiff generate's pixels"
+  else bad "image $k differs from qdiff generate: $why"; fi
+done
+
+kill -TERM "$spid"
+wait "$spid"
+rc=$?
+spid=
+[[ $rc -eq 0 ]] && ! grep -q -E "Sanitizer|runtime error" "$log" && ok "server stopped cleanly" \
+  || bad "server exit $rc: $(tail -30 "$log")"
+finish

@@ -1,0 +1,47 @@
+/* What generate and serve both need around qd_generate: random A1111-style seeds and
+ * the A1111 "parameters" text stored in each PNG. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+uint64_t cli_random_seed(void) {
+    uint64_t s = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&s, sizeof s, 1, f) != 1) s = (uint64_t)time(NULL) * 2654435761u;
+    if (f) fclose(f);
+    return s & 0xffffffffu;   /* A1111-style seeds fit in 32 bits */
+}
+
+const char *cli_model_name(const char *dir) {
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;   /* "models/x/" names x too */
+    const char *end = dir + n, *s = end;
+    while (s > dir && s[-1] != '/') s--;
+    static __thread char name[512];
+    snprintf(name, sizeof name, "%.*s", (int)(end - s), s);
+    return name[0] ? name : dir;
+}
+
+const char *cli_schedule_label(const qd_model *m, const qd_gen_params *p) {
+    if (!p->sampler) return NULL;
+    if (p->schedule) return p->schedule;
+    const char *fam = qd_model_family(m);
+    return strcmp(fam, "sd3") && strcmp(fam, "flux") ? "normal" : "simple";
+}
+
+void cli_params_text(char *buf, size_t n, const qd_model *m, const char *model_name, const qd_gen_params *p,
+                     int batch_pos) {
+    char extra[64] = "";
+    if (strcmp(qd_model_family(m), "flux") == 0) snprintf(extra, sizeof extra, ", Guidance: %g", p->guidance);
+    const char *sched = p->sampler ? p->sampler : p->scheduler ? p->scheduler : qd_model_scheduler(m);
+    char sched_more[96];   /* " Karras", or the k-sampler's schedule */
+    snprintf(sched_more, sizeof sched_more, "%s%s", p->sampler ? ", Schedule type: " : p->karras == 1 ? " Karras" : "",
+             p->sampler ? cli_schedule_label(m, p) : "");
+    snprintf(buf, n,
+             "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, "
+             "Model: %s, Batch pos: %d%s, Version: qdiff %s",
+             p->prompt, p->negative_prompt ? p->negative_prompt : "", p->steps, sched, sched_more, p->cfg_scale,
+             (unsigned long long)p->seed, p->width, p->height, model_name, batch_pos, extra, QDIFF_VERSION);
+}

@@ -1,0 +1,233 @@
+/* qdiff serve: the AUTOMATIC1111-compatible API (/sdapi/v1/...): what scripts and
+ * tools written for A1111's --api send and read. */
+#include "server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void timestamp(long long t, char *buf, size_t n) {
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(buf, n, "%Y%m%d%H%M%S", &tm);
+}
+
+/* The "info" string of a finished job, as A1111 writes it (a JSON document in a string). */
+static char *job_info(const srv_job *j) {
+    cJSON *o = cJSON_CreateObject(), *a;
+    int n = j->n_images;
+    cJSON_AddStringToObject(o, "prompt", j->prompt);
+    a = cJSON_AddArrayToObject(o, "all_prompts");
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateString(j->prompt));
+    cJSON_AddStringToObject(o, "negative_prompt", j->negative ? j->negative : "");
+    a = cJSON_AddArrayToObject(o, "all_negative_prompts");
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateString(j->negative ? j->negative : ""));
+    cJSON_AddNumberToObject(o, "seed", (double)j->p.seed);
+    a = cJSON_AddArrayToObject(o, "all_seeds");
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber((double)j->seeds[i]));
+    cJSON_AddNumberToObject(o, "subseed", -1);
+    cJSON_AddNumberToObject(o, "subseed_strength", 0);
+    cJSON_AddNumberToObject(o, "width", j->p.width);
+    cJSON_AddNumberToObject(o, "height", j->p.height);
+    cJSON_AddStringToObject(o, "sampler_name", j->sampler_label);
+    cJSON_AddStringToObject(o, "scheduler", j->schedule_label);
+    cJSON_AddNumberToObject(o, "cfg_scale", j->p.cfg_scale);
+    cJSON_AddNumberToObject(o, "steps", j->p.steps);
+    cJSON_AddNumberToObject(o, "batch_size", j->p.batch);
+    cJSON_AddNumberToObject(o, "n_iter", j->n_iter);
+    cJSON_AddFalseToObject(o, "restore_faces");
+    cJSON_AddStringToObject(o, "sd_model_name", j->model->name);
+    cJSON_AddNullToObject(o, "sd_model_hash");
+    cJSON *extra = cJSON_AddObjectToObject(o, "extra_generation_params");
+    if (j->p.sampler) cJSON_AddStringToObject(extra, "Sampler", j->p.sampler);
+    if (j->p.sampler) cJSON_AddStringToObject(extra, "Schedule type", cli_schedule_label(j->model->model, &j->p));
+    else cJSON_AddStringToObject(extra, "Scheduler class", j->p.scheduler ? j->p.scheduler : j->model->scheduler);
+    cJSON_AddNumberToObject(o, "index_of_first_image", 0);
+    a = cJSON_AddArrayToObject(o, "infotexts");
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateString(j->infotexts[i]));
+    cJSON_AddArrayToObject(o, "styles");
+    char ts[32];
+    timestamp(j->created, ts, sizeof ts);
+    cJSON_AddStringToObject(o, "job_timestamp", ts);
+    cJSON_AddNumberToObject(o, "clip_skip", 1);
+    cJSON_AddStringToObject(o, "version", "qdiff " QDIFF_VERSION);
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return text;
+}
+
+void a1111_txt2img(srv *s, const srv_request *rq, srv_reply *rp) {
+    cJSON *body = srv_parse_body(rq, rp);
+    if (!body) return;
+    const char *model_name = NULL;
+    const cJSON *ov = cJSON_GetObjectItemCaseSensitive(body, "override_settings");
+    if (ov && !cJSON_IsNull(ov)) {
+        const cJSON *ck = cJSON_GetObjectItemCaseSensitive(ov, "sd_model_checkpoint");
+        if (!cJSON_IsObject(ov) || (ck && !cJSON_IsString(ck))) {
+            srv_reply_error(rp, 400, "override_settings", "override_settings: expected an object whose "
+                            "sd_model_checkpoint is a model name (GET /sdapi/v1/sd-models)");
+            cJSON_Delete(body);
+            return;
+        }
+        if (ck) model_name = ck->valuestring;
+    }
+    srv_error err = {0};
+    srv_model *m = srv_model_for_request(s, model_name, "override_settings.sd_model_checkpoint", &err);
+    srv_job *j = m ? srv_job_new() : NULL;
+    if (m && !j) srv_reply_error(rp, 500, NULL, "out of memory");
+    if (!m) srv_reply_srv_error(rp, &err);
+    if (!j) { cJSON_Delete(body); return; }
+    j->model = m;
+    if (srv_params_from_json(s, m, body, j, &err)) {
+        srv_reply_srv_error(rp, &err);
+        srv_job_release(s, j);
+        cJSON_Delete(body);
+        return;
+    }
+    cJSON_Delete(body);
+    srv_job_submit(s, j);
+    srv_job_wait(s, j);
+    if (srv_job_error(s, j, rp)) { srv_job_release(s, j); return; }
+
+    cJSON *doc = cJSON_CreateObject(), *imgs = cJSON_AddArrayToObject(doc, "images");
+    for (int i = 0; i < j->n_images; i++)   /* references: printed before the job lets them go */
+        cJSON_AddItemToArray(imgs, cJSON_CreateStringReference(j->images_b64[i]));
+    cJSON *par = cJSON_AddObjectToObject(doc, "parameters");
+    cJSON_AddStringToObject(par, "prompt", j->prompt);
+    cJSON_AddStringToObject(par, "negative_prompt", j->negative ? j->negative : "");
+    cJSON_AddNumberToObject(par, "seed", j->seed_requested_random ? -1 : (double)j->p.seed);
+    cJSON_AddNumberToObject(par, "steps", j->p.steps);
+    cJSON_AddNumberToObject(par, "cfg_scale", j->p.cfg_scale);
+    cJSON_AddNumberToObject(par, "width", j->p.width);
+    cJSON_AddNumberToObject(par, "height", j->p.height);
+    cJSON_AddStringToObject(par, "sampler_name", j->sampler_label);
+    cJSON_AddStringToObject(par, "scheduler", j->schedule_label);
+    cJSON_AddNumberToObject(par, "batch_size", j->p.batch);
+    cJSON_AddNumberToObject(par, "n_iter", j->n_iter);
+    cJSON_AddStringToObject(par, "sd_model_checkpoint", m->name);
+    char *info = job_info(j);
+    if (info) cJSON_AddItemToObject(doc, "info", cJSON_CreateStringReference(info));
+    srv_reply_json(rp, info ? 200 : 500, info ? doc : NULL);
+    if (!info) cJSON_Delete(doc);
+    free(info);
+    srv_job_release(s, j);
+}
+
+static const char *state_name(int state) {
+    static const char *const names[] = {"queued", "running", "done", "failed", "cancelled"};
+    return names[state];
+}
+
+void a1111_progress(srv *s, const srv_request *rq, srv_reply *rp) {
+    const char *task = srv_query(rq, "id_task"), *skip = srv_query(rq, "skip_current_image");
+    int skip_image = skip && (!strcmp(skip, "true") || !strcmp(skip, "1"));
+    cJSON *doc = cJSON_CreateObject(), *st;
+    pthread_mutex_lock(&s->mu);
+    srv_job *j = NULL;
+    if (task) {
+        for (srv_job *q = s->jobs; q && !j; q = q->list_next)
+            if (!strcmp(q->task, task)) j = q;
+    } else {   /* A1111 reports the job being made; with several models, the first running */
+        for (int i = 0; i < s->n_models && !j; i++) j = s->models[i].running;
+    }
+    double progress = 0, eta = 0;
+    int queue_pos = 0;
+    if (j && j->state == JOB_RUNNING) {
+        double inner = j->total > 0 ? (double)j->step / j->total : 0;
+        progress = (j->iter + inner) / j->n_iter;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        double elapsed = (double)ts.tv_sec + ts.tv_nsec * 1e-9 - j->t_start;
+        eta = progress > 0 ? elapsed / progress - elapsed : 0;
+    } else if (j && j->state == JOB_DONE) {
+        progress = 1;
+    } else if (j && j->state == JOB_QUEUED) {
+        for (srv_job *q = j->model->queue_head; q && q != j; q = q->next) queue_pos++;
+    }
+    cJSON_AddNumberToObject(doc, "progress", progress);
+    cJSON_AddNumberToObject(doc, "eta_relative", eta);
+    st = cJSON_AddObjectToObject(doc, "state");
+    cJSON_AddFalseToObject(st, "skipped");
+    cJSON_AddBoolToObject(st, "interrupted", j && (j->cancel || j->state == JOB_CANCELLED));
+    cJSON_AddFalseToObject(st, "stopping_generation");
+    cJSON_AddStringToObject(st, "job", j ? j->task : "");
+    cJSON_AddNumberToObject(st, "job_count", j ? j->n_iter : 0);
+    char ts[32] = "0";
+    if (j) timestamp(j->created, ts, sizeof ts);
+    cJSON_AddStringToObject(st, "job_timestamp", ts);
+    cJSON_AddNumberToObject(st, "job_no", j ? j->iter : 0);
+    cJSON_AddNumberToObject(st, "sampling_step", j ? j->step : 0);
+    cJSON_AddNumberToObject(st, "sampling_steps", j ? j->total : 0);
+    if (j && j->preview_b64 && !skip_image) cJSON_AddStringToObject(doc, "current_image", j->preview_b64);
+    else cJSON_AddNullToObject(doc, "current_image");
+    cJSON_AddNullToObject(doc, "textinfo");
+    /* qdiff's additions: which job, and where it stands */
+    if (j) {
+        cJSON_AddStringToObject(doc, "id_task", j->task);
+        cJSON_AddStringToObject(doc, "status", state_name(j->state));
+        if (j->state == JOB_QUEUED) cJSON_AddNumberToObject(doc, "queue_position", queue_pos);
+        if (j->state >= JOB_FAILED && j->error[0]) cJSON_AddStringToObject(doc, "error", j->error);
+    } else {
+        cJSON_AddNullToObject(doc, "id_task");
+        cJSON_AddStringToObject(doc, "status", task ? "unknown" : "idle");
+    }
+    pthread_mutex_unlock(&s->mu);
+    srv_reply_json(rp, 200, doc);
+}
+
+void a1111_interrupt(srv *s, const srv_request *rq, srv_reply *rp) {
+    /* A1111 stops the image being made; qdiff also takes one task (queued or running)
+     * as ?id_task= or {"id_task": ...} */
+    const char *task = srv_query(rq, "id_task");
+    cJSON *body = NULL;
+    if (!task && rq->body_len) {
+        if (!(body = srv_parse_body(rq, rp))) return;
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(body, "id_task");
+        if (t && !cJSON_IsNull(t) && !cJSON_IsString(t)) {
+            srv_reply_error(rp, 400, "id_task", "id_task: expected a string");
+            cJSON_Delete(body);
+            return;
+        }
+        if (cJSON_IsString(t)) task = t->valuestring;
+    }
+    int n = srv_cancel(s, task);
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddNumberToObject(doc, "interrupted", n);
+    cJSON_Delete(body);
+    srv_reply_json(rp, 200, doc);
+}
+
+void a1111_samplers(srv *s, const srv_request *rq, srv_reply *rp) { srv_reply_json(rp, 200, srv_samplers_json()); }
+
+void a1111_schedulers(srv *s, const srv_request *rq, srv_reply *rp) { srv_reply_json(rp, 200, srv_schedulers_json()); }
+
+void a1111_sd_models(srv *s, const srv_request *rq, srv_reply *rp) {
+    static const char *const states[] = {"unloaded", "loading", "ready", "failed"};
+    cJSON *arr = cJSON_CreateArray();
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->n_models; i++) {
+        const srv_model *m = &s->models[i];
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "title", m->name);
+        cJSON_AddStringToObject(o, "model_name", m->name);
+        cJSON_AddNullToObject(o, "hash");
+        cJSON_AddNullToObject(o, "sha256");
+        cJSON_AddStringToObject(o, "filename", m->path);
+        cJSON_AddNullToObject(o, "config");
+        cJSON_AddStringToObject(o, "state", states[m->state]);
+        if (m->state == MODEL_READY) cJSON_AddStringToObject(o, "family", m->family);
+        cJSON_AddBoolToObject(o, "default", i == 0);
+        cJSON_AddItemToArray(arr, o);
+    }
+    pthread_mutex_unlock(&s->mu);
+    srv_reply_json(rp, 200, arr);
+}
+
+void a1111_options(srv *s, const srv_request *rq, srv_reply *rp) {
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "sd_model_checkpoint", s->models[0].name);
+    cJSON_AddNumberToObject(o, "show_progress_every_n_steps", s->opt.preview_every);
+    srv_reply_json(rp, 200, o);
+}
