@@ -248,7 +248,9 @@ qd_status qd_resize_rgb8(qd_ctx *ctx, const uint8_t *src, int src_width, int src
                          uint8_t *dst, int dst_width, int dst_height);
 
 /* Read one tensor of a .safetensors file as float32 (any float or integer dtype).
- * name NULL: the file's only tensor. *data is malloc'd: free() it. shape gets ndim dims (<= 8). */
+ * name NULL: the file's only tensor. *data is malloc'd: free() it. shape gets ndim dims (<= 8).
+ * In a ComfyUI comfy_quant checkpoint, a quantized layer's name ("X" or "X.weight") reads
+ * back its dequantized weight [out, in] (every layer's config is validated first). */
 qd_status qd_read_tensor(qd_ctx *ctx, const char *path, const char *name, float **data,
                          int64_t shape[8], int *ndim);
 
@@ -344,6 +346,72 @@ qd_status qd_quantize(qd_ctx *ctx, const char *in_dir, const char *out_dir, cons
 /* sizeof(qd_gen_params) in this build of the library. Bindings that mirror the struct
  * (ctypes, cffi) compare it with their own layout and refuse to run on a mismatch. */
 size_t qd_gen_params_size(void);
+
+/* ==== LoRA merging and ComfyUI comfy_quant checkpoints ======================= */
+
+/* LoRA files merged into weights before quantizing: W += scale_f * dampen^i * alpha/rank
+ * * up.down for every pair naming W (i: the pair's position among the pairs applied to W,
+ * in file order). kohya (lora_unet_/lora_te1_/lora_te2_/lora_transformer_ + .lora_down/
+ * .lora_up/.alpha), diffusers (unet./transformer./text_encoder[_2]. + .lora.down/.lora.up
+ * or .lora_A/.lora_B), PEFT (base_model.model.) and BFL/ComfyUI (diffusion_model.) names;
+ * linear and conv LoRAs. Details: src/convert/lora.h. */
+typedef struct qd_lora_set qd_lora_set;
+
+/* scales: one per file (NULL: all 1). dampen in (0, 1] (1: none). Errors name the file. */
+qd_status qd_lora_set_open(qd_ctx *ctx, const char *const *paths, const float *scales, int n, float dampen,
+                           qd_lora_set **out);
+/* Add the deltas of the pairs naming `tensor_name` to the fp32 weight w ([out, in] or
+ * [out, in, kh, kw]). component: "unet", "transformer", "text_encoder", "text_encoder_2",
+ * "text_encoder_3" for a diffusers name inside that component; NULL for a name of a
+ * single-file checkpoint (model.diffusion_model., cond_stage_model., ... or bare).
+ * Returns the number of pairs applied, or -1 with the error in ctx (shape mismatch). */
+int qd_lora_apply(qd_ctx *ctx, qd_lora_set *set, const char *component, const char *tensor_name,
+                  float *w, const int64_t *shape, int ndim);
+/* Before merging: note which pairs name a float weight (".weight", 2-D or more) of
+ * `weights` (a .safetensors file, a shard index or a diffusers component folder; component
+ * as for qd_lora_apply), so qd_lora_set_check can refuse a LoRA before anything is written. */
+qd_status qd_lora_set_plan(qd_ctx *ctx, qd_lora_set *set, const char *weights, const char *component);
+/* Pairs applied at least once so far, and pairs in all files. */
+void qd_lora_set_report(const qd_lora_set *set, int64_t *matched, int64_t *total);
+/* An error when some file has no pair that was applied or planned ("0 of its N LoRA layers
+ * matched"), a warning when only some of its pairs were. */
+qd_status qd_lora_set_check(qd_ctx *ctx, const qd_lora_set *set);
+void qd_lora_set_free(qd_lora_set *set);
+
+/* Write a ComfyUI comfy_quant checkpoint (docs: README "comfy_quant checkpoints"). */
+typedef struct {
+    const char *weights_dtype;      /* "int8_tensorwise" (default), "float8_e4m3fn", "float8_e4m3fn_rowwise" */
+    int convrot;                    /* int8_tensorwise: Hadamard-rotated K-groups, per-row scales */
+    int convrot_group;              /* 0: 256; a power of 4 from 4 to 4096 (smaller per layer where it must divide K) */
+    int input_scale;                /* fp8: also write <layer>.input_scale = 1.0 */
+    int full_precision_mm;          /* "full_precision_matrix_mult": true in every config */
+    int save_quant_metadata;        /* also __metadata__._quantization_metadata */
+    const char *const *filters;     /* convert_to_quant model filter presets (flux2, qwen, ...) */
+    int n_filters;
+    const char *const *exclude;     /* extended regexes searched in layer names: kept unquantized */
+    int n_exclude;
+    qd_lora_set *lora;              /* merged first; NULL: none */
+    int dry_run;                    /* quantize and measure only, write nothing */
+    int force;                      /* replace an existing output file */
+    qd_quant_progress_fn progress;  /* after every input tensor; non-zero return cancels */
+    void *progress_user;
+} qd_comfy_quant_params;
+
+void qd_comfy_quant_params_default(qd_comfy_quant_params *p);
+
+/* Quantize the 2-D linear weights of a single-file .safetensors checkpoint (any float
+ * dtype) round-to-nearest into out_path: <layer>.comfy_quant (JSON), .weight, .weight_scale
+ * as ComfyUI and convert_to_quant write them; everything else copied (LoRA-merged first if
+ * a LoRA names it); input metadata kept. Streams tensor by tensor into a temporary file
+ * renamed at the end; an existing out_path is refused unless p->force. out_path may be
+ * NULL with p->dry_run. *report_json (may be NULL; release with qd_free):
+ *   {"input", "output", "format": "comfy_quant", "weights_dtype", "dry_run",
+ *    "layers": [ {"name", "shape", "format", "convrot", "bytes_in", "bytes_out",
+ *                 "rel_error", "snr_db"} or {"name", "shape", "skipped": reason, "bytes_in"} ],
+ *    "totals": {"quantized", "copied", "lora_merged", "bytes_in", "bytes_out", "rel_error", "snr_db"}}
+ * rel_error = ||W - dequant(W)|| / ||W|| (totals: over all quantized layers). */
+qd_status qd_comfy_quantize(qd_ctx *ctx, const char *in_path, const char *out_path, const qd_comfy_quant_params *p,
+                            char **report_json);
 
 #ifdef __cplusplus
 }

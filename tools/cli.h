@@ -2,6 +2,7 @@
 #ifndef QD_TOOLS_CLI_H
 #define QD_TOOLS_CLI_H
 
+#include <stdio.h>
 #include "qdiff.h"
 
 #define EXIT_BAD 2
@@ -12,6 +13,34 @@ int cmd_inspect(int argc, char **argv);
 int cmd_samplers(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
+
+/* qdiff quantize: the output format and LoRA option group (quantize_comfy.c). */
+#define QUANTIZE_EXTRA_MAX 64
+typedef struct {
+    const char *format;             /* "sdnq" (default) or "comfy_quant" */
+    const char *out;                /* -o / --output */
+    const char *comfy_only;         /* the first comfy_quant-only option given (for errors) */
+    qd_comfy_quant_params cq;
+    const char *filters[QUANTIZE_EXTRA_MAX], *exclude[QUANTIZE_EXTRA_MAX];
+    const char *lora_paths[QUANTIZE_EXTRA_MAX];   /* malloc'd */
+    float lora_scales[QUANTIZE_EXTRA_MAX];
+    int n_lora;
+    float dampen;
+    qd_lora_set *lora;
+    qd_ctx *ctx;                    /* for quantize_extra_prepare */
+} quantize_extra;
+void quantize_extra_init(quantize_extra *e);
+void quantize_extra_usage(FILE *f);
+/* 1 consumed (with *i advanced past its value), 0 not one of ours, -1 bad value (printed). */
+int quantize_extra_option(quantize_extra *e, int argc, char **argv, int *i);
+qd_status quantize_extra_open_loras(qd_ctx *ctx, quantize_extra *e);
+/* qd_quant_params.prepare: merges the LoRAs (user = the quantize_extra). */
+int quantize_extra_prepare(void *user, const char *component, const char *tensor_name, float *w,
+                           const int64_t *shape, int ndim);
+/* A --format comfy_quant run: report printed, exit status returned. */
+int quantize_comfy_run(qd_ctx *ctx, quantize_extra *e, const char *in, const char *out, const char *weights_dtype,
+                       int dry_run, int force, int json, qd_quant_progress_fn progress, void *progress_user);
+void quantize_extra_free(quantize_extra *e);
 
 /* Parse a whole-string integer in [lo, hi] / a finite float; print why not and return -1. */
 int cli_parse_int(const char *s, const char *opt, long lo, long hi, long *out);

@@ -1,8 +1,8 @@
 /* qdiff quantize: write an SDNQ-quantized diffusers folder (qd_quantize), or with
  * --dry-run measure what each layer would become. Options map one to one onto
- * qd_quant_params; parse_sdnq_option() is the SDNQ group, and other option groups
- * (formats, LoRA merging) add their own parse function to the chain in
- * cmd_quantize(). The progress bar goes to stderr. */
+ * qd_quant_params; parse_sdnq_option() is the SDNQ group; quantize_extra_option()
+ * (quantize_comfy.c: --format comfy_quant, its options, LoRA merging) comes first in
+ * the chain in cmd_quantize(). The progress bar goes to stderr. */
 #include "cli.h"
 
 #include <cjson/cJSON.h>
@@ -23,12 +23,16 @@ typedef struct {
     const char *dtype_for[MAX_LIST];
     int json, quiet;
     long threads;
+    const char *sdnq_only;          /* the first SDNQ-only option given (refused with comfy_quant) */
+    int dtype_given;                /* --weights-dtype was given (comfy_quant has its own default) */
+    quantize_extra x;               /* --format, comfy_quant options, LoRA merging */
 } quantize_opts;
 
 static void usage_quantize(FILE *f) {
     fprintf(f,
         "usage: qdiff quantize IN OUT [options]\n"
         "       qdiff quantize IN --dry-run [options]\n"
+        "       qdiff quantize --format comfy_quant IN.safetensors OUT.safetensors [options]\n"
         "\n"
         "Quantize a diffusers folder (fp32/fp16/bf16 weights) into an SDNQ diffusers folder\n"
         "as sdnq writes one: the chosen components' layers quantized, config.json and\n"
@@ -76,7 +80,9 @@ static void usage_quantize(FILE *f) {
         "  -h, --help                this help\n"
         "\n"
         "The report gives per layer the shape, stored type and group size, bytes, relative\n"
-        "error ||W - dequant(W)|| / ||W|| and SNR in dB; then per component and in total.\n");
+        "error ||W - dequant(W)|| / ||W|| and SNR in dB; then per component and in total.\n"
+        "\n");
+    quantize_extra_usage(f);
 }
 
 /* Options of the SDNQ group: 1 consumed (with *i advanced past its value),
@@ -235,22 +241,52 @@ int cmd_quantize(int argc, char **argv) {
     quantize_opts o;
     memset(&o, 0, sizeof o);
     qd_quant_params_default(&o.p);
+    quantize_extra_init(&o.x);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage_quantize(stdout); return 0; }
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage_quantize(stdout); quantize_extra_free(&o.x); return 0; }
         if (a[0] == '-' && a[1]) {
-            int r = parse_sdnq_option(&o, argc, argv, &i);
-            if (r < 0) return EXIT_BAD;
-            if (r == 0) { fprintf(stderr, "qdiff quantize: unknown option '%s' (see qdiff quantize --help)\n", a); return EXIT_BAD; }
+            int r = quantize_extra_option(&o.x, argc, argv, &i);
+            if (r == 0) {
+                r = parse_sdnq_option(&o, argc, argv, &i);
+                /* options both formats share; everything else of that group is SDNQ's */
+                static const char *shared[] = {"--weights-dtype", "--dry-run", "--force", "--json", "-q", "--quiet", "--threads"};
+                int is_shared = 0;
+                for (size_t k = 0; k < sizeof shared / sizeof *shared; k++) is_shared |= !strcmp(a, shared[k]);
+                if (r == 1 && !is_shared && !o.sdnq_only) o.sdnq_only = a;
+                if (r == 1 && !strcmp(a, "--weights-dtype")) o.dtype_given = 1;
+            }
+            if (r < 0) { quantize_extra_free(&o.x); return EXIT_BAD; }
+            if (r == 0) {
+                fprintf(stderr, "qdiff quantize: unknown option '%s' (see qdiff quantize --help)\n", a);
+                quantize_extra_free(&o.x);
+                return EXIT_BAD;
+            }
             continue;
         }
         if (!o.in) o.in = a;
         else if (!o.out) o.out = a;
-        else { fprintf(stderr, "qdiff quantize: unexpected argument '%s'\n", a); return EXIT_BAD; }
+        else { fprintf(stderr, "qdiff quantize: unexpected argument '%s'\n", a); quantize_extra_free(&o.x); return EXIT_BAD; }
     }
-    if (!o.in || (!o.out && !o.p.dry_run)) {
-        fprintf(stderr, "qdiff quantize: needs IN and OUT folders (or IN --dry-run)\n\n");
+    int comfy = !strcmp(o.x.format, "comfy_quant");
+    const char *conflict = NULL;
+    if (o.x.out && o.out) conflict = "OUT given twice (positional and -o)";
+    if (o.x.out) o.out = o.x.out;
+    if (!conflict && comfy && o.sdnq_only) {
+        fprintf(stderr, "qdiff quantize: %s is not available with --format comfy_quant\n", o.sdnq_only);
+        quantize_extra_free(&o.x);
+        return EXIT_BAD;
+    }
+    if (!conflict && !comfy && o.x.comfy_only) {
+        fprintf(stderr, "qdiff quantize: %s needs --format comfy_quant\n", o.x.comfy_only);
+        quantize_extra_free(&o.x);
+        return EXIT_BAD;
+    }
+    if (conflict || !o.in || (!o.out && !o.p.dry_run)) {
+        if (conflict) fprintf(stderr, "qdiff quantize: %s\n\n", conflict);
+        else fprintf(stderr, "qdiff quantize: needs IN and OUT %s (or IN --dry-run)\n\n", comfy ? "files" : "folders");
         usage_quantize(stderr);
+        quantize_extra_free(&o.x);
         return EXIT_BAD;
     }
     o.p.skip = o.skip;
@@ -259,8 +295,8 @@ int cmd_quantize(int argc, char **argv) {
     o.p.progress = progress;
     o.p.progress_user = &b;
     qd_ctx *ctx = qd_ctx_new((int)o.threads);
-    if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); return EXIT_BAD; }
-    char *json = NULL;
+    if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); quantize_extra_free(&o.x); return EXIT_BAD; }
+    /* Ctrl-C / SIGTERM cancel the run: the library removes its temporary output */
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -268,13 +304,42 @@ int cmd_quantize(int argc, char **argv) {
     running = ctx;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-    qd_status st = qd_quantize(ctx, o.in, o.p.dry_run ? NULL : o.out, &o.p, &json);
+    qd_status st = quantize_extra_open_loras(ctx, &o.x);
+    int comfy_rc = -1;
+    char *json = NULL;
+    if (st == QD_OK && comfy) {
+        comfy_rc = quantize_comfy_run(ctx, &o.x, o.in, o.out, o.dtype_given ? o.p.weights_dtype : NULL, o.p.dry_run,
+                                      o.p.force, o.json, progress, &b);
+    } else if (st == QD_OK) {
+        if (o.x.lora) {
+            /* a LoRA naming no weight of the chosen components fails before anything is written */
+            char comps[1024], dir[4096];
+            if (o.p.components && *o.p.components) snprintf(comps, sizeof comps, "%s", o.p.components);
+            else {
+                snprintf(dir, sizeof dir, "%s/unet", o.in);
+                snprintf(comps, sizeof comps, "%s", access(dir, F_OK) == 0 ? "unet" : "transformer");
+            }
+            for (char *c = strtok(comps, ","); c && st == QD_OK; c = strtok(NULL, ",")) {
+                snprintf(dir, sizeof dir, "%s/%s", o.in, c);
+                st = qd_lora_set_plan(ctx, o.x.lora, dir, c);
+            }
+            if (st == QD_OK) st = qd_lora_set_check(ctx, o.x.lora);
+            o.x.ctx = ctx;
+            o.p.prepare = quantize_extra_prepare;
+            o.p.prepare_user = &o.x;
+        }
+        if (st == QD_OK) st = qd_quantize(ctx, o.in, o.p.dry_run ? NULL : o.out, &o.p, &json);
+        if (st == QD_OK && o.x.lora) st = qd_lora_set_check(ctx, o.x.lora);   /* warns about pairs left over */
+    }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     running = NULL;
+    quantize_extra_free(&o.x);
+    if (comfy_rc >= 0) { qd_ctx_free(ctx); return comfy_rc; }
     if (st != QD_OK) {
         if (b.tty && b.last >= 0) fprintf(stderr, "\n");
         fprintf(stderr, "qdiff quantize: %s\n", qd_last_error(ctx));
+        qd_free(json);
         qd_ctx_free(ctx);
         return st == QD_ERR_CANCELLED ? 130 : EXIT_BAD;
     }

@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@ static const struct { const char *name; size_t size; } dtypes[QD_DTYPE_COUNT] = 
     [QD_I64] = {"I64", 8},      [QD_I32] = {"I32", 4},     [QD_I16] = {"I16", 2},
     [QD_I8] = {"I8", 1},        [QD_U64] = {"U64", 8},     [QD_U32] = {"U32", 4},
     [QD_U16] = {"U16", 2},      [QD_U8] = {"U8", 1},       [QD_BOOL] = {"BOOL", 1},
+    [QD_F8_E8M0] = {"F8_E8M0", 1},
 };
 
 const char *qd_dtype_name(qd_dtype t) { return (unsigned)t < QD_DTYPE_COUNT ? dtypes[t].name : "?"; }
@@ -296,6 +298,7 @@ void qd_st_to_f32(const qd_st_tensor *t, int64_t offset, int64_t n, float *dst) 
     case QD_U16: for (i = 0; i < n; i++) { uint16_t v; memcpy(&v, b + 2 * i, 2); dst[i] = (float)v; } break;
     case QD_I8: for (i = 0; i < n; i++) dst[i] = (float)(int8_t)b[i]; break;
     case QD_U8: case QD_BOOL: for (i = 0; i < n; i++) dst[i] = (float)b[i]; break;
+    case QD_F8_E8M0: for (i = 0; i < n; i++) dst[i] = b[i] == 255 ? __builtin_nanf("") : ldexpf(1.0f, (int)b[i] - 127); break;
     default: memset(dst, 0, (size_t)n * 4); break;
     }
 }

@@ -11,6 +11,7 @@
 typedef enum {
     QD_F32, QD_F16, QD_BF16, QD_F64, QD_F8_E4M3, QD_F8_E5M2,
     QD_I64, QD_I32, QD_I16, QD_I8, QD_U64, QD_U32, QD_U16, QD_U8, QD_BOOL,
+    QD_F8_E8M0,                 /* power-of-two scale byte (MXFP8 block scales): 2^(b-127), 255 NaN */
     QD_DTYPE_COUNT
 } qd_dtype;
 

@@ -2,39 +2,54 @@
 #include "io/file.h"
 #include "quant/sdnq_config.h"
 #include "quant/sdnq_weight.h"
+#include "quant/comfy_quant.h"
 
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+static const char *const weight_candidates[] = {
+    "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
+    "model.safetensors.index.json", "model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors",
+    "model.fp16.safetensors.index.json", "model.fp16.safetensors",
+};
+
+int qd_params_weights_path(const char *dir, char *path, size_t size) {
+    for (size_t i = 0; i < sizeof weight_candidates / sizeof *weight_candidates; i++) {
+        qd_path_join(path, size, dir, weight_candidates[i]);
+        if (qd_file_exists(path)) return 1;
+    }
+    return 0;
+}
+
 qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_params *p) {
-    static const char *candidates[] = {
-        "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
-        "model.safetensors.index.json", "model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors",
-        "model.fp16.safetensors.index.json", "model.fp16.safetensors",
-    };
     memset(p, 0, sizeof *p);
     p->ctx = ctx;
     snprintf(p->name, sizeof p->name, "%s", name);
     snprintf(p->dir, sizeof p->dir, "%s", dir);
     char path[4096];
-    for (size_t i = 0; i < sizeof candidates / sizeof *candidates; i++) {
-        qd_path_join(path, sizeof path, dir, candidates[i]);
-        if (!qd_file_exists(path)) continue;
+    if (qd_params_weights_path(dir, path, sizeof path)) {
         QD_TRY(qd_st_open(ctx, path, &p->st));
         qd_status st = qd_sdnq_config_load_dir(ctx, dir, &p->sdnq);
-        if (st != QD_OK) qd_st_close(&p->st);
+        if (st == QD_OK && qd_cq_detect(&p->st)) {
+            /* ComfyUI comfy_quant layers: validated now, decoded tile by tile later */
+            p->cq = calloc(1, sizeof *p->cq);
+            st = p->cq ? qd_cq_open(ctx, &p->st, path, p->cq) : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+            if (st != QD_OK) { free(p->cq); p->cq = NULL; }
+        }
+        if (st != QD_OK) { qd_sdnq_config_free(p->sdnq); p->sdnq = NULL; qd_st_close(&p->st); }
         return st;
     }
-    return qd_fail(ctx, QD_ERR_IO, "%s: no weights file (expected %s or %s)", dir, candidates[1], candidates[3]);
+    return qd_fail(ctx, QD_ERR_IO, "%s: no weights file (expected %s or %s)", dir, weight_candidates[1], weight_candidates[3]);
 }
 
 void qd_params_close(qd_params *p) {
     for (int i = 0; i < p->n_owned; i++) free(p->owned[i]);
     free(p->owned);
     qd_sdnq_config_free(p->sdnq);
+    if (p->cq) { qd_cq_close(p->cq); free(p->cq); }
     qd_st_close(&p->st);
     memset(p, 0, sizeof *p);
 }
@@ -77,7 +92,19 @@ static int has_scale(qd_params *p, const char *prefix, const qd_st_tensor **scal
     return *scale != NULL;
 }
 
+/* The comfy_quant layer named prefix, checked against [out, in]; NULL when there is none. */
+static qd_status cq_layer(qd_params *p, const char *prefix, int64_t out_f, int64_t in_f, const qd_cq_layer **l) {
+    *l = p->cq ? qd_cq_find(p->cq, prefix) : NULL;
+    if (*l && ((*l)->rows != out_f || (*l)->cols != in_f))
+        return qd_fail(p->ctx, QD_ERR_FORMAT, "%s: comfy_quant layer '%s' is [%lld, %lld], expected [%lld, %lld]", p->cq->path,
+                       prefix, (long long)(*l)->rows, (long long)(*l)->cols, (long long)out_f, (long long)in_f);
+    return QD_OK;
+}
+
 static qd_status get(qd_params *p, const char *name, int ndim, const int64_t *shape, const qd_st_tensor **t) {
+    if (p->cq && qd_cq_find(p->cq, name))   /* codes without their scales would be garbage */
+        return qd_fail(p->ctx, QD_ERR_UNSUPPORTED, "%s: '%s' is comfy_quant-quantized, but %s reads it as a plain tensor",
+                       p->cq->path, name, p->name);
     qd_status st = qd_st_get(p->ctx, &p->st, name, ndim, shape, t);
     if (st != QD_OK) return qd_fail_prefix(p->ctx, st, "%s", p->name);
     return QD_OK;
@@ -101,7 +128,11 @@ qd_status qd_p_linear(qd_params *p, qd_linear_p *out, int64_t out_f, int64_t in_
     char name[600];
     int64_t s2[2] = {out_f, in_f}, s4[4] = {out_f, in_f, 1, 1};
     const qd_st_tensor *t;
-    if (has_scale(p, prefix, &t)) {
+    const qd_cq_layer *cl;
+    QD_TRY(cq_layer(p, prefix, out_f, in_f, &cl));
+    if (cl) {
+        qd_cq_weight(cl, &out->w);
+    } else if (has_scale(p, prefix, &t)) {
         /* a quantized 1x1 Conv keeps its kernel dims in the scale ([out, G, 1, 1, 1] / [out, 1, 1, 1]) */
         int conv = p->sdnq && p->sdnq->quant_conv && t->ndim >= 4;
         QD_TRY(sdnq_weight(p, prefix, conv ? QD_SDNQ_CONV : QD_SDNQ_LINEAR, conv ? 4 : 2, conv ? s4 : s2, &out->w));
@@ -147,6 +178,9 @@ qd_status qd_p_embedding(qd_params *p, qd_weight *out, int64_t n, int64_t dim, c
     FORMAT_PREFIX(prefix, fmt);
     int64_t s2[2] = {n, dim};
     const qd_st_tensor *t;
+    const qd_cq_layer *cl;
+    QD_TRY(cq_layer(p, prefix, n, dim, &cl));
+    if (cl) { qd_cq_weight(cl, out); return QD_OK; }
     if (has_scale(p, prefix, &t)) return sdnq_weight(p, prefix, QD_SDNQ_EMBEDDING, 2, s2, out);
     char name[600];
     snprintf(name, sizeof name, "%s.weight", prefix);

@@ -4,16 +4,19 @@
  * scales) are converted to float32 copies owned by the qd_params.
  * SDNQ-quantized components (a quantization_config in the folder) load the same
  * way: a layer with "<prefix>.scale" becomes a quantized qd_weight that is
- * dequantized tile by tile inside the GEMM. */
+ * dequantized tile by tile inside the GEMM. Weights files with ComfyUI comfy_quant
+ * layers ("<prefix>.comfy_quant") load those layers the same way. */
 #ifndef QD_MODELS_PARAMS_H
 #define QD_MODELS_PARAMS_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include "base/ctx.h"
 #include "io/safetensors.h"
 #include "tensor/weight.h"
 
 typedef struct qd_sdnq_config qd_sdnq_config;
+struct qd_cq_model;
 
 typedef struct {
     qd_ctx *ctx;
@@ -21,6 +24,7 @@ typedef struct {
     char name[64];          /* component name for messages, e.g. "unet" */
     char dir[1024];         /* the component folder, for messages */
     qd_sdnq_config *sdnq;   /* the folder's SDNQ quantization_config, or NULL */
+    struct qd_cq_model *cq; /* the weights file's comfy_quant layers, or NULL */
     void **owned;           /* float copies, freed by qd_params_close */
     int n_owned, cap_owned;
 } qd_params;
@@ -30,6 +34,8 @@ typedef struct {
  * and its SDNQ quantization_config (quantization_config.json, else config.json's
  * "quantization_config") if it has one. */
 qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_params *p);
+/* The weights file (or shard index) qd_params_open would use in dir: 1 found, 0 none. */
+int qd_params_weights_path(const char *dir, char *path, size_t size);
 void qd_params_close(qd_params *p);
 
 typedef struct { qd_weight w; float *b; } qd_linear_p;                 /* b NULL when absent */
@@ -39,7 +45,7 @@ typedef struct { float *w, *b; int64_t n; } qd_norm_p;
 enum { QD_NO_BIAS = 0, QD_BIAS = 1 };
 
 /* "<prefix>.weight" [out, in] (or [out, in, 1, 1]) and "<prefix>.bias" [out].
- * An SDNQ layer (one with "<prefix>.scale") is checked against out x in. */
+ * An SDNQ layer (one with "<prefix>.scale") or a comfy_quant layer is checked against out x in. */
 qd_status qd_p_linear(qd_params *p, qd_linear_p *out, int64_t out_f, int64_t in_f, int bias,
                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 /* "<prefix>.weight" [cout, cin, k, k] and "<prefix>.bias" [cout]. */

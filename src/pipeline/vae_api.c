@@ -8,6 +8,7 @@
 #include "io/json.h"
 #include "io/pth.h"
 #include "io/safetensors.h"
+#include "quant/comfy_quant.h"
 #include "models/taesd.h"
 #include "models/vae.h"
 
@@ -273,6 +274,21 @@ qd_status qd_read_tensor(qd_ctx *ctx, const char *path, const char *name, float 
     QD_TRY(qd_st_open(ctx, path, &set));
     const qd_st_tensor *t = NULL;
     qd_status st = QD_OK;
+    if (name) {
+        /* a comfy_quant layer ("X" or "X.weight") reads back dequantized; a file without
+         * .comfy_quant tensors or _quantization_metadata opens with no layers */
+        qd_cq_model cq;
+        st = qd_cq_open(ctx, &set, path, &cq);
+        if (st != QD_OK) { qd_st_close(&set); return st; }
+        const qd_cq_layer *l = qd_cq_find(&cq, name);
+        if (l && (st = qd_cq_dequantize(ctx, l, data)) == QD_OK) {
+            *ndim = 2;
+            shape[0] = l->rows;
+            shape[1] = l->cols;
+        }
+        qd_cq_close(&cq);
+        if (l) { qd_st_close(&set); return st; }
+    }
     if (name) {
         t = qd_st_find(&set, name);
         if (!t) st = qd_fail(ctx, QD_ERR_FORMAT, "%s: no tensor named '%s'", path, name);

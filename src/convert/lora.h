@@ -1,0 +1,34 @@
+/* LoRA merging before quantization (spec comfy-quant.md §2.8, issue 5 item 3):
+ * W += scale_f * dampen^i * (alpha / rank) * up . down for every LoRA pair that names W,
+ * where scale_f is the file's scale and i the pair's position among the pairs applied to
+ * that weight, in file order (the fork's documented 0.9^i rule; the fork itself applies
+ * it twice, spec §2.8, which we do not copy).
+ *
+ * Key conventions understood (the weight name is matched after both sides are
+ * normalized: prefixes stripped, '.' -> '_', lower case):
+ *   kohya     lora_unet_<name>.lora_down.weight / .lora_up.weight / .alpha,
+ *             lora_te_ / lora_te1_ (text_encoder), lora_te2_ (text_encoder_2),
+ *             lora_transformer_ (transformer); SDXL/FLUX kohya files use the
+ *             original checkpoint's names (input_blocks_..., double_blocks_...).
+ *   diffusers unet.<name>.lora.down.weight / .lora.up.weight, unet./transformer./
+ *             text_encoder[_2]. + <name>.lora_A.weight / .lora_B.weight, and the old
+ *             attention-processor form <...>.processor.to_q_lora.down.weight.
+ *   PEFT      base_model.model.<name>.lora_A.weight / .lora_B.weight (any component).
+ *   BFL/ComfyUI diffusion_model.<name>.lora_A.weight / lora_down (the denoiser).
+ * alpha: the "<base>.alpha" tensor, else the header metadata "<base with _>_alpha"
+ * (what the fork reads), else the rank. Linear and conv LoRAs (down [r, in, kh, kw],
+ * up [out, r, 1, 1]); LoHa, LoKr, DoRA and Tucker (lora_mid) files are refused. */
+#ifndef QD_CONVERT_LORA_H
+#define QD_CONVERT_LORA_H
+
+#include <stdint.h>
+#include "base/ctx.h"
+
+/* qd_lora_set_open, qd_lora_apply, qd_lora_set_report, qd_lora_set_check and
+ * qd_lora_set_free are declared in qdiff.h. */
+
+/* How many pairs would apply to this weight (no arithmetic; to decide whether an
+ * otherwise copied tensor must be converted). */
+int qd_lora_touches(const qd_lora_set *set, const char *component, const char *tensor_name);
+
+#endif
