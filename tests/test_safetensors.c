@@ -3,6 +3,7 @@
  * shape, bad JSON, duplicate names) fail with a message naming the file. */
 #include "testutil.h"
 #include "io/safetensors.h"
+#include "io/safetensors_stream.h"
 #include "base/half.h"
 
 #include <stdint.h>
@@ -136,6 +137,31 @@ static void test_malformed(qd_ctx *ctx) {
     expect_bad(ctx, "missing file", tmp("nope.safetensors"), "cannot open");
 }
 
+/* Tensor names come from input files and go into written headers: quotes,
+ * backslashes and control characters must be escaped, by both writers. */
+static void test_name_escaping(qd_ctx *ctx) {
+    static const char name[] = "odd \"name\" \\ with\ta\nnewline";
+    float v[2] = {1.0f, -2.0f}, back[2] = {0, 0};
+    qd_st_out t[1] = {{name, QD_F32, 1, {2}, v}};
+    int64_t shape[1] = {2};
+    qd_st_stream *s = NULL;
+    qd_status st = qd_st_write(ctx, tmp("esc1.safetensors"), t, 1, NULL);
+    if (st == QD_OK) st = qd_st_stream_open(ctx, tmp("esc2.safetensors"), &s);
+    if (st == QD_OK) st = qd_st_stream_add(ctx, s, name, QD_F32, 1, shape, v);
+    if (st == QD_OK) st = qd_st_stream_finish(ctx, s, NULL);
+    check(st == QD_OK, "write a tensor with quotes, a backslash, a tab and a newline in its name: %s",
+          st ? qd_last_error(ctx) : "ok");
+    for (int w = 0; w < 2; w++) {
+        qd_st_set set;
+        qd_status so = qd_st_open(ctx, tmp(w ? "esc2.safetensors" : "esc1.safetensors"), &set);
+        const qd_st_tensor *f = so == QD_OK ? qd_st_find(&set, name) : NULL;
+        if (f) qd_st_to_f32(f, 0, 2, back);
+        check(f && back[0] == 1.0f && back[1] == -2.0f, "%s writer: the name reads back intact: %s",
+              w ? "streaming" : "one-shot", so ? qd_last_error(ctx) : "ok");
+        if (so == QD_OK) qd_st_close(&set);
+    }
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_st_XXXXXX");
     if (!mkdtemp(tmpdir)) return 1;
@@ -143,6 +169,7 @@ int main(void) {
     test_fixture(ctx);
     test_shards_and_dtypes(ctx);
     test_malformed(ctx);
+    test_name_escaping(ctx);
     qd_ctx_free(ctx);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);

@@ -311,10 +311,27 @@ void qd_st_release(const qd_st_tensor *t) {
     madvise((void *)a, b - a, MADV_DONTNEED);   /* read-only private file mapping: only drops clean pages */
 }
 
+size_t qd_st_header_entry_cap(const char *name, int ndim) { return 6 * strlen(name) + 96 + 24 * (size_t)ndim; }
+
+size_t qd_st_header_entry(char *h, size_t len, size_t cap, int first, const char *name, qd_dtype dtype,
+                          const int64_t *shape, int ndim, uint64_t begin, uint64_t end) {
+    len += (size_t)snprintf(h + len, cap - len, "%s\"", first ? "" : ",");
+    for (const unsigned char *c = (const unsigned char *)name; *c && len + 8 < cap; c++) {
+        if (*c == '"' || *c == '\\') len += (size_t)snprintf(h + len, cap - len, "\\%c", *c);
+        else if (*c < 0x20) len += (size_t)snprintf(h + len, cap - len, "\\u%04x", *c);
+        else h[len++] = (char)*c;
+    }
+    len += (size_t)snprintf(h + len, cap - len, "\":{\"dtype\":\"%s\",\"shape\":[", qd_dtype_name(dtype));
+    for (int d = 0; d < ndim; d++) len += (size_t)snprintf(h + len, cap - len, d ? ",%lld" : "%lld", (long long)shape[d]);
+    len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)begin,
+                            (unsigned long long)end);
+    return len;
+}
+
 qd_status qd_st_write(qd_ctx *ctx, const char *path, const qd_st_out *t, int n, const char *metadata_json) {
     /* Header: {"__metadata__":{...},"name":{"dtype":..,"shape":[..],"data_offsets":[b,e]},...} */
     size_t cap = 256 + (metadata_json ? strlen(metadata_json) : 0), len = 0;
-    for (int i = 0; i < n; i++) cap += strlen(t[i].name) + 96 + 24 * (size_t)t[i].ndim;
+    for (int i = 0; i < n; i++) cap += qd_st_header_entry_cap(t[i].name, t[i].ndim);
     char *h = malloc(cap);
     if (!h) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
     len += (size_t)snprintf(h + len, cap - len, "{");
@@ -324,12 +341,8 @@ qd_status qd_st_write(qd_ctx *ctx, const char *path, const qd_st_out *t, int n, 
         uint64_t numel = 1;
         for (int d = 0; d < t[i].ndim; d++) numel *= (uint64_t)t[i].shape[d];
         uint64_t bytes = numel * qd_dtype_size(t[i].dtype);
-        len += (size_t)snprintf(h + len, cap - len, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[",
-                                (i || metadata_json) ? "," : "", t[i].name, qd_dtype_name(t[i].dtype));
-        for (int d = 0; d < t[i].ndim; d++)
-            len += (size_t)snprintf(h + len, cap - len, d ? ",%lld" : "%lld", (long long)t[i].shape[d]);
-        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%llu,%llu]}",
-                                (unsigned long long)off, (unsigned long long)(off + bytes));
+        len = qd_st_header_entry(h, len, cap, !(i || metadata_json), t[i].name, t[i].dtype, t[i].shape, t[i].ndim, off,
+                                 off + bytes);
         off += bytes;
     }
     len += (size_t)snprintf(h + len, cap - len, "}");

@@ -75,4 +75,12 @@ typedef struct {
 qd_status qd_st_write(qd_ctx *ctx, const char *path, const qd_st_out *t, int n,
                       const char *metadata_json /* may be NULL: {"k":"v",...} object body */);
 
+/* Header bytes one tensor entry can take (name fully escaped, every dim 20 digits). */
+size_t qd_st_header_entry_cap(const char *name, int ndim);
+/* Append one tensor's header entry ("name":{"dtype":..,"shape":[..],"data_offsets":[b,e]},
+ * preceded by a comma unless first) at h + len; the name is JSON-escaped (tensor names
+ * come from input files). Returns the new length; the caller sized h with the cap above. */
+size_t qd_st_header_entry(char *h, size_t len, size_t cap, int first, const char *name, qd_dtype dtype,
+                          const int64_t *shape, int ndim, uint64_t begin, uint64_t end);
+
 #endif

@@ -97,7 +97,7 @@ static int by_name_idx(const void *a, const void *b) {
 static char *header(qd_ctx *ctx, qd_st_stream *s, const char *metadata_json, size_t *len_out) {
     qsort(s->e, (size_t)s->n, sizeof *s->e, by_alignment);
     size_t cap = 256 + (metadata_json ? strlen(metadata_json) : 0), len = 0;
-    for (int64_t i = 0; i < s->n; i++) cap += strlen(s->e[i].name) + 96 + 24 * (size_t)s->e[i].ndim;
+    for (int64_t i = 0; i < s->n; i++) cap += qd_st_header_entry_cap(s->e[i].name, s->e[i].ndim);
     char *h = malloc(cap);
     if (!h) { qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); return NULL; }
     len += (size_t)snprintf(h + len, cap - len, "{");
@@ -107,10 +107,8 @@ static char *header(qd_ctx *ctx, qd_st_stream *s, const char *metadata_json, siz
         entry *e = &s->e[i];
         if (i && !strcmp(e->name, s->e[i - 1].name)) { free(h); qd_fail(ctx, QD_ERR_ARG, "%s: tensor '%s' twice", s->path, e->name); return NULL; }
         e->offset = off;
-        len += (size_t)snprintf(h + len, cap - len, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", (i || metadata_json) ? "," : "",
-                                e->name, qd_dtype_name(e->dtype));
-        for (int d = 0; d < e->ndim; d++) len += (size_t)snprintf(h + len, cap - len, d ? ",%lld" : "%lld", (long long)e->shape[d]);
-        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%lld,%lld]}", (long long)off, (long long)(off + e->nbytes));
+        len = qd_st_header_entry(h, len, cap, !(i || metadata_json), e->name, e->dtype, e->shape, e->ndim, (uint64_t)off,
+                                 (uint64_t)(off + e->nbytes));
         off += e->nbytes;
     }
     len += (size_t)snprintf(h + len, cap - len, "}");
