@@ -16,8 +16,9 @@
 #include "base/threads.h"
 #include "tensor/gemm.h"
 #include "tensor/ops.h"
+#include "bench_util.h"
+#include "cpu_peak.h"
 
-#include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
 #include <time.h>
@@ -26,32 +27,15 @@
 #include <string.h>
 #include <unistd.h>
 
-/* ---- fp32 FMA peak: 12 independent chains with distinct start values ---- */
-#define F(i) a##i = _mm512_fmadd_ps(a##i, m, c)
-__attribute__((target("avx512f"), noinline)) static float fma_chains(long iters) {
-    __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-    __m512 a0 = _mm512_set1_ps(0), a1 = _mm512_set1_ps(1), a2 = _mm512_set1_ps(2), a3 = _mm512_set1_ps(3);
-    __m512 a4 = _mm512_set1_ps(4), a5 = _mm512_set1_ps(5), a6 = _mm512_set1_ps(6), a7 = _mm512_set1_ps(7);
-    __m512 a8 = _mm512_set1_ps(8), a9 = _mm512_set1_ps(9), a10 = _mm512_set1_ps(10), a11 = _mm512_set1_ps(11);
-    for (long k = 0; k < iters; k++) { F(0); F(1); F(2); F(3); F(4); F(5); F(6); F(7); F(8); F(9); F(10); F(11); }
-    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    return _mm512_reduce_add_ps(s);
-}
+/* ---- fp32 FMA peak: 12 independent chains (cpu_peak.h) ---- */
 #define PEAK_ITERS 4000000L
 typedef struct { double flops; float sink; } peak_job;
-static double thread_cpu_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 /* by the thread's CPU time: a shared machine's time slicing does not lower it */
 static void *peak_worker(void *arg) {
     peak_job *j = arg;
-    double t0 = thread_cpu_now();
-    j->sink = fma_chains(PEAK_ITERS);
-    j->flops = 32.0 * 12 * (double)PEAK_ITERS / (thread_cpu_now() - t0);
+    double t0 = thread_cpu_s();
+    j->sink = fma512_chains(PEAK_ITERS);
+    j->flops = 32.0 * 12 * (double)PEAK_ITERS / (thread_cpu_s() - t0);
     return NULL;
 }
 static double fma_peak(int threads) {

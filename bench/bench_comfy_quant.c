@@ -14,9 +14,10 @@
 #include "base/half.h"
 #include "io/safetensors.h"
 #include "io/safetensors_stream.h"
+#include "bench_util.h"
+#include "unet_params.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,93 +27,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-typedef struct { char name[128]; int ndim; int64_t shape[4]; int kind; } pdesc;   /* kind 0 matrix, 1 norm, 2 bias */
-typedef struct { pdesc *p; int n, cap; } plist;
-
-static void add(plist *l, int kind, int ndim, const int64_t *s, const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static void add(plist *l, int kind, int ndim, const int64_t *s, const char *fmt, ...) {
-    if (l->n == l->cap) { l->cap = l->cap ? 2 * l->cap : 512; l->p = realloc(l->p, sizeof *l->p * (size_t)l->cap); }
-    pdesc *d = &l->p[l->n++];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(d->name, sizeof d->name, fmt, ap);
-    va_end(ap);
-    d->ndim = ndim;
-    d->kind = kind;
-    memcpy(d->shape, s, sizeof(int64_t) * (size_t)ndim);
-}
-static void lin(plist *l, const char *p, int64_t o, int64_t i, int bias) {
-    int64_t w[2] = {o, i};
-    add(l, 0, 2, w, "%s.weight", p);
-    if (bias) add(l, 2, 1, &o, "%s.bias", p);
-}
-static void cnv(plist *l, const char *p, int64_t o, int64_t i, int k) {
-    int64_t w[4] = {o, i, k, k};
-    add(l, 0, 4, w, "%s.weight", p);
-    add(l, 2, 1, &o, "%s.bias", p);
-}
-static void nrm(plist *l, const char *p, int64_t c) { add(l, 1, 1, &c, "%s.weight", p); add(l, 2, 1, &c, "%s.bias", p); }
-static void resnet(plist *l, const char *p, int64_t in, int64_t out) {
-    char n[128];
-    snprintf(n, sizeof n, "%s.norm1", p); nrm(l, n, in);
-    snprintf(n, sizeof n, "%s.conv1", p); cnv(l, n, out, in, 3);
-    snprintf(n, sizeof n, "%s.time_emb_proj", p); lin(l, n, out, 1280, 1);
-    snprintf(n, sizeof n, "%s.norm2", p); nrm(l, n, out);
-    snprintf(n, sizeof n, "%s.conv2", p); cnv(l, n, out, out, 3);
-    if (in != out) { snprintf(n, sizeof n, "%s.conv_shortcut", p); cnv(l, n, out, in, 1); }
-}
-static void xformer(plist *l, const char *p, int64_t C) {
-    char n[160];
-    snprintf(n, sizeof n, "%s.norm", p); nrm(l, n, C);
-    snprintf(n, sizeof n, "%s.proj_in", p); cnv(l, n, C, C, 1);
-    for (int a = 1; a <= 2; a++) {
-        int64_t kv = a == 1 ? C : 768;
-        snprintf(n, sizeof n, "%s.transformer_blocks.0.norm%d", p, a); nrm(l, n, C);
-        snprintf(n, sizeof n, "%s.transformer_blocks.0.attn%d.to_q", p, a); lin(l, n, C, C, 0);
-        snprintf(n, sizeof n, "%s.transformer_blocks.0.attn%d.to_k", p, a); lin(l, n, C, kv, 0);
-        snprintf(n, sizeof n, "%s.transformer_blocks.0.attn%d.to_v", p, a); lin(l, n, C, kv, 0);
-        snprintf(n, sizeof n, "%s.transformer_blocks.0.attn%d.to_out.0", p, a); lin(l, n, C, C, 1);
-    }
-    snprintf(n, sizeof n, "%s.transformer_blocks.0.norm3", p); nrm(l, n, C);
-    snprintf(n, sizeof n, "%s.transformer_blocks.0.ff.net.0.proj", p); lin(l, n, 8 * C, C, 1);
-    snprintf(n, sizeof n, "%s.transformer_blocks.0.ff.net.2", p); lin(l, n, C, 4 * C, 1);
-    snprintf(n, sizeof n, "%s.proj_out", p); cnv(l, n, C, C, 1);
-}
-static void sd15(plist *l) {
-    const int64_t boc[4] = {320, 640, 1280, 1280};
-    char n[128];
-    cnv(l, "conv_in", 320, 4, 3);
-    lin(l, "time_embedding.linear_1", 1280, 320, 1);
-    lin(l, "time_embedding.linear_2", 1280, 1280, 1);
-    int64_t out = 320;
-    for (int i = 0; i < 4; i++) {
-        int64_t in = out;
-        out = boc[i];
-        for (int j = 0; j < 2; j++) {
-            snprintf(n, sizeof n, "down_blocks.%d.resnets.%d", i, j); resnet(l, n, j ? out : in, out);
-            if (i < 3) { snprintf(n, sizeof n, "down_blocks.%d.attentions.%d", i, j); xformer(l, n, out); }
-        }
-        if (i < 3) { snprintf(n, sizeof n, "down_blocks.%d.downsamplers.0.conv", i); cnv(l, n, out, out, 3); }
-    }
-    resnet(l, "mid_block.resnets.0", 1280, 1280);
-    xformer(l, "mid_block.attentions.0", 1280);
-    resnet(l, "mid_block.resnets.1", 1280, 1280);
-    for (int i = 0; i < 4; i++) {
-        int r = 3 - i;
-        int64_t prev = out, in = boc[r > 0 ? r - 1 : 0];
-        out = boc[r];
-        for (int j = 0; j < 3; j++) {
-            int64_t skip = j == 2 ? in : out, rin = j ? out : prev;
-            snprintf(n, sizeof n, "up_blocks.%d.resnets.%d", i, j); resnet(l, n, rin + skip, out);
-            if (i > 0) { snprintf(n, sizeof n, "up_blocks.%d.attentions.%d", i, j); xformer(l, n, out); }
-        }
-        if (i < 3) { snprintf(n, sizeof n, "up_blocks.%d.upsamplers.0.conv", i); cnv(l, n, out, out, 3); }
-    }
-    nrm(l, "conv_norm_out", 320);
-    cnv(l, "conv_out", 4, 320, 3);
-}
-
-static int64_t numel(const pdesc *d) { int64_t n = 1; for (int i = 0; i < d->ndim; i++) n *= d->shape[i]; return n; }
+/* SD1.5's UNet config (the keys the parameter list depends on). */
+static const char SD15_UNET[] =
+    "{\"block_out_channels\": [320, 640, 1280, 1280], \"layers_per_block\": 2, \"attention_head_dim\": 8,"
+    " \"cross_attention_dim\": 768, \"in_channels\": 4, \"out_channels\": 4,"
+    " \"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", \"DownBlock2D\"],"
+    " \"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\"]}";
 
 static uint64_t seed_of(const char *s) { uint64_t h = 1469598103934665603ull; while (*s) h = (h ^ (uint8_t)*s++) * 1099511628211ull; return h | 1; }
 static float uni(uint64_t *x) { *x ^= *x << 13; *x ^= *x >> 7; *x ^= *x << 17; return (float)(*x >> 40) / (float)(1 << 24) * 2 - 1; }
@@ -124,7 +44,7 @@ static void fill(const pdesc *d, uint16_t *dst) {
     for (int64_t i = 0; i < n; i++) dst[i] = qd_f32_to_f16(d->kind == 1 ? 1.0f : a * uni(&x));
 }
 
-static void die(qd_ctx *ctx, const char *what) { fprintf(stderr, "%s: %s\n", what, qd_last_error(ctx)); exit(1); }
+static void die_ctx(qd_ctx *ctx, const char *what) { fprintf(stderr, "%s: %s\n", what, qd_last_error(ctx)); exit(1); }
 
 static void write_model(qd_ctx *ctx, const char *path, const plist *l, int lora_rank) {
     qd_st_out *spec = calloc((size_t)l->n * 3, sizeof *spec);
@@ -151,7 +71,7 @@ static void write_model(qd_ctx *ctx, const char *path, const plist *l, int lora_
         spec[n] = (qd_st_out){names[n], QD_F16, 0, {0}, NULL}; n++;
     }
     qd_st_stream *w;
-    if (qd_st_stream_open(ctx, path, &w) != QD_OK) die(ctx, path);
+    if (qd_st_stream_open(ctx, path, &w) != QD_OK) die_ctx(ctx, path);
     for (int i = 0; i < n; i++) {
         pdesc d = {{0}, spec[i].ndim, {0}, strstr(spec[i].name, "alpha") ? 1 : 0};
         snprintf(d.name, sizeof d.name, "%s", spec[i].name);
@@ -162,10 +82,10 @@ static void write_model(qd_ctx *ctx, const char *path, const plist *l, int lora_
         if (!lora_rank) d = l->p[i];
         if (spec[i].ndim == 0) buf[0] = qd_f32_to_f16((float)lora_rank);   /* alpha = rank */
         else fill(&d, buf);
-        if (qd_st_stream_add(ctx, w, spec[i].name, spec[i].dtype, spec[i].ndim, spec[i].shape, buf) != QD_OK) die(ctx, path);
+        if (qd_st_stream_add(ctx, w, spec[i].name, spec[i].dtype, spec[i].ndim, spec[i].shape, buf) != QD_OK) die_ctx(ctx, path);
         free(buf);
     }
-    if (qd_st_stream_finish(ctx, w, NULL) != QD_OK) die(ctx, path);
+    if (qd_st_stream_finish(ctx, w, NULL) != QD_OK) die_ctx(ctx, path);
     free(spec);
     free(names);
 }
@@ -215,11 +135,11 @@ static void run_quantize(void *a, char *msg) {
     qd_lora_set *set = NULL;
     if (j->lora) {
         const char *paths[1] = {j->lora};
-        if (qd_lora_set_open(ctx, paths, NULL, 1, 1.0f, &set) != QD_OK) die(ctx, "lora");
+        if (qd_lora_set_open(ctx, paths, NULL, 1, 1.0f, &set) != QD_OK) die_ctx(ctx, "lora");
         p.lora = set;
     }
     char *rep = NULL;
-    if (qd_comfy_quantize(ctx, j->in, j->out, &p, &rep) != QD_OK) die(ctx, "quantize");
+    if (qd_comfy_quantize(ctx, j->in, j->out, &p, &rep) != QD_OK) die_ctx(ctx, "quantize");
     const char *t = strstr(rep, "\"totals\"");
     snprintf(msg, 256, "%s", t ? t : "?");
     if (set) {
@@ -238,7 +158,7 @@ static void run_read(void *a, char *msg) {
     qd_ctx *ctx = qd_ctx_new(j->threads);
     /* every quantized layer dequantized through the public reader, one at a time */
     qd_st_set st;
-    if (qd_st_open(ctx, j->in, &st) != QD_OK) die(ctx, "open");
+    if (qd_st_open(ctx, j->in, &st) != QD_OK) die_ctx(ctx, "open");
     int64_t layers = 0;
     double sum = 0;
     for (int64_t i = 0; i < st.n_tensors; i++) {
@@ -250,7 +170,7 @@ static void run_read(void *a, char *msg) {
         float *d = NULL;
         int64_t shape[8];
         int nd;
-        if (qd_read_tensor(ctx, j->in, w, &d, shape, &nd) != QD_OK) die(ctx, w);
+        if (qd_read_tensor(ctx, j->in, w, &d, shape, &nd) != QD_OK) die_ctx(ctx, w);
         sum += d[0];
         free(d);
         layers++;
@@ -278,7 +198,10 @@ int main(int argc, char **argv) {
     snprintf(lora, sizeof lora, "%s/lora_r32.safetensors", dir);
     snprintf(out, sizeof out, "%s/out.safetensors", dir);
     plist l = {0};
-    sd15(&l);
+    cJSON *cfg = cJSON_Parse(SD15_UNET);
+    if (!cfg) return 1;
+    unet_params(cfg, &l);
+    cJSON_Delete(cfg);
     int64_t params = 0;
     for (int i = 0; i < l.n; i++) params += numel(&l.p[i]);
     qd_ctx *ctx = qd_ctx_new(threads);

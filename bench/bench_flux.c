@@ -28,7 +28,8 @@
  *    layout (transposition, groups, SVD orientation) comes from the library's §1.4
  *    derivation (qd_sdnq_layout_derive) of the written config; the loader checks the
  *    tensors against it again. Scales / zero points F32 (dequantize_fp32).
- *    The SDNQ writer follows bench/bench_sdnq.c's (copied, with BF16 instead of F16).
+ *    The SDNQ writer is bench/bench_sdnq.c's (bench/support/sdnq_writer.c), with BF16
+ *    instead of F16.
  * 2. Loads it with qd_flux_load, sets qd_set_matmul(--matmul), runs --warmup untimed
  *    forwards (default 0) and --steps timed forwards (default 1) with the op trace on:
  *    512x512 image -> 1024 image tokens (64 channels), --text T5 tokens, batch 1,
@@ -40,12 +41,13 @@
  * The weights file is deleted at exit unless --keep or --reuse is given. */
 #include "models/flux_transformer.h"
 #include "base/ctx.h"
-#include "base/half.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "quant/sdnq_config.h"
-#include "quant/sdnq_layout.h"
 #include "tensor/gemm.h"
+#include "bench_util.h"
+#include "sdnq_writer.h"
+#include "op_trace.h"
 
 #include <errno.h>
 #include <math.h>
@@ -55,69 +57,20 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "bench_flux: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    exit(2);
-}
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) die("out of memory (%zu bytes)", n);
-    return p;
-}
-
 /* ---- FluxTransformer2DModel's parameters, diffusers names ---- */
 
-enum { K_MATRIX, K_NORM, K_BIAS };
-
-typedef struct {
-    char name[128];
-    int ndim;
-    int64_t shape[2];
-    int kind;
-} pdesc;
-
-typedef struct { pdesc *p; int n, cap; } plist;
-
-static void add(plist *l, int kind, int ndim, const int64_t *shape, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void add(plist *l, int kind, int ndim, const int64_t *shape, const char *fmt, ...) {
-    if (l->n == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 1024;
-        l->p = realloc(l->p, sizeof *l->p * (size_t)l->cap);
-        if (!l->p) die("out of memory");
-    }
-    pdesc *d = &l->p[l->n++];
-    memset(d, 0, sizeof *d);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(d->name, sizeof d->name, fmt, ap);
-    va_end(ap);
-    d->kind = kind;
-    d->ndim = ndim;
-    memcpy(d->shape, shape, sizeof(int64_t) * (size_t)ndim);
-}
-
-static void linear(plist *l, int64_t out, int64_t in, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-static void linear(plist *l, int64_t out, int64_t in, const char *fmt, ...) {
+/* PRE.weight [out, in], PRE.bias, PRE given printf-style. */
+static void flinear(plist *l, int64_t out, int64_t in, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void flinear(plist *l, int64_t out, int64_t in, const char *fmt, ...) {
     char pre[112];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(pre, sizeof pre, fmt, ap);
     va_end(ap);
-    int64_t w[2] = {out, in}, b[1] = {out};
-    add(l, K_MATRIX, 2, w, "%s.weight", pre);
-    add(l, K_BIAS, 1, b, "%s.bias", pre);
+    linear(l, pre, out, in, 1);
 }
 
 static void rmsnorm(plist *l, int64_t n, const char *pre, const char *name) {
@@ -129,467 +82,82 @@ static void rmsnorm(plist *l, int64_t n, const char *pre, const char *name) {
 static void flux_params(int64_t D, int64_t dh, int64_t in_ch, int64_t out_ch, int64_t joint, int64_t pooled,
                         int guidance, int nd, int ns, plist *l) {
     const int64_t TPROJ = 256, F = 4 * D;
-    linear(l, D, in_ch, "x_embedder");
-    linear(l, D, joint, "context_embedder");
-    linear(l, D, TPROJ, "time_text_embed.timestep_embedder.linear_1");
-    linear(l, D, D, "time_text_embed.timestep_embedder.linear_2");
+    flinear(l, D, in_ch, "x_embedder");
+    flinear(l, D, joint, "context_embedder");
+    flinear(l, D, TPROJ, "time_text_embed.timestep_embedder.linear_1");
+    flinear(l, D, D, "time_text_embed.timestep_embedder.linear_2");
     if (guidance) {
-        linear(l, D, TPROJ, "time_text_embed.guidance_embedder.linear_1");
-        linear(l, D, D, "time_text_embed.guidance_embedder.linear_2");
+        flinear(l, D, TPROJ, "time_text_embed.guidance_embedder.linear_1");
+        flinear(l, D, D, "time_text_embed.guidance_embedder.linear_2");
     }
-    linear(l, D, pooled, "time_text_embed.text_embedder.linear_1");
-    linear(l, D, D, "time_text_embed.text_embedder.linear_2");
+    flinear(l, D, pooled, "time_text_embed.text_embedder.linear_1");
+    flinear(l, D, D, "time_text_embed.text_embedder.linear_2");
     for (int i = 0; i < nd; i++) {
         char p[64], a[80];
         snprintf(p, sizeof p, "transformer_blocks.%d", i);
         snprintf(a, sizeof a, "%s.attn", p);
-        linear(l, 6 * D, D, "%s.norm1.linear", p);
-        linear(l, 6 * D, D, "%s.norm1_context.linear", p);
-        linear(l, D, D, "%s.to_q", a);
-        linear(l, D, D, "%s.to_k", a);
-        linear(l, D, D, "%s.to_v", a);
-        linear(l, D, D, "%s.to_out.0", a);
-        linear(l, D, D, "%s.add_q_proj", a);
-        linear(l, D, D, "%s.add_k_proj", a);
-        linear(l, D, D, "%s.add_v_proj", a);
-        linear(l, D, D, "%s.to_add_out", a);
+        flinear(l, 6 * D, D, "%s.norm1.linear", p);
+        flinear(l, 6 * D, D, "%s.norm1_context.linear", p);
+        flinear(l, D, D, "%s.to_q", a);
+        flinear(l, D, D, "%s.to_k", a);
+        flinear(l, D, D, "%s.to_v", a);
+        flinear(l, D, D, "%s.to_out.0", a);
+        flinear(l, D, D, "%s.add_q_proj", a);
+        flinear(l, D, D, "%s.add_k_proj", a);
+        flinear(l, D, D, "%s.add_v_proj", a);
+        flinear(l, D, D, "%s.to_add_out", a);
         rmsnorm(l, dh, a, "norm_q");
         rmsnorm(l, dh, a, "norm_k");
         rmsnorm(l, dh, a, "norm_added_q");
         rmsnorm(l, dh, a, "norm_added_k");
-        linear(l, F, D, "%s.ff.net.0.proj", p);
-        linear(l, D, F, "%s.ff.net.2", p);
-        linear(l, F, D, "%s.ff_context.net.0.proj", p);
-        linear(l, D, F, "%s.ff_context.net.2", p);
+        flinear(l, F, D, "%s.ff.net.0.proj", p);
+        flinear(l, D, F, "%s.ff.net.2", p);
+        flinear(l, F, D, "%s.ff_context.net.0.proj", p);
+        flinear(l, D, F, "%s.ff_context.net.2", p);
     }
     for (int i = 0; i < ns; i++) {
         char p[64], a[80];
         snprintf(p, sizeof p, "single_transformer_blocks.%d", i);
         snprintf(a, sizeof a, "%s.attn", p);
-        linear(l, 3 * D, D, "%s.norm.linear", p);
-        linear(l, D, D, "%s.to_q", a);
-        linear(l, D, D, "%s.to_k", a);
-        linear(l, D, D, "%s.to_v", a);
+        flinear(l, 3 * D, D, "%s.norm.linear", p);
+        flinear(l, D, D, "%s.to_q", a);
+        flinear(l, D, D, "%s.to_k", a);
+        flinear(l, D, D, "%s.to_v", a);
         rmsnorm(l, dh, a, "norm_q");
         rmsnorm(l, dh, a, "norm_k");
-        linear(l, F, D, "%s.proj_mlp", p);
-        linear(l, D, D + F, "%s.proj_out", p);
+        flinear(l, F, D, "%s.proj_mlp", p);
+        flinear(l, D, D + F, "%s.proj_out", p);
     }
-    linear(l, 2 * D, D, "norm_out.linear");
-    linear(l, out_ch, D, "proj_out");
+    flinear(l, 2 * D, D, "norm_out.linear");
+    flinear(l, out_ch, D, "proj_out");
 }
 
-static int64_t numel(const pdesc *d) {
-    int64_t n = 1;
-    for (int i = 0; i < d->ndim; i++) n *= d->shape[i];
-    return n;
-}
-
-/* ---- deterministic random values: a stream per tensor name ---- */
-
-typedef struct { uint64_t s; } rng;
-
-static uint64_t next64(rng *r) {
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* Approximately N(0, 1): Irwin-Hall sum of four 16-bit uniforms, rescaled. */
-static float gauss(rng *r) {
-    uint64_t v = next64(r);
-    float s = (float)(v & 0xffff) + (float)((v >> 16) & 0xffff) + (float)((v >> 32) & 0xffff) + (float)(v >> 48);
-    return (s * (1.0f / 65536.0f) - 2.0f) * 1.7320508f;
-}
-
-static rng seeded(const char *name, uint64_t salt) {
-    uint64_t h = 1469598103934665603ull ^ salt;
-    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    rng r = {h};
-    return r;
-}
-
-static void values(const pdesc *d, float *dst) {
-    rng r = seeded(d->name, 0);
-    int64_t n = numel(d);
-    float sd = d->kind == K_MATRIX ? 1.0f / sqrtf((float)(n / d->shape[0])) : 0.02f;
-    for (int64_t i = 0; i < n; i++) dst[i] = d->kind == K_NORM ? 1.0f : sd * gauss(&r);
-}
-
-static float bf16_round(float v) { return qd_bf16_to_f32(qd_f32_to_bf16(v)); }
-
-/* ---- the SDNQ writer (after bench/bench_sdnq.c) ---- */
-
-typedef enum { P_DENSE, P_CODES, P_SCALE, P_ZP, P_UP, P_DOWN } part;
-
-typedef struct {
-    char name[160];
-    qd_dtype dt;
-    int ndim;
-    int64_t shape[QD_MAX_DIMS];
-    uint64_t bytes;
-    int param;
-    part what;
-} otensor;
-
-typedef struct { otensor *t; int n, cap; } olist;
-
-static otensor *onew(olist *o, int param, part what, const char *name, const char *suffix, qd_dtype dt) {
-    if (o->n == o->cap) {
-        o->cap = o->cap ? 2 * o->cap : 2048;
-        o->t = realloc(o->t, sizeof *o->t * (size_t)o->cap);
-        if (!o->t) die("out of memory");
-    }
-    otensor *t = &o->t[o->n++];
-    memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s%s", name, suffix);
-    t->dt = dt;
-    t->param = param;
-    t->what = what;
-    return t;
-}
-
-static void oshape(otensor *t, int ndim, const int64_t *s) {
-    t->ndim = ndim;
-    uint64_t n = 1;
-    for (int i = 0; i < ndim; i++) { t->shape[i] = s[i]; n *= (uint64_t)s[i]; }
-    t->bytes = n * qd_dtype_size(t->dt);
-}
-
-typedef struct {
-    const char *weights_dtype;  /* NULL: dense bf16 */
-    int group_size;             /* 0 auto, -1 row-wise */
-    int svd_rank;               /* 0: no SVD */
-    int qmm;                    /* use_quantized_matmul */
-} qspec;
+/* ---- the SDNQ writer (bench/support/sdnq_writer.c) ---- */
 
 /* sdnq's default skip keys for FluxTransformer2DModel (spec sdnq.md §1.3) */
 static const char *FLUX_SKIP[] = {"single_transformer_blocks.0.norm.linear.weight", "time_text_embed", "time_embed",
                                   "context_embedder", "x_embedder", ".proj_out", "norm_out"};
 
-static char *qconfig_json(const qspec *q) {
-    cJSON *c = cJSON_CreateObject();
-    cJSON_AddStringToObject(c, "quant_method", "sdnq");
-    cJSON_AddStringToObject(c, "sdnq_version", "0.2.5");
-    cJSON_AddStringToObject(c, "weights_dtype", q->weights_dtype);
-    cJSON_AddNullToObject(c, "quantized_matmul_dtype");
-    cJSON_AddNumberToObject(c, "group_size", q->group_size);
-    cJSON_AddBoolToObject(c, "use_svd", q->svd_rank > 0);
-    cJSON_AddNumberToObject(c, "svd_rank", q->svd_rank > 0 ? q->svd_rank : 32);
-    cJSON_AddNumberToObject(c, "svd_steps", 8);
-    cJSON_AddBoolToObject(c, "use_quantized_matmul", q->qmm);
-    cJSON_AddBoolToObject(c, "use_quantized_matmul_conv", 0);
-    cJSON_AddBoolToObject(c, "quant_conv", 0);
-    cJSON_AddBoolToObject(c, "quant_embedding", 0);
-    cJSON_AddBoolToObject(c, "use_hadamard", 0);
-    cJSON_AddBoolToObject(c, "use_codebook", 0);
-    cJSON_AddBoolToObject(c, "dequantize_fp32", 1);
-    cJSON_AddNumberToObject(c, "hadamard_group_size", 256);
-    cJSON *skip = cJSON_AddArrayToObject(c, "modules_to_not_convert");
-    for (size_t i = 0; i < sizeof FLUX_SKIP / sizeof *FLUX_SKIP; i++) cJSON_AddItemToArray(skip, cJSON_CreateString(FLUX_SKIP[i]));
-    cJSON_AddItemToObject(c, "modules_to_not_use_matmul", cJSON_CreateArray());
-    cJSON_AddItemToObject(c, "modules_dtype_dict", cJSON_CreateObject());
-    cJSON_AddItemToObject(c, "modules_quant_config", cJSON_CreateObject());
-    char *s = cJSON_Print(c);
-    cJSON_Delete(c);
-    if (!s) die("out of memory");
-    return s;
-}
-
-static int quantizable(const pdesc *d, const qd_sdnq_config *cfg) {
+static int quantizable(const pdesc *d, const qd_sdnq_config *cfg, const sdnq_spec *q) {
     if (d->kind != K_MATRIX || !cfg) return 0;
     if (d->shape[1] < 32 || numel(d) < 16384) return 0;   /* check_quant_is_allowed */
     return !qd_sdnq_skips(cfg, d->name);
 }
 
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f)) die("%s: write failed", path);
-}
-
-typedef struct {
-    uint8_t *codes;
-    float *scale, *zp;
-    uint16_t *up, *down;        /* BF16, stored orientation */
-} qlayer;
-
-static void quantize(const qd_sdnq_layout *l, float *w, qlayer *q) {
-    int64_t out = l->out, cols = l->cols, r = l->svd ? l->svd_rank : 0;
-    if (r) {   /* random factors, rounded to BF16; the residual is quantized */
-        rng g = seeded(l->param, 7);
-        float *up = xmalloc(sizeof(float) * (size_t)(out * r)), *down = xmalloc(sizeof(float) * (size_t)(r * cols));
-        float sd = sqrtf(0.3f / sqrtf((float)r * (float)l->in));
-        for (int64_t i = 0; i < out * r; i++) up[i] = bf16_round(sd * gauss(&g));
-        for (int64_t i = 0; i < r * cols; i++) down[i] = bf16_round(sd * gauss(&g));
-        for (int64_t o = 0; o < out; o++)
-            for (int64_t t = 0; t < r; t++) {
-                float a = up[o * r + t];
-                const float *dr = down + t * cols;
-                float *wr = w + o * cols;
-                for (int64_t k = 0; k < cols; k++) wr[k] -= a * dr[k];
-            }
-        for (int64_t o = 0; o < out; o++)
-            for (int64_t t = 0; t < r; t++)
-                q->up[l->svd_transposed ? t * out + o : o * r + t] = qd_f32_to_bf16(up[o * r + t]);
-        for (int64_t t = 0; t < r; t++)
-            for (int64_t k = 0; k < cols; k++)
-                q->down[l->svd_transposed ? k * r + t : t * cols + k] = qd_f32_to_bf16(down[t * cols + k]);
-        free(up);
-        free(down);
-    }
-    int64_t so, sg, sp;
-    qd_sdnq_scale_strides(l, &so, &sg, &sp);
-    int uns = l->dtype.family == QD_SQ_UINT, bits = l->dtype.bits;
-    float qmax = uns ? (float)((1 << bits) - 1) : (float)((1 << (bits - 1)) - 1), qmin = uns ? 0 : -qmax - 1;
-    int64_t G = l->groups, gs = l->group_size;
-    for (int64_t o = 0; o < out; o++)
-        for (int64_t g = 0; g < G; g++) {
-            float lo = INFINITY, hi = -INFINITY;
-            for (int64_t c = g * gs; c < (g + 1) * gs; c++) {
-                float v = w[o * cols + c];
-                lo = fminf(lo, v);
-                hi = fmaxf(hi, v);
-            }
-            float sc, z = 0;
-            if (uns) { sc = (hi - lo) / qmax; z = lo; }
-            else sc = fmaxf(fabsf(lo), fabsf(hi)) / qmax;
-            int64_t si = o * so + g * sg;
-            q->scale[si] = sc;
-            if (q->zp) q->zp[si] = z;
-            float inv = sc > 0 ? 1.0f / sc : 0;
-            for (int64_t c = g * gs; c < (g + 1) * gs; c++) {
-                float v = nearbyintf((w[o * cols + c] - z) * inv);
-                v = fminf(fmaxf(v, qmin), qmax);
-                int code = (int)v;
-                int64_t e = l->transposed ? c * out + o : o * cols + c;
-                if (bits == 8) q->codes[e] = (uint8_t)(int8_t)code;
-                else q->codes[e >> 1] |= (uint8_t)(code << (e & 1 ? 4 : 0));   /* uint4: low nibble first */
-            }
-        }
-}
+/* BF16 dense tensors and SVD factors; the quantized layers start from the bf16 model's values */
+static const sdnq_writer WRITER = {QD_BF16, "qdiff bench_flux", 1, 1, quantizable};
 
 /* Write dir/diffusion_pytorch_model.safetensors (+ quantization_config.json). Returns bytes. */
-static uint64_t write_component(qd_ctx *ctx, const char *dir, const plist *pl, const qspec *q) {
-    char path[4200], tmp[4300];
-    qd_sdnq_config *cfg = NULL;
+static uint64_t write_component(qd_ctx *ctx, const char *dir, const plist *pl, const sdnq_spec *q) {
+    char *text = NULL;
     if (q->weights_dtype) {
-        char *text = qconfig_json(q);
-        snprintf(path, sizeof path, "%s/quantization_config.json", dir);
-        write_text(path, text);
-        free(text);
-        if (qd_sdnq_config_load_file(ctx, path, &cfg) != QD_OK) die("%s", qd_last_error(ctx));
-    } else {
-        snprintf(path, sizeof path, "%s/quantization_config.json", dir);
-        remove(path);
+        cJSON *skip = cJSON_CreateArray();
+        for (size_t i = 0; i < sizeof FLUX_SKIP / sizeof *FLUX_SKIP; i++) cJSON_AddItemToArray(skip, cJSON_CreateString(FLUX_SKIP[i]));
+        text = sdnq_qconfig_json(q, skip);
     }
-    qd_sdnq_layout *lay = calloc((size_t)pl->n, sizeof *lay);
-    char *isq = calloc((size_t)pl->n, 1);
-    olist o = {0};
-    if (!lay || !isq) die("out of memory");
-    for (int i = 0; i < pl->n; i++) {
-        const pdesc *d = &pl->p[i];
-        if (!quantizable(d, cfg)) {
-            oshape(onew(&o, i, P_DENSE, d->name, "", QD_BF16), d->ndim, d->shape);
-            continue;
-        }
-        isq[i] = 1;
-        qd_sdnq_layout *l = &lay[i];
-        if (qd_sdnq_layout_derive(ctx, cfg, d->name, QD_SDNQ_LINEAR, d->ndim, d->shape, l) != QD_OK)
-            die("%s", qd_last_error(ctx));
-        char pre[160];
-        snprintf(pre, sizeof pre, "%.*s", (int)(strlen(d->name) - 7), d->name);
-        int64_t s[QD_MAX_DIMS], n = 0, codes = l->out * l->cols;
-        otensor *t = onew(&o, i, P_CODES, pre, ".weight", l->dtype.bits == 8 ? QD_I8 : QD_U8);
-        if (l->dtype.bits == 4) { s[0] = codes / 2; oshape(t, 1, s); }
-        else if (l->transposed) { s[0] = l->cols; s[1] = l->out; oshape(t, 2, s); }
-        else {
-            s[n++] = l->out;
-            if (l->groups > 1) s[n++] = l->groups;
-            s[n++] = l->group_size;
-            oshape(t, (int)n, s);
-        }
-        n = 0;
-        if (l->transposed) { s[n++] = 1; s[n++] = l->out; }
-        else {
-            s[n++] = l->out;
-            if (l->groups > 1) s[n++] = l->groups;
-            s[n++] = 1;
-        }
-        oshape(onew(&o, i, P_SCALE, pre, ".scale", QD_F32), (int)n, s);
-        if (l->zero_point) oshape(onew(&o, i, P_ZP, pre, ".zero_point", QD_F32), (int)n, s);
-        if (l->svd) {
-            int64_t r = l->svd_rank, su[2] = {l->out, r}, sd[2] = {r, l->cols};
-            if (l->svd_transposed) { su[0] = r; su[1] = l->out; sd[0] = l->cols; sd[1] = r; }
-            oshape(onew(&o, i, P_UP, pre, ".svd_up", QD_BF16), 2, su);
-            oshape(onew(&o, i, P_DOWN, pre, ".svd_down", QD_BF16), 2, sd);
-        }
-    }
-    size_t cap = 4096 + (size_t)o.n * 256, len = 0;
-    char *h = xmalloc(cap);
-    len += (size_t)snprintf(h + len, cap - len, "{\"__metadata__\":{\"format\":\"pt\",\"generator\":\"qdiff bench_flux\"}");
-    uint64_t off = 0;
-    for (int i = 0; i < o.n; i++) {
-        const otensor *t = &o.t[i];
-        len += (size_t)snprintf(h + len, cap - len, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t->name, qd_dtype_name(t->dt));
-        for (int k = 0; k < t->ndim; k++) len += (size_t)snprintf(h + len, cap - len, k ? ",%lld" : "%lld", (long long)t->shape[k]);
-        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
-                                (unsigned long long)(off + t->bytes));
-        off += t->bytes;
-    }
-    len += (size_t)snprintf(h + len, cap - len, "}");
-    while (len % 8) h[len++] = ' ';
-    struct statvfs vs;
-    if (statvfs(dir, &vs) == 0 && (uint64_t)vs.f_bavail * vs.f_frsize < off + (1ull << 30))
-        die("%s: %.1f GB free, need %.1f GB", dir, (double)vs.f_bavail * vs.f_frsize / 1e9, off / 1e9 + 1);
-    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) die("%s: %s", tmp, strerror(errno));
-    uint8_t lb[8];
-    for (int i = 0; i < 8; i++) lb[i] = (uint8_t)((uint64_t)len >> (8 * i));
-    int ok = fwrite(lb, 1, 8, f) == 8 && fwrite(h, 1, len, f) == len;
-    free(h);
-    for (int i = 0, ti = 0; i < pl->n && ok; i++) {
-        const pdesc *d = &pl->p[i];
-        float *w = xmalloc(sizeof(float) * (size_t)numel(d));
-        values(d, w);
-        if (!isq[i]) {
-            uint16_t *u = xmalloc(sizeof(uint16_t) * (size_t)numel(d));
-            for (int64_t k = 0; k < numel(d); k++) u[k] = qd_f32_to_bf16(w[k]);
-            ok = fwrite(u, 2, (size_t)numel(d), f) == (size_t)numel(d);
-            free(u);
-            ti++;
-        } else {
-            for (int64_t k = 0; k < numel(d); k++) w[k] = bf16_round(w[k]);   /* the bf16 model's values */
-            qlayer ql = {0};
-            void *buf[5] = {0};
-            for (int t = ti; t < o.n && o.t[t].param == i; t++) {
-                buf[o.t[t].what - P_CODES] = calloc(1, (size_t)o.t[t].bytes);
-                if (!buf[o.t[t].what - P_CODES]) die("out of memory");
-            }
-            ql.codes = buf[0]; ql.scale = buf[1]; ql.zp = buf[2]; ql.up = buf[3]; ql.down = buf[4];
-            quantize(&lay[i], w, &ql);
-            for (; ti < o.n && o.t[ti].param == i && ok; ti++)
-                ok = fwrite(buf[o.t[ti].what - P_CODES], 1, (size_t)o.t[ti].bytes, f) == (size_t)o.t[ti].bytes;
-            for (int k = 0; k < 5; k++) free(buf[k]);
-        }
-        free(w);
-    }
-    if (fclose(f) != 0) ok = 0;
-    if (!ok) { remove(tmp); die("%s: write failed (disk full?)", tmp); }
-    if (rename(tmp, path)) die("rename %s: %s", tmp, strerror(errno));
-    free(o.t);
-    free(lay);
-    free(isq);
-    qd_sdnq_config_free(cfg);
-    return off;
-}
-
-/* ---- op trace ---- */
-
-typedef struct {
-    int op;             /* 0 linear, 1 attention */
-    int nd;
-    int64_t d[8];
-    double s, t_end;    /* seconds; end time relative to the step's start */
-} oprec;
-
-typedef struct {
-    oprec *r;
-    int n, cap;
-    double t0;
-} trace_buf;
-
-static const char *OPS[] = {"linear", "attention"};
-
-static void on_op(void *user, const char *op, const int64_t *dims, int nd, double s) {
-    trace_buf *t = user;
-    int k = !strcmp(op, "linear") ? 0 : !strcmp(op, "attention") ? 1 : -1;
-    if (k < 0 || nd > 8) return;
-    if (t->n == t->cap) {
-        t->cap = t->cap ? 2 * t->cap : 4096;
-        t->r = realloc(t->r, sizeof *t->r * (size_t)t->cap);
-        if (!t->r) die("out of memory");
-    }
-    oprec *r = &t->r[t->n++];
-    r->op = k;
-    r->nd = nd;
-    memcpy(r->d, dims, sizeof(int64_t) * (size_t)nd);
-    r->s = s;
-    r->t_end = qd_now() - t->t0;
-}
-
-static double op_flops(const oprec *r) {
-    const int64_t *d = r->d;
-    if (r->op == 0) return 2.0 * d[0] * d[1] * d[2];            /* tokens, in, out */
-    return 4.0 * d[0] * d[1] * d[2] * d[3] * d[4];               /* B, heads, Lq, Lk, dh */
-}
-
-static void op_str(const oprec *r, char *buf, size_t n) {
-    const int64_t *d = r->d;
-    if (r->op == 0) snprintf(buf, n, "linear M%lld %lld -> %lld", (long long)d[0], (long long)d[1], (long long)d[2]);
-    else snprintf(buf, n, "attention B%lld h%lld Lq%lld Lk%lld dh%lld", (long long)d[0], (long long)d[1],
-                  (long long)d[2], (long long)d[3], (long long)d[4]);
-}
-
-typedef struct { oprec key; int count; double s, flops; } shape_sum;
-
-static int same_shape(const oprec *a, const oprec *b) {
-    return a->op == b->op && a->nd == b->nd && !memcmp(a->d, b->d, sizeof(int64_t) * (size_t)a->nd);
-}
-
-static int cmp_time_desc(const void *a, const void *b) {
-    double x = ((const shape_sum *)a)->s, y = ((const shape_sum *)b)->s;
-    return x < y ? 1 : x > y ? -1 : 0;
-}
-
-/* ---- machine ---- */
-
-static long status_kb(const char *key) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return -1;
-    char line[256];
-    long v = -1;
-    size_t kl = strlen(key);
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, key, kl) && line[kl] == ':') { v = atol(line + kl + 1); break; }
-    fclose(f);
-    return v;
-}
-
-static double machine_busy_s(void) {
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f) return 0;
-    unsigned long long v[10] = {0};
-    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4],
-                   &v[5], &v[6], &v[7], &v[8], &v[9]);
-    fclose(f);
-    if (n < 8) return 0;
-    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static double self_cpu_s(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + 1e-6 * (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-static void wait_idle(double max_s) {
-    double t0 = qd_now();
-    int said = 0;
-    for (;;) {
-        double b0 = machine_busy_s();
-        usleep(1000000);
-        double busy = machine_busy_s() - b0;
-        if (busy < 0.2) return;
-        if (qd_now() - t0 > max_s) {
-            printf("idle-wait   machine still busy (%.0f%% of a CPU) after %.0f s: timing anyway\n", 100 * busy, max_s);
-            return;
-        }
-        if (!said) printf("idle-wait   other processes are using %.0f%% of a CPU; waiting...\n", 100 * busy);
-        said = 1;
-    }
+    uint64_t bytes = sdnq_write_component(ctx, dir, pl, q, text, &WRITER);
+    free(text);
+    return bytes;
 }
 
 /* ---- main ---- */
@@ -634,7 +202,7 @@ int main(int argc, char **argv) {
         else usage();
     }
     if (!config || image < 16 || image % 16 || text < 1 || steps < 1 || warmup < 0) usage();
-    qspec q = {0};
+    sdnq_spec q = {0};
     if (!strcmp(layout, "int8")) { q.weights_dtype = "int8"; q.group_size = -1; }
     else if (!strcmp(layout, "int8-qmm")) { q.weights_dtype = "int8"; q.group_size = -1; q.qmm = 1; }
     else if (!strcmp(layout, "uint4-svd")) { q.weights_dtype = "uint4"; q.svd_rank = svd_rank; }
@@ -731,7 +299,7 @@ int main(int argc, char **argv) {
     double best = 1e30, best_others = 0, sum = 0;
     double ncpu = (double)sysconf(_SC_NPROCESSORS_ONLN);
     for (int i = 0; i < steps; i++) {
-        wait_idle(idle_wait);
+        wait_idle(idle_wait, 1);
         tb.n = 0;
         double busy0 = machine_busy_s(), self0 = self_cpu_s();
         t0 = tb.t0 = qd_now();
@@ -762,32 +330,22 @@ int main(int argc, char **argv) {
     if (bad) die("output has %lld non-finite values", (long long)bad);
 
     /* totals per op class and per shape; block spans from the trace's timestamps */
-    double cls_s[2] = {0}, cls_f[2] = {0}, flops = 0, op_s = 0;
-    int cls_n[2] = {0};
-    shape_sum *ss = calloc((size_t)tb.n + 1, sizeof *ss);
-    if (!ss) die("out of memory");
-    int nss = 0;
+    trace_summary sum_ops;
+    trace_summarize(&tb, &sum_ops);
+    double flops = sum_ops.flops, op_s = sum_ops.op_s;
     /* block spans: first modulation linear of a block (M=1, out 6D for double blocks
      * [two per block: norm1, norm1_context], 3D for single blocks) starts it. */
     double dstart = -1, sstart = -1, dend = 0, send = 0, prev_end = 0;
     int seen6 = 0;
     for (int i = 0; i < tb.n; i++) {
         const oprec *o = &tb.r[i];
-        double f = op_flops(o);
-        cls_s[o->op] += o->s; cls_f[o->op] += f; cls_n[o->op]++;
-        flops += f;
-        op_s += o->s;
-        int k = 0;
-        while (k < nss && !same_shape(&ss[k].key, o)) k++;
-        if (k == nss) { ss[nss].key = *o; nss++; }
-        ss[k].count++; ss[k].s += o->s; ss[k].flops += f;
-        if (o->op == 0 && o->d[0] == 1 && o->d[2] == 6 * D && !seen6++) dstart = prev_end;
-        if (o->op == 0 && o->d[0] == 1 && o->d[2] == 3 * D && sstart < 0) { sstart = prev_end; dend = prev_end; }
-        if (o->op == 0 && o->d[0] == 1 && o->d[2] == 2 * D) send = prev_end;   /* norm_out */
+        int lin = o->op == OP_LINEAR && o->d[0] == 1;
+        if (lin && o->d[2] == 6 * D && !seen6++) dstart = prev_end;
+        if (lin && o->d[2] == 3 * D && sstart < 0) { sstart = prev_end; dend = prev_end; }
+        if (lin && o->d[2] == 2 * D) send = prev_end;   /* norm_out */
         prev_end = o->t_end;
     }
     if (ns == 0) dend = send;
-    qsort(ss, (size_t)nss, sizeof *ss, cmp_time_desc);
     double per_double = nd > 0 && dstart >= 0 ? (dend - dstart) / nd : 0;
     double per_single = ns > 0 && sstart >= 0 ? (send - sstart) / ns : 0;
     double rest = best - per_double * nd - per_single * ns;
@@ -812,21 +370,7 @@ int main(int argc, char **argv) {
     printf("output      finite, mean |out| %.4g\n", asum / nout);
     printf("contention  other processes used %.0f%% of the machine's CPU time during the fastest step%s\n\n",
            100 * best_others, best_others > 0.05 ? "  ** numbers are NOT clean **" : "");
-    printf("per op class, fastest step (%% of its %.3f s):\n", best);
-    printf("%-10s %6s %10s %7s %10s %9s\n", "op", "count", "seconds", "% step", "GFLOP", "GFLOP/s");
-    for (int k = 0; k < 2; k++)
-        printf("%-10s %6d %10.3f %6.1f%% %10.1f %9.1f\n", OPS[k], cls_n[k], cls_s[k], 100 * cls_s[k] / best,
-               cls_f[k] / 1e9, cls_s[k] > 0 ? cls_f[k] / 1e9 / cls_s[k] : 0);
-    printf("%-10s %6s %10.3f %6.1f%%   (RMS/layer norms, RoPE, GELU, modulation, copies: untraced)\n", "other", "",
-           best - op_s, 100 * (best - op_s) / best);
-    printf("\nmost expensive op shapes (fastest timed step):\n");
-    printf("%6s %6s %9s %8s  %s\n", "% step", "count", "seconds", "GFLOP/s", "shape");
-    for (int k = 0; k < nss && k < 10; k++) {
-        char s[160];
-        op_str(&ss[k].key, s, sizeof s);
-        printf("%5.1f%% %6d %9.3f %8.1f  %s\n", 100 * ss[k].s / best, ss[k].count, ss[k].s,
-               ss[k].s > 0 ? ss[k].flops / 1e9 / ss[k].s : 0, s);
-    }
+    trace_print(&sum_ops, OP_LINEAR, best, "RMS/layer norms, RoPE, GELU, modulation, copies");
 
     if (trace_path) {
         FILE *f = fopen(trace_path, "w");
@@ -841,12 +385,7 @@ int main(int argc, char **argv) {
         fprintf(f, "\"params\": %lld, \"gflop\": %.3f, \"op_seconds\": %.6f, \"ru_maxrss_kb\": %ld, \"vmhwm_kb\": %ld,\n",
                 (long long)nparams, flops / 1e9, op_s, ru.ru_maxrss, hwm);
         fprintf(f, "\"other_processes_cpu_fraction\": %.4f,\n\"ops\": [\n", best_others);
-        for (int i = 0; i < tb.n; i++) {
-            const oprec *o = &tb.r[i];
-            fprintf(f, "{\"op\": \"%s\", \"dims\": [", OPS[o->op]);
-            for (int k = 0; k < o->nd; k++) fprintf(f, k ? ", %lld" : "%lld", (long long)o->d[k]);
-            fprintf(f, "], \"s\": %.7f}%s\n", o->s, i + 1 < tb.n ? "," : "");
-        }
+        trace_write_ops(f, &tb);
         fprintf(f, "]\n}\n");
         if (fclose(f)) die("%s: write failed", trace_path);
         printf("\ntrace       %s (%d ops)\n", trace_path, tb.n);
@@ -857,7 +396,7 @@ int main(int argc, char **argv) {
         remove(w_out);
         printf("weights     deleted %s (use --keep or --reuse to keep them)\n", w_out);
     }
-    free(ss); free(tb.r); free(pl.p);
+    free(sum_ops.ss); free(tb.r); free(pl.p);
     free(x); free(out); free(context); free(pool); free(img_ids); free(txt_ids);
     cJSON_Delete(cfg);
     qd_ctx_free(ctx);

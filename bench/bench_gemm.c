@@ -22,13 +22,13 @@
 #include "tensor/gemm.h"
 #include "tensor/ops.h"
 #include "tensor/weight.h"
+#include "bench_util.h"
+#include "cpu_peak.h"
 
-#include <immintrin.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -41,50 +41,13 @@ static double now(void) {
 /* ---- peaks ---- */
 
 #define ITERS 2000000L
-__attribute__((target("avx512f"))) static float chains_fma(void) {
-    __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-    /* distinct starting values: identical chains would be merged by the compiler */
-    __m512 a0 = _mm512_set1_ps(0), a1 = _mm512_set1_ps(1), a2 = _mm512_set1_ps(2), a3 = _mm512_set1_ps(3),
-           a4 = _mm512_set1_ps(4), a5 = _mm512_set1_ps(5), a6 = _mm512_set1_ps(6), a7 = _mm512_set1_ps(7),
-           a8 = _mm512_set1_ps(8), a9 = _mm512_set1_ps(9), a10 = _mm512_set1_ps(10), a11 = _mm512_set1_ps(11);
-    for (long k = 0; k < ITERS; k++) {
-        a0 = _mm512_fmadd_ps(a0, m, c); a1 = _mm512_fmadd_ps(a1, m, c); a2 = _mm512_fmadd_ps(a2, m, c);
-        a3 = _mm512_fmadd_ps(a3, m, c); a4 = _mm512_fmadd_ps(a4, m, c); a5 = _mm512_fmadd_ps(a5, m, c);
-        a6 = _mm512_fmadd_ps(a6, m, c); a7 = _mm512_fmadd_ps(a7, m, c); a8 = _mm512_fmadd_ps(a8, m, c);
-        a9 = _mm512_fmadd_ps(a9, m, c); a10 = _mm512_fmadd_ps(a10, m, c); a11 = _mm512_fmadd_ps(a11, m, c);
-    }
-    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    return _mm512_reduce_add_ps(s);
-}
-
-/* 24 chains: more than vdpbf16ps latency x 2 pipes, whatever the latency is here */
-#define BF_CHAINS 24
-__attribute__((target("avx512f,avx512bf16"))) static float chains_bf16(void) {
-    __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), y = (__m512bh)_mm512_set1_epi32(0x33d633d6);
-#define D(i) __m512 a##i = _mm512_set1_ps((float)i);
-#define F(i) a##i = _mm512_dpbf16_ps(a##i, x, y);
-#define ALL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) \
-               X(12) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20) X(21) X(22) X(23)
-    ALL(D)
-    for (long k = 0; k < ITERS / 2; k++) { ALL(F) }
-#define S(i) s = _mm512_add_ps(s, a##i);
-    __m512 s = _mm512_setzero_ps();
-    ALL(S)
-    return _mm512_reduce_add_ps(s);
-#undef D
-#undef F
-#undef S
-#undef ALL
-}
 
 typedef struct { int bf16; double rate; float sink; } peak_job;
 
 static void *peak_worker(void *arg) {
     peak_job *j = arg;
     double t0 = now();
-    j->sink = j->bf16 ? chains_bf16() : chains_fma();
+    j->sink = j->bf16 ? bf16_chains(ITERS / 2) : fma512_chains(ITERS);
     /* 12 * ITERS instructions (fp32: 12 chains; bf16: 24 chains, half the iterations) x 16 lanes
      * x 2 FLOP per FMA or x 4 (two products and their sum) per vdpbf16ps */
     j->rate = (double)ITERS * 12 * 16 * (j->bf16 ? 4 : 2) / (now() - t0);
@@ -108,25 +71,6 @@ static double peak(int threads, int bf16) {
         if (total > best) best = total;
     }
     return best / 1e9;
-}
-
-/* ---- contention ---- */
-
-static double machine_cpu_seconds(void) {
-    unsigned long long v[8] = {0};
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f) return 0;
-    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
-    fclose(f);
-    if (n != 8) return 0;
-    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static double own_cpu_seconds(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + 1e-6 * (double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_sec +
-           1e-6 * (double)ru.ru_stime.tv_usec;
 }
 
 /* ---- shapes ---- */
@@ -223,11 +167,11 @@ static double time_op(qd_ctx *ctx, op_fn fn, void *arg, const timing *tm, double
     *other = 0;
     *cpu = 1e30;
     for (int r = 0; r < tm->reps; r++) {
-        double m0 = machine_cpu_seconds(), c0 = own_cpu_seconds(), t0 = now();
+        double m0 = machine_busy_s(), c0 = self_cpu_s(), t0 = now();
         int calls = 0;
         do { fn(ctx, arg); calls++; } while (now() - t0 < tm->min_seconds);
-        double dt = (now() - t0) / calls, dc = (own_cpu_seconds() - c0) / calls;
-        double o = (machine_cpu_seconds() - m0) / calls - dc;
+        double dt = (now() - t0) / calls, dc = (self_cpu_s() - c0) / calls;
+        double o = (machine_busy_s() - m0) / calls - dc;
         if (dt < best) { best = dt; *other = o > 0 ? o : 0; }
         if (dc < *cpu) *cpu = dc;
     }

@@ -19,6 +19,7 @@
 #include "base/ctx.h"
 #include "base/threads.h"
 #include "quant/int8_gemm.h"
+#include "bench_util.h"
 
 #include <immintrin.h>
 #include <pthread.h>
@@ -34,33 +35,13 @@ static double process_cpu(void) {
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
-static double thread_cpu(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-/* CPU seconds all processes spent so far (user + nice + system + irq + softirq + steal), and our own. */
-static double machine_busy(void) {
-    FILE *f = fopen("/proc/stat", "r");
-    unsigned long long v[8] = {0};
-    int n = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) : 0;
-    if (f) fclose(f);
-    if (n < 8) return 0;
-    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
-}
-static double self_cpu(void) {
-    struct rusage r;
-    getrusage(RUSAGE_SELF, &r);
-    return (double)r.ru_utime.tv_sec + (double)r.ru_stime.tv_sec + 1e-6 * (double)(r.ru_utime.tv_usec + r.ru_stime.tv_usec);
-}
 /* Wait (at most max_s) until other processes use < 10% of a CPU over 0.3 s. */
-static void wait_idle(double max_s) {
+static void wait_quiet(double max_s) {
     double t0 = qd_now();
     while (qd_now() - t0 < max_s) {
-        double b0 = machine_busy(), s0 = self_cpu();
+        double b0 = machine_busy_s(), s0 = self_cpu_s();
         usleep(300000);
-        if ((machine_busy() - b0) - (self_cpu() - s0) < 0.03) return;
+        if ((machine_busy_s() - b0) - (self_cpu_s() - s0) < 0.03) return;
     }
 }
 
@@ -84,17 +65,12 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"), noinline)) static int vnni
 
 #define PEAK_ITERS 2000000L
 typedef struct { double ops_s; int sink; } peak_job;
-static double thread_cpu_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 /* by the thread's CPU time: a shared machine's time slicing does not lower it */
 static void *peak_worker(void *arg) {
     peak_job *j = arg;
-    double t0 = thread_cpu_now();
+    double t0 = thread_cpu_s();
     j->sink = vnni_chains(PEAK_ITERS, 3);
-    j->ops_s = 128.0 * 16 * (double)PEAK_ITERS / (thread_cpu_now() - t0);   /* 64 multiply-adds per vpdpbusd zmm */
+    j->ops_s = 128.0 * 16 * (double)PEAK_ITERS / (thread_cpu_s() - t0);   /* 64 multiply-adds per vpdpbusd zmm */
     return NULL;
 }
 static double vnni_peak(int threads, int reps) {
@@ -141,13 +117,13 @@ static void pack_part(void *arg, int64_t b, int64_t e, int t) {
 static void time_shape(qd_ctx *ctx, lin *l, qd_i8_gemm_args *g, int reps, int cpu, double idle, double *best) {
     best[0] = best[1] = best[2] = 1e30;
     for (int r = 0; r < reps; r++) {
-        if (!cpu) wait_idle(idle);
-        double t0 = cpu ? thread_cpu() : qd_now(), c0 = process_cpu();
+        if (!cpu) wait_quiet(idle);
+        double t0 = cpu ? thread_cpu_s() : qd_now(), c0 = process_cpu();
         qd_parallel_for(ctx, l->M, quant_part, l);
         qd_parallel_for(ctx, (l->N + QD_I8_NR - 1) / QD_I8_NR, pack_part, l);
-        double t1 = cpu ? thread_cpu() : qd_now();
+        double t1 = cpu ? thread_cpu_s() : qd_now();
         qd_i8_gemm(ctx, l->isa, g);
-        double t2 = cpu ? thread_cpu() : qd_now();
+        double t2 = cpu ? thread_cpu_s() : qd_now();
         if (t2 - t1 < best[0]) best[0] = t2 - t1;
         if (t2 - t0 < best[1]) best[1] = t2 - t0;
         if (process_cpu() - c0 < best[2]) best[2] = process_cpu() - c0;
@@ -170,9 +146,9 @@ int main(int argc, char **argv) {
     double p1 = 0, pn = 0;
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512vnni")) {
-        wait_idle(idle);
+        wait_quiet(idle);
         p1 = vnni_peak(1, 5);
-        wait_idle(idle);
+        wait_quiet(idle);
         pn = vnni_peak(threads, 5);
         printf("peak int8 vpdpbusd zmm: %.0f GOP/s on 1 thread, %.0f GOP/s on %d\n", p1 / 1e9, pn / 1e9, threads);
     }

@@ -10,7 +10,8 @@
  * (other processes can only lower it). The
  * lines "peak_gflops X" (AVX-512 fp32, all threads) and "peak_bf16_gflops X" are for
  * scripts. */
-#include <immintrin.h>
+#include "cpu_peak.h"
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,54 +25,7 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-#define CHAINS 12   /* > FMA latency (4) x FMA pipes (2): keeps both pipes full */
 #define ITERS 1000000L
-
-/* Twelve named accumulators (an array would live in memory at -O2). */
-#define FMA_BODY(T, SET, FMA, ADD)                                                      \
-    T m = SET(0.999999f), c = SET(1e-7f);                                               \
-    T a0 = SET(0), a1 = SET(1), a2 = SET(2), a3 = SET(3), a4 = SET(4), a5 = SET(5);     \
-    T a6 = SET(6), a7 = SET(7), a8 = SET(8), a9 = SET(9), a10 = SET(10), a11 = SET(11); \
-    for (long k = 0; k < iters; k++) {                                                  \
-        a0 = FMA(a0, m, c); a1 = FMA(a1, m, c); a2 = FMA(a2, m, c); a3 = FMA(a3, m, c); \
-        a4 = FMA(a4, m, c); a5 = FMA(a5, m, c); a6 = FMA(a6, m, c); a7 = FMA(a7, m, c); \
-        a8 = FMA(a8, m, c); a9 = FMA(a9, m, c); a10 = FMA(a10, m, c); a11 = FMA(a11, m, c); \
-    }                                                                                   \
-    T s = ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7)));            \
-    s = ADD(s, ADD(ADD(a8, a9), ADD(a10, a11)))
-
-__attribute__((target("avx512f"))) static float run512(long iters) {
-    FMA_BODY(__m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps);
-    return _mm512_reduce_add_ps(s);
-}
-
-/* bf16 dot products (AVX512_BF16 vdpbf16ps: 16 lanes x 2 products + their sum = 64 FLOP
- * per instruction), 24 chains: more than its latency x 2 pipes. */
-#define BF_CHAINS 24
-__attribute__((target("avx512f,avx512bf16"))) static float runbf16(long iters) {
-    __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), y = (__m512bh)_mm512_set1_epi32(0x33d633d6);
-#define D(i) __m512 a##i = _mm512_set1_ps((float)i);
-#define F(i) a##i = _mm512_dpbf16_ps(a##i, x, y);
-#define ALL(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) \
-               X(12) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20) X(21) X(22) X(23)
-    ALL(D)
-    for (long k = 0; k < iters; k++) { ALL(F) }
-#define S(i) s = _mm512_add_ps(s, a##i);
-    __m512 s = _mm512_setzero_ps();
-    ALL(S)
-    return _mm512_reduce_add_ps(s);
-#undef D
-#undef F
-#undef S
-#undef ALL
-}
-
-__attribute__((target("avx2,fma"))) static float run256(long iters) {
-    FMA_BODY(__m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps);
-    float o[8];
-    _mm256_storeu_ps(o, s);
-    return o[0] + o[1] + o[2] + o[3] + o[4] + o[5] + o[6] + o[7];
-}
 
 typedef struct {
     int wide;   /* 0 AVX2 FMA, 1 AVX-512 FMA, 2 AVX-512 BF16 */
@@ -82,13 +36,13 @@ typedef struct {
 static void *worker(void *arg) {
     job *j = arg;
     double t0 = now(), lanes = j->wide ? 16 : 8;
-    long rounds = 0, bf_iters = ITERS * CHAINS / BF_CHAINS;
+    long rounds = 0, bf_iters = ITERS * FMA_CHAINS / BF16_CHAINS;
     do {
-        j->sink += j->wide == 2 ? runbf16(bf_iters) : j->wide ? run512(ITERS) : run256(ITERS);
+        j->sink += j->wide == 2 ? bf16_chains(bf_iters) : j->wide ? fma512_chains(ITERS) : fma256_chains(ITERS);
         rounds++;
     } while (now() - t0 < j->seconds);
     j->seconds = now() - t0;
-    j->flops = (j->wide == 2 ? 4.0 * lanes * BF_CHAINS * (double)bf_iters : 2.0 * lanes * CHAINS * (double)ITERS) *
+    j->flops = (j->wide == 2 ? 4.0 * lanes * BF16_CHAINS * (double)bf_iters : 2.0 * lanes * FMA_CHAINS * (double)ITERS) *
                (double)rounds;
     return NULL;
 }

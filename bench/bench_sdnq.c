@@ -10,10 +10,11 @@
  *              [--no-gemm] [--reuse] [--keep] [--idle-wait S]
  *
  * The models (diffusers "unet" folders: config.json, quantization_config.json,
- * diffusion_pytorch_model.safetensors) are written by this file:
+ * diffusion_pytorch_model.safetensors) are written here (with bench/support/sdnq_writer.c):
  *   - every tensor's fp32 values come from a generator seeded by its name, so the three
  *     models hold the same weights: matrices N(0, 1/fan_in), norm scales 1, biases
- *     N(0, 0.02^2) (as bench_unet.c; written independently of it);
+ *     N(0, 0.02^2) (values() in bench/support/bench_util.c; the parameter list is
+ *     bench/support/unet_params.c's);
  *   - fp16: everything stored F16;
  *   - int8: sdnq's int8 with use_quantized_matmul (Linear layers row-wise, stored
  *     transposed [in, out] with a [1, out] scale; the int8 kernel reads the codes as
@@ -40,547 +41,57 @@
 #include "models/unet.h"
 #include "models/params.h"
 #include "base/ctx.h"
-#include "base/half.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 #include "quant/int8_gemm.h"
 #include "quant/sdnq_config.h"
-#include "quant/sdnq_layout.h"
 #include "tensor/gemm.h"
 #include "tensor/ops.h"
+#include "bench_util.h"
+#include "unet_params.h"
+#include "sdnq_writer.h"
+#include "cpu_peak.h"
 
 #include <errno.h>
 #include <immintrin.h>
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void die(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "bench_sdnq: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\n");
-    va_end(ap);
-    exit(2);
-}
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) die("out of memory (%zu bytes)", n);
-    return p;
-}
-
-/* ---- the UNet2DConditionModel parameter list (SD1.x/SDXL options), diffusers names ---- */
-
-enum { K_MATRIX, K_NORM, K_BIAS };
-
-typedef struct {
-    char name[128];
-    int ndim;
-    int64_t shape[4];
-    int kind;
-} pdesc;
-
-typedef struct { pdesc *p; int n, cap; } plist;
-
-static void add(plist *l, int kind, int ndim, const int64_t *shape, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void add(plist *l, int kind, int ndim, const int64_t *shape, const char *fmt, ...) {
-    if (l->n == l->cap) {
-        l->cap = l->cap ? 2 * l->cap : 1024;
-        l->p = realloc(l->p, sizeof *l->p * (size_t)l->cap);
-        if (!l->p) die("out of memory");
-    }
-    pdesc *d = &l->p[l->n++];
-    memset(d, 0, sizeof *d);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(d->name, sizeof d->name, fmt, ap);
-    va_end(ap);
-    d->kind = kind;
-    d->ndim = ndim;
-    memcpy(d->shape, shape, sizeof(int64_t) * (size_t)ndim);
-}
-
-static void linear(plist *l, const char *pre, int64_t out, int64_t in, int bias) {
-    int64_t w[2] = {out, in}, b[1] = {out};
-    add(l, K_MATRIX, 2, w, "%s.weight", pre);
-    if (bias) add(l, K_BIAS, 1, b, "%s.bias", pre);
-}
-
-static void conv(plist *l, const char *pre, int64_t out, int64_t in, int k) {
-    int64_t w[4] = {out, in, k, k}, b[1] = {out};
-    add(l, K_MATRIX, 4, w, "%s.weight", pre);
-    add(l, K_BIAS, 1, b, "%s.bias", pre);
-}
-
-static void norm(plist *l, const char *pre, int64_t n) {
-    int64_t s[1] = {n};
-    add(l, K_NORM, 1, s, "%s.weight", pre);
-    add(l, K_BIAS, 1, s, "%s.bias", pre);
-}
-
-static void resnet(plist *l, const char *pre, int64_t in, int64_t out, int64_t temb) {
-    char n[128];
-    snprintf(n, sizeof n, "%s.norm1", pre); norm(l, n, in);
-    snprintf(n, sizeof n, "%s.conv1", pre); conv(l, n, out, in, 3);
-    snprintf(n, sizeof n, "%s.time_emb_proj", pre); linear(l, n, out, temb, 1);
-    snprintf(n, sizeof n, "%s.norm2", pre); norm(l, n, out);
-    snprintf(n, sizeof n, "%s.conv2", pre); conv(l, n, out, out, 3);
-    if (in != out) { snprintf(n, sizeof n, "%s.conv_shortcut", pre); conv(l, n, out, in, 1); }
-}
-
-static void transformer(plist *l, const char *pre, int64_t C, int depth, int64_t cross, int lin) {
-    char n[128], b[128];
-    int64_t D = C, F = 4 * D;
-    snprintf(n, sizeof n, "%s.norm", pre); norm(l, n, C);
-    snprintf(n, sizeof n, "%s.proj_in", pre);
-    if (lin) linear(l, n, D, C, 1); else conv(l, n, D, C, 1);
-    for (int i = 0; i < depth; i++) {
-        snprintf(b, sizeof b, "%s.transformer_blocks.%d", pre, i);
-        for (int a = 1; a <= 2; a++) {
-            int64_t kv = a == 1 ? D : cross;
-            snprintf(n, sizeof n, "%s.norm%d", b, a); norm(l, n, D);
-            snprintf(n, sizeof n, "%s.attn%d.to_q", b, a); linear(l, n, D, D, 0);
-            snprintf(n, sizeof n, "%s.attn%d.to_k", b, a); linear(l, n, D, kv, 0);
-            snprintf(n, sizeof n, "%s.attn%d.to_v", b, a); linear(l, n, D, kv, 0);
-            snprintf(n, sizeof n, "%s.attn%d.to_out.0", b, a); linear(l, n, D, D, 1);
-        }
-        snprintf(n, sizeof n, "%s.norm3", b); norm(l, n, D);
-        snprintf(n, sizeof n, "%s.ff.net.0.proj", b); linear(l, n, 2 * F, D, 1);
-        snprintf(n, sizeof n, "%s.ff.net.2", b); linear(l, n, D, F, 1);
-    }
-    snprintf(n, sizeof n, "%s.proj_out", pre);
-    if (lin) linear(l, n, C, D, 1); else conv(l, n, C, D, 1);
-}
-
-#define MAXB 8
-
-static void unet_params(const cJSON *cfg, plist *l) {
-    const char *down[MAXB], *up[MAXB];
-    int boc[MAXB], nb = qd_json_ints(cfg, "block_out_channels", boc, MAXB);
-    if (nb <= 0 || qd_json_strs(cfg, "down_block_types", down, MAXB) != nb ||
-        qd_json_strs(cfg, "up_block_types", up, MAXB) != nb)
-        die("config: block_out_channels, down_block_types and up_block_types must be lists of one length");
-    int layers[MAXB], cross[MAXB], tl[MAXB];
-    if (qd_json_ints(cfg, "layers_per_block", layers, nb) <= 0) for (int i = 0; i < nb; i++) layers[i] = 2;
-    int nc = qd_json_ints(cfg, "cross_attention_dim", cross, nb);
-    if (nc == 0) for (int i = 0; i < nb; i++) cross[i] = 1280;
-    if (qd_json_ints(cfg, "transformer_layers_per_block", tl, nb) <= 0) for (int i = 0; i < nb; i++) tl[i] = 1;
-    if (cJSON_GetObjectItemCaseSensitive(cfg, "addition_embed_type") &&
-        !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(cfg, "addition_embed_type")))
-        die("config: this benchmark writes SD1.x UNets (no addition_embed_type)");
-    int lin = qd_json_bool(cfg, "use_linear_projection", 0);
-    int64_t in_ch = qd_json_int(cfg, "in_channels", 4), out_ch = qd_json_int(cfg, "out_channels", 4);
-    int64_t T = 4 * boc[0];
-    char n[128];
-    conv(l, "conv_in", boc[0], in_ch, 3);
-    linear(l, "time_embedding.linear_1", T, boc[0], 1);
-    linear(l, "time_embedding.linear_2", T, T, 1);
-    int64_t out = boc[0];
-    for (int i = 0; i < nb; i++) {
-        int64_t in = out;
-        out = boc[i];
-        int xattn = !strcmp(down[i], "CrossAttnDownBlock2D");
-        for (int j = 0; j < layers[i]; j++) {
-            snprintf(n, sizeof n, "down_blocks.%d.resnets.%d", i, j);
-            resnet(l, n, j ? out : in, out, T);
-            if (xattn) { snprintf(n, sizeof n, "down_blocks.%d.attentions.%d", i, j); transformer(l, n, out, tl[i], cross[i], lin); }
-        }
-        if (i < nb - 1) { snprintf(n, sizeof n, "down_blocks.%d.downsamplers.0.conv", i); conv(l, n, out, out, 3); }
-    }
-    int64_t c = boc[nb - 1];
-    resnet(l, "mid_block.resnets.0", c, c, T);
-    transformer(l, "mid_block.attentions.0", c, tl[nb - 1], cross[nb - 1], lin);
-    resnet(l, "mid_block.resnets.1", c, c, T);
-    out = boc[nb - 1];
-    for (int i = 0; i < nb; i++) {
-        int r = nb - 1 - i;
-        int64_t prev = out, in = boc[i + 1 < nb ? nb - 2 - i : 0];
-        out = boc[r];
-        int xattn = !strcmp(up[i], "CrossAttnUpBlock2D");
-        for (int j = 0; j < layers[r] + 1; j++) {
-            int64_t skip = j == layers[r] ? in : out, rin = j ? out : prev;
-            snprintf(n, sizeof n, "up_blocks.%d.resnets.%d", i, j);
-            resnet(l, n, rin + skip, out, T);
-            if (xattn) { snprintf(n, sizeof n, "up_blocks.%d.attentions.%d", i, j); transformer(l, n, out, tl[r], cross[r], lin); }
-        }
-        if (i < nb - 1) { snprintf(n, sizeof n, "up_blocks.%d.upsamplers.0.conv", i); conv(l, n, out, out, 3); }
-    }
-    norm(l, "conv_norm_out", boc[0]);
-    conv(l, "conv_out", out_ch, boc[0], 3);
-}
-
-static int64_t numel(const pdesc *d) {
-    int64_t n = 1;
-    for (int i = 0; i < d->ndim; i++) n *= d->shape[i];
-    return n;
-}
-
-/* ---- deterministic random values: a stream per tensor name ---- */
-
-typedef struct { uint64_t s; } rng;
-
-static uint64_t next64(rng *r) {
-    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* Approximately N(0, 1): Irwin-Hall sum of four 16-bit uniforms, rescaled. */
-static float gauss(rng *r) {
-    uint64_t v = next64(r);
-    float s = (float)(v & 0xffff) + (float)((v >> 16) & 0xffff) + (float)((v >> 32) & 0xffff) + (float)(v >> 48);
-    return (s * (1.0f / 65536.0f) - 2.0f) * 1.7320508f;
-}
-
-static rng seeded(const char *name, uint64_t salt) {
-    uint64_t h = 1469598103934665603ull ^ salt;
-    for (const char *p = name; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    rng r = {h};
-    return r;
-}
-
-/* The fp32 values of a parameter, identical in every model written. */
-static void values(const pdesc *d, float *dst) {
-    rng r = seeded(d->name, 0);
-    int64_t n = numel(d);
-    float sd = d->kind == K_MATRIX ? 1.0f / sqrtf((float)(n / d->shape[0])) : 0.02f;
-    for (int64_t i = 0; i < n; i++) dst[i] = d->kind == K_NORM ? 1.0f : sd * gauss(&r);
-}
-
 /* ---- writing a component folder ---- */
 
-typedef enum { P_DENSE, P_CODES, P_SCALE, P_ZP, P_UP, P_DOWN } part;
-
-typedef struct {
-    char name[160];
-    qd_dtype dt;
-    int ndim;
-    int64_t shape[QD_MAX_DIMS];
-    uint64_t bytes;
-    int param;                  /* index in the plist */
-    part what;
-} otensor;
-
-typedef struct { otensor *t; int n, cap; } olist;
-
-static otensor *onew(olist *o, int param, part what, const char *name, const char *suffix, qd_dtype dt) {
-    if (o->n == o->cap) {
-        o->cap = o->cap ? 2 * o->cap : 2048;
-        o->t = realloc(o->t, sizeof *o->t * (size_t)o->cap);
-        if (!o->t) die("out of memory");
-    }
-    otensor *t = &o->t[o->n++];
-    memset(t, 0, sizeof *t);
-    snprintf(t->name, sizeof t->name, "%s%s", name, suffix);
-    t->dt = dt;
-    t->param = param;
-    t->what = what;
-    return t;
-}
-
-static void oshape(otensor *t, int ndim, const int64_t *s) {
-    t->ndim = ndim;
-    uint64_t n = 1;
-    for (int i = 0; i < ndim; i++) { t->shape[i] = s[i]; n *= (uint64_t)s[i]; }
-    t->bytes = n * qd_dtype_size(t->dt);
-}
-
-typedef struct {
-    const char *weights_dtype;  /* NULL: dense fp16 */
-    int svd_rank;               /* 0: no SVD */
-    int qmm;                    /* use_quantized_matmul */
-    int quant_conv;
-} qspec;
-
 /* sdnq's check_quant_is_allowed and default skip keys for a UNet2DConditionModel. */
-static int quantizable(const pdesc *d, const qspec *q) {
+static int quantizable(const pdesc *d, const qd_sdnq_config *cfg, const sdnq_spec *q) {
     if (d->kind != K_MATRIX || !q->weights_dtype) return 0;
     if (d->ndim == 4 && !q->quant_conv) return 0;
     if (d->shape[1] < 32 || numel(d) < 16384) return 0;
     return strncmp(d->name, "time_embed", 10) != 0;   /* ".time_embed" (root prefix) */
 }
 
-static char *qconfig_json(const qspec *q, const plist *pl) {
-    cJSON *c = cJSON_CreateObject();
-    cJSON_AddStringToObject(c, "quant_method", "sdnq");
-    cJSON_AddStringToObject(c, "sdnq_version", "0.2.5");
-    cJSON_AddStringToObject(c, "weights_dtype", q->weights_dtype);
-    cJSON_AddNullToObject(c, "quantized_matmul_dtype");
-    cJSON_AddNumberToObject(c, "group_size", 0);
-    cJSON_AddBoolToObject(c, "use_svd", q->svd_rank > 0);
-    cJSON_AddNumberToObject(c, "svd_rank", q->svd_rank > 0 ? q->svd_rank : 32);
-    cJSON_AddNumberToObject(c, "svd_steps", 8);
-    cJSON_AddBoolToObject(c, "use_quantized_matmul", q->qmm);
-    cJSON_AddBoolToObject(c, "use_quantized_matmul_conv", 0);
-    cJSON_AddBoolToObject(c, "quant_conv", q->quant_conv);
-    cJSON_AddBoolToObject(c, "quant_embedding", 0);
-    cJSON_AddBoolToObject(c, "use_hadamard", 0);
-    cJSON_AddBoolToObject(c, "use_codebook", 0);
-    cJSON_AddBoolToObject(c, "dequantize_fp32", 1);
-    cJSON_AddNumberToObject(c, "hadamard_group_size", 256);
-    cJSON *skip = cJSON_AddArrayToObject(c, "modules_to_not_convert");
-    for (int i = 0; i < pl->n; i++)   /* the quantizer lists every weight it left alone */
-        if (!strcmp(pl->p[i].name + strlen(pl->p[i].name) - 7, ".weight") && !quantizable(&pl->p[i], q))
-            cJSON_AddItemToArray(skip, cJSON_CreateString(pl->p[i].name));
-    cJSON_AddItemToObject(c, "modules_to_not_use_matmul", cJSON_CreateArray());
-    cJSON_AddItemToObject(c, "modules_dtype_dict", cJSON_CreateObject());
-    cJSON_AddItemToObject(c, "modules_quant_config", cJSON_CreateObject());
-    char *s = cJSON_Print(c);
-    cJSON_Delete(c);
-    if (!s) die("out of memory");
-    return s;
-}
-
-static void write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "w");
-    if (!f || fputs(text, f) < 0 || fclose(f)) die("%s: write failed", path);
-}
-
-/* Quantize one layer (values w, [out, cols]) into its stored tensors. */
-typedef struct {
-    uint8_t *codes;             /* bytes as stored */
-    float *scale, *zp;
-    uint16_t *up, *down;        /* F16, in the stored orientation */
-} qlayer;
-
-static float rne(float v) { return nearbyintf(v); }
-
-static void quantize(const qd_sdnq_layout *l, float *w, qlayer *q) {
-    int64_t out = l->out, cols = l->cols, ks = l->ksize, r = l->svd ? l->svd_rank : 0;
-    if (r) {   /* random factors, rounded to F16; the residual is quantized */
-        rng g = seeded(l->param, 7);
-        float *up = xmalloc(sizeof(float) * (size_t)(out * r)), *down = xmalloc(sizeof(float) * (size_t)(r * cols));
-        float sd = sqrtf(0.3f / sqrtf((float)r * (float)l->in));   /* up.down ~ 0.3 x the weight's spread */
-        for (int64_t i = 0; i < out * r; i++) up[i] = qd_f16_to_f32(qd_f32_to_f16(sd * gauss(&g)));
-        for (int64_t i = 0; i < r * cols; i++) down[i] = qd_f16_to_f32(qd_f32_to_f16(sd * gauss(&g)));
-        for (int64_t o = 0; o < out; o++)
-            for (int64_t t = 0; t < r; t++) {
-                float a = up[o * r + t];
-                const float *dr = down + t * cols;
-                float *wr = w + o * cols;
-                for (int64_t k = 0; k < cols; k++) wr[k] -= a * dr[k];
-            }
-        /* stored [out, r] / [r, cols], or [r, out] / [cols, r] for quantized matmul */
-        for (int64_t o = 0; o < out; o++)
-            for (int64_t t = 0; t < r; t++)
-                q->up[l->svd_transposed ? t * out + o : o * r + t] = qd_f32_to_f16(up[o * r + t]);
-        for (int64_t t = 0; t < r; t++)
-            for (int64_t k = 0; k < cols; k++)
-                q->down[l->svd_transposed ? k * r + t : t * cols + k] = qd_f32_to_f16(down[t * cols + k]);
-        free(up);
-        free(down);
-    }
-    int64_t so, sg, sp;
-    qd_sdnq_scale_strides(l, &so, &sg, &sp);
-    int uns = l->dtype.family == QD_SQ_UINT, bits = l->dtype.bits;
-    float qmax = uns ? (float)((1 << bits) - 1) : (float)((1 << (bits - 1)) - 1), qmin = uns ? 0 : -qmax - 1;
-    int64_t G = l->groups, gs = l->group_size;
-    for (int64_t o = 0; o < out; o++)
-        for (int64_t g = 0; g < G; g++)
-            for (int64_t p = 0; p < ks; p++) {
-                /* the group: channels [g*gs, (g+1)*gs) at kernel position p */
-                float lo = INFINITY, hi = -INFINITY;
-                for (int64_t c = g * gs; c < (g + 1) * gs; c++) {
-                    float v = w[o * cols + c * ks + p];
-                    lo = fminf(lo, v);
-                    hi = fmaxf(hi, v);
-                }
-                float sc, z = 0;
-                if (uns) { sc = (hi - lo) / qmax; z = lo; }
-                else sc = fmaxf(fabsf(lo), fabsf(hi)) / qmax;
-                int64_t si = o * so + g * sg + p * sp;
-                q->scale[si] = sc;
-                if (q->zp) q->zp[si] = z;
-                for (int64_t c = g * gs; c < (g + 1) * gs; c++) {
-                    int64_t k = c * ks + p;
-                    float v = sc > 0 ? rne((w[o * cols + k] - z) / sc) : 0;
-                    v = fminf(fmaxf(v, qmin), qmax);
-                    int code = (int)v;
-                    int64_t e = l->transposed ? k * out + o : o * cols + k;
-                    if (bits == 8) q->codes[e] = (uint8_t)(int8_t)code;
-                    else q->codes[e >> 1] |= (uint8_t)(code << (e & 1 ? 4 : 0));   /* uint4: low nibble first; zeroed buffer */
-                }
-            }
-}
+static const sdnq_writer WRITER = {QD_F16, "qdiff bench_sdnq", 0, 0, quantizable};
 
 /* Write `dir`/diffusion_pytorch_model.safetensors (+ quantization_config.json when q
  * quantizes). Returns the bytes of weights written. */
-static uint64_t write_component(qd_ctx *ctx, const char *dir, const plist *pl, const qspec *q) {
-    char path[4200], tmp[4300];
-    mkdir(dir, 0755);
-    qd_sdnq_config *cfg = NULL;
+static uint64_t write_component(qd_ctx *ctx, const char *dir, const plist *pl, const sdnq_spec *q) {
+    char *text = NULL;
     if (q->weights_dtype) {
-        char *text = qconfig_json(q, pl);
-        snprintf(path, sizeof path, "%s/quantization_config.json", dir);
-        write_text(path, text);
-        free(text);
-        if (qd_sdnq_config_load_file(ctx, path, &cfg) != QD_OK) die("%s", qd_last_error(ctx));
-        if (strcmp(q->weights_dtype, "int8") && strcmp(q->weights_dtype, "uint4"))
-            die("this writer quantizes to int8 and uint4 only");
+        cJSON *skip = cJSON_CreateArray();
+        for (int i = 0; i < pl->n; i++)   /* the quantizer lists every weight it left alone */
+            if (!strcmp(pl->p[i].name + strlen(pl->p[i].name) - 7, ".weight") && !quantizable(&pl->p[i], NULL, q))
+                cJSON_AddItemToArray(skip, cJSON_CreateString(pl->p[i].name));
+        text = sdnq_qconfig_json(q, skip);
     }
-    /* plan: the stored tensors, in file order */
-    qd_sdnq_layout *lay = calloc((size_t)pl->n, sizeof *lay);
-    char *isq = calloc((size_t)pl->n, 1);
-    olist o = {0};
-    if (!lay || !isq) die("out of memory");
-    for (int i = 0; i < pl->n; i++) {
-        const pdesc *d = &pl->p[i];
-        if (!quantizable(d, q)) {
-            oshape(onew(&o, i, P_DENSE, d->name, "", QD_F16), d->ndim, d->shape);
-            continue;
-        }
-        isq[i] = 1;
-        qd_sdnq_layout *l = &lay[i];
-        if (qd_sdnq_layout_derive(ctx, cfg, d->name, d->ndim == 4 ? QD_SDNQ_CONV : QD_SDNQ_LINEAR, d->ndim, d->shape, l) != QD_OK)
-            die("%s", qd_last_error(ctx));
-        char pre[160];
-        snprintf(pre, sizeof pre, "%.*s", (int)(strlen(d->name) - 7), d->name);
-        int64_t s[QD_MAX_DIMS], n = 0, codes = l->out * l->cols;
-        otensor *t = onew(&o, i, P_CODES, pre, ".weight", l->dtype.bits == 8 ? QD_I8 : QD_U8);
-        if (l->dtype.bits == 4) { s[0] = codes / 2; oshape(t, 1, s); }
-        else if (l->transposed) { s[0] = l->cols; s[1] = l->out; oshape(t, 2, s); }
-        else {
-            s[n++] = l->out;
-            if (l->groups > 1) s[n++] = l->groups;
-            s[n++] = l->group_size;
-            for (int k = 0; k < l->kdims; k++) s[n++] = l->kshape[k];
-            oshape(t, (int)n, s);
-        }
-        n = 0;   /* scale: [1, out] transposed, else [out, (G,) 1, k...] */
-        if (l->transposed) { s[n++] = 1; s[n++] = l->out; }
-        else {
-            s[n++] = l->out;
-            if (l->groups > 1) s[n++] = l->groups;
-            s[n++] = 1;
-            for (int k = 0; k < l->kdims; k++) s[n++] = l->kshape[k];
-        }
-        oshape(onew(&o, i, P_SCALE, pre, ".scale", QD_F32), (int)n, s);
-        if (l->zero_point) oshape(onew(&o, i, P_ZP, pre, ".zero_point", QD_F32), (int)n, s);
-        if (l->svd) {
-            int64_t r = l->svd_rank, su[2] = {l->out, r}, sd[2] = {r, l->cols};
-            if (l->svd_transposed) { su[0] = r; su[1] = l->out; sd[0] = l->cols; sd[1] = r; }
-            oshape(onew(&o, i, P_UP, pre, ".svd_up", QD_F16), 2, su);
-            oshape(onew(&o, i, P_DOWN, pre, ".svd_down", QD_F16), 2, sd);
-        }
-    }
-    /* header */
-    size_t cap = 4096 + (size_t)o.n * 256, len = 0;
-    char *h = xmalloc(cap);
-    len += (size_t)snprintf(h + len, cap - len, "{\"__metadata__\":{\"format\":\"pt\",\"generator\":\"qdiff bench_sdnq\"}");
-    uint64_t off = 0;
-    for (int i = 0; i < o.n; i++) {
-        const otensor *t = &o.t[i];
-        len += (size_t)snprintf(h + len, cap - len, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t->name, qd_dtype_name(t->dt));
-        for (int k = 0; k < t->ndim; k++) len += (size_t)snprintf(h + len, cap - len, k ? ",%lld" : "%lld", (long long)t->shape[k]);
-        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
-                                (unsigned long long)(off + t->bytes));
-        off += t->bytes;
-    }
-    len += (size_t)snprintf(h + len, cap - len, "}");
-    while (len % 8) h[len++] = ' ';
-    snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", dir);
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) die("%s: %s", tmp, strerror(errno));
-    uint8_t lb[8];
-    for (int i = 0; i < 8; i++) lb[i] = (uint8_t)((uint64_t)len >> (8 * i));
-    int ok = fwrite(lb, 1, 8, f) == 8 && fwrite(h, 1, len, f) == len;
-    free(h);
-    /* data, parameter by parameter (a layer's stored tensors are consecutive) */
-    for (int i = 0, ti = 0; i < pl->n && ok; i++) {
-        const pdesc *d = &pl->p[i];
-        float *w = xmalloc(sizeof(float) * (size_t)numel(d));
-        values(d, w);
-        if (!isq[i]) {
-            uint16_t *u = xmalloc(sizeof(uint16_t) * (size_t)numel(d));
-            for (int64_t k = 0; k < numel(d); k++) u[k] = qd_f32_to_f16(w[k]);
-            ok = fwrite(u, 2, (size_t)numel(d), f) == (size_t)numel(d);
-            free(u);
-            ti++;
-        } else {
-            qlayer ql = {0};
-            void *buf[5] = {0};
-            for (int t = ti; t < o.n && o.t[t].param == i; t++) {
-                buf[o.t[t].what - P_CODES] = calloc(1, (size_t)o.t[t].bytes);
-                if (!buf[o.t[t].what - P_CODES]) die("out of memory");
-            }
-            ql.codes = buf[0]; ql.scale = buf[1]; ql.zp = buf[2]; ql.up = buf[3]; ql.down = buf[4];
-            quantize(&lay[i], w, &ql);
-            for (; ti < o.n && o.t[ti].param == i && ok; ti++)
-                ok = fwrite(buf[o.t[ti].what - P_CODES], 1, (size_t)o.t[ti].bytes, f) == (size_t)o.t[ti].bytes;
-            for (int k = 0; k < 5; k++) free(buf[k]);
-        }
-        free(w);
-    }
-    if (fclose(f) != 0) ok = 0;
-    if (!ok) { remove(tmp); die("%s: write failed (disk full?)", tmp); }
-    if (rename(tmp, path)) die("rename %s: %s", tmp, strerror(errno));
-    free(o.t);
-    free(lay);
-    free(isq);
-    qd_sdnq_config_free(cfg);
-    return off;
+    uint64_t bytes = sdnq_write_component(ctx, dir, pl, q, text, &WRITER);
+    free(text);
+    return bytes;
 }
 
 /* ---- measuring ---- */
-
-static long status_kb(const char *key) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f) return -1;
-    char line[256];
-    long v = -1;
-    size_t kl = strlen(key);
-    while (fgets(line, sizeof line, f))
-        if (!strncmp(line, key, kl) && line[kl] == ':') { v = atol(line + kl + 1); break; }
-    fclose(f);
-    return v;
-}
-
-/* Reset VmHWM to the current RSS (Linux >= 4.0); 0 on success. */
-static int reset_hwm(void) {
-    FILE *f = fopen("/proc/self/clear_refs", "w");
-    if (!f) return -1;
-    int ok = fputs("5", f) >= 0;
-    return fclose(f) == 0 && ok ? 0 : -1;
-}
-
-static double machine_busy_s(void) {
-    FILE *f = fopen("/proc/stat", "r");
-    if (!f) return 0;
-    unsigned long long v[8] = {0};
-    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
-    fclose(f);
-    if (n < 8) return 0;
-    return (double)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / (double)sysconf(_SC_CLK_TCK);
-}
-
-static double self_cpu_s(void) {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec + 1e-6 * (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
-}
-
-/* Wait (at most max_s) for the machine to be idle for a second (< 20% of a CPU busy). */
-static void wait_idle(double max_s) {
-    double t0 = qd_now();
-    for (;;) {
-        double b0 = machine_busy_s();
-        usleep(1000000);
-        if (machine_busy_s() - b0 < 0.2 || qd_now() - t0 > max_s) return;
-    }
-}
 
 typedef struct {
     int ok;
@@ -635,7 +146,7 @@ static void run_unet(const unet_job *j, unet_result *r) {
     ctx->trace = on_op;
     ctx->trace_user = ops;
     for (int s = 0; s <= j->steps; s++) {   /* step 0 is the first forward: its HWM is "after one forward" */
-        wait_idle(j->idle_wait);
+        wait_idle(j->idle_wait, 0);
         memset(ops, 0, sizeof ops);
         double b0 = machine_busy_s(), c0 = self_cpu_s();
         t0 = qd_now();
@@ -779,23 +290,6 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) static int vnni512(long i
     return _mm512_reduce_add_epi32(s);
 }
 
-__attribute__((target("avx512f"))) static float fma512(long iters) {
-    __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-    __m512 a0 = _mm512_set1_ps(0), a1 = _mm512_set1_ps(1), a2 = _mm512_set1_ps(2), a3 = _mm512_set1_ps(3);
-    __m512 a4 = _mm512_set1_ps(4), a5 = _mm512_set1_ps(5), a6 = _mm512_set1_ps(6), a7 = _mm512_set1_ps(7);
-    __m512 a8 = _mm512_set1_ps(8), a9 = _mm512_set1_ps(9), a10 = _mm512_set1_ps(10), a11 = _mm512_set1_ps(11);
-    for (long k = 0; k < iters; k++) {
-        a0 = _mm512_fmadd_ps(a0, m, c); a1 = _mm512_fmadd_ps(a1, m, c); a2 = _mm512_fmadd_ps(a2, m, c);
-        a3 = _mm512_fmadd_ps(a3, m, c); a4 = _mm512_fmadd_ps(a4, m, c); a5 = _mm512_fmadd_ps(a5, m, c);
-        a6 = _mm512_fmadd_ps(a6, m, c); a7 = _mm512_fmadd_ps(a7, m, c); a8 = _mm512_fmadd_ps(a8, m, c);
-        a9 = _mm512_fmadd_ps(a9, m, c); a10 = _mm512_fmadd_ps(a10, m, c); a11 = _mm512_fmadd_ps(a11, m, c);
-    }
-    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    return _mm512_reduce_add_ps(s);
-}
-
 typedef struct { int vnni; double seconds, ops; long sink; } peak_job;
 
 static void *peak_worker(void *arg) {
@@ -803,7 +297,7 @@ static void *peak_worker(void *arg) {
     double t0 = qd_now();
     long rounds = 0;
     do {
-        j->sink += j->vnni ? vnni512(ITERS) : (long)fma512(ITERS);
+        j->sink += j->vnni ? vnni512(ITERS) : (long)fma512_chains(ITERS);
         rounds++;
     } while (qd_now() - t0 < j->seconds);
     j->seconds = qd_now() - t0;
@@ -816,7 +310,7 @@ static void *peak_worker(void *arg) {
 static double peak(int vnni, int threads, int reps, double idle_wait) {
     double best = 0;
     for (int r = 0; r < reps; r++) {
-        wait_idle(idle_wait);
+        wait_idle(idle_wait, 0);
         pthread_t th[64];
         peak_job jobs[64];
         for (int i = 0; i < threads; i++) {
@@ -851,7 +345,7 @@ typedef struct {
 static double time_linear(qd_ctx *ctx, const float *x, int64_t M, const qd_weight *w, float *y, double idle_wait) {
     double best = 1e30;
     qd_linear(ctx, x, M, w, NULL, y);   /* warm-up: pages, packing buffers */
-    wait_idle(idle_wait);
+    wait_idle(idle_wait, 0);
     for (int r = 0; r < 5; r++) {
         double t0 = qd_now();
         qd_linear(ctx, x, M, w, NULL, y);
@@ -960,12 +454,12 @@ int main(int argc, char **argv) {
     qd_ctx *ctx = qd_ctx_new(1);
     if (!ctx) die("no context");
 
-    static const struct { const char *tag; qspec q; } kinds[3] = {
-        {"fp16", {NULL, 0, 0, 0}},
-        {"int8", {"int8", 0, 1, 0}},
-        {"uint4", {"uint4", 32, 0, 0}},
+    static const struct { const char *tag; sdnq_spec q; } kinds[3] = {
+        {"fp16", {.weights_dtype = NULL}},
+        {"int8", {.weights_dtype = "int8", .qmm = 1}},
+        {"uint4", {.weights_dtype = "uint4", .svd_rank = 32}},
     };
-    qspec qs[3];
+    sdnq_spec qs[3];
     for (int k = 0; k < 3; k++) {
         qs[k] = kinds[k].q;
         qs[k].quant_conv = quant_conv;
@@ -999,7 +493,7 @@ int main(int argc, char **argv) {
             mkdir(dir, 0755);
             snprintf(cfgp, sizeof cfgp, "%s/config.json", dir);
             write_text(cfgp, "{\"_class_name\": \"Linear\"}\n");
-            qspec q = qs[k];
+            sdnq_spec q = qs[k];
             q.quant_conv = 0;
             write_component(ctx, dir, &gp, &q);
         }
@@ -1025,6 +519,7 @@ int main(int argc, char **argv) {
         cJSON *cfg;
         if (qd_json_load(ctx, config, &cfg) != QD_OK) die("%s", qd_last_error(ctx));
         plist pl = {0};
+        unet_require_sd1(cfg);
         unet_params(cfg, &pl);
         int64_t nparams = 0, nlin = 0, nconv = 0;
         for (int i = 0; i < pl.n; i++) {
