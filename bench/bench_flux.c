@@ -5,7 +5,7 @@
  *              --layout bf16|int8|int8-qmm|uint4-svd [--matmul exact|int8]
  *              [--double N] [--single N] [--image 512] [--text 512] [--svd-rank 32]
  *              [--dir DIR] [--trace OUT.json] [--threads N] [--warmup N] [--steps N]
- *              [--idle-wait S] [--reuse] [--keep] [--write-only]
+ *              [--idle-wait S] [--reuse] [--keep] [--write-only] [--precision fp32|bf16]
  *
  * 1. Writes a diffusers "transformer" folder into DIR (default /tmp/qd_bench_flux_LAYOUT):
  *    config.json (the FLUX.1-dev config, num_layers / num_single_layers replaced by
@@ -167,12 +167,13 @@ static void usage(void) {
             "usage: bench_flux --config FILE --layout bf16|int8|int8-qmm|uint4-svd [--matmul exact|int8]\n"
             "                  [--double N] [--single N] [--image PX] [--text L] [--svd-rank R] [--dir DIR]\n"
             "                  [--trace OUT.json] [--threads N] [--warmup N] [--steps N] [--idle-wait S]\n"
-            "                  [--reuse] [--keep] [--write-only]\n");
+            "                  [--reuse] [--keep] [--write-only] [--precision fp32|bf16]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
-    const char *config = NULL, *dir = NULL, *trace_path = NULL, *layout = "bf16", *matmul = "exact";
+    const char *config = NULL, *dir = NULL, *trace_path = NULL, *layout = "bf16", *matmul = "exact",
+               *precision = "fp32";
     setvbuf(stdout, NULL, _IOLBF, 0);
     int image = 512, text = 512, threads = 0, warmup = 0, steps = 1, reuse = 0, keep = 0, write_only = 0;
     int nd = -1, ns = -1, svd_rank = 32;
@@ -188,6 +189,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--config")) config = v;
         else if (!strcmp(a, "--layout")) layout = v;
         else if (!strcmp(a, "--matmul")) matmul = v;
+        else if (!strcmp(a, "--precision")) precision = v;
         else if (!strcmp(a, "--double")) nd = atoi(v);
         else if (!strcmp(a, "--single")) ns = atoi(v);
         else if (!strcmp(a, "--image")) image = atoi(v);
@@ -217,6 +219,8 @@ int main(int argc, char **argv) {
 
     qd_ctx *ctx = qd_ctx_new(threads);
     if (!ctx) die("no context");
+    if (strcmp(precision, "fp32") && strcmp(precision, "bf16")) die("--precision must be fp32 or bf16");
+    qd_set_precision(ctx, !strcmp(precision, "bf16") ? QD_PRECISION_BF16 : QD_PRECISION_FP32);
     cJSON *cfg;
     if (qd_json_load(ctx, config, &cfg) != QD_OK) die("%s", qd_last_error(ctx));
     if (nd >= 0) cJSON_ReplaceItemInObjectCaseSensitive(cfg, "num_layers", cJSON_CreateNumber(nd));
@@ -354,8 +358,8 @@ int main(int argc, char **argv) {
     getrusage(RUSAGE_SELF, &ru);
     long hwm = status_kb("VmHWM"), anon = status_kb("RssAnon"), file = status_kb("RssFile");
     printf("\n== FLUX transformer forward: %dx%d image (%lld tokens) + %lld text tokens, batch 1, %s weights, "
-           "matmul %s, %d threads, GEMM kernel %s ==\n",
-           image, image, (long long)N, (long long)L, layout, matmul, qd_ctx_threads(ctx), qd_gemm_isa());
+           "matmul %s, %s math, %d threads, GEMM kernel %s ==\n",
+           image, image, (long long)N, (long long)L, layout, matmul, precision, qd_ctx_threads(ctx), qd_gemm_isa());
     printf("blocks      %d double + %d single (FLUX.1-dev has 19 + 38)\n", nd, ns);
     printf("s/step      %.3f (best of %d; mean %.3f; %d warm-up)\n", best, steps, sum / steps, warmup);
     printf("per block   double %.3f s, single %.3f s, outside the blocks %.3f s (from the trace's timestamps)\n",
