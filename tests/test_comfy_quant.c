@@ -17,15 +17,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char tmpdir[64];
-static const char *tmp(const char *name) {
-    static char buf[4][256];
-    static int k;
-    char *b = buf[k++ % 4];
-    snprintf(b, 256, "%s/%s", tmpdir, name);
-    return b;
-}
-
 static uint64_t rng = 88172645463325252ull;
 static uint32_t rnd(void) { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return (uint32_t)(rng >> 11); }
 static float frand(void) { return (float)(rnd() % 2000001) / 1000000.0f - 1.0f; }
@@ -170,7 +161,7 @@ static void test_fp8(qd_ctx *ctx) {
         CQ("c.comfy_quant", c3), T("c.weight", QD_F8_E4M3, 2, N, K, 0, q), T("c.weight_scale", QD_F32, 1, N, 0, 0, srow),
         T("plain.weight", QD_F32, 1, 1, 0, 0, &one),
     };
-    const char *path = tmp("fp8.safetensors");
+    const char *path = scratch_path("fp8.safetensors");
     write_file(path, t, (int)(sizeof t / sizeof t[0]), NULL);
     double *ref = malloc(sizeof(double) * N * K);
     for (int i = 0; i < N * K; i++) ref[i] = ref_e4m3(q[i]) * s;
@@ -224,7 +215,7 @@ static void test_int8(qd_ctx *ctx) {
         CQ("m.p.comfy_quant", "{\"format\": \"int8_tensorwise\", \"params\": {\"convrot\": true, \"convrot_groupsize\": 64}}"),
         T("m.p.weight", QD_I8, 2, N, K, 0, q), T("m.p.weight_scale", QD_F32, 1, N, 0, 0, srow),
     };
-    const char *path = tmp("int8.safetensors");
+    const char *path = scratch_path("int8.safetensors");
     write_file(path, t, (int)(sizeof t / sizeof t[0]), NULL);
     double *ref = malloc(sizeof(double) * N * K);
     for (int i = 0; i < N * K; i++) ref[i] = q[i] * (double)s;
@@ -255,7 +246,7 @@ static void test_int8(qd_ctx *ctx) {
         CQ("b.g.comfy_quant", "{\"format\": \"int8_blockwise\"}"), T("b.g.weight", QD_I8, 2, N, K, 0, q),
         T("b.g.weight_scale", QD_F32, 3, N, 16, 1, rg),
     };
-    const char *pb = tmp("int8b.safetensors");
+    const char *pb = scratch_path("int8b.safetensors");
     write_file(pb, tb, (int)(sizeof tb / sizeof tb[0]), NULL);
     for (int i = 0; i < N * K; i++) ref[i] = q[i] * (double)tile[(i / K / 4) * 16 + (i % K) / 4];
     expect_weight(ctx, "int8_blockwise 4x4 tiles", pb, "b.t", N, K, ref);
@@ -287,7 +278,7 @@ static void test_nvfp4(qd_ctx *ctx) {
         T("p.pre_quant_scale", QD_F32, 1, K, 0, 0, pqs),
     };
     check(Rp == 128 && Cp == 4, "to_blocked pads [32,3] to [128,4]");
-    const char *path = tmp("nvfp4.safetensors");
+    const char *path = scratch_path("nvfp4.safetensors");
     write_file(path, t, (int)(sizeof t / sizeof t[0]), NULL);
     double *ref = malloc(sizeof(double) * N * K);
     for (int r = 0; r < N; r++)
@@ -315,7 +306,7 @@ static void test_mxfp8(qd_ctx *ctx) {
         CQ("y.comfy_quant", "{\"format\": \"hybrid_mxfp8\"}"), T("y.weight", QD_F8_E4M3, 2, NP, KP, 0, q),
         T("y.weight_scale", QD_F8_E8M0, 2, Rp, Cp, 0, swz),
     };
-    const char *path = tmp("mxfp8.safetensors");
+    const char *path = scratch_path("mxfp8.safetensors");
     write_file(path, t, (int)(sizeof t / sizeof t[0]), NULL);
     double *ref = malloc(sizeof(double) * NP * KP);
     for (int r = 0; r < N; r++)
@@ -349,7 +340,7 @@ static void test_metadata_override(qd_ctx *ctx) {
     };
     const char *meta = "\"_quantization_metadata\":\"{\\\"format_version\\\": \\\"1.0\\\", \\\"layers\\\": "
                        "{\\\"l\\\": {\\\"format\\\": \\\"float8_e4m3fn\\\"}, \\\"h\\\": {\\\"format\\\": \\\"float8_e4m3fn\\\"}}}\"";
-    const char *path = tmp("meta.safetensors");
+    const char *path = scratch_path("meta.safetensors");
     write_file(path, t, (int)(sizeof t / sizeof t[0]), meta);
     double ref[N * K];
     for (int i = 0; i < N * K; i++) ref[i] = ref_e4m3(q[i]) * s;
@@ -373,7 +364,7 @@ static void test_legacy_scaled_fp8(qd_ctx *ctx) {
         T("b.scale_input", QD_F32, 0, 0, 0, 0, &one),
         T("c.weight", QD_BF16, 2, N, K, 0, bf), T("c.scale_weight", QD_F32, 0, 0, 0, 0, &one),
     };
-    const char *path = tmp("legacy.safetensors");
+    const char *path = scratch_path("legacy.safetensors");
     write_file(path, t, (int)(sizeof t / sizeof t[0]), NULL);
     double ref[N * K];
     for (int i = 0; i < N * K; i++) ref[i] = ref_e4m3(q[i]) * s;
@@ -396,7 +387,7 @@ static void test_legacy_scaled_fp8(qd_ctx *ctx) {
 
 static void expect_bad(qd_ctx *ctx, const char *what, qd_st_out *t, int n, const char *meta, const char *want1,
                        const char *want2) {
-    const char *path = tmp("bad.safetensors");
+    const char *path = scratch_path("bad.safetensors");
     write_file(path, t, n, meta);
     qd_st_set st;
     if (qd_st_open(ctx, path, &st) != QD_OK) { check(0, "%s: reader refused the file: %s", what, qd_last_error(ctx)); return; }
@@ -484,10 +475,7 @@ static void test_bad(qd_ctx *ctx) {
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_cq_test_%d", (int)getpid());
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "mkdir -p %s", tmpdir);
-    if (system(cmd) != 0) return 1;
+    if (!scratch_make("cq_test")) return test_summary();
     qd_ctx *ctx = qd_ctx_new(2);
     test_fp8(ctx);
     test_int8(ctx);
@@ -497,7 +485,6 @@ int main(void) {
     test_legacy_scaled_fp8(ctx);
     test_bad(ctx);
     qd_ctx_free(ctx);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    if (system(cmd) != 0) return 1;
+    scratch_remove();
     return test_summary();
 }

@@ -21,8 +21,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char tmpdir[64];
-
 /* dst = a folder of links to src's entries, except component/, which gets links to its files
  * except the weights file. Returns the weights path to write. */
 static void mirror(const char *src, const char *dst, const char *component, const char *weights, char *wpath, size_t n) {
@@ -125,7 +123,7 @@ static void run_model(qd_ctx *ctx, const char *family, const char *component, co
     const char *src = fixture(qd_json_str(cases, "model_dir", ""));
     char srcdir[1024], qdir[256], ddir[256], qw[1024], dw[1024], srcw[1200];
     snprintf(srcdir, sizeof srcdir, "%s", src);
-    snprintf(qdir, sizeof qdir, "%s/%s-%s%s", tmpdir, family, dtype, convrot ? "-convrot" : "");
+    snprintf(qdir, sizeof qdir, "%s/%s-%s%s", scratch_dir(), family, dtype, convrot ? "-convrot" : "");
     snprintf(ddir, sizeof ddir, "%s-dense", qdir);
     const char *wname = "diffusion_pytorch_model.safetensors";
     mirror(srcdir, qdir, component, wname, qw, sizeof qw);
@@ -163,16 +161,12 @@ static void run_model(qd_ctx *ctx, const char *family, const char *component, co
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_cqm_test_%d", (int)getpid());
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "mkdir -p %s", tmpdir);
-    if (system(cmd) != 0) return 1;
+    if (!scratch_make("cqm_test")) return test_summary();
     qd_ctx *ctx = qd_ctx_new(0);
     run_model(ctx, "flux-tiny", "transformer", "int8_tensorwise", 1);
     run_model(ctx, "flux-tiny", "transformer", "float8_e4m3fn", 0);
     run_model(ctx, "sd15-tiny", "unet", "int8_tensorwise", 0);
     qd_ctx_free(ctx);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    if (system(cmd) != 0) return 1;
+    scratch_remove();
     return test_summary();
 }

@@ -24,15 +24,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char tmpdir[64];
-static const char *tmp(const char *name) {
-    static char buf[8][256];
-    static int k;
-    char *b = buf[k++ % 8];
-    snprintf(b, 256, "%s/%s", tmpdir, name);
-    return b;
-}
-
 static uint64_t rng = 0x2545F4914F6CDD1Dull;
 static float frand(void) {
     rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
@@ -244,7 +235,7 @@ static void test_variant(qd_ctx *ctx, const char *src, const variant *v) {
     char outname[64];
     snprintf(outname, sizeof outname, "out_%s%s.safetensors", v->name, v->convrot ? "_convrot" : "");
     char out[256];
-    snprintf(out, sizeof out, "%s", tmp(outname));
+    snprintf(out, sizeof out, "%s", scratch_path(outname));
     qd_cqw_options o = {0};
     o.type = v->type;
     o.convrot = v->convrot;
@@ -316,7 +307,7 @@ static void test_filters_and_lora(qd_ctx *ctx, const char *src) {
     o.exclude = exclude;
     o.n_exclude = 1;
     char out[256], outl[256], lp[256];
-    snprintf(out, sizeof out, "%s", tmp("filtered.safetensors"));
+    snprintf(out, sizeof out, "%s", scratch_path("filtered.safetensors"));
     qd_cqw_report rep;
     check(qd_cqw_write(ctx, src, out, &o, &rep) == QD_OK && rep.quantized == 2 && rep.copied == 8,
           "filters: flux2 preset and an exclude regex leave 2 layers quantized (%lld)", (long long)rep.quantized);
@@ -344,7 +335,7 @@ static void test_filters_and_lora(qd_ctx *ctx, const char *src) {
         {"lora_unet_input_blocks_1_0_in_layers_2.lora_up.weight", QD_F16, 4, {8, R, 1, 1}, u2},
         {"lora_unet_input_blocks_1_0_in_layers_2.alpha", QD_F32, 0, {0}, &alpha2},
     };
-    snprintf(lp, sizeof lp, "%s", tmp("lora.safetensors"));
+    snprintf(lp, sizeof lp, "%s", scratch_path("lora.safetensors"));
     if (qd_st_write(ctx, lp, lt, 6, NULL) != QD_OK) check(0, "write lora: %s", qd_last_error(ctx));
     const char *paths[1] = {lp};
     float scale = 0.5f;
@@ -353,7 +344,7 @@ static void test_filters_and_lora(qd_ctx *ctx, const char *src) {
     qd_cqw_options ol = {0};
     ol.type = QD_CQW_INT8_TENSORWISE;
     ol.lora = set;
-    snprintf(outl, sizeof outl, "%s", tmp("merged.safetensors"));
+    snprintf(outl, sizeof outl, "%s", scratch_path("merged.safetensors"));
     check(qd_cqw_write(ctx, src, outl, &ol, &rep) == QD_OK && rep.lora_merged == 2, "LoRA merged into 2 tensors while writing (%lld): %s",
           (long long)rep.lora_merged, qd_last_error(ctx));
     check(qd_lora_set_check(ctx, set) == QD_OK, "every LoRA pair matched");
@@ -394,7 +385,7 @@ static void test_filters_and_lora(qd_ctx *ctx, const char *src) {
 static int qd_file_exists_test(const char *path) { return access(path, F_OK) == 0; }
 
 static int dir_entries(void) {
-    DIR *d = opendir(tmpdir);
+    DIR *d = opendir(scratch_dir());
     int n = 0;
     for (struct dirent *e; d && (e = readdir(d));) n += e->d_name[0] != '.';
     if (d) closedir(d);
@@ -405,7 +396,7 @@ static void test_bad(qd_ctx *ctx, const char *src) {
     int before = dir_entries();
     qd_cqw_options o = {0};
     char out[256];
-    snprintf(out, sizeof out, "%s", tmp("bad_out.safetensors"));
+    snprintf(out, sizeof out, "%s", scratch_path("bad_out.safetensors"));
     o.type = QD_CQW_FLOAT8_E4M3FN;
     o.convrot = 1;
     check(qd_cqw_write(ctx, src, out, &o, NULL) != QD_OK && strstr(qd_last_error(ctx), "int8_tensorwise only"),
@@ -429,18 +420,18 @@ static void test_bad(qd_ctx *ctx, const char *src) {
     check(qd_cqw_write(ctx, src, out, &o, NULL) != QD_OK && strstr(qd_last_error(ctx), "bad exclude pattern"),
           "bad regex: %s", qd_last_error(ctx));
     o.n_exclude = 0;
-    check(qd_cqw_write(ctx, tmp("nope.safetensors"), out, &o, NULL) != QD_OK && strstr(qd_last_error(ctx), "nope.safetensors"),
+    check(qd_cqw_write(ctx, scratch_path("nope.safetensors"), out, &o, NULL) != QD_OK && strstr(qd_last_error(ctx), "nope.safetensors"),
           "missing input: %s", qd_last_error(ctx));
-    check(qd_cqw_write(ctx, tmp("out_int8_tensorwise.safetensors"), out, &o, NULL) != QD_OK &&
+    check(qd_cqw_write(ctx, scratch_path("out_int8_tensorwise.safetensors"), out, &o, NULL) != QD_OK &&
               strstr(qd_last_error(ctx), "already a comfy_quant"),
           "already quantized input: %s", qd_last_error(ctx));
-    check(qd_cqw_write(ctx, src, tmp("no/such/dir/out.safetensors"), &o, NULL) != QD_OK && strstr(qd_last_error(ctx), "no/such/dir"),
+    check(qd_cqw_write(ctx, src, scratch_path("no/such/dir/out.safetensors"), &o, NULL) != QD_OK && strstr(qd_last_error(ctx), "no/such/dir"),
           "unwritable output: %s", qd_last_error(ctx));
     /* a LoRA naming a weight with a different shape fails mid-stream: nothing is left behind */
     static uint16_t d[2 * 7], u[FC1_N * 2];
     qd_st_out lt[] = {{"lora_unet_blocks_0_mlp_fc1.lora_down.weight", QD_F16, 2, {2, 7}, d},
                       {"lora_unet_blocks_0_mlp_fc1.lora_up.weight", QD_F16, 2, {FC1_N, 2}, u}};
-    const char *lp = tmp("badlora.safetensors");
+    const char *lp = scratch_path("badlora.safetensors");
     qd_st_write(ctx, lp, lt, 2, NULL);
     before++;
     const char *paths[1] = {lp};
@@ -498,7 +489,7 @@ static void test_public_api(qd_ctx *ctx, const char *src) {
     qd_free(json);
 
     char out[256];
-    snprintf(out, sizeof out, "%s", tmp("api.safetensors"));
+    snprintf(out, sizeof out, "%s", scratch_path("api.safetensors"));
     p.dry_run = 0;
     check(qd_comfy_quantize(ctx, src, out, &p, NULL) == QD_OK, "write through the API: %s", qd_last_error(ctx));
     check(qd_comfy_quantize(ctx, src, out, &p, NULL) != QD_OK && strstr(qd_last_error(ctx), "already exists"),
@@ -515,8 +506,8 @@ static void test_public_api(qd_ctx *ctx, const char *src) {
     qd_st_out lt[] = {{"lora_unet_nothing_here.lora_down.weight", QD_F16, 2, {2, 7}, d},
                       {"lora_unet_nothing_here.lora_up.weight", QD_F16, 2, {5, 2}, u}};
     char lp[256], out3[256];
-    snprintf(lp, sizeof lp, "%s", tmp("nomatch_lora.safetensors"));
-    snprintf(out3, sizeof out3, "%s", tmp("nomatch_out.safetensors"));
+    snprintf(lp, sizeof lp, "%s", scratch_path("nomatch_lora.safetensors"));
+    snprintf(out3, sizeof out3, "%s", scratch_path("nomatch_out.safetensors"));
     qd_st_write(ctx, lp, lt, 2, NULL);
     const char *lpaths[1] = {lp};
     qd_lora_set *set = NULL;
@@ -532,19 +523,16 @@ static void test_public_api(qd_ctx *ctx, const char *src) {
     p.progress = cancel_after_first;
     p.progress_user = &calls;
     char out2[256];
-    snprintf(out2, sizeof out2, "%s", tmp("cancelled.safetensors"));
+    snprintf(out2, sizeof out2, "%s", scratch_path("cancelled.safetensors"));
     check(qd_comfy_quantize(ctx, src, out2, &p, NULL) == QD_ERR_CANCELLED && calls == 1 && !qd_file_exists_test(out2),
           "progress callback cancels; no output left (%d calls)", calls);
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_cqw_test_%d", (int)getpid());
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "mkdir -p %s", tmpdir);
-    if (system(cmd) != 0) return 1;
+    if (!scratch_make("cqw_test")) return test_summary();
     qd_ctx *ctx = qd_ctx_new(2);
     static char src[256];
-    snprintf(src, sizeof src, "%s", tmp("source.safetensors"));
+    snprintf(src, sizeof src, "%s", scratch_path("source.safetensors"));
     make_source(src);
     variant vs[] = {
         {"int8_tensorwise", QD_CQW_INT8_TENSORWISE, 0, 0, 1},
@@ -557,7 +545,6 @@ int main(void) {
     test_bad(ctx, src);
     test_public_api(ctx, src);
     qd_ctx_free(ctx);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    if (system(cmd) != 0) return 1;
+    scratch_remove();
     return test_summary();
 }

@@ -16,15 +16,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static char tmpdir[64];
-static const char *tmp(const char *name) {
-    static char buf[8][256];
-    static int k;
-    char *b = buf[k++ % 8];
-    snprintf(b, 256, "%s/%s", tmpdir, name);
-    return b;
-}
-
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static float frand(void) {
     rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
@@ -121,7 +112,7 @@ static void test_conventions(qd_ctx *ctx) {
              &meta, 0);
     add_pair(&f, "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_k", "_lora.down.weight",
              "_lora.up.weight", &proc, 0);
-    const char *path = tmp("conventions.safetensors");
+    const char *path = scratch_path("conventions.safetensors");
     /* alpha for the "meta" pair comes from the header key the fork reads */
     write_lora(path, &f, "\"lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_2_alpha\":\"1.5\"");
 
@@ -187,7 +178,7 @@ static void test_dampening(qd_ctx *ctx) {
     add_pair(&f1, "lora_unet_x_proj", ".lora_down.weight", ".lora_up.weight", &a, 1.0f);
     add_pair(&f2, "lora_unet_x_proj", ".lora_down.weight", ".lora_up.weight", &b, 3.0f);
     add_pair(&f2, "lora_unet_y_proj", ".lora_down.weight", ".lora_up.weight", &c, 2.0f);
-    const char *p1 = tmp("l1.safetensors"), *p2 = tmp("l2.safetensors");
+    const char *p1 = scratch_path("l1.safetensors"), *p2 = scratch_path("l2.safetensors");
     write_lora(p1, &f1, NULL);
     write_lora(p2, &f2, NULL);
     const char *paths[2] = {p1, p2};
@@ -210,7 +201,7 @@ static void test_errors(qd_ctx *ctx) {
     memset(&f, 0, sizeof f);
     add_pair(&f, "lora_unet_nowhere_a", ".lora_down.weight", ".lora_up.weight", &a, 1.0f);
     add_pair(&f, "lora_unet_nowhere_b", ".lora_down.weight", ".lora_up.weight", &a, 1.0f);
-    const char *path = tmp("nomatch.safetensors");
+    const char *path = scratch_path("nomatch.safetensors");
     write_lora(path, &f, NULL);
     const char *paths[1] = {path};
     qd_lora_set *set = NULL;
@@ -225,7 +216,7 @@ static void test_errors(qd_ctx *ctx) {
         static float wt[8 * 6];
         qd_st_out mt[] = {{"model.diffusion_model.nowhere.b.weight", QD_F32, 2, {8, 6}, wt},
                           {"model.diffusion_model.somewhere.weight", QD_F32, 2, {8, 6}, wt}};
-        const char *mp = tmp("model.safetensors");
+        const char *mp = scratch_path("model.safetensors");
         qd_st_write(ctx, mp, mt, 2, NULL);
         check(qd_lora_set_plan(ctx, set, mp, NULL) == QD_OK && qd_lora_set_check(ctx, set) == QD_OK,
               "planned against a file naming one of the pairs: check passes (%s)", qd_last_error(ctx));
@@ -236,7 +227,7 @@ static void test_errors(qd_ctx *ctx) {
     /* LoHa */
     memset(&f, 0, sizeof f);
     add_pair(&f, "lora_unet_x", ".hada_w1_a", ".hada_w1_b", &a, 0);
-    const char *loha = tmp("loha.safetensors");
+    const char *loha = scratch_path("loha.safetensors");
     write_lora(loha, &f, NULL);
     paths[0] = loha;
     check(qd_lora_set_open(ctx, paths, NULL, 1, 1.0f, &set) != QD_OK && strstr(qd_last_error(ctx), loha) &&
@@ -245,7 +236,7 @@ static void test_errors(qd_ctx *ctx) {
     /* a down half without its up half */
     memset(&f, 0, sizeof f);
     add_pair(&f, "lora_unet_x", ".lora_down.weight", ".something_else", &a, 0);
-    const char *half = tmp("half.safetensors");
+    const char *half = scratch_path("half.safetensors");
     write_lora(half, &f, NULL);
     paths[0] = half;
     check(qd_lora_set_open(ctx, paths, NULL, 1, 1.0f, &set) != QD_OK && strstr(qd_last_error(ctx), "lora_unet_x.lora_up.weight"),
@@ -253,12 +244,12 @@ static void test_errors(qd_ctx *ctx) {
     /* no LoRA keys at all */
     memset(&f, 0, sizeof f);
     add_pair(&f, "model.x", ".weight", ".bias", &a, 0);
-    const char *none = tmp("none.safetensors");
+    const char *none = scratch_path("none.safetensors");
     write_lora(none, &f, NULL);
     paths[0] = none;
     check(qd_lora_set_open(ctx, paths, NULL, 1, 1.0f, &set) != QD_OK && strstr(qd_last_error(ctx), "no LoRA pairs"),
           "not a LoRA file: %s", qd_last_error(ctx));
-    paths[0] = tmp("missing.safetensors");
+    paths[0] = scratch_path("missing.safetensors");
     check(qd_lora_set_open(ctx, paths, NULL, 1, 1.0f, &set) != QD_OK && strstr(qd_last_error(ctx), "missing.safetensors"),
           "missing file: %s", qd_last_error(ctx));
     paths[0] = path;
@@ -268,16 +259,12 @@ static void test_errors(qd_ctx *ctx) {
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_lora_test_%d", (int)getpid());
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "mkdir -p %s", tmpdir);
-    if (system(cmd) != 0) return 1;
+    if (!scratch_make("lora_test")) return test_summary();
     qd_ctx *ctx = qd_ctx_new(2);
     test_conventions(ctx);
     test_dampening(ctx);
     test_errors(ctx);
     qd_ctx_free(ctx);
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    if (system(cmd) != 0) return 1;
+    scratch_remove();
     return test_summary();
 }

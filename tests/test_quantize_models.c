@@ -23,16 +23,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char tmpdir[256];
-
-static const char *tmp(const char *name) {
-    static char buf[8][512];
-    static int k;
-    char *b = buf[k++ % 8];
-    snprintf(b, 512, "%s/%s", tmpdir, name);
-    return b;
-}
-
 static qd_status quantize(qd_ctx *ctx, const char *in, const char *out, const qd_quant_params *p, cJSON **report) {
     char *json = NULL;
     qd_status st = qd_quantize(ctx, in, out, p, &json);
@@ -172,31 +162,31 @@ static void flux(qd_ctx *ctx) {
     qd_quant_params p;
     fixture_params(&p);
     p.use_quantized_matmul = 1;
-    int ok = quantize(ctx, fixture("models/flux-tiny"), tmp("flux-a"), &p, NULL) == QD_OK;
+    int ok = quantize(ctx, fixture("models/flux-tiny"), scratch_path("flux-a"), &p, NULL) == QD_OK;
     fixture_params(&p);
     p.components = "text_encoder_2";
     p.weights_dtype = "uint4";
     p.group_size = 16;
-    ok = ok && quantize(ctx, tmp("flux-a"), tmp("flux"), &p, NULL) == QD_OK;
+    ok = ok && quantize(ctx, scratch_path("flux-a"), scratch_path("flux"), &p, NULL) == QD_OK;
     check(ok, "FLUX: transformer int8 (quantized-matmul layout) and T5 uint4 g16 written");
     if (!ok) return;
-    same_tensors(ctx, tmp("flux/transformer/diffusion_pytorch_model.safetensors"),
+    same_tensors(ctx, scratch_path("flux/transformer/diffusion_pytorch_model.safetensors"),
                  fixture("models/flux-tiny-sdnq-int8-qmm/transformer/diffusion_pytorch_model.safetensors"), 1);
-    same_tensors(ctx, tmp("flux/text_encoder_2/model.safetensors"),
+    same_tensors(ctx, scratch_path("flux/text_encoder_2/model.safetensors"),
                  fixture("models/flux-tiny-sdnq-int8-qmm/text_encoder_2/model.safetensors"), 1);
-    same_config(ctx, tmp("flux/transformer/quantization_config.json"),
+    same_config(ctx, scratch_path("flux/transformer/quantization_config.json"),
                 fixture("models/flux-tiny-sdnq-int8-qmm/transformer/quantization_config.json"), NULL);
     /* transformers drops the tied embed_tokens from the file; sdnq still lists the module */
-    same_config(ctx, tmp("flux/text_encoder_2/quantization_config.json"),
+    same_config(ctx, scratch_path("flux/text_encoder_2/quantization_config.json"),
                 fixture("models/flux-tiny-sdnq-int8-qmm/text_encoder_2/quantization_config.json"), "encoder.embed_tokens.weight");
     qd_set_matmul(ctx, QD_MATMUL_EXACT);
-    double d = golden_dev(ctx, tmp("flux"), "goldens/flux-tiny-sdnq-int8-qmm", "pipe_default.safetensors");
+    double d = golden_dev(ctx, scratch_path("flux"), "goldens/flux-tiny-sdnq-int8-qmm", "pipe_default.safetensors");
     check(d >= 0 && d <= 1e-3, "FLUX quantized by qdiff reproduces the diffusers+sdnq golden: latents rel_l2 %.3g (tol 1e-3)", d);
     /* unquantized golden: these tiny random models amplify weight error a lot (the
      * uint4 g16 T5 alone moves the 4-step latents by ~0.2), so the bound is the
      * deviation sdnq's own folder shows on the same case (+1e-3): the tensors are
      * sdnq's, so the two must agree */
-    double du = golden_dev(ctx, tmp("flux"), "goldens/flux-tiny", "pipe_flow_euler.safetensors");
+    double du = golden_dev(ctx, scratch_path("flux"), "goldens/flux-tiny", "pipe_flow_euler.safetensors");
     double su = golden_dev(ctx, fixture("models/flux-tiny-sdnq-int8-qmm"), "goldens/flux-tiny", "pipe_flow_euler.safetensors");
     check(du >= 0 && su >= 0 && du <= su + 1e-3,
           "FLUX quantized by qdiff vs the unquantized golden: latents rel_l2 %.3g (bound: sdnq's folder %.3g + 1e-3)", du, su);
@@ -209,24 +199,24 @@ static void sd15(qd_ctx *ctx) {
     p.weights_dtype = "uint4";
     p.use_svd = 1;
     p.svd_rank = 8;
-    int ok = quantize(ctx, fixture("models/sd15-tiny"), tmp("sd-a"), &p, NULL) == QD_OK;
+    int ok = quantize(ctx, fixture("models/sd15-tiny"), scratch_path("sd-a"), &p, NULL) == QD_OK;
     fixture_params(&p);
     p.components = "text_encoder";
-    ok = ok && quantize(ctx, tmp("sd-a"), tmp("sd"), &p, NULL) == QD_OK;
+    ok = ok && quantize(ctx, scratch_path("sd-a"), scratch_path("sd"), &p, NULL) == QD_OK;
     check(ok, "SD1.5: UNet uint4 + SVD rank 8 and CLIP int8 written");
     if (!ok) return;
-    same_tensors(ctx, tmp("sd/text_encoder/model.safetensors"),
+    same_tensors(ctx, scratch_path("sd/text_encoder/model.safetensors"),
                  fixture("models/sd15-tiny-sdnq-uint4-svd/text_encoder/model.safetensors"), 1);
-    same_tensors(ctx, tmp("sd/unet/diffusion_pytorch_model.safetensors"),
+    same_tensors(ctx, scratch_path("sd/unet/diffusion_pytorch_model.safetensors"),
                  fixture("models/sd15-tiny-sdnq-uint4-svd/unet/diffusion_pytorch_model.safetensors"), 0);
-    same_config(ctx, tmp("sd/text_encoder/quantization_config.json"),
+    same_config(ctx, scratch_path("sd/text_encoder/quantization_config.json"),
                 fixture("models/sd15-tiny-sdnq-uint4-svd/text_encoder/quantization_config.json"), NULL);
-    same_config(ctx, tmp("sd/unet/quantization_config.json"),
+    same_config(ctx, scratch_path("sd/unet/quantization_config.json"),
                 fixture("models/sd15-tiny-sdnq-uint4-svd/unet/quantization_config.json"), NULL);
     /* config.json: sdnq's file is the dense config with quantization_config added */
     char *a = NULL, *b = NULL;
     size_t na, nb;
-    qd_read_file(ctx, tmp("sd/unet/config.json"), &a, &na);
+    qd_read_file(ctx, scratch_path("sd/unet/config.json"), &a, &na);
     qd_read_file(ctx, fixture("models/sd15-tiny-sdnq-uint4-svd/unet/config.json"), &b, &nb);
     cJSON *ja = a ? cJSON_Parse(a) : NULL, *jb = b ? cJSON_Parse(b) : NULL;
     cJSON *qa = ja ? cJSON_DetachItemFromObjectCaseSensitive(ja, "quantization_config") : NULL;
@@ -241,14 +231,14 @@ static void sd15(qd_ctx *ctx) {
     /* ours on that golden: the UNet's SVD is a different random draw than sdnq's, so
      * the latents differ by about the quantization noise itself; the unquantized
      * model's distance to the golden measures that noise. */
-    double dq = golden_dev(ctx, tmp("sd"), "goldens/sd15-tiny-sdnq-uint4-svd", "pipe_default.safetensors");
+    double dq = golden_dev(ctx, scratch_path("sd"), "goldens/sd15-tiny-sdnq-uint4-svd", "pipe_default.safetensors");
     double dd = golden_dev(ctx, fixture("models/sd15-tiny"), "goldens/sd15-tiny-sdnq-uint4-svd", "pipe_default.safetensors");
     check(ds >= 0 && ds <= 1e-3, "sdnq's SD1.5 folder reproduces its golden (rel_l2 %.3g)", ds);
     check(dq >= 0 && dq <= 1.5 * dd,
           "SD1.5 quantized by qdiff vs the diffusers+sdnq golden: latents rel_l2 %.3g <= 1.5 x the distance of the "
           "unquantized model to it (%.3g; two independent quantizations are ~sqrt(2) x one apart)", dq, dd);
     /* unquantized golden: bound = 1.5x the deviation sdnq's own quantization causes */
-    double qu = golden_dev(ctx, tmp("sd"), "goldens/sd15-tiny", "pipe_euler.safetensors");
+    double qu = golden_dev(ctx, scratch_path("sd"), "goldens/sd15-tiny", "pipe_euler.safetensors");
     double su = golden_dev(ctx, fixture("models/sd15-tiny-sdnq-uint4-svd"), "goldens/sd15-tiny", "pipe_euler.safetensors");
     check(qu >= 0 && su > 0 && qu <= 1.5 * su,
           "SD1.5 quantized by qdiff vs the unquantized golden: latents rel_l2 %.3g <= 1.5 x sdnq's quantization (%.3g)", qu, su);
@@ -270,17 +260,17 @@ static void template_roundtrip(qd_ctx *ctx) {
     fixture_params(&p);
     p.weights_dtype = "uint4";
     p.dry_run = 1;
-    p.template_path = tmp("tpl.json");
+    p.template_path = scratch_path("tpl.json");
     cJSON *r1 = NULL, *r2 = NULL;
     int ok = quantize(ctx, fixture("models/sd15-tiny"), NULL, &p, &r1) == QD_OK;
-    check(ok && qd_file_exists(tmp("tpl.json")), "dry run writes the template");
+    check(ok && qd_file_exists(scratch_path("tpl.json")), "dry run writes the template");
     /* read back unchanged: the same result as without it */
     fixture_params(&p);
     p.weights_dtype = "uint4";
-    p.layer_config = tmp("tpl.json");
-    ok = ok && quantize(ctx, fixture("models/sd15-tiny"), tmp("tpl-a"), &p, &r2) == QD_OK;
+    p.layer_config = scratch_path("tpl.json");
+    ok = ok && quantize(ctx, fixture("models/sd15-tiny"), scratch_path("tpl-a"), &p, &r2) == QD_OK;
     cJSON *qa = NULL;
-    if (ok) qd_json_load(ctx, tmp("tpl-a/unet/quantization_config.json"), &qa);
+    if (ok) qd_json_load(ctx, scratch_path("tpl-a/unet/quantization_config.json"), &qa);
     const cJSON *t1 = cJSON_GetObjectItemCaseSensitive(r1, "totals"), *t2 = cJSON_GetObjectItemCaseSensitive(r2, "totals");
     check(ok && qa && cJSON_GetArraySize(cJSON_GetObjectItem(qa, "modules_quant_config")) == 0 &&
           cJSON_GetArraySize(cJSON_GetObjectItem(qa, "modules_dtype_dict")) == 0 &&
@@ -293,7 +283,7 @@ static void template_roundtrip(qd_ctx *ctx) {
     const char *L1 = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight";
     const char *L2 = "mid_block.attentions.0.transformer_blocks.0.ff.net.2.weight";
     cJSON *tpl = NULL;
-    qd_json_load(ctx, tmp("tpl.json"), &tpl);
+    qd_json_load(ctx, scratch_path("tpl.json"), &tpl);
     cJSON *layers = cJSON_GetObjectItem(cJSON_GetObjectItem(cJSON_GetObjectItem(tpl, "components"), "unet"), "layers");
     cJSON *l1 = cJSON_GetObjectItemCaseSensitive(layers, L1), *l2 = cJSON_GetObjectItemCaseSensitive(layers, L2);
     check(l1 && l2, "template lists the layers");
@@ -302,14 +292,14 @@ static void template_roundtrip(qd_ctx *ctx) {
     cJSON_ReplaceItemInObject(l1, "group_size", cJSON_CreateNumber(16));
     cJSON_ReplaceItemInObject(l2, "skip", cJSON_CreateTrue());
     char *text = cJSON_Print(tpl);
-    write_text_file(tmp("tpl2.json"), text);
+    write_text_file(scratch_path("tpl2.json"), text);
     free(text);
     cJSON_Delete(tpl);
-    p.layer_config = tmp("tpl2.json");
+    p.layer_config = scratch_path("tpl2.json");
     cJSON *r3 = NULL;
-    ok = quantize(ctx, fixture("models/sd15-tiny"), tmp("tpl-b"), &p, &r3) == QD_OK;
+    ok = quantize(ctx, fixture("models/sd15-tiny"), scratch_path("tpl-b"), &p, &r3) == QD_OK;
     cJSON *q = NULL;
-    if (ok) qd_json_load(ctx, tmp("tpl-b/unet/quantization_config.json"), &q);
+    if (ok) qd_json_load(ctx, scratch_path("tpl-b/unet/quantization_config.json"), &q);
     const cJSON *dd = cJSON_GetObjectItem(q, "modules_dtype_dict"), *mq = cJSON_GetObjectItem(q, "modules_quant_config");
     const cJSON *e1 = find_layer(r3, "unet", L1), *e2 = find_layer(r3, "unet", L2);
     check(ok && q && str_in(cJSON_GetObjectItem(dd, "int8"), L1) &&
@@ -321,15 +311,15 @@ static void template_roundtrip(qd_ctx *ctx) {
     cJSON_Delete(q);
     /* the edited folder loads and its layer decodes as int8 (qd_inspect opens every layer) */
     char *ins = NULL;
-    qd_status st = ok ? qd_inspect(ctx, tmp("tpl-b"), &ins) : QD_ERR_ARG;
+    qd_status st = ok ? qd_inspect(ctx, scratch_path("tpl-b"), &ins) : QD_ERR_ARG;
     check(st == QD_OK && ins && strstr(ins, "\"int8 g16\""), "qd_inspect reads the edited folder (an int8 g16 layer)%s%s",
           st ? ": " : "", st ? qd_last_error(ctx) : "");
     qd_free(ins);
     /* a template naming a layer that does not exist */
-    write_text_file(tmp("tpl3.json"), "{\"components\":{\"unet\":{\"layers\":{\"no.such.weight\":{\"skip\":true}}}}}");
-    p.layer_config = tmp("tpl3.json");
-    st = qd_quantize(ctx, fixture("models/sd15-tiny"), tmp("tpl-c"), &p, NULL);
-    check(st != QD_OK && strstr(qd_last_error(ctx), "no.such.weight") && !qd_dir_exists(tmp("tpl-c")),
+    write_text_file(scratch_path("tpl3.json"), "{\"components\":{\"unet\":{\"layers\":{\"no.such.weight\":{\"skip\":true}}}}}");
+    p.layer_config = scratch_path("tpl3.json");
+    st = qd_quantize(ctx, fixture("models/sd15-tiny"), scratch_path("tpl-c"), &p, NULL);
+    check(st != QD_OK && strstr(qd_last_error(ctx), "no.such.weight") && !qd_dir_exists(scratch_path("tpl-c")),
           "layer config naming no layer: error (%s), no output", qd_last_error(ctx));
     cJSON_Delete(r1); cJSON_Delete(r2); cJSON_Delete(r3);
 }
@@ -341,7 +331,7 @@ static void dynamic(qd_ctx *ctx) {
     p.dynamic = 1;
     p.dynamic_loss = 1e-3;
     cJSON *rep = NULL;
-    int ok = quantize(ctx, fixture("models/sd15-tiny"), tmp("dyn"), &p, &rep) == QD_OK;
+    int ok = quantize(ctx, fixture("models/sd15-tiny"), scratch_path("dyn"), &p, &rep) == QD_OK;
     int n = 0, above = 0, wider = 0;
     const cJSON *c, *l;
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(rep, "components"))
@@ -352,12 +342,12 @@ static void dynamic(qd_ctx *ctx) {
             if (strcmp(qd_json_str(l, "dtype", ""), "uint2")) wider++;
         }
     cJSON *q = NULL;
-    if (ok) qd_json_load(ctx, tmp("dyn/unet/quantization_config.json"), &q);
+    if (ok) qd_json_load(ctx, scratch_path("dyn/unet/quantization_config.json"), &q);
     check(ok && n > 0 && above == 0 && wider == n && cJSON_GetArraySize(cJSON_GetObjectItem(q, "modules_dtype_dict")) > 0,
           "dynamic from uint2, loss <= 1e-3: %d layers, all escalated (%d), none above the threshold, recorded in modules_dtype_dict",
           n, wider);
     qd_model *m = NULL;
-    qd_status st = ok ? qd_model_open(ctx, tmp("dyn"), &m) : QD_ERR_ARG;
+    qd_status st = ok ? qd_model_open(ctx, scratch_path("dyn"), &m) : QD_ERR_ARG;
     check(st == QD_OK, "dynamic folder loads%s%s", st ? ": " : "", st ? qd_last_error(ctx) : "");
     qd_model_free(m);
     cJSON_Delete(q);
@@ -371,7 +361,7 @@ static void dynamic(qd_ctx *ctx) {
     p.dynamic = 1;
     p.dynamic_loss = 1e-4;
     rep = NULL;
-    ok = quantize(ctx, fixture("models/sd15-tiny"), tmp("dyn-svd"), &p, &rep) == QD_OK;
+    ok = quantize(ctx, fixture("models/sd15-tiny"), scratch_path("dyn-svd"), &p, &rep) == QD_OK;
     n = above = 0;
     int svd = 0;
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(rep, "components"))
@@ -382,7 +372,7 @@ static void dynamic(qd_ctx *ctx) {
             if (qd_json_int(l, "svd_rank", 0) == 8) svd++;
         }
     m = NULL;
-    st = ok ? qd_model_open(ctx, tmp("dyn-svd"), &m) : QD_ERR_ARG;
+    st = ok ? qd_model_open(ctx, scratch_path("dyn-svd"), &m) : QD_ERR_ARG;
     check(ok && n > 0 && above == 0 && svd == n && st == QD_OK,
           "dynamic uint4 + SVD r8, loss <= 1e-4: %d layers with SVD, none above, folder loads", n);
     qd_model_free(m);
@@ -394,10 +384,10 @@ static void dynamic(qd_ctx *ctx) {
     p.dynamic = 1;
     p.dynamic_loss = 0;
     rep = NULL;
-    ok = quantize(ctx, fixture("models/sd15-tiny"), tmp("dyn-none"), &p, &rep) == QD_OK;
+    ok = quantize(ctx, fixture("models/sd15-tiny"), scratch_path("dyn-none"), &p, &rep) == QD_OK;
     const cJSON *t = cJSON_GetObjectItem(rep, "totals");
     q = NULL;
-    if (ok) qd_json_load(ctx, tmp("dyn-none/unet/quantization_config.json"), &q);
+    if (ok) qd_json_load(ctx, scratch_path("dyn-none/unet/quantization_config.json"), &q);
     check(ok && qd_json_num(t, "quantized", -1) == 0 && qd_json_num(t, "skipped", 0) > 100 &&
           str_in(cJSON_GetObjectItem(q, "modules_to_not_convert"), "mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight"),
           "dynamic loss 0: no layer quantized (%g kept, listed in modules_to_not_convert)", qd_json_num(t, "skipped", 0));
@@ -422,9 +412,9 @@ static void prepare_hook(qd_ctx *ctx) {
     int calls = 0;
     p.prepare = doubler;
     p.prepare_user = &calls;
-    int ok = quantize(ctx, fixture("models/sd15-tiny"), tmp("hook"), &p, NULL) == QD_OK;
+    int ok = quantize(ctx, fixture("models/sd15-tiny"), scratch_path("hook"), &p, NULL) == QD_OK;
     qd_st_set a, b;
-    ok = ok && qd_st_open(ctx, tmp("hook/unet/diffusion_pytorch_model.safetensors"), &a) == QD_OK;
+    ok = ok && qd_st_open(ctx, scratch_path("hook/unet/diffusion_pytorch_model.safetensors"), &a) == QD_OK;
     if (!ok) { check(0, "prepare hook run"); return; }
     qd_st_open(ctx, fixture("models/sd15-tiny/unet/diffusion_pytorch_model.safetensors"), &b);
     /* a kept conv: exactly twice the fp16 value */
@@ -455,9 +445,9 @@ static void cancel(qd_ctx *ctx) {
     int n = 0;
     p.progress = stop_after_3;
     p.progress_user = &n;
-    qd_status st = qd_quantize(ctx, fixture("models/sd15-tiny"), tmp("cancelled"), &p, NULL);
+    qd_status st = qd_quantize(ctx, fixture("models/sd15-tiny"), scratch_path("cancelled"), &p, NULL);
     char cmd[600];
-    snprintf(cmd, sizeof cmd, "ls -d '%s'/cancelled* >/dev/null 2>&1", tmpdir);
+    snprintf(cmd, sizeof cmd, "ls -d '%s'/cancelled* >/dev/null 2>&1", scratch_dir());
     check(st == QD_ERR_CANCELLED && n == 3 && system(cmd) != 0, "cancelled run: QD_ERR_CANCELLED, no output and no temporary folder left");
 }
 
@@ -495,12 +485,12 @@ static void variants(qd_ctx *ctx) {
         p.use_quantized_matmul_conv = v[i].qmmc;
         p.components = v[i].comps;
         cJSON *rep = NULL;
-        int ok = quantize(ctx, fixture("models/sd15-tiny"), tmp(v[i].name), &p, &rep) == QD_OK;
+        int ok = quantize(ctx, fixture("models/sd15-tiny"), scratch_path(v[i].name), &p, &rep) == QD_OK;
         size_t n = 0;
         /* the bound is about weight error: exact matmul (the config's int8 matmul, where
          * asked for, is checked below with its activation rounding added) */
         qd_set_matmul(ctx, QD_MATMUL_EXACT);
-        float *lat = ok ? run_pipeline(ctx, tmp(v[i].name), "goldens/sd15-tiny", "pipe_euler.safetensors", &n, &ref) : NULL;
+        float *lat = ok ? run_pipeline(ctx, scratch_path(v[i].name), "goldens/sd15-tiny", "pipe_euler.safetensors", &n, &ref) : NULL;
         qd_set_matmul(ctx, QD_MATMUL_CONFIG);
         free(ref);
         double d = lat && dense && n == nd ? rel_l2(lat, dense, n) : -1;
@@ -512,7 +502,7 @@ static void variants(qd_ctx *ctx) {
         if (ok && v[i].qmm) {
             /* int8 activations cost ~1% per quantized linear, compounding over the layers
              * and steps (test_pipeline: 2.6e-2 with int8 everywhere on sd15-tiny): add 0.05 */
-            lat = run_pipeline(ctx, tmp(v[i].name), "goldens/sd15-tiny", "pipe_euler.safetensors", &n, &ref);
+            lat = run_pipeline(ctx, scratch_path(v[i].name), "goldens/sd15-tiny", "pipe_euler.safetensors", &n, &ref);
             free(ref);
             d = lat && dense && n == nd ? rel_l2(lat, dense, n) : -1;
             check(d >= 0 && d <= 6 * we + 0.05, "%s (%s) with the config's int8 matmul: latents rel_l2 %.3g to the dense run "
@@ -525,8 +515,7 @@ static void variants(qd_ctx *ctx) {
 }
 
 int main(void) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_quantize_models_XXXXXX");
-    if (!mkdtemp(tmpdir)) { perror("mkdtemp"); return 1; }
+    if (!scratch_make("quantize_models")) return test_summary();
     qd_ctx *ctx = qd_ctx_new(0);
     qd_set_log(ctx, NULL, NULL);
     flux(ctx);
@@ -537,8 +526,6 @@ int main(void) {
     cancel(ctx);
     variants(ctx);
     qd_ctx_free(ctx);
-    char cmd[400];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) printf("could not remove %s\n", tmpdir);
+    scratch_remove();
     return test_summary();
 }

@@ -111,6 +111,33 @@ int test_summary(void) {
     return n_fail ? 1 : 0;
 }
 
+static char scratch[256];
+
+const char *scratch_make(const char *tag) {
+    snprintf(scratch, sizeof scratch, "/tmp/qd_%s_XXXXXX", tag);
+    if (!mkdtemp(scratch)) {
+        check(0, "create the scratch folder %s", scratch);
+        return NULL;
+    }
+    return scratch;
+}
+
+const char *scratch_dir(void) { return scratch; }
+
+const char *scratch_path(const char *name) {
+    static char buf[8][512];
+    static int k;
+    char *b = buf[k++ % 8];
+    snprintf(b, sizeof buf[0], "%s/%s", scratch, name);
+    return b;
+}
+
+void scratch_remove(void) {
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", scratch);
+    if (scratch[0] && system(cmd) != 0) fprintf(stderr, "could not remove %s\n", scratch);
+}
+
 void write_text_file(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     if (f) { fputs(text, f); fclose(f); }

@@ -32,6 +32,18 @@ void check_close(const char *what, const float *got, const float *ref, size_t n,
 /* Print the summary line and return the process exit status. */
 int test_summary(void);
 
+/* ---- a scratch folder per test run ---- */
+
+/* Create /tmp/qd_<tag>_XXXXXX (mkdtemp) and remember it; returns it, or NULL (a failed
+ * check) when it cannot be made. */
+const char *scratch_make(const char *tag);
+/* The folder scratch_make() made. */
+const char *scratch_dir(void);
+/* scratch_dir()/name in one of 8 rotating buffers (valid for the next 7 calls). */
+const char *scratch_path(const char *name);
+/* Remove the folder and everything in it (a failure is reported, not fatal). */
+void scratch_remove(void);
+
 /* ---- doctored model folders ---- */
 
 /* Write text to path (truncating; errors ignored: the load that follows reports them). */
