@@ -15,26 +15,7 @@
 static void run_case(qd_ctx *ctx, qd_model *m, const char *golden_dir, const cJSON *c, double approx) {
     const char *golden = qd_json_str(c, "golden", "?");
     qd_gen_params p;
-    qd_gen_params_default(&p);
-    p.prompt = qd_json_str(c, "prompt", "");
-    p.negative_prompt = qd_json_str(c, "negative_prompt", NULL);
-    p.steps = qd_json_int(c, "num_inference_steps", 20);
-    p.cfg_scale = (float)qd_json_num(c, "guidance_scale", 7.5);
-    p.guidance_rescale = (float)qd_json_num(c, "guidance_rescale", 0);
-    p.seed = (uint64_t)qd_json_num(c, "seed", 0);
-    p.width = qd_json_int(c, "width", 0);
-    p.height = qd_json_int(c, "height", 0);
-    p.max_sequence_length = qd_json_int(c, "max_sequence_length", 0);
-    if (strcmp(qd_model_family(m), "flux") == 0) {   /* guidance-distilled: guidance_scale is embedded */
-        p.guidance = p.cfg_scale;
-        p.cfg_scale = -1;
-    }
-    /* "FlowMatchEulerDiscreteScheduler(shift=3.0)" describes the folder's own scheduler */
-    p.scheduler = qd_json_str(c, "scheduler", NULL);
-    if (p.scheduler && strchr(p.scheduler, '(')) p.scheduler = NULL;
-    const cJSON *kw = cJSON_GetObjectItemCaseSensitive(c, "scheduler_kwargs");
-    char *opts = kw && cJSON_GetArraySize(kw) ? cJSON_PrintUnformatted(kw) : NULL;
-    p.scheduler_options = opts;
+    char *opts = golden_case_params(m, c, &p);
 
     int64_t shape[4];
     size_t nlat = qd_latent_shape(m, &p, shape, NULL);

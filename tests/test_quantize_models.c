@@ -116,18 +116,7 @@ static float *run_pipeline(qd_ctx *ctx, const char *model_dir, const char *golde
         return NULL;
     }
     qd_gen_params p;
-    qd_gen_params_default(&p);
-    p.prompt = qd_json_str(c, "prompt", "");
-    p.negative_prompt = qd_json_str(c, "negative_prompt", NULL);
-    p.steps = qd_json_int(c, "num_inference_steps", 20);
-    p.cfg_scale = (float)qd_json_num(c, "guidance_scale", 7.5);
-    p.seed = (uint64_t)qd_json_num(c, "seed", 0);
-    p.width = qd_json_int(c, "width", 0);
-    p.height = qd_json_int(c, "height", 0);
-    p.max_sequence_length = qd_json_int(c, "max_sequence_length", 0);
-    if (!strcmp(qd_model_family(m), "flux")) { p.guidance = p.cfg_scale; p.cfg_scale = -1; }
-    p.scheduler = qd_json_str(c, "scheduler", NULL);
-    if (p.scheduler && strchr(p.scheduler, '(')) p.scheduler = NULL;
+    char *opts = golden_case_params(m, c, &p);
     int64_t shape[4];
     *n = qd_latent_shape(m, &p, shape, NULL);
     size_t nimg = qd_image_size(m, &p, QD_IMAGE_RGB8);
@@ -139,6 +128,7 @@ static float *run_pipeline(qd_ctx *ctx, const char *model_dir, const char *golde
         lat = NULL;
     }
     free(img);
+    free(opts);
     qd_model_free(m);
     snprintf(path, sizeof path, "%s/%s", fixture(golden_dir), golden);
     size_t nr = 0;

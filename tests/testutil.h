@@ -32,6 +32,16 @@ void check_close(const char *what, const float *got, const float *ref, size_t n,
 /* Print the summary line and return the process exit status. */
 int test_summary(void);
 
+/* ---- pipeline golden cases ---- */
+
+/* qd_gen_params for one entry of a goldens cases.json "pipelines" list, as diffusers ran
+ * it: prompt, negative prompt, steps, guidance (FLUX: the embedded guidance, no CFG),
+ * guidance_rescale, seed, size, max_sequence_length, scheduler class ("Class(args)"
+ * names the folder's own scheduler: NULL) and scheduler_kwargs. p's strings point into c.
+ * Returns the scheduler options JSON p->scheduler_options points at (NULL if none):
+ * free() it after the run. */
+char *golden_case_params(const qd_model *m, const cJSON *c, qd_gen_params *p);
+
 /* ---- a scratch folder per test run ---- */
 
 /* Create /tmp/qd_<tag>_XXXXXX (mkdtemp) and remember it; returns it, or NULL (a failed
