@@ -16,22 +16,7 @@ fail=0
 m=$fixtures/models
 ckpt=$m/flux-tiny/transformer/diffusion_pytorch_model.safetensors
 
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-clean() { ! grep -q "AddressSanitizer\|runtime error\|LeakSanitizer" "$tmp/stderr"; }
-no_leftovers() { ! ls -d "$tmp"/out* >/dev/null 2>&1; }
-
-expect() {
-  local name=$1 want=$2
-  shift 3
-  "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
-  local rc=$?
-  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && clean && no_leftovers; then
-    ok "$name: $(head -c 300 "$tmp/stderr" | tr '\n' ' ')"
-  else
-    bad "$name: rc=$rc leftovers: $(ls -d "$tmp"/out* 2>/dev/null) stderr: $(head -c 600 "$tmp/stderr")"
-  fi
-}
+. "$(dirname "$0")/tools/quantize_cli_checks.sh"
 
 # safetensors writer for the LoRA files (F32 tensors), and a header reader
 python3 - "$tmp" <<'PY'
