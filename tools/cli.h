@@ -3,9 +3,15 @@
 #define QD_TOOLS_CLI_H
 
 #include <stdio.h>
+#include <cjson/cJSON.h>
 #include "qdiff.h"
 
 #define EXIT_BAD 2
+
+/* Members of a JSON report (qd_quantize's): the number or string at key; NAN or NULL
+ * when it is missing or of another type. */
+double cli_jnum(const cJSON *o, const char *key);
+const char *cli_jstr(const cJSON *o, const char *key);
 
 int cmd_generate(int argc, char **argv);
 int cmd_vae(int argc, char **argv);

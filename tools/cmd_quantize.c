@@ -184,19 +184,10 @@ static int progress(void *user, int64_t done, int64_t total, const char *tensor,
 
 /* ---- report ---- */
 
-static double jnum(const cJSON *o, const char *k) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(it) ? it->valuedouble : NAN;
-}
-static const char *jstr(const cJSON *o, const char *k) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(it) ? it->valuestring : NULL;
-}
-
 static void print_report(const cJSON *rep, int layers) {
     const cJSON *c;
     cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(rep, "components")) {
-        printf("%s  %s\n", jstr(c, "name"), jstr(c, "class") ? jstr(c, "class") : "");
+        printf("%s  %s\n", cli_jstr(c, "name"), cli_jstr(c, "class") ? cli_jstr(c, "class") : "");
         if (layers) {
             printf("  %-60s %-18s %-10s %-16s %12s %12s %10s %8s\n", "layer", "shape", "type", "group", "bytes in",
                    "bytes out", "rel err", "SNR dB");
@@ -207,27 +198,27 @@ static void print_report(const cJSON *rep, int layers) {
                 const cJSON *d;
                 cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(l, "shape"))
                     if (o < sizeof shape) o += (size_t)snprintf(shape + o, sizeof shape - o, o ? "x%.0f" : "%.0f", d->valuedouble);
-                if (jstr(l, "skipped")) {
-                    printf("  %-60s %-18s %-10s %s\n", jstr(l, "name"), shape, "-", jstr(l, "skipped"));
+                if (cli_jstr(l, "skipped")) {
+                    printf("  %-60s %-18s %-10s %s\n", cli_jstr(l, "name"), shape, "-", cli_jstr(l, "skipped"));
                     continue;
                 }
                 char group[48];
-                const char *g = jstr(l, "grouping");
-                if (g && !strcmp(g, "group")) snprintf(group, sizeof group, "g%.0f", jnum(l, "group_size"));
+                const char *g = cli_jstr(l, "grouping");
+                if (g && !strcmp(g, "group")) snprintf(group, sizeof group, "g%.0f", cli_jnum(l, "group_size"));
                 else snprintf(group, sizeof group, "%s", g ? g : "?");
-                if (jnum(l, "svd_rank") > 0) snprintf(group + strlen(group), sizeof group - strlen(group), " svd%.0f", jnum(l, "svd_rank"));
-                printf("  %-60s %-18s %-10s %-16s %12.0f %12.0f %10.6f %8.2f\n", jstr(l, "name"), shape, jstr(l, "dtype"),
-                       group, jnum(l, "bytes_in"), jnum(l, "bytes_out"), jnum(l, "rel_error"), jnum(l, "snr_db"));
+                if (cli_jnum(l, "svd_rank") > 0) snprintf(group + strlen(group), sizeof group - strlen(group), " svd%.0f", cli_jnum(l, "svd_rank"));
+                printf("  %-60s %-18s %-10s %-16s %12.0f %12.0f %10.6f %8.2f\n", cli_jstr(l, "name"), shape, cli_jstr(l, "dtype"),
+                       group, cli_jnum(l, "bytes_in"), cli_jnum(l, "bytes_out"), cli_jnum(l, "rel_error"), cli_jnum(l, "snr_db"));
             }
         }
         printf("  quantized %.0f layers, kept %.0f; %.0f -> %.0f bytes (%.1f%%); rel error %.6f, SNR %.2f dB\n",
-               jnum(c, "quantized"), jnum(c, "skipped"), jnum(c, "bytes_in"), jnum(c, "bytes_out"),
-               100 * jnum(c, "bytes_out") / jnum(c, "bytes_in"), jnum(c, "rel_error"), jnum(c, "snr_db"));
+               cli_jnum(c, "quantized"), cli_jnum(c, "skipped"), cli_jnum(c, "bytes_in"), cli_jnum(c, "bytes_out"),
+               100 * cli_jnum(c, "bytes_out") / cli_jnum(c, "bytes_in"), cli_jnum(c, "rel_error"), cli_jnum(c, "snr_db"));
     }
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(rep, "totals");
     printf("total: quantized %.0f layers, kept %.0f; %.0f -> %.0f bytes (%.1f%%); rel error %.6f, SNR %.2f dB; %.1f s\n",
-           jnum(t, "quantized"), jnum(t, "skipped"), jnum(t, "bytes_in"), jnum(t, "bytes_out"),
-           100 * jnum(t, "bytes_out") / jnum(t, "bytes_in"), jnum(t, "rel_error"), jnum(t, "snr_db"), jnum(t, "seconds"));
+           cli_jnum(t, "quantized"), cli_jnum(t, "skipped"), cli_jnum(t, "bytes_in"), cli_jnum(t, "bytes_out"),
+           100 * cli_jnum(t, "bytes_out") / cli_jnum(t, "bytes_in"), cli_jnum(t, "rel_error"), cli_jnum(t, "snr_db"), cli_jnum(t, "seconds"));
 }
 
 /* Ctrl-C / SIGTERM cancel the run, so the library removes the half-built OUT.tmp-* folder. */

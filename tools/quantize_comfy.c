@@ -140,15 +140,6 @@ int quantize_extra_prepare(void *user, const char *component, const char *tensor
     return qd_lora_apply(e->ctx, e->lora, component, tensor_name, w, shape, ndim) < 0 ? 1 : 0;
 }
 
-static double jnum(const cJSON *o, const char *k) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(it) ? it->valuedouble : NAN;
-}
-static const char *jstr(const cJSON *o, const char *k) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(it) ? it->valuestring : NULL;
-}
-
 static void print_comfy_report(const cJSON *rep, int layers) {
     if (layers) {
         printf("%-64s %-14s %-22s %12s %12s %10s %8s\n", "layer", "shape", "format", "bytes in", "bytes out", "rel err",
@@ -160,19 +151,19 @@ static void print_comfy_report(const cJSON *rep, int layers) {
             const cJSON *d;
             cJSON_ArrayForEach(d, cJSON_GetObjectItemCaseSensitive(l, "shape"))
                 if (o < sizeof shape) o += (size_t)snprintf(shape + o, sizeof shape - o, o ? "x%.0f" : "%.0f", d->valuedouble);
-            if (jstr(l, "skipped")) { printf("%-64s %-14s - %s\n", jstr(l, "name"), shape, jstr(l, "skipped")); continue; }
+            if (cli_jstr(l, "skipped")) { printf("%-64s %-14s - %s\n", cli_jstr(l, "name"), shape, cli_jstr(l, "skipped")); continue; }
             char fmt[48];
-            snprintf(fmt, sizeof fmt, "%s%s", jstr(l, "format"),
+            snprintf(fmt, sizeof fmt, "%s%s", cli_jstr(l, "format"),
                      cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(l, "convrot")) ? "+convrot" : "");
-            printf("%-64s %-14s %-22s %12.0f %12.0f %10.6f %8.2f\n", jstr(l, "name"), shape, fmt, jnum(l, "bytes_in"),
-                   jnum(l, "bytes_out"), jnum(l, "rel_error"), jnum(l, "snr_db"));
+            printf("%-64s %-14s %-22s %12.0f %12.0f %10.6f %8.2f\n", cli_jstr(l, "name"), shape, fmt, cli_jnum(l, "bytes_in"),
+                   cli_jnum(l, "bytes_out"), cli_jnum(l, "rel_error"), cli_jnum(l, "snr_db"));
         }
     }
     const cJSON *t = cJSON_GetObjectItemCaseSensitive(rep, "totals");
     printf("total: quantized %.0f layers, copied %.0f tensors (%.0f LoRA-merged); %.0f -> %.0f bytes (%.1f%%); "
-           "rel error %.6f, SNR %.2f dB\n", jnum(t, "quantized"), jnum(t, "copied"), jnum(t, "lora_merged"),
-           jnum(t, "bytes_in"), jnum(t, "bytes_out"), 100 * jnum(t, "bytes_out") / jnum(t, "bytes_in"),
-           jnum(t, "rel_error"), jnum(t, "snr_db"));
+           "rel error %.6f, SNR %.2f dB\n", cli_jnum(t, "quantized"), cli_jnum(t, "copied"), cli_jnum(t, "lora_merged"),
+           cli_jnum(t, "bytes_in"), cli_jnum(t, "bytes_out"), 100 * cli_jnum(t, "bytes_out") / cli_jnum(t, "bytes_in"),
+           cli_jnum(t, "rel_error"), cli_jnum(t, "snr_db"));
 }
 
 int quantize_comfy_run(qd_ctx *ctx, quantize_extra *e, const char *in, const char *out, const char *weights_dtype,
