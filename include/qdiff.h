@@ -293,6 +293,14 @@ typedef int (*qd_quant_prepare_fn)(void *user, const char *component, const char
 typedef int (*qd_quant_progress_fn)(void *user, int64_t done_bytes, int64_t total_bytes, const char *tensor,
                                     double elapsed_seconds);
 
+/* Planning: called once per float layer weight of the chosen components, with the
+ * name it has in the output (a single-file checkpoint's converted name), then once
+ * with component == NULL when all are seen. Non-zero return stops the run before
+ * anything is written (with the hook's error, if it recorded one). E.g. a LoRA set's
+ * qd_lora_set_plan_tensor + qd_lora_set_check. */
+typedef int (*qd_quant_plan_fn)(void *user, const char *component, const char *tensor_name, const int64_t *shape,
+                                int ndim);
+
 typedef struct {
     const char *components;         /* comma-separated component folders; NULL/"": the denoiser (unet/transformer) */
     const char *weights_dtype;      /* any SDNQ type (spec sdnq.md §1.5); default "int8" */
@@ -320,6 +328,12 @@ typedef struct {
     void *prepare_user;
     qd_quant_progress_fn progress;
     void *progress_user;
+    /* ---- single-file checkpoints (appended) ---- */
+    const char *config_from;        /* in_dir is a .safetensors checkpoint: a diffusers folder of the same family
+                                       giving component configs, tokenizers, scheduler, model_index.json and the
+                                       components the file lacks; NULL: configs inferred (see qd_quantize) */
+    qd_quant_plan_fn plan;          /* NULL, or called during planning, before anything is written */
+    void *plan_user;
 } qd_quant_params;
 
 void qd_quant_params_default(qd_quant_params *p);
@@ -337,7 +351,18 @@ void qd_quant_params_default(qd_quant_params *p);
  *     "codebook", "transposed", "bytes_in", "bytes_out", "rel_error", "snr_db", "loss"}
  *     or {"name", "shape", "skipped": reason, "bytes_in"} ] } ], "totals": {...} }
  * rel_error = ||W - dequant(W)|| / ||W|| over the layer (totals: over all quantized
- * layers), snr_db = -20 log10(rel_error). */
+ * layers), snr_db = -20 log10(rel_error).
+ * in_dir may instead be a single-file .safetensors checkpoint (SD1.x / SDXL in the
+ * original LDM layout, FLUX.1 in the BFL/ComfyUI layout; whole or denoiser only):
+ * its tensors get their diffusers names (fused q/k/v split by rows, VAE 1x1
+ * attention convs as Linear, ...) and the output is the folder the equivalent
+ * diffusers folder gives. Configs, tokenizers, scheduler, model_index.json and
+ * components the file lacks come from p->config_from; without it the component
+ * configs are inferred from the shapes plus the family's released defaults, the
+ * family's model_index.json and scheduler are written, and the report's "missing"
+ * lists what the folder still lacks (tokenizers, absent components). The report then
+ * also has "single_file_family" and "config_from". An unknown family or a tensor
+ * with no diffusers name is an error naming the file and the first such tensors. */
 qd_status qd_quantize(qd_ctx *ctx, const char *in_dir, const char *out_dir, const qd_quant_params *p,
                       char **report_json);
 
@@ -371,6 +396,9 @@ int qd_lora_apply(qd_ctx *ctx, qd_lora_set *set, const char *component, const ch
  * `weights` (a .safetensors file, a shard index or a diffusers component folder; component
  * as for qd_lora_apply), so qd_lora_set_check can refuse a LoRA before anything is written. */
 qd_status qd_lora_set_plan(qd_ctx *ctx, qd_lora_set *set, const char *weights, const char *component);
+/* The same for one float weight named `tensor_name` of `component` (e.g. from a
+ * qd_quant_params plan hook, which sees a single-file checkpoint's converted names). */
+void qd_lora_set_plan_tensor(qd_lora_set *set, const char *component, const char *tensor_name);
 /* Pairs applied at least once so far, and pairs in all files. */
 void qd_lora_set_report(const qd_lora_set *set, int64_t *matched, int64_t *total);
 /* An error when some file has no pair that was applied or planned ("0 of its N LoRA layers

@@ -40,6 +40,20 @@ static void usage_quantize(FILE *f) {
         "hard-linked or copied unchanged. Works tensor by tensor from the mapped input;\n"
         "the folder is built at OUT.tmp-XXXXXX and renamed when complete.\n"
         "\n"
+        "IN may also be a single-file checkpoint (.safetensors): SD1.x or SDXL in the original\n"
+        "layout (model.diffusion_model., first_stage_model., cond_stage_model. / conditioner.),\n"
+        "FLUX.1 in the BFL/ComfyUI layout (double_blocks/single_blocks, optionally vae. and\n"
+        "text_encoders.), whole or the diffusion model alone. Its tensors get their diffusers\n"
+        "names and OUT is the folder the equivalent diffusers folder would give.\n"
+        "  --config-from DIR         a diffusers folder of the same family: component configs,\n"
+        "                            tokenizers, scheduler, model_index.json and the components\n"
+        "                            the file lacks come from it. Without it the configs are\n"
+        "                            inferred from the shapes (head counts, norm groups, VAE\n"
+        "                            scaling: the family's released values), the family's\n"
+        "                            scheduler and model_index.json are written, and what the\n"
+        "                            folder still lacks (tokenizers, absent components) is listed;\n"
+        "                            copy those in from a diffusers folder before generating\n"
+        "\n"
         "what to quantize:\n"
         "  --components LIST         comma-separated component folders (default: the denoiser,\n"
         "                            unet or transformer), e.g. unet,text_encoder\n"
@@ -127,12 +141,14 @@ static int parse_sdnq_option(quantize_opts *o, int argc, char **argv, int *i) {
         return 1;
     }
     static const char *strs[] = {"--components", "--weights-dtype", "--quantized-matmul-dtype", "--layer-config",
-                                 "--template", "--skip", "--dtype-for", "--dynamic-loss", "--seed", "--threads"};
+                                 "--template", "--skip", "--dtype-for", "--dynamic-loss", "--seed", "--threads",
+                                 "--config-from"};
     for (size_t k = 0; k < sizeof strs / sizeof *strs; k++) {
         if (strcmp(a, strs[k])) continue;
         if (!v) { fprintf(stderr, "qdiff: %s needs a value\n", a); return -1; }
         (*i)++;
         if (!strcmp(a, "--components")) p->components = v;
+        else if (!strcmp(a, "--config-from")) p->config_from = v;
         else if (!strcmp(a, "--weights-dtype")) p->weights_dtype = v;
         else if (!strcmp(a, "--quantized-matmul-dtype")) p->quantized_matmul_dtype = v;
         else if (!strcmp(a, "--layer-config")) p->layer_config = v;
@@ -221,6 +237,19 @@ static void print_report(const cJSON *rep, int layers) {
            100 * cli_jnum(t, "bytes_out") / cli_jnum(t, "bytes_in"), cli_jnum(t, "rel_error"), cli_jnum(t, "snr_db"), cli_jnum(t, "seconds"));
 }
 
+/* Plan hook: mark the LoRA pairs that name a weight; at the end, refuse a LoRA none of
+ * whose pairs did. */
+static int lora_plan(void *user, const char *component, const char *tensor_name, const int64_t *shape, int ndim) {
+    (void)shape;
+    (void)ndim;
+    quantize_extra *x = user;
+    if (component) {
+        qd_lora_set_plan_tensor(x->lora, component, tensor_name);
+        return 0;
+    }
+    return qd_lora_set_check(x->ctx, x->lora) != QD_OK;
+}
+
 /* Ctrl-C / SIGTERM cancel the run, so the library removes the half-built OUT.tmp-* folder. */
 static qd_ctx *running;
 static void on_signal(int sig) {
@@ -303,18 +332,10 @@ int cmd_quantize(int argc, char **argv) {
                                       o.p.force, o.json, progress, &b);
     } else if (st == QD_OK) {
         if (o.x.lora) {
-            /* a LoRA naming no weight of the chosen components fails before anything is written */
-            char comps[1024], dir[4096];
-            if (o.p.components && *o.p.components) snprintf(comps, sizeof comps, "%s", o.p.components);
-            else {
-                snprintf(dir, sizeof dir, "%s/unet", o.in);
-                snprintf(comps, sizeof comps, "%s", access(dir, F_OK) == 0 ? "unet" : "transformer");
-            }
-            for (char *c = strtok(comps, ","); c && st == QD_OK; c = strtok(NULL, ",")) {
-                snprintf(dir, sizeof dir, "%s/%s", o.in, c);
-                st = qd_lora_set_plan(ctx, o.x.lora, dir, c);
-            }
-            if (st == QD_OK) st = qd_lora_set_check(ctx, o.x.lora);
+            /* a LoRA naming no weight of the chosen components fails in the planning pass,
+             * before anything is written (names as the output has them, also for a single file) */
+            o.p.plan = lora_plan;
+            o.p.plan_user = &o.x;
             o.x.ctx = ctx;
             o.p.prepare = quantize_extra_prepare;
             o.p.prepare_user = &o.x;
@@ -338,6 +359,13 @@ int cmd_quantize(int argc, char **argv) {
     else {
         cJSON *rep = cJSON_Parse(json);
         if (rep) print_report(rep, o.p.dry_run);
+        const cJSON *miss = rep ? cJSON_GetObjectItemCaseSensitive(rep, "missing") : NULL;
+        if (cJSON_GetArraySize(miss) > 0) {
+            printf("%s:", o.p.dry_run ? "the output folder would lack" : "the output folder lacks");
+            const cJSON *m;
+            cJSON_ArrayForEach(m, miss) printf(" %s", cJSON_IsString(m) ? m->valuestring : "?");
+            printf(" (copy them from a diffusers folder of the family, or quantize again with --config-from DIR)\n");
+        }
         cJSON_Delete(rep);
         if (!o.p.dry_run) printf("wrote %s\n", o.out);
     }

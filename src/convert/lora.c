@@ -372,15 +372,19 @@ qd_status qd_lora_set_plan(qd_ctx *ctx, qd_lora_set *s, const char *weights, con
     for (int64_t i = 0; i < st.n_tensors; i++) {
         const qd_st_tensor *t = &st.tensors[i];
         if (t->ndim < 2 || !(t->dtype == QD_F32 || t->dtype == QD_F16 || t->dtype == QD_BF16 || t->dtype == QD_F64)) continue;
-        int comp;
-        char *key = model_key(component, t->name, &comp);
-        if (!key) continue;
-        for (int64_t j = first_pair(s, key); j >= 0 && j < s->n_pairs && !strcmp(s->pairs[j].key, key); j++)
-            if (comp_matches(s->pairs[j].comp, comp)) s->pairs[j].planned = 1;
-        free(key);
+        qd_lora_set_plan_tensor(s, component, t->name);
     }
     qd_st_close(&st);
     return QD_OK;
+}
+
+void qd_lora_set_plan_tensor(qd_lora_set *s, const char *component, const char *tensor_name) {
+    int comp;
+    char *key = model_key(component, tensor_name, &comp);
+    if (!key) return;
+    for (int64_t j = first_pair(s, key); j >= 0 && j < s->n_pairs && !strcmp(s->pairs[j].key, key); j++)
+        if (comp_matches(s->pairs[j].comp, comp)) s->pairs[j].planned = 1;
+    free(key);
 }
 
 void qd_lora_set_report(const qd_lora_set *s, int64_t *matched, int64_t *total) {

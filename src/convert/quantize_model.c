@@ -11,6 +11,11 @@
  * layer's layout re-derived from it: a config the loader would read differently
  * is an error, not a file.
  *
+ * The input may also be a single-file checkpoint (convert/single_file.h): its
+ * components are then the converted tensor sets, walked the same way, their
+ * configs come from --config-from or are inferred, and the rest of the folder is
+ * completed from the file and --config-from.
+ *
  * Nothing appears at out_dir until the end: the folder is built at
  * out_dir.tmp-XXXXXX and renamed; errors and cancellation remove it. */
 #include "qdiff.h"
@@ -18,6 +23,7 @@
 #include "convert/fs_tree.h"
 #include "convert/pyjson.h"
 #include "convert/quant_rules.h"
+#include "convert/single_file.h"
 #include "io/file.h"
 #include "io/json.h"
 #include "io/safetensors.h"
@@ -81,6 +87,7 @@ typedef struct {
     int64_t n_layers, cap_layers;
     int64_t bytes_in;
     const cJSON *layer_cfg;     /* this component's entries of --layer-config, or NULL */
+    const qd_sf_component *sf;  /* from a single-file checkpoint: its converted tensors and config */
 } comp;
 
 typedef struct {
@@ -97,6 +104,8 @@ typedef struct {
     int n_comps;
     int64_t done, total;
     double t0;
+    qd_single_file *sf;         /* the input is a single-file checkpoint */
+    char *missing;              /* single file: parts the output folder lacks */
 } run;
 
 static int ends_with(const char *s, const char *suffix) {
@@ -231,8 +240,46 @@ static qd_status open_component(run *r, const char *in_dir, const char *name, co
     return find_weights(ctx, c);
 }
 
+/* The chosen components of a single-file checkpoint (default: its denoiser). */
+static qd_status choose_sf_components(run *r) {
+    qd_ctx *ctx = r->ctx;
+    char list[4096];
+    snprintf(list, sizeof list, "%s", r->p->components && *r->p->components ? r->p->components : qd_sf_denoiser(r->sf));
+    for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        for (int i = 0; i < r->n_comps; i++)
+            if (!strcmp(r->comps[i].name, tok)) return qd_fail(ctx, QD_ERR_ARG, "component '%s' is named twice", tok);
+        const qd_sf_component *s = qd_sf_find_component(r->sf, tok);
+        if (!s) {
+            char have[512] = "";
+            for (int i = 0; i < qd_sf_n_components(r->sf); i++) {
+                size_t n = strlen(have);
+                snprintf(have + n, sizeof have - n, "%s%s", i ? ", " : "", qd_sf_component_at(r->sf, i)->name);
+            }
+            return qd_fail(ctx, QD_ERR_ARG, "%s: this %s checkpoint has no component '%s' (it has: %s)", qd_sf_path(r->sf),
+                           qd_sf_family_name(r->sf), tok, have);
+        }
+        if (r->n_comps == MAX_COMPONENTS) return qd_fail(ctx, QD_ERR_ARG, "too many components");
+        comp *c = &r->comps[r->n_comps++];
+        memset(c, 0, sizeof *c);
+        snprintf(c->name, sizeof c->name, "%s", s->name);
+        snprintf(c->cls, sizeof c->cls, "%s", s->cls);
+        snprintf(c->weights, sizeof c->weights, "%s", qd_sf_path(r->sf));
+        snprintf(c->weights_out, sizeof c->weights_out, "%s", s->weights_name);
+        c->sf = s;
+        if (!s->config && !r->p->dry_run)
+            return qd_fail(ctx, QD_ERR_ARG, "%s: the config of component '%s' cannot be inferred from the file (pass --config-from DIR)",
+                           qd_sf_path(r->sf), tok);
+    }
+    return QD_OK;
+}
+
 static qd_status choose_components(run *r, const char *in_dir) {
     qd_ctx *ctx = r->ctx;
+    if (qd_sf_is_file(in_dir)) {
+        QD_TRY(qd_sf_open(ctx, in_dir, r->p->config_from, &r->sf));
+        return choose_sf_components(r);
+    }
+    if (r->p->config_from) return qd_fail(ctx, QD_ERR_ARG, "%s: --config-from is for single-file checkpoints, not folders", in_dir);
     char idx[4200];
     qd_path_join(idx, sizeof idx, in_dir, "model_index.json");
     if (!qd_dir_exists(in_dir)) return qd_fail(ctx, QD_ERR_IO, "%s: no such folder", in_dir);
@@ -383,6 +430,22 @@ static void decide(run *r, const comp *c, const qd_st_tensor *t, layer_rec *rec,
     rec->quantized = 1;
 }
 
+/* A component's tensors: its weights file, or the converted view of a single file. */
+static qd_status comp_open(qd_ctx *ctx, const comp *c, qd_st_set *st) {
+    if (c->sf) { *st = c->sf->view; return QD_OK; }
+    return qd_st_open(ctx, c->weights, st);
+}
+static void comp_close(const comp *c, qd_st_set *st) {
+    if (!c->sf) qd_st_close(st);
+}
+
+/* The plan hook stopped the run: keep its message (copied: qd_fail formats into ctx->err). */
+static qd_status plan_stopped(qd_ctx *ctx) {
+    char msg[sizeof ctx->err];
+    snprintf(msg, sizeof msg, "%s", ctx->err[0] ? ctx->err : "stopped by the plan hook");
+    return qd_fail(ctx, QD_ERR_ARG, "%s", msg);
+}
+
 /* Planning pass: headers only. Counts pattern hits and input bytes; checks every
  * --layer-config entry names a layer. */
 static qd_status plan(run *r) {
@@ -390,11 +453,19 @@ static qd_status plan(run *r) {
     for (int i = 0; i < r->n_comps; i++) {
         comp *c = &r->comps[i];
         qd_st_set st;
-        QD_TRY(qd_st_open(ctx, c->weights, &st));
+        QD_TRY(comp_open(ctx, c, &st));
         for (int64_t k = 0; k < st.n_tensors; k++) {
             layer_rec rec;
-            decide(r, c, &st.tensors[k], &rec, 1);
-            c->bytes_in += (int64_t)st.tensors[k].nbytes;
+            const qd_st_tensor *t = &st.tensors[k];
+            decide(r, c, t, &rec, 1);
+            c->bytes_in += (int64_t)t->nbytes;
+            if (r->p->plan && rec.layer && is_float(t->dtype)) {
+                ctx->err[0] = 0;
+                if (r->p->plan(r->p->plan_user, c->name, t->name, t->shape, t->ndim)) {
+                    comp_close(c, &st);
+                    return plan_stopped(ctx);
+                }
+            }
         }
         qd_status s = QD_OK;
         if (c->layer_cfg)
@@ -404,10 +475,12 @@ static qd_status plan(run *r) {
                     s = qd_fail(ctx, QD_ERR_ARG, "%s: layer '%s' is not a layer weight of component '%s'", r->p->layer_config,
                                 l->string, c->name);
             }
-        qd_st_close(&st);
+        comp_close(c, &st);
         QD_TRY(s);
         r->total += c->bytes_in;
     }
+    ctx->err[0] = 0;
+    if (r->p->plan && r->p->plan(r->p->plan_user, NULL, NULL, NULL, 0)) return plan_stopped(ctx);
     for (int i = 0; i < r->p->n_skip; i++)
         if (!r->skip_hits[i]) return qd_fail(ctx, QD_ERR_ARG, "--skip pattern '%s' matches no layer weight in the chosen components", r->p->skip[i]);
     for (int i = 0; i < r->p->n_dtype_for; i++)
@@ -659,7 +732,10 @@ static qd_status write_configs(run *r, const comp *c, const char *out_comp) {
     qd_status st = verify_config(r, c, q);
     char src[4200], dst[4200];
     char *orig = NULL, *merged = NULL, *alone = NULL;
-    if (st == QD_OK) {
+    if (st == QD_OK && c->sf) {
+        orig = strdup(c->sf->config);
+        if (!orig) st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    } else if (st == QD_OK) {
         qd_path_join(src, sizeof src, c->dir, "config.json");
         size_t len;
         st = qd_read_file(ctx, src, &orig, &len);
@@ -775,6 +851,7 @@ static qd_status process_tensor(run *r, comp *c, const qd_st_tensor *t, qd_st_st
 }
 
 static qd_status copy_component_files(qd_ctx *ctx, const comp *c, const char *out_comp) {
+    if (c->sf) return QD_OK;   /* a single file's component has nothing besides weights and config */
     DIR *d = opendir(c->dir);
     if (!d) return qd_fail(ctx, QD_ERR_IO, "%s: cannot list: %s", c->dir, strerror(errno));
     struct dirent *e;
@@ -804,10 +881,10 @@ static qd_status process_component(run *r, comp *c, const char *tmp_dir) {
         QD_TRY(qd_st_stream_open(ctx, wpath, &out));
     }
     qd_st_set st;
-    qd_status s = qd_st_open(ctx, c->weights, &st);
+    qd_status s = comp_open(ctx, c, &st);
     if (s != QD_OK) { qd_st_stream_abort(out); return s; }
     if (out && !r->p->dynamic && (s = declare_outputs(r, c, &st, out)) != QD_OK) {
-        qd_st_close(&st);
+        comp_close(c, &st);
         qd_st_stream_abort(out);
         return s;
     }
@@ -820,7 +897,7 @@ static qd_status process_component(run *r, comp *c, const char *tmp_dir) {
             r->p->progress(r->p->progress_user, r->done, r->total, t->name, qd_now() - r->t0) != 0)
             s = qd_fail(ctx, QD_ERR_CANCELLED, "cancelled");
     }
-    qd_st_close(&st);
+    comp_close(c, &st);
     if (s != QD_OK) { qd_st_stream_abort(out); return s; }
     if (!tmp_dir) return QD_OK;
     s = write_configs(r, c, out_comp);
@@ -855,6 +932,17 @@ static cJSON *report(run *r, const char *in_dir, const char *out_dir) {
     if (out_dir) cJSON_AddStringToObject(root, "output", out_dir);
     else cJSON_AddNullToObject(root, "output");
     cJSON_AddBoolToObject(root, "dry_run", r->p->dry_run != 0);
+    if (r->sf) {
+        /* a single-file checkpoint: its family, where the configs came from, what the folder lacks */
+        cJSON_AddStringToObject(root, "single_file_family", qd_sf_family_name(r->sf));
+        if (qd_sf_config_from(r->sf)) cJSON_AddStringToObject(root, "config_from", qd_sf_config_from(r->sf));
+        else cJSON_AddNullToObject(root, "config_from");
+        cJSON *m = cJSON_AddArrayToObject(root, "missing");
+        char *miss = r->missing ? strdup(r->missing) : qd_sf_missing(r->sf);
+        for (char *save = NULL, *tok = miss ? strtok_r(miss, ",", &save) : NULL; tok; tok = strtok_r(NULL, ",", &save))
+            cJSON_AddItemToArray(m, cJSON_CreateString(tok));
+        free(miss);
+    }
     cJSON_AddStringToObject(root, "weights_dtype", r->wd.name);
     cJSON *comps = cJSON_AddArrayToObject(root, "components");
     double tsw2 = 0, tse = 0;
@@ -963,6 +1051,11 @@ static qd_status write_template(run *r) {
 
 static qd_status copy_rest(run *r, const char *in_dir, const char *tmp) {
     qd_ctx *ctx = r->ctx;
+    if (r->sf) {
+        const char *done[MAX_COMPONENTS];
+        for (int i = 0; i < r->n_comps; i++) done[i] = r->comps[i].name;
+        return qd_sf_complete_folder(ctx, r->sf, tmp, done, r->n_comps, &r->missing);
+    }
     DIR *d = opendir(in_dir);
     if (!d) return qd_fail(ctx, QD_ERR_IO, "%s: cannot list: %s", in_dir, strerror(errno));
     struct dirent *e;
@@ -1007,6 +1100,8 @@ static void run_free(run *r) {
     free(r->dtype_pat);
     free(r->dtype_type);
     cJSON_Delete(r->layer_cfg_root);
+    qd_sf_close(r->sf);
+    free(r->missing);
 }
 
 /* The output may be neither the input nor inside it (the copy of the input would
@@ -1046,7 +1141,13 @@ qd_status qd_quantize(qd_ctx *ctx, const char *in_dir, const char *out_dir, cons
     if (st == QD_OK) st = choose_components(&r, in_dir);
     if (st == QD_OK && out_dir && !p->dry_run) {
         struct stat sb;
-        st = same_folder(ctx, in_dir, out_dir);
+        if (!r.sf) st = same_folder(ctx, in_dir, out_dir);
+        else {
+            struct stat a, b;
+            if (stat(in_dir, &a) == 0 && stat(out_dir, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+                st = qd_fail(ctx, QD_ERR_ARG, "%s: the output is the input checkpoint", out_dir);
+            if (st == QD_OK && qd_sf_config_from(r.sf)) st = same_folder(ctx, qd_sf_config_from(r.sf), out_dir);
+        }
         if (st == QD_OK && lstat(out_dir, &sb) == 0 && !p->force)
             st = qd_fail(ctx, QD_ERR_ARG, "%s: already exists (use --force to replace it)", out_dir);
     }
