@@ -308,8 +308,8 @@ static qd_status map_all(sf_build *b) {
         }
     }
     if (unmapped)
-        return qd_fail(ctx, QD_ERR_FORMAT, "%s: %lld tensor%s of this %s checkpoint have no diffusers name qdiff knows: %s%s",
-                       sf->path, (long long)unmapped, unmapped == 1 ? "" : "s", qd_sf_family_name(sf), keys,
+        return qd_fail(ctx, QD_ERR_FORMAT, "%s: %lld tensor%s of this %s checkpoint ha%s no diffusers name qdiff knows: %s%s",
+                       sf->path, (long long)unmapped, unmapped == 1 ? "" : "s", qd_sf_family_name(sf), unmapped == 1 ? "s" : "ve", keys,
                        unmapped > 5 ? ", ..." : "");
     if (is_flux) QD_TRY(sf_check_flux(b, dp));
     return QD_OK;
@@ -352,6 +352,10 @@ static qd_status load_configs(qd_ctx *ctx, qd_single_file *sf) {
             continue;
         }
         char p[4300];
+        snprintf(p, sizeof p, "%s/%s", sf->config_from, c->name);
+        if (!qd_dir_exists(p))
+            return qd_fail(ctx, QD_ERR_ARG, "%s: --config-from folder has no '%s' component (the checkpoint %s is %s)", sf->config_from,
+                           c->name, sf->path, qd_sf_family_name(sf));
         snprintf(p, sizeof p, "%s/%s/config.json", sf->config_from, c->name);
         cJSON *root;
         QD_TRY(qd_json_load(ctx, p, &root));

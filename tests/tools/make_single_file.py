@@ -17,6 +17,7 @@ usage: make_single_file.py FAMILY DIFFUSERS_DIR OUT.safetensors [options]
   --denoiser-only   only the UNet / transformer (ComfyUI models/diffusion_models)
   --no-prefix       denoiser keys without "model.diffusion_model."
   --drop KEY        leave out this (original) key (repeatable; for bad-input tests)
+  --rename OLD=NEW  store key OLD as NEW (repeatable; for bad-input tests)
   --extra           also write the buffers real checkpoints carry that diffusers drops
                     (LDM schedule, text position_ids, OpenCLIP logit_scale)
 """
@@ -240,10 +241,6 @@ def flux_to_bfl(sd, cfg):
             out[q + "modulation.lin." + s] = sd[p + "norm.linear." + s]
         out[q + "norm.query_norm.scale"] = sd[p + "attn.norm_q.weight"]
         out[q + "norm.key_norm.scale"] = sd[p + "attn.norm_k.weight"]
-    used = 0
-    for k in sd:
-        used += 1
-    assert len(out) > 0 and used == len(sd)
     return out
 
 
@@ -253,12 +250,16 @@ def prefixed(prefix, sd):
 
 def main(argv):
     args = [a for a in argv[1:]]
-    drops, opts, pos = [], set(), []
+    drops, renames, opts, pos = [], [], set(), []
     i = 0
     while i < len(args):
         a = args[i]
         if a == "--drop":
             drops.append(args[i + 1])
+            i += 2
+            continue
+        if a == "--rename":
+            renames.append(args[i + 1].split("=", 1))
             i += 2
             continue
         if a.startswith("--"):
@@ -304,6 +305,11 @@ def main(argv):
             print("make_single_file: no key %s to drop" % k, file=sys.stderr)
             return 2
         del out[k]
+    for old, new in renames:
+        if old not in out:
+            print("make_single_file: no key %s to rename" % old, file=sys.stderr)
+            return 2
+        out[new] = out.pop(old)
     write_st(outp, out)
     return 0
 
