@@ -71,6 +71,12 @@ void qd_set_precision(qd_ctx *ctx, int precision);
 /* Open a Hugging Face diffusers folder (model_index.json + component folders).
  * Weights are memory-mapped, not copied. */
 qd_status qd_model_open(qd_ctx *ctx, const char *dir, qd_model **out);
+/* Open a single-file checkpoint (SD1.x / SDXL original layout, FLUX.1 BFL/ComfyUI
+ * layout; see qd_quantize) as a model: the components it holds take their weights
+ * from it (converted names, views of the mapped file), everything else (configs,
+ * tokenizers, scheduler, components it lacks) from config_from, a diffusers folder of
+ * the same family (required). */
+qd_status qd_model_open_single_file(qd_ctx *ctx, const char *file, const char *config_from, qd_model **out);
 void qd_model_free(qd_model *model);
 const char *qd_model_family(const qd_model *model);          /* "sd15", "sdxl", "sd3", "flux" */
 const char *qd_model_scheduler(const qd_model *model);       /* the folder's scheduler class */

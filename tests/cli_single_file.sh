@@ -97,13 +97,30 @@ else
   bad "SDXL without --config-from: $(head -c 600 "$tmp/stdout") $(head -c 600 "$tmp/stderr")"
 fi
 
+# generate straight from the single file: the folder's latents
+g=(-p "a red circle" --steps 2 -W 64 -H 64 --seed 3 -q)
+if "$qdiff" generate -m "$tmp/flux.safetensors" --config-from "$m/flux-tiny" "${g[@]}" -o "$tmp/a.png" --save-latents "$tmp/a.st" 2>"$tmp/stderr" &&
+   "$qdiff" generate -m "$m/flux-tiny" "${g[@]}" -o "$tmp/b.png" --save-latents "$tmp/b.st" 2>>"$tmp/stderr" && clean &&
+   same_st "$tmp/a.st" "$tmp/b.st"; then
+  ok "generate -m FILE --config-from DIR: the folder's latents"
+else
+  bad "generate from the single file: $(head -c 600 "$tmp/stderr")"
+fi
+rm -f "$tmp"/a.* "$tmp"/b.*
+if ! "$qdiff" generate -m "$tmp/flux.safetensors" "${g[@]}" -o "$tmp/out.png" >/dev/null 2>"$tmp/stderr" &&
+   grep -q -- "--config-from" "$tmp/stderr" && clean && [[ ! -e $tmp/out.png ]]; then
+  ok "generate from a single file without --config-from: $(head -c 200 "$tmp/stderr")"
+else
+  bad "generate without --config-from: $(head -c 300 "$tmp/stderr")"
+fi
+
 expect "LoRA naming no converted layer" "0 of its 1 LoRA layers matched" -- \
   quantize "$tmp/flux.safetensors" "$tmp/out" --config-from "$m/flux-tiny" -q --merge-lora "$tmp/lora_nomatch.safetensors"
 expect "unknown family" "not a checkpoint of a family qdiff converts" -- \
   quantize "$m/sd15-tiny/unet/diffusion_pytorch_model.safetensors" "$tmp/out" -q
 expect "--config-from with a folder input" "--config-from is for single-file checkpoints" -- \
   quantize "$m/sd15-tiny" "$tmp/out" --config-from "$m/sd15-tiny" -q
-expect "--config-from of another family" "has no 'transformer' component" -- \
+expect "--config-from of another family" "is a StableDiffusionPipeline folder" -- \
   quantize "$tmp/flux.safetensors" "$tmp/out" --config-from "$m/sd15-tiny" -q
 head -c 100000 "$tmp/flux.safetensors" >"$tmp/trunc.safetensors"
 expect "truncated checkpoint" "trunc.safetensors" -- quantize "$tmp/trunc.safetensors" "$tmp/out" -q

@@ -13,6 +13,8 @@
  *  - without --config-from: the inferred configs agree with the fixture configs on
  *    everything the shapes determine, the report lists the missing tokenizers, and
  *    FLUX's RoPE axes (not inferable for this head size) make it ask for --config-from;
+ *  - generating straight from the single files (qd_model_open_single_file) meets the
+ *    unquantized goldens within the pipeline tolerance;
  *  - bad input: unknown family, truncated file, incomplete fused groups, a tensor with
  *    no diffusers name, a component the file lacks: errors naming the file and the
  *    tensor, nothing left behind. */
@@ -130,8 +132,9 @@ static void check_same_folder(qd_ctx *ctx, const char *mine, const char *ref, co
           (long long)files, diffs ? "; first difference: " : "", first);
 }
 
-/* Latents of one golden case on model_dir vs the golden (rel L2; -1 on failure). */
-static double golden_dev(qd_ctx *ctx, const char *model_dir, const char *golden_dir, const char *golden) {
+/* Latents of one golden case on model_dir (a folder, or a single file with config_from)
+ * vs the golden (rel L2; -1 on failure). */
+static double golden_dev_sf(qd_ctx *ctx, const char *model_dir, const char *config_from, const char *golden_dir, const char *golden) {
     char path[1024];
     snprintf(path, sizeof path, "%s/cases.json", fixture(golden_dir));
     cJSON *cases;
@@ -141,7 +144,7 @@ static double golden_dev(qd_ctx *ctx, const char *model_dir, const char *golden_
         if (!strcmp(qd_json_str(it, "golden", ""), golden)) c = it;
     qd_model *m = NULL;
     double r = -1;
-    if (c && qd_model_open(ctx, model_dir, &m) == QD_OK) {
+    if (c && (config_from ? qd_model_open_single_file(ctx, model_dir, config_from, &m) : qd_model_open(ctx, model_dir, &m)) == QD_OK) {
         qd_gen_params p;
         char *opts = golden_case_params(m, c, &p);
         int64_t shape[4];
@@ -162,6 +165,28 @@ static double golden_dev(qd_ctx *ctx, const char *model_dir, const char *golden_
     }
     cJSON_Delete(cases);
     return r;
+}
+
+static double golden_dev(qd_ctx *ctx, const char *model_dir, const char *golden_dir, const char *golden) {
+    return golden_dev_sf(ctx, model_dir, NULL, golden_dir, golden);
+}
+
+/* generate straight from the single files (qd_model_open_single_file): the goldens
+ * within the pipeline tolerance (latents rel L2 1e-3) */
+static void generate_from_file(qd_ctx *ctx) {
+    double d = golden_dev_sf(ctx, scratch_path("sd1.safetensors"), fixture("models/sd15-tiny"), "goldens/sd15-tiny", "pipe_euler.safetensors");
+    check(d >= 0 && d <= 1e-3, "SD1.5 generated from the LDM single file: latents rel_l2 %.3g to the diffusers golden (tol 1e-3)", d);
+    d = golden_dev_sf(ctx, scratch_path("sdxl.safetensors"), fixture("models/sdxl-tiny"), "goldens/sdxl-tiny", "pipe_euler.safetensors");
+    check(d >= 0 && d <= 1e-3, "SDXL generated from the LDM single file: latents rel_l2 %.3g to the diffusers golden (tol 1e-3)", d);
+    d = golden_dev_sf(ctx, scratch_path("flux-bare.safetensors"), fixture("models/flux-tiny"), "goldens/flux-tiny", "pipe_flow_euler.safetensors");
+    check(d >= 0 && d <= 1e-3, "FLUX generated from a bare BFL transformer file (the rest from --config-from): latents rel_l2 %.3g (tol 1e-3)", d);
+    qd_model *m = NULL;
+    qd_status st = qd_model_open_single_file(ctx, scratch_path("sd1.safetensors"), NULL, &m);
+    check(st != QD_OK && !m && strstr(qd_last_error(ctx), "--config-from"), "generate from a single file without a config folder: %s",
+          qd_last_error(ctx));
+    st = qd_model_open_single_file(ctx, scratch_path("sd1.safetensors"), fixture("models/sdxl-tiny"), &m);
+    check(st != QD_OK && !m && strstr(qd_last_error(ctx), "StableDiffusionXLPipeline") && strstr(qd_last_error(ctx), "SD1.x"),
+          "an SD1.5 file with an SDXL config folder is refused: %s", qd_last_error(ctx));
 }
 
 /* The single file and the folder quantized with the same options: same folder. */
@@ -404,7 +429,7 @@ static void bad_input(qd_ctx *ctx) {
     /* a component the file lacks; a --config-from of another family */
     expect_fail(ctx, scratch_path("sd1-unet.safetensors"), fixture("models/sd15-tiny"), "unet,vae", "no component 'vae'",
                 "sd1-unet.safetensors", "component not in a denoiser-only file");
-    expect_fail(ctx, scratch_path("sd1.safetensors"), fixture("models/flux-tiny"), NULL, "no 'unet' component", "SD1.x",
+    expect_fail(ctx, scratch_path("sd1.safetensors"), fixture("models/flux-tiny"), NULL, "is a FluxPipeline folder", "SD1.x",
                 "--config-from of another family");
 }
 
@@ -415,6 +440,7 @@ int main(void) {
     families(ctx);
     against_sdnq(ctx);
     inferred(ctx);
+    generate_from_file(ctx);
     bad_input(ctx);
     qd_ctx_free(ctx);
     scratch_remove();

@@ -6,13 +6,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static void usage_generate(FILE *f) {
     fprintf(f,
         "usage: qdiff generate -m DIR -p TEXT -o OUT.png [options]\n"
         "\n"
-        "  -m, --model DIR            diffusers folder (model_index.json + component folders)\n"
+        "  -m, --model DIR            diffusers folder (model_index.json + component folders), or a\n"
+        "                             single-file checkpoint (.safetensors: SD1.x/SDXL original layout,\n"
+        "                             FLUX.1 BFL/ComfyUI layout) with --config-from\n"
+        "      --config-from DIR      for a single-file -m: a diffusers folder of its family giving the\n"
+        "                             configs, tokenizers, scheduler and the components the file lacks\n"
         "  -p, --prompt TEXT          what to draw\n"
         "  -n, --negative TEXT        negative prompt (default: empty)\n"
         "  -o, --output OUT.png       output PNG; with --batch N > 1, OUT-1.png ... OUT-N.png\n"
@@ -96,7 +101,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
-           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION };
+           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -113,10 +118,12 @@ int cmd_generate(int argc, char **argv) {
         {"sampler", required_argument, 0, O_SAMPLER}, {"schedule", required_argument, 0, O_SCHEDULE},
         {"eta", required_argument, 0, O_ETA}, {"scheduler-opt", required_argument, 0, O_SOPT},
         {"noise-mode", required_argument, 0, O_NOISE}, {"precision", required_argument, 0, O_PRECISION},
+        {"config-from", required_argument, 0, O_CONFIG_FROM},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
     const char *model_dir = NULL, *out = NULL, *latents_path = NULL, *preview_path = NULL, *preview_vae_path = NULL;
+    const char *config_from = NULL;
     long threads = 0, v;
     int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision = QD_PRECISION_FP32;
     char sched_opts[8192] = "";   /* --scheduler-options / --scheduler-opt / --eta, as one JSON object */
@@ -125,6 +132,7 @@ int cmd_generate(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "m:p:n:o:W:H:t:qh", opts, NULL)) != -1) {
         switch (c) {
         case 'm': model_dir = optarg; break;
+        case O_CONFIG_FROM: config_from = optarg; break;
         case 'p': p.prompt = optarg; break;
         case 'n': p.negative_prompt = optarg; break;
         case 'o': out = optarg; break;
@@ -246,7 +254,14 @@ int cmd_generate(int argc, char **argv) {
     float *lat = NULL;
     qd_vae_model *preview_vae = NULL;
     preview_state pv = {ctx, preview_path, 0};
-    if (qd_model_open(ctx, model_dir, &m) != QD_OK ||
+    struct stat msb;
+    int single_file = stat(model_dir, &msb) == 0 && S_ISREG(msb.st_mode);
+    if (config_from && !single_file) {
+        fprintf(stderr, "qdiff: %s: --config-from is for a single-file checkpoint given with -m\n", model_dir);
+        rc = EXIT_BAD;
+        goto done;
+    }
+    if ((single_file ? qd_model_open_single_file(ctx, model_dir, config_from, &m) : qd_model_open(ctx, model_dir, &m)) != QD_OK ||
         (preview_vae_path && qd_vae_open(ctx, preview_vae_path, &preview_vae) != QD_OK)) {
         fprintf(stderr, "qdiff: %s\n", qd_last_error(ctx));
         rc = EXIT_BAD;

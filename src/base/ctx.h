@@ -26,6 +26,9 @@ struct qd_ctx {
     void *trace_user;
     int matmul_mode;            /* SDNQ layers: 0 as the model's config asks, 1 exact, 2 int8 (qd_set_matmul) */
     int precision;              /* QD_PRECISION_* (qd_set_precision); read it through qd_ctx_bf16() */
+    /* While a single-file checkpoint is opened as a model (pipeline/model.c): the
+     * components it holds take their weights from it (models/params.c); else NULL. */
+    const struct qd_single_file *weights_from;
 };
 
 /* Record an error: formats into ctx->err and returns `code` (never QD_OK). */

@@ -327,6 +327,9 @@ static qd_status finish_components(sf_build *b) {
             return qd_fail(b->ctx, QD_ERR_FORMAT, "%s: no tensors of the %s (%s) in this %s checkpoint", sf->path, c->name, c->cls,
                            qd_sf_family_name(sf));
         qsort(c->view.tensors, (size_t)c->view.n_tensors, sizeof *c->view.tensors, cmp_tensor);
+        /* messages about the view name the checkpoint (borrowed: the view is never closed) */
+        c->view.files = sf->file.files;
+        c->view.n_files = sf->file.n_files;
         for (int64_t k = 1; k < c->view.n_tensors; k++)
             if (!strcmp(c->view.tensors[k - 1].name, c->view.tensors[k].name))
                 return qd_fail(b->ctx, QD_ERR_FORMAT, "%s: two tensors become %s '%s'", sf->path, c->name, c->view.tensors[k].name);
@@ -342,6 +345,22 @@ static qd_status load_configs(qd_ctx *ctx, qd_single_file *sf) {
         qd_path_join(idx, sizeof idx, sf->config_from, "model_index.json");
         if (!qd_dir_exists(sf->config_from) || !qd_file_exists(idx))
             return qd_fail(ctx, QD_ERR_ARG, "%s: --config-from needs a diffusers folder (with model_index.json)", sf->config_from);
+    }
+    if (sf->config_from[0]) {
+        /* the folder must be a pipeline of the checkpoint's family */
+        static const char *want[] = {"StableDiffusionPipeline", "StableDiffusionXLPipeline", "FluxPipeline"};
+        char idx[4200];
+        qd_path_join(idx, sizeof idx, sf->config_from, "model_index.json");
+        cJSON *mi;
+        QD_TRY(qd_json_load(ctx, idx, &mi));
+        const char *cls = qd_json_str(mi, "_class_name", "");
+        int ok = !strcmp(cls, want[sf->fam]);
+        char got[128];
+        snprintf(got, sizeof got, "%s", cls);
+        cJSON_Delete(mi);
+        if (!ok)
+            return qd_fail(ctx, QD_ERR_ARG, "%s: --config-from is a %s folder, the checkpoint %s is %s (%s)", sf->config_from,
+                           got[0] ? got : "(no _class_name)", sf->path, qd_sf_family_name(sf), want[sf->fam]);
     }
     for (int i = 0; i < sf->n_comps; i++) {
         qd_sf_component *c = &sf->comps[i];

@@ -3,6 +3,7 @@
 #include "quant/sdnq_config.h"
 #include "quant/sdnq_weight.h"
 #include "quant/comfy_quant.h"
+#include "convert/single_file.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,6 +31,19 @@ qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_para
     snprintf(p->name, sizeof p->name, "%s", name);
     snprintf(p->dir, sizeof p->dir, "%s", dir);
     char path[4096];
+    if (ctx->weights_from) {
+        /* a component of the single-file checkpoint being opened: its converted view */
+        const qd_single_file *sf = ctx->weights_from;
+        for (int i = 0; i < qd_sf_n_components(sf); i++) {
+            const qd_sf_component *c = qd_sf_component_at(sf, i);
+            qd_path_join(path, sizeof path, qd_sf_config_from(sf), c->name);
+            if (strcmp(path, dir)) continue;
+            p->st = c->view;
+            p->borrowed = 1;
+            snprintf(p->dir, sizeof p->dir, "%s (%s)", qd_sf_path(sf), c->name);
+            return QD_OK;
+        }
+    }
     if (qd_params_weights_path(dir, path, sizeof path)) {
         QD_TRY(qd_st_open(ctx, path, &p->st));
         qd_status st = qd_sdnq_config_load_dir(ctx, dir, &p->sdnq);
@@ -50,7 +64,7 @@ void qd_params_close(qd_params *p) {
     free(p->owned);
     qd_sdnq_config_free(p->sdnq);
     if (p->cq) { qd_cq_close(p->cq); free(p->cq); }
-    qd_st_close(&p->st);
+    if (!p->borrowed) qd_st_close(&p->st);
     memset(p, 0, sizeof *p);
 }
 

@@ -27,12 +27,14 @@ typedef struct {
     struct qd_cq_model *cq; /* the weights file's comfy_quant layers, or NULL */
     void **owned;           /* float copies, freed by qd_params_close */
     int n_owned, cap_owned;
+    int borrowed;           /* st is a single-file checkpoint's view (ctx->weights_from): not closed here */
 } qd_params;
 
 /* Open the weights of a component folder: *.safetensors.index.json (sharded) or a
  * single diffusion_pytorch_model / model .safetensors, plain or ".fp16" variant;
  * and its SDNQ quantization_config (quantization_config.json, else config.json's
- * "quantization_config") if it has one. */
+ * "quantization_config") if it has one. While ctx->weights_from is set, a folder
+ * <config_from>/<component> of that single file takes the file's converted tensors. */
 qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_params *p);
 /* The weights file (or shard index) qd_params_open would use in dir: 1 found, 0 none. */
 int qd_params_weights_path(const char *dir, char *path, size_t size);

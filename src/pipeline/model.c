@@ -1,6 +1,7 @@
 /* Opening a diffusers folder: model_index.json names the pipeline class and each
  * component's library and class; each component folder has its own config. */
 #include "pipeline/model.h"
+#include "convert/single_file.h"
 #include "base/ctx.h"
 #include "io/file.h"
 #include "io/json.h"
@@ -64,6 +65,7 @@ void qd_model_free(qd_model *m) {
     qd_flux_free(m->flux);
     qd_vae_free(m->vae);
     cJSON_Delete(m->scheduler_config);
+    qd_sf_close(m->sf);   /* after the components: their weights point into it */
     free(m);
 }
 
@@ -213,6 +215,26 @@ qd_status qd_model_open(qd_ctx *ctx, const char *dir, qd_model **out) {
     if (!m) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
     snprintf(m->dir, sizeof m->dir, "%s", dir);
     qd_status st = open_model(ctx, dir, m);
+    if (st != QD_OK) { qd_model_free(m); return st; }
+    *out = m;
+    return QD_OK;
+}
+
+qd_status qd_model_open_single_file(qd_ctx *ctx, const char *file, const char *config_from, qd_model **out) {
+    *out = NULL;
+    if (!config_from) return qd_fail(ctx, QD_ERR_ARG, "%s: a single-file checkpoint needs a diffusers folder of its family for "
+                                     "tokenizers, scheduler and configs (--config-from DIR)", file);
+    if (!qd_sf_is_file(file)) return qd_fail(ctx, QD_ERR_IO, "%s: not a file", file);
+    qd_model *m = calloc(1, sizeof *m);
+    if (!m) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    snprintf(m->dir, sizeof m->dir, "%s", file);
+    qd_status st = qd_sf_open(ctx, file, config_from, &m->sf);
+    if (st == QD_OK) {
+        /* the folder's pipeline, with the file's components' weights */
+        ctx->weights_from = m->sf;
+        st = open_model(ctx, config_from, m);
+        ctx->weights_from = NULL;
+    }
     if (st != QD_OK) { qd_model_free(m); return st; }
     *out = m;
     return QD_OK;
