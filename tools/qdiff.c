@@ -11,7 +11,7 @@ static void usage_main(FILE *f) {
         "usage: qdiff <command> [options]\n"
         "\n"
         "commands:\n"
-        "  generate    text-to-image from a diffusers folder (SD1.5, SDXL, SD3.5, FLUX.1)\n"
+        "  generate    text-to-image from a diffusers folder (SD1.5, SDXL, SD3.5, FLUX.1) or single file\n"
         "  vae         encode an image to latents or decode latents (diffusers VAE or TAESD)\n"
         "  inspect     what a model folder holds: parameters, bytes on disk/in memory, SDNQ layer types\n"
         "  samplers    the samplers, schedules and scheduler classes generate accepts\n"
