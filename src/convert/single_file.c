@@ -42,11 +42,6 @@ struct sf_build {
     int unet_layers, vae_levels;
 };
 
-static const char *after(const char *s, const char *p) {
-    size_t n = strlen(p);
-    return strncmp(s, p, n) == 0 ? s + n : NULL;
-}
-
 int qd_sf_is_file(const char *path) {
     struct stat sb;
     return path && stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
@@ -286,10 +281,10 @@ static qd_status map_all(sf_build *b) {
     sf_comp(b, routes[n_routes - 1].comp, routes[n_routes - 1].cls, routes[n_routes - 1].w);
     for (int64_t i = 0; i < sf->file.n_tensors; i++) {
         const qd_st_tensor *t = &sf->file.tensors[i];
-        if (ldm_dropped(t->name) || after(t->name, "model_ema.")) continue;
+        if (ldm_dropped(t->name) || sf_after(t->name, "model_ema.")) continue;
         int r = SF_UNKNOWN;
         for (int k = 0; k < n_routes; k++) {
-            const char *key = after(t->name, routes[k].prefix);
+            const char *key = sf_after(t->name, routes[k].prefix);
             if (!key) continue;
             int c = sf_comp(b, routes[k].comp, routes[k].cls, routes[k].w);
             switch (routes[k].kind) {

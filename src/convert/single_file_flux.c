@@ -9,25 +9,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static const char *after(const char *s, const char *p) {
-    size_t n = strlen(p);
-    return strncmp(s, p, n) == 0 ? s + n : NULL;
-}
-
-static long take_index(const char **s) {
-    const char *p = *s;
-    long v = 0;
-    if (*p < '0' || *p > '9') return -1;
-    while (*p >= '0' && *p <= '9') {
-        v = v * 10 + (*p - '0');
-        if (v > 100000) return -1;
-        p++;
-    }
-    if (*p != '.') return -1;
-    *s = p + 1;
-    return v;
-}
-
 static int add_fmt(sf_build *b, int comp, const qd_st_tensor *src, int op, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 static int add_fmt(sf_build *b, int comp, const qd_st_tensor *src, int op, const char *fmt, ...) {
@@ -97,21 +78,21 @@ static int fail(sf_build *b, const char *fmt, const char *a, const char *c, long
 int sf_map_flux(sf_build *b, int comp, const char *prefix, const char *key, const qd_st_tensor *src) {
     const char *r;
     for (size_t i = 0; i < sizeof top_map / sizeof *top_map; i++)
-        if ((r = after(key, top_map[i].bfl))) return add_fmt(b, comp, src, SF_VIEW, "%s%s", top_map[i].diff, r);
-    if ((r = after(key, "final_layer.adaLN_modulation.1."))) {
+        if ((r = sf_after(key, top_map[i].bfl))) return add_fmt(b, comp, src, SF_VIEW, "%s%s", top_map[i].diff, r);
+    if ((r = sf_after(key, "final_layer.adaLN_modulation.1."))) {
         if (src->shape[0] % 2) return fail(b, "%s: '%s%s' has an odd number of rows (%lld): not shift and scale halves", prefix, key, src->shape[0]);
         return add_fmt(b, comp, src, SF_SWAP, "norm_out.linear.%s", r);
     }
-    if ((r = after(key, "double_blocks."))) {
-        long n = take_index(&r);
+    if ((r = sf_after(key, "double_blocks."))) {
+        long n = sf_take_index(&r);
         if (n < 0) return SF_UNKNOWN;
         for (size_t i = 0; i < sizeof double_map / sizeof *double_map; i++) {
-            const char *t = after(r, double_map[i].bfl);
+            const char *t = sf_after(r, double_map[i].bfl);
             if (t) return add_fmt(b, comp, src, SF_VIEW, "transformer_blocks.%ld.%s%s", n, double_map[i].diff, t);
         }
         const char *t;
-        int img = (t = after(r, "img_attn.qkv.")) != NULL;
-        if (!img && !(t = after(r, "txt_attn.qkv."))) return SF_UNKNOWN;
+        int img = (t = sf_after(r, "img_attn.qkv.")) != NULL;
+        if (!img && !(t = sf_after(r, "txt_attn.qkv."))) return SF_UNKNOWN;
         if (strcmp(t, "weight") && strcmp(t, "bias")) return SF_UNKNOWN;
         if (src->shape[0] % 3) return fail(b, "%s: '%s%s' has %lld rows, not 3 equal q/k/v parts", prefix, key, src->shape[0]);
         char q[160], k[160], v[160];
@@ -122,14 +103,14 @@ int sf_map_flux(sf_build *b, int comp, const char *prefix, const char *key, cons
         int64_t h = src->shape[0] / 3, rows[3] = {h, h, h};
         return sf_split(b, comp, names, rows, 3, src);
     }
-    if ((r = after(key, "single_blocks."))) {
-        long n = take_index(&r);
+    if ((r = sf_after(key, "single_blocks."))) {
+        long n = sf_take_index(&r);
         if (n < 0) return SF_UNKNOWN;
         for (size_t i = 0; i < sizeof single_map / sizeof *single_map; i++) {
-            const char *t = after(r, single_map[i].bfl);
+            const char *t = sf_after(r, single_map[i].bfl);
             if (t) return add_fmt(b, comp, src, SF_VIEW, "single_transformer_blocks.%ld.%s%s", n, single_map[i].diff, t);
         }
-        const char *t = after(r, "linear1.");
+        const char *t = sf_after(r, "linear1.");
         if (!t || (strcmp(t, "weight") && strcmp(t, "bias"))) return SF_UNKNOWN;
         /* [3H + mlp, H]: the hidden size H is the weight's width */
         char wname[600];

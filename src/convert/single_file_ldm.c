@@ -4,33 +4,14 @@
  * convert_open_clip_checkpoint. */
 #include "convert/single_file_map.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static const char *after(const char *s, const char *p) {
-    size_t n = strlen(p);
-    return strncmp(s, p, n) == 0 ? s + n : NULL;
-}
-
-/* "<digits>." at *s: the number, *s moved past the dot; -1 when absent. */
-static long take_index(const char **s) {
-    const char *p = *s;
-    long v = 0;
-    if (*p < '0' || *p > '9') return -1;
-    while (*p >= '0' && *p <= '9') {
-        v = v * 10 + (*p - '0');
-        if (v > 100000) return -1;
-        p++;
-    }
-    if (*p != '.') return -1;
-    *s = p + 1;
-    return v;
-}
-
 static int add_named(sf_build *b, int comp, const qd_st_tensor *src, int op, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-#include <stdarg.h>
+/* Add src (whole) as the name printf-formatted from fmt. */
 static int add_named(sf_build *b, int comp, const qd_st_tensor *src, int op, const char *fmt, ...) {
     char name[512];
     va_list ap;
@@ -50,13 +31,13 @@ static const char *unet_resnet_part(const char *rest, const char **tail) {
         {"out_layers.0.", "norm2."}, {"out_layers.3.", "conv2."}, {"skip_connection.", "conv_shortcut."},
     };
     for (size_t i = 0; i < sizeof m / sizeof *m; i++)
-        if ((*tail = after(rest, m[i].ldm))) return m[i].diff;
+        if ((*tail = sf_after(rest, m[i].ldm))) return m[i].diff;
     return NULL;
 }
 
 /* Transformer2DModel inner names are the same in both layouts. */
 static int unet_attention_part(const char *rest) {
-    return after(rest, "norm.") || after(rest, "proj_in.") || after(rest, "proj_out.") || after(rest, "transformer_blocks.");
+    return sf_after(rest, "norm.") || sf_after(rest, "proj_in.") || sf_after(rest, "proj_out.") || sf_after(rest, "transformer_blocks.");
 }
 
 static int unet_resnet(sf_build *b, int comp, const char *base, const char *rest, const qd_st_tensor *src) {
@@ -75,15 +56,15 @@ int sf_map_ldm_unet(sf_build *b, int comp, const char *prefix, const char *key, 
     };
     const char *r;
     for (size_t i = 0; i < sizeof top / sizeof *top; i++)
-        if ((r = after(key, top[i].ldm))) return add_named(b, comp, src, SF_VIEW, "%s%s", top[i].diff, r);
+        if ((r = sf_after(key, top[i].ldm))) return add_named(b, comp, src, SF_VIEW, "%s%s", top[i].diff, r);
     int L = sf_ldm_unet_layers(b);
     char base[160];
-    if ((r = after(key, "input_blocks."))) {
-        long i = take_index(&r), j = take_index(&r);
+    if ((r = sf_after(key, "input_blocks."))) {
+        long i = sf_take_index(&r), j = sf_take_index(&r);
         if (i < 1 || j < 0 || L < 1) return SF_UNKNOWN;
         long blk = (i - 1) / (L + 1), l = (i - 1) % (L + 1);
         if (l == L) {
-            const char *t = after(r, "op.");
+            const char *t = sf_after(r, "op.");
             if (j != 0 || !t) return SF_UNKNOWN;
             return add_named(b, comp, src, SF_VIEW, "down_blocks.%ld.downsamplers.0.conv.%s", blk, t);
         }
@@ -94,8 +75,8 @@ int sf_map_ldm_unet(sf_build *b, int comp, const char *prefix, const char *key, 
         if (j == 1 && unet_attention_part(r)) return add_named(b, comp, src, SF_VIEW, "down_blocks.%ld.attentions.%ld.%s", blk, l, r);
         return SF_UNKNOWN;
     }
-    if ((r = after(key, "middle_block."))) {
-        long j = take_index(&r);
+    if ((r = sf_after(key, "middle_block."))) {
+        long j = sf_take_index(&r);
         if (j == 0 || j == 2) {
             snprintf(base, sizeof base, "mid_block.resnets.%ld.", j / 2);
             return unet_resnet(b, comp, base, r, src);
@@ -103,15 +84,15 @@ int sf_map_ldm_unet(sf_build *b, int comp, const char *prefix, const char *key, 
         if (j == 1 && unet_attention_part(r)) return add_named(b, comp, src, SF_VIEW, "mid_block.attentions.0.%s", r);
         return SF_UNKNOWN;
     }
-    if ((r = after(key, "output_blocks."))) {
-        long i = take_index(&r), j = take_index(&r);
+    if ((r = sf_after(key, "output_blocks."))) {
+        long i = sf_take_index(&r), j = sf_take_index(&r);
         if (i < 0 || j < 0 || L < 1) return SF_UNKNOWN;
         long blk = i / (L + 1), l = i % (L + 1);
         if (j == 0) {
             snprintf(base, sizeof base, "up_blocks.%ld.resnets.%ld.", blk, l);
             return unet_resnet(b, comp, base, r, src);
         }
-        const char *t = after(r, "conv.");
+        const char *t = sf_after(r, "conv.");
         if (t) return add_named(b, comp, src, SF_VIEW, "up_blocks.%ld.upsamplers.0.conv.%s", blk, t);
         if (j == 1 && unet_attention_part(r)) return add_named(b, comp, src, SF_VIEW, "up_blocks.%ld.attentions.%ld.%s", blk, l, r);
         return SF_UNKNOWN;
@@ -124,8 +105,8 @@ int sf_map_ldm_unet(sf_build *b, int comp, const char *prefix, const char *key, 
 static int vae_resnet(sf_build *b, int comp, const char *base, const char *rest, const qd_st_tensor *src) {
     static const char *same[] = {"norm1.", "conv1.", "norm2.", "conv2."};
     for (int i = 0; i < 4; i++)
-        if (after(rest, same[i])) return add_named(b, comp, src, SF_VIEW, "%s%s", base, rest);
-    const char *t = after(rest, "nin_shortcut.");
+        if (sf_after(rest, same[i])) return add_named(b, comp, src, SF_VIEW, "%s%s", base, rest);
+    const char *t = sf_after(rest, "nin_shortcut.");
     if (t) return add_named(b, comp, src, SF_VIEW, "%sconv_shortcut.%s", base, t);
     return SF_UNKNOWN;
 }
@@ -134,16 +115,16 @@ static int vae_resnet(sf_build *b, int comp, const char *base, const char *rest,
 static int vae_mid(sf_build *b, int comp, const char *side, const char *r, const qd_st_tensor *src) {
     char base[160];
     const char *t;
-    if ((t = after(r, "block_1.")) || (t = after(r, "block_2."))) {
+    if ((t = sf_after(r, "block_1.")) || (t = sf_after(r, "block_2."))) {
         snprintf(base, sizeof base, "%s.mid_block.resnets.%d.", side, r[6] == '2');
         return vae_resnet(b, comp, base, t, src);
     }
-    if (!(t = after(r, "attn_1."))) return SF_UNKNOWN;
+    if (!(t = sf_after(r, "attn_1."))) return SF_UNKNOWN;
     static const struct { const char *ldm, *diff; } m[] = {
         {"norm.", "group_norm."}, {"q.", "to_q."}, {"k.", "to_k."}, {"v.", "to_v."}, {"proj_out.", "to_out.0."},
     };
     for (int i = 0; i < 5; i++) {
-        const char *u = after(t, m[i].ldm);
+        const char *u = sf_after(t, m[i].ldm);
         if (!u) continue;
         /* the 1x1-conv projections become Linear weights (diffusers' conv_attn_to_linear) */
         int op = i > 0 && !strcmp(u, "weight") ? SF_LINEAR : SF_VIEW;
@@ -157,29 +138,29 @@ int sf_map_ldm_vae(sf_build *b, int comp, const char *prefix, const char *key, c
     static const char *same[] = {"encoder.conv_in.", "encoder.conv_out.", "decoder.conv_in.", "decoder.conv_out.",
                                  "quant_conv.", "post_quant_conv."};
     for (size_t i = 0; i < sizeof same / sizeof *same; i++)
-        if (after(key, same[i])) return add_named(b, comp, src, SF_VIEW, "%s", key);
+        if (sf_after(key, same[i])) return add_named(b, comp, src, SF_VIEW, "%s", key);
     const char *r;
-    if ((r = after(key, "encoder.norm_out."))) return add_named(b, comp, src, SF_VIEW, "encoder.conv_norm_out.%s", r);
-    if ((r = after(key, "decoder.norm_out."))) return add_named(b, comp, src, SF_VIEW, "decoder.conv_norm_out.%s", r);
-    if ((r = after(key, "encoder.mid."))) return vae_mid(b, comp, "encoder", r, src);
-    if ((r = after(key, "decoder.mid."))) return vae_mid(b, comp, "decoder", r, src);
+    if ((r = sf_after(key, "encoder.norm_out."))) return add_named(b, comp, src, SF_VIEW, "encoder.conv_norm_out.%s", r);
+    if ((r = sf_after(key, "decoder.norm_out."))) return add_named(b, comp, src, SF_VIEW, "decoder.conv_norm_out.%s", r);
+    if ((r = sf_after(key, "encoder.mid."))) return vae_mid(b, comp, "encoder", r, src);
+    if ((r = sf_after(key, "decoder.mid."))) return vae_mid(b, comp, "decoder", r, src);
     char base[160];
-    if ((r = after(key, "encoder.down."))) {
-        long i = take_index(&r), j;
+    if ((r = sf_after(key, "encoder.down."))) {
+        long i = sf_take_index(&r), j;
         const char *t;
         if (i < 0) return SF_UNKNOWN;
-        if ((t = after(r, "downsample.conv."))) return add_named(b, comp, src, SF_VIEW, "encoder.down_blocks.%ld.downsamplers.0.conv.%s", i, t);
-        if (!(t = after(r, "block.")) || (j = take_index(&t)) < 0) return SF_UNKNOWN;
+        if ((t = sf_after(r, "downsample.conv."))) return add_named(b, comp, src, SF_VIEW, "encoder.down_blocks.%ld.downsamplers.0.conv.%s", i, t);
+        if (!(t = sf_after(r, "block.")) || (j = sf_take_index(&t)) < 0) return SF_UNKNOWN;
         snprintf(base, sizeof base, "encoder.down_blocks.%ld.resnets.%ld.", i, j);
         return vae_resnet(b, comp, base, t, src);
     }
-    if ((r = after(key, "decoder.up."))) {
-        long i = take_index(&r), j, n = sf_ldm_vae_levels(b);
+    if ((r = sf_after(key, "decoder.up."))) {
+        long i = sf_take_index(&r), j, n = sf_ldm_vae_levels(b);
         const char *t;
         if (i < 0 || i >= n) return SF_UNKNOWN;
         long u = n - 1 - i;   /* LDM counts decoder levels from the lowest resolution up */
-        if ((t = after(r, "upsample.conv."))) return add_named(b, comp, src, SF_VIEW, "decoder.up_blocks.%ld.upsamplers.0.conv.%s", u, t);
-        if (!(t = after(r, "block.")) || (j = take_index(&t)) < 0) return SF_UNKNOWN;
+        if ((t = sf_after(r, "upsample.conv."))) return add_named(b, comp, src, SF_VIEW, "decoder.up_blocks.%ld.upsamplers.0.conv.%s", u, t);
+        if (!(t = sf_after(r, "block.")) || (j = sf_take_index(&t)) < 0) return SF_UNKNOWN;
         snprintf(base, sizeof base, "decoder.up_blocks.%ld.resnets.%ld.", u, j);
         return vae_resnet(b, comp, base, t, src);
     }
@@ -191,11 +172,11 @@ int sf_map_ldm_vae(sf_build *b, int comp, const char *prefix, const char *key, c
 /* transformers' CLIPTextModel names, with or without the text_model. level of old
  * checkpoints; the position_ids buffer is dropped (transformers does not save it). */
 int sf_map_clip(sf_build *b, int comp, const char *key, const qd_st_tensor *src) {
-    const char *r = after(key, "text_model.");
+    const char *r = sf_after(key, "text_model.");
     const char *k = r ? r : key;
     if (!strcmp(k, "embeddings.position_ids")) return SF_MAPPED;
     if (!r && !strcmp(key, "text_projection.weight")) return add_named(b, comp, src, SF_VIEW, "%s", key);
-    if (after(k, "embeddings.") || after(k, "encoder.layers.") || after(k, "final_layer_norm."))
+    if (sf_after(k, "embeddings.") || sf_after(k, "encoder.layers.") || sf_after(k, "final_layer_norm."))
         return add_named(b, comp, src, SF_VIEW, "text_model.%s", k);
     return SF_UNKNOWN;
 }
@@ -209,16 +190,16 @@ int sf_map_open_clip(sf_build *b, int comp, const char *prefix, const char *key,
     if (!strcmp(key, "positional_embedding")) return add_named(b, comp, src, SF_VIEW, "text_model.embeddings.position_embedding.weight");
     if (!strcmp(key, "text_projection")) return add_named(b, comp, src, SF_TRANSPOSE, "text_projection.weight");
     const char *r;
-    if ((r = after(key, "ln_final."))) return add_named(b, comp, src, SF_VIEW, "text_model.final_layer_norm.%s", r);
-    if (!(r = after(key, "transformer.resblocks."))) return SF_UNKNOWN;
-    long n = take_index(&r);
+    if ((r = sf_after(key, "ln_final."))) return add_named(b, comp, src, SF_VIEW, "text_model.final_layer_norm.%s", r);
+    if (!(r = sf_after(key, "transformer.resblocks."))) return SF_UNKNOWN;
+    long n = sf_take_index(&r);
     if (n < 0) return SF_UNKNOWN;
     static const struct { const char *ldm, *diff; } m[] = {
         {"ln_1.", "layer_norm1."}, {"ln_2.", "layer_norm2."}, {"mlp.c_fc.", "mlp.fc1."},
         {"mlp.c_proj.", "mlp.fc2."}, {"attn.out_proj.", "self_attn.out_proj."},
     };
     for (int i = 0; i < 5; i++) {
-        const char *t = after(r, m[i].ldm);
+        const char *t = sf_after(r, m[i].ldm);
         if (t) return add_named(b, comp, src, SF_VIEW, "text_model.encoder.layers.%ld.%s%s", n, m[i].diff, t);
     }
     int is_w = !strcmp(r, "attn.in_proj_weight"), is_b = !strcmp(r, "attn.in_proj_bias");
@@ -247,6 +228,6 @@ int sf_map_open_clip(sf_build *b, int comp, const char *prefix, const char *key,
 
 /* transformers' T5EncoderModel names are stored as they are (ComfyUI's t5xxl). */
 int sf_map_t5(sf_build *b, int comp, const char *key, const qd_st_tensor *src) {
-    if (after(key, "encoder.") || !strcmp(key, "shared.weight")) return add_named(b, comp, src, SF_VIEW, "%s", key);
+    if (sf_after(key, "encoder.") || !strcmp(key, "shared.weight")) return add_named(b, comp, src, SF_VIEW, "%s", key);
     return SF_UNKNOWN;
 }

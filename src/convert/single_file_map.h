@@ -5,7 +5,30 @@
 
 #include "convert/single_file.h"
 
+#include <string.h>
+
 typedef struct sf_build sf_build;
+
+/* s past prefix p, or NULL when s does not start with p. */
+static inline const char *sf_after(const char *s, const char *p) {
+    size_t n = strlen(p);
+    return strncmp(s, p, n) == 0 ? s + n : NULL;
+}
+
+/* "<digits>." at *s: the number, *s moved past the dot; -1 when absent (or > 100000). */
+static inline long sf_take_index(const char **s) {
+    const char *p = *s;
+    long v = 0;
+    if (*p < '0' || *p > '9') return -1;
+    while (*p >= '0' && *p <= '9') {
+        v = v * 10 + (*p - '0');
+        if (v > 100000) return -1;
+        p++;
+    }
+    if (*p != '.') return -1;
+    *s = p + 1;
+    return v;
+}
 
 enum {
     SF_VIEW,        /* rows [row0, row0+rows) of the source, shape otherwise unchanged */
