@@ -506,7 +506,7 @@ static void variants(qd_ctx *ctx) {
 
 int main(void) {
     if (!scratch_make("quantize_models")) return test_summary();
-    qd_ctx *ctx = qd_ctx_new(0);
+    qd_ctx *ctx = test_ctx_new(0);
     qd_set_log(ctx, NULL, NULL);
     flux(ctx);
     sd15(ctx);
