@@ -88,5 +88,22 @@ if "$qdiff" serve --help | grep -q -- "--precision"; then ok "serve --help lists
 if [[ $? -eq 2 ]] && grep -q "precision" "$tmp/err"; then ok "serve --precision fp8 refused: $(cat "$tmp/err")"
 else bad "serve --precision fp8: $(cat "$tmp/err")"; fi
 
+# serve: the precision each model runs in, from --precision or $QD_PRECISION, in its "ready" line
+serve_ready() {   # log file, serve args...: start, wait (<= 60 s) for the model, stop; the ready line
+  local log=$1 pid t
+  shift
+  "$qdiff" serve -m "$fx/models/sd15-tiny" --port 0 "$@" 2>"$log" &
+  pid=$!
+  for t in $(seq 120); do grep -q "ready (" "$log" && break; sleep 0.5; done
+  kill "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+  grep "ready (" "$log"
+}
+r=$(serve_ready "$tmp/serve1.log" --precision fp32)
+if [[ "$r" == *"(sd15, fp32,"* ]]; then ok "serve --precision fp32: $r"; else bad "serve --precision fp32: $(cat "$tmp/serve1.log")"; fi
+r=$(QD_PRECISION=bf16 serve_ready "$tmp/serve2.log")
+if [[ "$r" == *"(sd15, $want,"* ]]; then ok "serve with QD_PRECISION=bf16 runs $want here: $r"
+else bad "serve QD_PRECISION=bf16: $(cat "$tmp/serve2.log")"; fi
+
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]
