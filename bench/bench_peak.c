@@ -4,7 +4,8 @@
  * together with the nominal "cores x GHz x FLOP/cycle" it shows the clock the cores
  * really run at (a VM's lscpu often shows only the base/TSC frequency).
  *
- *   bench_peak [--threads N] [--seconds S]      (default: all online cores, 0.5 s)
+ *   bench_peak [--threads N] [--seconds S] [--idle-wait S]
+ *                                  (default: all online cores, 0.5 s, 60 s)
  *
  * Each figure is the best of several runs, each started once the machine is idle
  * (other processes can only lower it). The
@@ -47,10 +48,12 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-/* Wait (at most 60 s) for the other processes on the machine to go quiet. */
+static double idle_wait = 60;   /* --idle-wait */
+
+/* Wait (at most idle_wait s) for the other processes on the machine to go quiet. */
 static void wait_idle(void) {
     double t0 = now();
-    while (now() - t0 < 60) {
+    while (now() - t0 < idle_wait) {
         unsigned long long a[8] = {0}, b[8] = {0};
         FILE *f = fopen("/proc/stat", "r");
         if (!f || fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &a[0], &a[1], &a[2], &a[3], &a[4], &a[5],
@@ -90,6 +93,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--seconds")) seconds = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--idle-wait")) idle_wait = atof(argv[i + 1]);
     }
     if (threads < 1 || threads > 256) threads = 1;
     __builtin_cpu_init();

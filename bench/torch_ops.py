@@ -3,6 +3,7 @@
 
     /usr/bin/python3 bench/torch_ops.py TRACE.json [--threads 2] [--reps 3] [--label TEXT]
                                         [--ops conv2d,linear,attention] [--json OUT.json] [--md OUT.md]
+                                        [--dtype fp32|bf16]
 
 TRACE.json is what `bench_unet --trace` writes: one record per op qdiff ran in the
 timed step (op, dims, seconds). Shapes are de-duplicated (with their count), each is
@@ -10,7 +11,9 @@ run in PyTorch fp32 on --threads threads, and the median of --reps repetitions (
 one warm-up run) is compared with qdiff's time for the same shape. Reported: a table
 per op type, the summed ratio (sum over ops of torch time x count / sum of qdiff
 time; > 1 means qdiff is faster), the top shapes by qdiff time, and the fraction of
-this CPU's nominal fp32 peak each side reaches.
+this CPU's nominal fp32 peak each side reaches. --dtype bf16 runs every op on bf16
+tensors (oneDNN's AVX512_BF16 kernels where the CPU has them), the side-by-side of a
+`bench_unet --precision bf16` trace; give it the measured bf16 peak (--peak-gflops).
 
 What PyTorch runs for each op is what diffusers runs on torch 1.13:
   conv2d     F.conv2d(x, w, b, stride, padding) (asymmetric padding: F.pad first)
@@ -63,10 +66,13 @@ def describe(op, d):
     return "B%d heads%d Lq%d Lk%d dh%d%s" % (d[0], d[1], d[2], d[3], d[4], " causal" if d[5] else "")
 
 
+DTYPE = torch.float32   # --dtype
+
+
 def make_fn(op, d):
-    """A closure that runs the op once in torch (inputs made up front)."""
+    """A closure that runs the op once in torch (inputs made up front, in DTYPE)."""
     g = torch.Generator().manual_seed(0)
-    rnd = lambda *s: torch.randn(*s, generator=g)
+    rnd = lambda *s: torch.randn(*s, generator=g).to(DTYPE)
     if op == "conv2d":
         B, Cin, H, W, Cout, kh, kw, s, pt, pb, pl, pr = d
         x, w, b = rnd(B, Cin, H, W), rnd(Cout, Cin, kh, kw) * 0.02, rnd(Cout)
@@ -92,11 +98,11 @@ def make_fn(op, d):
         L = t.shape[1]
         return t.reshape(B, L, h, dh).permute(0, 2, 1, 3).reshape(B * h, L, dh)
 
-    mask = torch.full((Lq, Lk), float("-inf")).triu(1) if causal else None
+    mask = torch.full((Lq, Lk), float("-inf"), dtype=DTYPE).triu(1) if causal else None
 
     def attn_processor():          # diffusers AttnProcessor (torch < 2)
         qq, kk, vv = head_to_batch(q), head_to_batch(k), head_to_batch(v)
-        base = torch.empty(B * h, Lq, Lk) if mask is None else mask.expand(B * h, Lq, Lk)
+        base = torch.empty(B * h, Lq, Lk, dtype=DTYPE) if mask is None else mask.expand(B * h, Lq, Lk)
         s = torch.baddbmm(base, qq, kk.transpose(-1, -2), beta=0 if mask is None else 1, alpha=scale)
         p = s.softmax(dim=-1)
         o = torch.bmm(p, vv)
@@ -135,8 +141,11 @@ def self_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def wait_idle(max_s=300):
-    """Wait (at most max_s) until other processes use less than a fifth of a CPU."""
+def wait_idle(max_s=None):
+    """Wait (at most max_s, default $QD_BENCH_IDLE_WAIT or 300 s) until other processes use
+    less than a fifth of a CPU."""
+    if max_s is None:
+        max_s = float(os.environ.get("QD_BENCH_IDLE_WAIT", "300"))
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < max_s:
         b0 = machine_busy()
@@ -199,12 +208,17 @@ def main():
     ap.add_argument("--ops", default="conv2d,linear,attention")
     ap.add_argument("--label", default="")
     ap.add_argument("--peak-gflops", type=float, default=0,
-                    help="measured fp32 peak of the machine (bench_peak); reported beside the nominal one")
+                    help="measured fp32 (with --dtype bf16: bf16) peak of the machine (bench_peak); reported "
+                         "beside the nominal fp32 one")
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--json", help="write per-shape results here")
     ap.add_argument("--md", help="append the markdown tables here")
     ap.add_argument("--render", metavar="RESULTS.json",
                     help="no timing: redo the tables from an earlier --json output (e.g. with another --peak-gflops)")
     a = ap.parse_args()
+    global DTYPE
+    DTYPE = torch.bfloat16 if a.dtype == "bf16" else torch.float32
+    peak_name = "bf16 (vdpbf16ps)" if a.dtype == "bf16" else "fp32 FMA"
 
     torch.set_num_threads(a.threads)
     tr = json.load(open(a.trace))
@@ -237,8 +251,8 @@ def main():
     mpeak = a.peak_gflops or peak   # measured, when given
 
     head = []
-    head.append("torch %s, %d threads, BLAS_INFO=%s, mapped BLAS/LAPACK: %s, mkldnn: %s" % (
-        torch.__version__, torch.get_num_threads(), blas, libblas, torch.backends.mkldnn.is_available()))
+    head.append("torch %s, %s, %d threads, BLAS_INFO=%s, mapped BLAS/LAPACK: %s, mkldnn: %s" % (
+        torch.__version__, a.dtype, torch.get_num_threads(), blas, libblas, torch.backends.mkldnn.is_available()))
     head.append("OPENBLAS_CORETYPE=%s OPENBLAS_L2_SIZE=%s" % (
         os.environ.get("OPENBLAS_CORETYPE", "(unset)"), os.environ.get("OPENBLAS_L2_SIZE", "(unset)")))
     head.append("trace: %s (%s, latent %s, batch %s, %s weights, qdiff step %.3f s (fastest), %d ops, %d shapes)" % (
@@ -248,17 +262,17 @@ def main():
     head.append("nominal fp32 peak: %d cores x %.2f GHz x %d FLOP/cycle = %.0f GFLOP/s (%s; GHz as lscpu/cpuinfo "
                 "report it)" % (cores, ghz, per_cycle, peak, model))
     if a.peak_gflops:
-        head.append("measured fp32 FMA peak (bench_peak, all cores): %.0f GFLOP/s" % a.peak_gflops)
+        head.append("measured %s peak (bench_peak, all cores): %.0f GFLOP/s" % (peak_name, a.peak_gflops))
     for h in head:
         print(h, flush=True)
 
     if a.render:
         saved = json.load(open(a.render))
         results = saved["results"]
-        head = [h for h in saved["head"] if not h.startswith("measured fp32")]
+        head = [h for h in saved["head"] if not h.startswith("measured ")]
         head[0] = head[0] + " (re-rendered from %s)" % a.render
         if a.peak_gflops:
-            head.append("measured fp32 FMA peak (bench_peak, all cores): %.0f GFLOP/s" % a.peak_gflops)
+            head.append("measured %s peak (bench_peak, all cores): %.0f GFLOP/s" % (peak_name, a.peak_gflops))
     else:
         t_start = time.perf_counter()
         results = []

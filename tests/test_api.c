@@ -36,6 +36,20 @@ static int on_progress(void *user, int step, int total, double elapsed) {
 int main(void) {
     check(qd_gen_params_size() == sizeof(qd_gen_params), "qd_gen_params_size() is sizeof(qd_gen_params)");
     qd_ctx *ctx = qd_ctx_new(0);
+    /* precision: AUTO by default, bf16 exactly where the CPU has AVX512_BF16 */
+    __builtin_cpu_init();
+    int has_bf16 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+    if (!getenv("QD_ISA")) {   /* QD_ISA=avx2|generic rules bf16 out: nothing to compare with then */
+        int want = has_bf16 ? QD_PRECISION_BF16 : QD_PRECISION_FP32;
+        check(qd_ctx_precision(ctx) == want, "default precision auto: %s on this CPU", has_bf16 ? "bf16" : "fp32");
+        qd_set_precision(ctx, QD_PRECISION_BF16);
+        check(qd_ctx_precision(ctx) == want, "bf16 asked: %s on this CPU", has_bf16 ? "bf16" : "fp32");
+    }
+    qd_set_precision(ctx, QD_PRECISION_FP32);
+    check(qd_ctx_precision(ctx) == QD_PRECISION_FP32, "fp32 asked: fp32");
+    qd_set_precision(ctx, 7);
+    check(qd_ctx_precision(ctx) == QD_PRECISION_FP32, "an unknown precision is ignored");
+    qd_set_precision(ctx, QD_PRECISION_AUTO);
     qd_model *m;
     qd_status st = qd_model_open(ctx, fixture("models/sd15-tiny"), &m);
     check(st == QD_OK, "open sd15-tiny: %s", st ? qd_last_error(ctx) : "ok");

@@ -69,7 +69,7 @@ int main(void) {
         {1, 130, 130, 2, 128, 1, 0, 1.0f}, {2, 77, 77, 4, 64, 1, 8, 1.0f},  {1, 1, 1, 1, 64, 0, 0, 1.0f},
         {1, 5, 300, 1, 160, 0, 0, 1.0f},  {1, 200, 257, 2, 64, 0, 0, 4.0f}, {1, 97, 97, 1, 40, 1, 1, 4.0f},
     };
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     size_t n = sizeof cases / sizeof *cases;
     for (size_t i = 0; i < n; i++) run_case(ctx, &cases[i], "fp32 avx512 (or best)", 2e-6, 1e-5);
     setenv("QD_ISA", "generic", 1);

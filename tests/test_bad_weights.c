@@ -70,7 +70,7 @@ static void expect_fail(qd_ctx *ctx, const char *what, const char *victim, edit_
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(0);
+    qd_ctx *ctx = test_ctx_new(0);
     expect_fail(ctx, "tensor missing", "down_blocks.1.resnets.0.conv1.weight", DROP, "missing");
     expect_fail(ctx, "tensor of wrong shape", "mid_block.attentions.0.proj_in.weight", RESHAPE, "shape");
     expect_fail(ctx, "tensor of integer dtype", "conv_out.weight", TO_INT, "I16");

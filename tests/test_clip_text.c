@@ -40,7 +40,7 @@ static void run(qd_ctx *ctx, const char *model, const char *golden, const char *
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(0);
+    qd_ctx *ctx = test_ctx_new(0);
     run(ctx, "models/sd15-tiny/text_encoder", "goldens/sd15-tiny/text_encoder.safetensors", "pooler_output");
     run(ctx, "models/sdxl-tiny/text_encoder_2", "goldens/sdxl-tiny/text_encoder_2.safetensors", "text_embeds");
     qd_clip_text *m;

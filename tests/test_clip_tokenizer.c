@@ -198,7 +198,7 @@ static void test_load_errors(qd_ctx *ctx) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     qd_clip_tokenizer *tok = NULL, *tok2 = NULL, *sd15 = NULL;
     const char *d1 = fixture("tokenizers/clip"), *d2 = fixture("models/sdxl-tiny/tokenizer_2");
     check(qd_clip_tokenizer_load(ctx, d1, &tok) == QD_OK, "load %s: %s", d1, tok ? "" : qd_last_error(ctx));

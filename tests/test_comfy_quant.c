@@ -67,7 +67,7 @@ static double *dense_hadamard(int64_t G) {
 }
 
 static void write_file(const char *path, qd_st_out *t, int n, const char *meta) {
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     qd_status st = qd_st_write(ctx, path, t, n, meta);
     if (st != QD_OK) check(0, "writing %s: %s", path, qd_last_error(ctx));
     qd_ctx_free(ctx);
@@ -476,7 +476,7 @@ static void test_bad(qd_ctx *ctx) {
 
 int main(void) {
     if (!scratch_make("cq_test")) return test_summary();
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     test_fp8(ctx);
     test_int8(ctx);
     test_nvfp4(ctx);

@@ -148,7 +148,7 @@ static void run_model(qd_ctx *ctx, const char *family, const char *component, co
 
 int main(void) {
     if (!scratch_make("cqm_test")) return test_summary();
-    qd_ctx *ctx = qd_ctx_new(0);
+    qd_ctx *ctx = test_ctx_new(0);
     run_model(ctx, "flux-tiny", "transformer", "int8_tensorwise", 1);
     run_model(ctx, "flux-tiny", "transformer", "float8_e4m3fn", 0);
     run_model(ctx, "sd15-tiny", "unet", "int8_tensorwise", 0);

@@ -60,7 +60,7 @@ static void make_source(const char *path) {
         {"first_stage_model.decoder.conv_in.weight", QD_F32, 4, {4, 4, 3, 3}, vae},
         {"cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight", QD_F16, 2, {32, 32}, te},
     };
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     if (qd_st_write(ctx, path, t, (int)(sizeof t / sizeof t[0]), "\"modelspec.title\":\"tiny\"") != QD_OK)
         check(0, "write source: %s", qd_last_error(ctx));
     qd_ctx_free(ctx);
@@ -530,7 +530,7 @@ static void test_public_api(qd_ctx *ctx, const char *src) {
 
 int main(void) {
     if (!scratch_make("cqw_test")) return test_summary();
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     static char src[256];
     snprintf(src, sizeof src, "%s", scratch_path("source.safetensors"));
     make_source(src);

@@ -391,7 +391,7 @@ static void bad_weights(qd_ctx *ctx, const char *victim, int drop) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     golden_io g;
     if (!load_golden(&g)) {
         check(0, "load golden %s", GOLDEN);

@@ -46,7 +46,7 @@ static void run(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, int kindA, int kin
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     static const int64_t sizes[][3] = {{1, 1, 1}, {7, 33, 5}, {64, 64, 64}, {100, 37, 300}, {9, 1000, 513}, {300, 20, 77}, {257, 130, 1030}};
     for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++)
         for (int ka = 0; ka < 2; ka++)

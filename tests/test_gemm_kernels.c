@@ -269,12 +269,12 @@ static void sdnq_close(sdnq_layer *l) {
 
 int main(void) {
     sdnq_layer sq;
-    qd_ctx *octx = qd_ctx_new(1);
+    qd_ctx *octx = test_ctx_new(1);
     int have_sdnq = sdnq_open(octx, "uint4_svd_r8", &sq);
     if (!have_sdnq) printf("  %s\n", qd_last_error(octx));
     check(have_sdnq, "SDNQ fixture layer uint4_svd_r8 opens (%lld x %lld)", (long long)sq.out, (long long)sq.in);
     for (int threads = 1; threads <= 2; threads++) {
-        qd_ctx *ctx = qd_ctx_new(threads);
+        qd_ctx *ctx = test_ctx_new(threads);
         for (int bf16 = 0; bf16 <= 1; bf16++) {
             qd_set_precision(ctx, bf16 ? QD_PRECISION_BF16 : QD_PRECISION_FP32);
             if (bf16 && !qd_ctx_bf16(ctx)) {

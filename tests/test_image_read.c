@@ -212,7 +212,7 @@ static void test_resize(qd_ctx *ctx) {
 
 int main(void) {
     if (!mkdtemp(dir)) { check(0, "mkdtemp"); return test_summary(); }
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     test_png(ctx);
     test_jpeg(ctx);
     write_png(tmp("small.png"), PNG_COLOR_TYPE_RGB, 8, 0);

@@ -420,7 +420,7 @@ static void test_bad(qd_ctx *ctx) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     test_dense(ctx);
     test_sd15_sdnq(ctx);
     test_flux_sdnq(ctx);

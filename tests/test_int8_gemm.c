@@ -123,7 +123,7 @@ static void run_gemm(qd_ctx *ctx, qd_i8_isa isa, shape sh, int cols, int accumul
 int main(void) {
     test_quantize();
     static const shape shapes[] = {{1, 1, 1}, {7, 64, 4}, {13, 65, 37}, {6, 128, 512}, {50, 200, 1030}, {97, 320, 640}};
-    qd_ctx *c1 = qd_ctx_new(1), *c2 = qd_ctx_new(2);
+    qd_ctx *c1 = test_ctx_new(1), *c2 = test_ctx_new(2);
     uint32_t seed = 3;
     for (int isa = QD_I8_GENERIC; isa <= QD_I8_VNNI; isa++) {
         if (!qd_i8_supported((qd_i8_isa)isa)) { printf("skip %s (CPU lacks it)\n", qd_i8_isa_name((qd_i8_isa)isa)); continue; }

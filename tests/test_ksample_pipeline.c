@@ -325,7 +325,7 @@ static void thresholding(qd_ctx *ctx, qd_model *m) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(0);
+    qd_ctx *ctx = test_ctx_new(0);
     check_lists();
     model_t sd = {0}, flux = {0};
     if (open_model(ctx, "models/sd15-tiny", &sd)) {

@@ -577,7 +577,7 @@ static void check_sa_solver_law(qd_ctx *ctx) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     char path[4096];
     snprintf(path, sizeof path, "%s", fixture("samplers/kdiffusion_samplers.json"));
     cJSON *doc = NULL;

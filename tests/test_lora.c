@@ -71,7 +71,7 @@ static void add_pair(lora_file *f, const char *base, const char *down_sfx, const
 }
 
 static void write_lora(const char *path, lora_file *f, const char *meta) {
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     if (qd_st_write(ctx, path, f->t, f->n, meta) != QD_OK) check(0, "write %s: %s", path, qd_last_error(ctx));
     qd_ctx_free(ctx);
 }
@@ -260,7 +260,7 @@ static void test_errors(qd_ctx *ctx) {
 
 int main(void) {
     if (!scratch_make("lora_test")) return test_summary();
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     test_conventions(ctx);
     test_dampening(ctx);
     test_errors(ctx);

@@ -13,7 +13,7 @@ const char *__asan_default_options(void);
 const char *__asan_default_options(void) { return "allocator_may_return_null=1"; }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     float q[4] = {0}, out[4] = {0};
     check(qd_op_status(ctx) == QD_OK, "no failure recorded at start");
     qd_attention(ctx, q, 1, q, 1, q, 1, 1, 1, 1, 1, (int64_t)1 << 40, 0, out);

@@ -80,7 +80,7 @@ static void run_family(qd_ctx *ctx, const char *golden_dir, double approx) {
 }
 
 int main(int argc, char **argv) {
-    qd_ctx *ctx = qd_ctx_new(0);
+    qd_ctx *ctx = test_ctx_new(0);
     if (argc > 1) {
         for (int i = 1; i < argc; i++) run_family(ctx, argv[i], 0);
     } else {

@@ -210,7 +210,7 @@ static void test_damaged(qd_ctx *ctx) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     test_state(ctx);
     test_module_state(ctx);
     test_taesd_layout(ctx);

@@ -195,6 +195,22 @@ static void sd15(qd_ctx *ctx) {
     ok = ok && quantize(ctx, scratch_path("sd-a"), scratch_path("sd"), &p, NULL) == QD_OK;
     check(ok, "SD1.5: UNet uint4 + SVD rank 8 and CLIP int8 written");
     if (!ok) return;
+    /* quantizing computes in fp32 whatever the context's precision: a bf16 context (where
+     * the CPU has it) writes the same bytes, through the SVD GEMMs too */
+    fixture_params(&p);
+    p.weights_dtype = "uint4";
+    p.use_svd = 1;
+    p.svd_rank = 8;
+    p.components = "unet";
+    qd_set_precision(ctx, QD_PRECISION_BF16);
+    int want = qd_ctx_precision(ctx);
+    if (quantize(ctx, fixture("models/sd15-tiny"), scratch_path("sd-bf16"), &p, NULL) == QD_OK)
+        same_tensors(ctx, scratch_path("sd-bf16/unet/diffusion_pytorch_model.safetensors"),
+                     scratch_path("sd-a/unet/diffusion_pytorch_model.safetensors"), 1);
+    else
+        check(0, "SD1.5 UNet quantized with a bf16 context");
+    check(qd_ctx_precision(ctx) == want, "the context's precision is back after qd_quantize");
+    qd_set_precision(ctx, QD_PRECISION_FP32);
     same_tensors(ctx, scratch_path("sd/text_encoder/model.safetensors"),
                  fixture("models/sd15-tiny-sdnq-uint4-svd/text_encoder/model.safetensors"), 1);
     same_tensors(ctx, scratch_path("sd/unet/diffusion_pytorch_model.safetensors"),
@@ -506,7 +522,7 @@ static void variants(qd_ctx *ctx) {
 
 int main(void) {
     if (!scratch_make("quantize_models")) return test_summary();
-    qd_ctx *ctx = qd_ctx_new(0);
+    qd_ctx *ctx = test_ctx_new(0);
     qd_set_log(ctx, NULL, NULL);
     flux(ctx);
     sd15(ctx);

@@ -58,7 +58,7 @@ static const uint32_t seed7_stream[5][20] = {
 static const int seed7_sizes[5] = {5, 5, 3, 20, 1};
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     const char *file = fixture("rng/torch_cpu_randn.safetensors");
     cJSON *cases = NULL;
     check(qd_json_load(ctx, fixture("rng/cases.json"), &cases) == QD_OK, "load rng/cases.json");

@@ -165,7 +165,7 @@ static void test_name_escaping(qd_ctx *ctx) {
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/qd_st_XXXXXX");
     if (!mkdtemp(tmpdir)) return 1;
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     test_fixture(ctx);
     test_shards_and_dtypes(ctx);
     test_malformed(ctx);

@@ -83,7 +83,7 @@ static void compare(const char *what, const char *golden, const char *lat_path, 
     float *lat = load_f32(lat_path, "latents", NULL, NULL, &n), *ref = load_f32(golden, "latents", NULL, NULL, &n_ref);
     uint8_t *ref_img = load_raw(golden, "image_u8", &n_img), *img = NULL;
     int w = 0, h = 0;
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     qd_status st = qd_read_image(ctx, png_path, &img, &w, &h);
     qd_ctx_free(ctx);
     if (!lat || !ref || n != n_ref || st != QD_OK || !ref_img || (size_t)w * h * 3 != n_img) {
@@ -99,7 +99,7 @@ static void compare(const char *what, const char *golden, const char *lat_path, 
 }
 
 static void sd15_goldens_through_cli(void) {
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     cJSON *cases = NULL;
     if (qd_json_load(ctx, fixture("goldens/sd15-tiny/cases.json"), &cases) != QD_OK) {
         check(0, "%s", qd_last_error(ctx));
@@ -172,7 +172,7 @@ static void ksampler_golden(const char *what, const char *golden, const char *mo
 static void ksampler_goldens_through_cli(void) {
     /* diffusers' karras range for 6 leading steps: the training sigmas at t = 831 and 1,
      * printed exactly (see test_ksample_pipeline.c) */
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     cJSON *config = NULL;
     qd_scheduler *s = NULL;
     qd_status st = qd_json_load(ctx, fixture("models/sd15-tiny/scheduler/scheduler_config.json"), &config);
@@ -239,6 +239,7 @@ static void names_and_bad_input(void) {
 
 int main(void) {
     qdiff_bin = getenv("QD_QDIFF");
+    setenv("QD_PRECISION", "fp32", 1);   /* the CLI runs are compared with fp32 goldens (its default is auto) */
     if (!qdiff_bin || !mkdtemp(dir)) {
         check(0, "needs $QD_QDIFF (run through ctest) and a temporary directory");
         return test_summary();

@@ -505,7 +505,7 @@ static void quiet(void *user, int level, const char *msg) {
 }
 
 int main(void) {
-    ctx = qd_ctx_new(1);
+    ctx = test_ctx_new(1);
     qd_set_log(ctx, quiet, NULL);   /* "ignoring option" warnings are expected here */
     if (qd_json_load(ctx, fixture("models/sd15-tiny/scheduler/scheduler_config.json"), &sd15) != QD_OK) {
         check(0, "load sd15 scheduler config: %s", qd_last_error(ctx));

@@ -364,7 +364,7 @@ static void dual_attention(qd_ctx *ctx, const golden_io *g) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     golden_io g;
     if (!load_golden(&g)) {
         check(0, "load golden %s", GOLDEN);

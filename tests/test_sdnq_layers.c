@@ -773,7 +773,7 @@ static void test_matmul_modes(qd_ctx *ctx) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     test_dtypes();
     test_bit_layouts();
     test_name_matching();

@@ -259,7 +259,7 @@ static void test_clip_quantized_embedding(qd_ctx *ctx) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     /* bounds: a few times each fixture's own quantization error (uint4+SVD ~0.1, int8 ~0.01) */
     check_component(ctx, "models/sd15-tiny-sdnq-uint4-svd/unet", "models/sd15-tiny/unet", 0.25);
     check_component(ctx, "models/sd15-tiny-sdnq-uint4-svd/text_encoder", "models/sd15-tiny/text_encoder", 0.05);

@@ -222,7 +222,7 @@ static void every_type(qd_ctx *ctx) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     char *idx = NULL;
     cJSON *root = NULL;
     if (qd_json_load(ctx, fixture("sdnq/layers/index.json"), &root) != QD_OK) { check(0, "index: %s", qd_last_error(ctx)); return test_summary(); }

@@ -106,7 +106,7 @@ static void remove_model(const char *dir) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     char dq[256], dd[256];
     snprintf(dq, sizeof dq, "/tmp/qd_sdnq_unet_q_%d", (int)getpid());
     snprintf(dd, sizeof dd, "/tmp/qd_sdnq_unet_d_%d", (int)getpid());

@@ -239,7 +239,7 @@ static void test_rms_layout(qd_ctx *ctx) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(0);
+    qd_ctx *ctx = test_ctx_new(0);
     test_golden(ctx);
     test_flux(ctx);
     test_rms_layout(ctx);

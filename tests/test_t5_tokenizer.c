@@ -330,7 +330,7 @@ static void test_bad_files(qd_ctx *ctx) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     qd_t5_tokenizer *sp = NULL, *js = NULL, *dir = NULL;
     qd_status st = qd_t5_tokenizer_load_file(ctx, fixture("tokenizers/t5/spiece.model"), &sp);
     check(st == QD_OK, "load spiece.model: %s", st ? qd_last_error(ctx) : "ok");

@@ -390,7 +390,7 @@ static void test_variants(qd_ctx *ctx) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(0);
+    qd_ctx *ctx = test_ctx_new(0);
     const char *g = fixture("taesd/photo_golden.safetensors");
     g_image = load_f32(g, "image", NULL, NULL, NULL);
     g_latent = load_f32(g, "latent", NULL, NULL, NULL);

@@ -250,7 +250,7 @@ static void bad_weights(qd_ctx *ctx, const char *victim, int drop) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     golden(ctx, "sd15-tiny", 0, NULL, NULL);
     golden(ctx, "sdxl-tiny", 1, NULL, NULL);
     odd_sizes(ctx, "models/shapes-sd/unet", 8, 8);

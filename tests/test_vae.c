@@ -364,7 +364,7 @@ static void test_bad_args(qd_ctx *ctx) {
 }
 
 int main(void) {
-    qd_ctx *ctx = qd_ctx_new(2);
+    qd_ctx *ctx = test_ctx_new(2);
     test_model(ctx, "sd15-tiny", 4, 0.18215f, 0.0f);
     test_model(ctx, "sdxl-tiny", 4, 0.13025f, 0.0f);
     test_model(ctx, "sd35-tiny", 16, 1.5305f, 0.0609f);

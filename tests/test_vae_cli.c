@@ -148,9 +148,10 @@ static void test_kl(qd_ctx *ctx) {
 
 int main(void) {
     qdiff_bin = getenv("QD_QDIFF");
+    setenv("QD_PRECISION", "fp32", 1);   /* the CLI runs are compared with fp32 goldens (its default is auto) */
     if (!qdiff_bin) qdiff_bin = "build/qdiff";
     if (!mkdtemp(dir)) { check(0, "mkdtemp"); return test_summary(); }
-    qd_ctx *ctx = qd_ctx_new(1);
+    qd_ctx *ctx = test_ctx_new(1);
     test_taef2(ctx);
     test_kl(ctx);
     qd_ctx_free(ctx);

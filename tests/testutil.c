@@ -112,6 +112,12 @@ int test_summary(void) {
     return n_fail ? 1 : 0;
 }
 
+qd_ctx *test_ctx_new(int n_threads) {
+    qd_ctx *ctx = qd_ctx_new(n_threads);
+    if (ctx) qd_set_precision(ctx, QD_PRECISION_FP32);
+    return ctx;
+}
+
 char *golden_case_params(const qd_model *m, const cJSON *c, qd_gen_params *p) {
     qd_gen_params_default(p);
     p->prompt = qd_json_str(c, "prompt", "");

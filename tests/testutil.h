@@ -32,6 +32,13 @@ void check_close(const char *what, const float *got, const float *ref, size_t n,
 /* Print the summary line and return the process exit status. */
 int test_summary(void);
 
+/* ---- contexts ---- */
+
+/* qd_ctx_new(n_threads) set to QD_PRECISION_FP32: the library's default is AUTO (bf16 on
+ * CPUs with AVX512_BF16), while the goldens and the tests' tolerances are fp32's. Tests
+ * of bf16 set it themselves (test_pipeline_bf16, test_gemm_kernels, test_attention). */
+qd_ctx *test_ctx_new(int n_threads);
+
 /* ---- pipeline golden cases ---- */
 
 /* qd_gen_params for one entry of a goldens cases.json "pipelines" list, as diffusers ran

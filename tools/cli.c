@@ -32,6 +32,27 @@ int cli_parse_float(const char *s, const char *opt, float *out) {
     return 0;
 }
 
+int cli_parse_precision(const char *s, const char *opt, int *out) {
+    if (!strcmp(s, "fp32")) *out = QD_PRECISION_FP32;
+    else if (!strcmp(s, "bf16")) *out = QD_PRECISION_BF16;
+    else if (!strcmp(s, "auto")) *out = QD_PRECISION_AUTO;
+    else {
+        fprintf(stderr, "qdiff: %s expects fp32, bf16 or auto, got '%s'\n", opt, s);
+        return -1;
+    }
+    return 0;
+}
+
+int cli_default_precision(int *out) {
+    const char *env = getenv("QD_PRECISION");
+    *out = QD_PRECISION_AUTO;
+    return env && *env ? cli_parse_precision(env, "$QD_PRECISION", out) : 0;
+}
+
+const char *cli_precision_name(const qd_ctx *ctx) {
+    return qd_ctx_precision(ctx) == QD_PRECISION_BF16 ? "bf16" : "fp32";
+}
+
 /* Fail before the long run, not after it, when the output cannot be created. */
 int cli_check_writable(const char *path) {
     char tmp[4200];

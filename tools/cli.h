@@ -51,6 +51,13 @@ void quantize_extra_free(quantize_extra *e);
 /* Parse a whole-string integer in [lo, hi] / a finite float; print why not and return -1. */
 int cli_parse_int(const char *s, const char *opt, long lo, long hi, long *out);
 int cli_parse_float(const char *s, const char *opt, float *out);
+/* --precision: fp32, bf16 or auto into *out (QD_PRECISION_*); else print why (naming
+ * opt) and return -1. The default: $QD_PRECISION when set (a bad value fails the same
+ * way), else auto (bf16 where the CPU has AVX512_BF16). */
+int cli_parse_precision(const char *s, const char *opt, int *out);
+int cli_default_precision(int *out);
+/* "bf16" or "fp32": what the context's dense math runs in (auto resolved). */
+const char *cli_precision_name(const qd_ctx *ctx);
 /* Fail before a long run, not after it, when `path` cannot be created. */
 int cli_check_writable(const char *path);
 

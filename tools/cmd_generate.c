@@ -53,9 +53,10 @@ static void usage_generate(FILE *f) {
         "      --batch N              images per run (default 1)\n"
         "      --matmul MODE          SDNQ layers: auto (as the model's config asks), exact (dequantized\n"
         "                             weights, fp32 math) or int8 (int8 activations x int8 weights)\n"
-        "      --precision P          dense math: fp32 (default; what the golden tests check), bf16\n"
-        "                             (bf16 operands, fp32 accumulation; CPUs with AVX512_BF16, else\n"
-        "                             fp32) or auto (bf16 where the CPU has it)\n"
+        "      --precision P          dense math: auto (default: bf16 where the CPU has AVX512_BF16,\n"
+        "                             else fp32; $QD_PRECISION sets the default), fp32 (the reference\n"
+        "                             the golden tests check) or bf16 (bf16 operands, fp32\n"
+        "                             accumulation; runs as fp32 without AVX512_BF16)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
         "      --preview FILE.png     write a live preview of the image being made (needs --preview-vae)\n"
         "      --preview-vae PATH     VAE for previews: the family's TAESD (.safetensors/.pth) or a vae/ folder\n"
@@ -125,9 +126,10 @@ int cmd_generate(int argc, char **argv) {
     const char *model_dir = NULL, *out = NULL, *latents_path = NULL, *preview_path = NULL, *preview_vae_path = NULL;
     const char *config_from = NULL;
     long threads = 0, v;
-    int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision = QD_PRECISION_FP32;
+    int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision;
     char sched_opts[8192] = "";   /* --scheduler-options / --scheduler-opt / --eta, as one JSON object */
     int c;
+    if (cli_default_precision(&precision)) return EXIT_BAD;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:o:W:H:t:qh", opts, NULL)) != -1) {
         switch (c) {
@@ -162,15 +164,7 @@ int cmd_generate(int argc, char **argv) {
                 return EXIT_BAD;
             }
             break;
-        case O_PRECISION:
-            if (!strcmp(optarg, "fp32")) precision = QD_PRECISION_FP32;
-            else if (!strcmp(optarg, "bf16")) precision = QD_PRECISION_BF16;
-            else if (!strcmp(optarg, "auto")) precision = QD_PRECISION_AUTO;
-            else {
-                fprintf(stderr, "qdiff: --precision expects fp32, bf16 or auto, got '%s'\n", optarg);
-                return EXIT_BAD;
-            }
-            break;
+        case O_PRECISION: if (cli_parse_precision(optarg, "--precision", &precision)) return EXIT_BAD; break;
         case O_RESCALE: if (cli_parse_float(optarg, "--guidance-rescale", &p.guidance_rescale)) return EXIT_BAD; break;
         case O_SEED: {
             char *end;
@@ -304,7 +298,7 @@ int cmd_generate(int argc, char **argv) {
             rc = EXIT_BAD;
             goto done;
         }
-        if (!quiet) fprintf(stderr, "wrote %s (seed %llu)\n", path, (unsigned long long)p.seed);
+        if (!quiet) fprintf(stderr, "wrote %s (seed %llu, %s)\n", path, (unsigned long long)p.seed, cli_precision_name(ctx));
     }
     if (latents_path && qd_write_tensor(ctx, latents_path, "latents", lat, shape, ndim) != QD_OK) {
         fprintf(stderr, "qdiff: %s\n", qd_last_error(ctx));

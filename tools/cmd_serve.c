@@ -26,6 +26,8 @@ static void usage_serve(FILE *f) {
         "      --host HOST            address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)\n"
         "      --port N               port (default 7860; 0 picks a free one)\n"
         "  -t, --threads N            worker threads per model (default: all cores)\n"
+        "      --precision P          dense math of every model: auto (default: bf16 where the CPU has\n"
+        "                             AVX512_BF16; $QD_PRECISION sets the default), fp32 or bf16\n"
         "      --preview-vae PATH     VAE for live previews in /sdapi/v1/progress (the family's TAESD\n"
         "                             .safetensors/.pth or a vae/ folder); models of another latent\n"
         "                             space run without previews\n"
@@ -55,19 +57,21 @@ static int parse_size(const char *arg, size_t *out) {
 
 int cmd_serve(int argc, char **argv) {
     enum { O_HOST = 256, O_PORT, O_MODELS, O_PREVIEW_VAE, O_PREVIEW_EVERY, O_MAX_STEPS, O_MAX_BATCH, O_MAX_SIZE,
-           O_MAX_BODY };
+           O_MAX_BODY, O_PRECISION };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"models", required_argument, 0, O_MODELS},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
         {"threads", required_argument, 0, 't'}, {"preview-vae", required_argument, 0, O_PREVIEW_VAE},
         {"preview-every", required_argument, 0, O_PREVIEW_EVERY}, {"max-steps", required_argument, 0, O_MAX_STEPS},
         {"max-batch", required_argument, 0, O_MAX_BATCH}, {"max-size", required_argument, 0, O_MAX_SIZE},
-        {"max-body", required_argument, 0, O_MAX_BODY}, {"quiet", no_argument, 0, 'q'},
+        {"max-body", required_argument, 0, O_MAX_BODY}, {"precision", required_argument, 0, O_PRECISION},
+        {"quiet", no_argument, 0, 'q'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     srv_options o = {.host = "127.0.0.1", .port = 7860, .max_steps = 150, .max_batch = 8, .max_size = 2048,
                      .max_body = 1 << 20, .preview_every = 1};
     long v;
     int c;
+    if (cli_default_precision(&o.precision)) return EXIT_BAD;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:t:qh", opts, NULL)) != -1) {
         switch (c) {
@@ -85,6 +89,7 @@ int cmd_serve(int argc, char **argv) {
         case O_MAX_BATCH: if (cli_parse_int(optarg, "--max-batch", 1, 64, &v)) return EXIT_BAD; o.max_batch = (int)v; break;
         case O_MAX_SIZE: if (cli_parse_int(optarg, "--max-size", 64, 16384, &v)) return EXIT_BAD; o.max_size = (int)v; break;
         case O_MAX_BODY: if (parse_size(optarg, &o.max_body)) return EXIT_BAD; break;
+        case O_PRECISION: if (cli_parse_precision(optarg, "--precision", &o.precision)) return EXIT_BAD; break;
         case 'q': o.quiet = 1; break;
         case 'h': usage_serve(stdout); return 0;
         default: usage_serve(stderr); return EXIT_BAD;

@@ -21,6 +21,7 @@ typedef struct {
     int port;
     const char *model_dir, *models_dir, *preview_vae;
     int threads, max_steps, max_batch, max_size, preview_every;
+    int precision;              /* QD_PRECISION_* for every model's context */
     size_t max_body;
     int quiet;
 } srv_options;

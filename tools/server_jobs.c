@@ -124,6 +124,7 @@ static int family_latent_channels(const char *family) {
 static void load_model(srv *s, srv_model *m) {
     double t0 = now_seconds();
     qd_ctx *ctx = qd_ctx_new(s->opt.threads);
+    if (ctx) qd_set_precision(ctx, s->opt.precision);
     qd_model *model = NULL;
     qd_vae_model *vae = NULL;
     char err[1024] = "";
@@ -168,7 +169,8 @@ static void load_model(srv *s, srv_model *m) {
     pthread_mutex_unlock(&s->mu);
     if (err[0]) fprintf(stderr, "qdiff serve: model %s failed to load: %s\n", m->name, err);
     else if (!s->opt.quiet)
-        fprintf(stderr, "qdiff serve: model %s ready (%s, %.1f s)\n", m->name, m->family, now_seconds() - t0);
+        fprintf(stderr, "qdiff serve: model %s ready (%s, %s, %.1f s)\n", m->name, m->family,
+                qd_ctx_precision(ctx) == QD_PRECISION_BF16 ? "bf16" : "fp32", now_seconds() - t0);
 }
 
 /* ---- running one job (worker thread) ---- */

@@ -17,6 +17,14 @@ QD_OK, QD_ERR_ARG, QD_ERR_IO, QD_ERR_FORMAT, QD_ERR_NOMEM, QD_ERR_UNSUPPORTED, Q
 QD_LOG_ERROR, QD_LOG_WARN, QD_LOG_INFO = range(3)
 QD_MATMUL = {"auto": 0, "exact": 1, "int8": 2}
 QD_PRECISION = {"auto": 0, "fp32": 1, "bf16": 2}
+
+
+def default_precision():
+    """$QD_PRECISION (fp32, bf16 or auto) as the CLI reads it; auto when unset or unknown."""
+    v = os.environ.get("QD_PRECISION", "auto")
+    return v if v in QD_PRECISION else "auto"
+
+
 QD_LIST_SAMPLERS, QD_LIST_SCHEDULES, QD_LIST_SCHEDULER_CLASSES = range(3)
 QD_IMAGE_F32, QD_IMAGE_RGB8 = 0, 1
 QD_NOISE_COMFYUI, QD_NOISE_DIFFUSERS = 0, 1
@@ -131,6 +139,7 @@ class Library:
         proto("qd_cancel", None, P)
         proto("qd_set_matmul", None, P, I)
         proto("qd_set_precision", None, P, I)
+        proto("qd_ctx_precision", I, P)
         proto("qd_model_open", I, P, S, ctypes.POINTER(P))
         proto("qd_model_free", None, P)
         proto("qd_model_family", S, P)
@@ -216,6 +225,10 @@ class Context:
 
     def set_precision(self, precision):
         self.lib.dll.qd_set_precision(self.ptr, QD_PRECISION[precision])
+
+    def precision(self):
+        """What the dense math runs in on this CPU: "fp32" or "bf16" (auto resolved)."""
+        return "bf16" if self.lib.dll.qd_ctx_precision(self.ptr) == QD_PRECISION["bf16"] else "fp32"
 
     def close(self):
         if self.ptr:

@@ -17,7 +17,7 @@ qd_ctx *qd_ctx_new(int n_threads) {
     }
     if (n_threads > 256) n_threads = 256;
     ctx->n_threads = n_threads;
-    ctx->precision = QD_PRECISION_FP32;
+    ctx->precision = QD_PRECISION_AUTO;   /* bf16 where the CPU has it: see qdiff.h */
     return ctx;
 }
 
@@ -116,3 +116,5 @@ int qd_ctx_bf16(const qd_ctx *ctx) {
     }
     return ctx && has && (ctx->precision == QD_PRECISION_BF16 || ctx->precision == QD_PRECISION_AUTO);
 }
+
+int qd_ctx_precision(const qd_ctx *ctx) { return qd_ctx_bf16(ctx) ? QD_PRECISION_BF16 : QD_PRECISION_FP32; }

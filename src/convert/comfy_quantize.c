@@ -1,6 +1,7 @@
 /* qd_comfy_quantize (public API): checks the caller's parameters, runs the comfy_quant
  * writer and builds the JSON report documented in qdiff.h. */
 #include "qdiff.h"
+#include "base/ctx.h"
 #include "convert/comfy_quant_write.h"
 #include "io/file.h"
 
@@ -14,8 +15,8 @@ void qd_comfy_quant_params_default(qd_comfy_quant_params *p) {
     p->weights_dtype = "int8_tensorwise";
 }
 
-qd_status qd_comfy_quantize(qd_ctx *ctx, const char *in_path, const char *out_path, const qd_comfy_quant_params *p,
-                            char **report_json) {
+static qd_status comfy_quantize_run(qd_ctx *ctx, const char *in_path, const char *out_path,
+                                    const qd_comfy_quant_params *p, char **report_json) {
     if (report_json) *report_json = NULL;
     if (!in_path || !p) return qd_fail(ctx, QD_ERR_ARG, "comfy_quant: no input");
     if (!out_path && !p->dry_run) return qd_fail(ctx, QD_ERR_ARG, "comfy_quant: no output path");
@@ -72,5 +73,16 @@ qd_status qd_comfy_quantize(qd_ctx *ctx, const char *in_path, const char *out_pa
         if (!*report_json) st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
     }
     cJSON_Delete(root);
+    return st;
+}
+
+/* The LoRA merge runs in fp32 whatever the context's precision (bf16 operands would
+ * change what is written). */
+qd_status qd_comfy_quantize(qd_ctx *ctx, const char *in_path, const char *out_path, const qd_comfy_quant_params *p,
+                            char **report_json) {
+    int precision = ctx->precision;
+    ctx->precision = QD_PRECISION_FP32;
+    qd_status st = comfy_quantize_run(ctx, in_path, out_path, p, report_json);
+    ctx->precision = precision;
     return st;
 }

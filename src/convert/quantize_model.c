@@ -1126,8 +1126,8 @@ static qd_status same_folder(qd_ctx *ctx, const char *in_dir, const char *out_di
     return QD_OK;
 }
 
-qd_status qd_quantize(qd_ctx *ctx, const char *in_dir, const char *out_dir, const qd_quant_params *p,
-                      char **report_json) {
+static qd_status quantize_run(qd_ctx *ctx, const char *in_dir, const char *out_dir, const qd_quant_params *p,
+                              char **report_json) {
     if (report_json) *report_json = NULL;
     if (!ctx || !in_dir || !p) return ctx ? qd_fail(ctx, QD_ERR_ARG, "qd_quantize: missing argument") : QD_ERR_ARG;
     if (!out_dir && !p->dry_run) return qd_fail(ctx, QD_ERR_ARG, "qd_quantize: no output folder (only a dry run needs none)");
@@ -1173,5 +1173,17 @@ qd_status qd_quantize(qd_ctx *ctx, const char *in_dir, const char *out_dir, cons
         if (!*report_json) st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
     }
     run_free(&r);
+    return st;
+}
+
+/* The SVD and LoRA-merge GEMMs that make the written weights run in fp32 whatever the
+ * context's precision (bf16 operands would change what is written). */
+qd_status qd_quantize(qd_ctx *ctx, const char *in_dir, const char *out_dir, const qd_quant_params *p,
+                      char **report_json) {
+    if (!ctx) return quantize_run(ctx, in_dir, out_dir, p, report_json);
+    int precision = ctx->precision;
+    ctx->precision = QD_PRECISION_FP32;
+    qd_status st = quantize_run(ctx, in_dir, out_dir, p, report_json);
+    ctx->precision = precision;
     return st;
 }

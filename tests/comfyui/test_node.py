@@ -218,6 +218,14 @@ check(req["scheduler"][0] == ["diffusers default"] + cli_names[1],
 check({"guidance", "threads", "batch_size", "matmul", "precision", "preview_vae"} <= set(it["optional"]),
       "optional inputs: guidance, threads, batch_size, matmul, precision, preview_vae")
 check(Node.RETURN_TYPES == ("IMAGE", "LATENT"), "returns IMAGE and LATENT")
+saved = os.environ.pop("QD_PRECISION", None)
+prec = Node.INPUT_TYPES()["optional"]["precision"]
+check(prec[0] == ["auto", "fp32", "bf16"] and prec[1]["default"] == "auto", f"precision: auto (default), fp32, bf16 ({prec})")
+os.environ["QD_PRECISION"] = "fp32"
+check(Node.INPUT_TYPES()["optional"]["precision"][1]["default"] == "fp32", "$QD_PRECISION=fp32 sets the default")
+os.environ.pop("QD_PRECISION")
+if saved is not None:
+    os.environ["QD_PRECISION"] = saved
 
 # ---- generation against the CLI's PNG and the goldens ---------------------------------
 
@@ -225,10 +233,12 @@ node = Node()
 
 
 def run_case(name, model, prompt, neg, steps, cfg, width, height, seed, sampler, sched, cli_args, golden=None,
-             batch=1, **extra):
+             batch=1, precision="fp32", tol=1e-3, **extra):
+    """fp32 (the goldens' arithmetic, asked for explicitly: the default is auto) unless told."""
     mdir = os.path.join(FX, "models", model)
     img, lat = node.sample(mdir, prompt, neg, steps, cfg, width, height, seed, sampler, sched,
-                           batch_size=batch, threads=1, **extra)
+                           batch_size=batch, threads=1, precision=precision, **extra)
+    cli_args = cli_args + ["--precision", precision]
     check(isinstance(img, torch.Tensor) and img.dtype == torch.float32 and tuple(img.shape) == (batch, height, width, 3)
           and img.is_contiguous(), f"{name}: IMAGE torch.float32 {tuple(img.shape)}")
     check(float(img.min()) >= 0.0 and float(img.max()) <= 1.0 and float(img.max()) > float(img.min()),
@@ -256,10 +266,10 @@ def run_case(name, model, prompt, neg, steps, cfg, width, height, seed, sampler,
             g = unpack_golden_flux(g, height, width)
         scale, shift = vae_factors(mdir)
         r2 = rel_l2((samples.numpy() - shift) * scale, g)
-        check(r2 <= 1e-3, f"{name}: (LATENT - shift) * scale vs golden {golden}: rel L2 {r2:.2e} (tol 1e-3)")
+        check(r2 <= tol, f"{name}: (LATENT - shift) * scale vs golden {golden}: rel L2 {r2:.2e} (tol {tol:g})")
         # the LATENT is the VAE-space latent ComfyUI's VAEDecode takes: undo it the other way too
         r3 = rel_l2(samples.numpy(), g / scale + shift)
-        check(r3 <= 1e-3, f"{name}: LATENT vs golden / scale + shift: rel L2 {r3:.2e} (tol 1e-3)")
+        check(r3 <= tol, f"{name}: LATENT vs golden / scale + shift: rel L2 {r3:.2e} (tol {tol:g})")
     return img, lat
 
 
@@ -267,6 +277,14 @@ ASTRO = "a photograph of an astronaut riding a horse"
 run_case("shapes_euler", "shapes-sd", "a red circle on a blue background", "", 20, 5.0, 64, 64, 100,
          "EulerDiscreteScheduler", "diffusers default", ["--scheduler", "EulerDiscreteScheduler"],
          golden="shapes-sd/pipe_00.safetensors")
+# bf16 (where the CPU has AVX512_BF16): within test_pipeline_bf16's shapes-sd bound of the fp32 golden
+if "avx512_bf16" in open("/proc/cpuinfo").read():
+    run_case("shapes_euler_bf16", "shapes-sd", "a red circle on a blue background", "", 20, 5.0, 64, 64, 100,
+             "EulerDiscreteScheduler", "diffusers default", ["--scheduler", "EulerDiscreteScheduler"],
+             golden="shapes-sd/pipe_00.safetensors", precision="bf16", tol=2.5e-2)
+    check(node_mod.CACHE.ctx.precision() == "bf16", "precision bf16: the context runs bf16")
+else:
+    print("note: no AVX512_BF16 on this CPU: the node's bf16 run is not tested")
 run_case("sd15_pndm_default", "sd15-tiny", ASTRO, "blurry, low quality", 6, 7.5, 64, 64, 1239,
          "diffusers default", "diffusers default", [], golden="sd15-tiny/pipe_pndm.safetensors")
 run_case("sd15_euler_karras", "sd15-tiny", "UPPERCASE and MiXeD case, numbers 1234567890 and 3.14159", "lowres",
