@@ -435,7 +435,7 @@ static void bad_input(qd_ctx *ctx) {
 
 int main(void) {
     if (!scratch_make("single_file")) return test_summary();
-    qd_ctx *ctx = qd_ctx_new(0);
+    qd_ctx *ctx = test_ctx_new(0);
     qd_set_log(ctx, NULL, NULL);
     families(ctx);
     against_sdnq(ctx);
