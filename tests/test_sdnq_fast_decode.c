@@ -5,6 +5,7 @@
  *   2. synthetic layers the fixtures lack (Conv 3x3 grouped / row-wise with zero
  *      points, all-zero groups and SVD; tensor-wise; packed int1/2/4 and fp4/fp6/fp8 codes;
  *      odd starts): fast vs scalar on whole matrices and odd rectangles;
+ *      transposed int8 layouts also k-major (decode_kmajor) vs the scalar decode;
  *      with SVD also the bf16 GEMM's decode (bf16 SVD products) vs sdnq (rel. L2 <= 2^-8)
  *      and bf16-mode GEMMs vs the double reference (<= 2^-7, the bf16 GEMM bound);
  *   3. qd_gemm with an SDNQ weight (packed path, M = 37, fp32 and bf16) and with dense
@@ -118,6 +119,21 @@ static int fixture_case(qd_ctx *ctx, const char *name) {
         check(same, "%s: odd rectangles decode to the same bits as the whole matrix", name);
         for (int64_t M = 1; M <= 8; M += 7) check_gemm(ctx, name, &w, ref, M, 2e-6);
         check_gemm(ctx, name, &w, ref, 37, 2e-6);
+        if (w.decode_kmajor) {   /* input-major storage decoded k-major: the same numbers, padding lanes 0 */
+            int ok = 1;
+            float *panel = malloc(sizeof(float) * (size_t)(w.cols * 32));
+            for (int64_t r0 = 0; r0 < w.rows; r0 += 32) {
+                int nr = (int)(w.rows - r0 < 32 ? w.rows - r0 : 32);
+                w.decode_kmajor(&w, r0, nr, 0, w.cols, panel, 32);
+                for (int64_t k = 0; k < w.cols; k++)
+                    for (int r = 0; r < 32; r++) {
+                        float want = r < nr ? b[(r0 + r) * w.cols + k] : 0.0f;
+                        if (fabsf(panel[k * 32 + r] - want) > 1e-6f * (fabsf(want) + 1e-3f)) ok = 0;
+                    }
+            }
+            check(ok, "%s: k-major decode (input-major storage) equals the scalar decode (rel 1e-6), padding lanes 0", name);
+            free(panel);
+        }
         if (w.decode_lowp) {   /* the bf16 GEMM's decode: SVD term from bf16 products */
             w.decode_lowp(&w, 0, w.rows, 0, w.cols, a, w.cols);
             double rl = rel_l2(a, ref, n);

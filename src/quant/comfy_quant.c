@@ -136,6 +136,7 @@ void qd_cq_weight(const qd_cq_layer *l, qd_weight *w) {
     w->quant = l;
     w->linear = NULL;
     w->decode_lowp = NULL;
+    w->decode_kmajor = NULL;
 }
 
 qd_status qd_cq_dequantize(qd_ctx *ctx, const qd_cq_layer *l, float **out) {

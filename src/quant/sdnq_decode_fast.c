@@ -32,6 +32,9 @@ void qd_sdnq_fast_init(qd_sdnq_state *s) {
     const qd_sdnq_dtype *d = &l->dtype;
     s->fast = 0;
     s->has_lut8 = 0;
+    /* sdnq's quantized-matmul layout: int8/uint8 codes [cols, out], one scale per output */
+    s->kmajor = l->transposed && !d->packed && (d->family == QD_SQ_INT || d->family == QD_SQ_UINT) && d->bits == 8 &&
+                !l->svd && !l->hadamard && !l->codebook;
     if (l->hadamard || l->codebook || l->transposed) return;
     if ((d->family == QD_SQ_FLOAT || d->family == QD_SQ_CFLOAT) && d->bits <= 8) {
         /* value of every raw code: the scalar unpacker's own numbers */
@@ -51,17 +54,27 @@ void qd_sdnq_fast_init(qd_sdnq_state *s) {
 
 /* How values() finishes each vector: the code's value q, q * scale, q * scale + zero, or
  * the zero point alone (an all-zero group, §1.10). */
-enum { AS_Q, AS_QS, AS_QSZ, AS_Z };
+enum { AS_Q, AS_QS, AS_QSZ, AS_Z, AS_VEC };   /* AS_VEC: per-lane scale / zero point from arrays */
 
 __attribute__((target("avx512f,avx512bw,avx512vl")))
 static inline __m512 finish(__m512 v, __m512 sc, __m512 z, int how) {
     return how == AS_Q ? v : how == AS_QS ? _mm512_mul_ps(v, sc) : how == AS_QSZ ? _mm512_add_ps(_mm512_mul_ps(v, sc), z) : z;
 }
 
-/* n <= PIECE codes [start, start + n) as values into q, finished as `how` says (sc, z:
- * one scale and zero point for the whole run). */
+/* AS_VEC: q * sv[i] (+ zv[i]), or zv[i] where sv[i] == 0. */
 __attribute__((target("avx512f,avx512bw,avx512vl")))
-static void values(const qd_sdnq_state *s, int64_t start, int64_t n, float *q, __m512 sc, __m512 z, int how) {
+static inline __m512 finish_vec(__m512 v, __mmask16 m, const float *sv, const float *zv) {
+    __m512 sc = _mm512_maskz_loadu_ps(m, sv), z = zv ? _mm512_maskz_loadu_ps(m, zv) : _mm512_setzero_ps();
+    __m512 r = zv ? _mm512_add_ps(_mm512_mul_ps(v, sc), z) : _mm512_mul_ps(v, sc);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ), r, z);
+}
+
+/* n <= PIECE codes [start, start + n) as values into q, finished as `how` says (sc, z:
+ * one scale and zero point for the whole run; AS_VEC: per element from sv, zv). */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void values(const qd_sdnq_state *s, int64_t start, int64_t n, float *q, __m512 sc, __m512 z, int how,
+                   const float *sv, const float *zv) {
+#define FIN(v) (how == AS_VEC ? finish_vec((v), m, sv + i, zv ? zv + i : NULL) : finish((v), sc, z, how))
     const qd_sdnq_dtype *d = &s->l.dtype;
     const uint8_t *data = s->codes;
     const float *lut = s->has_lut8 ? s->lut8 : NULL;
@@ -72,7 +85,7 @@ static void values(const qd_sdnq_state *s, int64_t start, int64_t n, float *q, _
             __m128i b = _mm_maskz_loadu_epi8(m, data + start + i);
             __m512 v = lut ? _mm512_i32gather_ps(_mm512_cvtepu8_epi32(b), lut, 4)
                      : sgn ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)) : _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b));
-            _mm512_mask_storeu_ps(q + i, m, finish(v, sc, z, how));
+            _mm512_mask_storeu_ps(q + i, m, FIN(v));
         }
         return;
     }
@@ -83,7 +96,7 @@ static void values(const qd_sdnq_state *s, int64_t start, int64_t n, float *q, _
             __m256i v = _mm256_maskz_loadu_epi16(m, h + i);
             __m512 f = d->storage == QD_F16 ? _mm512_cvtph_ps(v)
                                             : _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-            _mm512_mask_storeu_ps(q + i, m, finish(f, sc, z, how));
+            _mm512_mask_storeu_ps(q + i, m, FIN(f));
         }
         return;
     }
@@ -105,7 +118,7 @@ static void values(const qd_sdnq_state *s, int64_t start, int64_t n, float *q, _
             __m512i bytes = _mm512_permutexvar_epi32(byte_i, _mm512_cvtepu8_epi32(raw));
             __m512i c = _mm512_and_si512(_mm512_srlv_epi32(bytes, sh), mask);
             __m512 v = lut ? _mm512_i32gather_ps(c, lut, 4) : _mm512_cvtepi32_ps(_mm512_sub_epi32(c, off));
-            _mm512_mask_storeu_ps(q + i, m, finish(v, sc, z, how));
+            _mm512_mask_storeu_ps(q + i, m, FIN(v));
         }
         return;
     }
@@ -114,8 +127,9 @@ static void values(const qd_sdnq_state *s, int64_t start, int64_t n, float *q, _
     if (how != AS_Q)
         for (int64_t i = 0; i < n; i += 16) {
             __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
-            _mm512_mask_storeu_ps(q + i, m, finish(_mm512_maskz_loadu_ps(m, q + i), sc, z, how));
+            _mm512_mask_storeu_ps(q + i, m, FIN(_mm512_maskz_loadu_ps(m, q + i)));
         }
+#undef FIN
 }
 
 /* ---- one row piece: values, scale, SVD ---- */
@@ -133,15 +147,16 @@ static void row_piece(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, 
             int64_t idx = o * s->so + g * s->sg;
             float sc = s->scale[idx], z = zp ? zp[idx] : 0.0f;
             int how = sc == 0 ? AS_Z : zp ? AS_QSZ : AS_QS;   /* all-zero group: codes are undefined (§1.10) */
-            values(s, o * l->cols + k0 + i, end - i, dst + i, _mm512_set1_ps(sc), _mm512_set1_ps(z), how);
+            values(s, o * l->cols + k0 + i, end - i, dst + i, _mm512_set1_ps(sc), _mm512_set1_ps(z), how, NULL, NULL);
             i = end;
         }
     } else {   /* Conv: scale per (group, kernel position); expand the pattern, then one pass */
-        values(s, o * l->cols + k0, n, dst, one, zero, AS_Q);
         float sv[PIECE], zv[PIECE];
         int64_t ks = l->ksize, gs = l->group_size, c = k0 / ks, p = k0 % ks;
-        for (int64_t i = 0; i < n; c++, p = 0) {   /* per channel: its ksize scales are contiguous (sp = 1) */
-            int64_t idx = o * s->so + c / gs * s->sg + p * s->sp, take = ks - p < n - i ? ks - p : n - i;
+        int64_t g = c / gs, cg = c % gs;   /* group and channel within it, stepped (no division per channel) */
+        for (int64_t i = 0; i < n; p = 0) {   /* per channel: its ksize scales are contiguous (sp = 1) */
+            int64_t idx = o * s->so + g * s->sg + p * s->sp, take = ks - p < n - i ? ks - p : n - i;
+            if (++cg == gs) { cg = 0; g++; }
             if (s->sp == 1 && take <= 16) {   /* a masked copy: ksize is 9 or 1-ish, a call would cost more */
                 __mmask16 tm = (__mmask16)((1u << take) - 1);
                 _mm512_mask_storeu_ps(sv + i, tm, _mm512_maskz_loadu_ps(tm, s->scale + idx));
@@ -154,14 +169,7 @@ static void row_piece(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, 
             }
             i += take;
         }
-        for (int64_t i = 0; i < n; i += 16) {
-            __mmask16 m = n - i >= 16 ? 0xffff : (__mmask16)((1u << (n - i)) - 1);
-            __m512 v = _mm512_maskz_loadu_ps(m, dst + i), sc = _mm512_maskz_loadu_ps(m, sv + i);
-            __m512 z = zp ? _mm512_maskz_loadu_ps(m, zv + i) : _mm512_setzero_ps();
-            __m512 r = zp ? _mm512_add_ps(_mm512_mul_ps(v, sc), z) : _mm512_mul_ps(v, sc);
-            r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ), r, z);
-            _mm512_mask_storeu_ps(dst + i, m, r);
-        }
+        values(s, o * l->cols + k0, n, dst, one, zero, AS_VEC, sv, zp ? zv : NULL);
     }
 }
 
@@ -298,11 +306,42 @@ int qd_sdnq_decode_fast_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int
 __attribute__((target("avx512f,avx512bw,avx512vl")))
 static void codes_fast(const qd_sdnq_state *s, int64_t start, int64_t n, float *q) {
     __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += PIECE) values(s, start + i, n - i < PIECE ? n - i : PIECE, q + i, one, zero, AS_Q);
+    for (int64_t i = 0; i < n; i += PIECE) values(s, start + i, n - i < PIECE ? n - i : PIECE, q + i, one, zero, AS_Q, NULL, NULL);
 }
 
 int qd_sdnq_codes_fast(const qd_sdnq_state *s, int64_t start, int64_t n, float *q) {
     if (!s->fast || !cpu_ok()) return 0;
     codes_fast(s, start, n, q);
+    return 1;
+}
+
+/* ---- input-major storage straight into k-major panels ---- */
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static void kmajor(const qd_sdnq_state *s, int64_t r0, int nr, int64_t k0, int64_t nk, float *panel, int64_t ld) {
+    const qd_sdnq_layout *l = &s->l;
+    int64_t out = l->out;
+    int sgn = l->dtype.family == QD_SQ_INT;
+    for (int h = 0; h < ld; h += 16) {   /* 16 outputs per vector; their scales stay in registers */
+        int left = nr - h;
+        __mmask16 m = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+        const float *zp = s->zero_point;
+        __m512 sc = _mm512_maskz_loadu_ps(m, s->scale + r0 + h);   /* so = 1 in this layout */
+        __m512 z = zp ? _mm512_maskz_loadu_ps(m, zp + r0 + h) : _mm512_setzero_ps();
+        __mmask16 zero = _mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ);
+        const uint8_t *c = s->codes + k0 * out + r0 + h;
+        for (int64_t k = 0; k < nk; k++, c += out) {
+            __m128i b = _mm_maskz_loadu_epi8(m, c);
+            __m512 v = _mm512_cvtepi32_ps(sgn ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b));
+            v = zp ? _mm512_add_ps(_mm512_mul_ps(v, sc), z) : _mm512_mul_ps(v, sc);
+            v = _mm512_mask_blend_ps(zero, v, z);   /* all-zero scale: the zero point (§1.10) */
+            _mm512_storeu_ps(panel + k * ld + h, _mm512_maskz_mov_ps(m, v));
+        }
+    }
+}
+
+int qd_sdnq_decode_kmajor(const qd_sdnq_state *s, int64_t r0, int nr, int64_t k0, int64_t nk, float *panel, int64_t ld) {
+    if (!s->kmajor || !cpu_ok() || ld % 16) return 0;
+    kmajor(s, r0, nr, k0, nk, panel, ld);
     return 1;
 }

@@ -28,6 +28,11 @@ int qd_sdnq_decode_fast_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int
  * 0 when there is no fast path. */
 int qd_sdnq_codes_fast(const qd_sdnq_state *s, int64_t start, int64_t n, float *q);
 
+/* sdnq's transposed int8/uint8 layout (codes [cols, out], no SVD) k-major:
+ * panel[k*ld + r] = W[r0+r, k0+k], lanes nr..ld-1 zero; ld a multiple of 16. 0 when
+ * the layout or the CPU has no such path. */
+int qd_sdnq_decode_kmajor(const qd_sdnq_state *s, int64_t r0, int nr, int64_t k0, int64_t nk, float *panel, int64_t ld);
+
 /* The scalar path (the reference the fast one is tested against). */
 void qd_sdnq_decode_scalar(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
                            int64_t ld);

@@ -104,6 +104,19 @@ static void sdnq_decode(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, 
     qd_sdnq_decode(w->quant, r0, nr, k0, nk, dst, ld);
 }
 
+static void sdnq_decode_kmajor(const qd_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk, float *panel,
+                               int64_t ld) {
+    if (qd_sdnq_decode_kmajor(w->quant, r0, nr, k0, nk, panel, ld)) return;
+    /* no AVX-512: the row decode, transposed (only reached when the CPU lacks it) */
+    float row[256];
+    for (int r = 0; r < ld; r++)
+        for (int64_t k = 0; k < nk; k += 256) {
+            int64_t n = nk - k < 256 ? nk - k : 256;
+            if (r < nr) qd_sdnq_decode(w->quant, r0 + r, 1, k0 + k, n, row, n);
+            for (int64_t i = 0; i < n; i++) panel[(k + i) * ld + r] = r < nr ? row[i] : 0.0f;
+        }
+}
+
 /* For a bf16 GEMM: the SVD term from bf16 products (fp32 sums), the rest exact. */
 static void sdnq_decode_lowp(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
                              int64_t ld) {
@@ -241,6 +254,7 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
     w->quant = s;
     w->linear = l.cls == QD_SDNQ_EMBEDDING ? NULL : qd_sdnq_linear;   /* int8 matmul when asked for */
     w->decode_lowp = l.svd ? sdnq_decode_lowp : NULL;
+    w->decode_kmajor = s->kmajor ? sdnq_decode_kmajor : NULL;
     *state = s;
     return QD_OK;
 }

@@ -297,6 +297,19 @@ void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int
         } else {
             const float *src = dec;
             int64_t ld = kc;
+            if (m.kind == QD_MAT_WEIGHT && m.w->decode_kmajor && nr == 32 && (!bf16 || cpu_avx512bf16())) {
+                /* stored input-major: decoded k-major, the strip's own order */
+                for (int64_t kk = 0; kk < kc; kk += KT) {
+                    int64_t kt = kc - kk < KT ? kc - kk : KT;
+                    if (!bf16) {
+                        m.w->decode_kmajor(m.w, j0 + s, cols, k0 + kk, kt, (float *)d + kk * 32, 32);
+                        continue;
+                    }
+                    m.w->decode_kmajor(m.w, j0 + s, cols, k0 + kk, kt, dec, 32);
+                    panel_bf16_32(d + kk / 2 * 32, dec, kt);
+                }
+                continue;
+            }
             if (m.kind == QD_MAT_WEIGHT && nr == 32 && cpu_avx512() && (!bf16 || cpu_avx512bf16())) {
                 for (int64_t kk = 0; kk < kc; kk += KT) {   /* tile by tile, never the whole K block */
                     int64_t kt = kc - kk < KT ? kc - kk : KT;

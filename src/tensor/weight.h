@@ -25,6 +25,11 @@ struct qd_weight {
      * products. NULL: the GEMM uses decode(). */
     void (*decode_lowp)(const struct qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk,
                         float *dst, int64_t ld);
+    /* Optional, for formats stored input-major (sdnq's transposed int8 layout): the same
+     * values k-major, panel[k*ld + r] = W[r0+r, k0+k] for r < nr (<= ld), lanes nr..ld-1 of
+     * each k zero: the GEMM's B panel order, so no transpose. NULL: not available. */
+    void (*decode_kmajor)(const struct qd_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk, float *panel,
+                          int64_t ld);
 };
 typedef struct qd_weight qd_weight;
 
