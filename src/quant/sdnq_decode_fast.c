@@ -54,18 +54,74 @@ void qd_sdnq_fast_init(qd_sdnq_state *s) {
 
 /* How values() finishes each vector: the code's value q, q * scale, q * scale + zero, or
  * the zero point alone (an all-zero group, §1.10). */
-enum { AS_Q, AS_QS, AS_QSZ, AS_Z, AS_VEC };   /* AS_VEC: per-lane scale / zero point from arrays */
+enum { AS_Q, AS_QS, AS_QSZ, AS_Z, AS_VEC, AS_CONV };   /* AS_VEC: per-lane scale / zero point from arrays;
+                                                        AS_CONV: generated per vector (conv_scales) */
+
+/* Conv scales (index o*so + group*sg + kernel_pos, sp = 1) for 16 consecutive columns,
+ * made in registers: the ksize scales of the vector's group (and of the next one, when
+ * the vector crosses into it) picked per lane with one permute. ks <= 16. */
+typedef struct {
+    const float *scale, *zp;    /* at the row's first group */
+    int64_t sg, groups;
+    int ks, gs;
+    int ph, cg;                 /* first lane: position in its channel, channel in its group */
+    int64_t g;                  /* first lane's group */
+} conv_scales;
 
 __attribute__((target("avx512f,avx512bw,avx512vl")))
-static inline __m512 finish(__m512 v, __m512 sc, __m512 z, int how) {
+static inline __attribute__((always_inline)) void conv_next(conv_scales *c, __m512 *sc, __m512 *z) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m512i t = _mm512_add_epi32(lane, _mm512_set1_epi32(c->ph));   /* < 31 */
+    /* channel offset t / ks and position t % ks without a divide: t < ks + 16, so two
+     * masked steps when ks >= 8 (3x3 kernels), and no data-dependent branch */
+    __m512i ks = _mm512_set1_epi32(c->ks), ch = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
+    for (int step = 0; step < (c->ks >= 8 ? 2 : 16); step++) {
+        __mmask16 ge = _mm512_cmpge_epi32_mask(t, ks);
+        t = _mm512_mask_sub_epi32(t, ge, t, ks);
+        ch = _mm512_mask_add_epi32(ch, ge, ch, one);
+    }
+    __mmask16 next = _mm512_cmpge_epi32_mask(_mm512_add_epi32(ch, _mm512_set1_epi32(c->cg)), _mm512_set1_epi32(c->gs));
+    __mmask16 km = (__mmask16)((1u << c->ks) - 1);
+    const float *s0 = c->scale + c->g * c->sg;
+    __m512 a = _mm512_maskz_loadu_ps(km, s0), b = a;
+    __m512 za = c->zp ? _mm512_maskz_loadu_ps(km, c->zp + c->g * c->sg) : _mm512_setzero_ps(), zb = za;
+    if (next && c->g + 1 < c->groups) {
+        b = _mm512_maskz_loadu_ps(km, s0 + c->sg);
+        if (c->zp) zb = _mm512_maskz_loadu_ps(km, c->zp + (c->g + 1) * c->sg);
+    }
+    __m512i idx = _mm512_mask_add_epi32(t, next, t, _mm512_set1_epi32(16));
+    *sc = _mm512_permutex2var_ps(a, idx, b);
+    *z = _mm512_permutex2var_ps(za, idx, zb);
+    /* advance 16 columns */
+    int ph = c->ph + 16, steps = 0;   /* no divide, no unpredictable branch */
+    for (int i = 0; i < (c->ks >= 8 ? 2 : 16); i++) {
+        int ge = ph >= c->ks;
+        ph -= ge * c->ks;
+        steps += ge;
+    }
+    c->ph = ph;
+    c->cg += steps;
+    if (c->cg >= c->gs) { c->cg -= c->gs; c->g++; }   /* once per group: predictable (gs >= steps) */
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static inline __attribute__((always_inline)) __m512 finish(__m512 v, __m512 sc, __m512 z, int how) {
     return how == AS_Q ? v : how == AS_QS ? _mm512_mul_ps(v, sc) : how == AS_QSZ ? _mm512_add_ps(_mm512_mul_ps(v, sc), z) : z;
 }
 
 /* AS_VEC: q * sv[i] (+ zv[i]), or zv[i] where sv[i] == 0. */
 __attribute__((target("avx512f,avx512bw,avx512vl")))
-static inline __m512 finish_vec(__m512 v, __mmask16 m, const float *sv, const float *zv) {
+static inline __attribute__((always_inline)) __m512 finish_vec(__m512 v, __mmask16 m, const float *sv, const float *zv) {
     __m512 sc = _mm512_maskz_loadu_ps(m, sv), z = zv ? _mm512_maskz_loadu_ps(m, zv) : _mm512_setzero_ps();
     __m512 r = zv ? _mm512_add_ps(_mm512_mul_ps(v, sc), z) : _mm512_mul_ps(v, sc);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ), r, z);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static inline __attribute__((always_inline)) __m512 finish_conv(__m512 v, conv_scales *cs) {
+    __m512 sc, z;
+    conv_next(cs, &sc, &z);
+    __m512 r = cs->zp ? _mm512_add_ps(_mm512_mul_ps(v, sc), z) : _mm512_mul_ps(v, sc);
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ), r, z);
 }
 
@@ -73,8 +129,9 @@ static inline __m512 finish_vec(__m512 v, __mmask16 m, const float *sv, const fl
  * one scale and zero point for the whole run; AS_VEC: per element from sv, zv). */
 __attribute__((target("avx512f,avx512bw,avx512vl")))
 static void values(const qd_sdnq_state *s, int64_t start, int64_t n, float *q, __m512 sc, __m512 z, int how,
-                   const float *sv, const float *zv) {
-#define FIN(v) (how == AS_VEC ? finish_vec((v), m, sv + i, zv ? zv + i : NULL) : finish((v), sc, z, how))
+                   const float *sv, const float *zv, conv_scales *cs) {
+#define FIN(v) (how == AS_CONV ? finish_conv((v), cs) : how == AS_VEC ? finish_vec((v), m, sv + i, zv ? zv + i : NULL) \
+                               : finish((v), sc, z, how))
     const qd_sdnq_dtype *d = &s->l.dtype;
     const uint8_t *data = s->codes;
     const float *lut = s->has_lut8 ? s->lut8 : NULL;
@@ -147,10 +204,15 @@ static void row_piece(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, 
             int64_t idx = o * s->so + g * s->sg;
             float sc = s->scale[idx], z = zp ? zp[idx] : 0.0f;
             int how = sc == 0 ? AS_Z : zp ? AS_QSZ : AS_QS;   /* all-zero group: codes are undefined (§1.10) */
-            values(s, o * l->cols + k0 + i, end - i, dst + i, _mm512_set1_ps(sc), _mm512_set1_ps(z), how, NULL, NULL);
+            values(s, o * l->cols + k0 + i, end - i, dst + i, _mm512_set1_ps(sc), _mm512_set1_ps(z), how, NULL, NULL, NULL);
             i = end;
         }
-    } else {   /* Conv: scale per (group, kernel position); expand the pattern, then one pass */
+    } else if (s->sp == 1 && l->ksize <= 16) {   /* Conv: scale per (group, kernel position), made per vector */
+        int64_t c = k0 / l->ksize;
+        conv_scales cs = {s->scale + o * s->so, zp ? zp + o * s->so : NULL, s->sg, l->groups, (int)l->ksize,
+                          (int)l->group_size, (int)(k0 % l->ksize), (int)(c % l->group_size), c / l->group_size};
+        values(s, o * l->cols + k0, n, dst, one, zero, AS_CONV, NULL, NULL, &cs);
+    } else {   /* Conv, other: expand the pattern, then one pass */
         float sv[PIECE], zv[PIECE];
         int64_t ks = l->ksize, gs = l->group_size, c = k0 / ks, p = k0 % ks;
         int64_t g = c / gs, cg = c % gs;   /* group and channel within it, stepped (no division per channel) */
@@ -169,7 +231,7 @@ static void row_piece(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, 
             }
             i += take;
         }
-        values(s, o * l->cols + k0, n, dst, one, zero, AS_VEC, sv, zp ? zv : NULL);
+        values(s, o * l->cols + k0, n, dst, one, zero, AS_VEC, sv, zp ? zv : NULL, NULL);
     }
 }
 
@@ -306,7 +368,7 @@ int qd_sdnq_decode_fast_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int
 __attribute__((target("avx512f,avx512bw,avx512vl")))
 static void codes_fast(const qd_sdnq_state *s, int64_t start, int64_t n, float *q) {
     __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += PIECE) values(s, start + i, n - i < PIECE ? n - i : PIECE, q + i, one, zero, AS_Q, NULL, NULL);
+    for (int64_t i = 0; i < n; i += PIECE) values(s, start + i, n - i < PIECE ? n - i : PIECE, q + i, one, zero, AS_Q, NULL, NULL, NULL);
 }
 
 int qd_sdnq_codes_fast(const qd_sdnq_state *s, int64_t start, int64_t n, float *q) {
