@@ -36,6 +36,15 @@ void qd_sdnq_fast_init(qd_sdnq_state *s) {
     s->kmajor = l->transposed && !d->packed && (d->family == QD_SQ_INT || d->family == QD_SQ_UINT) && d->bits == 8 &&
                 !l->svd && !l->hadamard && !l->codebook;
     if (l->hadamard || l->codebook || l->transposed) return;
+    if (l->ksize > 1 && l->ksize <= 16)   /* conv_next's tables: lane positions / channel offsets per phase */
+        for (int ph = 0; ph < l->ksize; ph++) {
+            for (int ln = 0; ln < 16; ln++) {
+                s->conv_pos[ph][ln] = (int32_t)((ph + ln) % l->ksize);
+                s->conv_ch[ph][ln] = (int32_t)((ph + ln) / l->ksize);
+            }
+            s->conv_nph[ph] = (int)((ph + 16) % l->ksize);
+            s->conv_nst[ph] = (int)((ph + 16) / l->ksize);
+        }
     if ((d->family == QD_SQ_FLOAT || d->family == QD_SQ_CFLOAT) && d->bits <= 8) {
         /* value of every raw code: the scalar unpacker's own numbers */
         int n = 1 << d->bits;
@@ -59,49 +68,46 @@ enum { AS_Q, AS_QS, AS_QSZ, AS_Z, AS_VEC, AS_CONV };   /* AS_VEC: per-lane scale
 
 /* Conv scales (index o*so + group*sg + kernel_pos, sp = 1) for 16 consecutive columns,
  * made in registers: the ksize scales of the vector's group (and of the next one, when
- * the vector crosses into it) picked per lane with one permute. ks <= 16. */
+ * the vector crosses into it) picked per lane with one permute. Per phase (position of
+ * the first lane in its channel) the lanes' positions and channel offsets, and the next
+ * vector's phase, come from the layer's tables (qd_sdnq_fast_init). ks <= 16. */
 typedef struct {
     const float *scale, *zp;    /* at the row's first group */
     int64_t sg, groups;
     int ks, gs;
     int ph, cg;                 /* first lane: position in its channel, channel in its group */
     int64_t g;                  /* first lane's group */
+    const qd_sdnq_state *st;    /* its conv_pos / conv_ch / conv_nph / conv_nst tables, per phase */
 } conv_scales;
 
+/* The running state of conv_next, in locals of values() so it stays in registers (through
+ * the struct, each vector's phase would wait on the previous one's store). */
+typedef struct {
+    int ph, cg;
+    int64_t g, loaded;
+    __m512 a, za, b, zb;
+} conv_run;
+
 __attribute__((target("avx512f,avx512bw,avx512vl")))
-static inline __attribute__((always_inline)) void conv_next(conv_scales *c, __m512 *sc, __m512 *z) {
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    __m512i t = _mm512_add_epi32(lane, _mm512_set1_epi32(c->ph));   /* < 31 */
-    /* channel offset t / ks and position t % ks without a divide: t < ks + 16, so two
-     * masked steps when ks >= 8 (3x3 kernels), and no data-dependent branch */
-    __m512i ks = _mm512_set1_epi32(c->ks), ch = _mm512_setzero_si512(), one = _mm512_set1_epi32(1);
-    for (int step = 0; step < (c->ks >= 8 ? 2 : 16); step++) {
-        __mmask16 ge = _mm512_cmpge_epi32_mask(t, ks);
-        t = _mm512_mask_sub_epi32(t, ge, t, ks);
-        ch = _mm512_mask_add_epi32(ch, ge, ch, one);
+static inline __attribute__((always_inline)) void conv_next(const conv_scales *c, conv_run *r, __m512 *sc, __m512 *z) {
+    if (r->loaded != r->g) {   /* once per group */
+        __mmask16 km = (__mmask16)((1u << c->ks) - 1);
+        const float *s0 = c->scale + r->g * c->sg;
+        int more = r->g + 1 < c->groups;
+        r->a = _mm512_maskz_loadu_ps(km, s0);
+        r->b = more ? _mm512_maskz_loadu_ps(km, s0 + c->sg) : r->a;
+        r->za = c->zp ? _mm512_maskz_loadu_ps(km, c->zp + r->g * c->sg) : _mm512_setzero_ps();
+        r->zb = c->zp && more ? _mm512_maskz_loadu_ps(km, c->zp + (r->g + 1) * c->sg) : r->za;
+        r->loaded = r->g;
     }
-    __mmask16 next = _mm512_cmpge_epi32_mask(_mm512_add_epi32(ch, _mm512_set1_epi32(c->cg)), _mm512_set1_epi32(c->gs));
-    __mmask16 km = (__mmask16)((1u << c->ks) - 1);
-    const float *s0 = c->scale + c->g * c->sg;
-    __m512 a = _mm512_maskz_loadu_ps(km, s0), b = a;
-    __m512 za = c->zp ? _mm512_maskz_loadu_ps(km, c->zp + c->g * c->sg) : _mm512_setzero_ps(), zb = za;
-    if (next && c->g + 1 < c->groups) {
-        b = _mm512_maskz_loadu_ps(km, s0 + c->sg);
-        if (c->zp) zb = _mm512_maskz_loadu_ps(km, c->zp + (c->g + 1) * c->sg);
-    }
-    __m512i idx = _mm512_mask_add_epi32(t, next, t, _mm512_set1_epi32(16));
-    *sc = _mm512_permutex2var_ps(a, idx, b);
-    *z = _mm512_permutex2var_ps(za, idx, zb);
-    /* advance 16 columns */
-    int ph = c->ph + 16, steps = 0;   /* no divide, no unpredictable branch */
-    for (int i = 0; i < (c->ks >= 8 ? 2 : 16); i++) {
-        int ge = ph >= c->ks;
-        ph -= ge * c->ks;
-        steps += ge;
-    }
-    c->ph = ph;
-    c->cg += steps;
-    if (c->cg >= c->gs) { c->cg -= c->gs; c->g++; }   /* once per group: predictable (gs >= steps) */
+    __m512i pos = _mm512_loadu_si512(c->st->conv_pos[r->ph]), ch = _mm512_loadu_si512(c->st->conv_ch[r->ph]);
+    __mmask16 next = _mm512_cmpge_epi32_mask(_mm512_add_epi32(ch, _mm512_set1_epi32(r->cg)), _mm512_set1_epi32(c->gs));
+    __m512i idx = _mm512_mask_add_epi32(pos, next, pos, _mm512_set1_epi32(16));
+    *sc = _mm512_permutex2var_ps(r->a, idx, r->b);
+    *z = c->zp ? _mm512_permutex2var_ps(r->za, idx, r->zb) : _mm512_setzero_ps();
+    r->cg += c->st->conv_nst[r->ph];
+    r->ph = c->st->conv_nph[r->ph];
+    if (r->cg >= c->gs) { r->cg -= c->gs; r->g++; }   /* once per group: predictable */
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl")))
@@ -118,19 +124,21 @@ static inline __attribute__((always_inline)) __m512 finish_vec(__m512 v, __mmask
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl")))
-static inline __attribute__((always_inline)) __m512 finish_conv(__m512 v, conv_scales *cs) {
+static inline __attribute__((always_inline)) __m512 finish_conv(__m512 v, const conv_scales *cs, conv_run *r) {
     __m512 sc, z;
-    conv_next(cs, &sc, &z);
-    __m512 r = cs->zp ? _mm512_add_ps(_mm512_mul_ps(v, sc), z) : _mm512_mul_ps(v, sc);
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ), r, z);
+    conv_next(cs, r, &sc, &z);
+    __m512 o = cs->zp ? _mm512_add_ps(_mm512_mul_ps(v, sc), z) : _mm512_mul_ps(v, sc);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ), o, z);
 }
 
 /* n <= PIECE codes [start, start + n) as values into q, finished as `how` says (sc, z:
  * one scale and zero point for the whole run; AS_VEC: per element from sv, zv). */
 __attribute__((target("avx512f,avx512bw,avx512vl")))
 static void values(const qd_sdnq_state *s, int64_t start, int64_t n, float *q, __m512 sc, __m512 z, int how,
-                   const float *sv, const float *zv, conv_scales *cs) {
-#define FIN(v) (how == AS_CONV ? finish_conv((v), cs) : how == AS_VEC ? finish_vec((v), m, sv + i, zv ? zv + i : NULL) \
+                   const float *sv, const float *zv, const conv_scales *cs) {
+    conv_run run = {cs ? cs->ph : 0, cs ? cs->cg : 0, cs ? cs->g : 0, -1, _mm512_setzero_ps(), _mm512_setzero_ps(),
+                    _mm512_setzero_ps(), _mm512_setzero_ps()};
+#define FIN(v) (how == AS_CONV ? finish_conv((v), cs, &run) : how == AS_VEC ? finish_vec((v), m, sv + i, zv ? zv + i : NULL) \
                                : finish((v), sc, z, how))
     const qd_sdnq_dtype *d = &s->l.dtype;
     const uint8_t *data = s->codes;
@@ -209,8 +217,17 @@ static void row_piece(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, 
         }
     } else if (s->sp == 1 && l->ksize <= 16) {   /* Conv: scale per (group, kernel position), made per vector */
         int64_t c = k0 / l->ksize;
-        conv_scales cs = {s->scale + o * s->so, zp ? zp + o * s->so : NULL, s->sg, l->groups, (int)l->ksize,
-                          (int)l->group_size, (int)(k0 % l->ksize), (int)(c % l->group_size), c / l->group_size};
+        conv_scales cs;
+        cs.scale = s->scale + o * s->so;
+        cs.zp = zp ? zp + o * s->so : NULL;
+        cs.sg = s->sg;
+        cs.groups = l->groups;
+        cs.ks = (int)l->ksize;
+        cs.gs = (int)l->group_size;
+        cs.ph = (int)(k0 % l->ksize);
+        cs.cg = (int)(c % l->group_size);
+        cs.g = c / l->group_size;
+        cs.st = s;
         values(s, o * l->cols + k0, n, dst, one, zero, AS_CONV, NULL, NULL, &cs);
     } else {   /* Conv, other: expand the pattern, then one pass */
         float sv[PIECE], zv[PIECE];
