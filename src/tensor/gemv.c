@@ -250,7 +250,7 @@ int qd_gemv_weight(qd_ctx *ctx, int threads, int bf16, int64_t M, int64_t N, int
     uint32_t *xb = NULL;
     if (bf16 && cpu_avx512bf16()) {   /* the bf16 GEMM's semantics: operands rounded to bf16 */
         j.kwx = (K + 1) / 2 + 16;
-        xb = aligned_alloc(64, sizeof(uint32_t) * (size_t)(M * j.kwx));
+        xb = aligned_alloc(64, (sizeof(uint32_t) * (size_t)(M * j.kwx) + 63) / 64 * 64);   /* size: a multiple of 64 */
         if (!xb) return -1;
         x_to_bf16(x, ldx, M, K, xb, j.kwx);
         j.xb = xb;
