@@ -18,6 +18,8 @@
 #include "quant/sdnq_matmul.h"
 #include "tensor/gemm.h"
 #include "tensor/ops.h"
+#include "tensor/gemv.h"
+#include "quant/sdnq_gemv_i8.h"
 #include "bench_util.h"
 #include "sdnq_writer.h"
 
@@ -136,7 +138,8 @@ int main(int argc, char **argv) {
         remove(wp);
     }
     printf("(GB/s = the weight file's bytes / time: DRAM here reads ~17 GB/s; GEMM = the packed path, QD_NO_GEMV=1;\n"
-           " M above %d always takes the GEMM, so both columns are the same path there)\n", 8);
+           " above %d tokens (%d in int8 mode) the GEMV is off: both columns are the same path there)\n", QD_GEMV_MAX_M,
+           QD_SDNQ_GEMV_MAX_M);
     free(x); free(y1); free(y2); free(gp.p);
     qd_ctx_free(ctx);
     return 0;

@@ -9,8 +9,10 @@
  *      with SVD also the bf16 GEMM's decode (bf16 SVD products) vs sdnq (rel. L2 <= 2^-8)
  *      and bf16-mode GEMMs vs the double reference (<= 2^-7, the bf16 GEMM bound);
  *   3. qd_gemm with an SDNQ weight (packed path, M = 37, fp32 and bf16) and with dense
- *      bf16 / SDNQ weights for M = 1..8 (GEMV path) against a double-precision
- *      product of the scalar-decoded weight. */
+ *      bf16 / SDNQ weights for M = 1..QD_GEMV_MAX_M (GEMV path) against a double-precision
+ *      product of the scalar-decoded weight;
+ *   4. --matmul int8 for one token (sdnq_gemv_i8.c) against the packed int8 GEMM, which
+ *      test_sdnq_layers checks against sdnq's algorithm in double precision. */
 #include "testutil.h"
 #include "base/ctx.h"
 #include "io/safetensors.h"
@@ -117,8 +119,22 @@ static int fixture_case(qd_ctx *ctx, const char *name) {
             free(p);
         }
         check(same, "%s: odd rectangles decode to the same bits as the whole matrix", name);
-        for (int64_t M = 1; M <= 8; M += 7) check_gemm(ctx, name, &w, ref, M, 2e-6);
+        for (int64_t M = 1; M <= QD_GEMV_MAX_M; M += QD_GEMV_MAX_M - 1) check_gemm(ctx, name, &w, ref, M, 2e-6);
         check_gemm(ctx, name, &w, ref, 37, 2e-6);
+        {   /* int8 matmul, one token: the GEMV vs the packed int8 GEMM (QD_NO_GEMV) */
+            float *x = malloc(sizeof(float) * (size_t)w.cols), *y1 = malloc(sizeof(float) * (size_t)w.rows);
+            float *y2 = malloc(sizeof(float) * (size_t)w.rows);
+            for (int64_t k = 0; k < w.cols; k++) x[k] = frand();
+            qd_set_matmul(ctx, QD_MATMUL_INT8);
+            qd_linear(ctx, x, 1, &w, NULL, y1);
+            setenv("QD_NO_GEMV", "1", 1);
+            qd_linear(ctx, x, 1, &w, NULL, y2);
+            unsetenv("QD_NO_GEMV");
+            qd_set_matmul(ctx, QD_MATMUL_CONFIG);
+            double ri = rel_l2(y1, y2, (size_t)w.rows);
+            check(ri <= 1e-6, "%s: int8 matmul, 1 token: GEMV vs packed int8 GEMM rel_l2 %.3g (tol 1e-6)", name, ri);
+            free(x); free(y1); free(y2);
+        }
         if (w.decode_kmajor) {   /* input-major storage decoded k-major: the same numbers, padding lanes 0 */
             int ok = 1;
             float *panel = malloc(sizeof(float) * (size_t)(w.cols * 32));

@@ -7,7 +7,7 @@
 #include "base/ctx.h"
 #include "quant/sdnq_weight.h"
 
-#define QD_SDNQ_GEMV_MAX_M 8
+#define QD_SDNQ_GEMV_MAX_M 1   /* measured (bench_gemv): from 4 tokens the packed int8 GEMM wins */
 
 /* y[m * ldy + n] (+)= sx[m] * (sw[n] * sum_k xq[m,k] wq[n,k] + zp[n] * xsum[m]) + bias[n]
  * for M <= QD_SDNQ_GEMV_MAX_M tokens (xq: [M, kp] codes, tail zero). direct: the layer's

@@ -29,6 +29,7 @@ typedef struct {
     float alpha, beta;
     const float *row_bias, *col_bias;
     const uint32_t *xb;        /* bf16 mode: x as bf16 pairs [M][kwx], else NULL */
+    const float *xr;           /* bf16 mode with a k-major weight: x rounded to bf16, [M][K] */
     int64_t kwx;
     int64_t rows_per_task, tasks;
     int64_t next;              /* atomic: next task to claim */
@@ -175,9 +176,9 @@ static void rows_kmajor(const gemv_job *j, int64_t n0, int64_t n1, float *tile) 
             for (int64_t m = 0; m < j->M; m++) {
                 const float *x = j->x + m * j->ldx + k0;
                 __m512 a0 = acc[2 * m], a1 = acc[2 * m + 1];
+                if (bf) x = j->xr + m * j->K + k0;   /* x rounded to bf16 once per call */
                 for (int64_t k = 0; k < kt; k++) {
-                    float xv = bf ? qd_bf16_to_f32(qd_f32_to_bf16(x[k])) : x[k];
-                    __m512 xb = _mm512_set1_ps(xv);
+                    __m512 xb = _mm512_set1_ps(x[k]);
                     a0 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(tile + k * 32), a0);
                     a1 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(tile + k * 32 + 16), a1);
                 }
@@ -246,14 +247,22 @@ int qd_gemv_weight(qd_ctx *ctx, int threads, int bf16, int64_t M, int64_t N, int
                    const float *col_bias) {
     if (M <= 0 || N <= 0) return 0;
     if (M > QD_GEMV_MAX_M) return -1;
-    gemv_job j = {M, N, K, x, ldx, w, C, ldc, alpha, beta, row_bias, col_bias, NULL, 0, 0, 0, 0, 0};
+    gemv_job j = {M, N, K, x, ldx, w, C, ldc, alpha, beta, row_bias, col_bias, NULL, NULL, 0, 0, 0, 0, 0};
     uint32_t *xb = NULL;
+    float *xr = NULL;
     if (bf16 && cpu_avx512bf16()) {   /* the bf16 GEMM's semantics: operands rounded to bf16 */
         j.kwx = (K + 1) / 2 + 16;
         xb = aligned_alloc(64, (sizeof(uint32_t) * (size_t)(M * j.kwx) + 63) / 64 * 64);   /* size: a multiple of 64 */
         if (!xb) return -1;
         x_to_bf16(x, ldx, M, K, xb, j.kwx);
         j.xb = xb;
+        if (w->decode_kmajor) {
+            xr = malloc(sizeof(float) * (size_t)(M * K));
+            if (!xr) { free(xb); return -1; }
+            for (int64_t m = 0; m < M; m++)
+                for (int64_t k = 0; k < K; k++) xr[m * K + k] = qd_bf16_to_f32(qd_f32_to_bf16(x[m * ldx + k]));
+            j.xr = xr;
+        }
     }
     /* tasks of whole row blocks, claimed dynamically, several per thread so a busy core
      * does not hold the rest back */
@@ -264,5 +273,6 @@ int qd_gemv_weight(qd_ctx *ctx, int threads, int bf16, int64_t M, int64_t N, int
     if (threads > 1) qd_parallel_for(ctx, threads, gemv_part, &j);
     else gemv_part(&j, 0, 1, 0);
     free(xb);
+    free(xr);
     return j.failed ? -1 : 0;
 }
