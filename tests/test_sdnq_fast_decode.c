@@ -126,10 +126,10 @@ static int fixture_case(qd_ctx *ctx, const char *name) {
             float *y2 = malloc(sizeof(float) * (size_t)w.rows);
             for (int64_t k = 0; k < w.cols; k++) x[k] = frand();
             qd_set_matmul(ctx, QD_MATMUL_INT8);
+            setenv("QD_I8_GEMV", "1", 1);   /* opt-in path */
             qd_linear(ctx, x, 1, &w, NULL, y1);
-            setenv("QD_NO_GEMV", "1", 1);
+            unsetenv("QD_I8_GEMV");
             qd_linear(ctx, x, 1, &w, NULL, y2);
-            unsetenv("QD_NO_GEMV");
             qd_set_matmul(ctx, QD_MATMUL_CONFIG);
             double ri = rel_l2(y1, y2, (size_t)w.rows);
             check(ri <= 1e-6, "%s: int8 matmul, 1 token: GEMV vs packed int8 GEMM rel_l2 %.3g (tol 1e-6)", name, ri);

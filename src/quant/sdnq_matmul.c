@@ -223,8 +223,9 @@ int qd_sdnq_linear_into(qd_ctx *ctx, const qd_weight *w, const qd_sdnq_i8_panels
             qd_gemm(ctx, M, j.N, r, qd_rows(t, r), qd_rows(s->svd_up, r), y, ldy, 1.0f, accumulate ? 1.0f : 0.0f,
                     NULL, NULL);
         }
-        /* few tokens: stream the weight once instead of packing it (same results) */
-        int gemv = !pre && M <= QD_SDNQ_GEMV_MAX_M && !getenv("QD_NO_GEMV") &&
+        /* one token: stream the weight once instead of packing it (same results). Opt-in
+         * (QD_I8_GEMV=1): measured slower than the packed int8 GEMM so far (bench_gemv) */
+        int gemv = !pre && M <= QD_SDNQ_GEMV_MAX_M && getenv("QD_I8_GEMV") && !getenv("QD_NO_GEMV") &&
                    qd_sdnq_i8_gemv(ctx, s, j.direct, j.xq, j.kp, j.sx, j.xsum, M, bias, y, ldy, accumulate || l->svd) == 0;
         if (gemv) touched = 1;
         for (int64_t p0 = 0; ok && !gemv && p0 < npan; p0 += chunk) {

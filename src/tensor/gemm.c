@@ -318,8 +318,10 @@ int qd_gemm_cbatch(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_ma
     int t = qd_threads(ctx);
     double work = (double)M * N * (K + 1);
     if (work < 200000) t = 1;
-    /* a few tokens against a stored weight: stream it once instead of packing it */
-    if (M <= QD_GEMV_MAX_M && K > 0 && A.kind == QD_MAT_ROWS && B.kind == QD_MAT_WEIGHT && !c_cols && !getenv("QD_NO_GEMV"))
+    /* a few tokens against a stored weight: stream it once instead of packing it (not for
+     * input-major storage, whose strided rows the packer reads faster: bench_gemv) */
+    if (M <= QD_GEMV_MAX_M && K > 0 && A.kind == QD_MAT_ROWS && B.kind == QD_MAT_WEIGHT && !c_cols &&
+        !B.w->decode_kmajor && !getenv("QD_NO_GEMV"))
         return qd_gemv_weight(ctx, t, qd_ctx_bf16(ctx), M, N, K, A.p, A.ld, B.w, C, ldc, alpha, beta, row_bias, col_bias);
     return gemm_run(ctx, t, &g, qd_ctx_bf16(ctx));
 }

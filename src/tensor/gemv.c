@@ -10,7 +10,6 @@
 #include "tensor/gemv.h"
 #include "tensor/weight.h"
 #include "base/threads.h"
-#include "base/half.h"
 
 #include <immintrin.h>
 #include <stdlib.h>
@@ -29,7 +28,6 @@ typedef struct {
     float alpha, beta;
     const float *row_bias, *col_bias;
     const uint32_t *xb;        /* bf16 mode: x as bf16 pairs [M][kwx], else NULL */
-    const float *xr;           /* bf16 mode with a k-major weight: x rounded to bf16, [M][K] */
     int64_t kwx;
     int64_t rows_per_task, tasks;
     int64_t next;              /* atomic: next task to claim */
@@ -154,54 +152,6 @@ static void rows_avx512(const gemv_job *j, int64_t n0, int64_t n1, float *tile) 
     }
 }
 
-/* Weights stored input-major (decode_kmajor): 32 outputs per block, k-major tiles, the
- * outputs in the vector lanes (no horizontal sums). bf16 mode rounds both operands to
- * bf16 first (their products are exact in fp32), as vdpbf16ps would. */
-__attribute__((target("avx512f,avx512bf16")))
-static void rows_kmajor(const gemv_job *j, int64_t n0, int64_t n1, float *tile) {
-    int bf = j->xb != NULL;
-    for (int64_t n = n0; n < n1; n += 32) {
-        int nb = (int)(n1 - n < 32 ? n1 - n : 32);
-        __m512 acc[QD_GEMV_MAX_M * 2];
-        for (int i = 0; i < 2 * j->M; i++) acc[i] = _mm512_setzero_ps();
-        enum { KK = RB * KT * 2 / 32 };   /* KK x 32 floats fill the thread's tile */
-        for (int64_t k0 = 0; k0 < j->K; k0 += KK) {
-            int64_t kt = j->K - k0 < KK ? j->K - k0 : KK;
-            j->w->decode_kmajor(j->w, n, nb, k0, kt, tile, 32);
-            if (bf)
-                for (int64_t i = 0; i < kt * 32; i += 16) {
-                    __m512i h = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(tile + i)));
-                    _mm512_storeu_ps(tile + i, _mm512_castsi512_ps(_mm512_slli_epi32(h, 16)));
-                }
-            for (int64_t m = 0; m < j->M; m++) {
-                const float *x = j->x + m * j->ldx + k0;
-                __m512 a0 = acc[2 * m], a1 = acc[2 * m + 1];
-                if (bf) x = j->xr + m * j->K + k0;   /* x rounded to bf16 once per call */
-                for (int64_t k = 0; k < kt; k++) {
-                    __m512 xb = _mm512_set1_ps(x[k]);
-                    a0 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(tile + k * 32), a0);
-                    a1 = _mm512_fmadd_ps(xb, _mm512_loadu_ps(tile + k * 32 + 16), a1);
-                }
-                acc[2 * m] = a0;
-                acc[2 * m + 1] = a1;
-            }
-        }
-        for (int64_t m = 0; m < j->M; m++) {
-            float v[32];
-            _mm512_storeu_ps(v, acc[2 * m]);
-            _mm512_storeu_ps(v + 16, acc[2 * m + 1]);
-            for (int r = 0; r < nb; r++) {
-                float *c = j->C + m * j->ldc + n + r;
-                float o = j->alpha * v[r];
-                if (j->beta != 0) o += j->beta * *c;
-                if (j->row_bias) o += j->row_bias[m];
-                if (j->col_bias) o += j->col_bias[n + r];
-                *c = o;
-            }
-        }
-    }
-}
-
 static void rows_generic(const gemv_job *j, int64_t n0, int64_t n1, float *tile) {
     for (int64_t n = n0; n < n1; n += RB) {
         int nb = (int)(n1 - n < RB ? n1 - n : RB);
@@ -235,8 +185,7 @@ static void gemv_part(void *arg, int64_t b, int64_t e, int thread) {
     if (!tile) { __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED); return; }
     for (int64_t t; (t = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->tasks;) {
         int64_t n0 = t * j->rows_per_task, n1 = n0 + j->rows_per_task < j->N ? n0 + j->rows_per_task : j->N;
-        if (j->w->decode_kmajor && cpu_avx512bf16()) rows_kmajor(j, n0, n1, tile);
-        else if (cpu_avx512()) rows_avx512(j, n0, n1, tile);
+        if (cpu_avx512()) rows_avx512(j, n0, n1, tile);
         else rows_generic(j, n0, n1, tile);
     }
     free(tile);
@@ -247,32 +196,23 @@ int qd_gemv_weight(qd_ctx *ctx, int threads, int bf16, int64_t M, int64_t N, int
                    const float *col_bias) {
     if (M <= 0 || N <= 0) return 0;
     if (M > QD_GEMV_MAX_M) return -1;
-    gemv_job j = {M, N, K, x, ldx, w, C, ldc, alpha, beta, row_bias, col_bias, NULL, NULL, 0, 0, 0, 0, 0};
+    gemv_job j = {M, N, K, x, ldx, w, C, ldc, alpha, beta, row_bias, col_bias, NULL, 0, 0, 0, 0, 0};
     uint32_t *xb = NULL;
-    float *xr = NULL;
     if (bf16 && cpu_avx512bf16()) {   /* the bf16 GEMM's semantics: operands rounded to bf16 */
         j.kwx = (K + 1) / 2 + 16;
         xb = aligned_alloc(64, (sizeof(uint32_t) * (size_t)(M * j.kwx) + 63) / 64 * 64);   /* size: a multiple of 64 */
         if (!xb) return -1;
         x_to_bf16(x, ldx, M, K, xb, j.kwx);
         j.xb = xb;
-        if (w->decode_kmajor) {
-            xr = malloc(sizeof(float) * (size_t)(M * K));
-            if (!xr) { free(xb); return -1; }
-            for (int64_t m = 0; m < M; m++)
-                for (int64_t k = 0; k < K; k++) xr[m * K + k] = qd_bf16_to_f32(qd_f32_to_bf16(x[m * ldx + k]));
-            j.xr = xr;
-        }
     }
     /* tasks of whole row blocks, claimed dynamically, several per thread so a busy core
      * does not hold the rest back */
     int64_t tasks = threads > 1 ? 8 * (int64_t)threads : 1;
     j.rows_per_task = (N + tasks - 1) / tasks;
-    j.rows_per_task = (j.rows_per_task + 31) / 32 * 32;   /* whole blocks of both row paths (RB, 32) */
+    j.rows_per_task = (j.rows_per_task + RB - 1) / RB * RB;
     j.tasks = (N + j.rows_per_task - 1) / j.rows_per_task;
     if (threads > 1) qd_parallel_for(ctx, threads, gemv_part, &j);
     else gemv_part(&j, 0, 1, 0);
     free(xb);
-    free(xr);
     return j.failed ? -1 : 0;
 }
