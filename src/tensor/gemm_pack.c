@@ -1,8 +1,9 @@
 /* Packing for the GEMM: operands (float rows/columns, stored weights decoded here,
  * or a convolution's input read as implicit im2col) into the strip layouts of
  * gemm_internal.h, as fp32 words or bf16 pairs. The AVX-512 paths cover what runs
- * per output tile (activation rows, convolution input); weights are packed once
- * per K block and call, so they take the plain path. */
+ * per output tile (activation rows, convolution input) and stored weights, which
+ * are decoded KT columns at a time into an L1 tile and go into the strip from there
+ * (k-major formats straight into B strips). */
 #include "tensor/gemm_internal.h"
 #include "tensor/weight.h"
 #include "base/half.h"

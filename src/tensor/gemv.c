@@ -1,9 +1,9 @@
-/* Few-token linears (M < QD_GEMV_MAX_M, e.g. FLUX's adaLN and time/text embeddings at
+/* Few-token linears (M <= QD_GEMV_MAX_M, e.g. FLUX's adaLN and time/text embeddings at
  * M = 1): y[m, n] = x[m, :] . W[n, :]. The blocked GEMM would decode and pack the whole
  * weight into panels for a single strip of tokens; here the weight is read once,
  * row block by row block, decoded tile by tile into L1 and dotted with every token
- * straight away, the rows split over the threads. Memory-bound by design: the
- * weight's bytes stream at DRAM speed.
+ * straight away, the rows split over the threads. Meant to be memory-bound: the
+ * weight's bytes stream once (or decode-bound for SDNQ layers with an SVD term).
  *
  * In bf16 mode the operands are rounded to bf16 and multiplied with vdpbf16ps (fp32
  * sums), the packed GEMM's semantics; else fp32 FMA. */
