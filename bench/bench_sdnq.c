@@ -7,7 +7,7 @@
  *   bench_sdnq [--config bench/configs/sd15_unet.json] [--dir /tmp/qd_bench_sdnq]
  *              [--latent 64] [--batch 2] [--steps 2] [--threads N] [--svd-rank 32]
  *              [--quant-conv 0|1] [--models fp16,int8,uint4] [--gemm M,K,N] [--no-unet]
- *              [--no-gemm] [--reuse] [--keep] [--idle-wait S]
+ *              [--no-gemm] [--reuse] [--keep] [--idle-wait S] [--precision fp32|bf16]
  *
  * The models (diffusers "unet" folders: config.json, quantization_config.json,
  * diffusion_pytorch_model.safetensors) are written here (with bench/support/sdnq_writer.c):
@@ -106,7 +106,7 @@ typedef struct {
 
 typedef struct {
     const char *dir, *out_path;
-    int mode, threads, latent, batch, steps;
+    int mode, threads, latent, batch, steps, precision;
     double idle_wait;
 } unet_job;
 
@@ -124,6 +124,7 @@ static void run_unet(const unet_job *j, unet_result *r) {
     qd_ctx *ctx = qd_ctx_new(j->threads);
     if (!ctx) { snprintf(r->err, sizeof r->err, "no context"); return; }
     qd_set_matmul(ctx, j->mode);
+    qd_set_precision(ctx, j->precision);
     double t0 = qd_now();
     qd_unet *u;
     if (qd_unet_load(ctx, j->dir, &u) != QD_OK) {
@@ -332,7 +333,7 @@ typedef struct {
     const char *root;
     int threads;
     int64_t M, K, N;
-    int svd_rank;
+    int svd_rank, precision;
     double idle_wait;
 } gemm_job;
 
@@ -359,6 +360,7 @@ static void run_gemm(const gemm_job *j, gemm_result *r) {
     static const char *names[3] = {"fp16", "int8", "uint4-svd"};
     qd_ctx *ctx = qd_ctx_new(j->threads);
     if (!ctx) { snprintf(r->err, sizeof r->err, "no context"); return; }
+    qd_set_precision(ctx, j->precision);
     float *x = xmalloc(sizeof(float) * (size_t)(j->M * j->K)), *ref = xmalloc(sizeof(float) * (size_t)(j->M * j->N));
     float *y = xmalloc(sizeof(float) * (size_t)(j->M * j->N)), *wf = xmalloc(sizeof(float) * (size_t)(j->N * j->K));
     rng g = {99};
@@ -399,7 +401,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: bench_sdnq [--config FILE] [--dir DIR] [--latent N] [--batch N] [--steps N] [--threads N]\n"
             "                  [--svd-rank R] [--quant-conv 0|1] [--models fp16,int8,uint4] [--gemm M,K,N]\n"
-            "                  [--no-unet] [--no-gemm] [--reuse] [--keep] [--idle-wait S]\n");
+            "                  [--no-unet] [--no-gemm] [--reuse] [--keep] [--idle-wait S] [--precision fp32|bf16]\n");
     exit(2);
 }
 
@@ -422,7 +424,7 @@ static float *read_out(const char *path, size_t n) {
 int main(int argc, char **argv) {
     const char *config = "bench/configs/sd15_unet.json", *root = "/tmp/qd_bench_sdnq", *models = "fp16,int8,uint4";
     int latent = 64, batch = 2, steps = 2, threads = 0, svd_rank = 32, quant_conv = 1, reuse = 0, keep = 0;
-    int do_unet = 1, do_gemm = 1;
+    int do_unet = 1, do_gemm = 1, precision = QD_PRECISION_FP32;
     long gm = 4096, gk = 1280, gn = 1280;
     double idle_wait = 120;
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -444,6 +446,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--quant-conv")) quant_conv = atoi(v);
         else if (!strcmp(a, "--models")) models = v;
         else if (!strcmp(a, "--idle-wait")) idle_wait = atof(v);
+        else if (!strcmp(a, "--precision")) {
+            if (!strcmp(v, "fp32")) precision = QD_PRECISION_FP32;
+            else if (!strcmp(v, "bf16")) precision = QD_PRECISION_BF16;
+            else usage();
+        }
         else if (!strcmp(a, "--gemm")) { if (sscanf(v, "%ld,%ld,%ld", &gm, &gk, &gn) != 3) usage(); }
         else usage();
     }
@@ -465,7 +472,8 @@ int main(int argc, char **argv) {
         qs[k].quant_conv = quant_conv;
         if (qs[k].svd_rank) qs[k].svd_rank = svd_rank;
     }
-    printf("bench_sdnq: %d threads, int8 kernel %s, float GEMM kernel %s\n", threads, qd_i8_isa_name(qd_i8_pick()), qd_gemm_isa());
+    printf("bench_sdnq: %d threads, int8 kernel %s, float GEMM kernel %s, precision %s\n", threads,
+           qd_i8_isa_name(qd_i8_pick()), qd_gemm_isa(), precision == QD_PRECISION_BF16 ? "bf16" : "fp32");
 
     /* ---- CPU peaks ---- */
     __builtin_cpu_init();
@@ -498,7 +506,7 @@ int main(int argc, char **argv) {
             write_component(ctx, dir, &gp, &q);
         }
         free(gp.p);
-        gemm_job gj = {root, threads, gm, gk, gn, svd_rank, idle_wait};
+        gemm_job gj = {root, threads, gm, gk, gn, svd_rank, precision, idle_wait};
         gemm_result gr;
         printf("\n== linear M=%ld tokens, K=%ld -> N=%ld (%.1f GOP per call), best of 5 ==\n", gm, gk, gn, 2.0 * gm * gk * gn / 1e9);
         in_child(gemm_child, &gj, &gr, sizeof gr);
@@ -558,7 +566,7 @@ int main(int argc, char **argv) {
                 if (m == 1 && !qs[k].weights_dtype) continue;   /* fp16 has no int8 path */
                 char outp[4300];
                 snprintf(outp, sizeof outp, "%s/out-%s-%s.f32", root, kinds[k].tag, m ? "int8" : "exact");
-                unet_job uj = {dir, outp, m ? 2 : 1, threads, latent, batch, steps, idle_wait};
+                unet_job uj = {dir, outp, m ? 2 : 1, threads, latent, batch, steps, precision, idle_wait};
                 printf("%s, %s mode:\n", kinds[k].tag, m ? "int8" : "exact");
                 in_child(unet_child, &uj, &res[k][m], sizeof res[k][m]);
                 if (!res[k][m].ok) die("%s %s: %s", kinds[k].tag, m ? "int8" : "exact", res[k][m].err);

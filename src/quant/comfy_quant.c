@@ -135,6 +135,8 @@ void qd_cq_weight(const qd_cq_layer *l, qd_weight *w) {
     w->decode = weight_decode;
     w->quant = l;
     w->linear = NULL;
+    w->decode_lowp = NULL;
+    w->decode_kmajor = NULL;
 }
 
 qd_status qd_cq_dequantize(qd_ctx *ctx, const qd_cq_layer *l, float **out) {

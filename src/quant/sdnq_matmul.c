@@ -10,6 +10,7 @@
  *   5. the int8 GEMM: y (+)= s_x * (s_w * acc + zp * sum(xq)) + bias. */
 #include "quant/sdnq_matmul.h"
 #include "quant/int8_gemm.h"
+#include "quant/sdnq_gemv_i8.h"
 #include "quant/hadamard.h"
 #include "base/threads.h"
 #include "tensor/gemm.h"
@@ -222,7 +223,12 @@ int qd_sdnq_linear_into(qd_ctx *ctx, const qd_weight *w, const qd_sdnq_i8_panels
             qd_gemm(ctx, M, j.N, r, qd_rows(t, r), qd_rows(s->svd_up, r), y, ldy, 1.0f, accumulate ? 1.0f : 0.0f,
                     NULL, NULL);
         }
-        for (int64_t p0 = 0; ok && p0 < npan; p0 += chunk) {
+        /* one token: stream the weight once instead of packing it (same results). Opt-in
+         * (QD_I8_GEMV=1): measured slower than the packed int8 GEMM so far (bench_gemv) */
+        int gemv = !pre && M <= QD_SDNQ_GEMV_MAX_M && getenv("QD_I8_GEMV") && !getenv("QD_NO_GEMV") &&
+                   qd_sdnq_i8_gemv(ctx, s, j.direct, j.xq, j.kp, j.sx, j.xsum, M, bias, y, ldy, accumulate || l->svd) == 0;
+        if (gemv) touched = 1;
+        for (int64_t p0 = 0; ok && !gemv && p0 < npan; p0 += chunk) {
             int64_t np = npan - p0 < chunk ? npan - p0 : chunk;
             int64_t n0 = p0 * QD_I8_NR, nn = (p0 + np) * QD_I8_NR < j.N ? np * QD_I8_NR : j.N - n0;
             const uint8_t *panels = j.panels + (pre ? p0 * pbytes : 0);

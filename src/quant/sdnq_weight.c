@@ -2,6 +2,8 @@
  * sdnq uses: codes -> q*scale (+zero_point) or codebook level -> + svd_up.svd_down
  * -> .H per Hadamard block. All in fp32, the scale dtype sdnq computes in. */
 #include "quant/sdnq_weight.h"
+#include "quant/sdnq_decode_fast.h"
+#include "base/half.h"
 #include "quant/hadamard.h"
 #include "quant/sdnq_matmul.h"
 #include "tensor/gemm.h"
@@ -12,6 +14,9 @@
 
 #define CHUNK 256           /* columns (or rows) handled per step with stack buffers */
 #define MAX_HADAMARD 4096   /* largest Hadamard block decoded on the stack */
+
+static void base_scalar(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
+                        int64_t ld);
 
 /* row[0..nk) holds the codes' values q for cols [k0, k0+nk) of output o: scale them. */
 static void scale_row(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t nk, float *row) {
@@ -48,6 +53,13 @@ static void scale_row(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t nk,
 }
 
 void qd_sdnq_decode_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
+    if (qd_sdnq_decode_fast_base(s, r0, nr, k0, nk, dst, ld)) return;
+    base_scalar(s, r0, nr, k0, nk, dst, ld);
+}
+
+/* The scalar base decode (every layout; the reference the fast path is tested against). */
+static void base_scalar(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
+                        int64_t ld) {
     const qd_sdnq_layout *l = &s->l;
     if (!l->transposed) {
         for (int64_t r = 0; r < nr; r++) {
@@ -92,9 +104,33 @@ static void sdnq_decode(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, 
     qd_sdnq_decode(w->quant, r0, nr, k0, nk, dst, ld);
 }
 
+static void sdnq_decode_kmajor(const qd_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk, float *panel,
+                               int64_t ld) {
+    if (qd_sdnq_decode_kmajor(w->quant, r0, nr, k0, nk, panel, ld)) return;
+    /* no AVX-512: the row decode, transposed (only reached when the CPU lacks it) */
+    float row[256];
+    for (int r = 0; r < ld; r++)
+        for (int64_t k = 0; k < nk; k += 256) {
+            int64_t n = nk - k < 256 ? nk - k : 256;
+            if (r < nr) qd_sdnq_decode(w->quant, r0 + r, 1, k0 + k, n, row, n);
+            for (int64_t i = 0; i < n; i++) panel[(k + i) * ld + r] = r < nr ? row[i] : 0.0f;
+        }
+}
+
+/* For a bf16 GEMM: the SVD term from bf16 products (fp32 sums), the rest exact. */
+static void sdnq_decode_lowp(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
+                             int64_t ld) {
+    if (!qd_sdnq_decode_fast_lowp(w->quant, r0, nr, k0, nk, dst, ld)) qd_sdnq_decode(w->quant, r0, nr, k0, nk, dst, ld);
+}
+
 void qd_sdnq_decode(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
+    if (!qd_sdnq_decode_fast(s, r0, nr, k0, nk, dst, ld)) qd_sdnq_decode_scalar(s, r0, nr, k0, nk, dst, ld);
+}
+
+void qd_sdnq_decode_scalar(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
+                           int64_t ld) {
     if (!s->l.hadamard) {
-        qd_sdnq_decode_base(s, r0, nr, k0, nk, dst, ld);
+        base_scalar(s, r0, nr, k0, nk, dst, ld);
         if (s->l.svd) add_svd(s, r0, nr, k0, nk, dst, ld);
         return;
     }
@@ -103,7 +139,7 @@ void qd_sdnq_decode(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, 
     float buf[MAX_HADAMARD];
     for (int64_t r = 0; r < nr; r++) {
         for (int64_t b = k0 / g * g; b < k0 + nk; b += g) {
-            qd_sdnq_decode_base(s, r0 + r, 1, b, g, buf, g);
+            base_scalar(s, r0 + r, 1, b, g, buf, g);
             if (s->l.svd) add_svd(s, r0 + r, 1, b, g, buf, g);
             qd_hadamard(buf, g);
             int64_t lo = b > k0 ? b : k0, hi = b + g < k0 + nk ? b + g : k0 + nk;
@@ -169,6 +205,7 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
     if (l.svd) {
         pool_n += f32_in_place(t.svd_up) && !l.svd_transposed ? 0 : (size_t)t.svd_up->numel;
         pool_n += f32_in_place(t.svd_down) && !l.svd_transposed ? 0 : (size_t)t.svd_down->numel;
+        pool_n += (size_t)((l.svd_rank + 1) / 2 * (l.out + l.cols));   /* the bf16 pair copies */
     }
     size_t head = (sizeof(qd_sdnq_state) + 63) / 64 * 64;
     qd_sdnq_state *s = qd_malloc(ctx, head + pool_n * sizeof(float));
@@ -190,8 +227,24 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
         s->svd_down = transposed_f32(t.svd_down, &pool, tmp);  /* [cols, r] -> [r, cols] */
         free(tmp);
     }
+    if (l.svd) {   /* bf16 pairs along the rank for the bf16 GEMM's decode (sdnq_decode_lowp) */
+        int64_t r = l.svd_rank, rp = (r + 1) / 2;
+        uint32_t *up = (uint32_t *)pool, *down = up + rp * l.out;
+        for (int64_t o = 0; o < l.out; o++)
+            for (int64_t p = 0; p < rp; p++)
+                up[o * rp + p] = qd_f32_to_bf16(s->svd_up[o * r + 2 * p]) |
+                                 (uint32_t)(2 * p + 1 < r ? qd_f32_to_bf16(s->svd_up[o * r + 2 * p + 1]) : 0) << 16;
+        for (int64_t p = 0; p < rp; p++)
+            for (int64_t k = 0; k < l.cols; k++)
+                down[p * l.cols + k] = qd_f32_to_bf16(s->svd_down[2 * p * l.cols + k]) |
+                    (uint32_t)(2 * p + 1 < r ? qd_f32_to_bf16(s->svd_down[(2 * p + 1) * l.cols + k]) : 0) << 16;
+        s->svd_up_bf16 = up;
+        s->svd_down_bf16 = down;
+        pool += rp * (l.out + l.cols);
+    }
     qd_sdnq_scale_strides(&l, &s->so, &s->sg, &s->sp);
     s->lut_size = l.codebook ? (int64_t)1 << l.dtype.bits : 0;
+    qd_sdnq_fast_init(s);
 
     memset(w, 0, sizeof *w);
     w->rows = l.out;
@@ -200,6 +253,8 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
     w->decode = sdnq_decode;
     w->quant = s;
     w->linear = l.cls == QD_SDNQ_EMBEDDING ? NULL : qd_sdnq_linear;   /* int8 matmul when asked for */
+    w->decode_lowp = l.svd ? sdnq_decode_lowp : NULL;
+    w->decode_kmajor = s->kmajor ? sdnq_decode_kmajor : NULL;
     *state = s;
     return QD_OK;
 }

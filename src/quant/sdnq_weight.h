@@ -22,6 +22,14 @@ typedef struct {
     const float *svd_down;          /* [r, cols] */
     int64_t so, sg, sp;             /* scale index = o*so + group*sg + kernel_pos*sp */
     int64_t lut_size;               /* codebook levels (2^bits) */
+    int fast;                       /* qd_sdnq_decode_fast handles this layout */
+    int kmajor;                     /* qd_sdnq_decode_kmajor handles it (transposed int8/uint8) */
+    int has_lut8;                   /* lut8 holds the value of every raw code (float codes of <= 8 bits) */
+    float lut8[256];
+    int32_t conv_pos[16][16], conv_ch[16][16];   /* Conv (ksize <= 16): per phase, lane % ksize, lane / ksize */
+    int conv_nph[16], conv_nst[16];              /* ... and the next 16 columns' phase and channel step */
+    const uint32_t *svd_up_bf16;    /* [out, ceil(r/2)] bf16 pairs (t = 2p low), NULL without SVD */
+    const uint32_t *svd_down_bf16;  /* [ceil(r/2), cols] bf16 pairs of rows 2p, 2p+1 */
 } qd_sdnq_state;
 
 /* Build the weight of one layer. `prefix` finds the tensors ("<prefix>.weight",

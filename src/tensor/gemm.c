@@ -16,6 +16,8 @@
  * many threads the pool really runs. */
 #include "tensor/gemm.h"
 #include "tensor/gemm_internal.h"
+#include "tensor/gemv.h"
+#include "tensor/weight.h"
 #include "base/threads.h"
 
 #include <immintrin.h>
@@ -27,6 +29,7 @@
 #define NC_STRIPS 8         /* streamed B columns per block = 8 strips (256 at NR 32) */
 #define SHARED_MAX_WORDS (1 << 20)   /* 4 MiB per shared panel buffer: chunks of shared rows beyond it */
 #define C_SLAB_FLOATS (2 << 20)      /* 8 MiB of C per (chunk, super-block): stays in the 32 MiB L3 */
+#define C_SLAB_QUANT (4 << 20)       /* 16 MiB when the weight is quantized: its decode costs more than C's trips */
 
 typedef struct {
     int64_t M, N, K;
@@ -246,11 +249,13 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
          * by estimated re-packing cost (ns per element: a weight decodes and transposes,
          * streamed rows are copied or converted, im2col gathers). */
         double cw = g->A.kind == QD_MAT_WEIGHT || g->B.kind == QD_MAT_WEIGHT ? 1.5 : 0.3;
+        const qd_weight *w = g->A.kind == QD_MAT_WEIGHT ? g->A.w : g->B.kind == QD_MAT_WEIGHT ? g->B.w : NULL;
+        int64_t slab = w && w->quant ? C_SLAB_QUANT : C_SLAB_FLOATS;
         double cx = j.shared_is_a ? 0.4 : 0.15, best = -1;
         int64_t first = j.nchunk;
         for (int64_t nc = first; nc <= sstrips && nc < first + 64; nc++) {
             int64_t crows = ceil_div(sstrips, nc) * j.sw;
-            int64_t xs = C_SLAB_FLOATS / crows / j.xblk * j.xblk;
+            int64_t xs = slab / crows / j.xblk * j.xblk;
             if (xs < j.xblk) xs = j.xblk;
             if (xs > j.xrows) xs = ceil_div(j.xrows, j.xblk) * j.xblk;
             int64_t nxs = ceil_div(j.xrows, xs);
@@ -313,6 +318,11 @@ int qd_gemm_cbatch(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_ma
     int t = qd_threads(ctx);
     double work = (double)M * N * (K + 1);
     if (work < 200000) t = 1;
+    /* a few tokens against a stored weight: stream it once instead of packing it (not for
+     * input-major storage, whose strided rows the packer reads faster: bench_gemv) */
+    if (M <= QD_GEMV_MAX_M && K > 0 && A.kind == QD_MAT_ROWS && B.kind == QD_MAT_WEIGHT && !c_cols &&
+        !B.w->decode_kmajor && !getenv("QD_NO_GEMV"))
+        return qd_gemv_weight(ctx, t, qd_ctx_bf16(ctx), M, N, K, A.p, A.ld, B.w, C, ldc, alpha, beta, row_bias, col_bias);
     return gemm_run(ctx, t, &g, qd_ctx_bf16(ctx));
 }
 

@@ -1,8 +1,9 @@
 /* Packing for the GEMM: operands (float rows/columns, stored weights decoded here,
  * or a convolution's input read as implicit im2col) into the strip layouts of
  * gemm_internal.h, as fp32 words or bf16 pairs. The AVX-512 paths cover what runs
- * per output tile (activation rows, convolution input); weights are packed once
- * per K block and call, so they take the plain path. */
+ * per output tile (activation rows, convolution input) and stored weights, which
+ * are decoded KT columns at a time into an L1 tile and go into the strip from there
+ * (k-major formats straight into B strips). */
 #include "tensor/gemm_internal.h"
 #include "tensor/weight.h"
 #include "base/half.h"
@@ -11,6 +12,10 @@
 #include <string.h>
 
 #define AST QD_GEMM_AST
+/* A stored weight is decoded KT columns at a time into a tile that stays in L1 and
+ * goes straight into the packed strip from there (a multiple of 32: whole bf16 pairs
+ * and whole 16 x 16 transposes). */
+#define KT 256
 
 static int cpu_avx512(void) {
     static int has = -1;
@@ -66,7 +71,16 @@ void qd_gemm_pack_a(qd_mat m, int64_t i0, int64_t n, int64_t k0, int64_t kc, int
             src = m.p + (i0 + s) * m.ld + k0;
             ld = m.ld;
         } else if (m.kind == QD_MAT_WEIGHT) {
-            m.w->decode(m.w, i0 + s, rows, k0, kc, scratch, kc);
+            for (int64_t kk = 0; kk < kc; kk += KT) {
+                int64_t kt = kc - kk < KT ? kc - kk : KT;
+                (bf16 && m.w->decode_lowp ? m.w->decode_lowp : m.w->decode)(m.w, i0 + s, rows, k0 + kk, kt, scratch, kt);
+                for (int r = 0; r < rows; r++) {
+                    if (bf16) row_bf16(d + r * AST + kk / 2, scratch + r * kt, kt, alpha);
+                    else row_f32(d + r * AST + kk, scratch + r * kt, kt, alpha);
+                }
+            }
+            for (int r = rows; r < mr; r++) memset(d + r * AST, 0, sizeof(uint32_t) * (size_t)kw);
+            continue;
         } else {   /* QD_MAT_COLS (the driver never puts an im2col operand in the A role) */
             for (int r = 0; r < rows; r++)
                 for (int64_t k = 0; k < kc; k++) scratch[r * kc + k] = m.p[(k0 + k) * m.ld + i0 + s + r];
@@ -284,6 +298,27 @@ void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int
         } else {
             const float *src = dec;
             int64_t ld = kc;
+            if (m.kind == QD_MAT_WEIGHT && m.w->decode_kmajor && nr == 32 && (!bf16 || cpu_avx512bf16())) {
+                /* stored input-major: decoded k-major, the strip's own order */
+                for (int64_t kk = 0; kk < kc; kk += KT) {
+                    int64_t kt = kc - kk < KT ? kc - kk : KT;
+                    if (!bf16) {
+                        m.w->decode_kmajor(m.w, j0 + s, cols, k0 + kk, kt, (float *)d + kk * 32, 32);
+                        continue;
+                    }
+                    m.w->decode_kmajor(m.w, j0 + s, cols, k0 + kk, kt, dec, 32);
+                    panel_bf16_32(d + kk / 2 * 32, dec, kt);
+                }
+                continue;
+            }
+            if (m.kind == QD_MAT_WEIGHT && nr == 32 && cpu_avx512() && (!bf16 || cpu_avx512bf16())) {
+                for (int64_t kk = 0; kk < kc; kk += KT) {   /* tile by tile, never the whole K block */
+                    int64_t kt = kc - kk < KT ? kc - kk : KT;
+                    (bf16 && m.w->decode_lowp ? m.w->decode_lowp : m.w->decode)(m.w, j0 + s, cols, k0 + kk, kt, dec, kt);
+                    rows_to_strip32(dec, kt, cols, kt, bf16, d + (bf16 ? kk / 2 : kk) * 32);
+                }
+                continue;
+            }
             if (m.kind == QD_MAT_ROWS) {
                 src = m.p + (j0 + s) * m.ld + k0;
                 ld = m.ld;

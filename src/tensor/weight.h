@@ -20,6 +20,16 @@ struct qd_weight {
      * y[M, rows] = x[M, cols] . W^T + bias, returning 1; or returns 0 to let qd_linear
      * run the GEMM over decode(). NULL: always the GEMM. */
     int (*linear)(qd_ctx *ctx, const struct qd_weight *w, const float *x, int64_t M, const float *bias, float *y);
+    /* Optional: decode() for a bf16 GEMM, which rounds every value to bf16 anyway: the
+     * format may compute low-order terms (e.g. SDNQ's low-rank SVD term) with bf16
+     * products. NULL: the GEMM uses decode(). */
+    void (*decode_lowp)(const struct qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk,
+                        float *dst, int64_t ld);
+    /* Optional, for formats stored input-major (sdnq's transposed int8 layout): the same
+     * values k-major, panel[k*ld + r] = W[r0+r, k0+k] for r < nr (<= ld), lanes nr..ld-1 of
+     * each k zero: the GEMM's B panel order, so no transpose. NULL: not available. */
+    void (*decode_kmajor)(const struct qd_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk, float *panel,
+                          int64_t ld);
 };
 typedef struct qd_weight qd_weight;
 
