@@ -26,6 +26,8 @@ struct qd_ctx {
     void *trace_user;
     int matmul_mode;            /* SDNQ layers: 0 as the model's config asks, 1 exact, 2 int8 (qd_set_matmul) */
     int precision;              /* QD_PRECISION_* (qd_set_precision); read it through qd_ctx_bf16() */
+    int vae_tile_px;            /* qd_set_vae_tiling: 0 automatic (the default), -1 never, else the tile side in pixels */
+    int vae_tile_overlap;       /* pixels; 0 = the default */
 };
 
 /* Record an error: formats into ctx->err and returns `code` (never QD_OK). */
