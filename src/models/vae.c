@@ -8,6 +8,7 @@
  * full-resolution stages hold at most three activation buffers. */
 #include "models/vae.h"
 #include "models/vae_norm.h"
+#include "models/vae_tiles.h"
 #include "models/params.h"
 #include "io/json.h"
 #include "io/file.h"
@@ -511,12 +512,8 @@ static qd_status check_size(qd_ctx *ctx, const qd_vae *v, const char *what, int6
     return QD_OK;
 }
 
-qd_status qd_vae_decode(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64_t h, int64_t w, float *img) {
-    if (!v || !z || !img || B < 1 || h < 1 || w < 1)
-        return qd_fail(ctx, QD_ERR_ARG, "vae decode: bad arguments (batch %lld, latent %lld x %lld)",
-                       (long long)B, (long long)h, (long long)w);
-    int f = v->info.downscale;
-    QD_TRY(check_size(ctx, v, "decode", B, h, w, f));
+/* The whole decode in one pass (arguments checked by the caller). */
+static qd_status decode_whole(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64_t h, int64_t w, float *img) {
     const vae_coder *d = &v->dec;
     int64_t L = v->info.latent_channels, H = h, W = w;
     float *zq = NULL, *x;
@@ -543,13 +540,9 @@ qd_status qd_vae_decode(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64
     return QD_OK;
 }
 
-qd_status qd_vae_encode(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int64_t H, int64_t W,
-                        float *mean, float *logvar) {
-    int f = v ? v->info.downscale : 1;
-    if (!v || !img || !mean || !logvar || B < 1 || H < f || W < f)
-        return qd_fail(ctx, QD_ERR_ARG, "vae encode: bad arguments (batch %lld, image %lld x %lld, need at least %d x %d)",
-                       (long long)B, (long long)H, (long long)W, f, f);
-    QD_TRY(check_size(ctx, v, "encode", B, H, W, 1));
+/* The whole encode in one pass (arguments checked by the caller). */
+static qd_status encode_whole(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int64_t H, int64_t W,
+                              float *mean, float *logvar) {
     const vae_coder *e = &v->enc;
     int64_t L = v->info.latent_channels;
     float *x = act_alloc(ctx, B * e->conv_in.cout * H * W), *m;
@@ -586,4 +579,67 @@ qd_status qd_vae_encode(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int
     }
     free(m);
     return QD_OK;
+}
+
+/* ---- tiling (qd_set_vae_tiling) -------------------------------------------- */
+
+enum { AUTO_TILE_ABOVE = 1024 * 1024, AUTO_TILE_PX = 512, DEFAULT_OVERLAP_PX = 64 };
+
+/* Whether an image of H x W pixels is processed in tiles, and their size and overlap in
+ * image pixels (multiples of f). */
+static int tile_plan(const qd_ctx *ctx, int64_t H, int64_t W, int f, int64_t *tile, int64_t *overlap) {
+    int mode = ctx->vae_tile_px;
+    if (mode < 0) return 0;
+    int64_t t = mode == 0 ? AUTO_TILE_PX : mode;
+    if (mode == 0 && H * W <= AUTO_TILE_ABOVE) return 0;
+    t = t / f * f;
+    if (t < 4 * f) t = 4 * f;
+    if (H <= t && W <= t) return 0;
+    int64_t o = ctx->vae_tile_overlap > 0 ? ctx->vae_tile_overlap : DEFAULT_OVERLAP_PX < t / 4 ? DEFAULT_OVERLAP_PX : t / 4;
+    if (o > t / 2) o = t / 2;
+    *tile = t;
+    *overlap = o / f * f;
+    return 1;
+}
+
+typedef struct { qd_vae *v; int64_t B; } tile_job;
+
+static qd_status decode_tile(qd_ctx *ctx, void *user, const float *in, int64_t h, int64_t w, float *out0, float *out1) {
+    const tile_job *j = user;
+    (void)out1;
+    return decode_whole(ctx, j->v, in, j->B, h, w, out0);
+}
+
+static qd_status encode_tile(qd_ctx *ctx, void *user, const float *in, int64_t h, int64_t w, float *out0, float *out1) {
+    const tile_job *j = user;
+    return encode_whole(ctx, j->v, in, j->B, h, w, out0, out1);
+}
+
+qd_status qd_vae_decode(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64_t h, int64_t w, float *img) {
+    if (!v || !z || !img || B < 1 || h < 1 || w < 1)
+        return qd_fail(ctx, QD_ERR_ARG, "vae decode: bad arguments (batch %lld, latent %lld x %lld)",
+                       (long long)B, (long long)h, (long long)w);
+    int f = v->info.downscale;
+    QD_TRY(check_size(ctx, v, "decode", B, h, w, f));
+    int64_t tile, overlap;
+    if (!tile_plan(ctx, h * f, w * f, f, &tile, &overlap)) return decode_whole(ctx, v, z, B, h, w, img);
+    /* in latent pixels: output = input * f */
+    qd_tile_plan p = {B, v->info.latent_channels, h, w, v->info.out_channels, 1, f, 1, tile / f, overlap / f};
+    tile_job u = {v, B};
+    return qd_tiles_run(ctx, &p, z, decode_tile, &u, img, NULL);
+}
+
+qd_status qd_vae_encode(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int64_t H, int64_t W,
+                        float *mean, float *logvar) {
+    int f = v ? v->info.downscale : 1;
+    if (!v || !img || !mean || !logvar || B < 1 || H < f || W < f)
+        return qd_fail(ctx, QD_ERR_ARG, "vae encode: bad arguments (batch %lld, image %lld x %lld, need at least %d x %d)",
+                       (long long)B, (long long)H, (long long)W, f, f);
+    QD_TRY(check_size(ctx, v, "encode", B, H, W, 1));
+    int64_t tile, overlap;
+    if (!tile_plan(ctx, H, W, f, &tile, &overlap)) return encode_whole(ctx, v, img, B, H, W, mean, logvar);
+    /* in image pixels: output = input / f */
+    qd_tile_plan p = {B, v->info.in_channels, H, W, v->info.latent_channels, 2, 1, f, tile, overlap};
+    tile_job u = {v, B};
+    return qd_tiles_run(ctx, &p, img, encode_tile, &u, mean, logvar);
 }
