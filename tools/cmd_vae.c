@@ -28,6 +28,9 @@ static void usage_vae(FILE *f) {
         "  -H, --height N     encode: resize to N pixels high. Without -W/-H an image whose sides\n"
         "                     are not multiples of f (8; 32 for taesana) is shrunk to the nearest ones\n"
         "  -t, --threads N    worker threads (default: all cores)\n"
+        "      --vae-tile PX  AutoencoderKL: work in overlapping PX x PX image tiles (bounded\n"
+        "                     memory; tiles blend over 64 px); 0: never. Default: 512 px tiles\n"
+        "                     above 1024 x 1024 pixels, else one pass\n"
         "  -q, --quiet        no messages but errors\n"
         "  -h, --help         this help\n"
         "\n"
@@ -157,6 +160,7 @@ int cmd_vae(int argc, char **argv) {
         {"vae", required_argument, 0, 'v'}, {"input", required_argument, 0, 'i'},
         {"output", required_argument, 0, 'o'}, {"width", required_argument, 0, 'W'},
         {"height", required_argument, 0, 'H'}, {"threads", required_argument, 0, 't'},
+        {"vae-tile", required_argument, 0, 'T'},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help"))) {
         usage_vae(stdout);
@@ -169,7 +173,7 @@ int cmd_vae(int argc, char **argv) {
     }
     int encode = !strcmp(argv[1], "encode");
     const char *vae = NULL, *in = NULL, *out = NULL;
-    long threads = 0, W = 0, H = 0;
+    long threads = 0, W = 0, H = 0, tile = -1;
     int quiet = 0, c;
     optind = 1;
     while ((c = getopt_long(argc - 1, argv + 1, "v:i:o:W:H:t:qh", opts, NULL)) != -1) {
@@ -180,6 +184,7 @@ int cmd_vae(int argc, char **argv) {
         case 'W': if (cli_parse_int(optarg, "--width", 8, 16384, &W)) return EXIT_BAD; break;
         case 'H': if (cli_parse_int(optarg, "--height", 8, 16384, &H)) return EXIT_BAD; break;
         case 't': if (cli_parse_int(optarg, "--threads", 1, 256, &threads)) return EXIT_BAD; break;
+        case 'T': if (cli_parse_int(optarg, "--vae-tile", 0, 65536, &tile)) return EXIT_BAD; break;
         case 'q': quiet = 1; break;
         case 'h': usage_vae(stdout); return 0;
         default: usage_vae(stderr); return EXIT_BAD;
@@ -196,6 +201,7 @@ int cmd_vae(int argc, char **argv) {
 
     qd_ctx *ctx = qd_ctx_new((int)threads);
     if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); return EXIT_BAD; }
+    qd_set_vae_tiling(ctx, (int)tile, -1);
     qd_vae_model *m = NULL;
     int rc;
     if (qd_vae_open(ctx, vae, &m) != QD_OK) rc = fail(ctx);
