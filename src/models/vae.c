@@ -13,6 +13,7 @@
 #include "io/json.h"
 #include "io/file.h"
 #include "tensor/ops.h"
+#include "tensor/conv.h"
 #include "tensor/gemm.h"
 #include "base/threads.h"
 
@@ -323,22 +324,15 @@ static void norm(qd_ctx *ctx, const qd_norm_p *n, int groups, const float *x, in
     qd_vae_group_norm(ctx, x, B, n->n, S, groups, VAE_EPS, n->w, n->b, silu, y);
 }
 
-typedef struct { float *y; const float *x; } add_args;
-
-static void add_part(void *arg, int64_t b, int64_t e, int thread) {
-    const add_args *a = arg;
-    for (int64_t i = b; i < e; i++) a->y[i] += a->x[i];
-}
-
-/* y += x on the context's threads (the residual adds run at full resolution). */
-static void add(qd_ctx *ctx, float *y, const float *x, int64_t n) {
-    add_args a = {y, x};
-    qd_parallel_for(ctx, n, add_part, &a);
+/* y = conv(x) + y: the residual add done by the GEMM as it stores. */
+static void conv_add(qd_ctx *ctx, const qd_conv_p *c, const float *x, int64_t B, int64_t H, int64_t W, float *y) {
+    qd_conv2d_acc(ctx, x, B, c->cin, H, W, &c->w, c->b, c->k, c->k, 1, c->k / 2, c->k / 2, c->k / 2, c->k / 2, 1.0f, y);
 }
 
 /* ResnetBlock2D without time embedding:
  *   out = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x)))))), output_scale_factor 1.
- * Consumes *x ([B, cin, H, W]) and leaves [B, cout, H, W] there; on failure *x is NULL. */
+ * Consumes *x ([B, cin, H, W]) and leaves [B, cout, H, W] there; on failure *x is NULL.
+ * conv2 accumulates onto the shortcut (or onto x itself), so at most three buffers live. */
 static qd_status resnet_fwd(qd_ctx *ctx, const vae_resnet *r, int groups, float **x,
                             int64_t B, int64_t H, int64_t W) {
     int64_t S = H * W, nout = B * r->cout * S;
@@ -356,20 +350,17 @@ static qd_status resnet_fwd(qd_ctx *ctx, const vae_resnet *r, int groups, float 
     } else {
         if (!(a = act_alloc(ctx, B * r->cin * S))) goto nomem;
         norm(ctx, &r->norm1, groups, in, B, S, 1, a);
+        sc = in;   /* cin == cout: the input is the residual */
+        in = NULL;
     }
     if (!(h = act_alloc(ctx, nout))) goto nomem;
     conv(ctx, &r->conv1, a, B, H, W, h);
-    if (r->has_shortcut) {
-        free(a);
-        if (!(a = act_alloc(ctx, nout))) goto nomem;
-    }
+    free(a);
+    a = NULL;
     norm(ctx, &r->norm2, groups, h, B, S, 1, h);
-    conv(ctx, &r->conv2, h, B, H, W, a);   /* without a shortcut cin == cout: a is reused */
+    conv_add(ctx, &r->conv2, h, B, H, W, sc);
     free(h);
-    add(ctx, a, r->has_shortcut ? sc : in, nout);
-    free(sc);
-    free(in);
-    *x = a;
+    *x = sc;
     return QD_OK;
 nomem:
     free(in); free(sc); free(a); free(h);
