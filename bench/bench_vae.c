@@ -60,7 +60,7 @@ static int never(const pdesc *d, const qd_sdnq_config *cfg, const sdnq_spec *q) 
 static const sdnq_writer WRITER = {QD_F16, "qdiff bench_vae", 0, 0, never};
 
 typedef struct {
-    double best, others, mean;
+    double best, others, mean, cpu, best_cpu;   /* wall s; this process's CPU s (best run, least over runs) */
     int runs;
     trace_buf tb;
 } timing;
@@ -70,7 +70,7 @@ typedef qd_status (*run_fn)(qd_ctx *ctx, void *arg);
 /* Runs fn at least `steps` times (more while every run was disturbed, up to max_steps),
  * each after waiting for an idle machine, with the op trace on; keeps the fastest. */
 static timing timed(qd_ctx *ctx, run_fn fn, void *arg, int steps, int max_steps, double idle_wait, const char *what) {
-    timing t = {1e30, 0, 0, 0, {0}};
+    timing t = {.best = 1e30, .cpu = 1e30};
     trace_buf tb = {0};
     double ncpu = (double)sysconf(_SC_NPROCESSORS_ONLN), sum = 0;
     ctx->trace = on_op;
@@ -81,14 +81,16 @@ static timing timed(qd_ctx *ctx, run_fn fn, void *arg, int steps, int max_steps,
         double busy0 = machine_busy_s(), self0 = self_cpu_s(), t0 = qd_now();
         tb.t0 = t0;
         if (fn(ctx, arg) != QD_OK) die("%s: %s", what, qd_last_error(ctx));
-        double s = qd_now() - t0;
-        double others = ((machine_busy_s() - busy0) - (self_cpu_s() - self0)) / (s * ncpu);
+        double s = qd_now() - t0, cpu = self_cpu_s() - self0;
+        double others = ((machine_busy_s() - busy0) - cpu) / (s * ncpu);
         if (others < 0) others = 0;
-        printf("%-6s %d   %.3f s (other processes: %.0f%% of the CPUs)\n", what, i + 1, s, 100 * others);
+        if (cpu < t.cpu) t.cpu = cpu;
+        printf("%-6s %d   %.3f s, CPU %.2f s (other processes: %.0f%% of the CPUs)\n", what, i + 1, s, cpu, 100 * others);
         sum += s;
         t.runs++;
         if (s < t.best) {
             t.best = s;
+            t.best_cpu = cpu;
             t.others = others;
             trace_buf x = t.tb;
             t.tb = tb;
@@ -119,7 +121,8 @@ static void report(const char *what, const timing *t, double peak, const char *p
     trace_summarize(&t->tb, &s);
     double nom = nominal_flops(&t->tb);
     printf("\n== VAE %s: %s math ==\n", what, precision);
-    printf("seconds     %.3f (best of %d; mean %.3f)\n", t->best, t->runs, t->mean);
+    printf("seconds     %.3f (best of %d; mean %.3f); CPU seconds of this process: %.2f in that run, %.2f least\n",
+           t->best, t->runs, t->mean, t->best_cpu, t->cpu);
     printf("FLOPs       %.1f GFLOP traced (done), %.1f GFLOP nominal (PyTorch's convs)\n", s.flops / 1e9, nom / 1e9);
     printf("GFLOP/s     %.1f traced, %.1f nominal-equivalent; %.0f%% / %.0f%% of the %s peak %.1f GFLOP/s\n",
            s.flops / 1e9 / t->best, nom / 1e9 / t->best, 100 * s.flops / 1e9 / t->best / peak,

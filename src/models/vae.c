@@ -312,7 +312,62 @@ const qd_vae_info *qd_vae_get_info(const qd_vae *v) { return &v->info; }
 
 /* ---- layers ---------------------------------------------------------------- */
 
-static float *act_alloc(qd_ctx *ctx, int64_t n) { return qd_malloc_aligned(ctx, sizeof(float) * (size_t)n); }
+/* Activation buffers. Within one decode/encode, freed ones are kept for reuse: the large
+ * ones would otherwise come fresh from mmap every time, and faulting in and zeroing
+ * 134 MB costs about what a GroupNorm over it does. The stages take only the context,
+ * so the cache of the running decode/encode is reached through a thread-local pointer.
+ * Each buffer carries its size in a 64-byte header (keeping the data 64-byte aligned). */
+enum { POOL_MAX = 6, HDR = 64 };
+typedef struct { char *p[POOL_MAX]; size_t n[POOL_MAX]; int used; } act_pool;
+static _Thread_local act_pool *tl_pool;
+
+static void pool_drop(act_pool *pl, int i) {
+    free(pl->p[i]);
+    pl->used--;
+    pl->p[i] = pl->p[pl->used];
+    pl->n[i] = pl->n[pl->used];
+}
+
+static float *act_alloc(qd_ctx *ctx, int64_t n) {
+    size_t bytes = sizeof(float) * (size_t)n;
+    act_pool *pl = tl_pool;
+    if (pl) {
+        int best = -1;
+        for (int i = 0; i < pl->used; i++)
+            if (pl->n[i] >= bytes && (best < 0 || pl->n[i] < pl->n[best])) best = i;
+        if (best >= 0 && pl->n[best] / 2 <= bytes) {   /* at most twice the size asked for */
+            char *base = pl->p[best];
+            pl->used--;
+            pl->p[best] = pl->p[pl->used];
+            pl->n[best] = pl->n[pl->used];
+            return (float *)(base + HDR);
+        }
+        /* a miss: smaller cached buffers belong to stages already done */
+        for (int i = 0; i < pl->used;)
+            if (pl->n[i] < bytes) pool_drop(pl, i);
+            else i++;
+    }
+    char *base = qd_malloc_aligned(ctx, bytes + HDR);
+    if (!base) return NULL;
+    memcpy(base, &bytes, sizeof bytes);
+    return (float *)(base + HDR);
+}
+
+static void act_free(float *p) {
+    if (!p) return;
+    char *base = (char *)p - HDR;
+    act_pool *pl = tl_pool;
+    if (pl && pl->used < POOL_MAX) {
+        memcpy(&pl->n[pl->used], base, sizeof(size_t));
+        pl->p[pl->used++] = base;
+    } else {
+        free(base);
+    }
+}
+
+static void pool_drain(act_pool *pl) {
+    while (pl->used) pool_drop(pl, 0);
+}
 
 static int cancelled(qd_ctx *ctx) { return __atomic_load_n(&ctx->cancel, __ATOMIC_RELAXED); }
 
@@ -338,7 +393,7 @@ static qd_status resnet_fwd(qd_ctx *ctx, const vae_resnet *r, int groups, float 
     int64_t S = H * W, nout = B * r->cout * S;
     float *in = *x, *sc = NULL, *a = NULL, *h = NULL;
     *x = NULL;
-    if (cancelled(ctx)) { free(in); return qd_fail(ctx, QD_ERR_CANCELLED, "cancelled"); }
+    if (cancelled(ctx)) { act_free(in); return qd_fail(ctx, QD_ERR_CANCELLED, "cancelled"); }
     if (r->has_shortcut) {
         /* The shortcut is taken first so the input can be normalised in place:
          * x, shortcut and conv1's output are then the only live buffers. */
@@ -355,15 +410,15 @@ static qd_status resnet_fwd(qd_ctx *ctx, const vae_resnet *r, int groups, float 
     }
     if (!(h = act_alloc(ctx, nout))) goto nomem;
     conv(ctx, &r->conv1, a, B, H, W, h);
-    free(a);
+    act_free(a);
     a = NULL;
     norm(ctx, &r->norm2, groups, h, B, S, 1, h);
     conv_add(ctx, &r->conv2, h, B, H, W, sc);
-    free(h);
+    act_free(h);
     *x = sc;
     return QD_OK;
 nomem:
-    free(in); free(sc); free(a); free(h);
+    act_free(in); act_free(sc); act_free(a); act_free(h);
     return QD_ERR_NOMEM;
 }
 
@@ -382,7 +437,7 @@ static qd_status attn_fwd(qd_ctx *ctx, const vae_attn *at, int groups, float *x,
     int64_t C = at->c, n = B * C * S;
     double t0 = ctx->trace ? qd_now() : 0;
     float *xn = act_alloc(ctx, n), *q = act_alloc(ctx, n), *k = act_alloc(ctx, n), *v = act_alloc(ctx, n);
-    if (!xn || !q || !k || !v) { free(xn); free(q); free(k); free(v); return QD_ERR_NOMEM; }
+    if (!xn || !q || !k || !v) { act_free(xn); act_free(q); act_free(k); act_free(v); return QD_ERR_NOMEM; }
     norm(ctx, &at->norm, groups, x, B, S, 0, xn);
     for (int64_t b = 0; b < B; b++) {
         /* the normalised [C, S] image read as [S, C] tokens: no transpose needed */
@@ -395,13 +450,13 @@ static qd_status attn_fwd(qd_ctx *ctx, const vae_attn *at, int groups, float *x,
     float *o = xn;   /* xn is dead: reuse it for the attention output [B, S, C] */
     qd_attention(ctx, q, C, k, C, v, C, B, S, S, 1, C, 0, o);
     t0 = ctx->trace ? qd_now() : 0;
-    free(q); free(k); free(v);
+    act_free(q); act_free(k); act_free(v);
     /* to_out straight back into the [C, S] layout, adding onto the residual (beta = 1) */
     for (int64_t b = 0; b < B; b++)
         qd_gemm(ctx, C, S, C, qd_wmat(&at->out.w), qd_rows(o + b * S * C, C), x + b * C * S, S,
                 1.0f, 1.0f, at->out.b, NULL);
     trace_linear(ctx, B * S, C, C, t0);
-    free(o);
+    act_free(o);
     if (at->rescale != 1.0f) qd_scale(x, n, 1.0f / at->rescale);
     return QD_OK;
 }
@@ -410,7 +465,7 @@ static qd_status mid_fwd(qd_ctx *ctx, const vae_mid *m, int groups, float **x, i
     QD_TRY(resnet_fwd(ctx, &m->res[0], groups, x, B, H, W));
     if (m->has_attn) {
         qd_status st = attn_fwd(ctx, &m->attn, groups, *x, B, H * W);
-        if (st != QD_OK) { free(*x); *x = NULL; return st; }
+        if (st != QD_OK) { act_free(*x); *x = NULL; return st; }
     }
     return resnet_fwd(ctx, &m->res[1], groups, x, B, H, W);
 }
@@ -420,9 +475,9 @@ static qd_status mid_fwd(qd_ctx *ctx, const vae_mid *m, int groups, float **x, i
 static qd_status downsample_fwd(qd_ctx *ctx, const qd_conv_p *c, float **x, int64_t B, int64_t H, int64_t W) {
     float *in = *x, *y = act_alloc(ctx, B * c->cout * (H / 2) * (W / 2));
     *x = NULL;
-    if (!y) { free(in); return QD_ERR_NOMEM; }
+    if (!y) { act_free(in); return QD_ERR_NOMEM; }
     qd_conv2d_pad(ctx, in, B, c->cin, H, W, &c->w, c->b, 3, 3, 2, 0, 1, 0, 1, y);
-    free(in);
+    act_free(in);
     *x = y;
     return QD_OK;
 }
@@ -474,7 +529,7 @@ static qd_status upsample_fwd(qd_ctx *ctx, const qd_conv_p *c, float **x, int64_
         t[p].file = c->w.t ? c->w.t->file : "";
         qd_weight_dense(&pw[p], &t[p], C, K4);
     }
-    free(w9);
+    act_free(w9);
     w9 = NULL;
     if (!(ph = act_alloc(ctx, B * C * H * W)) || !(y = act_alloc(ctx, B * C * 4 * H * W))) goto nomem;
     for (int p = 0; p < 4; p++) {
@@ -483,11 +538,11 @@ static qd_status upsample_fwd(qd_ctx *ctx, const qd_conv_p *c, float **x, int64_
         scatter_args s = {ph, y, H, W, py, px};
         qd_parallel_for(ctx, B * C, scatter_part, &s);
     }
-    free(ph); free(w4); free(in);
+    act_free(ph); act_free(w4); act_free(in);
     *x = y;
     return QD_OK;
 nomem:
-    free(in); free(w9); free(w4); free(ph); free(y);
+    act_free(in); act_free(w9); act_free(w4); act_free(ph); act_free(y);
     return QD_ERR_NOMEM;
 }
 
@@ -504,7 +559,7 @@ static qd_status check_size(qd_ctx *ctx, const qd_vae *v, const char *what, int6
 }
 
 /* The whole decode in one pass (arguments checked by the caller). */
-static qd_status decode_whole(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64_t h, int64_t w, float *img) {
+static qd_status decode_pass(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64_t h, int64_t w, float *img) {
     const vae_coder *d = &v->dec;
     int64_t L = v->info.latent_channels, H = h, W = w;
     float *zq = NULL, *x;
@@ -512,9 +567,9 @@ static qd_status decode_whole(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B,
         if (!(zq = act_alloc(ctx, B * L * H * W))) return QD_ERR_NOMEM;
         conv(ctx, &v->post_quant_conv, z, B, H, W, zq);
     }
-    if (!(x = act_alloc(ctx, B * d->conv_in.cout * H * W))) { free(zq); return QD_ERR_NOMEM; }
+    if (!(x = act_alloc(ctx, B * d->conv_in.cout * H * W))) { act_free(zq); return QD_ERR_NOMEM; }
     conv(ctx, &d->conv_in, zq ? zq : z, B, H, W, x);
-    free(zq);
+    act_free(zq);
     QD_TRY(mid_fwd(ctx, &d->mid, v->groups, &x, B, H, W));
     for (int i = 0; i < d->n_blocks; i++) {
         const vae_block *b = &d->blocks[i];
@@ -527,12 +582,12 @@ static qd_status decode_whole(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B,
     }
     norm(ctx, &d->norm_out, v->groups, x, B, H * W, 1, x);
     conv(ctx, &d->conv_out, x, B, H, W, img);
-    free(x);
+    act_free(x);
     return QD_OK;
 }
 
 /* The whole encode in one pass (arguments checked by the caller). */
-static qd_status encode_whole(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int64_t H, int64_t W,
+static qd_status encode_pass(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int64_t H, int64_t W,
                               float *mean, float *logvar) {
     const vae_coder *e = &v->enc;
     int64_t L = v->info.latent_channels;
@@ -551,14 +606,14 @@ static qd_status encode_whole(qd_ctx *ctx, qd_vae *v, const float *img, int64_t 
     QD_TRY(mid_fwd(ctx, &e->mid, v->groups, &x, B, H, W));
     int64_t S = H * W;
     norm(ctx, &e->norm_out, v->groups, x, B, S, 1, x);
-    if (!(m = act_alloc(ctx, B * 2 * L * S))) { free(x); return QD_ERR_NOMEM; }
+    if (!(m = act_alloc(ctx, B * 2 * L * S))) { act_free(x); return QD_ERR_NOMEM; }
     conv(ctx, &e->conv_out, x, B, H, W, m);
-    free(x);
+    act_free(x);
     if (v->has_quant_conv) {
         float *mq = act_alloc(ctx, B * 2 * L * S);
-        if (!mq) { free(m); return QD_ERR_NOMEM; }
+        if (!mq) { act_free(m); return QD_ERR_NOMEM; }
         conv(ctx, &v->quant_conv, m, B, H, W, mq);
-        free(m);
+        act_free(m);
         m = mq;
     }
     /* DiagonalGaussianDistribution: moments.chunk(2, dim=1), logvar clamped to [-30, 20] */
@@ -568,8 +623,28 @@ static qd_status encode_whole(qd_ctx *ctx, qd_vae *v, const float *img, int64_t 
         float *lo = logvar + b * L * S;
         for (int64_t i = 0; i < L * S; i++) lo[i] = lb[i] < -30.0f ? -30.0f : lb[i] > 20.0f ? 20.0f : lb[i];
     }
-    free(m);
+    act_free(m);
     return QD_OK;
+}
+
+/* decode_pass / encode_pass with a buffer cache for their duration. */
+static qd_status decode_whole(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64_t h, int64_t w, float *img) {
+    act_pool pl = {0}, *outer = tl_pool;
+    tl_pool = &pl;
+    qd_status st = decode_pass(ctx, v, z, B, h, w, img);
+    tl_pool = outer;
+    pool_drain(&pl);
+    return st;
+}
+
+static qd_status encode_whole(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int64_t H, int64_t W,
+                              float *mean, float *logvar) {
+    act_pool pl = {0}, *outer = tl_pool;
+    tl_pool = &pl;
+    qd_status st = encode_pass(ctx, v, img, B, H, W, mean, logvar);
+    tl_pool = outer;
+    pool_drain(&pl);
+    return st;
 }
 
 /* ---- tiling (qd_set_vae_tiling) -------------------------------------------- */
