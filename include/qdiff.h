@@ -457,6 +457,23 @@ qd_status qd_comfy_quantize(qd_ctx *ctx, const char *in_path, const char *out_pa
  * (AUTO resolved): QD_PRECISION_FP32 or QD_PRECISION_BF16. */
 int qd_ctx_precision(const qd_ctx *ctx);
 
+/* ==== tiled VAE decode / encode ============================================ */
+
+/* AutoencoderKL decodes (and encodes) large images in overlapping tiles so memory stays
+ * bounded: each tile of tile_px x tile_px image pixels is decoded from its latent window
+ * and neighbouring tiles are blended linearly across overlap_px pixels. Affects
+ * qd_vae_decode_latent / qd_vae_encode_image and the pipelines' final decode.
+ *   tile_px  -1: automatic (the default): tiles of 512 px when the image has more
+ *                than 1024 x 1024 pixels, else one pass;
+ *             0: never tile;
+ *            >0: tile whenever the image is larger than tile_px on a side (rounded down
+ *                to a multiple of the VAE's downscale, at least 4 latent pixels).
+ *   overlap_px -1: the default (64 px, a quarter of the tile at most); else pixels shared
+ *              by neighbouring tiles (rounded down to the downscale, clamped to half a tile).
+ * Tiles see less context than the whole image: results differ from the one-pass decode
+ * slightly near tile seams (see README "Tiled VAE"). TAESD models are never tiled. */
+void qd_set_vae_tiling(qd_ctx *ctx, int tile_px, int overlap_px);
+
 #ifdef __cplusplus
 }
 #endif

@@ -56,6 +56,24 @@ else
   bad "help text"
 fi
 
+# --vae-tile: a tile as large as the 64 px golden decode is the one-pass decode; 32 px
+# tiles (3 x 3, blended) give a different, valid PNG (numbers: test_vae_tiled.c)
+kl=$fixtures/models/sd15-tiny/vae
+glat=$fixtures/goldens/sd15-tiny/vae.safetensors
+kl_decode() { "$qdiff" vae decode --vae "$kl" -i "$glat" -o "$1" -q "${@:2}"; }
+if kl_decode "$tmp/t0.png" --vae-tile 0 2>"$tmp/stderr" && kl_decode "$tmp/t64.png" --vae-tile 64 2>>"$tmp/stderr" &&
+   kl_decode "$tmp/t32.png" --vae-tile 32 2>>"$tmp/stderr" && cmp -s "$tmp/t0.png" "$tmp/t64.png" &&
+   ! cmp -s "$tmp/t0.png" "$tmp/t32.png" && head -c 8 "$tmp/t32.png" | grep -aq PNG; then
+  ok "--vae-tile 64 on a 64 px decode is the one-pass PNG; --vae-tile 32 tiles it"
+else
+  bad "--vae-tile: $(cat "$tmp/stderr")"
+fi
+if "$qdiff" vae --help | grep -q -- "--vae-tile PX" && "$qdiff" generate --help | grep -q -- "--vae-tile PX"; then
+  ok "vae and generate help describe --vae-tile"
+else
+  bad "--vae-tile help"
+fi
+
 # ---- bad input
 printf 'hello, not an image\n' > "$tmp/text.png"
 printf '\x89PNG\r\n\x1a\nbroken' > "$tmp/broken.png"
@@ -78,6 +96,7 @@ expect "wrong latent channels" "4 channels" -- vae decode --vae "$dec" -i "$fixt
 expect "latent for another VAE" "takes 4" -- vae decode --vae "$fixtures/models/sd15-tiny/vae" -i "$tmp/lat.safetensors" -o "$tmp/out.png"
 expect "image given as latent file" "photo.png" -- vae decode --vae "$dec" -i "$photo" -o "$tmp/out.png"
 expect "missing latent file" "$tmp/none.safetensors" -- vae decode --vae "$dec" -i "$tmp/none.safetensors" -o "$tmp/out.png"
+expect "negative --vae-tile" "--vae-tile" -- vae decode --vae "$kl" -i "$glat" --vae-tile -3 -o "$tmp/out.png"
 expect "decode --width" "encode only" -- vae decode --vae "$dec" -i "$tmp/lat.safetensors" -W 64 -o "$tmp/out.png"
 
 echo "$pass passed, $fail failed"

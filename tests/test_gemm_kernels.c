@@ -311,6 +311,9 @@ int main(void) {
             for (size_t d = 0; d < 4; d++) conv_case(ctx, bf16, 2, 5, 9, 11, 19, 3, 3, 1, 1, 1, 1, 1, dts[d], NULL, NULL, 1);
             conv_case(ctx, bf16, 1, 7, 12, 10, 16, 3, 3, 2, 0, 1, 0, 1, QD_F16, NULL, NULL, 1);   /* downsampler pad */
             conv_case(ctx, bf16, 3, 4, 13, 9, 5, 3, 3, 2, 1, 1, 1, 1, QD_F16, NULL, NULL, 0);
+            /* stride 2 over rows of >= 32 outputs: the vectorised even-lane gather, with padding at both ends */
+            conv_case(ctx, bf16, 2, 3, 7, 130, 9, 3, 3, 2, 0, 1, 0, 1, QD_F16, NULL, NULL, 1);
+            conv_case(ctx, bf16, 1, 5, 6, 128, 7, 3, 3, 2, 1, 1, 1, 1, QD_F32, NULL, NULL, 1);
             conv_case(ctx, bf16, 2, 33, 8, 8, 40, 1, 1, 1, 0, 0, 0, 0, QD_F16, NULL, NULL, 1);
             conv_case(ctx, bf16, 1, 3, 40, 45, 30, 3, 3, 1, 2, 0, 1, 2, QD_BF16, NULL, NULL, 1);  /* asymmetric */
             conv_case(ctx, bf16, 2, 70, 6, 37, 33, 3, 3, 1, 1, 1, 1, 1, QD_F16, NULL, NULL, 1);   /* K > 1 block */

@@ -58,6 +58,9 @@ static void usage_generate(FILE *f) {
         "                             the golden tests check) or bf16 (bf16 operands, fp32\n"
         "                             accumulation; runs as fp32 without AVX512_BF16)\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
+        "      --vae-tile PX          decode the image in overlapping PX x PX tiles (bounded memory;\n"
+        "                             tiles blend over 64 px); 0: never. Default: 512 px tiles\n"
+        "                             above 1024 x 1024 pixels, else one pass\n"
         "      --preview FILE.png     write a live preview of the image being made (needs --preview-vae)\n"
         "      --preview-vae PATH     VAE for previews: the family's TAESD (.safetensors/.pth) or a vae/ folder\n"
         "      --preview-every N      preview every N model calls (default 1)\n"
@@ -102,7 +105,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
-           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM };
+           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM, O_VAE_TILE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -120,6 +123,7 @@ int cmd_generate(int argc, char **argv) {
         {"eta", required_argument, 0, O_ETA}, {"scheduler-opt", required_argument, 0, O_SOPT},
         {"noise-mode", required_argument, 0, O_NOISE}, {"precision", required_argument, 0, O_PRECISION},
         {"config-from", required_argument, 0, O_CONFIG_FROM},
+        {"vae-tile", required_argument, 0, O_VAE_TILE},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
@@ -127,6 +131,7 @@ int cmd_generate(int argc, char **argv) {
     const char *config_from = NULL;
     long threads = 0, v;
     int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision;
+    long vae_tile = -1;
     char sched_opts[8192] = "";   /* --scheduler-options / --scheduler-opt / --eta, as one JSON object */
     int c;
     if (cli_default_precision(&precision)) return EXIT_BAD;
@@ -165,6 +170,7 @@ int cmd_generate(int argc, char **argv) {
             }
             break;
         case O_PRECISION: if (cli_parse_precision(optarg, "--precision", &precision)) return EXIT_BAD; break;
+        case O_VAE_TILE: if (cli_parse_int(optarg, "--vae-tile", 0, 65536, &vae_tile)) return EXIT_BAD; break;
         case O_RESCALE: if (cli_parse_float(optarg, "--guidance-rescale", &p.guidance_rescale)) return EXIT_BAD; break;
         case O_SEED: {
             char *end;
@@ -242,6 +248,7 @@ int cmd_generate(int argc, char **argv) {
     if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); return EXIT_BAD; }
     qd_set_matmul(ctx, matmul);
     qd_set_precision(ctx, precision);
+    qd_set_vae_tiling(ctx, (int)vae_tile, -1);
     qd_model *m = NULL;
     int rc = 0;
     uint8_t *img = NULL;

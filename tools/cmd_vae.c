@@ -30,6 +30,9 @@ static void usage_vae(FILE *f) {
         "  -t, --threads N    worker threads (default: all cores)\n"
         "      --precision P  convolutions in auto (default: bf16 where the CPU has AVX512_BF16;\n"
         "                     $QD_PRECISION sets the default), fp32 or bf16 (see generate --help)\n"
+        "      --vae-tile PX  AutoencoderKL: work in overlapping PX x PX image tiles (bounded\n"
+        "                     memory; tiles blend over 64 px); 0: never. Default: 512 px tiles\n"
+        "                     above 1024 x 1024 pixels, else one pass\n"
         "  -q, --quiet        no messages but errors\n"
         "  -h, --help         this help\n"
         "\n"
@@ -159,6 +162,7 @@ int cmd_vae(int argc, char **argv) {
         {"vae", required_argument, 0, 'v'}, {"input", required_argument, 0, 'i'},
         {"output", required_argument, 0, 'o'}, {"width", required_argument, 0, 'W'},
         {"height", required_argument, 0, 'H'}, {"threads", required_argument, 0, 't'},
+        {"vae-tile", required_argument, 0, 'T'},
         {"precision", required_argument, 0, 'P'}, {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help"))) {
         usage_vae(stdout);
@@ -171,7 +175,7 @@ int cmd_vae(int argc, char **argv) {
     }
     int encode = !strcmp(argv[1], "encode");
     const char *vae = NULL, *in = NULL, *out = NULL;
-    long threads = 0, W = 0, H = 0;
+    long threads = 0, W = 0, H = 0, tile = -1;
     int quiet = 0, c, precision;
     if (cli_default_precision(&precision)) return EXIT_BAD;
     optind = 1;
@@ -184,6 +188,7 @@ int cmd_vae(int argc, char **argv) {
         case 'H': if (cli_parse_int(optarg, "--height", 8, 16384, &H)) return EXIT_BAD; break;
         case 't': if (cli_parse_int(optarg, "--threads", 1, 256, &threads)) return EXIT_BAD; break;
         case 'P': if (cli_parse_precision(optarg, "--precision", &precision)) return EXIT_BAD; break;
+        case 'T': if (cli_parse_int(optarg, "--vae-tile", 0, 65536, &tile)) return EXIT_BAD; break;
         case 'q': quiet = 1; break;
         case 'h': usage_vae(stdout); return 0;
         default: usage_vae(stderr); return EXIT_BAD;
@@ -201,6 +206,7 @@ int cmd_vae(int argc, char **argv) {
     qd_ctx *ctx = qd_ctx_new((int)threads);
     if (!ctx) { fprintf(stderr, "qdiff: out of memory\n"); return EXIT_BAD; }
     qd_set_precision(ctx, precision);
+    qd_set_vae_tiling(ctx, (int)tile, -1);
     qd_vae_model *m = NULL;
     int rc;
     if (qd_vae_open(ctx, vae, &m) != QD_OK) rc = fail(ctx);

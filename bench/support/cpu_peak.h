@@ -13,4 +13,8 @@ float fma256_chains(long iters);
 /* iters x BF16_CHAINS vdpbf16ps (AVX512_BF16: 16 lanes x 2 products + their sum = 64 FLOP) */
 float bf16_chains(long iters);
 
+/* The measured peak of `threads` threads running the chains above at once, best of 5,
+ * in GFLOP/s: fp32 FMA (bf16 = 0) or vdpbf16ps (bf16 = 1). 0 when the CPU lacks the ISA. */
+double cpu_peak_gflops(int threads, int bf16);
+
 #endif

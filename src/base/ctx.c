@@ -104,6 +104,12 @@ void qd_set_precision(qd_ctx *ctx, int precision) {
     if (ctx && precision >= QD_PRECISION_AUTO && precision <= QD_PRECISION_BF16) ctx->precision = precision;
 }
 
+void qd_set_vae_tiling(qd_ctx *ctx, int tile_px, int overlap_px) {
+    if (!ctx) return;
+    ctx->vae_tile_px = tile_px < 0 ? 0 : tile_px == 0 ? -1 : tile_px;
+    ctx->vae_tile_overlap = overlap_px < 0 ? 0 : overlap_px;
+}
+
 int qd_ctx_bf16(const qd_ctx *ctx) {
     /* The bf16 GEMM kernels need AVX512_BF16; QD_ISA=avx2|generic (forcing a lower GEMM
      * kernel, for tests) rules them out too. AUTO takes bf16 wherever it can. */

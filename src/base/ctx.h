@@ -29,6 +29,8 @@ struct qd_ctx {
     /* While a single-file checkpoint is opened as a model (pipeline/model.c): the
      * components it holds take their weights from it (models/params.c); else NULL. */
     const struct qd_single_file *weights_from;
+    int vae_tile_px;            /* qd_set_vae_tiling: 0 automatic (the default), -1 never, else the tile side in pixels */
+    int vae_tile_overlap;       /* pixels; 0 = the default */
 };
 
 /* Record an error: formats into ctx->err and returns `code` (never QD_OK). */

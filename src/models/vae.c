@@ -7,10 +7,13 @@
  * hands back a new one, freeing temporaries as soon as they are dead, so the
  * full-resolution stages hold at most three activation buffers. */
 #include "models/vae.h"
+#include "models/vae_norm.h"
+#include "models/vae_tiles.h"
 #include "models/params.h"
 #include "io/json.h"
 #include "io/file.h"
 #include "tensor/ops.h"
+#include "tensor/conv.h"
 #include "tensor/gemm.h"
 #include "base/threads.h"
 
@@ -309,7 +312,62 @@ const qd_vae_info *qd_vae_get_info(const qd_vae *v) { return &v->info; }
 
 /* ---- layers ---------------------------------------------------------------- */
 
-static float *act_alloc(qd_ctx *ctx, int64_t n) { return qd_malloc_aligned(ctx, sizeof(float) * (size_t)n); }
+/* Activation buffers. Within one decode/encode, freed ones are kept for reuse: the large
+ * ones would otherwise come fresh from mmap every time, and faulting in and zeroing
+ * 134 MB costs about what a GroupNorm over it does. The stages take only the context,
+ * so the cache of the running decode/encode is reached through a thread-local pointer.
+ * Each buffer carries its size in a 64-byte header (keeping the data 64-byte aligned). */
+enum { POOL_MAX = 6, HDR = 64 };
+typedef struct { char *p[POOL_MAX]; size_t n[POOL_MAX]; int used; } act_pool;
+static _Thread_local act_pool *tl_pool;
+
+static void pool_drop(act_pool *pl, int i) {
+    free(pl->p[i]);
+    pl->used--;
+    pl->p[i] = pl->p[pl->used];
+    pl->n[i] = pl->n[pl->used];
+}
+
+static float *act_alloc(qd_ctx *ctx, int64_t n) {
+    size_t bytes = sizeof(float) * (size_t)n;
+    act_pool *pl = tl_pool;
+    if (pl) {
+        int best = -1;
+        for (int i = 0; i < pl->used; i++)
+            if (pl->n[i] >= bytes && (best < 0 || pl->n[i] < pl->n[best])) best = i;
+        if (best >= 0 && pl->n[best] / 2 <= bytes) {   /* at most twice the size asked for */
+            char *base = pl->p[best];
+            pl->used--;
+            pl->p[best] = pl->p[pl->used];
+            pl->n[best] = pl->n[pl->used];
+            return (float *)(base + HDR);
+        }
+        /* a miss: smaller cached buffers belong to stages already done */
+        for (int i = 0; i < pl->used;)
+            if (pl->n[i] < bytes) pool_drop(pl, i);
+            else i++;
+    }
+    char *base = qd_malloc_aligned(ctx, bytes + HDR);
+    if (!base) return NULL;
+    memcpy(base, &bytes, sizeof bytes);
+    return (float *)(base + HDR);
+}
+
+static void act_free(float *p) {
+    if (!p) return;
+    char *base = (char *)p - HDR;
+    act_pool *pl = tl_pool;
+    if (pl && pl->used < POOL_MAX) {
+        memcpy(&pl->n[pl->used], base, sizeof(size_t));
+        pl->p[pl->used++] = base;
+    } else {
+        free(base);
+    }
+}
+
+static void pool_drain(act_pool *pl) {
+    while (pl->used) pool_drop(pl, 0);
+}
 
 static int cancelled(qd_ctx *ctx) { return __atomic_load_n(&ctx->cancel, __ATOMIC_RELAXED); }
 
@@ -318,31 +376,24 @@ static void conv(qd_ctx *ctx, const qd_conv_p *c, const float *x, int64_t B, int
 }
 
 static void norm(qd_ctx *ctx, const qd_norm_p *n, int groups, const float *x, int64_t B, int64_t S, int silu, float *y) {
-    qd_group_norm(ctx, x, B, n->n, S, groups, VAE_EPS, n->w, n->b, silu, y);
+    qd_vae_group_norm(ctx, x, B, n->n, S, groups, VAE_EPS, n->w, n->b, silu, y);
 }
 
-typedef struct { float *y; const float *x; } add_args;
-
-static void add_part(void *arg, int64_t b, int64_t e, int thread) {
-    const add_args *a = arg;
-    for (int64_t i = b; i < e; i++) a->y[i] += a->x[i];
-}
-
-/* y += x on the context's threads (the residual adds run at full resolution). */
-static void add(qd_ctx *ctx, float *y, const float *x, int64_t n) {
-    add_args a = {y, x};
-    qd_parallel_for(ctx, n, add_part, &a);
+/* y = conv(x) + y: the residual add done by the GEMM as it stores. */
+static void conv_add(qd_ctx *ctx, const qd_conv_p *c, const float *x, int64_t B, int64_t H, int64_t W, float *y) {
+    qd_conv2d_acc(ctx, x, B, c->cin, H, W, &c->w, c->b, c->k, c->k, 1, c->k / 2, c->k / 2, c->k / 2, c->k / 2, 1.0f, y);
 }
 
 /* ResnetBlock2D without time embedding:
  *   out = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x)))))), output_scale_factor 1.
- * Consumes *x ([B, cin, H, W]) and leaves [B, cout, H, W] there; on failure *x is NULL. */
+ * Consumes *x ([B, cin, H, W]) and leaves [B, cout, H, W] there; on failure *x is NULL.
+ * conv2 accumulates onto the shortcut (or onto x itself), so at most three buffers live. */
 static qd_status resnet_fwd(qd_ctx *ctx, const vae_resnet *r, int groups, float **x,
                             int64_t B, int64_t H, int64_t W) {
     int64_t S = H * W, nout = B * r->cout * S;
     float *in = *x, *sc = NULL, *a = NULL, *h = NULL;
     *x = NULL;
-    if (cancelled(ctx)) { free(in); return qd_fail(ctx, QD_ERR_CANCELLED, "cancelled"); }
+    if (cancelled(ctx)) { act_free(in); return qd_fail(ctx, QD_ERR_CANCELLED, "cancelled"); }
     if (r->has_shortcut) {
         /* The shortcut is taken first so the input can be normalised in place:
          * x, shortcut and conv1's output are then the only live buffers. */
@@ -354,23 +405,20 @@ static qd_status resnet_fwd(qd_ctx *ctx, const vae_resnet *r, int groups, float 
     } else {
         if (!(a = act_alloc(ctx, B * r->cin * S))) goto nomem;
         norm(ctx, &r->norm1, groups, in, B, S, 1, a);
+        sc = in;   /* cin == cout: the input is the residual */
+        in = NULL;
     }
     if (!(h = act_alloc(ctx, nout))) goto nomem;
     conv(ctx, &r->conv1, a, B, H, W, h);
-    if (r->has_shortcut) {
-        free(a);
-        if (!(a = act_alloc(ctx, nout))) goto nomem;
-    }
+    act_free(a);
+    a = NULL;
     norm(ctx, &r->norm2, groups, h, B, S, 1, h);
-    conv(ctx, &r->conv2, h, B, H, W, a);   /* without a shortcut cin == cout: a is reused */
-    free(h);
-    add(ctx, a, r->has_shortcut ? sc : in, nout);
-    free(sc);
-    free(in);
-    *x = a;
+    conv_add(ctx, &r->conv2, h, B, H, W, sc);
+    act_free(h);
+    *x = sc;
     return QD_OK;
 nomem:
-    free(in); free(sc); free(a); free(h);
+    act_free(in); act_free(sc); act_free(a); act_free(h);
     return QD_ERR_NOMEM;
 }
 
@@ -389,7 +437,7 @@ static qd_status attn_fwd(qd_ctx *ctx, const vae_attn *at, int groups, float *x,
     int64_t C = at->c, n = B * C * S;
     double t0 = ctx->trace ? qd_now() : 0;
     float *xn = act_alloc(ctx, n), *q = act_alloc(ctx, n), *k = act_alloc(ctx, n), *v = act_alloc(ctx, n);
-    if (!xn || !q || !k || !v) { free(xn); free(q); free(k); free(v); return QD_ERR_NOMEM; }
+    if (!xn || !q || !k || !v) { act_free(xn); act_free(q); act_free(k); act_free(v); return QD_ERR_NOMEM; }
     norm(ctx, &at->norm, groups, x, B, S, 0, xn);
     for (int64_t b = 0; b < B; b++) {
         /* the normalised [C, S] image read as [S, C] tokens: no transpose needed */
@@ -402,13 +450,13 @@ static qd_status attn_fwd(qd_ctx *ctx, const vae_attn *at, int groups, float *x,
     float *o = xn;   /* xn is dead: reuse it for the attention output [B, S, C] */
     qd_attention(ctx, q, C, k, C, v, C, B, S, S, 1, C, 0, o);
     t0 = ctx->trace ? qd_now() : 0;
-    free(q); free(k); free(v);
+    act_free(q); act_free(k); act_free(v);
     /* to_out straight back into the [C, S] layout, adding onto the residual (beta = 1) */
     for (int64_t b = 0; b < B; b++)
         qd_gemm(ctx, C, S, C, qd_wmat(&at->out.w), qd_rows(o + b * S * C, C), x + b * C * S, S,
                 1.0f, 1.0f, at->out.b, NULL);
     trace_linear(ctx, B * S, C, C, t0);
-    free(o);
+    act_free(o);
     if (at->rescale != 1.0f) qd_scale(x, n, 1.0f / at->rescale);
     return QD_OK;
 }
@@ -417,7 +465,7 @@ static qd_status mid_fwd(qd_ctx *ctx, const vae_mid *m, int groups, float **x, i
     QD_TRY(resnet_fwd(ctx, &m->res[0], groups, x, B, H, W));
     if (m->has_attn) {
         qd_status st = attn_fwd(ctx, &m->attn, groups, *x, B, H * W);
-        if (st != QD_OK) { free(*x); *x = NULL; return st; }
+        if (st != QD_OK) { act_free(*x); *x = NULL; return st; }
     }
     return resnet_fwd(ctx, &m->res[1], groups, x, B, H, W);
 }
@@ -427,9 +475,9 @@ static qd_status mid_fwd(qd_ctx *ctx, const vae_mid *m, int groups, float **x, i
 static qd_status downsample_fwd(qd_ctx *ctx, const qd_conv_p *c, float **x, int64_t B, int64_t H, int64_t W) {
     float *in = *x, *y = act_alloc(ctx, B * c->cout * (H / 2) * (W / 2));
     *x = NULL;
-    if (!y) { free(in); return QD_ERR_NOMEM; }
+    if (!y) { act_free(in); return QD_ERR_NOMEM; }
     qd_conv2d_pad(ctx, in, B, c->cin, H, W, &c->w, c->b, 3, 3, 2, 0, 1, 0, 1, y);
-    free(in);
+    act_free(in);
     *x = y;
     return QD_OK;
 }
@@ -481,7 +529,7 @@ static qd_status upsample_fwd(qd_ctx *ctx, const qd_conv_p *c, float **x, int64_
         t[p].file = c->w.t ? c->w.t->file : "";
         qd_weight_dense(&pw[p], &t[p], C, K4);
     }
-    free(w9);
+    act_free(w9);
     w9 = NULL;
     if (!(ph = act_alloc(ctx, B * C * H * W)) || !(y = act_alloc(ctx, B * C * 4 * H * W))) goto nomem;
     for (int p = 0; p < 4; p++) {
@@ -490,11 +538,11 @@ static qd_status upsample_fwd(qd_ctx *ctx, const qd_conv_p *c, float **x, int64_
         scatter_args s = {ph, y, H, W, py, px};
         qd_parallel_for(ctx, B * C, scatter_part, &s);
     }
-    free(ph); free(w4); free(in);
+    act_free(ph); act_free(w4); act_free(in);
     *x = y;
     return QD_OK;
 nomem:
-    free(in); free(w9); free(w4); free(ph); free(y);
+    act_free(in); act_free(w9); act_free(w4); act_free(ph); act_free(y);
     return QD_ERR_NOMEM;
 }
 
@@ -510,12 +558,8 @@ static qd_status check_size(qd_ctx *ctx, const qd_vae *v, const char *what, int6
     return QD_OK;
 }
 
-qd_status qd_vae_decode(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64_t h, int64_t w, float *img) {
-    if (!v || !z || !img || B < 1 || h < 1 || w < 1)
-        return qd_fail(ctx, QD_ERR_ARG, "vae decode: bad arguments (batch %lld, latent %lld x %lld)",
-                       (long long)B, (long long)h, (long long)w);
-    int f = v->info.downscale;
-    QD_TRY(check_size(ctx, v, "decode", B, h, w, f));
+/* The whole decode in one pass (arguments checked by the caller). */
+static qd_status decode_pass(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64_t h, int64_t w, float *img) {
     const vae_coder *d = &v->dec;
     int64_t L = v->info.latent_channels, H = h, W = w;
     float *zq = NULL, *x;
@@ -523,9 +567,9 @@ qd_status qd_vae_decode(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64
         if (!(zq = act_alloc(ctx, B * L * H * W))) return QD_ERR_NOMEM;
         conv(ctx, &v->post_quant_conv, z, B, H, W, zq);
     }
-    if (!(x = act_alloc(ctx, B * d->conv_in.cout * H * W))) { free(zq); return QD_ERR_NOMEM; }
+    if (!(x = act_alloc(ctx, B * d->conv_in.cout * H * W))) { act_free(zq); return QD_ERR_NOMEM; }
     conv(ctx, &d->conv_in, zq ? zq : z, B, H, W, x);
-    free(zq);
+    act_free(zq);
     QD_TRY(mid_fwd(ctx, &d->mid, v->groups, &x, B, H, W));
     for (int i = 0; i < d->n_blocks; i++) {
         const vae_block *b = &d->blocks[i];
@@ -538,17 +582,13 @@ qd_status qd_vae_decode(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64
     }
     norm(ctx, &d->norm_out, v->groups, x, B, H * W, 1, x);
     conv(ctx, &d->conv_out, x, B, H, W, img);
-    free(x);
+    act_free(x);
     return QD_OK;
 }
 
-qd_status qd_vae_encode(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int64_t H, int64_t W,
-                        float *mean, float *logvar) {
-    int f = v ? v->info.downscale : 1;
-    if (!v || !img || !mean || !logvar || B < 1 || H < f || W < f)
-        return qd_fail(ctx, QD_ERR_ARG, "vae encode: bad arguments (batch %lld, image %lld x %lld, need at least %d x %d)",
-                       (long long)B, (long long)H, (long long)W, f, f);
-    QD_TRY(check_size(ctx, v, "encode", B, H, W, 1));
+/* The whole encode in one pass (arguments checked by the caller). */
+static qd_status encode_pass(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int64_t H, int64_t W,
+                              float *mean, float *logvar) {
     const vae_coder *e = &v->enc;
     int64_t L = v->info.latent_channels;
     float *x = act_alloc(ctx, B * e->conv_in.cout * H * W), *m;
@@ -566,14 +606,14 @@ qd_status qd_vae_encode(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int
     QD_TRY(mid_fwd(ctx, &e->mid, v->groups, &x, B, H, W));
     int64_t S = H * W;
     norm(ctx, &e->norm_out, v->groups, x, B, S, 1, x);
-    if (!(m = act_alloc(ctx, B * 2 * L * S))) { free(x); return QD_ERR_NOMEM; }
+    if (!(m = act_alloc(ctx, B * 2 * L * S))) { act_free(x); return QD_ERR_NOMEM; }
     conv(ctx, &e->conv_out, x, B, H, W, m);
-    free(x);
+    act_free(x);
     if (v->has_quant_conv) {
         float *mq = act_alloc(ctx, B * 2 * L * S);
-        if (!mq) { free(m); return QD_ERR_NOMEM; }
+        if (!mq) { act_free(m); return QD_ERR_NOMEM; }
         conv(ctx, &v->quant_conv, m, B, H, W, mq);
-        free(m);
+        act_free(m);
         m = mq;
     }
     /* DiagonalGaussianDistribution: moments.chunk(2, dim=1), logvar clamped to [-30, 20] */
@@ -583,6 +623,89 @@ qd_status qd_vae_encode(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int
         float *lo = logvar + b * L * S;
         for (int64_t i = 0; i < L * S; i++) lo[i] = lb[i] < -30.0f ? -30.0f : lb[i] > 20.0f ? 20.0f : lb[i];
     }
-    free(m);
+    act_free(m);
     return QD_OK;
+}
+
+/* decode_pass / encode_pass with a buffer cache for their duration. */
+static qd_status decode_whole(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64_t h, int64_t w, float *img) {
+    act_pool pl = {0}, *outer = tl_pool;
+    tl_pool = &pl;
+    qd_status st = decode_pass(ctx, v, z, B, h, w, img);
+    tl_pool = outer;
+    pool_drain(&pl);
+    return st;
+}
+
+static qd_status encode_whole(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int64_t H, int64_t W,
+                              float *mean, float *logvar) {
+    act_pool pl = {0}, *outer = tl_pool;
+    tl_pool = &pl;
+    qd_status st = encode_pass(ctx, v, img, B, H, W, mean, logvar);
+    tl_pool = outer;
+    pool_drain(&pl);
+    return st;
+}
+
+/* ---- tiling (qd_set_vae_tiling) -------------------------------------------- */
+
+enum { AUTO_TILE_ABOVE = 1024 * 1024, AUTO_TILE_PX = 512, DEFAULT_OVERLAP_PX = 64 };
+
+/* Whether an image of H x W pixels is processed in tiles, and their size and overlap in
+ * image pixels (multiples of f). */
+static int tile_plan(const qd_ctx *ctx, int64_t H, int64_t W, int f, int64_t *tile, int64_t *overlap) {
+    int mode = ctx->vae_tile_px;
+    if (mode < 0) return 0;
+    int64_t t = mode == 0 ? AUTO_TILE_PX : mode;
+    if (mode == 0 && H * W <= AUTO_TILE_ABOVE) return 0;
+    t = t / f * f;
+    if (t < 4 * f) t = 4 * f;
+    if (H <= t && W <= t) return 0;
+    int64_t o = ctx->vae_tile_overlap > 0 ? ctx->vae_tile_overlap : DEFAULT_OVERLAP_PX < t / 4 ? DEFAULT_OVERLAP_PX : t / 4;
+    if (o > t / 2) o = t / 2;
+    *tile = t;
+    *overlap = o / f * f;
+    return 1;
+}
+
+typedef struct { qd_vae *v; int64_t B; } tile_job;
+
+static qd_status decode_tile(qd_ctx *ctx, void *user, const float *in, int64_t h, int64_t w, float *out0, float *out1) {
+    const tile_job *j = user;
+    (void)out1;
+    return decode_whole(ctx, j->v, in, j->B, h, w, out0);
+}
+
+static qd_status encode_tile(qd_ctx *ctx, void *user, const float *in, int64_t h, int64_t w, float *out0, float *out1) {
+    const tile_job *j = user;
+    return encode_whole(ctx, j->v, in, j->B, h, w, out0, out1);
+}
+
+qd_status qd_vae_decode(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64_t h, int64_t w, float *img) {
+    if (!v || !z || !img || B < 1 || h < 1 || w < 1)
+        return qd_fail(ctx, QD_ERR_ARG, "vae decode: bad arguments (batch %lld, latent %lld x %lld)",
+                       (long long)B, (long long)h, (long long)w);
+    int f = v->info.downscale;
+    QD_TRY(check_size(ctx, v, "decode", B, h, w, f));
+    int64_t tile, overlap;
+    if (!tile_plan(ctx, h * f, w * f, f, &tile, &overlap)) return decode_whole(ctx, v, z, B, h, w, img);
+    /* in latent pixels: output = input * f */
+    qd_tile_plan p = {B, v->info.latent_channels, h, w, v->info.out_channels, 1, f, 1, tile / f, overlap / f};
+    tile_job u = {v, B};
+    return qd_tiles_run(ctx, &p, z, decode_tile, &u, img, NULL);
+}
+
+qd_status qd_vae_encode(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int64_t H, int64_t W,
+                        float *mean, float *logvar) {
+    int f = v ? v->info.downscale : 1;
+    if (!v || !img || !mean || !logvar || B < 1 || H < f || W < f)
+        return qd_fail(ctx, QD_ERR_ARG, "vae encode: bad arguments (batch %lld, image %lld x %lld, need at least %d x %d)",
+                       (long long)B, (long long)H, (long long)W, f, f);
+    QD_TRY(check_size(ctx, v, "encode", B, H, W, 1));
+    int64_t tile, overlap;
+    if (!tile_plan(ctx, H, W, f, &tile, &overlap)) return encode_whole(ctx, v, img, B, H, W, mean, logvar);
+    /* in image pixels: output = input / f */
+    qd_tile_plan p = {B, v->info.in_channels, H, W, v->info.latent_channels, 2, 1, f, tile, overlap};
+    tile_job u = {v, B};
+    return qd_tiles_run(ctx, &p, img, encode_tile, &u, mean, logvar);
 }

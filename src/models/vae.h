@@ -3,7 +3,8 @@
  * stored weights (mapped, decoded tile by tile inside the GEMM).
  *
  * Activations are NCHW float32. Peak memory stays at about three activation
- * buffers of the largest (full-resolution) stage. */
+ * buffers of the largest (full-resolution) stage; large images are processed in
+ * overlapping tiles (qd_set_vae_tiling, vae_tiles.h) so that stage is a tile's. */
 #ifndef QD_MODELS_VAE_H
 #define QD_MODELS_VAE_H
 
@@ -27,12 +28,14 @@ void qd_vae_free(qd_vae *v);
 const qd_vae_info *qd_vae_get_info(const qd_vae *v);
 
 /* vae.decode(z).sample: z [B, latent_ch, h, w] (already divided by scaling_factor
- * and shifted by the caller) -> img [B, out_ch, h*f, w*f], f = downscale. */
+ * and shifted by the caller) -> img [B, out_ch, h*f, w*f], f = downscale. In tiles
+ * when the context's tiling rule (qd_set_vae_tiling) says so, else in one pass. */
 qd_status qd_vae_decode(qd_ctx *ctx, qd_vae *v, const float *z, int64_t B, int64_t h, int64_t w, float *img);
 
 /* vae.encode(img).latent_dist: img [B, in_ch, H, W] -> mean and logvar
  * [B, latent_ch, H/f, W/f] (integer division, as the stride-2 convs floor), logvar
- * clamped to [-30, 20] as diffusers does. H and W must be at least f. */
+ * clamped to [-30, 20] as diffusers does. H and W must be at least f. Tiled like
+ * qd_vae_decode. */
 qd_status qd_vae_encode(qd_ctx *ctx, qd_vae *v, const float *img, int64_t B, int64_t H, int64_t W,
                         float *mean, float *logvar);
 

@@ -119,10 +119,45 @@ static void im2col_rows_generic(const qd_conv_src *cv, int64_t j, int cols, int6
 /* Position of output column j: image b, output row oy, column ox. */
 typedef struct { int64_t b, oy, ox; int cols; } strip_pos;
 
+/* gather32 for stride 2 (the VAE encoder's downsamplers): a strip inside one output row
+ * reads 64 consecutive inputs (masked at the padding) and keeps the even ones; other
+ * strips (across rows, or short) are filled lane by lane. */
+__attribute__((target("avx512f")))
+static void gather32_s2(const qd_conv_src *cv, const strip_pos *sp, int64_t c, int ky, int kx, __m512 *v0, __m512 *v1) {
+    int64_t b = sp->b, oy = sp->oy, ox = sp->ox, HW = cv->H * cv->W;
+    if (sp->cols == 32 && cv->Wo - ox >= 32) {
+        int64_t iy = 2 * oy - cv->pt + ky, ix0 = 2 * ox - cv->pl + kx;
+        if (iy < 0 || iy >= cv->H) { *v0 = *v1 = _mm512_setzero_ps(); return; }
+        uintptr_t row = (uintptr_t)(cv->x + (b * cv->Cin + c) * HW + iy * cv->W);
+        __m512 q[4];
+        for (int i = 0; i < 4; i++) {
+            int64_t lo = ix0 + 16 * i, first = lo < 0 ? -lo : 0, end = cv->W - lo < 16 ? cv->W - lo : 16;
+            __mmask16 m = first < end ? (__mmask16)(((1u << end) - 1) & ~((1u << first) - 1)) : 0;
+            /* masked-off lanes are not read: the address may lie outside the row */
+            q[i] = m == 0xffff ? _mm512_loadu_ps((const float *)(row + (uintptr_t)lo * sizeof(float)))
+                               : _mm512_maskz_loadu_ps(m, (const float *)(row + (uintptr_t)lo * sizeof(float)));
+        }
+        const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+        *v0 = _mm512_permutex2var_ps(q[0], even, q[1]);
+        *v1 = _mm512_permutex2var_ps(q[2], even, q[3]);
+        return;
+    }
+    float t[32];
+    for (int l = 0; l < 32; l++) {
+        int64_t iy = 2 * oy - cv->pt + ky, ix = 2 * ox - cv->pl + kx;
+        t[l] = l < sp->cols && iy >= 0 && iy < cv->H && ix >= 0 && ix < cv->W ? cv->x[(b * cv->Cin + c) * HW + iy * cv->W + ix]
+                                                                            : 0.0f;
+        if (++ox == cv->Wo) { ox = 0; if (++oy == cv->Ho) { oy = 0; b++; } }
+    }
+    *v0 = _mm512_loadu_ps(t);
+    *v1 = _mm512_loadu_ps(t + 16);
+}
+
 /* The 32 values tap (c, ky, kx) reads for one strip (stride 1): each output row's run
  * is one masked load, padding lanes stay 0. */
 __attribute__((target("avx512f")))
 static void gather32(const qd_conv_src *cv, const strip_pos *sp, int64_t c, int ky, int kx, __m512 *v0, __m512 *v1) {
+    if (cv->stride == 2) { gather32_s2(cv, sp, c, ky, kx, v0, v1); return; }
     __m512 a = _mm512_setzero_ps(), z = a;
     int64_t b = sp->b, oy = sp->oy, ox = sp->ox, HW = cv->H * cv->W;
     if (sp->cols == 32 && cv->Wo - ox >= 32) {   /* one output row, the common case: no run loop */
@@ -165,7 +200,7 @@ static __m512i pair_words(__m512 lo, __m512 hi) {
     return _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
 }
 
-/* Implicit im2col for nr = 32, stride 1, straight into the packed strips (fp32 or bf16
+/* Implicit im2col for nr = 32, stride 1 or 2, straight into the packed strips (fp32 or bf16
  * pairs). The tap loop is outside the strip loop: for one tap, consecutive strips read
  * consecutive input, and the kx taps of one row re-read it from L1 (per strip, the
  * taps would walk all channels, whose planes alias in the caches). */
@@ -279,7 +314,7 @@ void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int
                     float *scratch) {
     int64_t kw = qd_gemm_kw(kc, bf16);
     float *dec = scratch + (int64_t)2 * QD_GEMM_KCW * QD_GEMM_MAXR;   /* decoded weight rows */
-    if (m.kind == QD_MAT_IM2COL && nr == 32 && m.conv->stride == 1 && cpu_avx512() &&
+    if (m.kind == QD_MAT_IM2COL && nr == 32 && (m.conv->stride == 1 || m.conv->stride == 2) && cpu_avx512() &&
         (!bf16 || cpu_avx512bf16())) {
         im2col_block_avx512(m.conv, j0, n, k0, kc, bf16, dst);
         return;
