@@ -136,6 +136,19 @@ typedef struct {
      * fraction of a step (TAESD at 512x512 13-16% of an SD1.5 step, at 256x256 3-4%).
      * Default 256; 0: full size. */
     int preview_max_size;
+    /* LoRAs for this call (n_loras files, lora_scales[i] each; NULL scales: 1). They are
+     * added as W + scale * alpha/rank * up.down to the denoiser's and text encoders'
+     * weights (dense, SDNQ or comfy_quant) without changing the loaded weights: the model
+     * keeps the last list attached, so calls with the same list cost nothing more, another
+     * list swaps them, and n_loras = 0 runs the model as loaded. Scale 0 skips a file.
+     * Naming conventions and alpha as for qd_lora_set_open (kohya, diffusers, PEFT with
+     * its adapter_config.json, BFL; FLUX fused qkv/linear1 split over to_q/to_k/to_v).
+     * A file none of whose layers matches a weight is an error; partly matching ones are
+     * warned about with counts. Layers a LoRA touches run the exact (dequantizing) GEMM
+     * even in int8 matmul mode. */
+    const char *const *loras;
+    const float *lora_scales;
+    int n_loras;
 } qd_gen_params;
 
 enum { QD_NOISE_COMFYUI = 0, QD_NOISE_DIFFUSERS = 1 };

@@ -51,6 +51,9 @@ void quantize_extra_free(quantize_extra *e);
 /* Parse a whole-string integer in [lo, hi] / a finite float; print why not and return -1. */
 int cli_parse_int(const char *s, const char *opt, long lo, long hi, long *out);
 int cli_parse_float(const char *s, const char *opt, float *out);
+/* "FILE[:SCALE]" (the part after the last ':' is the scale when it is a number; default 1):
+ * *path gets a malloc'd copy of FILE. 0 ok, -1 after printing what is wrong. */
+int cli_parse_lora(const char *s, const char *opt, char **path, float *scale);
 /* Fail before a long run, not after it, when `path` cannot be created. */
 int cli_check_writable(const char *path);
 

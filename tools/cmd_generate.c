@@ -51,6 +51,9 @@ static void usage_generate(FILE *f) {
         "      --precision P          dense math: fp32 (default; what the golden tests check), bf16\n"
         "                             (bf16 operands, fp32 accumulation; CPUs with AVX512_BF16, else\n"
         "                             fp32) or auto (bf16 where the CPU has it)\n"
+        "      --lora FILE[:SCALE]    apply a LoRA while generating (repeatable; SCALE default 1, 0 skips\n"
+        "                             it): kohya, diffusers, PEFT (alpha from adapter_config.json beside\n"
+        "                             it) or BFL names; the loaded weights stay as they are\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
         "      --preview FILE.png     write a live preview of the image being made (needs --preview-vae)\n"
         "      --preview-vae PATH     VAE for previews: the family's TAESD (.safetensors/.pth) or a vae/ folder\n"
@@ -96,7 +99,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
-           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION };
+           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_LORA };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -113,6 +116,7 @@ int cmd_generate(int argc, char **argv) {
         {"sampler", required_argument, 0, O_SAMPLER}, {"schedule", required_argument, 0, O_SCHEDULE},
         {"eta", required_argument, 0, O_ETA}, {"scheduler-opt", required_argument, 0, O_SOPT},
         {"noise-mode", required_argument, 0, O_NOISE}, {"precision", required_argument, 0, O_PRECISION},
+        {"lora", required_argument, 0, O_LORA},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
@@ -120,6 +124,11 @@ int cmd_generate(int argc, char **argv) {
     long threads = 0, v;
     int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision = QD_PRECISION_FP32;
     char sched_opts[8192] = "";   /* --scheduler-options / --scheduler-opt / --eta, as one JSON object */
+    enum { MAX_LORAS = 32 };
+    static char lora_buf[MAX_LORAS][4096];   /* --lora paths (no frees on the many early returns) */
+    const char *lora_paths[MAX_LORAS];
+    float lora_scales[MAX_LORAS];
+    int n_loras = 0;
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:o:W:H:t:qh", opts, NULL)) != -1) {
@@ -199,6 +208,16 @@ int cmd_generate(int argc, char **argv) {
         case O_BATCH: if (cli_parse_int(optarg, "--batch", 1, 64, &v)) return EXIT_BAD; p.batch = (int)v; break;
         case 't': if (cli_parse_int(optarg, "--threads", 1, 256, &threads)) return EXIT_BAD; break;
         case O_LATENTS: latents_path = optarg; break;
+        case O_LORA: {
+            char *lp;
+            if (n_loras == MAX_LORAS) { fprintf(stderr, "qdiff: at most %d --lora options\n", MAX_LORAS); return EXIT_BAD; }
+            if (cli_parse_lora(optarg, "--lora", &lp, &lora_scales[n_loras])) return EXIT_BAD;
+            snprintf(lora_buf[n_loras], sizeof lora_buf[n_loras], "%s", lp);
+            free(lp);
+            lora_paths[n_loras] = lora_buf[n_loras];
+            n_loras++;
+            break;
+        }
         case 'q': quiet = 1; break;
         case 'h': usage_generate(stdout); return 0;
         default: usage_generate(stderr); return EXIT_BAD;
@@ -210,6 +229,9 @@ int cmd_generate(int argc, char **argv) {
         return EXIT_BAD;
     }
     if (!have_seed) p.seed = cli_random_seed();
+    p.loras = lora_paths;
+    p.lora_scales = lora_scales;
+    p.n_loras = n_loras;
     if (sched_opts[0]) p.scheduler_options = sched_opts;
     if (p.sampler && (p.scheduler || p.karras == 1)) {
         fprintf(stderr, "qdiff: --sampler replaces --scheduler/--karras (use --schedule karras)\n");

@@ -56,6 +56,9 @@ class GenParams(ctypes.Structure):
         ("schedule", ctypes.c_char_p),
         ("noise_mode", ctypes.c_int),
         ("preview_max_size", ctypes.c_int),
+        ("loras", ctypes.POINTER(ctypes.c_char_p)),
+        ("lora_scales", ctypes.POINTER(ctypes.c_float)),
+        ("n_loras", ctypes.c_int),
     ]
 
 

@@ -778,7 +778,7 @@ qd_status qd_lora_set_check(qd_ctx *ctx, const qd_lora_set *s) {
                            "(first: '%s' for %s); wrong model or naming convention?", s->paths[f], (long long)n,
                            miss ? miss->base : "?", miss ? comp_names[miss->comp] : "?");
         if (m < n)
-            qd_warn(ctx, "%s: %lld of %lld LoRA layers matched a weight; not merged e.g. '%s' (%s)", s->paths[f],
+            qd_warn(ctx, "%s: %lld of %lld LoRA layers matched a weight; not applied e.g. '%s' (%s)", s->paths[f],
                     (long long)m, (long long)n, miss ? miss->base : "?", miss ? comp_names[miss->comp] : "?");
     }
     return QD_OK;

@@ -1,6 +1,7 @@
 /* Opening a diffusers folder: model_index.json names the pipeline class and each
  * component's library and class; each component folder has its own config. */
 #include "pipeline/model.h"
+#include "pipeline/model_lora.h"
 #include "base/ctx.h"
 #include "io/file.h"
 #include "io/json.h"
@@ -53,6 +54,7 @@ static qd_status component(qd_ctx *ctx, const char *index_path, const cJSON *ind
 
 void qd_model_free(qd_model *m) {
     if (!m) return;
+    qd_model_lora_clear(m);   /* the deltas live on the components' weights */
     for (int i = 0; i < 2; i++) {
         qd_clip_tokenizer_free(m->tokenizer[i]);
         qd_clip_text_free(m->text_encoder[i]);

@@ -34,6 +34,7 @@ struct qd_model {
     int vae_scale;                  /* pixels per latent cell */
     int latent_channels;
     int default_size;               /* native image side in pixels */
+    struct qd_model_lora *lora;     /* generation-time LoRAs attached (model_lora.c), or NULL */
 };
 
 /* Whether the family predicts flow velocity (SD3, FLUX) rather than noise. */

@@ -59,4 +59,5 @@ void qd_weight_dense(qd_weight *w, const qd_st_tensor *t, int64_t rows, int64_t 
     w->decode = dense_decode;
     w->quant = 0;
     w->linear = 0;
+    w->lora = 0;
 }

@@ -20,6 +20,9 @@ struct qd_weight {
      * y[M, rows] = x[M, cols] . W^T + bias, returning 1; or returns 0 to let qd_linear
      * run the GEMM over decode(). NULL: always the GEMM. */
     int (*linear)(qd_ctx *ctx, const struct qd_weight *w, const float *x, int64_t M, const float *bias, float *y);
+    /* Generation-time LoRA attached to this weight (tensor/lora_path.h), NULL: none. While
+     * attached, decode() adds its low-rank delta and linear is NULL. */
+    struct qd_lora_delta *lora;
 };
 typedef struct qd_weight qd_weight;
 
