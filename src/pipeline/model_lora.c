@@ -76,7 +76,7 @@ static qd_status attach_all(qd_ctx *ctx, qd_model *m, struct qd_model_lora *L, q
             float *A, *B;
             int64_t rank;
             int k = qd_lora_factors(ctx, set, names[c], p->weights[i].name, shape, 2, &A, &B, &rank);
-            if (k < 0) return qd_fail_prefix(ctx, QD_ERR_FORMAT, "%s", names[c]);
+            if (k < 0) return qd_fail_prefix(ctx, QD_ERR_ARG, "%s", names[c]);   /* a LoRA for another model */
             if (k == 0) continue;
             if (L->n_attached == L->cap_attached) {
                 int64_t cap = L->cap_attached ? 2 * L->cap_attached : 256;
@@ -89,7 +89,9 @@ static qd_status attach_all(qd_ctx *ctx, qd_model *m, struct qd_model_lora *L, q
             L->attached[L->n_attached++] = w;
         }
     }
-    return qd_lora_set_check(ctx, set);   /* 0 matched: error; some unmatched: a warning with counts */
+    /* 0 matched: error (the caller's LoRA does not belong to this model); some unmatched: a warning */
+    if (qd_lora_set_check(ctx, set) != QD_OK) return qd_fail_prefix(ctx, QD_ERR_ARG, "LoRA");
+    return QD_OK;
 }
 
 qd_status qd_model_use_loras(qd_ctx *ctx, qd_model *m, const char *const *paths, const float *scales, int n) {
