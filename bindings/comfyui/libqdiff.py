@@ -281,6 +281,18 @@ def make_params(lib, prompt, negative_prompt=None, width=0, height=0, steps=0, c
     return p
 
 
+def set_loras(p, loras):
+    """Point p's lora fields at (path, scale) pairs; returns the ctypes arrays, which must stay
+    alive while p is used."""
+    loras = list(loras)
+    paths = (ctypes.c_char_p * max(len(loras), 1))(*[os.fsencode(path) for path, _ in loras])
+    scales = (ctypes.c_float * max(len(loras), 1))(*[float(s) for _, s in loras])
+    p.loras = ctypes.cast(paths, ctypes.POINTER(ctypes.c_char_p))
+    p.lora_scales = ctypes.cast(scales, ctypes.POINTER(ctypes.c_float))
+    p.n_loras = len(loras)
+    return paths, scales
+
+
 def resolve(model, p):
     """Fill the 'model default' fields (size, steps, cfg) in place."""
     model.ctx.lib.dll.qd_gen_params_resolve(model.ptr, ctypes.byref(p))
