@@ -366,8 +366,11 @@ size_t qd_gen_params_size(void);
  * * up.down for every pair naming W (i: the pair's position among the pairs applied to W,
  * in file order). kohya (lora_unet_/lora_te1_/lora_te2_/lora_transformer_ + .lora_down/
  * .lora_up/.alpha), diffusers (unet./transformer./text_encoder[_2]. + .lora.down/.lora.up
- * or .lora_A/.lora_B), PEFT (base_model.model.) and BFL/ComfyUI (diffusion_model.) names;
- * linear and conv LoRAs. Details: src/convert/lora.h. */
+ * or .lora_A/.lora_B), PEFT (base_model.model.; alpha and r from the adapter_config.json
+ * beside the file, with rank_pattern/alpha_pattern and use_rslora: alpha/sqrt(r)) and
+ * BFL/ComfyUI (diffusion_model.) names; FLUX fused qkv/linear1 and separate to_q/to_k/to_v
+ * meet by row slices in both directions; linear and conv LoRAs. Details: src/convert/lora.h.
+ * Generation-time LoRAs (without merging): qd_gen_params.loras. */
 typedef struct qd_lora_set qd_lora_set;
 
 /* scales: one per file (NULL: all 1). dampen in (0, 1] (1: none). Errors name the file. */
