@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Generation-time LoRA (qdiff generate --lora) against an independent merge: tests/tools/
 # lora_reference.py makes random LoRAs for sd15-tiny (kohya names with .alpha, linear, 1x1 and
-# 3x3 conv, text encoder; PEFT names with adapter_config.json lora_alpha/r/rank_pattern) and
-# writes the folder a merge gives, W' = W + scale * alpha/r * up @ down, computed in numpy
+# 3x3 conv, text encoder; PEFT names with adapter_config.json lora_alpha/r/rank_pattern; for
+# flux-tiny a kohya LoRA with BFL names, fused qkv/linear1) and writes the folder a merge gives, W' = W + scale * alpha/r * up @ down, computed in numpy
 # (float64, stored float32). `generate --lora` on the base must equal `generate` on that folder
 # within fp32 rounding: final latents rel L2 <= 1e-5 and max abs <= 1e-3 (measured ~2e-6 and
 # ~6e-5), PNG pixels within +-1. Also an SDNQ int8 base (qdiff quantize, unet + text encoder,
@@ -99,6 +99,23 @@ if gen lora_kp "$model" --lora "$tmp/loras/kohya.safetensors:0.7" --lora "$tmp/l
    gen ref_kp "$tmp/ref_kp"; then
   check "two LoRAs (0.7 and -0.5) == numpy-merged folder" lora_kp ref_kp 1e-5 1e-3 1
 else bad "two LoRAs: $(cat "$tmp/lora_kp.err" 2>/dev/null)"; fi
+
+# FLUX: a kohya LoRA with BFL names (fused img/txt qkv, linear1, txt_mlp.0, final adaLN) on the
+# diffusers flux-tiny (bf16), against numpy splitting each fused up over to_q/to_k/to_v/proj_mlp
+flux=$fx/models/flux-tiny
+genf() {
+  local name=$1 m=$2
+  shift 2
+  "$qdiff" generate -m "$m" -p "a cat on a mat" --steps 2 -W 64 -H 64 --seed 3 -q -o "$tmp/$name.png" \
+    --save-latents "$tmp/$name.st" "$@" 2>"$tmp/$name.err"
+}
+if "$py" "$tool" make-flux "$flux" "$tmp/loras" && "$py" "$tool" merge-flux "$flux" "$tmp/ref_f" "$tmp/loras/flux_bfl.safetensors:0.9"; then
+  if genf lora_f "$flux" --lora "$tmp/loras/flux_bfl.safetensors:0.9" && genf ref_f "$tmp/ref_f" && genf base_f "$flux"; then
+    check "FLUX: BFL fused qkv/linear1 LoRA split over diffusers to_q/to_k/to_v/proj_mlp == numpy merge" lora_f ref_f 1e-5 1e-3 1
+    out=$(compare base_f ref_f 0.05 100 -)
+    if [[ $? -ne 0 ]]; then ok "FLUX: the LoRA changes the result ($out)"; else bad "FLUX LoRA has no effect: $out"; fi
+  else bad "FLUX generate: $(cat "$tmp/lora_f.err" "$tmp/ref_f.err" 2>/dev/null)"; fi
+else bad "lora_reference.py make-flux / merge-flux"; fi
 
 # scale 0 and no LoRA: today's latents, bit for bit
 gen zero "$model" --lora "$tmp/loras/kohya.safetensors:0" || bad "scale 0: $(cat "$tmp/zero.err")"

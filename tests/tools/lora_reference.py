@@ -29,6 +29,14 @@ DT = {"F32": np.float32, "F16": np.float16, "I8": np.int8, "F64": np.float64, "I
 DT_NAME = {np.dtype(v): k for k, v in DT.items()}
 
 
+class BF16(np.ndarray):
+    """bfloat16 bits kept as uint16 (numpy has no bfloat16): written back as BF16."""
+
+
+def bf16_to_f32(a):
+    return (np.asarray(a).astype(np.uint32) << 16).view(np.float32)
+
+
 def st_read(path):
     with open(path, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
@@ -38,7 +46,10 @@ def st_read(path):
     out = {}
     for name, h in header.items():
         a, b = h["data_offsets"]
-        out[name] = np.frombuffer(data[a:b], dtype=DT[h["dtype"]]).reshape(h["shape"]).copy()
+        if h["dtype"] == "BF16":
+            out[name] = np.frombuffer(data[a:b], dtype=np.uint16).reshape(h["shape"]).copy().view(BF16)
+        else:
+            out[name] = np.frombuffer(data[a:b], dtype=DT[h["dtype"]]).reshape(h["shape"]).copy()
     return out, meta
 
 
@@ -49,7 +60,8 @@ def st_write(path, tensors, meta=None):
     for name in sorted(tensors):
         a = np.ascontiguousarray(tensors[name])
         b = a.tobytes()
-        header[name] = {"dtype": DT_NAME[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        dt = "BF16" if isinstance(tensors[name], BF16) and a.dtype == np.uint16 else DT_NAME[a.dtype]
+        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
         blobs.append(b)
         off += len(b)
     h = json.dumps(header, separators=(",", ":")).encode()
@@ -63,7 +75,8 @@ def st_write(path, tensors, meta=None):
     os.replace(tmp, path)
 
 
-WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors"}
+WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors",
+           "transformer": "diffusion_pytorch_model.safetensors"}
 
 # the layers the test LoRAs touch (every kind: linear, cross-attention, 1x1 and 3x3 conv)
 UNET_KOHYA = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
@@ -82,6 +95,83 @@ UNET_PEFT = ["down_blocks.0.attentions.1.transformer_blocks.0.attn1.to_v",
 
 def model_weights(model, comp):
     return st_read(os.path.join(model, comp, WEIGHTS[comp]))[0]
+
+
+# FLUX: kohya LoRAs use BFL names; the diffusers folder has the layers separately. Each BFL
+# layer -> (diffusers module, rows of the fused up it takes), rows given as (part, of parts)
+# with D the hidden size: qkv = 3 x D, linear1 = 3 x D + mlp; the final adaLN is (shift, scale)
+# in BFL and (scale, shift) in diffusers.
+def bfl_targets(bfl, up_rows, d):
+    m = re.fullmatch(r"double_blocks_(\d+)_(img|txt)_attn_qkv", bfl)
+    if m:
+        b, side = m.groups()
+        names = ["to_q", "to_k", "to_v"] if side == "img" else ["add_q_proj", "add_k_proj", "add_v_proj"]
+        return [("transformer_blocks.%s.attn.%s" % (b, n), slice(i * d, (i + 1) * d)) for i, n in enumerate(names)]
+    m = re.fullmatch(r"single_blocks_(\d+)_linear1", bfl)
+    if m:
+        b = m.group(1)
+        return [("single_transformer_blocks.%s.attn.to_q" % b, slice(0, d)),
+                ("single_transformer_blocks.%s.attn.to_k" % b, slice(d, 2 * d)),
+                ("single_transformer_blocks.%s.attn.to_v" % b, slice(2 * d, 3 * d)),
+                ("single_transformer_blocks.%s.proj_mlp" % b, slice(3 * d, up_rows))]
+    m = re.fullmatch(r"double_blocks_(\d+)_txt_mlp_0", bfl)
+    if m:
+        return [("transformer_blocks.%s.ff_context.net.0.proj" % m.group(1), slice(0, up_rows))]
+    if bfl == "final_layer_adaLN_modulation_1":   # rows reordered: diffusers = [scale; shift]
+        return [("norm_out.linear", np.r_[up_rows // 2:up_rows, 0:up_rows // 2])]
+    raise SystemExit("lora_reference.py: no mapping for %s" % bfl)
+
+
+FLUX_BFL = ["double_blocks_0_img_attn_qkv", "double_blocks_1_txt_attn_qkv", "single_blocks_0_linear1",
+            "double_blocks_0_txt_mlp_0", "final_layer_adaLN_modulation_1"]
+
+
+def make_flux(model, outdir):
+    """OUTDIR/flux_bfl.safetensors: a kohya FLUX LoRA with BFL names (fused qkv, linear1)."""
+    rng = np.random.default_rng(99)
+    os.makedirs(outdir, exist_ok=True)
+    tr = model_weights(model, "transformer")
+    d = tr["transformer_blocks.0.attn.to_q.weight"].shape[0]
+    mlp = tr["single_transformer_blocks.0.proj_mlp.weight"].shape[0]
+    rows = {"double_blocks_0_img_attn_qkv": 3 * d, "double_blocks_1_txt_attn_qkv": 3 * d,
+            "single_blocks_0_linear1": 3 * d + mlp, "double_blocks_0_txt_mlp_0": mlp,
+            "final_layer_adaLN_modulation_1": 2 * d}
+    t = {}
+    for i, n in enumerate(FLUX_BFL):
+        r = 3 + i % 2
+        down, up = make_pair(rng, [rows[n], d], r)
+        key = "lora_unet_" + n
+        t[key + ".lora_down.weight"] = down.astype(np.float16)
+        t[key + ".lora_up.weight"] = up.astype(np.float16)
+        t[key + ".alpha"] = np.array(float(r + 1), dtype=np.float32)
+    st_write(os.path.join(outdir, "flux_bfl.safetensors"), t)
+
+
+def merge_flux(model, out, spec):
+    path, _, s = spec.rpartition(":")
+    scale = float(s)
+    t, _ = st_read(path)
+    os.makedirs(out)
+    for entry in os.listdir(model):
+        if entry != "transformer":
+            os.symlink(os.path.abspath(os.path.join(model, entry)), os.path.join(out, entry))
+    os.makedirs(os.path.join(out, "transformer"))
+    os.symlink(os.path.abspath(os.path.join(model, "transformer", "config.json")),
+               os.path.join(out, "transformer", "config.json"))
+    tensors, meta = st_read(os.path.join(model, "transformer", WEIGHTS["transformer"]))
+    d = tensors["transformer_blocks.0.attn.to_q.weight"].shape[0]
+    for key in t:
+        if not key.endswith(".lora_down.weight"):
+            continue
+        base = key[: -len(".lora_down.weight")]
+        down, up = t[key].astype(np.float64), t[base + ".lora_up.weight"].astype(np.float64)
+        factor = scale * float(t[base + ".alpha"]) / down.shape[0]
+        for module, rows in bfl_targets(base[len("lora_unet_"):], up.shape[0], d):
+            name = module + ".weight"
+            w = tensors[name]
+            w64 = (bf16_to_f32(w) if isinstance(w, BF16) else w.astype(np.float32)).astype(np.float64)
+            tensors[name] = np.asarray(w64 + factor * (up[rows] @ down), dtype=np.float32)
+    st_write(os.path.join(out, "transformer", WEIGHTS["transformer"]), tensors, meta)
 
 
 def make_pair(rng, shape, r):
@@ -184,6 +274,8 @@ def merge(model, out, specs):
             alld.setdefault(k, []).extend(v)
     used = set()
     for comp, fname in WEIGHTS.items():
+        if comp == "transformer":   # merge-flux
+            continue
         cdir = os.path.join(out, comp)
         os.makedirs(cdir)
         for entry in os.listdir(os.path.join(model, comp)):
@@ -215,6 +307,10 @@ def merge(model, out, specs):
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 4 and sys.argv[1] == "make-flux":
+        make_flux(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 5 and sys.argv[1] == "merge-flux":
+        merge_flux(sys.argv[2], sys.argv[3], sys.argv[4])
     elif len(sys.argv) >= 5 and sys.argv[1] == "merge":
         merge(sys.argv[2], sys.argv[3], sys.argv[4:])
     else:
