@@ -1,7 +1,7 @@
 /* Generation-time LoRA. (1) tensor/lora_path.c: a dense weight with a delta attached
  * decodes, for any rectangle, to W + B.A computed here in double (rel L2 <= 1e-6), and
- * qd_linear / qd_conv2d through it equal the same ops on a dense copy of W + B.A (rel L2
- * <= 1e-5); detaching restores decode() bit for bit. (2) qd_generate's lora fields on
+ * qd_linear (few tokens: the side path; many: the decode path) / qd_conv2d through it equal
+ * the same ops on a dense copy of W + B.A (rel L2 <= 1e-5); detaching restores decode() bit for bit. (2) qd_generate's lora fields on
  * sd15-tiny, one loaded model: the same LoRA twice gives the same latents bit for bit, no
  * LoRA after a LoRA gives the base latents bit for bit, another scale differs, and going
  * back gives the first result again (the swap leaves nothing behind); a LoRA matching no
@@ -66,12 +66,16 @@ static void test_delta(qd_ctx *ctx) {
         free(ref);
     }
     /* linear and conv (Cout=ROWS, Cin*kh*kw = COLS? use a 1x1 conv over COLS channels) */
-    static float x[M * COLS], y[M * ROWS], yr[M * ROWS], bias[ROWS];
-    for (int i = 0; i < M * COLS; i++) x[i] = frand();
+    enum { MBIG = 4 * M };   /* M (rows + cols) >= rows cols: the GEMM over the delta-adding decode */
+    static float x[MBIG * COLS], y[MBIG * ROWS], yr[MBIG * ROWS], bias[ROWS];
+    for (int i = 0; i < MBIG * COLS; i++) x[i] = frand();
     for (int i = 0; i < ROWS; i++) bias[i] = frand();
     qd_linear(ctx, x, M, &wt, bias, y);
     qd_linear(ctx, x, M, &wm, bias, yr);
-    check_close("qd_linear through the delta = on the merged weight", y, yr, M * ROWS, 1e-5, 1e-4);
+    check_close("qd_linear, few tokens (side path x.A^T.B^T) = on the merged weight", y, yr, M * ROWS, 1e-5, 1e-4);
+    qd_linear(ctx, x, MBIG, &wt, bias, y);
+    qd_linear(ctx, x, MBIG, &wm, bias, yr);
+    check_close("qd_linear, many tokens (delta in decode) = on the merged weight", y, yr, MBIG * ROWS, 1e-5, 1e-4);
     /* x as [1, COLS, 1, M] (a 1x1 conv over M positions) */
     qd_conv2d(ctx, x, 1, COLS, 1, M, &wt, bias, 1, 1, 1, 0, y);
     qd_conv2d(ctx, x, 1, COLS, 1, M, &wm, bias, 1, 1, 1, 0, yr);

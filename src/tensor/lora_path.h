@@ -2,10 +2,12 @@
  * delta B.A (A [rank, cols], B [rows, rank], the LoRA factor folded into B) is added to
  * every tile decode() produces, so every user of the weight (qd_linear, convolutions,
  * the models' fused GEMMs) computes with W + B.A, for dense, SDNQ and comfy_quant
- * weights alike. The cost is rows*cols*rank per decode of the whole weight (once per
- * GEMM call), less than a side path x.A^T.B^T whenever the GEMM has more than about
- * rows*cols/(rows+cols) tokens. A format's own linear (SDNQ int8 matmul) is switched off
- * while a delta is attached: such a layer runs the exact (dequantizing) GEMM. */
+ * weights alike. That costs rows*cols*rank per decode of the whole weight (about once
+ * per GEMM call), independent of the tokens. Through qd_linear (the weight's linear
+ * hook), a call with few tokens (M (rows + cols) < rows cols) takes the side path
+ * y = x W^T + (x A^T) B^T instead, which costs M*rank*(rows+cols); and a format with its
+ * own linear (SDNQ int8 matmul) keeps it, plus the side path. The models' fused GEMMs
+ * that bypass qd_linear use the exact (decoding) GEMM for a layer with a delta. */
 #ifndef QD_TENSOR_LORA_PATH_H
 #define QD_TENSOR_LORA_PATH_H
 
@@ -20,7 +22,7 @@ typedef struct qd_lora_delta {
     int (*base_linear)(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t M, const float *bias, float *y);
 } qd_lora_delta;
 
-/* Attach B.A to w, taking ownership of A and B (malloc'd; freed on detach, or here on
+/* Attach B.A to w (its decode and linear are wrapped), taking ownership of A and B (malloc'd; freed on detach, or here on
  * failure). A weight already carrying a delta is an error (detach first). */
 qd_status qd_lora_delta_attach(qd_ctx *ctx, qd_weight *w, float *A, float *B, int64_t rank);
 /* Restore w as it was loaded and free its delta; nothing when none is attached. */
