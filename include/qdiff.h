@@ -144,8 +144,9 @@ typedef struct {
      * Naming conventions and alpha as for qd_lora_set_open (kohya, diffusers, PEFT with
      * its adapter_config.json, BFL; FLUX fused qkv/linear1 split over to_q/to_k/to_v).
      * A file none of whose layers matches a weight is an error; partly matching ones are
-     * warned about with counts. Layers a LoRA touches run the exact (dequantizing) GEMM
-     * even in int8 matmul mode. */
+     * warned about with counts. In int8 matmul mode an SDNQ layer a LoRA touches keeps
+     * int8 where it runs as a plain linear (the LoRA added as a low-rank side path) and
+     * runs the exact GEMM inside the UNet's fused projections. */
     const char *const *loras;
     const float *lora_scales;
     int n_loras;
