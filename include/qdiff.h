@@ -146,6 +146,20 @@ typedef struct {
      * fraction of a step (TAESD at 512x512 13-16% of an SD1.5 step, at 256x256 3-4%).
      * Default 256; 0: full size. */
     int preview_max_size;
+    /* LoRAs for this call (n_loras files, lora_scales[i] each; NULL scales: 1). They are
+     * added as W + scale * alpha/rank * up.down to the denoiser's and text encoders'
+     * weights (dense, SDNQ or comfy_quant) without changing the loaded weights: the model
+     * keeps the last list attached, so calls with the same list cost nothing more, another
+     * list swaps them, and n_loras = 0 runs the model as loaded. Scale 0 skips a file.
+     * Naming conventions and alpha as for qd_lora_set_open (kohya, diffusers, PEFT with
+     * its adapter_config.json, BFL; FLUX fused qkv/linear1 split over to_q/to_k/to_v).
+     * A file none of whose layers matches a weight is an error; partly matching ones are
+     * warned about with counts. In int8 matmul mode an SDNQ layer a LoRA touches keeps
+     * int8 where it runs as a plain linear (the LoRA added as a low-rank side path) and
+     * runs the exact GEMM inside the UNet's fused projections. */
+    const char *const *loras;
+    const float *lora_scales;
+    int n_loras;
 } qd_gen_params;
 
 enum { QD_NOISE_COMFYUI = 0, QD_NOISE_DIFFUSERS = 1 };
@@ -388,8 +402,11 @@ size_t qd_gen_params_size(void);
  * * up.down for every pair naming W (i: the pair's position among the pairs applied to W,
  * in file order). kohya (lora_unet_/lora_te1_/lora_te2_/lora_transformer_ + .lora_down/
  * .lora_up/.alpha), diffusers (unet./transformer./text_encoder[_2]. + .lora.down/.lora.up
- * or .lora_A/.lora_B), PEFT (base_model.model.) and BFL/ComfyUI (diffusion_model.) names;
- * linear and conv LoRAs. Details: src/convert/lora.h. */
+ * or .lora_A/.lora_B), PEFT (base_model.model.; alpha and r from the adapter_config.json
+ * beside the file, with rank_pattern/alpha_pattern and use_rslora: alpha/sqrt(r)) and
+ * BFL/ComfyUI (diffusion_model.) names; FLUX fused qkv/linear1 and separate to_q/to_k/to_v
+ * meet by row slices in both directions; linear and conv LoRAs. Details: src/convert/lora.h.
+ * Generation-time LoRAs (without merging): qd_gen_params.loras. */
 typedef struct qd_lora_set qd_lora_set;
 
 /* scales: one per file (NULL: all 1). dampen in (0, 1] (1: none). Errors name the file. */
@@ -406,9 +423,10 @@ int qd_lora_apply(qd_ctx *ctx, qd_lora_set *set, const char *component, const ch
  * `weights` (a .safetensors file, a shard index or a diffusers component folder; component
  * as for qd_lora_apply), so qd_lora_set_check can refuse a LoRA before anything is written. */
 qd_status qd_lora_set_plan(qd_ctx *ctx, qd_lora_set *set, const char *weights, const char *component);
-/* The same for one float weight named `tensor_name` of `component` (e.g. from a
+/* The same for one float weight named `tensor_name` of `component` with its shape (e.g. from a
  * qd_quant_params plan hook, which sees a single-file checkpoint's converted names). */
-void qd_lora_set_plan_tensor(qd_lora_set *set, const char *component, const char *tensor_name);
+void qd_lora_set_plan_tensor(qd_lora_set *set, const char *component, const char *tensor_name, const int64_t *shape,
+                             int ndim);
 /* Pairs applied at least once so far, and pairs in all files. */
 void qd_lora_set_report(const qd_lora_set *set, int64_t *matched, int64_t *total);
 /* An error when some file has no pair that was applied or planned ("0 of its N LoRA layers

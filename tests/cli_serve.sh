@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # qdiff serve driven with curl on a free loopback port: every endpoint's happy path
 # (images decoded and compared pixel for pixel with `qdiff generate` for the same
-# parameters), each error with its status and message, a queue of concurrent requests,
+# parameters), LoRAs per request (<lora:NAME:WEIGHT> = generate --lora), each error with its status and message, a queue of concurrent requests,
 # interrupting a long job and a queued one, progress with live previews, lazy model
 # loading (503 while loading), and a clean shutdown on SIGTERM/SIGINT (under ASan: no
 # leak report, exit 0).
@@ -112,12 +112,19 @@ if [[ $? -eq 2 ]] && grep -q "failed to load" "$tmp/err"; then ok "serve -m brok
 else bad "serve -m broken: $(cat "$tmp/err")"; fi
 
 # ---- the server under test ----
+# LoRAs for <lora:NAME:WEIGHT> (tests/tools/lora_reference.py: kohya, a PEFT folder, one matching nothing)
+py=${QD_PYTHON:-/usr/bin/python3}
+if "$py" "$here/tools/lora_reference.py" make "$fx/models/sd15-tiny" "$tmp/lora-src" 2>"$tmp/err"; then
+  mkdir -p "$tmp/loras"
+  cp "$tmp/lora-src/kohya.safetensors" "$tmp/lora-src/nomatch.safetensors" "$tmp/loras/"
+  cp -r "$tmp/lora-src/peft" "$tmp/loras/peftlora"
+else bad "making test LoRAs (needs python3-numpy): $(cat "$tmp/err")"; mkdir -p "$tmp/loras"; fi
 mkdir -p "$tmp/models"
 ln -s "$fx/models/shapes-sd" "$tmp/models/shapes-sd"
 ln -s "$tmp/broken" "$tmp/models/broken"
 log="$tmp/serve.log"
 if ! start_server "$log" -m "$fx/models/sd15-tiny" --models "$tmp/models" -t 2 --preview-vae "$fx/models/sd15-tiny/vae" \
-     --max-steps 1000 --max-batch 8 --max-size 256 --max-body 65536; then
+     --max-steps 1000 --max-batch 8 --max-size 256 --max-body 65536 --lora-dir "$tmp/loras"; then
   bad "server did not start: $(cat "$log")"
   echo "$pass passed, $fail failed"
   exit 1
@@ -207,6 +214,33 @@ if [[ $code == 200 && $(jget "$tmp/r.json" parameters.seed) == -1 && $seed =~ ^[
   cli sd15-tiny "$tmp/cli-e.png" -p "$P" --steps 3 --seed "$seed" -W 64 -H 64
   same_png "txt2img seed -1 drew seed $seed" "$tmp/e-0.png" "$tmp/cli-e.png"
 else bad "txt2img seed -1: $code $(head -c 300 "$tmp/r.json")"; fi
+
+# ---- LoRAs per request: <lora:NAME:WEIGHT> in the prompt (A1111), files in --lora-dir ----
+req GET /sdapi/v1/loras
+[[ $code == 200 && $(python3 -c 'import json,sys; print(" ".join(l["name"] for l in json.load(open(sys.argv[1]))))' "$tmp/r.json") \
+   == "kohya nomatch peftlora" ]] && ok "GET /sdapi/v1/loras: kohya nomatch peftlora" || bad "loras: $code $(cat "$tmp/r.json")"
+req POST /sdapi/v1/txt2img -d "{\"prompt\":\"$P<lora:kohya:0.8>\",\"negative_prompt\":\"blurry\",\"steps\":6,\"cfg_scale\":5,\"seed\":42,\"width\":64,\"height\":64}"
+if [[ $code == 200 ]] && python3 "$chk" images "$tmp/r.json" "$tmp/la" >/dev/null; then
+  cli sd15-tiny "$tmp/cli-la.png" -p "$P" -n blurry --steps 6 --cfg 5 --seed 42 -W 64 -H 64 --lora "$tmp/loras/kohya.safetensors:0.8"
+  same_png "txt2img with <lora:kohya:0.8> = generate --lora kohya.safetensors:0.8" "$tmp/la-0.png" "$tmp/cli-la.png"
+  python3 "$chk" same "$tmp/la-0.png" "$tmp/cli-a.png" >/dev/null && bad "the <lora> tag changed nothing" || ok "the LoRA changes the image"
+else bad "txt2img <lora:kohya:0.8>: $code $(head -c 300 "$tmp/r.json")"; fi
+req POST /sdapi/v1/txt2img -d "{\"prompt\":\"$P\",\"negative_prompt\":\"blurry\",\"steps\":6,\"cfg_scale\":5,\"seed\":42,\"width\":64,\"height\":64}"
+if [[ $code == 200 ]] && python3 "$chk" images "$tmp/r.json" "$tmp/la2" >/dev/null; then
+  same_png "the next request without a tag runs the model as loaded" "$tmp/la2-0.png" "$tmp/cli-a.png"
+else bad "txt2img after a LoRA: $code $(head -c 300 "$tmp/r.json")"; fi
+req POST /sdapi/v1/txt2img -d "{\"prompt\":\"<lora:peftlora:1.2><lora:kohya>$P\",\"steps\":4,\"seed\":5,\"width\":64,\"height\":64}"
+if [[ $code == 200 ]] && python3 "$chk" images "$tmp/r.json" "$tmp/lb" >/dev/null; then
+  cli sd15-tiny "$tmp/cli-lb.png" -p "$P" --steps 4 --seed 5 -W 64 -H 64 --lora "$tmp/loras/peftlora/adapter_model.safetensors:1.2" \
+    --lora "$tmp/loras/kohya.safetensors"
+  python3 "$chk" same "$tmp/lb-0.png" "$tmp/cli-lb.png" >/dev/null && ok "two tags (a PEFT folder at 1.2, kohya at the default 1) = generate with both" ||
+    bad "two LoRA tags: pixels differ from generate"
+else bad "txt2img two LoRAs: $code $(head -c 300 "$tmp/r.json")"; fi
+expect_error "unknown LoRA name" 400 prompt "no LoRA 'nope'" POST /sdapi/v1/txt2img -d '{"prompt":"x <lora:nope:1>","steps":2}'
+expect_error "LoRA name leaving --lora-dir" 400 prompt "not a LoRA name" POST /sdapi/v1/txt2img -d '{"prompt":"x <lora:../loras/kohya:1>","steps":2}'
+expect_error "separate text-encoder weight" 400 prompt "one number" POST /sdapi/v1/txt2img -d '{"prompt":"x <lora:kohya:0.5:0.3>","steps":2}'
+expect_error "LoRA matching no layer of the model" 400 "" "0 of its 1 LoRA layers matched" POST /sdapi/v1/txt2img \
+  -d '{"prompt":"x <lora:nomatch>","steps":2,"width":64,"height":64}'
 
 # ---- OpenAI ----
 req POST /v1/images/generations -d "{\"prompt\":\"$P\",\"n\":2,\"size\":\"64x64\",\"response_format\":\"b64_json\",\"seed\":5,\"steps\":4}"

@@ -3,7 +3,9 @@
  * W + scale * dampen^i * alpha/rank * B.A computed by a plain double loop (rel L2 <= 1e-6,
  * max abs <= 1e-5 of max |W'|). Then dampening across two files, the matched/total
  * report, and errors: a LoRA matching no weight (says 0 of N), shape mismatch, LoHa,
- * a missing up half, a missing file. */
+ * a missing up half, a missing file. PEFT adapter_config.json (alpha/r, rank_pattern,
+ * alpha_pattern, rsLoRA) against factors written out by hand, and FLUX q/k/v <-> fused
+ * qkv/linear1 in both directions against row-sliced deltas computed here. */
 #include "testutil.h"
 #include "convert/lora.h"
 #include "io/safetensors.h"
@@ -14,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
@@ -105,7 +108,7 @@ static void test_conventions(qd_ctx *ctx) {
     add_pair(&f, "unet.mid_block.attentions.0.proj_out", ".lora.down.weight", ".lora.up.weight", &dold, 0);
     add_pair(&f, "transformer.transformer_blocks.0.attn.to_q", ".lora_A.weight", ".lora_B.weight", &dnew, 0);
     add_pair(&f, "base_model.model.up_blocks.1.attentions.0.proj_in", ".lora_A.weight", ".lora_B.weight", &peft, 0);
-    add_pair(&f, "diffusion_model.double_blocks.0.img_attn.qkv", ".lora_A.weight", ".lora_B.weight", &bfl, 0);
+    add_pair(&f, "diffusion_model.double_blocks.1.img_attn.qkv", ".lora_A.weight", ".lora_B.weight", &bfl, 0);
     add_pair(&f, "lora_unet_down_blocks_0_resnets_0_conv1", ".lora_down.weight", ".lora_up.weight", &conv3, 1.0f);
     add_pair(&f, "lora_unet_up_blocks_0_attentions_0_proj_out", ".lora_down.weight", ".lora_up.weight", &conv1, 6.0f);
     add_pair(&f, "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_2", ".lora_down.weight", ".lora_up.weight",
@@ -135,9 +138,9 @@ static void test_conventions(qd_ctx *ctx) {
     ONE("diffusers unet. lora.down/up (alpha = rank)", "unet", "mid_block.attentions.0.proj_out.weight", dold, 3.0, 1, 1);
     ONE("diffusers transformer. lora_A/B", "transformer", "transformer_blocks.0.attn.to_q.weight", dnew, 4.0, 1, 1);
     ONE("PEFT base_model.model.", "unet", "up_blocks.1.attentions.0.proj_in.weight", peft, 2.0, 1, 1);
-    ONE("BFL diffusion_model. on a single-file name", NULL, "model.diffusion_model.double_blocks.0.img_attn.qkv.weight",
+    ONE("BFL diffusion_model. on a single-file name", NULL, "model.diffusion_model.double_blocks.1.img_attn.qkv.weight",
         bfl, 2.0, 1, 1);
-    ONE("BFL diffusion_model. on a bare name", NULL, "double_blocks.0.img_attn.qkv.weight", bfl, 2.0, 1, 1);
+    ONE("BFL diffusion_model. on a bare name", NULL, "double_blocks.1.img_attn.qkv.weight", bfl, 2.0, 1, 1);
     ONE("conv 3x3 LoRA", "unet", "down_blocks.0.resnets.0.conv1.weight", conv3, 1.0, 3, 3);
     ONE("conv 1x1 weight, linear-shaped LoRA", "unet", "up_blocks.0.attentions.0.proj_out.weight", conv1, 6.0, 1, 1);
     ONE("alpha from header metadata", "unet", "mid_block.attentions.0.transformer_blocks.0.ff.net.2.weight", meta, 1.5, 1, 1);
@@ -149,8 +152,9 @@ static void test_conventions(qd_ctx *ctx) {
     int64_t sh[2] = {2, 2};
     check(qd_lora_apply(ctx, set, "unet", "down_blocks.9.proj.weight", w0, sh, 2) == 0 && w0[0] == 1 && w0[3] == 4,
           "an unnamed weight is left alone");
-    check(qd_lora_touches(set, "text_encoder", "down_blocks.0.attentions.0.proj_in.weight") == 0 &&
-              qd_lora_touches(set, "unet", "down_blocks.0.attentions.0.proj_in.weight") == 1,
+    int64_t tsh[2] = {16, 12};
+    check(qd_lora_touches(set, "text_encoder", "down_blocks.0.attentions.0.proj_in.weight", tsh, 2) == 0 &&
+              qd_lora_touches(set, "unet", "down_blocks.0.attentions.0.proj_in.weight", tsh, 2) == 1,
           "component tags are honoured");
     int64_t matched = 0, total = 0;
     qd_lora_set_report(set, &matched, &total);
@@ -258,11 +262,192 @@ static void test_errors(qd_ctx *ctx) {
     free_pair(&a);
 }
 
+/* ref[(dst0 + o) * cols + j] += f * sum_k up[up0 + o, k] * down[k, j] for o < n, in double */
+static void ref_add_rows(double *ref, const pair *p, double f, int64_t dst0, int64_t up0, int64_t n) {
+    int64_t cols = p->in * p->kh * p->kw;
+    for (int64_t o = 0; o < n; o++)
+        for (int64_t j = 0; j < cols; j++) {
+            double acc = 0;
+            for (int64_t k = 0; k < p->r; k++) acc += (double)p->upf[(up0 + o) * p->r + k] * p->downf[k * cols + j];
+            ref[(dst0 + o) * cols + j] += f * acc;
+        }
+}
+
+typedef struct { const pair *p; double f; int64_t dst0, up0, n; } slice;
+
+/* Merge into a random [rows, cols] weight and compare with W + the slices' deltas. */
+static void expect_slices(qd_ctx *ctx, qd_lora_set *set, const char *what, const char *component, const char *name,
+                          int64_t rows, int64_t cols, const slice *sl, int ns, int want_pairs) {
+    int64_t n = rows * cols, shape[2] = {rows, cols};
+    float *w = malloc(4 * (size_t)n), *rf = malloc(4 * (size_t)n);
+    double *ref = malloc(8 * (size_t)n);
+    for (int64_t i = 0; i < n; i++) { w[i] = frand(); ref[i] = w[i]; }
+    for (int i = 0; i < ns; i++) ref_add_rows(ref, sl[i].p, sl[i].f, sl[i].dst0, sl[i].up0, sl[i].n);
+    int k = qd_lora_apply(ctx, set, component, name, w, shape, 2);
+    check(k == want_pairs, "%s: %d pair(s) applied (want %d)%s%s", what, k, want_pairs, k < 0 ? ": " : "",
+          k < 0 ? qd_last_error(ctx) : "");
+    for (int64_t i = 0; i < n; i++) rf[i] = (float)ref[i];
+    check_close(what, w, rf, (size_t)n, 1e-6, 1e-5);
+    free(w); free(ref); free(rf);
+}
+
+/* PEFT: alpha and r from adapter_config.json beside the file (rank_pattern, alpha_pattern,
+ * use_rslora); the expected factors are written out from PEFT's rule alpha/r (alpha/sqrt(r)). */
+static void test_peft_config(qd_ctx *ctx) {
+    pair a = make_pair(8, 6, 4, 1, 1), b = make_pair(6, 5, 2, 1, 1), c = make_pair(7, 4, 4, 1, 1);
+    lora_file f;
+    memset(&f, 0, sizeof f);
+    add_pair(&f, "base_model.model.down_blocks.0.attentions.0.proj_in", ".lora_A.weight", ".lora_B.weight", &a, 0);
+    add_pair(&f, "base_model.model.mid_block.attentions.0.proj_out", ".lora_A.weight", ".lora_B.weight", &b, 0);
+    add_pair(&f, "base_model.model.up_blocks.0.attentions.1.transformer_blocks.0.attn1.to_k", ".lora_A.weight",
+             ".lora_B.weight", &c, 0);
+    static const char *const cfgs[] = {
+        "{\"r\": 4, \"lora_alpha\": 8, \"rank_pattern\": {\"proj_out\": 2},"
+        " \"alpha_pattern\": {\"up_blocks\\\\.0\\\\..*to_k\": 3}, \"use_rslora\": false, \"peft_type\": \"LORA\"}",
+        "{\"r\": 4, \"lora_alpha\": 8, \"rank_pattern\": {\"proj_out\": 2},"
+        " \"alpha_pattern\": {\"up_blocks\\\\.0\\\\..*to_k\": 3}, \"use_rslora\": true}",
+    };
+    /* alpha/r: proj_in 8/4, proj_out 8/2 (rank_pattern), to_k 3/4 (alpha_pattern); rsLoRA: alpha/sqrt(r) */
+    const double want[2][3] = {{8.0 / 4, 8.0 / 2, 3.0 / 4}, {8.0 / 2, 8.0 / sqrt(2.0), 3.0 / 2}};
+    for (int v = 0; v < 2; v++) {
+        char dir[64];
+        snprintf(dir, sizeof dir, "peft%d", v);
+        char dpath[4096], fpath[4096], cpath[4096];
+        snprintf(dpath, sizeof dpath, "%s", scratch_path(dir));
+        mkdir(dpath, 0755);
+        snprintf(fpath, sizeof fpath, "%s/adapter_model.safetensors", dpath);
+        snprintf(cpath, sizeof cpath, "%s/adapter_config.json", dpath);
+        write_lora(fpath, &f, NULL);
+        write_text_file(cpath, cfgs[v]);
+        const char *paths[1] = {fpath};
+        float scales[1] = {0.5f};
+        qd_lora_set *set = NULL;
+        if (qd_lora_set_open(ctx, paths, scales, 1, 1.0f, &set) != QD_OK) { check(0, "open PEFT: %s", qd_last_error(ctx)); continue; }
+        const pair *pp[1];
+        double fa[1];
+        pp[0] = &a; fa[0] = 0.5 * want[v][0];
+        expect_merge(ctx, set, v ? "PEFT rsLoRA: alpha/sqrt(r)" : "PEFT adapter_config: lora_alpha/r", "unet",
+                     "down_blocks.0.attentions.0.proj_in.weight", 8, 6, 1, 1, pp, fa, 1);
+        pp[0] = &b; fa[0] = 0.5 * want[v][1];
+        expect_merge(ctx, set, v ? "PEFT rsLoRA with rank_pattern" : "PEFT rank_pattern (suffix match)", "unet",
+                     "mid_block.attentions.0.proj_out.weight", 6, 5, 1, 1, pp, fa, 1);
+        pp[0] = &c; fa[0] = 0.5 * want[v][2];
+        expect_merge(ctx, set, v ? "PEFT rsLoRA with alpha_pattern" : "PEFT alpha_pattern (regex)", "unet",
+                     "up_blocks.0.attentions.1.transformer_blocks.0.attn1.to_k.weight", 7, 4, 1, 1, pp, fa, 1);
+        qd_lora_set_free(set);
+        if (v == 1) {
+            /* a config whose r disagrees with the tensors is refused, naming both */
+            write_text_file(cpath, "{\"r\": 8, \"lora_alpha\": 8}");
+            check(qd_lora_set_open(ctx, paths, scales, 1, 1.0f, &set) != QD_OK && strstr(qd_last_error(ctx), "r = 8") &&
+                      strstr(qd_last_error(ctx), "rank 4") && strstr(qd_last_error(ctx), fpath),
+                  "adapter_config.json r != tensor rank: %s", qd_last_error(ctx));
+            write_text_file(cpath, "{\"r\": 4}");
+            check(qd_lora_set_open(ctx, paths, scales, 1, 1.0f, &set) != QD_OK && strstr(qd_last_error(ctx), "lora_alpha") &&
+                      strstr(qd_last_error(ctx), "adapter_config.json"),
+                  "adapter_config.json without lora_alpha: %s", qd_last_error(ctx));
+        }
+    }
+    free_pair(&a); free_pair(&b); free_pair(&c);
+}
+
+/* FLUX q/k/v <-> fused: a diffusers LoRA into a BFL checkpoint's fused qkv / linear1 rows,
+ * and a BFL (kohya) LoRA's fused up split over diffusers' separate to_q/to_k/to_v/proj_mlp. */
+static void test_fused(qd_ctx *ctx) {
+    const int64_t D = 6, MLP = 10;
+    pair q = make_pair(D, D, 2, 1, 1), k = make_pair(D, D, 3, 1, 1), v = make_pair(D, D, 2, 1, 1),
+         ak = make_pair(D, D, 2, 1, 1), o = make_pair(D, D, 2, 1, 1), sq = make_pair(D, D, 2, 1, 1),
+         sv = make_pair(D, D, 3, 1, 1), smlp = make_pair(MLP, D, 2, 1, 1);
+    lora_file f;
+    memset(&f, 0, sizeof f);
+    add_pair(&f, "transformer.transformer_blocks.0.attn.to_q", ".lora_A.weight", ".lora_B.weight", &q, 0);
+    add_pair(&f, "transformer.transformer_blocks.0.attn.to_k", ".lora_A.weight", ".lora_B.weight", &k, 0);
+    add_pair(&f, "transformer.transformer_blocks.0.attn.to_v", ".lora_A.weight", ".lora_B.weight", &v, 0);
+    add_pair(&f, "transformer.transformer_blocks.0.attn.add_k_proj", ".lora_A.weight", ".lora_B.weight", &ak, 0);
+    add_pair(&f, "transformer.transformer_blocks.0.attn.to_out.0", ".lora_A.weight", ".lora_B.weight", &o, 0);
+    add_pair(&f, "transformer.single_transformer_blocks.0.attn.to_q", ".lora_A.weight", ".lora_B.weight", &sq, 0);
+    add_pair(&f, "transformer.single_transformer_blocks.0.attn.to_v", ".lora_A.weight", ".lora_B.weight", &sv, 0);
+    add_pair(&f, "transformer.single_transformer_blocks.0.proj_mlp", ".lora_A.weight", ".lora_B.weight", &smlp, 0);
+    const char *dpath = scratch_path("diffusers_flux.safetensors");
+    write_lora(dpath, &f, NULL);
+    const char *paths[1] = {dpath};
+    float scales[1] = {0.9f};
+    qd_lora_set *set = NULL;
+    if (qd_lora_set_open(ctx, paths, scales, 1, 1.0f, &set) == QD_OK) {
+        /* alpha = rank here, so each factor is the scale */
+        slice s1[] = {{&q, 0.9, 0, 0, D}, {&k, 0.9, D, 0, D}, {&v, 0.9, 2 * D, 0, D}};
+        expect_slices(ctx, set, "diffusers to_q/to_k/to_v into BFL img_attn.qkv rows", NULL,
+                      "model.diffusion_model.double_blocks.0.img_attn.qkv.weight", 3 * D, D, s1, 3, 3);
+        slice s2[] = {{&ak, 0.9, D, 0, D}};
+        expect_slices(ctx, set, "diffusers add_k_proj into BFL txt_attn.qkv rows D..2D", NULL,
+                      "double_blocks.0.txt_attn.qkv.weight", 3 * D, D, s2, 1, 1);
+        slice s3[] = {{&o, 0.9, 0, 0, D}};
+        expect_slices(ctx, set, "diffusers to_out.0 onto BFL img_attn.proj", NULL,
+                      "model.diffusion_model.double_blocks.0.img_attn.proj.weight", D, D, s3, 1, 1);
+        slice s4[] = {{&sq, 0.9, 0, 0, D}, {&sv, 0.9, 2 * D, 0, D}, {&smlp, 0.9, 3 * D, 0, MLP}};
+        expect_slices(ctx, set, "diffusers single to_q/to_v/proj_mlp into BFL linear1 rows", NULL,
+                      "single_blocks.0.linear1.weight", 3 * D + MLP, D, s4, 3, 3);
+        /* a part whose size is not the weight's part: clear error naming both */
+        float wbad[3 * 7 * 7];
+        int64_t shb[2] = {21, 7};
+        check(qd_lora_apply(ctx, set, NULL, "double_blocks.0.img_attn.qkv.weight", wbad, shb, 2) < 0 &&
+                  strstr(qd_last_error(ctx), "does not fit") && strstr(qd_last_error(ctx), "img_attn.qkv") &&
+                  strstr(qd_last_error(ctx), "[21,7]"),
+              "fused qkv of another size: %s", qd_last_error(ctx));
+        qd_lora_set_free(set);
+    } else {
+        check(0, "open diffusers FLUX LoRA: %s", qd_last_error(ctx));
+    }
+    /* the reverse: kohya/BFL fused LoRA into diffusers' separate layers */
+    pair qkv = make_pair(3 * D, D, 2, 1, 1), l1 = make_pair(3 * D + MLP, D, 3, 1, 1);
+    memset(&f, 0, sizeof f);
+    add_pair(&f, "lora_unet_double_blocks_0_img_attn_qkv", ".lora_down.weight", ".lora_up.weight", &qkv, 1.0f);
+    add_pair(&f, "lora_unet_single_blocks_0_linear1", ".lora_down.weight", ".lora_up.weight", &l1, 6.0f);
+    const char *bpath = scratch_path("bfl_flux.safetensors");
+    write_lora(bpath, &f, NULL);
+    paths[0] = bpath;
+    if (qd_lora_set_open(ctx, paths, scales, 1, 1.0f, &set) == QD_OK) {
+        const char *qn[3] = {"transformer_blocks.0.attn.to_q.weight", "transformer_blocks.0.attn.to_k.weight",
+                             "transformer_blocks.0.attn.to_v.weight"};
+        const double fq = 0.9 * 1.0 / 2, fl = 0.9 * 6.0 / 3;
+        for (int i = 0; i < 3; i++) {
+            char what[128];
+            snprintf(what, sizeof what, "BFL fused qkv up rows %d..%d onto diffusers %s", (int)(i * D), (int)((i + 1) * D),
+                     qn[i] + 21);
+            slice s[] = {{&qkv, fq, 0, i * D, D}};
+            expect_slices(ctx, set, what, "transformer", qn[i], D, D, s, 1, 1);
+        }
+        const char *sn[4] = {"single_transformer_blocks.0.attn.to_q.weight", "single_transformer_blocks.0.attn.to_k.weight",
+                             "single_transformer_blocks.0.attn.to_v.weight", "single_transformer_blocks.0.proj_mlp.weight"};
+        for (int i = 0; i < 4; i++) {
+            char what[128];
+            snprintf(what, sizeof what, "BFL linear1 up rows from %d onto diffusers %s", (int)(i * D), sn[i]);
+            slice s[] = {{&l1, fl, 0, i * D, i == 3 ? MLP : D}};
+            expect_slices(ctx, set, what, "transformer", sn[i], i == 3 ? MLP : D, D, s, 1, 1);
+        }
+        int64_t matched = 0, total = 0;
+        qd_lora_set_report(set, &matched, &total);
+        check(matched == 2 && total == 2, "report counts the fused layers once: %lld of %lld", (long long)matched,
+              (long long)total);
+        float wbad[7 * 7];
+        int64_t shb[2] = {7, 7};
+        check(qd_lora_apply(ctx, set, "transformer", "transformer_blocks.0.attn.to_k.weight", wbad, shb, 2) < 0 &&
+                  strstr(qd_last_error(ctx), "does not fit") && strstr(qd_last_error(ctx), "lora_unet_double_blocks_0_img_attn_qkv"),
+              "fused up split onto a to_k of another size: %s", qd_last_error(ctx));
+        qd_lora_set_free(set);
+    } else {
+        check(0, "open BFL FLUX LoRA: %s", qd_last_error(ctx));
+    }
+    pair *all[] = {&q, &k, &v, &ak, &o, &sq, &sv, &smlp, &qkv, &l1};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free_pair(all[i]);
+}
+
 int main(void) {
     if (!scratch_make("lora_test")) return test_summary();
     qd_ctx *ctx = test_ctx_new(2);
     test_conventions(ctx);
     test_dampening(ctx);
+    test_peft_config(ctx);
+    test_fused(ctx);
     test_errors(ctx);
     qd_ctx_free(ctx);
     scratch_remove();

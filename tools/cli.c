@@ -77,3 +77,23 @@ const char *cli_jstr(const cJSON *o, const char *key) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, key);
     return cJSON_IsString(it) ? it->valuestring : NULL;
 }
+
+int cli_parse_lora(const char *v, const char *opt, char **path, float *scale) {
+    *scale = 1.0f;
+    const char *colon = strrchr(v, ':');
+    char *end = NULL;
+    if (colon && colon[1]) {
+        float s = strtof(colon + 1, &end);
+        if (end && !*end && isfinite(s)) *scale = s;
+        else colon = NULL;
+    } else {
+        colon = NULL;
+    }
+    size_t len = colon ? (size_t)(colon - v) : strlen(v);
+    if (len == 0) { fprintf(stderr, "qdiff: %s needs FILE[:SCALE], got '%s'\n", opt, v); return -1; }
+    *path = malloc(len + 1);
+    if (!*path) { fprintf(stderr, "qdiff: out of memory\n"); return -1; }
+    memcpy(*path, v, len);
+    (*path)[len] = 0;
+    return 0;
+}

@@ -58,6 +58,9 @@ int cli_parse_precision(const char *s, const char *opt, int *out);
 int cli_default_precision(int *out);
 /* "bf16" or "fp32": what the context's dense math runs in (auto resolved). */
 const char *cli_precision_name(const qd_ctx *ctx);
+/* "FILE[:SCALE]" (the part after the last ':' is the scale when it is a number; default 1):
+ * *path gets a malloc'd copy of FILE. 0 ok, -1 after printing what is wrong. */
+int cli_parse_lora(const char *s, const char *opt, char **path, float *scale);
 /* Fail before a long run, not after it, when `path` cannot be created. */
 int cli_check_writable(const char *path);
 

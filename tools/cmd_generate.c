@@ -57,6 +57,9 @@ static void usage_generate(FILE *f) {
         "                             else fp32; $QD_PRECISION sets the default), fp32 (the reference\n"
         "                             the golden tests check) or bf16 (bf16 operands, fp32\n"
         "                             accumulation; runs as fp32 without AVX512_BF16)\n"
+        "      --lora FILE[:SCALE]    apply a LoRA while generating (repeatable; SCALE default 1, 0 skips\n"
+        "                             it): kohya, diffusers, PEFT (alpha from adapter_config.json beside\n"
+        "                             it) or BFL names; the loaded weights stay as they are\n"
         "  -t, --threads N            worker threads (default: all cores)\n"
         "      --vae-tile PX          decode the image in overlapping PX x PX tiles (bounded memory;\n"
         "                             tiles blend over 64 px); 0: never. Default: 512 px tiles\n"
@@ -105,7 +108,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
-           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM, O_VAE_TILE };
+           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM, O_VAE_TILE, O_LORA };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -124,6 +127,7 @@ int cmd_generate(int argc, char **argv) {
         {"noise-mode", required_argument, 0, O_NOISE}, {"precision", required_argument, 0, O_PRECISION},
         {"config-from", required_argument, 0, O_CONFIG_FROM},
         {"vae-tile", required_argument, 0, O_VAE_TILE},
+        {"lora", required_argument, 0, O_LORA},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
@@ -133,6 +137,11 @@ int cmd_generate(int argc, char **argv) {
     int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision;
     long vae_tile = -1;
     char sched_opts[8192] = "";   /* --scheduler-options / --scheduler-opt / --eta, as one JSON object */
+    enum { MAX_LORAS = 32 };
+    static char lora_buf[MAX_LORAS][4096];   /* --lora paths (no frees on the many early returns) */
+    const char *lora_paths[MAX_LORAS];
+    float lora_scales[MAX_LORAS];
+    int n_loras = 0;
     int c;
     if (cli_default_precision(&precision)) return EXIT_BAD;
     optind = 1;
@@ -207,6 +216,16 @@ int cmd_generate(int argc, char **argv) {
         case O_BATCH: if (cli_parse_int(optarg, "--batch", 1, 64, &v)) return EXIT_BAD; p.batch = (int)v; break;
         case 't': if (cli_parse_int(optarg, "--threads", 1, 256, &threads)) return EXIT_BAD; break;
         case O_LATENTS: latents_path = optarg; break;
+        case O_LORA: {
+            char *lp;
+            if (n_loras == MAX_LORAS) { fprintf(stderr, "qdiff: at most %d --lora options\n", MAX_LORAS); return EXIT_BAD; }
+            if (cli_parse_lora(optarg, "--lora", &lp, &lora_scales[n_loras])) return EXIT_BAD;
+            snprintf(lora_buf[n_loras], sizeof lora_buf[n_loras], "%s", lp);
+            free(lp);
+            lora_paths[n_loras] = lora_buf[n_loras];
+            n_loras++;
+            break;
+        }
         case 'q': quiet = 1; break;
         case 'h': usage_generate(stdout); return 0;
         default: usage_generate(stderr); return EXIT_BAD;
@@ -218,6 +237,9 @@ int cmd_generate(int argc, char **argv) {
         return EXIT_BAD;
     }
     if (!have_seed) p.seed = cli_random_seed();
+    p.loras = lora_paths;
+    p.lora_scales = lora_scales;
+    p.n_loras = n_loras;
     if (sched_opts[0]) p.scheduler_options = sched_opts;
     if (p.sampler && (p.scheduler || p.karras == 1)) {
         fprintf(stderr, "qdiff: --sampler replaces --scheduler/--karras (use --schedule karras)\n");

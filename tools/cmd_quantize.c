@@ -240,11 +240,9 @@ static void print_report(const cJSON *rep, int layers) {
 /* Plan hook: mark the LoRA pairs that name a weight; at the end, refuse a LoRA none of
  * whose pairs did. */
 static int lora_plan(void *user, const char *component, const char *tensor_name, const int64_t *shape, int ndim) {
-    (void)shape;
-    (void)ndim;
     quantize_extra *x = user;
     if (component) {
-        qd_lora_set_plan_tensor(x->lora, component, tensor_name);
+        qd_lora_set_plan_tensor(x->lora, component, tensor_name, shape, ndim);
         return 0;
     }
     return qd_lora_set_check(x->ctx, x->lora) != QD_OK;

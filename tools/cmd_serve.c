@@ -9,13 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static void usage_serve(FILE *f) {
     fprintf(f,
         "usage: qdiff serve -m DIR [options]\n"
         "\n"
         "Serves the model over HTTP: an AUTOMATIC1111-compatible API (/sdapi/v1/txt2img, progress,\n"
-        "interrupt, samplers, schedulers, sd-models, options), an OpenAI-compatible\n"
+        "interrupt, samplers, schedulers, sd-models, options, loras), an OpenAI-compatible\n"
         "/v1/images/generations, /health, and a web page at /. The model is loaded once and\n"
         "kept; requests wait in a queue (one worker per model) instead of failing.\n"
         "\n"
@@ -23,6 +24,9 @@ static void usage_serve(FILE *f) {
         "      --models DIR           more models: each sub-folder with a model_index.json, chosen per\n"
         "                             request (A1111 override_settings.sd_model_checkpoint, OpenAI model)\n"
         "                             and loaded on first use\n"
+        "      --lora-dir DIR         LoRAs a prompt may name as <lora:NAME:WEIGHT> (A1111 syntax; WEIGHT\n"
+        "                             default 1): DIR/NAME.safetensors or a PEFT folder DIR/NAME/; applied\n"
+        "                             for that request only (GET /sdapi/v1/loras lists them)\n"
         "      --host HOST            address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)\n"
         "      --port N               port (default 7860; 0 picks a free one)\n"
         "  -t, --threads N            worker threads per model (default: all cores)\n"
@@ -57,7 +61,7 @@ static int parse_size(const char *arg, size_t *out) {
 
 int cmd_serve(int argc, char **argv) {
     enum { O_HOST = 256, O_PORT, O_MODELS, O_PREVIEW_VAE, O_PREVIEW_EVERY, O_MAX_STEPS, O_MAX_BATCH, O_MAX_SIZE,
-           O_MAX_BODY, O_PRECISION };
+           O_MAX_BODY, O_PRECISION, O_LORA_DIR };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"models", required_argument, 0, O_MODELS},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
@@ -66,6 +70,7 @@ int cmd_serve(int argc, char **argv) {
         {"max-batch", required_argument, 0, O_MAX_BATCH}, {"max-size", required_argument, 0, O_MAX_SIZE},
         {"max-body", required_argument, 0, O_MAX_BODY}, {"precision", required_argument, 0, O_PRECISION},
         {"quiet", no_argument, 0, 'q'},
+        {"lora-dir", required_argument, 0, O_LORA_DIR},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     srv_options o = {.host = "127.0.0.1", .port = 7860, .max_steps = 150, .max_batch = 8, .max_size = 2048,
                      .max_body = 1 << 20, .preview_every = 1};
@@ -77,6 +82,7 @@ int cmd_serve(int argc, char **argv) {
         switch (c) {
         case 'm': o.model_dir = optarg; break;
         case O_MODELS: o.models_dir = optarg; break;
+        case O_LORA_DIR: o.lora_dir = optarg; break;
         case O_HOST: o.host = optarg; break;
         case O_PORT: if (cli_parse_int(optarg, "--port", 0, 65535, &v)) return EXIT_BAD; o.port = (int)v; break;
         case 't': if (cli_parse_int(optarg, "--threads", 1, 256, &v)) return EXIT_BAD; o.threads = (int)v; break;
@@ -98,6 +104,11 @@ int cmd_serve(int argc, char **argv) {
     if (optind < argc) { fprintf(stderr, "qdiff: unexpected argument '%s'\n", argv[optind]); return EXIT_BAD; }
     if (!o.model_dir) {
         fprintf(stderr, "qdiff: serve needs -m DIR (see qdiff serve --help)\n");
+        return EXIT_BAD;
+    }
+    struct stat lst;
+    if (o.lora_dir && (stat(o.lora_dir, &lst) != 0 || !S_ISDIR(lst.st_mode))) {
+        fprintf(stderr, "qdiff: --lora-dir %s: not a folder\n", o.lora_dir);
         return EXIT_BAD;
     }
 

@@ -39,9 +39,23 @@ void cli_params_text(char *buf, size_t n, const qd_model *m, const char *model_n
     char sched_more[96];   /* " Karras", or the k-sampler's schedule */
     snprintf(sched_more, sizeof sched_more, "%s%s", p->sampler ? ", Schedule type: " : p->karras == 1 ? " Karras" : "",
              p->sampler ? cli_schedule_label(m, p) : "");
+    /* the LoRAs used, as "LoRA: name:scale, name:scale" (name: the file name without .safetensors) */
+    char loras[1024] = "";
+    size_t ll = 0;
+    for (int i = 0; i < p->n_loras && ll + 1 < sizeof loras; i++) {
+        float s = p->lora_scales ? p->lora_scales[i] : 1.0f;
+        if (s == 0.0f) continue;
+        const char *slash = strrchr(p->loras[i], '/'), *name = slash ? slash + 1 : p->loras[i];
+        size_t nl = strlen(name);
+        if (nl > 12 && !strcmp(name + nl - 12, ".safetensors")) nl -= 12;
+        int w = snprintf(loras + ll, sizeof loras - ll, "%s%.*s:%g", ll ? ", " : ", LoRA: ", (int)nl, name, (double)s);
+        if (w < 0) break;
+        ll += (size_t)w;
+    }
+    if (ll >= sizeof loras) loras[sizeof loras - 1] = 0;
     snprintf(buf, n,
              "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, "
-             "Model: %s, Batch pos: %d%s, Version: qdiff %s",
+             "Model: %s, Batch pos: %d%s%s, Version: qdiff %s",
              p->prompt, p->negative_prompt ? p->negative_prompt : "", p->steps, sched, sched_more, p->cfg_scale,
-             (unsigned long long)p->seed, p->width, p->height, model_name, batch_pos, extra, QDIFF_VERSION);
+             (unsigned long long)p->seed, p->width, p->height, model_name, batch_pos, extra, loras, QDIFF_VERSION);
 }

@@ -93,23 +93,9 @@ int quantize_extra_option(quantize_extra *e, int argc, char **argv, int *i) {
         if (!e->comfy_only) e->comfy_only = a;
     } else if (!strcmp(a, "--merge-lora")) {
         if (e->n_lora == QUANTIZE_EXTRA_MAX) { fprintf(stderr, "qdiff: too many --merge-lora options\n"); return -1; }
-        /* FILE[:SCALE]: the part after the last ':' is a scale when it is a number */
-        float scale = 1.0f;
-        const char *colon = strrchr(v, ':');
-        char *end = NULL;
-        if (colon && colon[1]) {
-            float s = strtof(colon + 1, &end);
-            if (end && !*end && isfinite(s)) scale = s;
-            else colon = NULL;
-        } else {
-            colon = NULL;
-        }
-        size_t len = colon ? (size_t)(colon - v) : strlen(v);
-        if (len == 0) { fprintf(stderr, "qdiff: --merge-lora needs FILE[:SCALE], got '%s'\n", v); return -1; }
-        char *path = malloc(len + 1);
-        if (!path) { fprintf(stderr, "qdiff: out of memory\n"); return -1; }
-        memcpy(path, v, len);
-        path[len] = 0;
+        float scale;
+        char *path;
+        if (cli_parse_lora(v, "--merge-lora", &path, &scale)) return -1;
         e->lora_paths[e->n_lora] = path;
         e->lora_scales[e->n_lora++] = scale;
     } else {

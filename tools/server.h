@@ -6,6 +6,7 @@
  *   server_params.c  the generation fields both APIs share, sampler/scheduler names
  *   server_a1111.c   /sdapi/v1/... (AUTOMATIC1111-compatible)
  *   server_openai.c  /v1/images/generations (OpenAI-compatible)
+ *   server_lora.c    <lora:NAME:WEIGHT> prompt tags over --lora-dir, GET /sdapi/v1/loras
  *   web/index.html   the page at /, embedded at build time (web_page.c, generated)
  */
 #ifndef QD_TOOLS_SERVER_H
@@ -20,6 +21,7 @@ typedef struct {
     const char *host;
     int port;
     const char *model_dir, *models_dir, *preview_vae;
+    const char *lora_dir;       /* <lora:NAME:WEIGHT> prompt tags name files here; NULL: none */
     int threads, max_steps, max_batch, max_size, preview_every;
     int precision;              /* QD_PRECISION_* for every model's context */
     size_t max_body;
@@ -33,6 +35,8 @@ enum { JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_FAILED, JOB_CANCELLED };
 
 typedef struct srv_job srv_job;
 typedef struct srv srv;
+
+enum { SRV_MAX_LORAS = 16 };    /* <lora:...> tags per prompt */
 
 typedef struct {
     srv *srv;
@@ -63,6 +67,9 @@ struct srv_job {
     qd_gen_params p;
     char *prompt, *negative, *sampler, *schedule, *scheduler, *sampler_label, *schedule_label;
     int n_iter;                 /* A1111 n_iter: seeds seed, seed+1, ... */
+    char *lora_paths[SRV_MAX_LORAS];   /* from the prompt's <lora:...> tags; p.loras points here */
+    float lora_scales[SRV_MAX_LORAS];
+    int n_loras;
     int seed_requested_random;
     /* progress, under srv.mu */
     int state, iter, step, total, cancel, refs;
@@ -160,6 +167,9 @@ int srv_params_from_json(srv *s, srv_model *m, const cJSON *obj, srv_job *j, srv
  * err says why (400 unknown, 503 loading (and starts loading), 500 failed). */
 srv_model *srv_model_for_request(srv *s, const char *name, const char *field, srv_error *err);
 void srv_reply_srv_error(srv_reply *rp, const srv_error *err);
+/* Take the <lora:NAME[:WEIGHT]> tags out of prompt (in place) into j's LoRAs (files in
+ * o->lora_dir); -1 with a 400 err for a bad tag, an unknown name or no --lora-dir. */
+int srv_lora_extract(const srv_options *o, char *prompt, srv_job *j, srv_error *err);
 /* The reply of a finished job that did not succeed (cancelled, failed), or 0. */
 int srv_job_error(srv *s, const srv_job *j, srv_reply *rp);
 
@@ -175,6 +185,7 @@ void a1111_samplers(srv *s, const srv_request *rq, srv_reply *rp);
 void a1111_schedulers(srv *s, const srv_request *rq, srv_reply *rp);
 void a1111_sd_models(srv *s, const srv_request *rq, srv_reply *rp);
 void a1111_options(srv *s, const srv_request *rq, srv_reply *rp);
+void a1111_loras(srv *s, const srv_request *rq, srv_reply *rp);
 void openai_generations(srv *s, const srv_request *rq, srv_reply *rp);
 
 /* The embedded web page (generated from tools/web/index.html at build time). */

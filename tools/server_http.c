@@ -31,6 +31,7 @@ static const route routes[] = {
     {"GET", "/sdapi/v1/schedulers", a1111_schedulers},
     {"GET", "/sdapi/v1/sd-models", a1111_sd_models},
     {"GET", "/sdapi/v1/options", a1111_options},
+    {"GET", "/sdapi/v1/loras", a1111_loras},
     {"POST", "/v1/images/generations", openai_generations},
 };
 

@@ -347,6 +347,7 @@ static void job_free(srv_job *j) {
     free(j->preview_b64);
     free(j->prompt);
     free(j->negative);
+    for (int i = 0; i < j->n_loras; i++) free(j->lora_paths[i]);
     free(j->sampler);
     free(j->schedule);
     free(j->scheduler);

@@ -264,6 +264,7 @@ int srv_params_from_json(srv *s, srv_model *m, const cJSON *obj, srv_job *j, srv
 
     /* no negative_prompt: none, as generate without -n (SDXL then uses zero embeddings) */
     if (dup_into(&j->prompt, prompt, err) || (negative && dup_into(&j->negative, negative, err))) return -1;
+    if (srv_lora_extract(o, j->prompt, j, err)) return -1;
     j->p.prompt = j->prompt;
     j->p.negative_prompt = j->negative;
 

@@ -64,6 +64,9 @@ class GenParams(ctypes.Structure):
         ("schedule", ctypes.c_char_p),
         ("noise_mode", ctypes.c_int),
         ("preview_max_size", ctypes.c_int),
+        ("loras", ctypes.POINTER(ctypes.c_char_p)),
+        ("lora_scales", ctypes.POINTER(ctypes.c_float)),
+        ("n_loras", ctypes.c_int),
     ]
 
 
@@ -289,6 +292,18 @@ def make_params(lib, prompt, negative_prompt=None, width=0, height=0, steps=0, c
     p.scheduler, p.karras = _bytes(scheduler), int(karras)
     p.sampler, p.schedule, p.noise_mode = _bytes(sampler), _bytes(schedule), int(noise_mode)
     return p
+
+
+def set_loras(p, loras):
+    """Point p's lora fields at (path, scale) pairs; returns the ctypes arrays, which must stay
+    alive while p is used."""
+    loras = list(loras)
+    paths = (ctypes.c_char_p * max(len(loras), 1))(*[os.fsencode(path) for path, _ in loras])
+    scales = (ctypes.c_float * max(len(loras), 1))(*[float(s) for _, s in loras])
+    p.loras = ctypes.cast(paths, ctypes.POINTER(ctypes.c_char_p))
+    p.lora_scales = ctypes.cast(scales, ctypes.POINTER(ctypes.c_float))
+    p.n_loras = len(loras)
+    return paths, scales
 
 
 def resolve(model, p):

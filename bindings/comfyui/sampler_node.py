@@ -275,11 +275,13 @@ class QdiffSampler:
                                "images within ~35 dB PSNR of fp32), fp32 = the reference; the default "
                                "comes from $QD_PRECISION"}),
                 "preview_vae": preview,
+                "loras": ("QDIFF_LORAS", {"tooltip": "LoRAs from qdiff LoRA nodes, applied for this run "
+                                                    "(the loaded weights stay as they are)"}),
             },
         }
 
     def sample(self, model, prompt, negative_prompt, steps, cfg, width, height, seed, sampler_name, scheduler,
-               batch_size=1, guidance=3.5, threads=0, matmul="auto", precision=None, preview_vae=""):
+               batch_size=1, guidance=3.5, threads=0, matmul="auto", precision=None, preview_vae="", loras=None):
         folder = _resolve_folder(model)
         lib = libqdiff.load()
         kw = {}
@@ -302,9 +304,12 @@ class QdiffSampler:
             ctx.set_precision(precision or libqdiff.default_precision())
             p = libqdiff.make_params(lib, prompt, negative_prompt or None, width, height, steps, cfg, guidance,
                                      seed, batch_size, **kw)
+            keep = libqdiff.set_loras(p, loras or ())   # the arrays p points into, alive for the run
             vae = CACHE.preview_vae(_resolve_preview_vae(preview_vae, m.family))
             factors = _vae_factors(m.folder)   # read before the run: a bad config fails fast
-            return self._run(ctx, m, p, vae, factors)
+            result = self._run(ctx, m, p, vae, factors)
+            del keep
+            return result
 
     def _run(self, ctx, m, p, vae, factors):
         shape = libqdiff.image_shape(m, p)
@@ -353,3 +358,10 @@ class QdiffSampler:
 
 NODE_CLASS_MAPPINGS = {"QdiffSampler": QdiffSampler}
 NODE_DISPLAY_NAME_MAPPINGS = {"QdiffSampler": "qdiff Sampler"}
+
+try:
+    from .lora_node import QdiffLora
+except ImportError:   # imported as a top-level module (tests, scripts)
+    from lora_node import QdiffLora
+NODE_CLASS_MAPPINGS["QdiffLora"] = QdiffLora
+NODE_DISPLAY_NAME_MAPPINGS["QdiffLora"] = "qdiff LoRA"

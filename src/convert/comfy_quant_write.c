@@ -276,7 +276,7 @@ static qd_status plan_tensor(qd_ctx *ctx, const qd_cqw_options *o, const router 
             cJSON_AddNumberToObject(e, "bytes_in", (double)t->nbytes);
             cJSON_AddItemToArray(o->layers, e);
         }
-        item.kind = o->lora && qd_lora_touches(o->lora, NULL, t->name) ? OUT_LORA_COPY : OUT_COPY;
+        item.kind = o->lora && qd_lora_touches(o->lora, NULL, t->name, t->shape, t->ndim) ? OUT_LORA_COPY : OUT_COPY;
         if (item.kind == OUT_LORA_COPY && t->dtype != QD_F32 && t->dtype != QD_F16 && t->dtype != QD_BF16)
             return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: a LoRA names '%s', stored as %s: merging needs F32, F16 or BF16",
                            t->file, t->name, qd_dtype_name(t->dtype));

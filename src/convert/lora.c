@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
+#include <regex.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,12 +19,16 @@ enum { COMP_ANY, COMP_DENOISER, COMP_TE1, COMP_TE2, COMP_TE3 };
 static const char *const comp_names[] = {"any component", "the denoiser", "text_encoder", "text_encoder_2",
                                          "text_encoder_3"};
 
+/* One entry per LoRA layer, or per part of a fused one (a BFL qkv / linear1 pair is split
+ * into its to_q/to_k/to_v(/proj_mlp) parts, each with its rows of up and the shared down). */
 typedef struct {
-    char *key;                  /* normalized weight name */
+    char *key;                  /* canonical normalized weight name (see canon_parts) */
     const char *base;           /* the file's spelling (points into the down tensor's name copy) */
     int comp, file;
+    int64_t layer;              /* the LoRA layer this entry belongs to (counted per file for reports) */
     const qd_st_tensor *down, *up;
-    float alpha;
+    int64_t up_off, up_rows;    /* the rows of up this entry uses */
+    float mult;                 /* alpha / rank, or alpha / sqrt(rank) (rsLoRA) */
     int64_t rank, applied;
     int planned;                /* qd_lora_set_plan found its weight */
 } lora_pair;
@@ -35,7 +40,7 @@ struct qd_lora_set {
     float *scales;
     float dampen;
     lora_pair *pairs;
-    int64_t n_pairs;
+    int64_t n_pairs, n_layers;
 };
 
 /* ---- names ---- */
@@ -105,21 +110,211 @@ static char *model_key(const char *component, const char *name, int *comp) {
     return normalize(name, n);
 }
 
+/* ---- FLUX: BFL (fused) and diffusers (separate) layer names meet in one namespace ----
+ * Canonical names are diffusers' (normalized). A BFL/ComfyUI name is renamed, and a fused
+ * layer (double_blocks.N.img_attn.qkv, txt_attn.qkv, single_blocks.N.linear1) is split into
+ * its parts by rows: qkv into three equal thirds (to_q, to_k, to_v), linear1 into to_q, to_k,
+ * to_v (cols rows each: the hidden size) and proj_mlp (the rest). The final adaLN is split
+ * into its shift/scale halves, which BFL and diffusers store in opposite orders. Both the
+ * model's weights and the LoRA's layers go through this, so every combination meets. */
+
+typedef struct { char key[320]; int64_t off, rows; } canon_part;
+
+enum { SPLIT_NONE, SPLIT_QKV, SPLIT_LINEAR1, SPLIT_HALVES };
+static const struct { const char *bfl; const char *dif[4]; int split; } flux_names[] = {
+    /* per block: "double_blocks_<N>_" + bfl  ->  "transformer_blocks_<N>_" + dif */
+    {"img_attn_qkv", {"attn_to_q", "attn_to_k", "attn_to_v"}, SPLIT_QKV},
+    {"txt_attn_qkv", {"attn_add_q_proj", "attn_add_k_proj", "attn_add_v_proj"}, SPLIT_QKV},
+    {"img_attn_proj", {"attn_to_out_0"}, SPLIT_NONE},
+    {"txt_attn_proj", {"attn_to_add_out"}, SPLIT_NONE},
+    {"img_mlp_0", {"ff_net_0_proj"}, SPLIT_NONE},
+    {"img_mlp_2", {"ff_net_2"}, SPLIT_NONE},
+    {"txt_mlp_0", {"ff_context_net_0_proj"}, SPLIT_NONE},
+    {"txt_mlp_2", {"ff_context_net_2"}, SPLIT_NONE},
+    {"img_mod_lin", {"norm1_linear"}, SPLIT_NONE},
+    {"txt_mod_lin", {"norm1_context_linear"}, SPLIT_NONE},
+};
+static const struct { const char *bfl; const char *dif[4]; int split; } flux_single_names[] = {
+    /* "single_blocks_<N>_" + bfl  ->  "single_transformer_blocks_<N>_" + dif */
+    {"linear1", {"attn_to_q", "attn_to_k", "attn_to_v", "proj_mlp"}, SPLIT_LINEAR1},
+    {"linear2", {"proj_out"}, SPLIT_NONE},
+    {"modulation_lin", {"norm_linear"}, SPLIT_NONE},
+};
+static const struct { const char *bfl, *dif; } flux_global_names[] = {
+    {"img_in", "x_embedder"},
+    {"txt_in", "context_embedder"},
+    {"time_in_in_layer", "time_text_embed_timestep_embedder_linear_1"},
+    {"time_in_out_layer", "time_text_embed_timestep_embedder_linear_2"},
+    {"vector_in_in_layer", "time_text_embed_text_embedder_linear_1"},
+    {"vector_in_out_layer", "time_text_embed_text_embedder_linear_2"},
+    {"guidance_in_in_layer", "time_text_embed_guidance_embedder_linear_1"},
+    {"guidance_in_out_layer", "time_text_embed_guidance_embedder_linear_2"},
+    {"final_layer_linear", "proj_out"},
+};
+
+/* "<prefix><digits>_<rest>": the block number and rest, or NULL. */
+static const char *block_rest(const char *key, const char *prefix, long *n) {
+    if (!starts(key, prefix)) return NULL;
+    const char *s = key + strlen(prefix);
+    if (!isdigit((unsigned char)*s)) return NULL;
+    char *e;
+    *n = strtol(s, &e, 10);
+    return *e == '_' ? e + 1 : NULL;
+}
+
+/* Split a matrix of `rows` x `cols` named key into canonical parts (at most 4). A layer
+ * whose shape does not allow its split stays one part under its own name. */
+static int canon_parts(const char *key, int64_t rows, int64_t cols, canon_part *out) {
+    long n;
+    const char *rest;
+    const char *blk = NULL, *const *dif = NULL;
+    int split = SPLIT_NONE;
+    if ((rest = block_rest(key, "double_blocks_", &n))) {
+        for (size_t i = 0; i < sizeof flux_names / sizeof flux_names[0]; i++)
+            if (!strcmp(rest, flux_names[i].bfl)) { blk = "transformer_blocks"; dif = flux_names[i].dif; split = flux_names[i].split; }
+    } else if ((rest = block_rest(key, "single_blocks_", &n))) {
+        for (size_t i = 0; i < sizeof flux_single_names / sizeof flux_single_names[0]; i++)
+            if (!strcmp(rest, flux_single_names[i].bfl)) {
+                blk = "single_transformer_blocks"; dif = flux_single_names[i].dif; split = flux_single_names[i].split;
+            }
+    } else {
+        for (size_t i = 0; i < sizeof flux_global_names / sizeof flux_global_names[0]; i++)
+            if (!strcmp(key, flux_global_names[i].bfl)) {
+                snprintf(out[0].key, sizeof out[0].key, "%s", flux_global_names[i].dif);
+                out[0].off = 0; out[0].rows = rows;
+                return 1;
+            }
+        /* the output modulation: BFL (shift, scale), diffusers (scale, shift) */
+        int bfl = !strcmp(key, "final_layer_adaln_modulation_1"), dfs = !strcmp(key, "norm_out_linear");
+        if ((bfl || dfs) && rows % 2 == 0) {
+            snprintf(out[0].key, sizeof out[0].key, "norm_out_linear_%s", bfl ? "shift" : "scale");
+            snprintf(out[1].key, sizeof out[1].key, "norm_out_linear_%s", bfl ? "scale" : "shift");
+            out[0].off = 0; out[1].off = rows / 2;
+            out[0].rows = out[1].rows = rows / 2;
+            return 2;
+        }
+    }
+    int np = 1;
+    if (dif && split == SPLIT_QKV && rows % 3 == 0) np = 3;
+    else if (dif && split == SPLIT_LINEAR1 && rows > 3 * cols) np = 4;
+    else if (dif && split != SPLIT_NONE) dif = NULL;   /* not splittable: keep the fused name */
+    if (!dif) {
+        snprintf(out[0].key, sizeof out[0].key, "%s", key);
+        out[0].off = 0; out[0].rows = rows;
+        return 1;
+    }
+    int64_t part = np == 3 ? rows / 3 : np == 4 ? cols : rows;
+    for (int i = 0; i < np; i++) {
+        snprintf(out[i].key, sizeof out[i].key, "%s_%ld_%s", blk, n, dif[i]);
+        out[i].off = i * part;
+        out[i].rows = i == 3 ? rows - 3 * cols : part;
+    }
+    return np;
+}
+
+/* ---- PEFT adapter_config.json ----
+ * PEFT keeps alpha out of the weights: adapter_config.json beside adapter_model.safetensors
+ * has r, lora_alpha, use_rslora and per-module rank_pattern / alpha_pattern. PEFT scales a
+ * layer by alpha/r (alpha/sqrt(r) with use_rslora), r and alpha taken from the first
+ * pattern key matching the module name as the regex "(.*\.)?(KEY)$". */
+typedef struct {
+    cJSON *json;
+    int rslora;
+    double r, alpha;
+    const cJSON *rank_pattern, *alpha_pattern;
+} peft_config;
+
+static qd_status peft_config_load(qd_ctx *ctx, const char *lora_path, peft_config *pc, int *found) {
+    memset(pc, 0, sizeof *pc);
+    *found = 0;
+    char dir[4096], cfg[4096];
+    snprintf(dir, sizeof dir, "%s", lora_path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = 0; else snprintf(dir, sizeof dir, ".");
+    qd_path_join(cfg, sizeof cfg, dir, "adapter_config.json");
+    if (!qd_file_exists(cfg)) return QD_OK;
+    char *text = NULL;
+    size_t len;
+    QD_TRY(qd_read_file(ctx, cfg, &text, &len));
+    pc->json = cJSON_Parse(text);
+    free(text);
+    if (!cJSON_IsObject(pc->json)) {
+        cJSON_Delete(pc->json);
+        pc->json = NULL;
+        return qd_fail(ctx, QD_ERR_FORMAT, "%s: not a JSON object", cfg);
+    }
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(pc->json, "r");
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(pc->json, "lora_alpha");
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(pc->json, "use_rslora");
+    const cJSON *dora = cJSON_GetObjectItemCaseSensitive(pc->json, "use_dora");
+    pc->rank_pattern = cJSON_GetObjectItemCaseSensitive(pc->json, "rank_pattern");
+    pc->alpha_pattern = cJSON_GetObjectItemCaseSensitive(pc->json, "alpha_pattern");
+    const char *bad = NULL;
+    if (!cJSON_IsNumber(r) || !(r->valuedouble > 0)) bad = "\"r\" must be a positive number";
+    else if (!cJSON_IsNumber(a) || !isfinite(a->valuedouble)) bad = "\"lora_alpha\" must be a number";
+    else if (rs && !cJSON_IsBool(rs)) bad = "\"use_rslora\" must be true or false";
+    else if (pc->rank_pattern && !cJSON_IsNull(pc->rank_pattern) && !cJSON_IsObject(pc->rank_pattern))
+        bad = "\"rank_pattern\" must be an object";
+    else if (pc->alpha_pattern && !cJSON_IsNull(pc->alpha_pattern) && !cJSON_IsObject(pc->alpha_pattern))
+        bad = "\"alpha_pattern\" must be an object";
+    else if (cJSON_IsTrue(dora)) {
+        cJSON_Delete(pc->json);
+        pc->json = NULL;
+        return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: use_dora is true: DoRA adapters are not supported", cfg);
+    }
+    if (bad) {
+        cJSON_Delete(pc->json);
+        pc->json = NULL;
+        return qd_fail(ctx, QD_ERR_FORMAT, "%s: %s", cfg, bad);
+    }
+    pc->r = r->valuedouble;
+    pc->alpha = a->valuedouble;
+    pc->rslora = cJSON_IsTrue(rs);
+    if (!cJSON_IsObject(pc->rank_pattern)) pc->rank_pattern = NULL;
+    if (!cJSON_IsObject(pc->alpha_pattern)) pc->alpha_pattern = NULL;
+    *found = 1;
+    return QD_OK;
+}
+
+/* The value of the first pattern matching module (PEFT's get_pattern_key); 0 none, -1 bad regex. */
+static int peft_pattern(qd_ctx *ctx, const char *cfg_what, const cJSON *patterns, const char *module, double *value) {
+    if (!patterns) return 0;
+    for (const cJSON *e = patterns->child; e; e = e->next) {
+        if (!cJSON_IsNumber(e)) {
+            qd_fail(ctx, QD_ERR_FORMAT, "adapter_config.json: %s entry '%s' is not a number", cfg_what, e->string);
+            return -1;
+        }
+        char re_text[1200];
+        snprintf(re_text, sizeof re_text, "^(.*\\.)?(%s)$", e->string);
+        regex_t re;
+        if (regcomp(&re, re_text, REG_EXTENDED | REG_NOSUB) != 0) {
+            qd_fail(ctx, QD_ERR_FORMAT, "adapter_config.json: %s key '%s' is not a regular expression qdiff can read",
+                    cfg_what, e->string);
+            return -1;
+        }
+        int hit = regexec(&re, module, 0, NULL, 0) == 0;
+        regfree(&re);
+        if (hit) { *value = e->valuedouble; return 1; }
+    }
+    return 0;
+}
+
 /* ---- opening ---- */
 
-typedef struct { const char *suffix; int up; } lora_suffix;
+typedef struct { const char *suffix; int up; int peft; } lora_suffix;
 static const lora_suffix suffixes[] = {
-    {".lora_down.weight", 0}, {".lora_up.weight", 1},
-    {".lora.down.weight", 0}, {".lora.up.weight", 1},
-    {".lora_A.weight", 0},    {".lora_B.weight", 1},
-    {"_lora.down.weight", 0}, {"_lora.up.weight", 1},   /* old attention processors: to_q_lora.down */
+    {".lora_down.weight", 0, 0}, {".lora_up.weight", 1, 0},
+    {".lora.down.weight", 0, 0}, {".lora.up.weight", 1, 0},
+    {".lora_A.weight", 0, 1},    {".lora_B.weight", 1, 1},
+    {"_lora.down.weight", 0, 0}, {"_lora.up.weight", 1, 0},   /* old attention processors: to_q_lora.down */
 };
 
 static int cmp_pair(const void *a, const void *b) {
     const lora_pair *x = a, *y = b;
     int c = strcmp(x->key, y->key);
     if (c) return c;
-    return x->file - y->file;
+    if (x->file != y->file) return x->file - y->file;
+    return x->layer < y->layer ? -1 : x->layer > y->layer;
 }
 
 static int has_suffix(const char *s, size_t n, const char *suf) {
@@ -127,19 +322,33 @@ static int has_suffix(const char *s, size_t n, const char *suf) {
     return n >= m && memcmp(s + n - m, suf, m) == 0;
 }
 
+static qd_status grow_pairs(qd_ctx *ctx, qd_lora_set *set, int64_t *cap) {
+    if (set->n_pairs < *cap) return QD_OK;
+    int64_t nc = *cap ? *cap * 2 : 256;
+    lora_pair *g = realloc(set->pairs, sizeof *g * (size_t)nc);
+    if (!g) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    set->pairs = g;
+    *cap = nc;
+    return QD_OK;
+}
+
 /* Read the pairs of file f into set->pairs. */
 static qd_status open_file(qd_ctx *ctx, qd_lora_set *set, int f, int64_t *cap) {
     const char *path = set->paths[f];
     qd_st_set *st = &set->files[f];
     cJSON *meta = NULL;
+    peft_config pc;
+    int have_pc = 0;
     QD_TRY(qd_st_read_metadata(ctx, path, &meta));
-    qd_status status = QD_OK;
+    qd_status status = peft_config_load(ctx, path, &pc, &have_pc);
+    if (status != QD_OK) { cJSON_Delete(meta); return status; }
     int64_t found = 0, ignored = 0;
     for (int64_t i = 0; i < st->n_tensors && status == QD_OK; i++) {
         const qd_st_tensor *t = &st->tensors[i];
         const char *name = t->name;
         size_t n = strlen(name);
-        if (strstr(name, "hada_w") || strstr(name, "lokr_w") || strstr(name, "dora_scale") || strstr(name, "lora_mid")) {
+        if (strstr(name, "hada_w") || strstr(name, "lokr_w") || strstr(name, "dora_scale") || strstr(name, "lora_mid") ||
+            strstr(name, "lora_magnitude_vector")) {
             status = qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: tensor '%s': LoHa, LoKr, DoRA and Tucker (lora_mid) "
                              "adapters are not supported; only plain LoRA (down/up pairs)", path, name);
             break;
@@ -195,8 +404,10 @@ static qd_status open_file(qd_ctx *ctx, qd_lora_set *set, int f, int64_t *cap) {
         tmp[blen] = 0;
         char *proc = strstr(tmp, ".processor.");
         if (proc) memmove(proc, proc + 10, strlen(proc + 10) + 1);
-        /* alpha: tensor, else the header key the fork reads, else the rank */
-        float alpha = (float)r;
+        /* alpha: tensor, else PEFT's adapter_config.json (lora_A/lora_B files), else the header
+         * key the fork reads, else the rank */
+        double alpha = (double)r, rank = (double)r;
+        int rslora = 0;
         char akey[1300];
         memcpy(akey, name, bl);
         snprintf(akey + bl, sizeof akey - bl, ".alpha");
@@ -206,41 +417,64 @@ static qd_status open_file(qd_ctx *ctx, qd_lora_set *set, int f, int64_t *cap) {
                 status = qd_fail(ctx, QD_ERR_FORMAT, "%s: '%s' must hold one number", path, akey);
                 break;
             }
-            qd_st_to_f32(at, 0, 1, &alpha);
+            float a;
+            qd_st_to_f32(at, 0, 1, &a);
+            alpha = a;
+        } else if (have_pc && sx->peft) {
+            double pr = pc.r, pa = pc.alpha;
+            int hr = peft_pattern(ctx, "rank_pattern", pc.rank_pattern, tmp, &pr);
+            int ha = hr < 0 ? -1 : peft_pattern(ctx, "alpha_pattern", pc.alpha_pattern, tmp, &pa);
+            if (hr < 0 || ha < 0) { status = qd_fail_prefix(ctx, QD_ERR_FORMAT, "%s", path); break; }
+            if (pr != (double)r) {
+                status = qd_fail(ctx, QD_ERR_FORMAT, "%s: adapter_config.json gives r = %g for '%s' but its lora_A has "
+                                 "rank %lld", path, pr, tmp, (long long)r);
+                break;
+            }
+            alpha = pa;
+            rank = pr;
+            rslora = pc.rslora;
         } else if (meta) {
             for (size_t k = 0; k < bl; k++) akey[k] = name[k] == '.' ? '_' : name[k];
             snprintf(akey + bl, sizeof akey - bl, "_alpha");
             const cJSON *ma = cJSON_GetObjectItemCaseSensitive(meta, akey);
-            if (cJSON_IsString(ma)) alpha = strtof(ma->valuestring, NULL);
-            else if (cJSON_IsNumber(ma)) alpha = (float)ma->valuedouble;
+            if (cJSON_IsString(ma)) alpha = strtod(ma->valuestring, NULL);
+            else if (cJSON_IsNumber(ma)) alpha = ma->valuedouble;
         }
         if (!isfinite(alpha)) {
             status = qd_fail(ctx, QD_ERR_FORMAT, "%s: alpha of '%.*s' is not a finite number", path, (int)bl, name);
             break;
         }
-        if (set->n_pairs == *cap) {
-            int64_t nc = *cap ? *cap * 2 : 256;
-            lora_pair *g = realloc(set->pairs, sizeof *g * (size_t)nc);
-            if (!g) { status = qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); break; }
-            set->pairs = g;
-            *cap = nc;
+        char *key = normalize(tmp, strlen(tmp));
+        if (!key) { status = qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); break; }
+        int64_t up_rows = up->shape[0], in = t->ndim == 2 ? t->shape[1] : t->shape[1] * t->shape[2] * t->shape[3];
+        canon_part parts[4];
+        int np = canon_parts(key, up_rows, t->ndim == 2 ? in : t->shape[1], parts);
+        free(key);
+        for (int k = 0; k < np && status == QD_OK; k++) {
+            if ((status = grow_pairs(ctx, set, cap)) != QD_OK) break;
+            lora_pair *p = &set->pairs[set->n_pairs];
+            memset(p, 0, sizeof *p);
+            if (!(p->key = strdup(parts[k].key))) { status = qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); break; }
+            set->n_pairs++;
+            p->base = name;
+            p->comp = comp;
+            p->file = f;
+            p->layer = set->n_layers;
+            p->down = t;
+            p->up = up;
+            p->up_off = parts[k].off;
+            p->up_rows = parts[k].rows;
+            p->mult = (float)(alpha / (rslora ? sqrt(rank) : rank));
+            p->rank = r;
         }
-        lora_pair *p = &set->pairs[set->n_pairs];
-        memset(p, 0, sizeof *p);
-        if (!(p->key = normalize(tmp, strlen(tmp)))) { status = qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); break; }
-        set->n_pairs++;
-        p->base = name;
-        p->comp = comp;
-        p->file = f;
-        p->down = t;
-        p->up = up;
-        p->alpha = alpha;
-        p->rank = r;
+        set->n_layers++;
     }
     cJSON_Delete(meta);
+    cJSON_Delete(pc.json);
     if (status == QD_OK && found == 0)
         status = qd_fail(ctx, QD_ERR_FORMAT, "%s: no LoRA pairs found (expected keys ending in .lora_down.weight/"
                          ".lora_up.weight, .lora.down.weight/.lora.up.weight or .lora_A.weight/.lora_B.weight)", path);
+    if (status == QD_OK && have_pc) qd_info(ctx, "%s: alpha and rank from adapter_config.json", path);
     if (status == QD_OK && ignored)
         qd_info(ctx, "%s: %lld tensors are not LoRA down/up/alpha and were ignored", path, (long long)ignored);
     return status;
@@ -292,7 +526,7 @@ void qd_lora_set_free(qd_lora_set *s) {
     free(s);
 }
 
-/* ---- lookup and merge ---- */
+/* ---- lookup ---- */
 
 /* First pair with this key, or -1. */
 static int64_t first_pair(const qd_lora_set *s, const char *key) {
@@ -306,57 +540,172 @@ static int64_t first_pair(const qd_lora_set *s, const char *key) {
 
 static int comp_matches(int pair_comp, int model_comp) { return pair_comp == COMP_ANY || pair_comp == model_comp; }
 
-int qd_lora_touches(const qd_lora_set *s, const char *component, const char *tensor_name) {
-    int comp;
-    char *key = model_key(component, tensor_name, &comp);
+/* The canonical parts of a model weight; 0 when it is no ".weight" or not a matrix. */
+static int weight_parts(const char *component, const char *tensor_name, const int64_t *shape, int ndim, int *comp,
+                        canon_part *parts) {
+    if (ndim < 2) return 0;
+    char *key = model_key(component, tensor_name, comp);
     if (!key) return 0;
-    int count = 0;
-    int64_t i = first_pair(s, key);
-    for (; i >= 0 && i < s->n_pairs && !strcmp(s->pairs[i].key, key); i++) count += comp_matches(s->pairs[i].comp, comp);
+    int64_t rest = 1;
+    for (int d = 1; d < ndim; d++) rest *= shape[d];
+    int np = canon_parts(key, shape[0], ndim == 2 ? rest : shape[1], parts);
     free(key);
+    return np;
+}
+
+int qd_lora_touches(const qd_lora_set *s, const char *component, const char *tensor_name, const int64_t *shape,
+                    int ndim) {
+    int comp, count = 0;
+    canon_part parts[4];
+    int np = weight_parts(component, tensor_name, shape, ndim, &comp, parts);
+    for (int k = 0; k < np; k++)
+        for (int64_t i = first_pair(s, parts[k].key); i >= 0 && i < s->n_pairs && !strcmp(s->pairs[i].key, parts[k].key); i++)
+            count += comp_matches(s->pairs[i].comp, comp);
     return count;
+}
+
+/* Every pair naming this weight, part by part: fn(user, pair, weight row offset, factor)
+ * after checking the part fits. The factor is scale_f * dampen^i * alpha/rank, i counted
+ * per part. Returns the number of pairs visited, or -1 with the error in ctx. */
+typedef int (*pair_fn)(qd_ctx *ctx, void *user, const lora_pair *p, int64_t row_off, int64_t cols, float factor);
+
+static int for_each_pair(qd_ctx *ctx, qd_lora_set *s, const char *component, const char *tensor_name,
+                         const int64_t *shape, int ndim, pair_fn fn, void *user) {
+    int comp;
+    canon_part parts[4];
+    int np = weight_parts(component, tensor_name, shape, ndim, &comp, parts);
+    int applied = 0, n_seen = 0;
+    int64_t cols = 1, seen_layer[64];
+    for (int d = 1; d < ndim; d++) cols *= shape[d];
+    for (int k = 0; k < np; k++) {
+        int64_t first = first_pair(s, parts[k].key);
+        int nth = 0;
+        for (int64_t i = first; i >= 0 && i < s->n_pairs && !strcmp(s->pairs[i].key, parts[k].key); i++) {
+            lora_pair *p = &s->pairs[i];
+            if (!comp_matches(p->comp, comp)) continue;
+            int64_t dcols = p->down->numel / p->rank;
+            if (p->up_rows != parts[k].rows || dcols != cols) {
+                char ws[96];
+                int len = snprintf(ws, sizeof ws, "[");
+                for (int d = 0; d < ndim && len < (int)sizeof ws; d++)
+                    len += snprintf(ws + len, sizeof ws - (size_t)len, d ? ",%lld" : "%lld", (long long)shape[d]);
+                if (len < (int)sizeof ws) snprintf(ws + len, sizeof ws - (size_t)len, "]");
+                if (np > 1 || p->up_rows != p->up->shape[0])
+                    qd_fail(ctx, QD_ERR_FORMAT, "%s: LoRA '%s' (%s) does not fit weight '%s' %s: its part %s has %lld "
+                            "outputs and %lld inputs, the weight's part has rows %lld..%lld of %lld inputs",
+                            s->paths[p->file], p->base, comp_names[p->comp], tensor_name, ws, parts[k].key,
+                            (long long)p->up_rows, (long long)dcols, (long long)parts[k].off,
+                            (long long)(parts[k].off + parts[k].rows), (long long)cols);
+                else
+                    qd_fail(ctx, QD_ERR_FORMAT, "%s: LoRA '%s' (%s) does not fit weight '%s' %s: up has %lld outputs, "
+                            "down %lld inputs", s->paths[p->file], p->base, comp_names[p->comp], tensor_name, ws,
+                            (long long)p->up_rows, (long long)dcols);
+                return -1;
+            }
+            float factor = s->scales[p->file] * powf(s->dampen, (float)nth) * p->mult;
+            if (fn(ctx, user, p, parts[k].off, cols, factor) < 0) return -1;
+            p->applied++;
+            nth++;
+            /* count LoRA layers, not parts: a fused pair split over this weight's parts is one */
+            int seen = 0;
+            for (int q = 0; q < n_seen && !seen; q++) seen = seen_layer[q] == p->layer;
+            if (!seen && n_seen < 64) seen_layer[n_seen++] = p->layer;
+            applied += !seen;
+        }
+    }
+    return applied;
+}
+
+/* The pair's up rows as float times factor, [up_rows, rank], and down as float [rank, cols]. */
+static int pair_factors(qd_ctx *ctx, const lora_pair *p, int64_t cols, float factor, float **up, float **down) {
+    int64_t r = p->rank;
+    *up = qd_malloc(ctx, sizeof(float) * (size_t)(p->up_rows * r));
+    *down = qd_malloc(ctx, sizeof(float) * (size_t)(r * cols));
+    if (!*up || !*down) { free(*up); free(*down); return -1; }
+    qd_st_to_f32(p->up, p->up_off * r, p->up_rows * r, *up);
+    for (int64_t i = 0; i < p->up_rows * r; i++) (*up)[i] *= factor;
+    qd_st_to_f32(p->down, 0, r * cols, *down);
+    return 0;
+}
+
+typedef struct { float *w; } merge_arg;
+
+static int merge_pair(qd_ctx *ctx, void *user, const lora_pair *p, int64_t row_off, int64_t cols, float factor) {
+    merge_arg *a = user;
+    float *up, *down;
+    if (pair_factors(ctx, p, cols, 1.0f, &up, &down)) return -1;
+    /* w[row_off + o, j] += factor * sum_k up[o, k] * down[k, j] */
+    qd_gemm(ctx, p->up_rows, cols, p->rank, qd_rows(up, p->rank), qd_cols(down, cols), a->w + row_off * cols, cols,
+            factor, 1.0f, NULL, NULL);
+    free(up);
+    free(down);
+    return qd_op_status(ctx) != QD_OK ? -1 : 0;
 }
 
 int qd_lora_apply(qd_ctx *ctx, qd_lora_set *s, const char *component, const char *tensor_name,
                   float *w, const int64_t *shape, int ndim) {
-    int comp;
-    char *key = model_key(component, tensor_name, &comp);
-    if (!key) return 0;
-    int64_t first = first_pair(s, key);
-    free(key);
-    if (first < 0) return 0;
-    int applied = 0;
-    for (int64_t i = first; i < s->n_pairs && !strcmp(s->pairs[i].key, s->pairs[first].key); i++) {
-        lora_pair *p = &s->pairs[i];
-        if (!comp_matches(p->comp, comp)) continue;
-        int64_t out = ndim >= 1 ? shape[0] : 0, rest = 1;
-        for (int d = 1; d < ndim; d++) rest *= shape[d];
-        int64_t r = p->rank, dcols = p->down->numel / r;
-        if (ndim < 2 || p->up->shape[0] != out || dcols != rest) {
-            char ws[96];
-            int len = snprintf(ws, sizeof ws, "[");
-            for (int d = 0; d < ndim && len < (int)sizeof ws; d++) len += snprintf(ws + len, sizeof ws - (size_t)len, d ? ",%lld" : "%lld", (long long)shape[d]);
-            if (len < (int)sizeof ws) snprintf(ws + len, sizeof ws - (size_t)len, "]");
-            qd_fail(ctx, QD_ERR_FORMAT, "%s: LoRA '%s' (%s) does not fit weight '%s' %s: up has %lld outputs, down "
-                    "%lld inputs", s->paths[p->file], p->base, comp_names[p->comp], tensor_name, ws,
-                    (long long)p->up->shape[0], (long long)dcols);
-            return -1;
-        }
-        float *up = qd_malloc(ctx, sizeof(float) * (size_t)(out * r));
-        float *down = qd_malloc(ctx, sizeof(float) * (size_t)(r * rest));
-        if (!up || !down) { free(up); free(down); return -1; }
-        qd_st_to_f32(p->up, 0, out * r, up);
-        qd_st_to_f32(p->down, 0, r * rest, down);
-        float factor = s->scales[p->file] * powf(s->dampen, (float)applied) * p->alpha / (float)r;
-        /* w[o, j] += factor * sum_k up[o, k] * down[k, j] */
-        qd_gemm(ctx, out, rest, r, qd_rows(up, r), qd_cols(down, rest), w, rest, factor, 1.0f, NULL, NULL);
-        free(up);
-        free(down);
-        if (qd_op_status(ctx) != QD_OK) return -1;
-        p->applied++;
-        applied++;
+    merge_arg a = {w};
+    return for_each_pair(ctx, s, component, tensor_name, shape, ndim, merge_pair, &a);
+}
+
+/* ---- low-rank factors for generation-time LoRA ---- */
+
+typedef struct { int64_t rows, cols, R, cap; float *A, *B; int pass; } factor_arg;
+
+static int collect_pair(qd_ctx *ctx, void *user, const lora_pair *p, int64_t row_off, int64_t cols, float factor) {
+    factor_arg *a = user;
+    if (a->pass == 0) { a->cap += p->rank; return 0; }
+    float *up, *down;
+    if (pair_factors(ctx, p, cols, factor, &up, &down)) return -1;
+    /* A rows [R, R + rank) = down; B columns [R, R + rank) = factor * up in rows [row_off, row_off + up_rows) */
+    memcpy(a->A + a->R * cols, down, sizeof(float) * (size_t)(p->rank * cols));
+    for (int64_t o = 0; o < p->up_rows; o++)
+        memcpy(a->B + (row_off + o) * a->cap + a->R, up + o * p->rank, sizeof(float) * (size_t)p->rank);
+    a->R += p->rank;
+    free(up);
+    free(down);
+    return 0;
+}
+
+int qd_lora_factors(qd_ctx *ctx, qd_lora_set *s, const char *component, const char *tensor_name,
+                    const int64_t *shape, int ndim, float **A, float **B, int64_t *rank) {
+    *A = *B = NULL;
+    *rank = 0;
+    factor_arg a = {0};
+    a.rows = shape[0];
+    a.cols = 1;
+    for (int d = 1; d < ndim; d++) a.cols *= shape[d];
+    /* pass 0 counts the total rank (and checks shapes) without counting as applied */
+    int64_t *saved = NULL;
+    int n = 0;
+    {
+        int comp;
+        canon_part parts[4];
+        int np = weight_parts(component, tensor_name, shape, ndim, &comp, parts);
+        if (np == 0) return 0;
+        int64_t cnt = 0;
+        for (int k = 0; k < np; k++)
+            for (int64_t i = first_pair(s, parts[k].key); i >= 0 && i < s->n_pairs && !strcmp(s->pairs[i].key, parts[k].key); i++)
+                cnt++;
+        if (cnt == 0) return 0;
+        saved = malloc(sizeof(int64_t) * (size_t)s->n_pairs);
+        if (!saved) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory"), -1;
+        for (int64_t i = 0; i < s->n_pairs; i++) saved[i] = s->pairs[i].applied;
+        n = for_each_pair(ctx, s, component, tensor_name, shape, ndim, collect_pair, &a);
+        for (int64_t i = 0; i < s->n_pairs; i++) s->pairs[i].applied = saved[i];
+        free(saved);
+        if (n <= 0) return n;
     }
-    return applied;
+    a.A = qd_malloc(ctx, sizeof(float) * (size_t)(a.cap * a.cols));
+    a.B = qd_calloc(ctx, (size_t)(a.rows * a.cap), sizeof(float));
+    if (!a.A || !a.B) { free(a.A); free(a.B); return -1; }
+    a.pass = 1;
+    n = for_each_pair(ctx, s, component, tensor_name, shape, ndim, collect_pair, &a);
+    if (n < 0) { free(a.A); free(a.B); return -1; }
+    *A = a.A;
+    *B = a.B;
+    *rank = a.R;
+    return n;
 }
 
 qd_status qd_lora_set_plan(qd_ctx *ctx, qd_lora_set *s, const char *weights, const char *component) {
@@ -372,45 +721,70 @@ qd_status qd_lora_set_plan(qd_ctx *ctx, qd_lora_set *s, const char *weights, con
     for (int64_t i = 0; i < st.n_tensors; i++) {
         const qd_st_tensor *t = &st.tensors[i];
         if (t->ndim < 2 || !(t->dtype == QD_F32 || t->dtype == QD_F16 || t->dtype == QD_BF16 || t->dtype == QD_F64)) continue;
-        qd_lora_set_plan_tensor(s, component, t->name);
+        qd_lora_set_plan_tensor(s, component, t->name, t->shape, t->ndim);
     }
     qd_st_close(&st);
     return QD_OK;
 }
 
-void qd_lora_set_plan_tensor(qd_lora_set *s, const char *component, const char *tensor_name) {
+void qd_lora_set_plan_tensor(qd_lora_set *s, const char *component, const char *tensor_name, const int64_t *shape,
+                             int ndim) {
     int comp;
-    char *key = model_key(component, tensor_name, &comp);
-    if (!key) return;
-    for (int64_t j = first_pair(s, key); j >= 0 && j < s->n_pairs && !strcmp(s->pairs[j].key, key); j++)
-        if (comp_matches(s->pairs[j].comp, comp)) s->pairs[j].planned = 1;
-    free(key);
+    canon_part parts[4];
+    int np = weight_parts(component, tensor_name, shape, ndim, &comp, parts);
+    for (int k = 0; k < np; k++)
+        for (int64_t j = first_pair(s, parts[k].key); j >= 0 && j < s->n_pairs && !strcmp(s->pairs[j].key, parts[k].key); j++)
+            if (comp_matches(s->pairs[j].comp, comp)) s->pairs[j].planned = 1;
+}
+
+/* Per LoRA layer (all parts of a split one together): whether any part was applied or planned. */
+static void layer_counts(const qd_lora_set *s, int f, int64_t *matched, int64_t *total, const lora_pair **miss) {
+    int64_t m = 0, n = 0;
+    *miss = NULL;
+    /* entries are sorted by key; layers are numbered per set, so mark hits per layer */
+    unsigned char *hit = calloc((size_t)(s->n_layers ? s->n_layers : 1), 2);
+    if (!hit) { *matched = *total = 0; return; }
+    for (int64_t i = 0; i < s->n_pairs; i++) {
+        const lora_pair *p = &s->pairs[i];
+        if (f >= 0 && p->file != f) continue;
+        hit[2 * p->layer] = 1;
+        if (p->applied || p->planned) hit[2 * p->layer + 1] = 1;
+        else if (!*miss) *miss = p;
+    }
+    for (int64_t l = 0; l < s->n_layers; l++) { n += hit[2 * l]; m += hit[2 * l + 1]; }
+    /* a layer with some parts matched is matched; report a layer none of whose parts matched */
+    if (*miss && hit[2 * (*miss)->layer + 1]) {
+        *miss = NULL;
+        for (int64_t i = 0; i < s->n_pairs && !*miss; i++) {
+            const lora_pair *p = &s->pairs[i];
+            if ((f < 0 || p->file == f) && !hit[2 * p->layer + 1]) *miss = p;
+        }
+    }
+    free(hit);
+    *matched = m;
+    *total = n;
 }
 
 void qd_lora_set_report(const qd_lora_set *s, int64_t *matched, int64_t *total) {
-    int64_t m = 0;
-    for (int64_t i = 0; i < s->n_pairs; i++) m += s->pairs[i].applied > 0;
+    const lora_pair *miss;
+    int64_t m, n;
+    layer_counts(s, -1, &m, &n, &miss);
     if (matched) *matched = m;
-    if (total) *total = s->n_pairs;
+    if (total) *total = n;
 }
 
 qd_status qd_lora_set_check(qd_ctx *ctx, const qd_lora_set *s) {
     for (int f = 0; f < s->n_files; f++) {
         int64_t m = 0, n = 0;
         const lora_pair *miss = NULL;
-        for (int64_t i = 0; i < s->n_pairs; i++) {
-            if (s->pairs[i].file != f) continue;
-            n++;
-            if (s->pairs[i].applied || s->pairs[i].planned) m++;
-            else if (!miss) miss = &s->pairs[i];
-        }
+        layer_counts(s, f, &m, &n, &miss);
         if (m == 0)
             return qd_fail(ctx, QD_ERR_FORMAT, "%s: 0 of its %lld LoRA layers matched a weight of the model "
                            "(first: '%s' for %s); wrong model or naming convention?", s->paths[f], (long long)n,
                            miss ? miss->base : "?", miss ? comp_names[miss->comp] : "?");
         if (m < n)
-            qd_warn(ctx, "%s: %lld of %lld LoRA layers matched a weight; not merged e.g. '%s' (%s)", s->paths[f],
-                    (long long)m, (long long)n, miss->base, comp_names[miss->comp]);
+            qd_warn(ctx, "%s: %lld of %lld LoRA layers matched a weight; not applied e.g. '%s' (%s)", s->paths[f],
+                    (long long)m, (long long)n, miss ? miss->base : "?", miss ? comp_names[miss->comp] : "?");
     }
     return QD_OK;
 }

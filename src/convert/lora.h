@@ -15,9 +15,18 @@
  *             attention-processor form <...>.processor.to_q_lora.down.weight.
  *   PEFT      base_model.model.<name>.lora_A.weight / .lora_B.weight (any component).
  *   BFL/ComfyUI diffusion_model.<name>.lora_A.weight / lora_down (the denoiser).
- * alpha: the "<base>.alpha" tensor, else the header metadata "<base with _>_alpha"
- * (what the fork reads), else the rank. Linear and conv LoRAs (down [r, in, kh, kw],
- * up [out, r, 1, 1]); LoHa, LoKr, DoRA and Tucker (lora_mid) files are refused. */
+ * FLUX: BFL names (double_blocks.N.img_attn.qkv, single_blocks.N.linear1, img_mod.lin, ...)
+ * and diffusers names (transformer_blocks.N.attn.to_q, ...) are both mapped to diffusers'
+ * names; a fused layer is split by rows (qkv: three equal thirds; linear1: q, k, v of the
+ * hidden size each, then proj_mlp), so a diffusers LoRA merges into a BFL checkpoint's fused
+ * qkv/linear1 rows and a BFL LoRA's fused up is split over separate to_q/to_k/to_v (down
+ * shared). A part whose rows or inputs differ from the weight's is an error.
+ * alpha: the "<base>.alpha" tensor; else, for lora_A/lora_B pairs with PEFT's
+ * adapter_config.json beside the file, its lora_alpha and r (rank_pattern/alpha_pattern
+ * per module, "(.*\.)?(KEY)$" as PEFT matches them; use_rslora: alpha/sqrt(r)); else the
+ * header metadata "<base with _>_alpha" (what the fork reads); else the rank. Linear and
+ * conv LoRAs (down [r, in, kh, kw], up [out, r, 1, 1]); LoHa, LoKr, DoRA and Tucker
+ * (lora_mid) files are refused. */
 #ifndef QD_CONVERT_LORA_H
 #define QD_CONVERT_LORA_H
 
@@ -27,8 +36,16 @@
 /* qd_lora_set_open, qd_lora_apply, qd_lora_set_report, qd_lora_set_check and
  * qd_lora_set_free are declared in qdiff.h. */
 
-/* How many pairs would apply to this weight (no arithmetic; to decide whether an
- * otherwise copied tensor must be converted). */
-int qd_lora_touches(const qd_lora_set *set, const char *component, const char *tensor_name);
+/* How many pairs would apply to this weight of the given shape (no arithmetic; to decide
+ * whether an otherwise copied tensor must be converted). */
+int qd_lora_touches(const qd_lora_set *set, const char *component, const char *tensor_name, const int64_t *shape,
+                    int ndim);
+
+/* Generation-time LoRA: the low-rank form of the deltas qd_lora_apply would add to this
+ * weight ([rows, cols...]): delta = B . A with A [rank, cols] (the downs stacked) and
+ * B [rows, rank] (each up times its factor, in its rows; zero elsewhere). Returns the
+ * number of pairs (0: *A = *B = NULL), or -1 with the error in ctx. Counts as applied. */
+int qd_lora_factors(qd_ctx *ctx, qd_lora_set *set, const char *component, const char *tensor_name,
+                    const int64_t *shape, int ndim, float **A, float **B, int64_t *rank);
 
 #endif

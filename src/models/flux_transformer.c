@@ -287,3 +287,5 @@ done:
     bufs_free(&f);
     return st;
 }
+
+struct qd_params *qd_flux_params(qd_flux *m) { return &m->p; }

@@ -30,6 +30,8 @@ typedef struct {                       /* parsed from config.json; what the pipe
  * fail naming the weights file and the tensor. */
 qd_status qd_flux_load(qd_ctx *ctx, const char *dir, qd_flux **out);
 void qd_flux_free(qd_flux *m);
+/* Its loaded parameters (generation-time LoRAs attach to their weights). */
+struct qd_params *qd_flux_params(qd_flux *m);
 const qd_flux_info *qd_flux_get_info(const qd_flux *m);
 
 /* transformer(hidden_states, encoder_hidden_states=context, pooled_projections=pooled,

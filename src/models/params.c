@@ -62,6 +62,8 @@ qd_status qd_params_open(qd_ctx *ctx, const char *dir, const char *name, qd_para
 void qd_params_close(qd_params *p) {
     for (int i = 0; i < p->n_owned; i++) free(p->owned[i]);
     free(p->owned);
+    for (int i = 0; i < p->n_weights; i++) free(p->weights[i].name);
+    free(p->weights);
     qd_sdnq_config_free(p->sdnq);
     if (p->cq) { qd_cq_close(p->cq); free(p->cq); }
     if (!p->borrowed) qd_st_close(&p->st);
@@ -134,6 +136,31 @@ static qd_status copy(qd_params *p, const char *name, int ndim, const int64_t *s
     return QD_OK;
 }
 
+/* Note a loaded matrix under "<prefix>.weight" (the model keeps w where it is). */
+static qd_status note_weight(qd_params *p, const char *prefix, qd_weight *w) {
+    w->lora = NULL;
+    if (p->n_weights == p->cap_weights) {
+        int cap = p->cap_weights ? 2 * p->cap_weights : 128;
+        struct qd_params_weight *g = realloc(p->weights, sizeof *g * (size_t)cap);
+        if (!g) return qd_fail(p->ctx, QD_ERR_NOMEM, "out of memory");
+        p->weights = g;
+        p->cap_weights = cap;
+    }
+    size_t n = strlen(prefix);
+    char *name = malloc(n + 8);
+    if (!name) return qd_fail(p->ctx, QD_ERR_NOMEM, "out of memory");
+    memcpy(name, prefix, n);
+    memcpy(name + n, ".weight", 8);
+    p->weights[p->n_weights].name = name;
+    p->weights[p->n_weights++].w = w;
+    return QD_OK;
+}
+
+void qd_params_rebind(qd_params *p, const qd_weight *from, qd_weight *to) {
+    for (int i = p->n_weights - 1; i >= 0; i--)
+        if (p->weights[i].w == from) { p->weights[i].w = to; return; }
+}
+
 #define FORMAT_PREFIX(buf, fmt) \
     char buf[512]; do { va_list ap; va_start(ap, fmt); vsnprintf(buf, sizeof buf, fmt, ap); va_end(ap); } while (0)
 
@@ -157,6 +184,7 @@ qd_status qd_p_linear(qd_params *p, qd_linear_p *out, int64_t out_f, int64_t in_
         QD_TRY(get(p, name, t && t->ndim == 4 ? 4 : 2, t && t->ndim == 4 ? s4 : s2, &t));
         qd_weight_dense(&out->w, t, out_f, in_f);
     }
+    QD_TRY(note_weight(p, prefix, &out->w));
     out->b = NULL;
     if (bias) {
         snprintf(name, sizeof name, "%s.bias", prefix);
@@ -177,6 +205,7 @@ qd_status qd_p_conv(qd_params *p, qd_conv_p *out, int64_t cout, int64_t cin, int
         QD_TRY(get(p, name, 4, s4, &t));
         qd_weight_dense(&out->w, t, cout, cin * k * k);
     }
+    QD_TRY(note_weight(p, prefix, &out->w));
     out->k = k;
     out->cin = cin;
     out->cout = cout;

@@ -18,7 +18,7 @@
 typedef struct qd_sdnq_config qd_sdnq_config;
 struct qd_cq_model;
 
-typedef struct {
+typedef struct qd_params {
     qd_ctx *ctx;
     qd_st_set st;
     char name[64];          /* component name for messages, e.g. "unet" */
@@ -28,6 +28,10 @@ typedef struct {
     void **owned;           /* float copies, freed by qd_params_close */
     int n_owned, cap_owned;
     int borrowed;           /* st is a single-file checkpoint's view (ctx->weights_from): not closed here */
+    /* every matrix qd_p_linear / qd_p_conv loaded, under its tensor name ("<prefix>.weight"):
+     * what generation-time LoRAs attach to (pipeline/model_lora.c) */
+    struct qd_params_weight { char *name; qd_weight *w; } *weights;
+    int n_weights, cap_weights;
 } qd_params;
 
 /* Open the weights of a component folder: *.safetensors.index.json (sharded) or a
@@ -50,6 +54,8 @@ enum { QD_NO_BIAS = 0, QD_BIAS = 1 };
  * An SDNQ layer (one with "<prefix>.scale") or a comfy_quant layer is checked against out x in. */
 qd_status qd_p_linear(qd_params *p, qd_linear_p *out, int64_t out_f, int64_t in_f, int bias,
                       const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* A loaded weight was copied from `from` to `to` (the copy is the one the model uses). */
+void qd_params_rebind(qd_params *p, const qd_weight *from, qd_weight *to);
 /* "<prefix>.weight" [cout, cin, k, k] and "<prefix>.bias" [cout]. */
 qd_status qd_p_conv(qd_params *p, qd_conv_p *out, int64_t cout, int64_t cin, int k, int bias,
                     const char *fmt, ...) __attribute__((format(printf, 7, 8)));

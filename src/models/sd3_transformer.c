@@ -586,3 +586,5 @@ done:
     ws_free(&w);
     return st;
 }
+
+struct qd_params *qd_sd3_params(qd_sd3 *m) { return &m->p; }

@@ -30,6 +30,8 @@ typedef struct {                       /* parsed from config.json; what the pipe
  * fail naming the weights file and the tensor. */
 qd_status qd_sd3_load(qd_ctx *ctx, const char *dir, qd_sd3 **out);
 void qd_sd3_free(qd_sd3 *m);
+/* Its loaded parameters (generation-time LoRAs attach to their weights). */
+struct qd_params *qd_sd3_params(qd_sd3 *m);
 const qd_sd3_info *qd_sd3_get_info(const qd_sd3 *m);
 
 /* transformer(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled,

@@ -649,3 +649,5 @@ done:
     fwd_state_free(&s);
     return st;
 }
+
+struct qd_params *qd_unet_params(qd_unet *u) { return &u->p; }

@@ -24,6 +24,8 @@ typedef struct {                       /* parsed from config.json; what the pipe
  * naming the weights file and the tensor. */
 qd_status qd_unet_load(qd_ctx *ctx, const char *dir, qd_unet **out);
 void qd_unet_free(qd_unet *u);
+/* Its loaded parameters (generation-time LoRAs attach to their weights). */
+struct qd_params *qd_unet_params(qd_unet *u);
 const qd_unet_info *qd_unet_get_info(const qd_unet *u);
 
 /* unet(x, timestep, context, added_cond_kwargs).sample

@@ -219,6 +219,7 @@ static qd_status proj_load(qd_params *p, qd_linear_p *out, int64_t out_f, int64_
     qd_conv_p c;
     QD_TRY(qd_p_conv(p, &c, out_f, in_f, 1, QD_BIAS, "%s.%s", prefix, name));
     out->w = c.w;
+    qd_params_rebind(p, &c.w, &out->w);
     out->b = c.b;
     return QD_OK;
 }

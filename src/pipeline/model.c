@@ -2,6 +2,7 @@
  * component's library and class; each component folder has its own config. */
 #include "pipeline/model.h"
 #include "convert/single_file.h"
+#include "pipeline/model_lora.h"
 #include "base/ctx.h"
 #include "io/file.h"
 #include "io/json.h"
@@ -54,6 +55,7 @@ static qd_status component(qd_ctx *ctx, const char *index_path, const cJSON *ind
 
 void qd_model_free(qd_model *m) {
     if (!m) return;
+    qd_model_lora_clear(m);   /* the deltas live on the components' weights */
     for (int i = 0; i < 2; i++) {
         qd_clip_tokenizer_free(m->tokenizer[i]);
         qd_clip_text_free(m->text_encoder[i]);

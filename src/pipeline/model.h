@@ -35,6 +35,7 @@ struct qd_model {
     int latent_channels;
     int default_size;               /* native image side in pixels */
     struct qd_single_file *sf;      /* opened from a single-file checkpoint: its mapping, kept while the model lives */
+    struct qd_model_lora *lora;     /* generation-time LoRAs attached (model_lora.c), or NULL */
 };
 
 /* Whether the family predicts flow velocity (SD3, FLUX) rather than noise. */

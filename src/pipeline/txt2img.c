@@ -8,6 +8,7 @@
 #include "base/rng.h"
 #include "pipeline/ksample_loop.h"
 #include "pipeline/model.h"
+#include "pipeline/model_lora.h"
 #include "pipeline/preview.h"
 #include "pipeline/prompt.h"
 #include "sample/scheduler.h"
@@ -284,6 +285,7 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     if (steps < 1 || steps > 10000) return qd_fail(ctx, QD_ERR_ARG, "steps must be 1..10000 (got %d)", steps);
     if (p->batch < 1 || p->batch > 64) return qd_fail(ctx, QD_ERR_ARG, "batch must be 1..64 (got %d)", p->batch);
     if (fmt != QD_IMAGE_F32 && fmt != QD_IMAGE_RGB8) return qd_fail(ctx, QD_ERR_ARG, "unknown image format %d", (int)fmt);
+    QD_TRY(qd_model_use_loras(ctx, m, p->loras, p->lora_scales, p->n_loras));
     int previews = p->preview && p->preview_vae && p->preview_every > 0;
     if (previews && qd_vae_describe(p->preview_vae)->latent_channels != m->latent_channels)
         return qd_fail(ctx, QD_ERR_ARG, "the preview VAE takes %d latent channels but this %s model makes %d: "

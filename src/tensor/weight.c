@@ -61,4 +61,5 @@ void qd_weight_dense(qd_weight *w, const qd_st_tensor *t, int64_t rows, int64_t 
     w->linear = 0;
     w->decode_lowp = 0;
     w->decode_kmajor = 0;
+    w->lora = 0;
 }

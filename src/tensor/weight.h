@@ -30,6 +30,9 @@ struct qd_weight {
      * each k zero: the GEMM's B panel order, so no transpose. NULL: not available. */
     void (*decode_kmajor)(const struct qd_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk, float *panel,
                           int64_t ld);
+    /* Generation-time LoRA attached to this weight (tensor/lora_path.h), NULL: none. While
+     * attached, decode() adds its low-rank delta and linear is NULL. */
+    struct qd_lora_delta *lora;
 };
 typedef struct qd_weight qd_weight;
 

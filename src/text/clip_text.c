@@ -192,3 +192,5 @@ qd_status qd_clip_text_forward(qd_ctx *ctx, qd_clip_text *m, const int32_t *ids,
     free(x); free(h); free(qkv); free(ff); free(tmp);
     return st;
 }
+
+struct qd_params *qd_clip_text_params(qd_clip_text *m) { return &m->p; }

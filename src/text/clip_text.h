@@ -16,6 +16,8 @@ typedef struct {
 /* dir = the text_encoder folder (config.json + model.safetensors). */
 qd_status qd_clip_text_load(qd_ctx *ctx, const char *dir, qd_clip_text **out);
 void qd_clip_text_free(qd_clip_text *m);
+/* Its loaded parameters (generation-time LoRAs attach to their weights). */
+struct qd_params *qd_clip_text_params(qd_clip_text *m);
 const qd_clip_text_info *qd_clip_text_get_info(const qd_clip_text *m);
 
 /* ids [B, L]. Outputs may be NULL when not wanted:

@@ -241,3 +241,5 @@ qd_status qd_t5_encoder_forward(qd_ctx *ctx, qd_t5_encoder *m, const int32_t *id
     free(x); free(h); free(qkv); free(att); free(g); free(u); free(bias);
     return st;
 }
+
+struct qd_params *qd_t5_encoder_params(qd_t5_encoder *m) { return &m->p; }

@@ -20,6 +20,8 @@ typedef struct qd_t5_encoder qd_t5_encoder;
 /* dir holds config.json and model.safetensors (or shards / fp16 variant). */
 qd_status qd_t5_encoder_load(qd_ctx *ctx, const char *dir, qd_t5_encoder **out);
 void qd_t5_encoder_free(qd_t5_encoder *m);
+/* Its loaded parameters (generation-time LoRAs attach to their weights). */
+struct qd_params *qd_t5_encoder_params(qd_t5_encoder *m);
 int qd_t5_encoder_dim(const qd_t5_encoder *m);          /* d_model */
 
 /* ids [B, L] -> out [B, L, d_model], the last_hidden_state. */

@@ -175,9 +175,9 @@ spec = importlib.util.spec_from_file_location("qdiff_clone", os.path.join(REPO, 
 pack = importlib.util.module_from_spec(spec)
 sys.modules["qdiff_clone"] = pack
 spec.loader.exec_module(pack)
-check(set(pack.NODE_CLASS_MAPPINGS) == {"QdiffSampler"} and
-      pack.NODE_DISPLAY_NAME_MAPPINGS == {"QdiffSampler": "qdiff Sampler"},
-      "repo-root __init__.py exports QdiffSampler as 'qdiff Sampler'")
+check(set(pack.NODE_CLASS_MAPPINGS) == {"QdiffSampler", "QdiffLora"} and
+      pack.NODE_DISPLAY_NAME_MAPPINGS == {"QdiffSampler": "qdiff Sampler", "QdiffLora": "qdiff LoRA"},
+      "repo-root __init__.py exports QdiffSampler as 'qdiff Sampler' and QdiffLora as 'qdiff LoRA'")
 node_mod = sys.modules["qdiff_clone.bindings.comfyui.sampler_node"]
 lq = sys.modules["qdiff_clone.bindings.comfyui.libqdiff"]
 Node = pack.NODE_CLASS_MAPPINGS["QdiffSampler"]
@@ -215,8 +215,14 @@ check(req["sampler_name"][0] == ["diffusers default"] + cli_names[0] + cli_names
       "diffusers classes, as `qdiff samplers` lists them")
 check(req["scheduler"][0] == ["diffusers default"] + cli_names[1],
       f"scheduler: diffusers default + the {len(cli_names[1])} schedules of `qdiff samplers`")
-check({"guidance", "threads", "batch_size", "matmul", "precision", "preview_vae"} <= set(it["optional"]),
-      "optional inputs: guidance, threads, batch_size, matmul, precision, preview_vae")
+check({"guidance", "threads", "batch_size", "matmul", "precision", "preview_vae", "loras"} <= set(it["optional"]),
+      "optional inputs: guidance, threads, batch_size, matmul, precision, preview_vae, loras")
+check(it["optional"]["loras"][0] == "QDIFF_LORAS", "loras takes the qdiff LoRA node's QDIFF_LORAS")
+LoraNode = pack.NODE_CLASS_MAPPINGS["QdiffLora"]
+lit = LoraNode.INPUT_TYPES()
+check(lit["required"]["lora_name"][0] == "STRING" and lit["required"]["strength"][1]["default"] == 1.0 and
+      lit["optional"]["loras"][0] == "QDIFF_LORAS" and LoraNode.RETURN_TYPES == ("QDIFF_LORAS",),
+      "qdiff LoRA: lora_name (a path without folder_paths), strength 1.0, chains QDIFF_LORAS")
 check(Node.RETURN_TYPES == ("IMAGE", "LATENT"), "returns IMAGE and LATENT")
 saved = os.environ.pop("QD_PRECISION", None)
 prec = Node.INPUT_TYPES()["optional"]["precision"]
@@ -299,6 +305,30 @@ run_case("sd15_euler_a_default_schedule", "sd15-tiny", "a dog", "ugly", 4, 7.0, 
          "diffusers default", ["--sampler", "euler_ancestral"])
 run_case("shapes_matmul_int8", "shapes-sd", "a blue square", "", 4, 5.0, 64, 64, 3, "euler", "normal",
          ["--sampler", "euler", "--schedule", "normal", "--matmul", "int8"], matmul="int8")
+
+# ---- LoRAs: the qdiff LoRA node chained into the sampler = generate --lora ------------
+
+loradir = os.path.join(TMP, "loras")
+r = subprocess.run([sys.executable, os.path.join(REPO, "tests", "tools", "lora_reference.py"), "make", sd15_dir := os.path.join(FX, "models", "sd15-tiny"), loradir],
+                   capture_output=True, text=True)
+if check(r.returncode == 0, f"test LoRAs made by tests/tools/lora_reference.py ({r.stderr.strip()})"):
+    kohya = os.path.join(loradir, "kohya.safetensors")
+    peft = os.path.join(loradir, "peft", "adapter_model.safetensors")
+    chain = LoraNode().add(kohya, 0.8)[0]
+    chain = LoraNode().add(peft, 1.2, loras=chain)[0]
+    check(chain == ((kohya, 0.8), (peft, 1.2)), "two chained qdiff LoRA nodes give both (path, strength) in order")
+    run_case("sd15_two_loras", "sd15-tiny", "a red circle", "blurry", 4, 7.0, 64, 64, 21, "euler", "normal",
+             ["--sampler", "euler", "--lora", kohya + ":0.8", "--lora", peft + ":1.2"], loras=chain)
+    run_case("sd15_after_loras", "sd15-tiny", "a red circle", "blurry", 4, 7.0, 64, 64, 21, "euler", "normal",
+             ["--sampler", "euler"])   # the next run without loras: the model as loaded
+    run_case("sd15_lora_strength0", "sd15-tiny", "a red circle", "blurry", 4, 7.0, 64, 64, 21, "euler", "normal",
+             ["--sampler", "euler"], loras=LoraNode().add(kohya, 0.0)[0])
+    nomatch = os.path.join(loradir, "nomatch.safetensors")
+    e = expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, "x", "", 2, -1, 64, 64, 0, "euler", "normal",
+                                                         loras=LoraNode().add(nomatch, 1.0)[0]),
+                      "a LoRA matching no layer raises QdiffError")
+    check(e is not None and "0 of its 1 LoRA layers matched" in str(e) and "nomatch.safetensors" in str(e),
+          f"  ... naming the file and the count ({e})")
 
 # ---- errors carry the library's message ----------------------------------------------
 
