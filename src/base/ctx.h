@@ -8,9 +8,12 @@
 #include "qdiff.h"
 
 typedef struct qd_pool qd_pool;
+typedef struct qd_act_pool qd_act_pool;
 
-/* Op trace for benchmarks: op is "conv2d", "linear" or "attention"; dims as
- * documented at each call site in tensor/ops.c; seconds is the op's wall time. */
+/* Op trace for benchmarks: op is "conv2d", "linear" or "attention" (dims as documented
+ * at each call site in tensor/ops.c), or one of the passes between them: "group_norm",
+ * "layer_norm", "geglu", "silu" (tensor/norm_act.c), "add", "copy" (model code); seconds
+ * is the op's wall time. */
 typedef void (*qd_trace_fn)(void *user, const char *op, const int64_t *dims, int ndims, double seconds);
 double qd_now(void);   /* monotonic seconds */
 
@@ -26,6 +29,7 @@ struct qd_ctx {
     void *trace_user;
     int matmul_mode;            /* SDNQ layers: 0 as the model's config asks, 1 exact, 2 int8 (qd_set_matmul) */
     int precision;              /* QD_PRECISION_* (qd_set_precision); read it through qd_ctx_bf16() */
+    qd_act_pool *acts;          /* step arena (base/act_pool.h), created by the first qd_act_alloc */
 };
 
 /* Record an error: formats into ctx->err and returns `code` (never QD_OK). */
