@@ -304,7 +304,7 @@ int main(int argc, char **argv) {
     double ncpu = (double)sysconf(_SC_NPROCESSORS_ONLN);
     for (int i = 0; i < steps; i++) {
         wait_idle(idle_wait, 1);
-        tb.n = 0;
+        trace_reset(&tb);
         double busy0 = machine_busy_s(), self0 = self_cpu_s();
         t0 = tb.t0 = qd_now();
         if (qd_flux_forward(ctx, m, x, 1, N, &ts, guidance ? &gd : NULL, pool, context, L, img_ids, txt_ids, out) != QD_OK)

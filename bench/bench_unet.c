@@ -25,6 +25,7 @@
  * The weights file is deleted at exit unless --keep or --reuse is given. */
 #include "models/unet.h"
 #include "base/ctx.h"
+#include "base/act_pool.h"
 #include "base/half.h"
 #include "io/json.h"
 #include "io/safetensors.h"
@@ -245,15 +246,21 @@ int main(int argc, char **argv) {
      * every step so far was disturbed by more than 5%. */
     for (int i = 0; i < max_steps && (i < steps || best_others > 0.05); i++) {
         wait_idle(idle_wait, 1);
-        tb.n = 0;
+        trace_reset(&tb);
         double busy0 = machine_busy_s(), self0 = self_cpu_s();
+        struct rusage r0, r1;
+        getrusage(RUSAGE_SELF, &r0);
         t0 = qd_now();
         if (qd_unet_forward(ctx, u, x, B, H, W, ts, context, L, temb, pooled ? tids : NULL, out) != QD_OK)
             die("forward: %s", qd_last_error(ctx));
         double s = qd_now() - t0;
+        getrusage(RUSAGE_SELF, &r1);
         double others = ((machine_busy_s() - busy0) - (self_cpu_s() - self0)) / (s * ncpu);
         if (others < 0) others = 0;
-        printf("step %d      %.3f s (other processes: %.0f%% of the CPUs)\n", i + 1, s, 100 * others);
+        printf("step %d      %.3f s (other processes: %.0f%% of the CPUs; %ld page faults; CPU %.2f s)\n", i + 1, s,
+               100 * others, (r1.ru_minflt - r0.ru_minflt) + (r1.ru_majflt - r0.ru_majflt),
+               (r1.ru_utime.tv_sec - r0.ru_utime.tv_sec) + (r1.ru_stime.tv_sec - r0.ru_stime.tv_sec) +
+                   1e-6 * ((r1.ru_utime.tv_usec - r0.ru_utime.tv_usec) + (r1.ru_stime.tv_usec - r0.ru_stime.tv_usec)));
         sum += s;
         done++;
         if (s < best) {
@@ -291,10 +298,14 @@ int main(int argc, char **argv) {
            flops / 1e9 / step_s, flops / 1e9 / op_s);
     printf("peak RSS    %.0f MB (ru_maxrss), VmHWM %.0f MB; now RssAnon %.0f MB, RssFile %.0f MB (mapped weights)\n",
            ru.ru_maxrss / 1024.0, hwm / 1024.0, anon / 1024.0, file / 1024.0);
+    qd_act_stats as;
+    qd_act_get_stats(ctx, &as);
+    printf("step arena  %.0f MB (peak of live activations %.0f MB); %ld plan(s), %ld buffers from malloc, %ld from the "
+           "arena\n", as.held / 1e6, as.peak_live / 1e6, as.plans, as.fresh, as.reused);
     printf("output      finite, mean |out| %.4g\n", asum / nout);
     printf("contention  other processes used %.0f%% of the machine's CPU time during the fastest step%s\n\n",
            100 * others_frac, others_frac > 0.05 ? "  ** numbers are NOT clean: rerun on an idle machine **" : "");
-    trace_print(&sum_ops, OP_CONV2D, best, "group/layer norm, GEGLU, SiLU, adds, copies");
+    trace_print(&sum_ops, OP_CONV2D, best, "time embedding, upsampling, bias sums, scaling, allocation");
 
     if (trace_path) {
         FILE *f = fopen(trace_path, "w");

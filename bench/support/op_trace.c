@@ -8,10 +8,28 @@
 
 const char *const OP_NAMES[OP_COUNT] = {"conv2d", "linear", "attention"};
 
+void trace_reset(trace_buf *t) {
+    t->n = 0;
+    memset(&t->misc, 0, sizeof t->misc);
+}
+
+static void misc_add(misc_ops *m, const char *op, double s) {
+    int k = 0;
+    while (k < m->n && strcmp(m->name[k], op)) k++;
+    if (k == m->n) {
+        if (m->n == MISC_MAX) return;
+        snprintf(m->name[k], sizeof m->name[k], "%s", op);
+        m->n++;
+    }
+    m->count[k]++;
+    m->s[k] += s;
+}
+
 void on_op(void *user, const char *op, const int64_t *dims, int nd, double s) {
     trace_buf *t = user;
     int k = !strcmp(op, "conv2d") ? OP_CONV2D : !strcmp(op, "linear") ? OP_LINEAR : !strcmp(op, "attention") ? OP_ATTENTION : -1;
-    if (k < 0 || nd > 12) return;
+    if (k < 0) { misc_add(&t->misc, op, s); return; }
+    if (nd > 12) return;
     if (t->n == t->cap) {
         t->cap = t->cap ? 2 * t->cap : 4096;
         t->r = realloc(t->r, sizeof *t->r * (size_t)t->cap);
@@ -61,6 +79,7 @@ static int cmp_time_desc(const void *a, const void *b) {
 
 void trace_summarize(const trace_buf *tb, trace_summary *s) {
     memset(s, 0, sizeof *s);
+    s->misc = tb->misc;
     s->ss = calloc((size_t)tb->n + 1, sizeof *s->ss);
     if (!s->ss) die("out of memory");
     for (int i = 0; i < tb->n; i++) {
@@ -83,8 +102,13 @@ void trace_print(const trace_summary *s, int first, double best, const char *unt
     for (int k = first; k < OP_COUNT; k++)
         printf("%-10s %6d %10.3f %6.1f%% %10.1f %9.1f\n", OP_NAMES[k], s->cls_n[k], s->cls_s[k], 100 * s->cls_s[k] / best,
                s->cls_f[k] / 1e9, s->cls_s[k] > 0 ? s->cls_f[k] / 1e9 / s->cls_s[k] : 0);
-    printf("%-10s %6s %10.3f %6.1f%%   (%s: untraced)\n", "other", "", best - s->op_s, 100 * (best - s->op_s) / best,
-           untraced);
+    double misc = 0;
+    for (int k = 0; k < s->misc.n; k++) {
+        printf("%-10s %6d %10.3f %6.1f%%\n", s->misc.name[k], s->misc.count[k], s->misc.s[k], 100 * s->misc.s[k] / best);
+        misc += s->misc.s[k];
+    }
+    double rest = best - s->op_s - misc;
+    printf("%-10s %6s %10.3f %6.1f%%   (%s: untraced)\n", "other", "", rest, 100 * rest / best, untraced);
     printf("\nmost expensive op shapes (fastest timed step):\n");
     printf("%6s %6s %9s %8s  %s\n", "% step", "count", "seconds", "GFLOP/s", "shape");
     for (int k = 0; k < s->nss && k < 10; k++) {

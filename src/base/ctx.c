@@ -1,5 +1,6 @@
 #include "base/ctx.h"
 #include "base/threads.h"
+#include "base/act_pool.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,6 +25,7 @@ qd_ctx *qd_ctx_new(int n_threads) {
 void qd_ctx_free(qd_ctx *ctx) {
     if (!ctx) return;
     qd_pool_destroy(ctx->pool);
+    qd_act_pool_destroy(ctx);
     free(ctx);
 }
 

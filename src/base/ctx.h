@@ -8,9 +8,12 @@
 #include "qdiff.h"
 
 typedef struct qd_pool qd_pool;
+typedef struct qd_act_pool qd_act_pool;
 
-/* Op trace for benchmarks: op is "conv2d", "linear" or "attention"; dims as
- * documented at each call site in tensor/ops.c; seconds is the op's wall time. */
+/* Op trace for benchmarks: op is "conv2d", "linear" or "attention" (dims as documented
+ * at each call site in tensor/ops.c), or one of the passes between them: "group_norm",
+ * "layer_norm", "geglu", "silu" (tensor/norm_act.c), "add", "copy" (model code); seconds
+ * is the op's wall time. */
 typedef void (*qd_trace_fn)(void *user, const char *op, const int64_t *dims, int ndims, double seconds);
 double qd_now(void);   /* monotonic seconds */
 
@@ -31,6 +34,7 @@ struct qd_ctx {
     const struct qd_single_file *weights_from;
     int vae_tile_px;            /* qd_set_vae_tiling: 0 automatic (the default), -1 never, else the tile side in pixels */
     int vae_tile_overlap;       /* pixels; 0 = the default */
+    qd_act_pool *acts;          /* step arena (base/act_pool.h), created by the first qd_act_alloc */
 };
 
 /* Record an error: formats into ctx->err and returns `code` (never QD_OK). */

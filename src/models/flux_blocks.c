@@ -103,11 +103,7 @@ static void ln_mod_part(void *arg, int64_t b, int64_t e, int thread) {
         int64_t bi = r / S, txt = r % S < L;
         if (txt && !a->t0) continue;
         const float *sh = (txt ? a->t0 : a->i0) + bi * a->ld, *sc = (txt ? a->t1 : a->i1) + bi * a->ld;
-        const float *x = a->x + r * D;
-        float *y = a->y + r * D;
-        double mean = row_sum(x, D, 0, 0) / D;
-        float inv = (float)(1.0 / sqrt(row_sum(x, D, mean, 1) / D + QD_FLUX_EPS)), m = (float)mean;
-        for (int64_t i = 0; i < D; i++) y[i] = (x[i] - m) * inv * (1.0f + sc[i]) + sh[i];
+        qd_ln_row(a->x + r * D, D, QD_FLUX_EPS, NULL, NULL, sc, sh, a->y + r * D);   /* vectorised, norm_act.c */
     }
 }
 

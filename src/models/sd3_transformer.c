@@ -307,28 +307,10 @@ qd_status qd_sd3_load(qd_ctx *ctx, const char *dir, qd_sd3 **out) {
 
 typedef struct {
     float *x;                       /* [rows, D], updated in place */
-    const float *y;                 /* modulate: output target (y != x allowed); gated add: addend */
-    float *dst;
+    const float *y;                 /* gated add: addend */
     const float *shift, *scale, *gate;   /* batch 0's vectors; batch b at + b * ldm */
     int64_t ldm, rpb, D;            /* rows per batch item */
 } rows_args;
-
-/* dst = x * (1 + scale[b]) + shift[b], the AdaLayerNorm modulation (torch's order of ops). */
-static void modulate_part(void *arg, int64_t b, int64_t e, int thread) {
-    const rows_args *a = arg;
-    for (int64_t r = b; r < e; r++) {
-        int64_t bi = r / a->rpb;
-        const float *sh = a->shift + bi * a->ldm, *sc = a->scale + bi * a->ldm, *x = a->x + r * a->D;
-        float *d = a->dst + r * a->D;
-        for (int64_t i = 0; i < a->D; i++) d[i] = x[i] * (1.0f + sc[i]) + sh[i];
-    }
-}
-
-static void modulate(qd_ctx *ctx, float *x, int64_t rows, int64_t rpb, int64_t D, const float *shift,
-                     const float *scale, int64_t ldm, float *dst) {
-    rows_args a = {x, NULL, dst, shift, scale, NULL, ldm, rpb, D};
-    qd_parallel_for(ctx, rows, modulate_part, &a);
-}
 
 /* x += gate[b] * y: the gated residual of every branch. */
 static void gated_add_part(void *arg, int64_t b, int64_t e, int thread) {
@@ -342,7 +324,7 @@ static void gated_add_part(void *arg, int64_t b, int64_t e, int thread) {
 
 static void gated_add(qd_ctx *ctx, float *x, const float *y, int64_t rows, int64_t rpb, int64_t D, const float *gate,
                       int64_t ldm) {
-    rows_args a = {x, y, NULL, NULL, NULL, gate, ldm, rpb, D};
+    rows_args a = {x, y, NULL, NULL, gate, ldm, rpb, D};
     qd_parallel_for(ctx, rows, gated_add_part, &a);
 }
 
@@ -443,14 +425,13 @@ static void block_fwd(qd_ctx *ctx, const qd_sd3 *m, const sblock *blk, fwd_ws *w
     const float *md = w->mod, *cm = w->cmod;
     int64_t ldm = nm * D, ldc = nc * D;
 
-    qd_layer_norm(ctx, w->img, B * N, D, LN_EPS, NULL, NULL, w->nimg);
-    if (blk->dual) modulate(ctx, w->nimg, B * N, N, D, md + 6 * D, md + 7 * D, ldm, w->nimg2);
-    modulate(ctx, w->nimg, B * N, N, D, md, md + D, ldm, w->nimg);
-    qd_layer_norm(ctx, w->txt, B * L, D, LN_EPS, NULL, NULL, w->ntxt);
+    /* LayerNorm and the adaLN modulation in one pass (tensor/norm_act.c) */
+    if (blk->dual) qd_layer_norm_mod(ctx, w->img, B * N, D, LN_EPS, NULL, NULL, N, md + 6 * D, md + 7 * D, ldm, w->nimg2);
+    qd_layer_norm_mod(ctx, w->img, B * N, D, LN_EPS, NULL, NULL, N, md, md + D, ldm, w->nimg);
     if (blk->pre_only)   /* AdaLayerNormContinuous chunks as (scale, shift) */
-        modulate(ctx, w->ntxt, B * L, L, D, cm + D, cm, ldc, w->ntxt);
+        qd_layer_norm_mod(ctx, w->txt, B * L, D, LN_EPS, NULL, NULL, L, cm + D, cm, ldc, w->ntxt);
     else
-        modulate(ctx, w->ntxt, B * L, L, D, cm, cm + D, ldc, w->ntxt);
+        qd_layer_norm_mod(ctx, w->txt, B * L, D, LN_EPS, NULL, NULL, L, cm, cm + D, ldc, w->ntxt);
 
     /* joint attention over [image, context] tokens of each batch item */
     for (int64_t b = 0; b < B; b++) {
@@ -498,14 +479,12 @@ static void block_fwd(qd_ctx *ctx, const qd_sd3 *m, const sblock *blk, fwd_ws *w
     }
 
     /* image feed-forward (its output goes to the now free q buffer) */
-    qd_layer_norm(ctx, w->img, B * N, D, LN_EPS, NULL, NULL, w->nimg);
-    modulate(ctx, w->nimg, B * N, N, D, md + 3 * D, md + 4 * D, ldm, w->nimg);
+    qd_layer_norm_mod(ctx, w->img, B * N, D, LN_EPS, NULL, NULL, N, md + 3 * D, md + 4 * D, ldm, w->nimg);
     feed_forward(ctx, &blk->ff, w->nimg, B * N, D, w->hid, w->q);
     gated_add(ctx, w->img, w->q, B * N, N, D, md + 5 * D, ldm);
 
     if (blk->pre_only) return;
-    qd_layer_norm(ctx, w->txt, B * L, D, LN_EPS, NULL, NULL, w->ntxt);
-    modulate(ctx, w->ntxt, B * L, L, D, cm + 3 * D, cm + 4 * D, ldc, w->ntxt);
+    qd_layer_norm_mod(ctx, w->txt, B * L, D, LN_EPS, NULL, NULL, L, cm + 3 * D, cm + 4 * D, ldc, w->ntxt);
     feed_forward(ctx, &blk->ff_ctx, w->ntxt, B * L, D, w->hid, w->q);
     gated_add(ctx, w->txt, w->q, B * L, L, D, cm + 5 * D, ldc);
 }
@@ -569,8 +548,7 @@ qd_status qd_sd3_forward(qd_ctx *ctx, qd_sd3 *m, const float *x, int64_t B, int6
 
     /* norm_out (AdaLayerNormContinuous: scale, shift), proj_out, unpatchify */
     qd_linear(ctx, w.tact, B, &m->norm_out.w, m->norm_out.b, w.mod);
-    qd_layer_norm(ctx, w.img, B * N, D, LN_EPS, NULL, NULL, w.nimg);
-    modulate(ctx, w.nimg, B * N, N, D, w.mod + D, w.mod, 2 * D, w.nimg);
+    qd_layer_norm_mod(ctx, w.img, B * N, D, LN_EPS, NULL, NULL, N, w.mod + D, w.mod, 2 * D, w.nimg);
     qd_linear(ctx, w.nimg, B * N, &m->proj_out.w, m->proj_out.b, w.po);
     /* token (b, i, j) holds [p, q, c]: out[b, c, i*P + p, j*P + q] ("nhwpqc->nchpwq") */
     for (int64_t b = 0; b < B; b++)

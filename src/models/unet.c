@@ -4,6 +4,7 @@
 #include "models/unet.h"
 #include "models/unet_blocks.h"
 #include "models/params.h"
+#include "base/act_pool.h"
 #include "base/threads.h"
 #include "io/file.h"
 #include "io/json.h"
@@ -502,16 +503,18 @@ typedef struct {
     float *h, *temb, *tact, *xin;
 } fwd_state;
 
-static void fwd_state_free(fwd_state *s) {
-    for (int i = 0; i < s->ns; i++) free(s->skips[i].p);
+static void fwd_state_free(qd_ctx *ctx, fwd_state *s) {
+    for (int i = 0; i < s->ns; i++) qd_act_free(ctx, s->skips[i].p);
     free(s->skips);
     if (s->tact != s->temb) free(s->tact);
     free(s->temb);
-    free(s->h);
-    free(s->xin);
+    qd_act_free(ctx, s->h);
+    qd_act_free(ctx, s->xin);
 }
 
-static float *alloc_act(qd_ctx *ctx, int64_t n) { return qd_malloc_aligned(ctx, sizeof(float) * (size_t)n); }
+/* activations come from the context's step arena: after the first step of a sampler a
+ * forward allocates nothing (base/act_pool.h) */
+static float *alloc_act(qd_ctx *ctx, int64_t n) { return qd_act_floats(ctx, n); }
 
 /* Run one block's resnets (+ transformers) on *h (C x H x W), replacing it. Down blocks
  * push every output as a skip; up blocks first concatenate the popped skip on channels. */
@@ -525,21 +528,26 @@ static qd_status run_layers(qd_ctx *ctx, const ublock *b, fwd_state *s, act *h, 
         if (!down) {    /* torch.cat([h, skip], dim=1) */
             act sk = s->skips[--s->ns];
             cat = alloc_act(ctx, B * r->cin * S);
-            if (!cat) { free(sk.p); return QD_ERR_NOMEM; }
+            if (!cat) { qd_act_free(ctx, sk.p); return QD_ERR_NOMEM; }
+            double t0 = ctx->trace ? qd_now() : 0;
             for (int64_t bi = 0; bi < B; bi++) {
                 memcpy(cat + bi * r->cin * S, h->p + bi * h->C * S, sizeof(float) * (size_t)(h->C * S));
                 memcpy(cat + (bi * r->cin + h->C) * S, sk.p + bi * sk.C * S, sizeof(float) * (size_t)(sk.C * S));
             }
-            free(sk.p);
-            free(h->p);
+            if (ctx->trace) {
+                int64_t n = B * r->cin * S;
+                ctx->trace(ctx->trace_user, "copy", &n, 1, qd_now() - t0);
+            }
+            qd_act_free(ctx, sk.p);
+            qd_act_free(ctx, h->p);
             h->p = s->h = NULL;
             in = cat;
         }
         qd_status st = qd_unet_resnet_fwd(ctx, r, in, B, h->H, h->W, s->tact, &y);
-        free(cat);
+        qd_act_free(ctx, cat);
         if (st != QD_OK) return st;
         if (b->cross && (st = qd_unet_xformer_fwd(ctx, &b->attn[j], y, B, h->H, h->W, context, L)) != QD_OK) {
-            free(y);
+            qd_act_free(ctx, y);
             return st;
         }
         h->p = y;
@@ -562,6 +570,7 @@ qd_status qd_unet_forward(qd_ctx *ctx, qd_unet *u, const float *x, int64_t B, in
     fwd_state s = {0};
     qd_status st = QD_OK;
     act h = {0};
+    qd_act_begin(ctx);      /* every activation below comes from the step arena */
     s.skips = qd_calloc(ctx, (size_t)u->max_skips, sizeof *s.skips);
     s.temb = qd_malloc(ctx, sizeof(float) * (size_t)(B * T));
     if (!s.skips || !s.temb) { st = QD_ERR_NOMEM; goto done; }
@@ -609,7 +618,7 @@ qd_status qd_unet_forward(qd_ctx *ctx, qd_unet *u, const float *x, int64_t B, in
         s.h = y;
         if ((st = qd_unet_xformer_fwd(ctx, &u->mid.attn[0], y, B, h.H, h.W, context, L)) != QD_OK) goto done;
         if ((st = qd_unet_resnet_fwd(ctx, &u->mid.res[1], s.h, B, h.H, h.W, s.tact, &y)) != QD_OK) goto done;
-        free(s.h);
+        qd_act_free(ctx, s.h);
         s.h = h.p = y;
     } else {
         if (!(s.h = alloc_act(ctx, B * h.C * h.H * h.W))) { st = QD_ERR_NOMEM; goto done; }
@@ -625,16 +634,16 @@ qd_status qd_unet_forward(qd_ctx *ctx, qd_unet *u, const float *x, int64_t B, in
             const act *nx = &s.skips[s.ns - 1];
             int64_t Ho = nx->H, Wo = nx->W, n = B * h.C * Ho * Wo;
             float *up = alloc_act(ctx, n), *y = alloc_act(ctx, n);
-            if (!up || !y) { free(up); free(y); st = QD_ERR_NOMEM; goto done; }
+            if (!up || !y) { qd_act_free(ctx, up); qd_act_free(ctx, y); st = QD_ERR_NOMEM; goto done; }
             if (Ho == 2 * h.H && Wo == 2 * h.W) {
                 qd_upsample_nearest2x(ctx, h.p, B * h.C, h.H, h.W, up);
             } else {
                 resize_args a = {h.p, up, h.H, h.W, Ho, Wo};
                 qd_parallel_for(ctx, B * h.C, resize_part, &a);
             }
-            free(s.h);
+            qd_act_free(ctx, s.h);
             qd_conv2d(ctx, up, B, h.C, Ho, Wo, &b->sconv.w, b->sconv.b, 3, 3, 1, 1, y);
-            free(up);
+            qd_act_free(ctx, up);
             s.h = h.p = y;
             h.H = Ho;
             h.W = Wo;
@@ -646,7 +655,8 @@ qd_status qd_unet_forward(qd_ctx *ctx, qd_unet *u, const float *x, int64_t B, in
     qd_group_norm(ctx, h.p, B, h.C, H * W, u->groups, u->eps, u->norm_out.w, u->norm_out.b, 1, h.p);
     qd_conv2d(ctx, h.p, B, h.C, H, W, &u->conv_out.w, u->conv_out.b, u->kout, u->kout, 1, (u->kout - 1) / 2, out);
 done:
-    fwd_state_free(&s);
+    fwd_state_free(ctx, &s);
+    qd_act_end(ctx);
     return st;
 }
 

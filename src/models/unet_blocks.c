@@ -9,6 +9,7 @@
  *   the residual in the same GEMM. A 1x1 conv and a Linear are the same matrix here.
  * - Attention output projections and the feed-forward add into the token buffer. */
 #include "models/unet_blocks.h"
+#include "base/act_pool.h"
 #include "base/threads.h"
 #include "tensor/gemm.h"
 #include "tensor/ops.h"
@@ -31,30 +32,15 @@ static void add_scaled_part(void *arg, int64_t b, int64_t e, int thread) {
 }
 
 void qd_unet_add_scaled(qd_ctx *ctx, float *y, const float *x, int64_t n, float scale) {
+    double t0 = ctx->trace ? qd_now() : 0;
     ew_args a = {y, x, scale};
     qd_parallel_for(ctx, n, add_scaled_part, &a);
+    if (ctx->trace) ctx->trace(ctx->trace_user, "add", &n, 1, qd_now() - t0);
 }
 
 static void div_part(void *arg, int64_t b, int64_t e, int thread) {
     const ew_args *a = arg;
     for (int64_t i = b; i < e; i++) a->y[i] /= a->s;
-}
-
-static void silu_part(void *arg, int64_t b, int64_t e, int thread) {
-    const ew_args *a = arg;
-    qd_silu(a->y + b, e - b);
-}
-
-void qd_unet_silu(qd_ctx *ctx, float *x, int64_t n) {
-    ew_args a = {x, NULL, 1.0f};
-    qd_parallel_for(ctx, n, silu_part, &a);
-}
-
-typedef struct { const float *x; float *y; int64_t F; } geglu_args;
-
-static void geglu_part(void *arg, int64_t b, int64_t e, int thread) {
-    const geglu_args *a = arg;
-    qd_geglu(a->x + b * 2 * a->F, e - b, a->F, a->y + b * a->F);
 }
 
 /* The fused GEMMs below are linears and 1x1 convs: report them to the benchmark trace
@@ -76,9 +62,8 @@ static void gemm_traced(qd_ctx *ctx, int conv, int64_t M, int64_t N, int64_t K, 
     }
 }
 
-static float *alloc_f(qd_ctx *ctx, int64_t n) {
-    return qd_malloc_aligned(ctx, sizeof(float) * (size_t)(n > 0 ? n : 1));
-}
+/* activations and scratch come from the context's step arena (base/act_pool.h) */
+static float *alloc_f(qd_ctx *ctx, int64_t n) { return qd_act_floats(ctx, n); }
 
 /* ---- SDNQ layers in int8 matmul mode ----
  * The fused GEMMs below read weights through decode() (exact mode). When an SDNQ layer
@@ -122,8 +107,8 @@ static int int8_nchw(qd_ctx *ctx, int conv, const qd_weight *w, const float *x, 
         qd_transpose_cs(ctx, yt, B, S, N, yt + M * N);
         qd_unet_add_scaled(ctx, y, yt + M * N, M * N, 1.0f);
     }
-    free(xt);
-    free(yt);
+    qd_act_free(ctx, xt);
+    qd_act_free(ctx, yt);
     return ok;
 }
 
@@ -151,24 +136,21 @@ qd_status qd_unet_resnet_fwd(qd_ctx *ctx, const qd_unet_resnet *r, const float *
                              int64_t W, const float *temb, float **out) {
     int64_t S = H * W, cin = r->cin, cout = r->cout;
     *out = NULL;
-    float *h = alloc_f(ctx, B * cin * S), *bias = alloc_f(ctx, B * cout);
-    if (!h || !bias) { free(h); free(bias); return QD_ERR_NOMEM; }
+    float *h = alloc_f(ctx, B * cin * S), *tb = alloc_f(ctx, B * cout), *h2 = alloc_f(ctx, B * cout * S);
+    if (!h || !tb || !h2) { qd_act_free(ctx, h); qd_act_free(ctx, tb); qd_act_free(ctx, h2); return QD_ERR_NOMEM; }
     qd_group_norm(ctx, x, B, cin, S, r->groups, r->eps, r->norm1.w, r->norm1.b, 1, h);
-    /* conv1(h) + time_emb_proj(temb): per batch item, the projection is just more bias */
-    qd_linear(ctx, temb, B, &r->temb_proj.w, r->temb_proj.b, bias);
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t c = 0; c < cout; c++) bias[b * cout + c] += r->conv1.b[c];
-    float *h2 = alloc_f(ctx, B * cout * S);
-    if (!h2) { free(h); free(bias); return QD_ERR_NOMEM; }
-    for (int64_t b = 0; b < B; b++)
-        qd_conv2d(ctx, h + b * cin * S, 1, cin, H, W, &r->conv1.w, bias + b * cout, 3, 3, 1, 1, h2 + b * cout * S);
-    free(h);
-    free(bias);
-    qd_group_norm(ctx, h2, B, cout, S, r->groups, r->eps, r->norm2.w, r->norm2.b, 1, h2);
+    /* conv1(h) + time_emb_proj(temb)[:, :, None, None]: conv1 runs once for the whole
+     * batch (its weight packed once) and the per-item projection is added by norm2 as
+     * it reads conv1's output, never stored */
+    qd_linear(ctx, temb, B, &r->temb_proj.w, r->temb_proj.b, tb);
+    qd_conv2d(ctx, h, B, cin, H, W, &r->conv1.w, r->conv1.b, 3, 3, 1, 1, h2);
+    qd_act_free(ctx, h);
+    qd_group_norm_bias(ctx, h2, tb, B, cout, S, r->groups, r->eps, r->norm2.w, r->norm2.b, 1, h2);
+    qd_act_free(ctx, tb);
     float *y = alloc_f(ctx, B * cout * S);
-    if (!y) { free(h2); return QD_ERR_NOMEM; }
+    if (!y) { qd_act_free(ctx, h2); return QD_ERR_NOMEM; }
     qd_conv2d(ctx, h2, B, cout, H, W, &r->conv2.w, r->conv2.b, 3, 3, 1, 1, y);
-    free(h2);
+    qd_act_free(ctx, h2);
     if (r->has_shortcut) {
         if (!int8_nchw(ctx, 1, &r->shortcut.w, x, B, S, r->shortcut.b, y, 1, 1))
             for (int64_t b = 0; b < B; b++)     /* y += conv_shortcut(x), a 1x1 conv as one GEMM */
@@ -295,8 +277,7 @@ static void tblock_fwd(qd_ctx *ctx, const qd_unet_xformer *t, const qd_unet_tblo
         int64_t nr = M - r0 < R ? M - r0 : R;
         if (!int8_linear(ctx, &b->ff1.w, p1, s->n + r0 * D, nr, b->ff1.b, f1, 2 * F, 0))
             qd_linear(ctx, s->n + r0 * D, nr, &b->ff1.w, b->ff1.b, f1);
-        geglu_args g = {f1, f2, F};
-        qd_parallel_for(ctx, nr, geglu_part, &g);
+        qd_geglu(ctx, f1, nr, F, f2);
         if (!int8_linear(ctx, &b->ff2.w, p2, f2, nr, b->ff2.b, s->tok + r0 * D, D, 1))
             gemm_traced(ctx, 0, nr, D, F, qd_rows(f2, F), qd_wmat(&b->ff2.w), s->tok + r0 * D, D, 1.0f, NULL,
                         b->ff2.b);
@@ -315,7 +296,10 @@ qd_status qd_unet_xformer_fwd(qd_ctx *ctx, const qd_unet_xformer *t, float *x, i
     s.tok = alloc_f(ctx, M * D);
     s.n = alloc_f(ctx, M * (C > D ? C : D));     /* also holds the GroupNorm output [B, C, S] */
     s.work = alloc_f(ctx, s.work_n);
-    if (!s.tok || !s.n || !s.work) { free(s.tok); free(s.n); free(s.work); return QD_ERR_NOMEM; }
+    if (!s.tok || !s.n || !s.work) {
+        qd_act_free(ctx, s.tok); qd_act_free(ctx, s.n); qd_act_free(ctx, s.work);
+        return QD_ERR_NOMEM;
+    }
     qd_group_norm(ctx, x, B, C, S, t->groups, 1e-6f, t->norm.w, t->norm.b, 0, s.n);
     if (!int8_nchw(ctx, 0, &t->proj_in.w, s.n, B, S, t->proj_in.b, s.tok, 1, 0))
         for (int64_t b = 0; b < B; b++)     /* tokens[s, :] = W_in . norm[:, s] + b_in */
@@ -326,8 +310,8 @@ qd_status qd_unet_xformer_fwd(qd_ctx *ctx, const qd_unet_xformer *t, float *x, i
         for (int64_t b = 0; b < B; b++)     /* x[:, s] += W_out . tokens[s, :] + b_out */
             gemm_traced(ctx, 0, C, S, D, qd_wmat(&t->proj_out.w), qd_rows(s.tok + b * S * D, D), x + b * C * S, S,
                         1.0f, t->proj_out.b, NULL);
-    free(s.tok);
-    free(s.n);
-    free(s.work);
+    qd_act_free(ctx, s.tok);
+    qd_act_free(ctx, s.n);
+    qd_act_free(ctx, s.work);
     return QD_OK;
 }

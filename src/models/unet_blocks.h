@@ -1,7 +1,8 @@
 /* The layers UNet2DConditionModel is made of (diffusers 0.32.2 semantics):
  * ResnetBlock2D and Transformer2DModel with its BasicTransformerBlocks. Private to
- * unet.c. Activations are NCHW float32; forward functions return new buffers or
- * work in place as documented, and free their temporaries before returning. */
+ * unet.c. Activations are NCHW float32 from the context's step arena (base/act_pool.h);
+ * forward functions return new arena buffers (release with qd_act_free) or work in
+ * place as documented, and release their temporaries before returning. */
 #ifndef QD_MODELS_UNET_BLOCKS_H
 #define QD_MODELS_UNET_BLOCKS_H
 
@@ -56,7 +57,6 @@ qd_status qd_unet_xformer_fwd(qd_ctx *ctx, const qd_unet_xformer *t, float *x, i
                               const float *context, int64_t L);
 
 /* Parallel elementwise helpers. */
-void qd_unet_add_scaled(qd_ctx *ctx, float *y, const float *x, int64_t n, float inv_scale); /* y = (y + x) * s */
-void qd_unet_silu(qd_ctx *ctx, float *x, int64_t n);
+void qd_unet_add_scaled(qd_ctx *ctx, float *y, const float *x, int64_t n, float scale); /* y = (y + x) / scale */
 
 #endif

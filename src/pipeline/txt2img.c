@@ -7,6 +7,7 @@
 #include "base/ctx.h"
 #include "base/rng.h"
 #include "pipeline/ksample_loop.h"
+#include "base/act_pool.h"
 #include "pipeline/model.h"
 #include "pipeline/model_lora.h"
 #include "pipeline/preview.h"
@@ -362,6 +363,7 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
         if (st == QD_OK && ctx->cancel) st = qd_fail(ctx, QD_ERR_CANCELLED, "cancelled at step %d of %d", i + 1, total);
     }
     if (st == QD_OK && latents_out) memcpy(latents_out, g.latents, sizeof(float) * (size_t)n);
+    qd_act_trim(ctx);   /* the denoiser's pooled activations: the decoder does not use them */
     if (st == QD_OK) st = decode_images(ctx, m, g.latents, B, g.d.C, g.d.h, g.d.w, fmt, image);
     if (st == QD_OK) st = qd_op_status(ctx);
     gen_state_free(&g);

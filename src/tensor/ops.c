@@ -16,71 +16,8 @@ void qd_linear(qd_ctx *ctx, const float *x, int64_t M, const qd_weight *w, const
     }
 }
 
-/* ---- normalisation ---- */
-
-typedef struct {
-    const float *x; float *y; int64_t C, S; int groups; float eps;
-    const float *gamma, *beta; int silu;
-} gn_args;
-
-static void gn_part(void *arg, int64_t b, int64_t e, int thread) {
-    const gn_args *a = arg;
-    int64_t cpg = a->C / a->groups, n = cpg * a->S;
-    for (int64_t bg = b; bg < e; bg++) {       /* bg = batch * groups + group */
-        int64_t g = bg % a->groups;
-        const float *x = a->x + bg * n;
-        float *y = a->y + bg * n;
-        double sum = 0, sq = 0;
-        for (int64_t i = 0; i < n; i++) sum += x[i];
-        double mean = sum / n;
-        for (int64_t i = 0; i < n; i++) { double d = x[i] - mean; sq += d * d; }
-        float inv = (float)(1.0 / sqrt(sq / n + a->eps)), m = (float)mean;
-        for (int64_t c = 0; c < cpg; c++) {
-            int64_t ch = g * cpg + c;
-            float s = inv * (a->gamma ? a->gamma[ch] : 1.0f), o = a->beta ? a->beta[ch] : 0.0f;
-            const float *xc = x + c * a->S;
-            float *yc = y + c * a->S;
-            for (int64_t i = 0; i < a->S; i++) {
-                float v = (xc[i] - m) * s + o;
-                yc[i] = a->silu ? v / (1.0f + expf(-v)) : v;
-            }
-        }
-    }
-}
-
-void qd_group_norm(qd_ctx *ctx, const float *x, int64_t B, int64_t C, int64_t S, int groups, float eps,
-                   const float *gamma, const float *beta, int silu, float *y) {
-    gn_args a = {x, y, C, S, groups, eps, gamma, beta, silu};
-    qd_parallel_for(ctx, B * groups, gn_part, &a);
-}
-
-typedef struct { const float *x; float *y; int64_t C; float eps; const float *gamma, *beta; } ln_args;
-
-static void ln_part(void *arg, int64_t b, int64_t e, int thread) {
-    const ln_args *a = arg;
-    for (int64_t r = b; r < e; r++) {
-        const float *x = a->x + r * a->C;
-        float *y = a->y + r * a->C;
-        double sum = 0, sq = 0;
-        for (int64_t i = 0; i < a->C; i++) sum += x[i];
-        double mean = sum / a->C;
-        for (int64_t i = 0; i < a->C; i++) { double d = x[i] - mean; sq += d * d; }
-        float inv = (float)(1.0 / sqrt(sq / a->C + a->eps)), m = (float)mean;
-        for (int64_t i = 0; i < a->C; i++)
-            y[i] = (x[i] - m) * inv * (a->gamma ? a->gamma[i] : 1.0f) + (a->beta ? a->beta[i] : 0.0f);
-    }
-}
-
-void qd_layer_norm(qd_ctx *ctx, const float *x, int64_t M, int64_t C, float eps,
-                   const float *gamma, const float *beta, float *y) {
-    ln_args a = {x, y, C, eps, gamma, beta};
-    qd_parallel_for(ctx, M, ln_part, &a);
-}
-
 /* ---- elementwise ---- */
 
-void qd_silu(float *x, int64_t n) { for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-x[i])); }
-void qd_gelu(float *x, int64_t n) { for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f)); }
 void qd_gelu_tanh(float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) {
         float v = x[i];
@@ -90,14 +27,6 @@ void qd_gelu_tanh(float *x, int64_t n) {
 void qd_quick_gelu(float *x, int64_t n) { for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i])); }
 void qd_add(float *y, const float *x, int64_t n) { for (int64_t i = 0; i < n; i++) y[i] += x[i]; }
 void qd_scale(float *x, int64_t n, float s) { for (int64_t i = 0; i < n; i++) x[i] *= s; }
-
-void qd_geglu(const float *x, int64_t M, int64_t F, float *y) {
-    for (int64_t r = 0; r < M; r++) {
-        const float *a = x + r * 2 * F, *g = a + F;
-        float *o = y + r * F;
-        for (int64_t i = 0; i < F; i++) o[i] = a[i] * 0.5f * g[i] * (1.0f + erff(g[i] * 0.70710678118654752f));
-    }
-}
 
 /* ---- layout ---- */
 
