@@ -7,7 +7,6 @@
  * hands back a new one, freeing temporaries as soon as they are dead, so the
  * full-resolution stages hold at most three activation buffers. */
 #include "models/vae.h"
-#include "models/vae_norm.h"
 #include "models/vae_tiles.h"
 #include "models/params.h"
 #include "io/json.h"
@@ -376,7 +375,7 @@ static void conv(qd_ctx *ctx, const qd_conv_p *c, const float *x, int64_t B, int
 }
 
 static void norm(qd_ctx *ctx, const qd_norm_p *n, int groups, const float *x, int64_t B, int64_t S, int silu, float *y) {
-    qd_vae_group_norm(ctx, x, B, n->n, S, groups, VAE_EPS, n->w, n->b, silu, y);
+    qd_group_norm(ctx, x, B, n->n, S, groups, VAE_EPS, n->w, n->b, silu, y);
 }
 
 /* y = conv(x) + y: the residual add done by the GEMM as it stores. */
