@@ -38,41 +38,6 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* ---- peaks ---- */
-
-#define ITERS 2000000L
-
-typedef struct { int bf16; double rate; float sink; } peak_job;
-
-static void *peak_worker(void *arg) {
-    peak_job *j = arg;
-    double t0 = now();
-    j->sink = j->bf16 ? bf16_chains(ITERS / 2) : fma512_chains(ITERS);
-    /* 12 * ITERS instructions (fp32: 12 chains; bf16: 24 chains, half the iterations) x 16 lanes
-     * x 2 FLOP per FMA or x 4 (two products and their sum) per vdpbf16ps */
-    j->rate = (double)ITERS * 12 * 16 * (j->bf16 ? 4 : 2) / (now() - t0);
-    return NULL;
-}
-
-static double peak(int threads, int bf16) {
-    double best = 0;
-    for (int r = 0; r < 5; r++) {
-        pthread_t th[64];
-        peak_job jobs[64];
-        for (int i = 0; i < threads; i++) {
-            jobs[i] = (peak_job){bf16, 0, 0};
-            pthread_create(&th[i], NULL, peak_worker, &jobs[i]);
-        }
-        double total = 0;
-        for (int i = 0; i < threads; i++) {
-            pthread_join(th[i], NULL);
-            total += jobs[i].rate;
-        }
-        if (total > best) best = total;
-    }
-    return best / 1e9;
-}
-
 /* ---- shapes ---- */
 
 typedef struct { const char *name; int64_t M, K, N; } lin_shape;        /* y[M,N] = x[M,K] W[N,K]^T */
@@ -222,10 +187,10 @@ int main(int argc, char **argv) {
     double pk[3][2] = {{0}};   /* [threads][bf16] */
     /* Register-only chains scale exactly with cores, so a neighbour that slowed the
      * 2-thread measurement is corrected by taking at least 2x the 1-thread figure. */
-    double one[2] = {__builtin_cpu_supports("avx512f") ? peak(1, 0) : 0, has_bf16 ? peak(1, 1) : 0};
+    double one[2] = {__builtin_cpu_supports("avx512f") ? cpu_peak_gflops(1, 0) : 0, has_bf16 ? cpu_peak_gflops(1, 1) : 0};
     for (int t = 0; t < nt; t++)
         for (int b = 0; b < 2; b++) {
-            double m = nthreads[t] == 1 ? one[b] : b && !has_bf16 ? 0 : peak(nthreads[t], b);
+            double m = nthreads[t] == 1 ? one[b] : b && !has_bf16 ? 0 : cpu_peak_gflops(nthreads[t], b);
             pk[nthreads[t]][b] = m > nthreads[t] * one[b] ? m : nthreads[t] * one[b];
         }
     for (int t = 0; t < nt; t++)

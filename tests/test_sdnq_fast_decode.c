@@ -35,19 +35,6 @@ static uint32_t rng_state = 12345;
 static uint32_t rnd(void) { rng_state = rng_state * 1664525u + 1013904223u; return rng_state >> 8; }
 static float frand(void) { return (float)(rnd() % 20001) / 10000.0f - 1.0f; }
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) { free(s); s = NULL; }
-    if (s) s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 static double max_diff_rel(const float *a, const float *b, size_t n) {
     double m = max_abs(b, n);
     return max_abs_diff(a, b, n) / (m > 0 ? m : 1);
@@ -169,7 +156,7 @@ static int fixture_case(qd_ctx *ctx, const char *name) {
 }
 
 static void test_fixtures(qd_ctx *ctx) {
-    char *text = read_text(fixture("sdnq/layers/index.json"));
+    char *text = test_read_file(fixture("sdnq/layers/index.json"), NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     const cJSON *cases = cJSON_GetObjectItem(root, "cases");
     int count = 0, fast = 0;

@@ -22,19 +22,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) { free(s); s = NULL; }
-    if (s) s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 static void write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "wb");
     if (!f) { perror(path); return; }
@@ -131,7 +118,7 @@ static void run_case(qd_ctx *ctx, const char *name) {
 }
 
 static void test_fixture_cases(qd_ctx *ctx) {
-    char *text = read_text(fixture("sdnq/layers/index.json"));
+    char *text = test_read_file(fixture("sdnq/layers/index.json"), NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     const cJSON *cases = cJSON_GetObjectItem(root, "cases");
     int count = 0;
@@ -434,7 +421,7 @@ static void expect_layer_error(qd_ctx *ctx, tmpdir *d, int64_t out, int64_t in, 
 static const char *cfg_with(char *buf, size_t n, const char *case_name, const char *key, const char *json_value) {
     char path[512];
     snprintf(path, sizeof path, "%s%s.json", fixture("sdnq/layers/"), case_name);
-    char *text = read_text(path);
+    char *text = test_read_file(path, NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     cJSON *qc = cJSON_GetObjectItem(root, "quantization_config");
     if (key) cJSON_ReplaceItemInObject(qc, key, cJSON_Parse(json_value));
@@ -725,7 +712,7 @@ static void run_int8_case(qd_ctx *ctx, const char *name) {
 }
 
 static void test_int8_cases(qd_ctx *ctx) {
-    char *text = read_text(fixture("sdnq/layers/index.json"));
+    char *text = test_read_file(fixture("sdnq/layers/index.json"), NULL);
     cJSON *root = text ? cJSON_Parse(text) : NULL;
     const cJSON *cases = cJSON_GetObjectItem(root, "cases");
     for (const cJSON *e = cases ? cases->child : NULL; e; e = e->next) {

@@ -115,20 +115,6 @@ static void test_batch(qd_ctx *ctx, const char *model) {
 
 /* ---- temporary vae folders ---- */
 
-static char *read_text(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); fclose(f); return NULL; }
-    buf[n] = 0;
-    fclose(f);
-    if (len) *len = (size_t)n;
-    return buf;
-}
-
 static int write_bytes(const char *path, const void *data, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f) return 0;
@@ -140,7 +126,7 @@ static int write_bytes(const char *path, const void *data, size_t n) {
 static int write_config(const char *src, const char *dir, const char *from, const char *to) {
     char path[1024];
     snprintf(path, sizeof path, "%s/config.json", src);
-    char *text = read_text(path, NULL);
+    char *text = test_read_file(path, NULL);
     if (!text) return 0;
     char *hit = from ? strstr(text, from) : NULL;
     if (from && !hit) { free(text); return 0; }
@@ -226,7 +212,7 @@ static void test_truncated(qd_ctx *ctx) {
     char path[1024];
     snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", src);
     size_t n;
-    char *bytes = read_text(path, &n);
+    char *bytes = test_read_file(path, &n);
     check(bytes && write_config(src, dir, NULL, NULL), "copy vae folder");
     snprintf(path, sizeof path, "%s/diffusion_pytorch_model.safetensors", dir);
     check(bytes && write_bytes(path, bytes, n / 2), "write half of the weights");

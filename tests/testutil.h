@@ -81,6 +81,9 @@ void expect_load_fail(qd_ctx *ctx, test_load_fn load, const char *dir, const cha
 void check_config_cases(qd_ctx *ctx, test_load_fn load, const char *base_config, const char *dir,
                         const char *const (*cases)[3], size_t n, qd_status want);
 
+/* A whole file, NUL-terminated, malloc'd (length in *len if len); NULL when unreadable. */
+char *test_read_file(const char *path, size_t *len);
+
 /* ---- tokenizer cases ---- */
 
 /* A JSON array of ids into out; the count, or -1 (not all numbers, more than cap). */

@@ -4,6 +4,7 @@
  * per output tile (activation rows, convolution input) and stored weights, which
  * are decoded KT columns at a time into an L1 tile and go into the strip from there
  * (k-major formats straight into B strips). */
+#include "base/cpu.h"
 #include "tensor/gemm_internal.h"
 #include "tensor/weight.h"
 #include "base/half.h"
@@ -16,24 +17,6 @@
  * goes straight into the packed strip from there (a multiple of 32: whole bf16 pairs
  * and whole 16 x 16 transposes). */
 #define KT 256
-
-static int cpu_avx512(void) {
-    static int has = -1;
-    if (has < 0) {
-        __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
-    return has;
-}
-
-static int cpu_avx512bf16(void) {
-    static int has = -1;
-    if (has < 0) {
-        __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16") ? 1 : 0;
-    }
-    return has;
-}
 
 static inline uint32_t bf16_pair(float lo, float hi) {
     return (uint32_t)qd_f32_to_bf16(lo) | (uint32_t)qd_f32_to_bf16(hi) << 16;
@@ -314,8 +297,8 @@ void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int
                     float *scratch) {
     int64_t kw = qd_gemm_kw(kc, bf16);
     float *dec = scratch + (int64_t)2 * QD_GEMM_KCW * QD_GEMM_MAXR;   /* decoded weight rows */
-    if (m.kind == QD_MAT_IM2COL && nr == 32 && (m.conv->stride == 1 || m.conv->stride == 2) && cpu_avx512() &&
-        (!bf16 || cpu_avx512bf16())) {
+    if (m.kind == QD_MAT_IM2COL && nr == 32 && (m.conv->stride == 1 || m.conv->stride == 2) && qd_cpu_avx512() &&
+        (!bf16 || qd_cpu_avx512bf16())) {
         im2col_block_avx512(m.conv, j0, n, k0, kc, bf16, dst);
         return;
     }
@@ -333,7 +316,7 @@ void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int
         } else {
             const float *src = dec;
             int64_t ld = kc;
-            if (m.kind == QD_MAT_WEIGHT && m.w->decode_kmajor && nr == 32 && (!bf16 || cpu_avx512bf16())) {
+            if (m.kind == QD_MAT_WEIGHT && m.w->decode_kmajor && nr == 32 && (!bf16 || qd_cpu_avx512bf16())) {
                 /* stored input-major: decoded k-major, the strip's own order */
                 for (int64_t kk = 0; kk < kc; kk += KT) {
                     int64_t kt = kc - kk < KT ? kc - kk : KT;
@@ -346,7 +329,7 @@ void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int
                 }
                 continue;
             }
-            if (m.kind == QD_MAT_WEIGHT && nr == 32 && cpu_avx512() && (!bf16 || cpu_avx512bf16())) {
+            if (m.kind == QD_MAT_WEIGHT && nr == 32 && qd_cpu_avx512() && (!bf16 || qd_cpu_avx512bf16())) {
                 for (int64_t kk = 0; kk < kc; kk += KT) {   /* tile by tile, never the whole K block */
                     int64_t kt = kc - kk < KT ? kc - kk : KT;
                     (bf16 && m.w->decode_lowp ? m.w->decode_lowp : m.w->decode)(m.w, j0 + s, cols, k0 + kk, kt, dec, kt);
@@ -360,7 +343,7 @@ void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int
             } else {
                 m.w->decode(m.w, j0 + s, cols, k0, kc, dec, kc);
             }
-            if (nr == 32 && cpu_avx512() && (!bf16 || cpu_avx512bf16())) {
+            if (nr == 32 && qd_cpu_avx512() && (!bf16 || qd_cpu_avx512bf16())) {
                 rows_to_strip32(src, ld, cols, kc, bf16, d);
                 continue;
             }

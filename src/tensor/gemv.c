@@ -7,6 +7,7 @@
  *
  * In bf16 mode the operands are rounded to bf16 and multiplied with vdpbf16ps (fp32
  * sums), the packed GEMM's semantics; else fp32 FMA. */
+#include "base/cpu.h"
 #include "tensor/gemv.h"
 #include "tensor/weight.h"
 #include "base/threads.h"
@@ -33,24 +34,6 @@ typedef struct {
     int64_t next;              /* atomic: next task to claim */
     int failed;
 } gemv_job;
-
-static int cpu_avx512bf16(void) {
-    static int has = -1;
-    if (has < 0) {
-        __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16") ? 1 : 0;
-    }
-    return has;
-}
-
-static int cpu_avx512(void) {
-    static int has = -1;
-    if (has < 0) {
-        __builtin_cpu_init();
-        has = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
-    return has;
-}
 
 /* acc[m * RB + r] (16 lanes each) += x[m, k0 : k0+kt] * tile[r, 0:kt] for nb rows. */
 __attribute__((target("avx512f")))
@@ -185,7 +168,7 @@ static void gemv_part(void *arg, int64_t b, int64_t e, int thread) {
     if (!tile) { __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED); return; }
     for (int64_t t; (t = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->tasks;) {
         int64_t n0 = t * j->rows_per_task, n1 = n0 + j->rows_per_task < j->N ? n0 + j->rows_per_task : j->N;
-        if (cpu_avx512()) rows_avx512(j, n0, n1, tile);
+        if (qd_cpu_avx512()) rows_avx512(j, n0, n1, tile);
         else rows_generic(j, n0, n1, tile);
     }
     free(tile);
@@ -198,7 +181,7 @@ int qd_gemv_weight(qd_ctx *ctx, int threads, int bf16, int64_t M, int64_t N, int
     if (M > QD_GEMV_MAX_M) return -1;
     gemv_job j = {M, N, K, x, ldx, w, C, ldc, alpha, beta, row_bias, col_bias, NULL, 0, 0, 0, 0, 0};
     uint32_t *xb = NULL;
-    if (bf16 && cpu_avx512bf16()) {   /* the bf16 GEMM's semantics: operands rounded to bf16 */
+    if (bf16 && qd_cpu_avx512bf16()) {   /* the bf16 GEMM's semantics: operands rounded to bf16 */
         j.kwx = (K + 1) / 2 + 16;
         xb = aligned_alloc(64, (sizeof(uint32_t) * (size_t)(M * j.kwx) + 63) / 64 * 64);   /* size: a multiple of 64 */
         if (!xb) return -1;
