@@ -405,7 +405,11 @@ size_t qd_gen_params_size(void);
  * or .lora_A/.lora_B), PEFT (base_model.model.; alpha and r from the adapter_config.json
  * beside the file, with rank_pattern/alpha_pattern and use_rslora: alpha/sqrt(r)) and
  * BFL/ComfyUI (diffusion_model.) names; FLUX fused qkv/linear1 and separate to_q/to_k/to_v
- * meet by row slices in both directions; linear and conv LoRAs. Details: src/convert/lora.h.
+ * meet by row slices in both directions; SDXL kohya files with the original (LDM) UNet
+ * names (lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q, ..._op, time_embed_0,
+ * label_emb_0_0, out_2) match diffusers UNet weights by the single-file LDM map (2 resnets
+ * per level, as in every SD1.x/SDXL UNet) and LDM-named weights as they are; linear and
+ * conv LoRAs. Details: src/convert/lora.h.
  * Generation-time LoRAs (without merging): qd_gen_params.loras. */
 typedef struct qd_lora_set qd_lora_set;
 

@@ -2,7 +2,9 @@
 # Generation-time LoRA (qdiff generate --lora) against an independent merge: tests/tools/
 # lora_reference.py makes random LoRAs for sd15-tiny (kohya names with .alpha, linear, 1x1 and
 # 3x3 conv, text encoder; PEFT names with adapter_config.json lora_alpha/r/rank_pattern; for
-# flux-tiny a kohya LoRA with BFL names, fused qkv/linear1) and writes the folder a merge gives, W' = W + scale * alpha/r * up @ down, computed in numpy
+# flux-tiny a kohya LoRA with BFL names, fused qkv/linear1; for sdxl-tiny a kohya LoRA with the
+# original LDM UNet names on every UNet layer, merged at generation and at quantize time) and
+# writes the folder a merge gives, W' = W + scale * alpha/r * up @ down, computed in numpy
 # (float64, stored float32). `generate --lora` on the base must equal `generate` on that folder
 # within fp32 rounding: final latents rel L2 <= 1e-5 and max abs <= 1e-3 (measured ~2e-6 and
 # ~6e-5), PNG pixels within +-1. Also an SDNQ int8 base (qdiff quantize, unet + text encoder,
@@ -117,6 +119,34 @@ if "$py" "$tool" make-flux "$flux" "$tmp/loras" && "$py" "$tool" merge-flux "$fl
     if [[ $? -ne 0 ]]; then ok "FLUX: the LoRA changes the result ($out)"; else bad "FLUX LoRA has no effect: $out"; fi
   else bad "FLUX generate: $(cat "$tmp/lora_f.err" "$tmp/ref_f.err" 2>/dev/null)"; fi
 else bad "lora_reference.py make-flux / merge-flux"; fi
+
+# SDXL kohya LoRA with the ORIGINAL (LDM) UNet names (lora_unet_input_blocks_4_1_..., _op, _2_conv,
+# time_embed_0, label_emb_0_0, out_2: every matrix/conv of sdxl-tiny's UNet) + lora_te1_/lora_te2_
+# layers; the numpy reference finds each layer by make_single_file.py's diffusers -> LDM map
+sdxl=$fx/models/sdxl-tiny
+if "$py" "$tool" make-sdxl "$sdxl" "$tmp/loras" &&
+   "$py" "$tool" merge "$sdxl" "$tmp/ref_x" "$tmp/loras/sdxl_kohya_ldm.safetensors:0.6"; then
+  if gen lora_x "$sdxl" --lora "$tmp/loras/sdxl_kohya_ldm.safetensors:0.6" && gen ref_x "$tmp/ref_x" && gen base_x "$sdxl"; then
+    ! grep -q "matched" "$tmp/lora_x.err" && ok "SDXL kohya LDM names: no unmatched layer" ||
+      bad "SDXL kohya LDM names: $(cat "$tmp/lora_x.err")"
+    check "SDXL: kohya LoRA with LDM names at generation time == numpy-merged folder" lora_x ref_x 1e-5 1e-3 1
+    out=$(compare base_x ref_x 0.05 100 -)
+    if [[ $? -ne 0 ]]; then ok "SDXL: the LoRA changes the result ($out)"; else bad "SDXL LoRA has no effect: $out"; fi
+  else bad "SDXL generate: $(cat "$tmp/lora_x.err" "$tmp/ref_x.err" "$tmp/base_x.err" 2>/dev/null)"; fi
+  # merged at quantize time: every layer matched, and the int8 result near the int8 quantization of the
+  # numpy-merged folder (which keeps its unquantized layers in fp32, the merge keeps fp16: ~7e-4 apart)
+  qx="--weights-dtype int8 --components unet,text_encoder,text_encoder_2"
+  if "$qdiff" quantize "$sdxl" "$tmp/qx" $qx --merge-lora "$tmp/loras/sdxl_kohya_ldm.safetensors:0.6" >"$tmp/qx.log" 2>&1 &&
+     "$qdiff" quantize "$tmp/ref_x" "$tmp/qx_ref" $qx >"$tmp/qx_ref.log" 2>&1; then
+    n=$(grep -c "layers matched a weight" "$tmp/qx.log")
+    grep -q "^LoRA: 266 of 266 layers matched a weight" "$tmp/qx.log" && [[ $n -eq 1 ]] &&
+      ok "quantize --merge-lora (SDXL kohya LDM names): $(grep "^LoRA:" "$tmp/qx.log")" ||
+      bad "quantize --merge-lora SDXL: $(cat "$tmp/qx.log")"
+    if gen lora_qx "$tmp/qx" --matmul exact && gen ref_qx "$tmp/qx_ref" --matmul exact; then
+      check "SDXL: quantize --merge-lora == quantize of the numpy-merged folder" lora_qx ref_qx 5e-3 0.1 -
+    else bad "SDXL quantized generate: $(cat "$tmp/lora_qx.err" "$tmp/ref_qx.err" 2>/dev/null)"; fi
+  else bad "SDXL quantize --merge-lora: $(cat "$tmp/qx.log" "$tmp/qx_ref.log" 2>/dev/null)"; fi
+else bad "lora_reference.py make-sdxl / merge"; fi
 
 # scale 0 and no LoRA: today's latents, bit for bit
 gen zero "$model" --lora "$tmp/loras/kohya.safetensors:0" || bad "scale 0: $(cat "$tmp/zero.err")"

@@ -5,7 +5,8 @@
  * report, and errors: a LoRA matching no weight (says 0 of N), shape mismatch, LoHa,
  * a missing up half, a missing file. PEFT adapter_config.json (alpha/r, rank_pattern,
  * alpha_pattern, rsLoRA) against factors written out by hand, and FLUX q/k/v <-> fused
- * qkv/linear1 in both directions against row-sliced deltas computed here. */
+ * qkv/linear1 in both directions against row-sliced deltas computed here. SDXL kohya
+ * LoRAs with LDM module names against hand-written diffusers names. */
 #include "testutil.h"
 #include "convert/lora.h"
 #include "io/safetensors.h"
@@ -441,6 +442,70 @@ static void test_fused(qd_ctx *ctx) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free_pair(all[i]);
 }
 
+/* SDXL kohya LoRAs name UNet layers by the original (LDM) module path with '.' -> '_'.
+ * The expected diffusers names are written out by hand from the SDXL layout (2 resnets per
+ * level, a downsampler after each but the last level, 3 layers + upsampler per up level). */
+static void test_ldm_names(qd_ctx *ctx) {
+    static const struct { const char *kohya, *diffusers; int64_t out, in, k; } c[] = {
+        {"input_blocks_4_1_transformer_blocks_0_attn1_to_q", "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q", 8, 8, 1},
+        {"input_blocks_7_1_transformer_blocks_9_attn2_to_out_0", "down_blocks.2.attentions.0.transformer_blocks.9.attn2.to_out.0", 8, 8, 1},
+        {"middle_block_1_transformer_blocks_1_ff_net_0_proj", "mid_block.attentions.0.transformer_blocks.1.ff.net.0.proj", 12, 6, 1},
+        {"middle_block_1_proj_in", "mid_block.attentions.0.proj_in", 6, 6, 1},
+        {"output_blocks_2_0_in_layers_2", "up_blocks.0.resnets.2.conv1", 6, 4, 3},
+        {"output_blocks_8_0_skip_connection", "up_blocks.2.resnets.2.conv_shortcut", 6, 4, 1},
+        {"input_blocks_8_0_emb_layers_1", "down_blocks.2.resnets.1.time_emb_proj", 6, 10, 1},
+        {"output_blocks_5_2_conv", "up_blocks.1.upsamplers.0.conv", 4, 4, 3},
+        {"input_blocks_6_0_op", "down_blocks.1.downsamplers.0.conv", 4, 4, 3},
+        {"input_blocks_0_0", "conv_in", 6, 4, 3},
+        {"time_embed_2", "time_embedding.linear_2", 10, 10, 1},
+        {"label_emb_0_0", "add_embedding.linear_1", 10, 9, 1},
+        {"out_2", "conv_out", 4, 6, 3},
+    };
+    enum { N = sizeof c / sizeof c[0] };
+    pair ps[N];
+    lora_file f;
+    memset(&f, 0, sizeof f);
+    for (int i = 0; i < N; i++) {
+        char base[160];
+        ps[i] = make_pair(c[i].out, c[i].in, 2 + i % 2, c[i].k, c[i].k);
+        snprintf(base, sizeof base, "lora_unet_%s", c[i].kohya);
+        add_pair(&f, base, ".lora_down.weight", ".lora_up.weight", &ps[i], 1.0f + (float)i);
+    }
+    pair bogus = make_pair(8, 8, 2, 1, 1);
+    add_pair(&f, "lora_unet_input_blocks_4_1_bogus_layer", ".lora_down.weight", ".lora_up.weight", &bogus, 1.0f);
+    const char *path = scratch_path("sdxl_ldm.safetensors");
+    write_lora(path, &f, NULL);
+    const char *paths[1] = {path};
+    float scales[1] = {0.7f};
+    qd_lora_set *set = NULL;
+    if (qd_lora_set_open(ctx, paths, scales, 1, 1.0f, &set) != QD_OK) {
+        check(0, "open SDXL LDM-named LoRA: %s", qd_last_error(ctx));
+    } else {
+        for (int i = 0; i < N; i++) {
+            char what[200], name[200];
+            /* "conv ..." makes expect_merge pass a 4-D weight (the 1x1 conv_shortcut too) */
+            snprintf(what, sizeof what, "%s%s -> %s", strstr(c[i].diffusers, "conv") ? "conv " : "", c[i].kohya,
+                     c[i].diffusers);
+            snprintf(name, sizeof name, "%s.weight", c[i].diffusers);
+            const pair *pp[1] = {&ps[i]};
+            double fac[1] = {0.7 * (1.0 + i) / (double)ps[i].r};
+            expect_merge(ctx, set, what, "unet", name, c[i].out, c[i].in, c[i].k, c[i].k, pp, fac, 1);
+        }
+        /* the same pairs still match an LDM single-file checkpoint's own names */
+        const pair *pp[1] = {&ps[0]};
+        double fac[1] = {0.7 * 1.0 / (double)ps[0].r};
+        expect_merge(ctx, set, "LDM single-file name", NULL,
+                     "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight", 8, 8, 1, 1, pp, fac, 1);
+        int64_t matched = 0, total = 0;
+        qd_lora_set_report(set, &matched, &total);
+        check(matched == N && total == N + 1, "LDM names: %lld of %lld matched (the unknown 'bogus_layer' not)",
+              (long long)matched, (long long)total);
+        qd_lora_set_free(set);
+    }
+    for (int i = 0; i < N; i++) free_pair(&ps[i]);
+    free_pair(&bogus);
+}
+
 int main(void) {
     if (!scratch_make("lora_test")) return test_summary();
     qd_ctx *ctx = test_ctx_new(2);
@@ -448,6 +513,7 @@ int main(void) {
     test_dampening(ctx);
     test_peft_config(ctx);
     test_fused(ctx);
+    test_ldm_names(ctx);
     test_errors(ctx);
     qd_ctx_free(ctx);
     scratch_remove();

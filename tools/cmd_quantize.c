@@ -324,6 +324,7 @@ int cmd_quantize(int argc, char **argv) {
     sigaction(SIGTERM, &sa, &old_term);
     qd_status st = quantize_extra_open_loras(ctx, &o.x);
     int comfy_rc = -1;
+    int64_t lora_matched = -1, lora_total = 0;
     char *json = NULL;
     if (st == QD_OK && comfy) {
         comfy_rc = quantize_comfy_run(ctx, &o.x, o.in, o.out, o.dtype_given ? o.p.weights_dtype : NULL, o.p.dry_run,
@@ -340,6 +341,7 @@ int cmd_quantize(int argc, char **argv) {
         }
         if (st == QD_OK) st = qd_quantize(ctx, o.in, o.p.dry_run ? NULL : o.out, &o.p, &json);
         if (st == QD_OK && o.x.lora) st = qd_lora_set_check(ctx, o.x.lora);   /* warns about pairs left over */
+        if (st == QD_OK && o.x.lora) qd_lora_set_report(o.x.lora, &lora_matched, &lora_total);
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
@@ -365,6 +367,8 @@ int cmd_quantize(int argc, char **argv) {
             printf(" (copy them from a diffusers folder of the family, or quantize again with --config-from DIR)\n");
         }
         cJSON_Delete(rep);
+        if (lora_matched >= 0)
+            printf("LoRA: %lld of %lld layers matched a weight\n", (long long)lora_matched, (long long)lora_total);
         if (!o.p.dry_run) printf("wrote %s\n", o.out);
     }
     qd_free(json);

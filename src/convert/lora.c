@@ -1,6 +1,7 @@
 /* LoRA files -> normalized pairs (key, component, down, up, alpha), then the merge
  * W += factor * up . down through the library GEMM. See lora.h for the conventions. */
 #include "convert/lora.h"
+#include "convert/single_file.h"
 #include "io/safetensors.h"
 #include "io/safetensors_meta.h"
 #include "tensor/gemm.h"
@@ -210,6 +211,71 @@ static int canon_parts(const char *key, int64_t rows, int64_t cols, canon_part *
         out[i].rows = i == 3 ? rows - 3 * cols : part;
     }
     return np;
+}
+
+/* ---- SDXL kohya: original-SD (LDM) UNet module names ----
+ * kohya sd-scripts names SDXL UNet layers by their LDM module path with '.' -> '_'
+ * (lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q, ..._middle_block_1_proj_in,
+ * ..._output_blocks_2_0_in_layers_2, time_embed_0, label_emb_0_0, out_2). The dots are put
+ * back from the small vocabulary of LDM module names, and the single-file converter's LDM ->
+ * diffusers map (qd_sf_ldm_unet_name, convert/single_file_ldm.c) gives the diffusers name,
+ * kept as a second key of the pair beside the LDM one (which matches an LDM single-file
+ * model's own names). That map needs the UNet's resnets per level: 2, the value of every
+ * SD1.x/SD2.x/SDXL UNet (the models kohya names this way), so it is fixed here; the
+ * transformer depth and the levels with attention need no config (their indices are kept). */
+static const char *const ldm_words[] = {
+    "input_blocks", "middle_block", "output_blocks", "time_embed", "label_emb", "transformer_blocks",
+    "proj_in", "proj_out", "in_layers", "emb_layers", "out_layers", "skip_connection", "to_out", "to_q",
+    "to_k", "to_v", "attn1", "attn2", "norm1", "norm2", "norm3", "norm", "ff", "net", "proj", "op", "conv", "out",
+};
+enum { LDM_UNET_LAYERS_PER_BLOCK = 2 };
+
+/* The dotted LDM module path of normalized key k ("input_blocks_4_1_proj_in" ->
+ * "input_blocks.4.1.proj_in"); 0 unless every token is an LDM word or a number and the
+ * first names a top-level LDM module. */
+static int ldm_dotted(const char *k, char *out, size_t size) {
+    static const char *const top[] = {"input_blocks", "middle_block", "output_blocks", "time_embed", "label_emb", "out"};
+    size_t o = 0;
+    for (int tok = 0; *k; tok++) {
+        size_t len = 0;
+        if (isdigit((unsigned char)*k)) {
+            while (isdigit((unsigned char)k[len])) len++;
+        } else {
+            for (size_t i = 0; i < sizeof ldm_words / sizeof ldm_words[0]; i++) {
+                size_t n = strlen(ldm_words[i]);
+                if (n > len && strncmp(k, ldm_words[i], n) == 0 && (k[n] == '_' || k[n] == 0)) len = n;
+            }
+        }
+        if (len == 0 || (k[len] != '_' && k[len] != 0) || o + len + 2 > size) return 0;
+        if (tok == 0) {
+            int ok = 0;
+            for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) ok |= strlen(top[i]) == len && !strncmp(k, top[i], len);
+            if (!ok) return 0;
+        }
+        if (o) out[o++] = '.';
+        memcpy(out + o, k, len);
+        o += len;
+        k += len;
+        if (*k == '_') {
+            k++;
+            if (!*k) return 0;
+        }
+    }
+    out[o] = 0;
+    return o > 0;
+}
+
+/* The normalized diffusers key of an LDM-named UNet layer key, or 0. */
+static int ldm_alias(const char *key, char *out, size_t size) {
+    char dotted[320], name[400];
+    if (!ldm_dotted(key, dotted, sizeof dotted - 8)) return 0;
+    strcat(dotted, ".weight");
+    if (!qd_sf_ldm_unet_name(LDM_UNET_LAYERS_PER_BLOCK, dotted, name, sizeof name)) return 0;
+    size_t n = strlen(name);
+    if (n <= 7 || strcmp(name + n - 7, ".weight") != 0 || n - 7 >= size) return 0;
+    for (size_t i = 0; i < n - 7; i++) out[i] = name[i] == '.' ? '_' : name[i];
+    out[n - 7] = 0;
+    return 1;
 }
 
 /* ---- PEFT adapter_config.json ----
@@ -447,8 +513,14 @@ static qd_status open_file(qd_ctx *ctx, qd_lora_set *set, int f, int64_t *cap) {
         char *key = normalize(tmp, strlen(tmp));
         if (!key) { status = qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); break; }
         int64_t up_rows = up->shape[0], in = t->ndim == 2 ? t->shape[1] : t->shape[1] * t->shape[2] * t->shape[3];
-        canon_part parts[4];
+        canon_part parts[5];
         int np = canon_parts(key, up_rows, t->ndim == 2 ? in : t->shape[1], parts);
+        /* an LDM-named UNet layer (SDXL kohya) also under its diffusers name */
+        if (np == 1 && (comp == COMP_DENOISER || comp == COMP_ANY) && ldm_alias(key, parts[1].key, sizeof parts[1].key)) {
+            parts[1].off = 0;
+            parts[1].rows = up_rows;
+            np = 2;
+        }
         free(key);
         for (int k = 0; k < np && status == QD_OK; k++) {
             if ((status = grow_pairs(ctx, set, cap)) != QD_OK) break;

@@ -10,6 +10,10 @@
  *             lora_te_ / lora_te1_ (text_encoder), lora_te2_ (text_encoder_2),
  *             lora_transformer_ (transformer); SDXL/FLUX kohya files use the
  *             original checkpoint's names (input_blocks_..., double_blocks_...).
+ *             An LDM UNet name (input_blocks_/middle_block_/output_blocks_/time_embed_/
+ *             label_emb_/out_ + LDM module words) is kept and also mapped to its
+ *             diffusers name by the single-file LDM map (qd_sf_ldm_unet_name, 2 resnets
+ *             per level), so it matches LDM single files and diffusers UNets alike.
  *   diffusers unet.<name>.lora.down.weight / .lora.up.weight, unet./transformer./
  *             text_encoder[_2]. + <name>.lora_A.weight / .lora_B.weight, and the old
  *             attention-processor form <...>.processor.to_q_lora.down.weight.

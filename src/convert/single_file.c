@@ -40,6 +40,8 @@ struct sf_build {
     qd_ctx *ctx;
     qd_single_file *sf;
     int unet_layers, vae_levels;
+    char *name_out;             /* name-only mode (qd_sf_ldm_unet_name): the mapped name goes here */
+    size_t name_size;
 };
 
 int qd_sf_is_file(const char *path) {
@@ -119,6 +121,10 @@ static int add_tensor(sf_build *b, int comp, const qd_st_tensor *t) {
 }
 
 int sf_add(sf_build *b, int comp, const char *name, const qd_st_tensor *src, int64_t row0, int64_t rows, int op) {
+    if (b->name_out) {   /* name-only: no tensor, no file */
+        int n = snprintf(b->name_out, b->name_size, "%s", name);
+        return n > 0 && (size_t)n < b->name_size ? SF_MAPPED : SF_UNKNOWN;
+    }
     qd_ctx *ctx = b->ctx;
     if (comp < 0) { qd_fail(ctx, QD_ERR_FORMAT, "%s: too many components", b->sf->path); return SF_FAILED; }
     qd_st_tensor t = *src;
@@ -181,6 +187,19 @@ int sf_split(sf_build *b, int comp, const char *const *names, const int64_t *row
         return SF_FAILED;
     }
     return SF_MAPPED;
+}
+
+int qd_sf_ldm_unet_name(int layers_per_block, const char *ldm_key, char *out, size_t size) {
+    if (!out || size == 0) return 0;
+    out[0] = 0;
+    sf_build b = {0};
+    b.unet_layers = layers_per_block;
+    b.name_out = out;
+    b.name_size = size;
+    qd_st_tensor none = {0};
+    if (sf_map_ldm_unet(&b, 0, "", ldm_key, &none) == SF_MAPPED && out[0]) return 1;
+    out[0] = 0;
+    return 0;
 }
 
 /* ---- family and layout ---- */
@@ -401,7 +420,7 @@ qd_status qd_sf_open(qd_ctx *ctx, const char *path, const char *config_from, qd_
     if (config_from) snprintf(sf->config_from, sizeof sf->config_from, "%s", config_from);
     qd_status st = qd_st_open(ctx, path, &sf->file);
     sf->file_open = st == QD_OK;
-    sf_build b = {ctx, sf, 0, 0};
+    sf_build b = {ctx, sf, 0, 0, NULL, 0};
     if (st == QD_OK) st = map_all(&b);
     if (st == QD_OK) st = finish_components(&b);
     if (st == QD_OK) st = load_configs(ctx, sf);

@@ -69,6 +69,13 @@ const char *qd_sf_denoiser(const qd_single_file *sf);
 qd_status qd_sf_complete_folder(qd_ctx *ctx, const qd_single_file *sf, const char *dir, const char *const *done,
                                 int n_done, char **missing);
 
+/* The diffusers UNet2DConditionModel name of an original-SD (LDM) UNet tensor name given
+ * without "model.diffusion_model.", by the same map qd_sf_open uses, for a UNet with
+ * layers_per_block resnets per level: "input_blocks.4.1.proj_in.weight" ->
+ * "down_blocks.1.attentions.0.proj_in.weight" (layers_per_block 2). 1 and the name in
+ * out, or 0 (out "") when the key has no diffusers counterpart. For LoRA key names. */
+int qd_sf_ldm_unet_name(int layers_per_block, const char *ldm_key, char *out, size_t size);
+
 /* Parts neither the file nor config_from provides (malloc'd list as above, or NULL). */
 char *qd_sf_missing(const qd_single_file *sf);
 

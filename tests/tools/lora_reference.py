@@ -11,6 +11,13 @@ W' = W + scale * alpha/r * up @ down, so `qdiff generate --lora` can be compared
                                  lora_A/lora_B, lora_alpha 6, r 4, rank_pattern {"to_k": 2}
       OUTDIR/nomatch.safetensors a LoRA naming no layer of the model
       OUTDIR/partial.safetensors one layer of the model and one it does not have
+  lora_reference.py make-sdxl MODEL OUTDIR
+      OUTDIR/sdxl_kohya_ldm.safetensors  an SDXL kohya LoRA as sd-scripts names it: every UNet
+                                 matrix/conv weight under its ORIGINAL (LDM) module path with
+                                 '.' -> '_' (lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q,
+                                 ..._op, ..._2_conv, time_embed_0, label_emb_0_0, out_2), the LDM
+                                 names from make_single_file.py's diffusers -> LDM map and the
+                                 folder's unet/config.json; plus lora_te1_ / lora_te2_ layers
   lora_reference.py merge MODEL OUT LORA:SCALE...
       OUT: MODEL with each touched weight replaced by the merged float32 weight. An SDNQ layer
       (int8 weight with a float32 .scale, as `qdiff quantize --weights-dtype int8
@@ -76,7 +83,7 @@ def st_write(path, tensors, meta=None):
 
 
 WEIGHTS = {"unet": "diffusion_pytorch_model.safetensors", "text_encoder": "model.safetensors",
-           "transformer": "diffusion_pytorch_model.safetensors"}
+           "text_encoder_2": "model.safetensors", "transformer": "diffusion_pytorch_model.safetensors"}
 
 # the layers the test LoRAs touch (every kind: linear, cross-attention, 1x1 and 3x3 conv)
 UNET_KOHYA = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
@@ -174,6 +181,51 @@ def merge_flux(model, out, spec):
     st_write(os.path.join(out, "transformer", WEIGHTS["transformer"]), tensors, meta)
 
 
+def ldm_unet_names(model):
+    """{diffusers UNet module: LDM module} of the folder's UNet, by make_single_file.py's own
+    diffusers -> LDM map (independent of qdiff's C code) and the UNet's config.json."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import make_single_file
+    with open(os.path.join(model, "unet", "config.json")) as f:
+        cfg = json.load(f)
+    w = model_weights(model, "unet")
+    m = make_single_file.unet_to_ldm({k: k for k in w}, cfg)
+    return {d[: -len(".weight")]: l[: -len(".weight")] for l, d in m.items() if d.endswith(".weight")}
+
+
+SDXL_TE = [("lora_te1_", "text_encoder", "text_model.encoder.layers.0.self_attn.q_proj"),
+           ("lora_te2_", "text_encoder_2", "text_model.encoder.layers.1.mlp.fc1"),
+           ("lora_te2_", "text_encoder_2", "text_model.encoder.layers.0.self_attn.out_proj")]
+
+
+def make_sdxl(model, outdir):
+    rng = np.random.default_rng(4321)
+    os.makedirs(outdir, exist_ok=True)
+    unet = model_weights(model, "unet")
+    ldm = ldm_unet_names(model)
+    t = {}
+    i = 0
+    for mod in sorted(ldm):
+        w = unet[mod + ".weight"]
+        if w.ndim < 2:
+            continue
+        key = "lora_unet_" + ldm[mod].replace(".", "_")
+        r = 2 + i % 3
+        down, up = make_pair(rng, list(w.shape), r)
+        t[key + ".lora_down.weight"] = (down * 0.5).astype(np.float16)
+        t[key + ".lora_up.weight"] = (up * 0.5).astype(np.float16)
+        t[key + ".alpha"] = np.array(1.0 + i % 4, dtype=np.float32)
+        i += 1
+    for prefix, comp, n in SDXL_TE:
+        w = st_read(os.path.join(model, comp, WEIGHTS[comp]))[0][n + ".weight"]
+        down, up = make_pair(rng, list(w.shape), 3)
+        key = prefix + n.replace(".", "_")
+        t[key + ".lora_down.weight"] = down.astype(np.float16)
+        t[key + ".lora_up.weight"] = up.astype(np.float16)
+        t[key + ".alpha"] = np.array(2.0, dtype=np.float32)
+    st_write(os.path.join(outdir, "sdxl_kohya_ldm.safetensors"), t)
+
+
 def make_pair(rng, shape, r):
     cout, cin = shape[0], shape[1]
     k = shape[2:] if len(shape) == 4 else []
@@ -243,8 +295,9 @@ def deltas(path, scale):
             r = down.shape[0]
             alpha = float(t[base + ".alpha"]) if base + ".alpha" in t else r
             factor = alpha / r
-            comp = "unet" if base.startswith("lora_unet_") else "text_encoder"
-            flat = base[len("lora_unet_"):] if comp == "unet" else base[len("lora_te_"):]
+            prefix = re.match(r"lora_(unet|te1|te2|te)_", base).group(0)
+            comp = {"lora_unet_": "unet", "lora_te2_": "text_encoder_2"}.get(prefix, "text_encoder")
+            flat = base[len(prefix):]
             module = ("k", flat)   # kohya: matched by the underscore spelling below
         elif key.endswith(".lora_A.weight"):
             base = key[: -len(".lora_A.weight")]
@@ -273,8 +326,9 @@ def merge(model, out, specs):
         for k, v in deltas(path, float(s)).items():
             alld.setdefault(k, []).extend(v)
     used = set()
+    ldm = ldm_unet_names(model) if os.path.isdir(os.path.join(model, "unet")) else {}
     for comp, fname in WEIGHTS.items():
-        if comp == "transformer":   # merge-flux
+        if comp == "transformer" or not os.path.isdir(os.path.join(model, comp)):   # merge-flux; SD1.5: no text_encoder_2
             continue
         cdir = os.path.join(out, comp)
         os.makedirs(cdir)
@@ -286,10 +340,14 @@ def merge(model, out, specs):
             if not name.endswith(".weight"):
                 continue
             mod = name[: -len(".weight")]
-            ds = alld.get((comp, ("d", mod)), []) + alld.get((comp, ("k", mod.replace(".", "_"))), [])
+            # kohya: the diffusers module with '_', or (SDXL, unet) the LDM module path with '_'
+            keys = [(comp, ("d", mod)), (comp, ("k", mod.replace(".", "_")))]
+            if comp == "unet" and mod in ldm:
+                keys.append((comp, ("k", ldm[mod].replace(".", "_"))))
+            ds = [d for k in keys for d in alld.get(k, [])]
             if not ds:
                 continue
-            used.update(k for k in ((comp, ("d", mod)), (comp, ("k", mod.replace(".", "_")))) if k in alld)
+            used.update(k for k in keys if k in alld)
             w = tensors[name]
             if mod + ".scale" in tensors:   # SDNQ int8, row-wise (conv: per output and tap)
                 w = w.astype(np.float32) * tensors.pop(mod + ".scale")
@@ -307,6 +365,8 @@ def merge(model, out, specs):
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 4 and sys.argv[1] == "make-sdxl":
+        make_sdxl(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 4 and sys.argv[1] == "make-flux":
         make_flux(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 5 and sys.argv[1] == "merge-flux":
