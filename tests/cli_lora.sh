@@ -167,6 +167,25 @@ if "$qdiff" quantize "$model" "$tmp/q" --weights-dtype int8 --group-size -1 --mi
   else bad "SDNQ int8 + LoRA: $(cat "$tmp/lora_q8.err" 2>/dev/null)"; fi
 else bad "quantize: $(cat "$tmp/q.log")"; fi
 
+# SDNQ int8 in sdnq's quantized-matmul layout ([in, out] codes, decoded k-major straight into
+# the GEMM's panels): the LoRA delta must still be added (exact, fp32: same bounds), and in bf16
+# precision the LoRA run stays within the sd15-tiny bf16 bound (5e-2, measured 1.6e-2) of the merged reference, while the
+# same bf16 run without the LoRA is not.
+if "$qdiff" quantize "$model" "$tmp/qm" --weights-dtype int8 --group-size -1 --min-numel 0 --min-channels 0 \
+     --quantized-matmul --components unet,text_encoder >"$tmp/qm.log" 2>&1; then
+  "$py" "$tool" merge "$tmp/qm" "$tmp/ref_qm" "$tmp/loras/kohya.safetensors:0.8" || bad "merge into SDNQ (qmm layout)"
+  if gen lora_qm "$tmp/qm" --lora "$tmp/loras/kohya.safetensors:0.8" --matmul exact &&
+     gen ref_qm "$tmp/ref_qm" --matmul exact; then
+    check "SDNQ int8 quantized-matmul layout + LoRA (exact) == the merged reference" lora_qm ref_qm 1e-5 1e-3 1
+  else bad "SDNQ qmm + LoRA: $(cat "$tmp/lora_qm.err" "$tmp/ref_qm.err" 2>/dev/null)"; fi
+  if gen lora_qmb "$tmp/qm" --lora "$tmp/loras/kohya.safetensors:0.8" --matmul exact --precision bf16 &&
+     gen ref_qmb "$tmp/ref_qm" --matmul exact --precision bf16 && gen qmb "$tmp/qm" --matmul exact --precision bf16; then
+    check "SDNQ qmm layout + LoRA in bf16: within bf16 rounding of the merged reference" lora_qmb ref_qmb 5e-2 100 -
+    out=$(compare qmb ref_qmb 5e-2 100 -)
+    if [[ $? -ne 0 ]]; then ok "(bf16 without the LoRA is not: $out)"; else bad "bf16 without LoRA as close: $out"; fi
+  else bad "SDNQ qmm + LoRA bf16: $(cat "$tmp/lora_qmb.err" "$tmp/ref_qmb.err" "$tmp/qmb.err" 2>/dev/null)"; fi
+else bad "quantize --quantized-matmul: $(cat "$tmp/qm.log")"; fi
+
 # errors: exit 2, the file named, no output
 gen nomatch "$model" --lora "$tmp/loras/nomatch.safetensors"
 rc=$?

@@ -350,7 +350,11 @@ def merge(model, out, specs):
             used.update(k for k in keys if k in alld)
             w = tensors[name]
             if mod + ".scale" in tensors:   # SDNQ int8, row-wise (conv: per output and tap)
-                w = w.astype(np.float32) * tensors.pop(mod + ".scale")
+                sc = tensors.pop(mod + ".scale")
+                if w.ndim == 2 and sc.shape == (1, w.shape[1]) and sc.shape[1] != 1:
+                    w = (w.astype(np.float32) * sc).T   # quantized-matmul layout: [in, out] codes, [1, out] scales
+                else:
+                    w = w.astype(np.float32) * sc
                 tensors.pop(mod + ".zero_point", None)
             w64 = w.astype(np.float32).astype(np.float64)
             for d in ds:
