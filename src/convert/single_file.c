@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,6 +174,16 @@ int sf_add(sf_build *b, int comp, const char *name, const qd_st_tensor *src, int
     t.name = keep_name(b, name);
     if (!t.name) { qd_fail(ctx, QD_ERR_NOMEM, "out of memory"); return SF_FAILED; }
     return add_tensor(b, comp, &t);
+}
+
+int sf_add_fmt(sf_build *b, int comp, const qd_st_tensor *src, int op, const char *fmt, ...) {
+    char name[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof name) return SF_UNKNOWN;
+    return sf_add(b, comp, name, src, 0, -1, op);
 }
 
 int sf_split(sf_build *b, int comp, const char *const *names, const int64_t *rows, int n, const qd_st_tensor *src) {

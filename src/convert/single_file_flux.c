@@ -5,21 +5,8 @@
  * are swapped (BFL shift, scale; diffusers scale, shift). */
 #include "convert/single_file_map.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-
-static int add_fmt(sf_build *b, int comp, const qd_st_tensor *src, int op, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static int add_fmt(sf_build *b, int comp, const qd_st_tensor *src, int op, const char *fmt, ...) {
-    char name[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof name) return SF_UNKNOWN;
-    return sf_add(b, comp, name, src, 0, -1, op);
-}
 
 static const struct { const char *bfl, *diff; } top_map[] = {
     {"img_in.", "x_embedder."},
@@ -78,17 +65,17 @@ static int fail(sf_build *b, const char *fmt, const char *a, const char *c, long
 int sf_map_flux(sf_build *b, int comp, const char *prefix, const char *key, const qd_st_tensor *src) {
     const char *r;
     for (size_t i = 0; i < sizeof top_map / sizeof *top_map; i++)
-        if ((r = sf_after(key, top_map[i].bfl))) return add_fmt(b, comp, src, SF_VIEW, "%s%s", top_map[i].diff, r);
+        if ((r = sf_after(key, top_map[i].bfl))) return sf_add_fmt(b, comp, src, SF_VIEW, "%s%s", top_map[i].diff, r);
     if ((r = sf_after(key, "final_layer.adaLN_modulation.1."))) {
         if (src->shape[0] % 2) return fail(b, "%s: '%s%s' has an odd number of rows (%lld): not shift and scale halves", prefix, key, src->shape[0]);
-        return add_fmt(b, comp, src, SF_SWAP, "norm_out.linear.%s", r);
+        return sf_add_fmt(b, comp, src, SF_SWAP, "norm_out.linear.%s", r);
     }
     if ((r = sf_after(key, "double_blocks."))) {
         long n = sf_take_index(&r);
         if (n < 0) return SF_UNKNOWN;
         for (size_t i = 0; i < sizeof double_map / sizeof *double_map; i++) {
             const char *t = sf_after(r, double_map[i].bfl);
-            if (t) return add_fmt(b, comp, src, SF_VIEW, "transformer_blocks.%ld.%s%s", n, double_map[i].diff, t);
+            if (t) return sf_add_fmt(b, comp, src, SF_VIEW, "transformer_blocks.%ld.%s%s", n, double_map[i].diff, t);
         }
         const char *t;
         int img = (t = sf_after(r, "img_attn.qkv.")) != NULL;
@@ -108,7 +95,7 @@ int sf_map_flux(sf_build *b, int comp, const char *prefix, const char *key, cons
         if (n < 0) return SF_UNKNOWN;
         for (size_t i = 0; i < sizeof single_map / sizeof *single_map; i++) {
             const char *t = sf_after(r, single_map[i].bfl);
-            if (t) return add_fmt(b, comp, src, SF_VIEW, "single_transformer_blocks.%ld.%s%s", n, single_map[i].diff, t);
+            if (t) return sf_add_fmt(b, comp, src, SF_VIEW, "single_transformer_blocks.%ld.%s%s", n, single_map[i].diff, t);
         }
         const char *t = sf_after(r, "linear1.");
         if (!t || (strcmp(t, "weight") && strcmp(t, "bias"))) return SF_UNKNOWN;

@@ -4,23 +4,9 @@
  * convert_open_clip_checkpoint. */
 #include "convert/single_file_map.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int add_named(sf_build *b, int comp, const qd_st_tensor *src, int op, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-/* Add src (whole) as the name printf-formatted from fmt. */
-static int add_named(sf_build *b, int comp, const qd_st_tensor *src, int op, const char *fmt, ...) {
-    char name[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof name) return SF_UNKNOWN;
-    return sf_add(b, comp, name, src, 0, -1, op);
-}
 
 /* ---- UNet ---- */
 
@@ -43,7 +29,7 @@ static int unet_attention_part(const char *rest) {
 static int unet_resnet(sf_build *b, int comp, const char *base, const char *rest, const qd_st_tensor *src) {
     const char *tail, *part = unet_resnet_part(rest, &tail);
     if (!part) return SF_UNKNOWN;
-    return add_named(b, comp, src, SF_VIEW, "%s%s%s", base, part, tail);
+    return sf_add_fmt(b, comp, src, SF_VIEW, "%s%s%s", base, part, tail);
 }
 
 int sf_map_ldm_unet(sf_build *b, int comp, const char *prefix, const char *key, const qd_st_tensor *src) {
@@ -56,7 +42,7 @@ int sf_map_ldm_unet(sf_build *b, int comp, const char *prefix, const char *key, 
     };
     const char *r;
     for (size_t i = 0; i < sizeof top / sizeof *top; i++)
-        if ((r = sf_after(key, top[i].ldm))) return add_named(b, comp, src, SF_VIEW, "%s%s", top[i].diff, r);
+        if ((r = sf_after(key, top[i].ldm))) return sf_add_fmt(b, comp, src, SF_VIEW, "%s%s", top[i].diff, r);
     int L = sf_ldm_unet_layers(b);
     char base[160];
     if ((r = sf_after(key, "input_blocks."))) {
@@ -66,13 +52,13 @@ int sf_map_ldm_unet(sf_build *b, int comp, const char *prefix, const char *key, 
         if (l == L) {
             const char *t = sf_after(r, "op.");
             if (j != 0 || !t) return SF_UNKNOWN;
-            return add_named(b, comp, src, SF_VIEW, "down_blocks.%ld.downsamplers.0.conv.%s", blk, t);
+            return sf_add_fmt(b, comp, src, SF_VIEW, "down_blocks.%ld.downsamplers.0.conv.%s", blk, t);
         }
         if (j == 0) {
             snprintf(base, sizeof base, "down_blocks.%ld.resnets.%ld.", blk, l);
             return unet_resnet(b, comp, base, r, src);
         }
-        if (j == 1 && unet_attention_part(r)) return add_named(b, comp, src, SF_VIEW, "down_blocks.%ld.attentions.%ld.%s", blk, l, r);
+        if (j == 1 && unet_attention_part(r)) return sf_add_fmt(b, comp, src, SF_VIEW, "down_blocks.%ld.attentions.%ld.%s", blk, l, r);
         return SF_UNKNOWN;
     }
     if ((r = sf_after(key, "middle_block."))) {
@@ -81,7 +67,7 @@ int sf_map_ldm_unet(sf_build *b, int comp, const char *prefix, const char *key, 
             snprintf(base, sizeof base, "mid_block.resnets.%ld.", j / 2);
             return unet_resnet(b, comp, base, r, src);
         }
-        if (j == 1 && unet_attention_part(r)) return add_named(b, comp, src, SF_VIEW, "mid_block.attentions.0.%s", r);
+        if (j == 1 && unet_attention_part(r)) return sf_add_fmt(b, comp, src, SF_VIEW, "mid_block.attentions.0.%s", r);
         return SF_UNKNOWN;
     }
     if ((r = sf_after(key, "output_blocks."))) {
@@ -93,8 +79,8 @@ int sf_map_ldm_unet(sf_build *b, int comp, const char *prefix, const char *key, 
             return unet_resnet(b, comp, base, r, src);
         }
         const char *t = sf_after(r, "conv.");
-        if (t) return add_named(b, comp, src, SF_VIEW, "up_blocks.%ld.upsamplers.0.conv.%s", blk, t);
-        if (j == 1 && unet_attention_part(r)) return add_named(b, comp, src, SF_VIEW, "up_blocks.%ld.attentions.%ld.%s", blk, l, r);
+        if (t) return sf_add_fmt(b, comp, src, SF_VIEW, "up_blocks.%ld.upsamplers.0.conv.%s", blk, t);
+        if (j == 1 && unet_attention_part(r)) return sf_add_fmt(b, comp, src, SF_VIEW, "up_blocks.%ld.attentions.%ld.%s", blk, l, r);
         return SF_UNKNOWN;
     }
     return SF_UNKNOWN;
@@ -105,9 +91,9 @@ int sf_map_ldm_unet(sf_build *b, int comp, const char *prefix, const char *key, 
 static int vae_resnet(sf_build *b, int comp, const char *base, const char *rest, const qd_st_tensor *src) {
     static const char *same[] = {"norm1.", "conv1.", "norm2.", "conv2."};
     for (int i = 0; i < 4; i++)
-        if (sf_after(rest, same[i])) return add_named(b, comp, src, SF_VIEW, "%s%s", base, rest);
+        if (sf_after(rest, same[i])) return sf_add_fmt(b, comp, src, SF_VIEW, "%s%s", base, rest);
     const char *t = sf_after(rest, "nin_shortcut.");
-    if (t) return add_named(b, comp, src, SF_VIEW, "%sconv_shortcut.%s", base, t);
+    if (t) return sf_add_fmt(b, comp, src, SF_VIEW, "%sconv_shortcut.%s", base, t);
     return SF_UNKNOWN;
 }
 
@@ -128,7 +114,7 @@ static int vae_mid(sf_build *b, int comp, const char *side, const char *r, const
         if (!u) continue;
         /* the 1x1-conv projections become Linear weights (diffusers' conv_attn_to_linear) */
         int op = i > 0 && !strcmp(u, "weight") ? SF_LINEAR : SF_VIEW;
-        return add_named(b, comp, src, op, "%s.mid_block.attentions.0.%s%s", side, m[i].diff, u);
+        return sf_add_fmt(b, comp, src, op, "%s.mid_block.attentions.0.%s%s", side, m[i].diff, u);
     }
     return SF_UNKNOWN;
 }
@@ -138,10 +124,10 @@ int sf_map_ldm_vae(sf_build *b, int comp, const char *prefix, const char *key, c
     static const char *same[] = {"encoder.conv_in.", "encoder.conv_out.", "decoder.conv_in.", "decoder.conv_out.",
                                  "quant_conv.", "post_quant_conv."};
     for (size_t i = 0; i < sizeof same / sizeof *same; i++)
-        if (sf_after(key, same[i])) return add_named(b, comp, src, SF_VIEW, "%s", key);
+        if (sf_after(key, same[i])) return sf_add_fmt(b, comp, src, SF_VIEW, "%s", key);
     const char *r;
-    if ((r = sf_after(key, "encoder.norm_out."))) return add_named(b, comp, src, SF_VIEW, "encoder.conv_norm_out.%s", r);
-    if ((r = sf_after(key, "decoder.norm_out."))) return add_named(b, comp, src, SF_VIEW, "decoder.conv_norm_out.%s", r);
+    if ((r = sf_after(key, "encoder.norm_out."))) return sf_add_fmt(b, comp, src, SF_VIEW, "encoder.conv_norm_out.%s", r);
+    if ((r = sf_after(key, "decoder.norm_out."))) return sf_add_fmt(b, comp, src, SF_VIEW, "decoder.conv_norm_out.%s", r);
     if ((r = sf_after(key, "encoder.mid."))) return vae_mid(b, comp, "encoder", r, src);
     if ((r = sf_after(key, "decoder.mid."))) return vae_mid(b, comp, "decoder", r, src);
     char base[160];
@@ -149,7 +135,7 @@ int sf_map_ldm_vae(sf_build *b, int comp, const char *prefix, const char *key, c
         long i = sf_take_index(&r), j;
         const char *t;
         if (i < 0) return SF_UNKNOWN;
-        if ((t = sf_after(r, "downsample.conv."))) return add_named(b, comp, src, SF_VIEW, "encoder.down_blocks.%ld.downsamplers.0.conv.%s", i, t);
+        if ((t = sf_after(r, "downsample.conv."))) return sf_add_fmt(b, comp, src, SF_VIEW, "encoder.down_blocks.%ld.downsamplers.0.conv.%s", i, t);
         if (!(t = sf_after(r, "block.")) || (j = sf_take_index(&t)) < 0) return SF_UNKNOWN;
         snprintf(base, sizeof base, "encoder.down_blocks.%ld.resnets.%ld.", i, j);
         return vae_resnet(b, comp, base, t, src);
@@ -159,7 +145,7 @@ int sf_map_ldm_vae(sf_build *b, int comp, const char *prefix, const char *key, c
         const char *t;
         if (i < 0 || i >= n) return SF_UNKNOWN;
         long u = n - 1 - i;   /* LDM counts decoder levels from the lowest resolution up */
-        if ((t = sf_after(r, "upsample.conv."))) return add_named(b, comp, src, SF_VIEW, "decoder.up_blocks.%ld.upsamplers.0.conv.%s", u, t);
+        if ((t = sf_after(r, "upsample.conv."))) return sf_add_fmt(b, comp, src, SF_VIEW, "decoder.up_blocks.%ld.upsamplers.0.conv.%s", u, t);
         if (!(t = sf_after(r, "block.")) || (j = sf_take_index(&t)) < 0) return SF_UNKNOWN;
         snprintf(base, sizeof base, "decoder.up_blocks.%ld.resnets.%ld.", u, j);
         return vae_resnet(b, comp, base, t, src);
@@ -175,9 +161,9 @@ int sf_map_clip(sf_build *b, int comp, const char *key, const qd_st_tensor *src)
     const char *r = sf_after(key, "text_model.");
     const char *k = r ? r : key;
     if (!strcmp(k, "embeddings.position_ids")) return SF_MAPPED;
-    if (!r && !strcmp(key, "text_projection.weight")) return add_named(b, comp, src, SF_VIEW, "%s", key);
+    if (!r && !strcmp(key, "text_projection.weight")) return sf_add_fmt(b, comp, src, SF_VIEW, "%s", key);
     if (sf_after(k, "embeddings.") || sf_after(k, "encoder.layers.") || sf_after(k, "final_layer_norm."))
-        return add_named(b, comp, src, SF_VIEW, "text_model.%s", k);
+        return sf_add_fmt(b, comp, src, SF_VIEW, "text_model.%s", k);
     return SF_UNKNOWN;
 }
 
@@ -186,11 +172,11 @@ int sf_map_clip(sf_build *b, int comp, const char *key, const qd_st_tensor *src)
  * is stored transposed, logit_scale is dropped. */
 int sf_map_open_clip(sf_build *b, int comp, const char *prefix, const char *key, const qd_st_tensor *src) {
     if (!strcmp(key, "logit_scale") || !strcmp(key, "attn_mask")) return SF_MAPPED;
-    if (!strcmp(key, "token_embedding.weight")) return add_named(b, comp, src, SF_VIEW, "text_model.embeddings.token_embedding.weight");
-    if (!strcmp(key, "positional_embedding")) return add_named(b, comp, src, SF_VIEW, "text_model.embeddings.position_embedding.weight");
-    if (!strcmp(key, "text_projection")) return add_named(b, comp, src, SF_TRANSPOSE, "text_projection.weight");
+    if (!strcmp(key, "token_embedding.weight")) return sf_add_fmt(b, comp, src, SF_VIEW, "text_model.embeddings.token_embedding.weight");
+    if (!strcmp(key, "positional_embedding")) return sf_add_fmt(b, comp, src, SF_VIEW, "text_model.embeddings.position_embedding.weight");
+    if (!strcmp(key, "text_projection")) return sf_add_fmt(b, comp, src, SF_TRANSPOSE, "text_projection.weight");
     const char *r;
-    if ((r = sf_after(key, "ln_final."))) return add_named(b, comp, src, SF_VIEW, "text_model.final_layer_norm.%s", r);
+    if ((r = sf_after(key, "ln_final."))) return sf_add_fmt(b, comp, src, SF_VIEW, "text_model.final_layer_norm.%s", r);
     if (!(r = sf_after(key, "transformer.resblocks."))) return SF_UNKNOWN;
     long n = sf_take_index(&r);
     if (n < 0) return SF_UNKNOWN;
@@ -200,7 +186,7 @@ int sf_map_open_clip(sf_build *b, int comp, const char *prefix, const char *key,
     };
     for (int i = 0; i < 5; i++) {
         const char *t = sf_after(r, m[i].ldm);
-        if (t) return add_named(b, comp, src, SF_VIEW, "text_model.encoder.layers.%ld.%s%s", n, m[i].diff, t);
+        if (t) return sf_add_fmt(b, comp, src, SF_VIEW, "text_model.encoder.layers.%ld.%s%s", n, m[i].diff, t);
     }
     int is_w = !strcmp(r, "attn.in_proj_weight"), is_b = !strcmp(r, "attn.in_proj_bias");
     if (!is_w && !is_b) return SF_UNKNOWN;
@@ -228,6 +214,6 @@ int sf_map_open_clip(sf_build *b, int comp, const char *prefix, const char *key,
 
 /* transformers' T5EncoderModel names are stored as they are (ComfyUI's t5xxl). */
 int sf_map_t5(sf_build *b, int comp, const char *key, const qd_st_tensor *src) {
-    if (sf_after(key, "encoder.") || !strcmp(key, "shared.weight")) return add_named(b, comp, src, SF_VIEW, "%s", key);
+    if (sf_after(key, "encoder.") || !strcmp(key, "shared.weight")) return sf_add_fmt(b, comp, src, SF_VIEW, "%s", key);
     return SF_UNKNOWN;
 }

@@ -49,6 +49,9 @@ int sf_comp(sf_build *b, const char *name, const char *cls, const char *weights_
 /* Add converted tensor `name` of component comp from src (checks the slice and the
  * op against src's shape). rows < 0: all rows. Returns SF_MAPPED or SF_FAILED. */
 int sf_add(sf_build *b, int comp, const char *name, const qd_st_tensor *src, int64_t row0, int64_t rows, int op);
+/* sf_add of the whole of src under a printf-formatted name (SF_UNKNOWN if it does not fit). */
+int sf_add_fmt(sf_build *b, int comp, const qd_st_tensor *src, int op, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
 /* Split src (a fused weight or bias) by rows into n parts of the given row counts. */
 int sf_split(sf_build *b, int comp, const char *const *names, const int64_t *rows, int n, const qd_st_tensor *src);
 
