@@ -1,6 +1,7 @@
 /* qd_quantize on single-file checkpoints. The checkpoints are written at test time
  * by tests/tools/make_single_file.py from the fixture diffusers folders, with the
- * ORIGINAL key names (LDM layout for SD1.5/SDXL, BFL layout for FLUX), from the
+ * ORIGINAL key names (LDM layout for SD1.5/SDXL, BFL layout for FLUX, Stability
+ * MMDiT layout for the SD3.5 transformer), from the
  * public inverse mapping written independently of qdiff's C code. Checks:
  *  - quantizing the single file (with --config-from the folder) and quantizing the
  *    folder with the same options give the same output folder: every tensor equal
@@ -12,7 +13,8 @@
  *    test_quantize_models uses;
  *  - without --config-from: the inferred configs agree with the fixture configs on
  *    everything the shapes determine, the report lists the missing tokenizers, and
- *    FLUX's RoPE axes (not inferable for this head size) make it ask for --config-from;
+ *    FLUX's RoPE axes (not inferable for this head size) and SD3 (no inference) make
+ *    it ask for --config-from;
  *  - generating straight from the single files (qd_model_open_single_file) meets the
  *    unquantized goldens within the pipeline tolerance;
  *  - bad input: unknown family, truncated file, incomplete fused groups, a tensor with
@@ -25,6 +27,7 @@
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -180,6 +183,10 @@ static void generate_from_file(qd_ctx *ctx) {
     check(d >= 0 && d <= 1e-3, "SDXL generated from the LDM single file: latents rel_l2 %.3g to the diffusers golden (tol 1e-3)", d);
     d = golden_dev_sf(ctx, scratch_path("flux-bare.safetensors"), fixture("models/flux-tiny"), "goldens/flux-tiny", "pipe_flow_euler.safetensors");
     check(d >= 0 && d <= 1e-3, "FLUX generated from a bare BFL transformer file (the rest from --config-from): latents rel_l2 %.3g (tol 1e-3)", d);
+    d = golden_dev_sf(ctx, scratch_path("sd3.safetensors"), fixture("models/sd35-tiny"), "goldens/sd35-tiny", "pipe_flow_euler.safetensors");
+    double df = golden_dev(ctx, fixture("models/sd35-tiny"), "goldens/sd35-tiny", "pipe_flow_euler.safetensors");
+    check(d >= 0 && d <= 1e-3 && df >= 0 && fabs(d - df) <= 1e-6,
+          "SD3.5 generated from the Stability MMDiT file (the rest from --config-from): latents rel_l2 %.3g (tol 1e-3; the folder's %.3g)", d, df);
     qd_model *m = NULL;
     qd_status st = qd_model_open_single_file(ctx, scratch_path("sd1.safetensors"), NULL, &m);
     check(st != QD_OK && !m && strstr(qd_last_error(ctx), "--config-from"), "generate from a single file without a config folder: %s",
@@ -217,7 +224,7 @@ static void equal_to_folder(qd_ctx *ctx, const char *file, const char *model, co
 
 static void families(qd_ctx *ctx) {
     /* own copies: scratch_path's buffers rotate */
-    char sd1[1024], sd1u[1024], xl[1024], fl[1024], flb[1024];
+    char sd1[1024], sd1u[1024], xl[1024], fl[1024], flb[1024], s3[1024], s3b[1024];
     snprintf(sd1, sizeof sd1, "%s", scratch_path("sd1.safetensors"));
     snprintf(sd1u, sizeof sd1u, "%s", scratch_path("sd1-unet.safetensors"));
     snprintf(xl, sizeof xl, "%s", scratch_path("sdxl.safetensors"));
@@ -235,6 +242,11 @@ static void families(qd_ctx *ctx) {
     if (make_file("flux", "models/flux-tiny", fl, NULL)) equal_to_folder(ctx, fl, "models/flux-tiny", "flux", "transformer,text_encoder_2", 1);
     if (make_file("flux", "models/flux-tiny", flb, "--denoiser-only --no-prefix"))
         equal_to_folder(ctx, flb, "models/flux-tiny", "flux-bare", NULL, 1);
+    /* SD3.5: Stability MMDiT names, with and without model.diffusion_model. */
+    snprintf(s3, sizeof s3, "%s", scratch_path("sd3.safetensors"));
+    snprintf(s3b, sizeof s3b, "%s", scratch_path("sd3-bare.safetensors"));
+    if (make_file("sd3", "models/sd35-tiny", s3, NULL)) equal_to_folder(ctx, s3, "models/sd35-tiny", "sd3", NULL, 0);
+    if (make_file("sd3", "models/sd35-tiny", s3b, "--no-prefix")) equal_to_folder(ctx, s3b, "models/sd35-tiny", "sd3-bare", NULL, 1);
 }
 
 /* Through the single file, sdnq's stored tensors bit for bit and the goldens. */
@@ -417,6 +429,18 @@ static void bad_input(qd_ctx *ctx) {
     if (make_file("flux", "models/flux-tiny", f2, "--drop model.diffusion_model.double_blocks.1.txt_attn.qkv.bias"))
         expect_fail(ctx, f2, fixture("models/flux-tiny"), NULL, "double_blocks.1.txt_attn.qkv.bias", "is missing",
                     "FLUX double block without its txt qkv bias");
+    const char *f5 = scratch_path("sd3-noqkv.safetensors");
+    if (make_file("sd3", "models/sd35-tiny", f5, "--drop model.diffusion_model.joint_blocks.1.context_block.attn.qkv.weight"))
+        expect_fail(ctx, f5, fixture("models/sd35-tiny"), NULL, "joint_blocks.1.context_block.attn.qkv.weight", "is missing",
+                    "SD3 context qkv bias without its weight");
+    qd_quant_params p;
+    fixture_params(&p);
+    qd_status st = qd_quantize(ctx, scratch_path("sd3.safetensors"), scratch_path("s3-noconf"), &p, NULL);
+    check(st != QD_OK && strstr(qd_last_error(ctx), "--config-from") && strstr(qd_last_error(ctx), "sd3.safetensors") &&
+              nothing_left(scratch_path("s3-noconf")),
+          "SD3 without --config-from: %s", qd_last_error(ctx));
+    expect_fail(ctx, scratch_path("sd3.safetensors"), fixture("models/flux-tiny"), NULL, "is a FluxPipeline folder", "SD3",
+                "SD3 file with a FLUX --config-from");
     const char *f3 = scratch_path("xl-noinproj.safetensors");
     if (make_file("sdxl", "models/sdxl-tiny", f3, "--drop conditioner.embedders.1.model.transformer.resblocks.2.attn.in_proj_weight"))
         expect_fail(ctx, f3, fixture("models/sdxl-tiny"), NULL, "resblocks.2.attn.in_proj_weight", "xl-noinproj.safetensors",

@@ -251,21 +251,23 @@ static qd_status map_all(sf_build *b) {
     qd_single_file *sf = b->sf;
     qd_ctx *ctx = b->ctx;
     const char *dp = NULL;      /* denoiser prefix */
-    int is_flux = 0, is_ldm = 0;
+    int is_flux = 0, is_ldm = 0, is_sd3 = 0;
     static const char *prefixes[] = {"model.diffusion_model.", ""};
     for (int i = 0; i < 2 && !dp; i++) {
         char k[128];
         snprintf(k, sizeof k, "%sdouble_blocks.0.img_attn.qkv.weight", prefixes[i]);
         if (has(sf, k)) { dp = prefixes[i]; is_flux = 1; break; }
+        snprintf(k, sizeof k, "%sjoint_blocks.0.x_block.attn.qkv.weight", prefixes[i]);
+        if (has(sf, k)) { dp = prefixes[i]; is_sd3 = 1; break; }
         snprintf(k, sizeof k, "%sinput_blocks.0.0.weight", prefixes[i]);
         if (has(sf, k)) { dp = prefixes[i]; is_ldm = 1; }
     }
     char keys[1024];
     if (!dp) {
         first_keys(sf, keys, sizeof keys);
-        return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: not a checkpoint of a family qdiff converts (SD1.x, SDXL, FLUX.1: no "
-                       "input_blocks.0.0.weight or double_blocks.0.img_attn.qkv.weight, with or without "
-                       "model.diffusion_model.); its first tensors: %s", sf->path, keys);
+        return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: not a checkpoint of a family qdiff converts (SD1.x, SDXL, FLUX.1, SD3: no "
+                       "input_blocks.0.0.weight, double_blocks.0.img_attn.qkv.weight or joint_blocks.0.x_block.attn.qkv.weight, "
+                       "with or without model.diffusion_model.); its first tensors: %s", sf->path, keys);
     }
     if (is_ldm) {
         char k[600];
@@ -275,7 +277,7 @@ static qd_status map_all(sf_build *b) {
         const qd_st_tensor *pi = qd_st_find(&sf->file, k);
         if (has(sf, "cond_stage_model.model.ln_final.weight") || (!xl && pi && pi->ndim == 2))
             return qd_fail(ctx, QD_ERR_UNSUPPORTED, "%s: an SD2.x checkpoint (OpenCLIP text encoder / linear projections); "
-                           "qdiff converts SD1.x, SDXL and FLUX.1 single files (use a diffusers folder for SD2.x)", sf->path);
+                           "qdiff converts SD1.x, SDXL, FLUX.1 and SD3 single files (use a diffusers folder for SD2.x)", sf->path);
         sf->fam = xl ? QD_SF_SDXL : QD_SF_SD1;
         int L = 0;
         for (long i = 1; i < 10000; i++) {
@@ -286,6 +288,8 @@ static qd_status map_all(sf_build *b) {
         const char *vp = has(sf, "first_stage_model.decoder.conv_in.weight") ? "first_stage_model." : "vae.";
         while (levels < 1000 && has_fmt(sf, "%sdecoder.up.%ld.block.0.conv1.weight", vp, levels)) levels++;
         sf_ldm_set_layout(b, L, levels);
+    } else if (is_sd3) {
+        sf->fam = QD_SF_SD3;
     } else {
         sf->fam = QD_SF_FLUX;
         int levels = 0;
@@ -301,9 +305,13 @@ static qd_status map_all(sf_build *b) {
         {"conditioner.embedders.1.model.", "text_encoder_2", "CLIPTextModelWithProjection", transformers_w, 3},
         {"text_encoders.clip_l.transformer.", "text_encoder", "CLIPTextModel", transformers_w, 2},
         {"text_encoders.t5xxl.transformer.", "text_encoder_2", "T5EncoderModel", transformers_w, 4},
-        {dp, is_flux ? "transformer" : "unet", is_flux ? "FluxTransformer2DModel" : "UNet2DConditionModel", diffusers_w, 0},
+        {dp, is_flux || is_sd3 ? "transformer" : "unet",
+         is_sd3 ? "SD3Transformer2DModel" : is_flux ? "FluxTransformer2DModel" : "UNet2DConditionModel", diffusers_w, 0},
     };
     int n_routes = (int)(sizeof routes / sizeof *routes);
+    /* SD3: the transformer's route only (its VAE and three text encoders are not mapped:
+     * their tensors are reported as unknown rather than given other families' components) */
+    int first_route = is_sd3 ? n_routes - 1 : 0;
     int64_t unmapped = 0;
     size_t ulen = 0;
     keys[0] = 0;
@@ -313,12 +321,12 @@ static qd_status map_all(sf_build *b) {
         const qd_st_tensor *t = &sf->file.tensors[i];
         if (ldm_dropped(t->name) || sf_after(t->name, "model_ema.")) continue;
         int r = SF_UNKNOWN;
-        for (int k = 0; k < n_routes; k++) {
+        for (int k = first_route; k < n_routes; k++) {
             const char *key = sf_after(t->name, routes[k].prefix);
             if (!key) continue;
             int c = sf_comp(b, routes[k].comp, routes[k].cls, routes[k].w);
             switch (routes[k].kind) {
-            case 0: r = is_flux ? sf_map_flux(b, c, dp, key, t) : sf_map_ldm_unet(b, c, dp, key, t); break;
+            case 0: r = is_sd3 ? sf_map_sd3(b, c, dp, key, t) : is_flux ? sf_map_flux(b, c, dp, key, t) : sf_map_ldm_unet(b, c, dp, key, t); break;
             case 1: r = sf_map_ldm_vae(b, c, routes[k].prefix, key, t); break;
             case 2: r = sf_map_clip(b, c, key, t); break;
             case 3: r = sf_map_open_clip(b, c, routes[k].prefix, key, t); break;
@@ -337,6 +345,7 @@ static qd_status map_all(sf_build *b) {
                        sf->path, (long long)unmapped, unmapped == 1 ? "" : "s", qd_sf_family_name(sf), unmapped == 1 ? "s" : "ve", keys,
                        unmapped > 5 ? ", ..." : "");
     if (is_flux) QD_TRY(sf_check_flux(b, dp));
+    if (is_sd3) QD_TRY(sf_check_sd3(b, dp));
     return QD_OK;
 }
 
@@ -373,7 +382,7 @@ static qd_status load_configs(qd_ctx *ctx, qd_single_file *sf) {
     }
     if (sf->config_from[0]) {
         /* the folder must be a pipeline of the checkpoint's family */
-        static const char *want[] = {"StableDiffusionPipeline", "StableDiffusionXLPipeline", "FluxPipeline"};
+        static const char *want[] = {"StableDiffusionPipeline", "StableDiffusionXLPipeline", "FluxPipeline", "StableDiffusion3Pipeline"};
         char idx[4200];
         qd_path_join(idx, sizeof idx, sf->config_from, "model_index.json");
         cJSON *mi;
@@ -456,7 +465,7 @@ void qd_sf_close(qd_single_file *sf) {
 
 qd_sf_family qd_sf_family_of(const qd_single_file *sf) { return sf->fam; }
 const char *qd_sf_family_name(const qd_single_file *sf) {
-    return sf->fam == QD_SF_SD1 ? "SD1.x" : sf->fam == QD_SF_SDXL ? "SDXL" : "FLUX.1";
+    return sf->fam == QD_SF_SD1 ? "SD1.x" : sf->fam == QD_SF_SDXL ? "SDXL" : sf->fam == QD_SF_SD3 ? "SD3" : "FLUX.1";
 }
 const char *qd_sf_path(const qd_single_file *sf) { return sf->path; }
 const char *qd_sf_config_from(const qd_single_file *sf) { return sf->config_from[0] ? sf->config_from : NULL; }
@@ -469,7 +478,7 @@ const qd_sf_component *qd_sf_find_component(const qd_single_file *sf, const char
         if (!strcmp(sf->comps[i].name, name)) return &sf->comps[i];
     return NULL;
 }
-const char *qd_sf_denoiser(const qd_single_file *sf) { return sf->fam == QD_SF_FLUX ? "transformer" : "unet"; }
+const char *qd_sf_denoiser(const qd_single_file *sf) { return sf->fam == QD_SF_FLUX || sf->fam == QD_SF_SD3 ? "transformer" : "unet"; }
 
 /* ---- completing the output folder ---- */
 
@@ -478,7 +487,9 @@ static const char *const *family_parts(qd_sf_family fam) {
     static const char *sd1[] = {"unet", "vae", "text_encoder", "tokenizer", "scheduler", NULL};
     static const char *xl[] = {"unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler", NULL};
     static const char *flux[] = {"transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler", NULL};
-    return fam == QD_SF_SD1 ? sd1 : fam == QD_SF_SDXL ? xl : flux;
+    static const char *sd3[] = {"transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer",
+                                "tokenizer_2", "tokenizer_3", "scheduler", NULL};
+    return fam == QD_SF_SD1 ? sd1 : fam == QD_SF_SDXL ? xl : fam == QD_SF_SD3 ? sd3 : flux;
 }
 
 static void append(char *buf, size_t size, const char *s) {

@@ -8,15 +8,17 @@
  * conditioner.embedders.0/1.* text encoders), and FLUX.1 in the BFL/ComfyUI layout
  * (double_blocks/single_blocks, with or without model.diffusion_model., plus a full
  * ComfyUI checkpoint's vae.* and text_encoders.clip_l/t5xxl.*), whole checkpoints or
- * diffusion-model-only files. The mapping follows diffusers' own single-file
- * conversion (convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint,
- * convert_open_clip_checkpoint, convert_flux_transformer_checkpoint_to_diffusers).
+ * diffusion-model-only files; SD3/SD3.5's transformer alone in the Stability layout
+ * (joint_blocks, with or without model.diffusion_model.). The mapping follows
+ * diffusers' own single-file conversion (convert_ldm_unet_checkpoint,
+ * convert_ldm_vae_checkpoint, convert_open_clip_checkpoint,
+ * convert_flux_transformer_checkpoint_to_diffusers, convert_sd3_transformer_checkpoint_to_diffusers).
  *
  * Converted tensors are views of the mapped file: a renamed tensor, a reshaped one
  * (the VAE's 1x1-conv q/k/v/proj_out become Linear weights: same bytes) and a row
  * slice of a fused weight (FLUX qkv / linear1, OpenCLIP in_proj) point into the
- * file. Only two kinds of small tensors are rebuilt in memory: FLUX's final
- * modulation (diffusers swaps its shift/scale halves) and OpenCLIP's
+ * file. Only two kinds of small tensors are rebuilt in memory: FLUX's and SD3's final
+ * modulation and SD3's last context modulation (diffusers swaps their shift/scale halves) and OpenCLIP's
  * text_projection (diffusers stores its transpose); they get pages of their own
  * (qd_st_release on them is harmless). */
 #ifndef QD_CONVERT_SINGLE_FILE_H
@@ -25,7 +27,7 @@
 #include "base/ctx.h"
 #include "io/safetensors.h"
 
-typedef enum { QD_SF_SD1, QD_SF_SDXL, QD_SF_FLUX } qd_sf_family;
+typedef enum { QD_SF_SD1, QD_SF_SDXL, QD_SF_FLUX, QD_SF_SD3 } qd_sf_family;
 
 #define QD_SF_MAX_COMPONENTS 6
 

@@ -255,6 +255,7 @@ char *sf_infer_config(qd_ctx *ctx, const qd_single_file *sf, const qd_sf_compone
     cJSON *o = NULL;
     if (!strcmp(c->name, "unet")) o = unet_config(ctx, fam, sf, c);
     else if (!strcmp(c->name, "vae")) o = vae_config(ctx, fam, c);
+    else if (fam == QD_SF_SD3) o = missing(ctx, c, "inference for SD3 transformers (their config comes from a diffusers SD3 folder)");
     else if (!strcmp(c->name, "transformer")) o = flux_config(ctx, c);
     else if (!strcmp(c->cls, "T5EncoderModel")) o = t5_config(ctx, c);
     else o = clip_config(ctx, c, !strcmp(c->cls, "CLIPTextModelWithProjection"));

@@ -1,4 +1,4 @@
-/* Internals shared by the single-file key maps (single_file_ldm.c, single_file_flux.c)
+/* Internals shared by the single-file key maps (single_file_ldm.c, single_file_flux.c, single_file_sd3.c)
  * and single_file.c: a builder that collects each component's converted tensors. */
 #ifndef QD_CONVERT_SINGLE_FILE_MAP_H
 #define QD_CONVERT_SINGLE_FILE_MAP_H
@@ -63,10 +63,13 @@ int sf_map_ldm_vae(sf_build *b, int comp, const char *prefix, const char *key, c
 int sf_map_clip(sf_build *b, int comp, const char *key, const qd_st_tensor *src);
 int sf_map_open_clip(sf_build *b, int comp, const char *prefix, const char *key, const qd_st_tensor *src);
 int sf_map_flux(sf_build *b, int comp, const char *prefix, const char *key, const qd_st_tensor *src);
+int sf_map_sd3(sf_build *b, int comp, const char *prefix, const char *key, const qd_st_tensor *src);
 int sf_map_t5(sf_build *b, int comp, const char *key, const qd_st_tensor *src);
 
 /* Whole-file checks after mapping: every fused group complete (FLUX blocks). */
 qd_status sf_check_flux(sf_build *b, const char *prefix);
+/* The same for SD3's joint blocks (single_file_sd3.c). */
+qd_status sf_check_sd3(sf_build *b, const char *prefix);
 
 /* Layers per block of the LDM UNet / number of VAE decoder levels, found from the
  * keys before mapping (0: not found). */

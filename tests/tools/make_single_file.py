@@ -6,14 +6,17 @@ The reference for qdiff's single-file conversion tests: the inverse mapping
 diffusers scripts convert_diffusers_to_original_stable_diffusion.py /
 convert_diffusers_to_original_sdxl.py (replacement tables, q/k/v concatenated into
 OpenCLIP's in_proj, text_projection transposed, the VAE's attention Linear weights
-as 1x1 convs) and the BFL FLUX.1 names (q/k/v -> qkv, single blocks' q/k/v/mlp ->
-linear1, norm_out's scale/shift halves back to shift/scale).
+as 1x1 convs), the BFL FLUX.1 names (q/k/v -> qkv, single blocks' q/k/v/mlp ->
+linear1, norm_out's scale/shift halves back to shift/scale) and the Stability SD3 /
+SD3.5 MMDiT names (the inverse of diffusers' convert_sd3_to_diffusers: q/k/v ->
+joint_blocks.N.{x,context}_block.attn.qkv, norm_out's and the last (pre-only)
+context block's modulation halves back to shift/scale).
 
 Python standard library only (the tensors are moved as bytes: every conversion is a
 rename, a reshape, a row concatenation, a half swap or a 2-D transpose).
 
 usage: make_single_file.py FAMILY DIFFUSERS_DIR OUT.safetensors [options]
-  FAMILY            sd1 | sdxl | flux
+  FAMILY            sd1 | sdxl | flux | sd3 (sd3: the transformer only)
   --denoiser-only   only the UNet / transformer (ComfyUI models/diffusion_models)
   --no-prefix       denoiser keys without "model.diffusion_model."
   --drop KEY        leave out this (original) key (repeatable; for bad-input tests)
@@ -244,6 +247,50 @@ def flux_to_bfl(sd, cfg):
     return out
 
 
+# ---- SD3 / SD3.5 (diffusers SD3Transformer2DModel -> Stability MMDiT) ----
+
+def sd3_to_mmdit(sd, cfg):
+    out = {}
+    top = {"pos_embed.proj.": "x_embedder.proj.", "context_embedder.": "context_embedder.",
+           "time_text_embed.timestep_embedder.linear_1.": "t_embedder.mlp.0.",
+           "time_text_embed.timestep_embedder.linear_2.": "t_embedder.mlp.2.",
+           "time_text_embed.text_embedder.linear_1.": "y_embedder.mlp.0.",
+           "time_text_embed.text_embedder.linear_2.": "y_embedder.mlp.2.",
+           "proj_out.": "final_layer.linear."}
+    for h, b in top.items():
+        for s in ("weight", "bias"):
+            out[b + s] = sd[h + s]
+    out["pos_embed"] = sd["pos_embed.pos_embed"]
+    for s in ("weight", "bias"):
+        out["final_layer.adaLN_modulation.1." + s] = swap_halves(sd["norm_out.linear." + s])
+    L = cfg["num_layers"]
+    if cfg.get("dual_attention_layers"):
+        raise SystemExit("make_single_file: sd3 with attn2 (dual attention layers) is not written")
+    ren = {"attn.to_out.0.": "x_block.attn.proj.", "attn.to_add_out.": "context_block.attn.proj.",
+           "norm1.linear.": "x_block.adaLN_modulation.1.",
+           "ff.net.0.proj.": "x_block.mlp.fc1.", "ff.net.2.": "x_block.mlp.fc2.",
+           "ff_context.net.0.proj.": "context_block.mlp.fc1.", "ff_context.net.2.": "context_block.mlp.fc2."}
+    norms = {"attn.norm_q.weight": "x_block.attn.ln_q.weight", "attn.norm_k.weight": "x_block.attn.ln_k.weight",
+             "attn.norm_added_q.weight": "context_block.attn.ln_q.weight",
+             "attn.norm_added_k.weight": "context_block.attn.ln_k.weight"}
+    for n in range(L):
+        p, q = "transformer_blocks.%d." % n, "joint_blocks.%d." % n
+        last = n == L - 1
+        for h, b in ren.items():
+            for s in ("weight", "bias"):
+                if p + h + s in sd:           # the last block's context side has no proj / MLP
+                    out[q + b + s] = sd[p + h + s]
+        for h, b in norms.items():
+            if p + h in sd:
+                out[q + b] = sd[p + h]
+        for s in ("weight", "bias"):
+            c = sd[p + "norm1_context.linear." + s]
+            out[q + "context_block.adaLN_modulation.1." + s] = swap_halves(c) if last else c
+            out[q + "x_block.attn.qkv." + s] = cat_rows([sd[p + "attn.to_%s.%s" % (x, s)] for x in "qkv"])
+            out[q + "context_block.attn.qkv." + s] = cat_rows([sd[p + "attn.add_%s_proj.%s" % (x, s)] for x in "qkv"])
+    return out
+
+
 def prefixed(prefix, sd):
     return {prefix + k: v for k, v in sd.items()}
 
@@ -267,7 +314,7 @@ def main(argv):
         else:
             pos.append(a)
         i += 1
-    if len(pos) != 3 or pos[0] not in ("sd1", "sdxl", "flux"):
+    if len(pos) != 3 or pos[0] not in ("sd1", "sdxl", "flux", "sd3"):
         print(__doc__, file=sys.stderr)
         return 2
     fam, d, outp = pos
@@ -294,6 +341,8 @@ def main(argv):
                 out.update(prefixed("conditioner.embedders.1.model.", oc))
             if extra:
                 out["alphas_cumprod"] = ("F32", [4], struct.pack("<4f", 0.9, 0.8, 0.7, 0.6))
+    elif fam == "sd3":
+        out.update(prefixed(dp, sd3_to_mmdit(load_dir(d, "transformer", W), config(d, "transformer"))))
     else:
         out.update(prefixed(dp, flux_to_bfl(load_dir(d, "transformer", W), config(d, "transformer"))))
         if not only:
