@@ -186,7 +186,11 @@ static void generate_from_file(qd_ctx *ctx) {
     d = golden_dev_sf(ctx, scratch_path("sd3.safetensors"), fixture("models/sd35-tiny"), "goldens/sd35-tiny", "pipe_flow_euler.safetensors");
     double df = golden_dev(ctx, fixture("models/sd35-tiny"), "goldens/sd35-tiny", "pipe_flow_euler.safetensors");
     check(d >= 0 && d <= 1e-3 && df >= 0 && fabs(d - df) <= 1e-6,
-          "SD3.5 generated from the Stability MMDiT file (the rest from --config-from): latents rel_l2 %.3g (tol 1e-3; the folder's %.3g)", d, df);
+          "SD3.5 generated from the full Stability checkpoint (MMDiT, VAE, CLIP-L/G, T5 from the file): latents rel_l2 %.3g "
+          "(tol 1e-3; the folder's %.3g)", d, df);
+    d = golden_dev_sf(ctx, scratch_path("sd3-bare.safetensors"), fixture("models/sd35-tiny"), "goldens/sd35-tiny", "pipe_flow_euler.safetensors");
+    check(d >= 0 && d <= 1e-3 && df >= 0 && fabs(d - df) <= 1e-6,
+          "SD3.5 generated from a bare MMDiT file (the rest from --config-from): latents rel_l2 %.3g (tol 1e-3; the folder's %.3g)", d, df);
     qd_model *m = NULL;
     qd_status st = qd_model_open_single_file(ctx, scratch_path("sd1.safetensors"), NULL, &m);
     check(st != QD_OK && !m && strstr(qd_last_error(ctx), "--config-from"), "generate from a single file without a config folder: %s",
@@ -245,8 +249,12 @@ static void families(qd_ctx *ctx) {
     /* SD3.5: Stability MMDiT names, with and without model.diffusion_model. */
     snprintf(s3, sizeof s3, "%s", scratch_path("sd3.safetensors"));
     snprintf(s3b, sizeof s3b, "%s", scratch_path("sd3-bare.safetensors"));
-    if (make_file("sd3", "models/sd35-tiny", s3, NULL)) equal_to_folder(ctx, s3, "models/sd35-tiny", "sd3", NULL, 0);
-    if (make_file("sd3", "models/sd35-tiny", s3b, "--no-prefix")) equal_to_folder(ctx, s3b, "models/sd35-tiny", "sd3-bare", NULL, 1);
+    if (make_file("sd3", "models/sd35-tiny", s3, NULL)) {
+        equal_to_folder(ctx, s3, "models/sd35-tiny", "sd3", NULL, 0);
+        equal_to_folder(ctx, s3, "models/sd35-tiny", "sd3-all", "transformer,vae,text_encoder,text_encoder_2,text_encoder_3", 0);
+    }
+    if (make_file("sd3", "models/sd35-tiny", s3b, "--denoiser-only --no-prefix"))
+        equal_to_folder(ctx, s3b, "models/sd35-tiny", "sd3-bare", NULL, 1);
 }
 
 /* Through the single file, sdnq's stored tensors bit for bit and the goldens. */

@@ -15,7 +15,7 @@ static void usage_generate(FILE *f) {
         "\n"
         "  -m, --model DIR            diffusers folder (model_index.json + component folders), or a\n"
         "                             single-file checkpoint (.safetensors: SD1.x/SDXL original layout,\n"
-        "                             FLUX.1 BFL/ComfyUI layout, SD3 Stability transformer) with\n"
+        "                             FLUX.1 BFL/ComfyUI layout, SD3 Stability layout) with\n"
         "                             --config-from\n"
         "      --config-from DIR      for a single-file -m: a diffusers folder of its family giving the\n"
         "                             configs, tokenizers, scheduler and the components the file lacks\n"

@@ -290,6 +290,9 @@ static qd_status map_all(sf_build *b) {
         sf_ldm_set_layout(b, L, levels);
     } else if (is_sd3) {
         sf->fam = QD_SF_SD3;
+        int levels = 0;
+        while (levels < 1000 && has_fmt(sf, "%sdecoder.up.%ld.block.0.conv1.weight", "first_stage_model.", levels)) levels++;
+        sf_ldm_set_layout(b, 0, levels);
     } else {
         sf->fam = QD_SF_FLUX;
         int levels = 0;
@@ -297,7 +300,8 @@ static qd_status map_all(sf_build *b) {
         sf_ldm_set_layout(b, 0, levels);
     }
     /* component prefixes, most specific first; the denoiser's last ("" catches all) */
-    struct { const char *prefix; const char *comp, *cls, *w; int kind; } routes[] = {
+    typedef struct { const char *prefix; const char *comp, *cls, *w; int kind; } route;
+    route ldm_flux[] = {
         {"first_stage_model.", "vae", "AutoencoderKL", diffusers_w, 1},
         {"vae.", "vae", "AutoencoderKL", diffusers_w, 1},
         {"cond_stage_model.transformer.", "text_encoder", "CLIPTextModel", transformers_w, 2},
@@ -305,13 +309,18 @@ static qd_status map_all(sf_build *b) {
         {"conditioner.embedders.1.model.", "text_encoder_2", "CLIPTextModelWithProjection", transformers_w, 3},
         {"text_encoders.clip_l.transformer.", "text_encoder", "CLIPTextModel", transformers_w, 2},
         {"text_encoders.t5xxl.transformer.", "text_encoder_2", "T5EncoderModel", transformers_w, 4},
-        {dp, is_flux || is_sd3 ? "transformer" : "unet",
-         is_sd3 ? "SD3Transformer2DModel" : is_flux ? "FluxTransformer2DModel" : "UNet2DConditionModel", diffusers_w, 0},
+        {dp, is_flux ? "transformer" : "unet", is_flux ? "FluxTransformer2DModel" : "UNet2DConditionModel", diffusers_w, 0},
     };
-    int n_routes = (int)(sizeof routes / sizeof *routes);
-    /* SD3: the transformer's route only (its VAE and three text encoders are not mapped:
-     * their tensors are reported as unknown rather than given other families' components) */
-    int first_route = is_sd3 ? n_routes - 1 : 0;
+    /* SD3 (Stability's and ComfyUI's full checkpoints): both CLIPs with projections, T5 third */
+    route sd3[] = {
+        {"first_stage_model.", "vae", "AutoencoderKL", diffusers_w, 1},
+        {"text_encoders.clip_l.transformer.", "text_encoder", "CLIPTextModelWithProjection", transformers_w, 2},
+        {"text_encoders.clip_g.transformer.", "text_encoder_2", "CLIPTextModelWithProjection", transformers_w, 2},
+        {"text_encoders.t5xxl.transformer.", "text_encoder_3", "T5EncoderModel", transformers_w, 4},
+        {dp, "transformer", "SD3Transformer2DModel", diffusers_w, 0},
+    };
+    const route *routes = is_sd3 ? sd3 : ldm_flux;
+    int n_routes = is_sd3 ? (int)(sizeof sd3 / sizeof *sd3) : (int)(sizeof ldm_flux / sizeof *ldm_flux);
     int64_t unmapped = 0;
     size_t ulen = 0;
     keys[0] = 0;
@@ -321,7 +330,7 @@ static qd_status map_all(sf_build *b) {
         const qd_st_tensor *t = &sf->file.tensors[i];
         if (ldm_dropped(t->name) || sf_after(t->name, "model_ema.")) continue;
         int r = SF_UNKNOWN;
-        for (int k = first_route; k < n_routes; k++) {
+        for (int k = 0; k < n_routes; k++) {
             const char *key = sf_after(t->name, routes[k].prefix);
             if (!key) continue;
             int c = sf_comp(b, routes[k].comp, routes[k].cls, routes[k].w);
@@ -554,6 +563,9 @@ static qd_status write_component(qd_ctx *ctx, const qd_sf_component *c, const ch
 qd_status qd_sf_complete_folder(qd_ctx *ctx, const qd_single_file *sf, const char *dir, const char *const *done, int n_done,
                                 char **missing) {
     *missing = NULL;
+    if (sf->fam == QD_SF_SD3 && !sf->config_from[0])
+        return qd_fail(ctx, QD_ERR_ARG, "%s: an SD3 checkpoint needs --config-from DIR (a diffusers SD3 folder): qdiff has no SD3 "
+                       "transformer config, model_index.json or scheduler of its own", sf->path);
     for (int i = 0; i < sf->n_comps; i++) {
         int skip = 0;
         for (int k = 0; k < n_done; k++) skip |= !strcmp(done[k], sf->comps[i].name);

@@ -8,8 +8,9 @@
  * conditioner.embedders.0/1.* text encoders), and FLUX.1 in the BFL/ComfyUI layout
  * (double_blocks/single_blocks, with or without model.diffusion_model., plus a full
  * ComfyUI checkpoint's vae.* and text_encoders.clip_l/t5xxl.*), whole checkpoints or
- * diffusion-model-only files; SD3/SD3.5's transformer alone in the Stability layout
- * (joint_blocks, with or without model.diffusion_model.). The mapping follows
+ * diffusion-model-only files; SD3/SD3.5 in the Stability layout (joint_blocks, with or
+ * without model.diffusion_model.; a full checkpoint's first_stage_model.* VAE and
+ * text_encoders.clip_l/clip_g/t5xxl.*). The mapping follows
  * diffusers' own single-file conversion (convert_ldm_unet_checkpoint,
  * convert_ldm_vae_checkpoint, convert_open_clip_checkpoint,
  * convert_flux_transformer_checkpoint_to_diffusers, convert_sd3_transformer_checkpoint_to_diffusers).

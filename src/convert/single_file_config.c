@@ -253,9 +253,9 @@ static char *print(cJSON *o) {
 char *sf_infer_config(qd_ctx *ctx, const qd_single_file *sf, const qd_sf_component *c) {
     qd_sf_family fam = qd_sf_family_of(sf);
     cJSON *o = NULL;
-    if (!strcmp(c->name, "unet")) o = unet_config(ctx, fam, sf, c);
+    if (fam == QD_SF_SD3) o = missing(ctx, c, "inference for SD3 checkpoints (their configs come from a diffusers SD3 folder)");
+    else if (!strcmp(c->name, "unet")) o = unet_config(ctx, fam, sf, c);
     else if (!strcmp(c->name, "vae")) o = vae_config(ctx, fam, c);
-    else if (fam == QD_SF_SD3) o = missing(ctx, c, "inference for SD3 transformers (their config comes from a diffusers SD3 folder)");
     else if (!strcmp(c->name, "transformer")) o = flux_config(ctx, c);
     else if (!strcmp(c->cls, "T5EncoderModel")) o = t5_config(ctx, c);
     else o = clip_config(ctx, c, !strcmp(c->cls, "CLIPTextModelWithProjection"));

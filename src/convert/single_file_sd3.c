@@ -4,7 +4,8 @@
  * The fused attn.qkv is split by rows into q/k/v; the final modulation's halves and
  * those of the last block's (pre-only) context modulation are swapped (Stability
  * shift, scale; diffusers scale, shift). SD3.5-medium's x_block.attn2 is not mapped
- * (such a file fails with its unmapped keys named). */
+ * (such a file fails with its unmapped keys named). A full checkpoint's VAE and text
+ * encoders are routed in single_file.c (LDM VAE map, HF CLIP/T5 names). */
 #include "convert/single_file_map.h"
 
 #include <stdio.h>

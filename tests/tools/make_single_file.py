@@ -16,7 +16,7 @@ Python standard library only (the tensors are moved as bytes: every conversion i
 rename, a reshape, a row concatenation, a half swap or a 2-D transpose).
 
 usage: make_single_file.py FAMILY DIFFUSERS_DIR OUT.safetensors [options]
-  FAMILY            sd1 | sdxl | flux | sd3 (sd3: the transformer only)
+  FAMILY            sd1 | sdxl | flux | sd3
   --denoiser-only   only the UNet / transformer (ComfyUI models/diffusion_models)
   --no-prefix       denoiser keys without "model.diffusion_model."
   --drop KEY        leave out this (original) key (repeatable; for bad-input tests)
@@ -343,6 +343,11 @@ def main(argv):
                 out["alphas_cumprod"] = ("F32", [4], struct.pack("<4f", 0.9, 0.8, 0.7, 0.6))
     elif fam == "sd3":
         out.update(prefixed(dp, sd3_to_mmdit(load_dir(d, "transformer", W), config(d, "transformer"))))
+        if not only:   # Stability's / ComfyUI's full SD3 checkpoints
+            out.update(prefixed("first_stage_model.", vae_to_ldm(load_dir(d, "vae", W), config(d, "vae"))))
+            out.update(prefixed("text_encoders.clip_l.transformer.", load_dir(d, "text_encoder", "model.safetensors")))
+            out.update(prefixed("text_encoders.clip_g.transformer.", load_dir(d, "text_encoder_2", "model.safetensors")))
+            out.update(prefixed("text_encoders.t5xxl.transformer.", load_dir(d, "text_encoder_3", "model.safetensors")))
     else:
         out.update(prefixed(dp, flux_to_bfl(load_dir(d, "transformer", W), config(d, "transformer"))))
         if not only:
