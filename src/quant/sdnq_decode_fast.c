@@ -252,6 +252,24 @@ static void row_piece(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, 
     }
 }
 
+/* The four 16-lane masks of a 64-column strip with `left` columns still to do. */
+static inline void svd_masks(int64_t left, __mmask16 m[4]) {
+    for (int q = 0; q < 4; q++) {
+        int64_t l16 = left - 16 * q;
+        m[q] = l16 >= 16 ? 0xffff : l16 > 0 ? (__mmask16)((1u << l16) - 1) : 0;
+    }
+}
+
+/* dst rows [0, nb) (stride ld), columns of the strip's masks, += acc[row]. */
+__attribute__((target("avx512f")))
+static inline void svd_add_rows(float *dst, int64_t ld, int nb, const __mmask16 m[4], __m512 acc[4][4]) {
+    for (int row = 0; row < nb; row++) {
+        float *o = dst + row * ld;
+        for (int q = 0; q < 4; q++)
+            if (m[q]) _mm512_mask_storeu_ps(o + 16 * q, m[q], _mm512_add_ps(_mm512_maskz_loadu_ps(m[q], o + 16 * q), acc[row][q]));
+    }
+}
+
 /* dst rows [0, nb) (nb <= 4, stride ld) += up[o0 + row, :] . down[:, k0 : k0+n]: the sum over
  * the rank first, then added (torch's W + up @ down). Four rows share each load of
  * down, and their 16 accumulators keep the FMA pipes busy (one row alone would wait
@@ -262,12 +280,8 @@ static void svd_rows(const qd_sdnq_state *s, int64_t o0, int nb, int64_t k0, int
     const float *up0 = s->svd_up + o0 * r;
     const float *up1 = nb > 1 ? up0 + r : up0, *up2 = nb > 2 ? up0 + 2 * r : up0, *up3 = nb > 3 ? up0 + 3 * r : up0;
     for (int64_t i = 0; i < n; i += 64) {
-        int64_t left = n - i;
         __mmask16 m[4];
-        for (int q = 0; q < 4; q++) {
-            int64_t l16 = left - 16 * q;
-            m[q] = l16 >= 16 ? 0xffff : l16 > 0 ? (__mmask16)((1u << l16) - 1) : 0;
-        }
+        svd_masks(n - i, m);
         __m512 z = _mm512_setzero_ps();
         __m512 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
         __m512 a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
@@ -289,11 +303,7 @@ static void svd_rows(const qd_sdnq_state *s, int64_t o0, int nb, int64_t k0, int
             a32 = _mm512_fmadd_ps(u, d2, a32); a33 = _mm512_fmadd_ps(u, d3, a33);
         }
         __m512 acc[4][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
-        for (int row = 0; row < nb; row++) {
-            float *o = dst + row * ld + i;
-            for (int q = 0; q < 4; q++)
-                if (m[q]) _mm512_mask_storeu_ps(o + 16 * q, m[q], _mm512_add_ps(_mm512_maskz_loadu_ps(m[q], o + 16 * q), acc[row][q]));
-        }
+        svd_add_rows(dst + i, ld, nb, m, acc);
     }
 }
 
@@ -305,12 +315,8 @@ static void svd_rows_bf16(const qd_sdnq_state *s, int64_t o0, int nb, int64_t k0
     const uint32_t *up0 = s->svd_up_bf16 + o0 * rp;
     const uint32_t *up1 = nb > 1 ? up0 + rp : up0, *up2 = nb > 2 ? up0 + 2 * rp : up0, *up3 = nb > 3 ? up0 + 3 * rp : up0;
     for (int64_t i = 0; i < n; i += 64) {
-        int64_t left = n - i;
         __mmask16 m[4];
-        for (int q = 0; q < 4; q++) {
-            int64_t l16 = left - 16 * q;
-            m[q] = l16 >= 16 ? 0xffff : l16 > 0 ? (__mmask16)((1u << l16) - 1) : 0;
-        }
+        svd_masks(n - i, m);
         __m512 z = _mm512_setzero_ps();
         __m512 a00 = z, a01 = z, a02 = z, a03 = z, a10 = z, a11 = z, a12 = z, a13 = z;
         __m512 a20 = z, a21 = z, a22 = z, a23 = z, a30 = z, a31 = z, a32 = z, a33 = z;
@@ -332,11 +338,7 @@ static void svd_rows_bf16(const qd_sdnq_state *s, int64_t o0, int nb, int64_t k0
             a32 = _mm512_dpbf16_ps(a32, u, d2); a33 = _mm512_dpbf16_ps(a33, u, d3);
         }
         __m512 acc[4][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
-        for (int row = 0; row < nb; row++) {
-            float *o = dst + row * ld + i;
-            for (int q = 0; q < 4; q++)
-                if (m[q]) _mm512_mask_storeu_ps(o + 16 * q, m[q], _mm512_add_ps(_mm512_maskz_loadu_ps(m[q], o + 16 * q), acc[row][q]));
-        }
+        svd_add_rows(dst + i, ld, nb, m, acc);
     }
 }
 

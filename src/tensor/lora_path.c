@@ -20,18 +20,7 @@ static void add_low_rank(float *restrict o, const float *restrict b, const float
 __attribute__((target("avx512f")))
 static void add_low_rank_avx512(float *restrict o, const float *restrict b, const float *restrict A, int64_t lda,
                                 int64_t rank, int64_t n) {
-    int64_t k = 0;
-    for (; k + 32 <= n; k += 32) {
-        __m512 s0 = _mm512_loadu_ps(o + k), s1 = _mm512_loadu_ps(o + k + 16);
-        for (int64_t j = 0; j < rank; j++) {
-            __m512 bj = _mm512_set1_ps(b[j]);
-            s0 = _mm512_fmadd_ps(bj, _mm512_loadu_ps(A + j * lda + k), s0);
-            s1 = _mm512_fmadd_ps(bj, _mm512_loadu_ps(A + j * lda + k + 16), s1);
-        }
-        _mm512_storeu_ps(o + k, s0);
-        _mm512_storeu_ps(o + k + 16, s1);
-    }
-    if (k < n) {
+    for (int64_t k = 0; k < n; k += 32) {   /* full masks but at the tail */
         __mmask16 m0 = (__mmask16)(n - k >= 16 ? 0xFFFF : (1u << (n - k)) - 1);
         __mmask16 m1 = (__mmask16)(n - k > 16 ? (1u << (n - k - 16 >= 16 ? 16 : n - k - 16)) - 1 : 0);
         __m512 s0 = _mm512_maskz_loadu_ps(m0, o + k), s1 = _mm512_maskz_loadu_ps(m1, o + k + 16);
