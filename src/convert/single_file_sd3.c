@@ -3,8 +3,8 @@
  * SD3Transformer2DModel, after diffusers' convert_sd3_transformer_checkpoint_to_diffusers.
  * The fused attn.qkv is split by rows into q/k/v; the final modulation's halves and
  * those of the last block's (pre-only) context modulation are swapped (Stability
- * shift, scale; diffusers scale, shift). SD3.5-medium's x_block.attn2 is not mapped
- * (such a file fails with its unmapped keys named). A full checkpoint's VAE and text
+ * shift, scale; diffusers scale, shift). SD3.5-medium's dual-attention blocks carry
+ * x_block.attn2 (its qkv split the same way into attn2.to_q/k/v). A full checkpoint's VAE and text
  * encoders are routed in single_file.c (LDM VAE map, HF CLIP/T5 names). */
 #include "convert/single_file_map.h"
 
@@ -24,6 +24,9 @@ static const struct { const char *orig, *diff; } top_map[] = {
 static const struct { const char *orig, *diff; } block_map[] = {
     {"x_block.attn.proj.", "attn.to_out.0."},
     {"context_block.attn.proj.", "attn.to_add_out."},
+    {"x_block.attn2.proj.", "attn2.to_out.0."},
+    {"x_block.attn2.ln_q.weight", "attn2.norm_q.weight"},
+    {"x_block.attn2.ln_k.weight", "attn2.norm_k.weight"},
     {"x_block.attn.ln_q.weight", "attn.norm_q.weight"},
     {"x_block.attn.ln_k.weight", "attn.norm_k.weight"},
     {"context_block.attn.ln_q.weight", "attn.norm_added_q.weight"},
@@ -42,6 +45,10 @@ static const char *block_required[] = {
     "x_block.attn.proj.weight", "x_block.attn.proj.bias", "x_block.adaLN_modulation.1.weight", "x_block.adaLN_modulation.1.bias",
     "context_block.adaLN_modulation.1.weight", "context_block.adaLN_modulation.1.bias", "x_block.mlp.fc1.weight",
     "x_block.mlp.fc1.bias", "x_block.mlp.fc2.weight", "x_block.mlp.fc2.bias", NULL,
+};
+/* A dual-attention block's second attention, whole when any of it is there. */
+static const char *attn2_required[] = {
+    "x_block.attn2.qkv.weight", "x_block.attn2.qkv.bias", "x_block.attn2.proj.weight", "x_block.attn2.proj.bias", NULL,
 };
 static const char *context_required[] = {
     "context_block.attn.proj.weight", "context_block.attn.proj.bias", "context_block.mlp.fc1.weight",
@@ -73,7 +80,9 @@ int sf_map_sd3(sf_build *b, int comp, const char *prefix, const char *key, const
     const char *t;
     if ((t = sf_after(r, "context_block.adaLN_modulation.1.")))
         return sf_add_fmt(b, comp, src, is_last_block(b, prefix, n) ? SF_SWAP : SF_VIEW, "transformer_blocks.%ld.norm1_context.linear.%s", n, t);
+    const char *attn = "attn";
     int x = (t = sf_after(r, "x_block.attn.qkv.")) != NULL;
+    if (!x && (t = sf_after(r, "x_block.attn2.qkv.")) != NULL) x = 1, attn = "attn2";
     if (!x && !(t = sf_after(r, "context_block.attn.qkv."))) return SF_UNKNOWN;
     if (strcmp(t, "weight") && strcmp(t, "bias")) return SF_UNKNOWN;
     if (src->ndim < 1 || src->shape[0] % 3) {
@@ -82,9 +91,9 @@ int sf_map_sd3(sf_build *b, int comp, const char *prefix, const char *key, const
         return SF_FAILED;
     }
     char q[160], k[160], v[160];
-    snprintf(q, sizeof q, "transformer_blocks.%ld.attn.%s.%s", n, x ? "to_q" : "add_q_proj", t);
-    snprintf(k, sizeof k, "transformer_blocks.%ld.attn.%s.%s", n, x ? "to_k" : "add_k_proj", t);
-    snprintf(v, sizeof v, "transformer_blocks.%ld.attn.%s.%s", n, x ? "to_v" : "add_v_proj", t);
+    snprintf(q, sizeof q, "transformer_blocks.%ld.%s.%s.%s", n, attn, x ? "to_q" : "add_q_proj", t);
+    snprintf(k, sizeof k, "transformer_blocks.%ld.%s.%s.%s", n, attn, x ? "to_k" : "add_k_proj", t);
+    snprintf(v, sizeof v, "transformer_blocks.%ld.%s.%s.%s", n, attn, x ? "to_v" : "add_v_proj", t);
     const char *names[3] = {q, k, v};
     int64_t h = src->shape[0] / 3, rows[3] = {h, h, h};
     return sf_split(b, comp, names, rows, 3, src);
@@ -111,6 +120,15 @@ qd_status sf_check_sd3(sf_build *b, const char *prefix) {
         if (first_missing >= 0)
             return qd_fail(sf_ctx(b), QD_ERR_FORMAT, "%s: '%sjoint_blocks.%ld.%s' is missing (the rest of its block is there)",
                            sf_file(b), prefix, n, block_required[first_missing]);
+        int has2 = 0, miss2 = -1;
+        for (int i = 0; attn2_required[i]; i++) {
+            snprintf(name, sizeof name, "%sjoint_blocks.%ld.%s", prefix, n, attn2_required[i]);
+            if (sf_src(b, name)) has2 = 1;
+            else if (miss2 < 0) miss2 = i;
+        }
+        if (has2 && miss2 >= 0)
+            return qd_fail(sf_ctx(b), QD_ERR_FORMAT, "%s: '%sjoint_blocks.%ld.%s' is missing (the rest of its attn2 is there)",
+                           sf_file(b), prefix, n, attn2_required[miss2]);
         for (int i = 0; !last && context_required[i]; i++) {
             snprintf(name, sizeof name, "%sjoint_blocks.%ld.%s", prefix, n, context_required[i]);
             if (!sf_src(b, name))

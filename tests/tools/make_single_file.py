@@ -10,7 +10,8 @@ as 1x1 convs), the BFL FLUX.1 names (q/k/v -> qkv, single blocks' q/k/v/mlp ->
 linear1, norm_out's scale/shift halves back to shift/scale) and the Stability SD3 /
 SD3.5 MMDiT names (the inverse of diffusers' convert_sd3_to_diffusers: q/k/v ->
 joint_blocks.N.{x,context}_block.attn.qkv, norm_out's and the last (pre-only)
-context block's modulation halves back to shift/scale).
+context block's modulation halves back to shift/scale; SD3.5-medium's attn2 q/k/v ->
+x_block.attn2.qkv).
 
 Python standard library only (the tensors are moved as bytes: every conversion is a
 rename, a reshape, a row concatenation, a half swap or a 2-D transpose).
@@ -23,8 +24,12 @@ usage: make_single_file.py FAMILY DIFFUSERS_DIR OUT.safetensors [options]
   --rename OLD=NEW  store key OLD as NEW (repeatable; for bad-input tests)
   --extra           also write the buffers real checkpoints carry that diffusers drops
                     (LDM schedule, text position_ids, OpenCLIP logit_scale)
+       make_single_file.py make-dual SD3_DIR OUT_DIR BLOCK
+                    a copy of a diffusers SD3.5 folder whose block BLOCK has dual
+                    attention (attn2 + 9 x D norm1.linear, SD3.5-medium style)
 """
 import json
+import os
 import re
 import struct
 import sys
@@ -264,8 +269,7 @@ def sd3_to_mmdit(sd, cfg):
     for s in ("weight", "bias"):
         out["final_layer.adaLN_modulation.1." + s] = swap_halves(sd["norm_out.linear." + s])
     L = cfg["num_layers"]
-    if cfg.get("dual_attention_layers"):
-        raise SystemExit("make_single_file: sd3 with attn2 (dual attention layers) is not written")
+    dual = set(cfg.get("dual_attention_layers") or [])
     ren = {"attn.to_out.0.": "x_block.attn.proj.", "attn.to_add_out.": "context_block.attn.proj.",
            "norm1.linear.": "x_block.adaLN_modulation.1.",
            "ff.net.0.proj.": "x_block.mlp.fc1.", "ff.net.2.": "x_block.mlp.fc2.",
@@ -288,7 +292,44 @@ def sd3_to_mmdit(sd, cfg):
             out[q + "context_block.adaLN_modulation.1." + s] = swap_halves(c) if last else c
             out[q + "x_block.attn.qkv." + s] = cat_rows([sd[p + "attn.to_%s.%s" % (x, s)] for x in "qkv"])
             out[q + "context_block.attn.qkv." + s] = cat_rows([sd[p + "attn.add_%s_proj.%s" % (x, s)] for x in "qkv"])
+        if n in dual:   # SD3.5-medium: the image stream's second attention
+            for s in ("weight", "bias"):
+                out[q + "x_block.attn2.qkv." + s] = cat_rows([sd[p + "attn2.to_%s.%s" % (x, s)] for x in "qkv"])
+                out[q + "x_block.attn2.proj." + s] = sd[p + "attn2.to_out.0." + s]
+            for x in "qk":
+                if p + "attn2.norm_%s.weight" % x in sd:
+                    out[q + "x_block.attn2.ln_%s.weight" % x] = sd[p + "attn2.norm_%s.weight" % x]
     return out
+
+
+def make_dual(src, dst, block):
+    """A diffusers SD3.5 folder whose block `block` has dual attention (SD3.5-medium
+    style): src's other files linked, its transformer given attn2 (copies of the block's
+    attn q/k/v/out and q/k norms) and a 9 x D norm1.linear (the 6 x D one plus its first
+    3 x D rows), with dual_attention_layers = [block] in the config."""
+    os.makedirs(dst)
+    for e in os.listdir(src):
+        if e != "transformer":
+            os.symlink(os.path.abspath(os.path.join(src, e)), os.path.join(dst, e))
+    W = "diffusion_pytorch_model.safetensors"
+    sd = load_dir(src, "transformer", W)
+    cfg = config(src, "transformer")
+    p = "transformer_blocks.%d." % block
+    for x in ("to_q", "to_k", "to_v", "to_out.0"):
+        for s in ("weight", "bias"):
+            sd[p + "attn2.%s.%s" % (x, s)] = sd[p + "attn.%s.%s" % (x, s)]
+    for x in "qk":
+        if p + "attn.norm_%s.weight" % x in sd:
+            sd[p + "attn2.norm_%s.weight" % x] = sd[p + "attn.norm_%s.weight" % x]
+    for s in ("weight", "bias"):
+        dt, shape, raw = sd[p + "norm1.linear." + s]
+        half = len(raw) // 2   # the first 3 x D of 6 x D rows
+        sd[p + "norm1.linear." + s] = (dt, [shape[0] * 3 // 2] + shape[1:], raw + raw[:half])
+    cfg["dual_attention_layers"] = [block]
+    os.makedirs(os.path.join(dst, "transformer"))
+    write_st(os.path.join(dst, "transformer", W), sd)
+    with open(os.path.join(dst, "transformer", "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
 
 
 def prefixed(prefix, sd):
@@ -297,6 +338,9 @@ def prefixed(prefix, sd):
 
 def main(argv):
     args = [a for a in argv[1:]]
+    if len(args) == 4 and args[0] == "make-dual":   # make-dual SRC_SD3_DIR DST_DIR BLOCK
+        make_dual(args[1], args[2], int(args[3]))
+        return 0
     drops, renames, opts, pos = [], [], set(), []
     i = 0
     while i < len(args):
