@@ -64,18 +64,14 @@ static void trace(qd_ctx *ctx, const char *op, const int64_t *d, int nd, double 
 
 static inline float silu1(float v) { return v / (1.0f + expf(-v)); }
 
-/* erfc(a) for a >= 0 (Numerical Recipes' erfcc) */
+/* erfc(a) for a >= 0 (Numerical Recipes' erfcc): t exp(-a^2 + P(t)), t = 1 / (1 + a/2),
+ * P's coefficients from the highest power down (Horner), shared by every ISA below */
+static const float ERFC_P[10] = {0.17087277f, -0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f,
+                                 -0.18628806f, 0.09678418f, 0.37409196f, 1.00002368f, -1.26551223f};
+
 static inline float erfc_pos(float a) {
-    float t = 1.0f / (1.0f + 0.5f * a);
-    float p = -0.82215223f + t * 0.17087277f;
-    p = 1.48851587f + t * p;
-    p = -1.13520398f + t * p;
-    p = 0.27886807f + t * p;
-    p = -0.18628806f + t * p;
-    p = 0.09678418f + t * p;
-    p = 0.37409196f + t * p;
-    p = 1.00002368f + t * p;
-    p = -1.26551223f + t * p;
+    float t = 1.0f / (1.0f + 0.5f * a), p = ERFC_P[0];
+    for (int i = 1; i < 10; i++) p = ERFC_P[i] + t * p;
     return t * expf(-a * a + p);
 }
 
@@ -114,15 +110,8 @@ T512 static inline __m512 gelu512(__m512 x) {
     __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f));
     __m512 a = _mm512_abs_ps(z), one = _mm512_set1_ps(1.0f);
     __m512 t = _mm512_div_ps(one, _mm512_fmadd_ps(a, _mm512_set1_ps(0.5f), one));
-    __m512 p = _mm512_fmadd_ps(t, _mm512_set1_ps(0.17087277f), _mm512_set1_ps(-0.82215223f));
-    p = _mm512_fmadd_ps(t, p, _mm512_set1_ps(1.48851587f));
-    p = _mm512_fmadd_ps(t, p, _mm512_set1_ps(-1.13520398f));
-    p = _mm512_fmadd_ps(t, p, _mm512_set1_ps(0.27886807f));
-    p = _mm512_fmadd_ps(t, p, _mm512_set1_ps(-0.18628806f));
-    p = _mm512_fmadd_ps(t, p, _mm512_set1_ps(0.09678418f));
-    p = _mm512_fmadd_ps(t, p, _mm512_set1_ps(0.37409196f));
-    p = _mm512_fmadd_ps(t, p, _mm512_set1_ps(1.00002368f));
-    p = _mm512_fmadd_ps(t, p, _mm512_set1_ps(-1.26551223f));
+    __m512 p = _mm512_set1_ps(ERFC_P[0]);
+    for (int i = 1; i < 10; i++) p = _mm512_fmadd_ps(t, p, _mm512_set1_ps(ERFC_P[i]));
     __m512 a2 = _mm512_mul_ps(a, a), a2lo = _mm512_fmsub_ps(a, a, a2);   /* a^2 = a2 + a2lo exactly */
     __m512 c = _mm512_mul_ps(t, qd_exp512(_mm512_sub_ps(_mm512_sub_ps(p, a2), a2lo)));
     __mmask16 pos = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GE_OQ);
@@ -221,12 +210,8 @@ T256 static inline __m256 exp256(__m256 x) {
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(QD_LN2_HI), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(QD_LN2_LO), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 p = _mm256_set1_ps(QD_EXP_P[0]);
+    for (int i = 1; i < 6; i++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(QD_EXP_P[i]));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
@@ -241,15 +226,8 @@ T256 static inline __m256 gelu256(__m256 x) {
     __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));
     __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), z), one = _mm256_set1_ps(1.0f);
     __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(a, _mm256_set1_ps(0.5f), one));
-    __m256 p = _mm256_fmadd_ps(t, _mm256_set1_ps(0.17087277f), _mm256_set1_ps(-0.82215223f));
-    p = _mm256_fmadd_ps(t, p, _mm256_set1_ps(1.48851587f));
-    p = _mm256_fmadd_ps(t, p, _mm256_set1_ps(-1.13520398f));
-    p = _mm256_fmadd_ps(t, p, _mm256_set1_ps(0.27886807f));
-    p = _mm256_fmadd_ps(t, p, _mm256_set1_ps(-0.18628806f));
-    p = _mm256_fmadd_ps(t, p, _mm256_set1_ps(0.09678418f));
-    p = _mm256_fmadd_ps(t, p, _mm256_set1_ps(0.37409196f));
-    p = _mm256_fmadd_ps(t, p, _mm256_set1_ps(1.00002368f));
-    p = _mm256_fmadd_ps(t, p, _mm256_set1_ps(-1.26551223f));
+    __m256 p = _mm256_set1_ps(ERFC_P[0]);
+    for (int i = 1; i < 10; i++) p = _mm256_fmadd_ps(t, p, _mm256_set1_ps(ERFC_P[i]));
     __m256 a2 = _mm256_mul_ps(a, a), a2lo = _mm256_fmsub_ps(a, a, a2);
     __m256 c = _mm256_mul_ps(t, exp256(_mm256_sub_ps(_mm256_sub_ps(p, a2), a2lo)));
     __m256 pos = _mm256_cmp_ps(z, _mm256_setzero_ps(), _CMP_GE_OQ);
