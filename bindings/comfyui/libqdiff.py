@@ -67,6 +67,10 @@ class GenParams(ctypes.Structure):
         ("loras", ctypes.POINTER(ctypes.c_char_p)),
         ("lora_scales", ctypes.POINTER(ctypes.c_float)),
         ("n_loras", ctypes.c_int),
+        ("init_image", ctypes.POINTER(ctypes.c_float)),
+        ("init_latents", ctypes.POINTER(ctypes.c_float)),
+        ("init_count", ctypes.c_int),
+        ("strength", ctypes.c_double),
     ]
 
 

@@ -461,6 +461,43 @@ check(vals == [1, 2, 3] and e is not None and "hook" in str(e), f"  ... at that 
 img_after, _ = node.sample(sd15, ASTRO, "", 5, 7.5, 64, 64, 11, "euler", "normal", threads=1)
 check(torch.equal(img_after, img), "after interrupts, the cached model runs again and gives the same image")
 
+# ---- image-to-image: a LATENT input with denoise (ComfyUI's KSampler semantics) ---------
+
+sd15_dir = os.path.join(FX, "models", "sd15-tiny")
+# denoise 1 on ComfyUI's empty (zero) latent is txt2img, bit for bit
+t2i, _ = node.sample(sd15_dir, ASTRO, "", 4, 7.5, 64, 64, 21, "euler", "normal", threads=1, precision="fp32")
+i2i, _ = node.sample(sd15_dir, ASTRO, "", 4, 7.5, 0, 0, 21, "euler", "normal", threads=1, precision="fp32",
+                     latent_image={"samples": torch.zeros(1, 4, 8, 8)}, denoise=1.0)
+check(torch.equal(t2i, i2i), "LATENT of zeros at denoise 1 = txt2img (ComfyUI's EmptyLatentImage), bit-exact")
+# a picture encoded by 'qdiff vae encode' (the mean, as ComfyUI's VAEEncode) into ComfyUI's LATENT space,
+# sampled at denoise 0.5, equals 'qdiff generate --init-image' of the same picture
+pic = os.path.join(FX, "goldens", "shapes-sd", "pipe_00.png")
+lat_file = os.path.join(TMP, "enc.safetensors")
+r = cli(["vae", "encode", "--vae", os.path.join(sd15_dir, "vae"), "-i", pic, "-o", lat_file, "--precision", "fp32"])
+if check(r.returncode == 0, f"qdiff vae encode of {os.path.basename(pic)} ({r.stderr.strip()})"):
+    enc = read_safetensors(lat_file)["latent"]
+    scale, shift = vae_factors(sd15_dir)
+    latent = {"samples": torch.from_numpy(enc / scale + shift)}
+    img_i2i, _ = node.sample(sd15_dir, "a blue square", "", 4, 7.5, 0, 0, 33, "euler", "karras", threads=1,
+                             precision="fp32", latent_image=latent, denoise=0.5)
+    out = os.path.join(TMP, "i2i_cli.png")
+    r = cli(["generate", "-m", sd15_dir, "-p", "a blue square", "--steps", "4", "--cfg", "7.5", "--seed", "33",
+             "--sampler", "euler", "--schedule", "karras", "--init-image", pic, "--strength", "0.5", "-t", "1", "-q",
+             "--precision", "fp32", "-o", out])
+    if check(r.returncode == 0, f"qdiff generate --init-image ran ({r.stderr.strip()})"):
+        diff = int(np.abs(read_png(out).astype(int) - torch.round(img_i2i[0] * 255).to(torch.uint8).numpy()).max())
+        check(diff == 0, f"node LATENT + denoise 0.5 = CLI --init-image --strength 0.5 (max diff {diff})")
+        check("Denoising strength: 0.5" in Image.open(out).text.get("parameters", ""),
+              "the PNG parameters record 'Denoising strength: 0.5'")
+expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, ASTRO, "", 4, 7.5, 64, 64, 1, "euler", "normal",
+                                                  denoise=0.5), "denoise < 1 without a latent_image")
+expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, ASTRO, "", 4, 7.5, 0, 0, 1, "euler", "normal",
+                                                  latent_image={"samples": torch.zeros(1, 16, 8, 8)}),
+              "a 16-channel LATENT for an SD1.5 model")
+expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, ASTRO, "", 4, 7.5, 0, 0, 1, "euler", "normal",
+                                                  latent_image={"samples": torch.zeros(1, 4, 8, 8)}, denoise=0.0),
+              "denoise 0")
+
 # ---- inside ComfyUI: folders under models/diffusers and vae_approx ---------------------
 
 vae_approx = os.path.join(TMP, "vae_approx")
