@@ -15,19 +15,19 @@ static int size_unit(const qd_model *m) {
 }
 
 int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t *rgb, int iw, int ih,
-                       qd_gen_params *p, float **out) {
+                       qd_gen_params *p, float **out, char *err, size_t errn) {
     *out = NULL;
     int unit = size_unit(m);
     if (p->width <= 0) p->width = iw - iw % unit;
     if (p->height <= 0) p->height = ih - ih % unit;
     if (p->width < unit || p->height < unit) {
-        fprintf(stderr, "qdiff: %s: the image is %dx%d, smaller than the %d-pixel unit of this %s model\n", name, iw, ih,
-                unit, qd_model_family(m));
+        snprintf(err, errn, "%s: the image is %dx%d, smaller than the %d-pixel unit of this %s model", name, iw, ih,
+                 unit, qd_model_family(m));
         return -1;
     }
     if (p->width % unit || p->height % unit || p->width > 16384 || p->height > 16384) {
-        fprintf(stderr, "qdiff: %s: output size %dx%d: width and height must be multiples of %d up to 16384 for this "
-                "%s model\n", name, p->width, p->height, unit, qd_model_family(m));
+        snprintf(err, errn, "%s: output size %dx%d: width and height must be multiples of %d up to 16384 for this "
+                 "%s model", name, p->width, p->height, unit, qd_model_family(m));
         return -1;
     }
     size_t n = (size_t)p->width * (size_t)p->height * 3;
@@ -35,14 +35,14 @@ int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t
     if (iw != p->width || ih != p->height) {
         sized = malloc(n);
         if (!sized || qd_resize_rgb8(ctx, rgb, iw, ih, sized, p->width, p->height) != QD_OK) {
-            fprintf(stderr, "qdiff: %s: resizing to %dx%d: %s\n", name, p->width, p->height,
-                    sized ? qd_last_error(ctx) : "out of memory");
+            snprintf(err, errn, "%s: resizing to %dx%d: %s", name, p->width, p->height,
+                     sized ? qd_last_error(ctx) : "out of memory");
             free(sized);
             return -1;
         }
     }
     float *img = malloc(n * sizeof(float));
-    if (!img) fprintf(stderr, "qdiff: out of memory\n");
+    if (!img) snprintf(err, errn, "out of memory");
     for (size_t i = 0; img && i < n; i++) img[i] = sized[i] / 255.0f;
     if (sized != rgb) free(sized);
     if (!img) return -1;
@@ -60,7 +60,9 @@ int cli_init_image(qd_ctx *ctx, const qd_model *m, const char *path, qd_gen_para
         fprintf(stderr, "qdiff: --init-image: %s\n", qd_last_error(ctx));
         return -1;
     }
-    int rc = cli_init_image_rgb(ctx, m, path, rgb, iw, ih, p, out);
+    char err[1024];
+    int rc = cli_init_image_rgb(ctx, m, path, rgb, iw, ih, p, out, err, sizeof err);
+    if (rc) fprintf(stderr, "qdiff: %s\n", err);
     free(rgb);
     return rc;
 }

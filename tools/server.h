@@ -71,6 +71,7 @@ struct srv_job {
     float lora_scales[SRV_MAX_LORAS];
     int n_loras;
     int seed_requested_random;
+    float *init_image;          /* img2img: the decoded, resized init image p.init_image points at */
     /* progress, under srv.mu */
     int state, iter, step, total, cancel, refs;
     double t_queued, t_start, t_end;
@@ -150,6 +151,9 @@ void srv_reply_error(srv_reply *rp, int status, const char *param, const char *f
 /* The body as a JSON object, or a 400 reply and NULL. */
 cJSON *srv_parse_body(const srv_request *rq, srv_reply *rp);
 char *srv_base64(const uint8_t *data, size_t n);
+/* Standard base64 (whitespace skipped, an optional "data:...;base64," prefix) -> malloc'd
+ * bytes in *out, *n of them; -1 on a character outside the alphabet or bad padding. */
+int srv_base64_decode(const char *text, uint8_t **out, size_t *n);
 
 /* ---- the generation fields (server_params.c) ---- */
 
@@ -179,6 +183,7 @@ cJSON *srv_schedulers_json(void);   /* A1111 GET /sdapi/v1/schedulers */
 /* ---- API handlers ---- */
 
 void a1111_txt2img(srv *s, const srv_request *rq, srv_reply *rp);
+void a1111_img2img(srv *s, const srv_request *rq, srv_reply *rp);   /* init_images[0] + denoising_strength */
 void a1111_progress(srv *s, const srv_request *rq, srv_reply *rp);
 void a1111_interrupt(srv *s, const srv_request *rq, srv_reply *rp);
 void a1111_samplers(srv *s, const srv_request *rq, srv_reply *rp);
