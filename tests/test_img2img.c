@@ -3,7 +3,7 @@
  *      steps - int(steps * strength), times scheduler.order) and ComfyUI's
  *      KSampler.set_steps (the last steps+1 sigmas of int(steps/denoise) steps),
  *      against values computed here from the formulas (double precision);
- *  (b) the noised start latents of the diffusers path: VAE mean/logvar from diffusers'
+ *  (b) the noised start latents of the diffusers path (SD1.5, SDXL, SD3.5, FLUX): VAE mean/logvar from diffusers'
  *      VAE goldens, torch's generator stream (tests/fixtures/img2img, made by
  *      tests/tools/make_img2img_noise.py with torch), latent_dist.sample, scaling and
  *      add_noise / scale_noise computed here: rel L2 <= 1e-4, max-abs <= 1e-3 of max
@@ -368,6 +368,25 @@ int main(void) {
     test_t_start();
     qd_model *sd = open_model(ctx, "sd15-tiny"), *sd3 = open_model(ctx, "sd35-tiny");
     qd_model *flux = open_model(ctx, "flux-tiny"), *shapes = open_model(ctx, "shapes-sd");
+    qd_model *sdxl = open_model(ctx, "sdxl-tiny");
+    if (sdxl) {
+        /* SDXL (scaling 0.13025, no latents_mean): Euler at t = 401, and DPM-Solver++ with
+         * leading spacing over 11 points (901, 811, ..., 91): strength 0.3 of 10 steps ->
+         * int(3.0000000000000004) = 3, t_start 7, t = 271, alpha_t x0 + sigma_t n */
+        test_begin(ctx, sdxl, "DPMSolverMultistepScheduler", 10, 0.3, 7, 271);
+        double ac = sd_alphas_cumprod(401);
+        test_start(ctx, sdxl, "sdxl-tiny", "EulerDiscreteScheduler", "sd15", 42, 10, 0.5, 2, 0, sqrt((1 - ac) / ac),
+                   0.13025f, 0);
+        test_start(ctx, sdxl, "sdxl-tiny", "DPMSolverMultistepScheduler", "sd15", 42, 10, 0.3, 2, 1,
+                   sd_alphas_cumprod(271), 0.13025f, 0);
+    }
+    if (sd3) {
+        /* SD3 (shift 3, static): timesteps linspace(1000 sigma_max, 1000 sigma_min, 5), sigma_min the
+         * shifted 1/1000; steps 5, strength 0.6 -> t_start 2: s = (1 + sigma_min) / 2, shifted again */
+        double smin = 3 * 0.001 / (1 + 2 * 0.001), s = (1.0 + smin) / 2, sigma = 3 * s / (1 + 2 * s);
+        test_start(ctx, sd3, "sd35-tiny", "FlowMatchEulerDiscreteScheduler", "flux", 7, 5, 0.6, 1, 2, sigma, 1.5305f,
+                   0.0609f);
+    }
     if (sd) {
         test_begin(ctx, sd, "EulerDiscreteScheduler", 10, 0.5, 5, 401);
         test_begin(ctx, sd, "DDIMScheduler", 10, 0.75, 3, 601);
@@ -394,6 +413,7 @@ int main(void) {
     }
     if (sd) test_ksampler_identity(ctx, sd, "sd15-tiny", 1);
     if (shapes) test_shapes(ctx, shapes);
+    qd_model_free(sdxl);
     qd_model_free(sd); qd_model_free(sd3); qd_model_free(flux); qd_model_free(shapes);
     qd_ctx_free(ctx);
     return test_summary();
