@@ -410,3 +410,10 @@ except ImportError:   # imported as a top-level module (tests, scripts)
     from lora_node import QdiffLora
 NODE_CLASS_MAPPINGS["QdiffLora"] = QdiffLora
 NODE_DISPLAY_NAME_MAPPINGS["QdiffLora"] = "qdiff LoRA"
+
+try:
+    from .vae_encode_node import QdiffVaeEncode
+except ImportError:   # imported as a top-level module (tests, scripts)
+    from vae_encode_node import QdiffVaeEncode
+NODE_CLASS_MAPPINGS["QdiffVaeEncode"] = QdiffVaeEncode
+NODE_DISPLAY_NAME_MAPPINGS["QdiffVaeEncode"] = "qdiff VAE Encode"

@@ -175,9 +175,10 @@ spec = importlib.util.spec_from_file_location("qdiff_clone", os.path.join(REPO, 
 pack = importlib.util.module_from_spec(spec)
 sys.modules["qdiff_clone"] = pack
 spec.loader.exec_module(pack)
-check(set(pack.NODE_CLASS_MAPPINGS) == {"QdiffSampler", "QdiffLora"} and
-      pack.NODE_DISPLAY_NAME_MAPPINGS == {"QdiffSampler": "qdiff Sampler", "QdiffLora": "qdiff LoRA"},
-      "repo-root __init__.py exports QdiffSampler as 'qdiff Sampler' and QdiffLora as 'qdiff LoRA'")
+check(set(pack.NODE_CLASS_MAPPINGS) == {"QdiffSampler", "QdiffLora", "QdiffVaeEncode"} and
+      pack.NODE_DISPLAY_NAME_MAPPINGS == {"QdiffSampler": "qdiff Sampler", "QdiffLora": "qdiff LoRA",
+                                          "QdiffVaeEncode": "qdiff VAE Encode"},
+      "repo-root __init__.py exports 'qdiff Sampler', 'qdiff LoRA' and 'qdiff VAE Encode'")
 node_mod = sys.modules["qdiff_clone.bindings.comfyui.sampler_node"]
 lq = sys.modules["qdiff_clone.bindings.comfyui.libqdiff"]
 Node = pack.NODE_CLASS_MAPPINGS["QdiffSampler"]
@@ -478,6 +479,12 @@ if check(r.returncode == 0, f"qdiff vae encode of {os.path.basename(pic)} ({r.st
     enc = read_safetensors(lat_file)["latent"]
     scale, shift = vae_factors(sd15_dir)
     latent = {"samples": torch.from_numpy(enc / scale + shift)}
+    # the qdiff VAE Encode node gives the same LATENT from the IMAGE
+    Enc = pack.NODE_CLASS_MAPPINGS["QdiffVaeEncode"]
+    pix = torch.from_numpy(read_png(pic).astype(np.float32) / 255.0)[None]
+    (node_lat,) = Enc().encode(sd15_dir, pix, threads=1)
+    r4 = rel_l2(node_lat["samples"].numpy(), latent["samples"].numpy())
+    check(r4 <= 1e-5, f"qdiff VAE Encode node LATENT = qdiff vae encode's / scale + shift: rel L2 {r4:.2e} (tol 1e-5)")
     img_i2i, _ = node.sample(sd15_dir, "a blue square", "", 4, 7.5, 0, 0, 33, "euler", "karras", threads=1,
                              precision="fp32", latent_image=latent, denoise=0.5)
     out = os.path.join(TMP, "i2i_cli.png")
@@ -489,6 +496,15 @@ if check(r.returncode == 0, f"qdiff vae encode of {os.path.basename(pic)} ({r.st
         check(diff == 0, f"node LATENT + denoise 0.5 = CLI --init-image --strength 0.5 (max diff {diff})")
         check("Denoising strength: 0.5" in Image.open(out).text.get("parameters", ""),
               "the PNG parameters record 'Denoising strength: 0.5'")
+# the node's LATENT is the encoder's mean, as ComfyUI's VAEEncode: diffusers' golden encoded_mean
+# (sd15-tiny/vae.safetensors: image in [-1, 1] NCHW -> latent_dist.mean)
+vg = read_safetensors(os.path.join(FX, "goldens", "sd15-tiny", "vae.safetensors"))
+pix = torch.from_numpy(((vg["image"][0].transpose(1, 2, 0) + 1) / 2).astype(np.float32))[None]
+(gl,) = pack.NODE_CLASS_MAPPINGS["QdiffVaeEncode"]().encode(sd15_dir, pix.contiguous(), threads=1)
+r5 = rel_l2(gl["samples"].numpy(), vg["encoded_mean"])
+check(r5 <= 1e-4, f"qdiff VAE Encode node = diffusers' encoded_mean golden: rel L2 {r5:.2e} (tol 1e-4)")
+expect_raises(lq.QdiffError, lambda: pack.NODE_CLASS_MAPPINGS["QdiffVaeEncode"]().encode(sd15_dir, torch.zeros(1, 4, 4, 3)),
+              "VAE Encode of a 4x4 image")
 expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, ASTRO, "", 4, 7.5, 64, 64, 1, "euler", "normal",
                                                   denoise=0.5), "denoise < 1 without a latent_image")
 expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, ASTRO, "", 4, 7.5, 0, 0, 1, "euler", "normal",
