@@ -273,6 +273,23 @@ if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/o") == 2 && $(
   same_png "OpenAI n 2, image 2" "$tmp/o-1.png" "$tmp/cli-o-2.png"
 else bad "OpenAI: $code $(head -c 300 "$tmp/r.json")"; fi
 
+# OpenAI edits: multipart image + fields (image-to-image), against generate --init-image
+req POST /v1/images/edits -F "image=@$pic;type=image/png" -F "prompt=$P" -F n=1 -F size=64x48 -F seed=8 -F steps=5 -F strength=0.6
+if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/e") == 1 ]]; then
+  cli sd15-tiny "$tmp/cli-e.png" -p "$P" --steps 5 --seed 8 -W 64 -H 48 --init-image "$pic" --strength 0.6
+  same_png "OpenAI edits (image, size 64x48, strength 0.6)" "$tmp/e-0.png" "$tmp/cli-e.png"
+else bad "OpenAI edits: $code $(head -c 300 "$tmp/r.json")"; fi
+req POST /v1/images/edits -F "image=@$pic;type=image/png" -F "prompt=$P" -F seed=8 -F steps=5
+if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/f") == 1 ]]; then
+  cli sd15-tiny "$tmp/cli-f.png" -p "$P" --steps 5 --seed 8 --init-image "$pic"
+  same_png "OpenAI edits without size/strength: the picture's size, the pipeline's strength" "$tmp/f-0.png" "$tmp/cli-f.png"
+else bad "OpenAI edits defaults: $code $(head -c 300 "$tmp/r.json")"; fi
+expect_error "edits: JSON instead of multipart" 400 "" "multipart/form-data" POST /v1/images/edits -d '{"prompt":"x"}'
+expect_error "edits: no image" 400 image "image: required" POST /v1/images/edits -F "prompt=$P"
+expect_error "edits: a mask" 400 mask "inpainting is not supported" POST /v1/images/edits -F "image=@$pic" -F "mask=@$pic" -F "prompt=$P"
+expect_error "edits: not an image" 400 image "not a PNG or JPEG" POST /v1/images/edits -F "image=@$fx/models/sd15-tiny/model_index.json" -F "prompt=$P"
+expect_error "edits: strength 2" 400 strength "strength: expected" POST /v1/images/edits -F "image=@$pic" -F "prompt=$P" -F strength=2
+
 # another model from --models: loaded on first use, 503 meanwhile
 req POST /v1/images/generations -d "{\"prompt\":\"$P\",\"model\":\"shapes-sd\",\"seed\":3,\"steps\":4,\"size\":\"64x64\"}"
 if [[ $code == 503 ]] && grep -qi "^retry-after: 1" "$tmp/r.hdr" && [[ $(jget "$tmp/r.json" error.message) == *"shapes-sd is loading"* ]]; then

@@ -174,6 +174,12 @@ void srv_reply_srv_error(srv_reply *rp, const srv_error *err);
 /* Take the <lora:NAME[:WEIGHT]> tags out of prompt (in place) into j's LoRAs (files in
  * o->lora_dir); -1 with a 400 err for a bad tag, an unknown name or no --lora-dir. */
 int srv_lora_extract(const srv_options *o, char *prompt, srv_job *j, srv_error *err);
+/* Image-to-image input of a request (server_params.c): PNG/JPEG bytes decoded and resized
+ * to the job's width x height (unset: the picture's own size rounded down to the model's
+ * multiple) into j->init_image; strength 0: the pipeline's default. Errors (400) name
+ * param and, in the message, what (e.g. "init_images[0]"). */
+int srv_init_image(srv *s, srv_model *m, const uint8_t *bytes, size_t n, const char *param, const char *what,
+                   double strength, srv_job *j, srv_error *err);
 /* The reply of a finished job that did not succeed (cancelled, failed), or 0. */
 int srv_job_error(srv *s, const srv_job *j, srv_reply *rp);
 
@@ -183,7 +189,8 @@ cJSON *srv_schedulers_json(void);   /* A1111 GET /sdapi/v1/schedulers */
 /* ---- API handlers ---- */
 
 void a1111_txt2img(srv *s, const srv_request *rq, srv_reply *rp);
-void a1111_img2img(srv *s, const srv_request *rq, srv_reply *rp);   /* init_images[0] + denoising_strength */
+void a1111_img2img(srv *s, const srv_request *rq, srv_reply *rp);
+void openai_edits(srv *s, const srv_request *rq, srv_reply *rp);   /* multipart: image + the generations fields */   /* init_images[0] + denoising_strength */
 void a1111_progress(srv *s, const srv_request *rq, srv_reply *rp);
 void a1111_interrupt(srv *s, const srv_request *rq, srv_reply *rp);
 void a1111_samplers(srv *s, const srv_request *rq, srv_reply *rp);

@@ -60,8 +60,7 @@ static char *job_info(const srv_job *j) {
 }
 
 /* img2img's own fields: init_images (base64 PNG/JPEG; the first is used, as one image
- * serves the batch) and denoising_strength (A1111's default 0.75). The picture is resized
- * to width x height, or keeps its own size rounded down to the model's multiple. */
+ * serves the batch) and denoising_strength (A1111's default 0.75). */
 static int img2img_params(srv *s, srv_model *m, const cJSON *body, srv_job *j, srv_error *err) {
     const cJSON *imgs = cJSON_GetObjectItemCaseSensitive(body, "init_images");
     const cJSON *first = cJSON_IsArray(imgs) ? cJSON_GetArrayItem(imgs, 0) : NULL;
@@ -82,31 +81,16 @@ static int img2img_params(srv *s, srv_model *m, const cJSON *body, srv_job *j, s
         }
         strength = ds->valuedouble;
     }
-    uint8_t *bytes = NULL, *rgb = NULL;
+    uint8_t *bytes = NULL;
     size_t n = 0;
-    int w = 0, h = 0, rc = -1;
-    qd_ctx *ctx = qd_ctx_new(1);   /* the model's context belongs to its worker */
-    err->status = 400;
-    snprintf(err->param, sizeof err->param, "init_images");
-    if (!ctx) snprintf(err->message, sizeof err->message, "out of memory");
-    else if (srv_base64_decode(first->valuestring, &bytes, &n))
+    if (srv_base64_decode(first->valuestring, &bytes, &n)) {
+        snprintf(err->param, sizeof err->param, "init_images");
         snprintf(err->message, sizeof err->message, "init_images[0]: not valid base64");
-    else if (qd_decode_image(ctx, "init_images[0]", bytes, n, &rgb, &w, &h) != QD_OK)
-        snprintf(err->message, sizeof err->message, "%s", qd_last_error(ctx));
-    else if (cli_init_image_rgb(ctx, m->model, "init_images[0]", rgb, w, h, &j->p, &j->init_image, err->message,
-                                sizeof err->message) == 0) {
-        if (j->p.width > s->opt.max_size || j->p.height > s->opt.max_size)
-            snprintf(err->message, sizeof err->message, "init_images[0]: %dx%d is over --max-size %d: give a smaller width "
-                     "and height", j->p.width, j->p.height, s->opt.max_size);
-        else rc = 0;
+        err->status = 400;
+        return -1;
     }
-    if (rc == 0) {
-        j->p.strength = strength;
-        err->status = 0;
-    }
+    int rc = srv_init_image(s, m, bytes, n, "init_images", "init_images[0]", strength, j, err);
     free(bytes);
-    free(rgb);
-    qd_ctx_free(ctx);
     return rc;
 }
 

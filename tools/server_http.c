@@ -34,6 +34,7 @@ static const route routes[] = {
     {"GET", "/sdapi/v1/options", a1111_options},
     {"GET", "/sdapi/v1/loras", a1111_loras},
     {"POST", "/v1/images/generations", openai_generations},
+    {"POST", "/v1/images/edits", openai_edits},
 };
 
 /* ---- replies ---- */
