@@ -457,6 +457,7 @@ int main(void) {
         test_start(ctx, flux, "flux-tiny", "FlowMatchEulerDiscreteScheduler", "flux", 7, 4, 0.6, 1, 2, sigma, 0.3611f,
                    0.1159f);
         test_flow_strength1(ctx, flux, "goldens/flux-tiny");
+        test_ksampler_identity(ctx, flux, "flux-tiny", 0);   /* init latents unpacked, packed inside */
     }
     if (sd && sd3) test_comfy_sigmas(ctx, sd, sd3);
     if (sd3) {
