@@ -378,6 +378,44 @@ static void test_every_class(qd_ctx *ctx, qd_model *m) {
     free(in);
 }
 
+/* Progress and previews count the model calls of the shortened run: 1..calls of calls. */
+static int prev_steps[16], prev_total[16], n_prev;
+static void on_preview(void *user, int step, int total, const uint8_t *rgb, int w, int h) {
+    (void)user; (void)rgb; (void)w; (void)h;
+    if (n_prev < 16) { prev_steps[n_prev] = step; prev_total[n_prev] = total; n_prev++; }
+}
+
+static void test_previews(qd_ctx *ctx, qd_model *m) {
+    float *mean, *logvar, *in = golden_image("sd15-tiny", &mean, &logvar);
+    free(mean);
+    free(logvar);
+    qd_vae_model *vae = NULL;
+    qd_status st = in ? qd_vae_open(ctx, fixture("models/sd15-tiny/vae"), &vae) : QD_ERR_ARG;
+    uint8_t out[64 * 64 * 3];
+    for (int pass = 0; st == QD_OK && pass < 2; pass++) {
+        qd_gen_params p;
+        qd_gen_params_default(&p);
+        p.prompt = "a cat";
+        p.width = p.height = 64;
+        p.steps = 6;
+        p.init_image = in;
+        p.strength = 0.5;
+        p.scheduler = pass ? NULL : "EulerDiscreteScheduler";
+        p.sampler = pass ? "euler" : NULL;
+        p.preview_vae = vae;
+        p.preview = on_preview;
+        p.preview_every = 1;
+        n_prev = 0;
+        st = qd_generate(ctx, m, &p, QD_IMAGE_RGB8, out, NULL);
+        int want = pass ? 6 : 3, good = st == QD_OK && n_prev == want;
+        for (int k = 0; good && k < n_prev; k++) good = prev_steps[k] == k + 1 && prev_total[k] == want;
+        check(good, "img2img previews (%s): %d of them, steps 1..%d of %d (%s)", pass ? "euler" : "Euler class", n_prev,
+              want, want, st ? qd_last_error(ctx) : "ok");
+    }
+    qd_vae_close(vae);
+    free(in);
+}
+
 static void test_bad(qd_ctx *ctx, qd_model *m) {
     float img[64 * 64 * 3] = {0};
     qd_gen_params p;
@@ -450,6 +488,7 @@ int main(void) {
         test_start(ctx, sd, "sd15-tiny", "DDIMScheduler", "sd15", 42, 10, 0.75, 2, 1, sd_alphas_cumprod(601), 0.18215f, 0);
         test_bad(ctx, sd);
         test_every_class(ctx, sd);
+        test_previews(ctx, sd);
     }
     if (flux) {   /* steps 4, strength 0.6 -> t_start 2, sigma = time_shift(mu, linspace(1, 1/4, 4)[2] = 0.5) */
         double slope = (1.15 - 0.5) / (4096 - 256), mu = 16 * slope + (0.5 - slope * 256);

@@ -204,9 +204,10 @@ static void predicted_x0(const qd_model *m, const qd_scheduler *s, int i, const 
 
 static void pack_latents(const float *x, int64_t C, int64_t h, int64_t w, float *y, int unpack);
 
-/* The current clean-image estimate of the first image, to the preview callback. */
+/* The current clean-image estimate of the first image at scheduler step i, to the preview
+ * callback as model call `call` of `total`. */
 static qd_status send_preview(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_scheduler *s,
-                              int i, int total, const float *model_in, const float *pred, int64_t per,
+                              int i, int call, int total, const float *model_in, const float *pred, int64_t per,
                               int64_t C, int64_t h, int64_t w) {
     float *x0 = malloc(sizeof(float) * (size_t)per), *z = malloc(sizeof(float) * (size_t)per);
     qd_status st = x0 && z ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
@@ -214,7 +215,7 @@ static qd_status send_preview(qd_ctx *ctx, const qd_model *m, const qd_gen_param
         predicted_x0(m, s, i, model_in, pred, per, x0);
         if (m->family == QD_FAMILY_FLUX) pack_latents(x0, C, h, w, z, 1);
         else memcpy(z, x0, sizeof(float) * (size_t)per);
-        st = qd_send_preview(ctx, p, z, C, h, w, i + 1, total);
+        st = qd_send_preview(ctx, p, z, C, h, w, call, total);
     }
     free(x0); free(z);
     return st;
@@ -389,7 +390,7 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
         }
         int call = i + 1 - begin, calls = total - begin;   /* model calls made / to make */
         if (previews && (call % p->preview_every == 0 || call == calls))
-            st = send_preview(ctx, m, p, g.sched, i, calls, g.model_in, g.noise_pred, per, g.d.C, g.d.h, g.d.w);
+            st = send_preview(ctx, m, p, g.sched, i, call, calls, g.model_in, g.noise_pred, per, g.d.C, g.d.h, g.d.w);
         if (st != QD_OK) break;
         st = qd_scheduler_step(ctx, g.sched, i, g.noise_pred, g.latents, B, per, &rng);
         if (st == QD_OK && p->progress && p->progress(p->progress_user, call, calls, qd_now() - t0))
