@@ -160,6 +160,31 @@ typedef struct {
     const char *const *loras;
     const float *lora_scales;
     int n_loras;
+    /* ---- image-to-image (appended; README "Image-to-image") ----
+     * With init_image or init_latents set, qd_generate starts from that picture instead
+     * of pure noise. init_image: float NHWC [init_count, height, width, 3] in [0,1]
+     * (QD_IMAGE_F32's layout) at exactly the resolved width x height (resize first:
+     * the CLI does). init_latents instead: [init_count, C, height/f, width/f] in the
+     * model's latent space, (mean - shift_factor) * scaling_factor as qd_vae_encode_image
+     * returns them (FLUX unpacked); no VAE encode then. init_count: 1 (shared by the
+     * whole batch) or batch; 0 means 1.
+     * strength (diffusers' name; ComfyUI's denoise) in (0, 1]: how much of the schedule
+     * runs; 0: the diffusers pipeline's default (0.8 SD1.5, 0.3 SDXL, 0.6 SD3/FLUX).
+     *   Diffusers classes (sampler NULL), as the *Img2ImgPipeline of each family: the
+     *     image goes through vae.encode(...).latent_dist.sample(generator) (the seed's
+     *     generator draws that noise first), is scaled/shifted, then
+     *     t_start = steps - int(steps * strength) scheduler steps are skipped and the
+     *     latents get scheduler.add_noise / scale_noise at the first remaining step with
+     *     the next randn draw; steps - t_start model steps run.
+     *   k-samplers (sampler set), as ComfyUI's VAEEncode + KSampler(denoise=strength):
+     *     the encoder's mean (no sampling), the last steps+1 sigmas of a schedule of
+     *     int(steps / strength) steps, x = latent + noise * sigma0 (eps/v; with the
+     *     usual sqrt(1 + sigma0^2) at full denoise) or sigma0 * noise + (1 - sigma0) *
+     *     latent (flow), noise as noise_mode says. */
+    const float *init_image;
+    const float *init_latents;
+    int init_count;
+    double strength;
 } qd_gen_params;
 
 enum { QD_NOISE_COMFYUI = 0, QD_NOISE_DIFFUSERS = 1 };
@@ -172,8 +197,9 @@ enum { QD_LIST_SAMPLERS = 0, QD_LIST_SCHEDULES = 1, QD_LIST_SCHEDULER_CLASSES = 
 const char *qd_list(int what, int i, const char **about);
 
 void qd_gen_params_default(qd_gen_params *p);
-/* Replace the "model default" values (0 size and steps, negative cfg) by what the
- * model will use, e.g. to record them in image metadata. */
+/* Replace the "model default" values (0 size and steps, negative cfg, 0 strength of
+ * an image-to-image call) by what the model will use, e.g. to record them in image
+ * metadata. */
 void qd_gen_params_resolve(const qd_model *model, qd_gen_params *p);
 
 typedef enum {
@@ -266,6 +292,9 @@ qd_status qd_preview_decode(qd_ctx *ctx, qd_vae_model *vae, const float *latents
 /* Read a PNG or JPEG file (detected from its content) as RGB8 [height, width, 3]: gray,
  * palette, 16-bit and alpha (dropped) are converted. *rgb is malloc'd: free() it. */
 qd_status qd_read_image(qd_ctx *ctx, const char *path, uint8_t **rgb, int *width, int *height);
+/* The same from `len` bytes in memory (e.g. an upload); errors name `name`. */
+qd_status qd_decode_image(qd_ctx *ctx, const char *name, const void *data, size_t len, uint8_t **rgb, int *width,
+                          int *height);
 
 /* Resize RGB8: area averaging when shrinking, bilinear between pixel centres when enlarging. */
 qd_status qd_resize_rgb8(qd_ctx *ctx, const uint8_t *src, int src_width, int src_height,

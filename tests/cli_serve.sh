@@ -191,6 +191,29 @@ if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/b") == 2 ]]; t
   same_png "txt2img 'Euler a' batch_size 2, image 2" "$tmp/b-1.png" "$tmp/cli-b-2.png"
 else bad "txt2img Euler a: $code $(head -c 300 "$tmp/r.json")"; fi
 
+# ---- img2img: A1111's init_images (base64) + denoising_strength, against generate --init-image ----
+pic="$fx/goldens/shapes-sd/pipe_00.png"
+b64=$(base64 -w0 "$pic")
+req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":6,\"seed\":42,\"denoising_strength\":0.5,\"init_images\":[\"data:image/png;base64,$b64\"]}"
+if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/i") == 1 ]]; then
+  cli sd15-tiny "$tmp/cli-i.png" -p "$P" --steps 6 --seed 42 --init-image "$pic" --strength 0.5
+  same_png "img2img (init image, denoising_strength 0.5)" "$tmp/i-0.png" "$tmp/cli-i.png"
+  [[ $(jget "$tmp/r.json" parameters.denoising_strength) == 0.5 ]] && ok "img2img parameters: denoising_strength 0.5" \
+    || bad "img2img parameters: $(jget "$tmp/r.json" parameters)"
+else bad "img2img: $code $(head -c 300 "$tmp/r.json")"; fi
+req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":4,\"seed\":7,\"sampler_name\":\"Euler\",\"width\":64,\"height\":48,\"init_images\":[\"$b64\"]}"
+if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/j") == 1 ]]; then
+  cli sd15-tiny "$tmp/cli-j.png" -p "$P" --steps 4 --seed 7 --sampler euler -W 64 -H 48 --init-image "$pic" --strength 0.75
+  same_png "img2img Euler, resized to 64x48, A1111's default strength 0.75" "$tmp/j-0.png" "$tmp/cli-j.png"
+else bad "img2img Euler: $code $(head -c 300 "$tmp/r.json")"; fi
+for bad_case in '"init_images":[]|init_images' '"init_images":["!!!"]|base64' '"init_images":["aGVsbG8="]|not a PNG or JPEG' \
+                "\"init_images\":[\"$b64\"],\"denoising_strength\":0|denoising_strength" \
+                "\"init_images\":[\"$b64\"],\"denoising_strength\":0.1,\"steps\":4|no step"; do
+  req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",${bad_case%|*}}"
+  [[ $code == 400 ]] && grep -q "${bad_case#*|}" "$tmp/r.json" && ok "img2img bad input ('${bad_case#*|}') -> 400 $(head -c 200 "$tmp/r.json")" \
+    || bad "img2img bad input ('${bad_case#*|}'): $code $(head -c 300 "$tmp/r.json")"
+done
+
 cli sd15-tiny "$tmp/cli-c.png" -p "$P" --steps 5 --seed 11 -W 64 -H 64 --sampler dpmpp_2m --schedule karras
 for s in '"sampler_name":"DPM++ 2M Karras"' '"sampler_name":"DPM++ 2M"' '"sampler_name":"dpmpp_2m","scheduler":"Karras"'; do
   req POST /sdapi/v1/txt2img -d "{\"prompt\":\"$P\",\"steps\":5,\"seed\":11,\"width\":64,\"height\":64,$s}"
@@ -249,6 +272,23 @@ if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/o") == 2 && $(
   same_png "OpenAI n 2, image 1" "$tmp/o-0.png" "$tmp/cli-o-1.png"
   same_png "OpenAI n 2, image 2" "$tmp/o-1.png" "$tmp/cli-o-2.png"
 else bad "OpenAI: $code $(head -c 300 "$tmp/r.json")"; fi
+
+# OpenAI edits: multipart image + fields (image-to-image), against generate --init-image
+req POST /v1/images/edits -F "image=@$pic;type=image/png" -F "prompt=$P" -F n=1 -F size=64x48 -F seed=8 -F steps=5 -F strength=0.6
+if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/e") == 1 ]]; then
+  cli sd15-tiny "$tmp/cli-e.png" -p "$P" --steps 5 --seed 8 -W 64 -H 48 --init-image "$pic" --strength 0.6
+  same_png "OpenAI edits (image, size 64x48, strength 0.6)" "$tmp/e-0.png" "$tmp/cli-e.png"
+else bad "OpenAI edits: $code $(head -c 300 "$tmp/r.json")"; fi
+req POST /v1/images/edits -F "image=@$pic;type=image/png" -F "prompt=$P" -F seed=8 -F steps=5
+if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/f") == 1 ]]; then
+  cli sd15-tiny "$tmp/cli-f.png" -p "$P" --steps 5 --seed 8 --init-image "$pic"
+  same_png "OpenAI edits without size/strength: the picture's size, the pipeline's strength" "$tmp/f-0.png" "$tmp/cli-f.png"
+else bad "OpenAI edits defaults: $code $(head -c 300 "$tmp/r.json")"; fi
+expect_error "edits: JSON instead of multipart" 400 "" "multipart/form-data" POST /v1/images/edits -d '{"prompt":"x"}'
+expect_error "edits: no image" 400 image "image: required" POST /v1/images/edits -F "prompt=$P"
+expect_error "edits: a mask" 400 mask "inpainting is not supported" POST /v1/images/edits -F "image=@$pic" -F "mask=@$pic" -F "prompt=$P"
+expect_error "edits: not an image" 400 image "not a PNG or JPEG" POST /v1/images/edits -F "image=@$fx/models/sd15-tiny/model_index.json" -F "prompt=$P"
+expect_error "edits: strength 2" 400 strength "strength: expected" POST /v1/images/edits -F "image=@$pic" -F "prompt=$P" -F strength=2
 
 # another model from --models: loaded on first use, 503 meanwhile
 req POST /v1/images/generations -d "{\"prompt\":\"$P\",\"model\":\"shapes-sd\",\"seed\":3,\"steps\":4,\"size\":\"64x64\"}"

@@ -43,7 +43,8 @@ done
 [[ -n $U ]] && ok "server at $U" || { bad "server did not start: $(cat "$log")"; finish; }
 
 mkdir -p "$artifacts"
-if node "$here/web/drive_page.js" "$chromium" "$U/" "$tmp" >"$tmp/drive.out" 2>"$tmp/drive.err"; then
+init_pic="$fx/goldens/shapes-sd/pipe_03.png"   # the img2img upload
+if node "$here/web/drive_page.js" "$chromium" "$U/" "$tmp" "$init_pic" >"$tmp/drive.out" 2>"$tmp/drive.err"; then
   ok "page driven: $(cat "$tmp/drive.out")"
 else
   bad "driving the page: $(cat "$tmp/drive.err") $(cat "$tmp/drive.out")"
@@ -69,7 +70,12 @@ params=$(python3 "$chk" get "$st" first.params)
   --steps 100 --cfg 5 --seed 1234 --sampler euler_ancestral -o "$tmp/cli-1.png"
 "$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
   --steps 8 --cfg 5 --seed 99 --sampler euler_ancestral -o "$tmp/cli-2.png"
-for k in 1 2; do
+"$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
+  --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$init_pic" --strength 0.5 -o "$tmp/cli-3.png"
+params=$(python3 "$chk" get "$st" third.params)
+[[ $params == *"Denoising strength: 0.5"* ]] && ok "img2img from the page's file input: parameters ${params//$'\n'/ | }" \
+  || bad "img2img parameters shown: $params $(python3 "$chk" get "$st" third.error)"
+for k in 1 2 3; do
   if why=$(python3 "$chk" same "$tmp/result-$k.png" "$tmp/cli-$k.png"); then
     ok "image $k shown by the page = qdiff generate's pixels"
   else bad "image $k differs from qdiff generate: $why"; fi

@@ -74,6 +74,15 @@ int cli_check_name(int what, const char *name, const char *opt);
  * and returns -1 on bad input. */
 int cli_scheduler_option(char *buf, size_t cap, const char *opt, const char *arg);
 
+/* Image-to-image input (init_image.c): the RGB8 picture `name` (iw x ih) resized to
+ * p's width x height (a side left 0 takes the image's own, rounded down to the model's
+ * multiple of 8 or 16) as float NHWC [0,1] in *out (free it), set as p->init_image.
+ * 0 ok, -1 with the reason in err. cli_init_image reads the PNG/JPEG file first and
+ * prints the reason. */
+int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t *rgb, int iw, int ih,
+                       qd_gen_params *p, float **out, char *err, size_t errn);
+int cli_init_image(qd_ctx *ctx, const qd_model *m, const char *path, qd_gen_params *p, float **out);
+
 /* A random seed that fits in 32 bits, as A1111 draws them. */
 uint64_t cli_random_seed(void);
 /* The last component of a model folder path (per-thread buffer). */

@@ -1,4 +1,4 @@
-/* qdiff generate: text-to-image from a diffusers folder. */
+/* qdiff generate: text-to-image (or image-to-image with --init-image) from a diffusers folder. */
 #include "cli.h"
 
 #include <errno.h>
@@ -72,6 +72,13 @@ static void usage_generate(FILE *f) {
         "                             shrunk by an integer factor before decoding (default 256;\n"
         "                             0: full size)\n"
         "      --save-latents F       also write the final latents to F (.safetensors, tensor \"latents\")\n"
+        "      --init-image IMG       image-to-image: start from this PNG/JPEG, resized to -W x -H (default:\n"
+        "                             its own size rounded down to a multiple of 8, 16 for SD3/FLUX)\n"
+        "      --strength X           with --init-image: how much to change it, in (0, 1] (diffusers'\n"
+        "                             strength, ComfyUI's denoise; default 0.8 SD1.5, 0.3 SDXL, 0.6\n"
+        "                             SD3/FLUX): runs the last steps of the schedule (diffusers classes:\n"
+        "                             int(steps * X) of them; --sampler: steps of a schedule of\n"
+        "                             int(steps / X))\n"
         "  -q, --quiet                no progress output\n"
         "  -h, --help                 this help\n");
 }
@@ -109,7 +116,8 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
-           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM, O_VAE_TILE, O_LORA };
+           O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM, O_VAE_TILE, O_LORA,
+           O_INIT_IMAGE, O_STRENGTH };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -129,11 +137,13 @@ int cmd_generate(int argc, char **argv) {
         {"config-from", required_argument, 0, O_CONFIG_FROM},
         {"vae-tile", required_argument, 0, O_VAE_TILE},
         {"lora", required_argument, 0, O_LORA},
+        {"init-image", required_argument, 0, O_INIT_IMAGE}, {"strength", required_argument, 0, O_STRENGTH},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
     const char *model_dir = NULL, *out = NULL, *latents_path = NULL, *preview_path = NULL, *preview_vae_path = NULL;
-    const char *config_from = NULL;
+    const char *config_from = NULL, *init_path = NULL;
+    float *init_img = NULL;
     long threads = 0, v;
     int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision;
     long vae_tile = -1;
@@ -227,6 +237,18 @@ int cmd_generate(int argc, char **argv) {
             n_loras++;
             break;
         }
+        case O_INIT_IMAGE: init_path = optarg; break;
+        case O_STRENGTH: {
+            char *end;
+            errno = 0;
+            double s = strtod(optarg, &end);   /* a double, as Python's strength */
+            if (errno || *end || end == optarg || !(s > 0 && s <= 1)) {
+                fprintf(stderr, "qdiff: --strength expects a number in (0, 1], got '%s'\n", optarg);
+                return EXIT_BAD;
+            }
+            p.strength = s;
+            break;
+        }
         case 'q': quiet = 1; break;
         case 'h': usage_generate(stdout); return 0;
         default: usage_generate(stderr); return EXIT_BAD;
@@ -242,6 +264,10 @@ int cmd_generate(int argc, char **argv) {
     p.lora_scales = lora_scales;
     p.n_loras = n_loras;
     if (sched_opts[0]) p.scheduler_options = sched_opts;
+    if (p.strength != 0 && !init_path) {
+        fprintf(stderr, "qdiff: --strength goes with --init-image\n");
+        return EXIT_BAD;
+    }
     if (p.sampler && (p.scheduler || p.karras == 1)) {
         fprintf(stderr, "qdiff: --sampler replaces --scheduler/--karras (use --schedule karras)\n");
         return EXIT_BAD;
@@ -297,6 +323,10 @@ int cmd_generate(int argc, char **argv) {
         p.preview_user = &pv;
         if (p.preview_every == 0) p.preview_every = 1;
     }
+    if (init_path && cli_init_image(ctx, m, init_path, &p, &init_img)) {
+        rc = EXIT_BAD;
+        goto done;
+    }
     progress_state ps = {quiet, isatty(2)};
     p.progress = on_progress;
     p.progress_user = &ps;
@@ -335,6 +365,7 @@ int cmd_generate(int argc, char **argv) {
         rc = EXIT_BAD;
     }
 done:
+    free(init_img);
     free(img);
     free(lat);
     qd_vae_close(preview_vae);

@@ -15,9 +15,9 @@ static void usage_serve(FILE *f) {
     fprintf(f,
         "usage: qdiff serve -m DIR [options]\n"
         "\n"
-        "Serves the model over HTTP: an AUTOMATIC1111-compatible API (/sdapi/v1/txt2img, progress,\n"
-        "interrupt, samplers, schedulers, sd-models, options, loras), an OpenAI-compatible\n"
-        "/v1/images/generations, /health, and a web page at /. The model is loaded once and\n"
+        "Serves the model over HTTP: an AUTOMATIC1111-compatible API (/sdapi/v1/txt2img, img2img,\n"
+        "progress, interrupt, samplers, schedulers, sd-models, options, loras), an OpenAI-compatible\n"
+        "/v1/images/generations and /edits, /health, and a web page at /. The model is loaded once and\n"
         "kept; requests wait in a queue (one worker per model) instead of failing.\n"
         "\n"
         "  -m, --model DIR            the default model: a diffusers folder\n"

@@ -53,6 +53,8 @@ void cli_params_text(char *buf, size_t n, const qd_model *m, const char *model_n
         ll += (size_t)w;
     }
     if (ll >= sizeof loras) loras[sizeof loras - 1] = 0;
+    if (p->init_image || p->init_latents)   /* A1111's img2img key */
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ", Denoising strength: %g", p->strength);
     snprintf(buf, n,
              "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, "
              "Model: %s, Batch pos: %d%s%s, Version: qdiff %s",

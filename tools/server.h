@@ -71,6 +71,7 @@ struct srv_job {
     float lora_scales[SRV_MAX_LORAS];
     int n_loras;
     int seed_requested_random;
+    float *init_image;          /* img2img: the decoded, resized init image p.init_image points at */
     /* progress, under srv.mu */
     int state, iter, step, total, cancel, refs;
     double t_queued, t_start, t_end;
@@ -150,6 +151,9 @@ void srv_reply_error(srv_reply *rp, int status, const char *param, const char *f
 /* The body as a JSON object, or a 400 reply and NULL. */
 cJSON *srv_parse_body(const srv_request *rq, srv_reply *rp);
 char *srv_base64(const uint8_t *data, size_t n);
+/* Standard base64 (whitespace skipped, an optional "data:...;base64," prefix) -> malloc'd
+ * bytes in *out, *n of them; -1 on a character outside the alphabet or bad padding. */
+int srv_base64_decode(const char *text, uint8_t **out, size_t *n);
 
 /* ---- the generation fields (server_params.c) ---- */
 
@@ -170,6 +174,12 @@ void srv_reply_srv_error(srv_reply *rp, const srv_error *err);
 /* Take the <lora:NAME[:WEIGHT]> tags out of prompt (in place) into j's LoRAs (files in
  * o->lora_dir); -1 with a 400 err for a bad tag, an unknown name or no --lora-dir. */
 int srv_lora_extract(const srv_options *o, char *prompt, srv_job *j, srv_error *err);
+/* Image-to-image input of a request (server_params.c): PNG/JPEG bytes decoded and resized
+ * to the job's width x height (unset: the picture's own size rounded down to the model's
+ * multiple) into j->init_image; strength 0: the pipeline's default. Errors (400) name
+ * param and, in the message, what (e.g. "init_images[0]"). */
+int srv_init_image(srv *s, srv_model *m, const uint8_t *bytes, size_t n, const char *param, const char *what,
+                   double strength, srv_job *j, srv_error *err);
 /* The reply of a finished job that did not succeed (cancelled, failed), or 0. */
 int srv_job_error(srv *s, const srv_job *j, srv_reply *rp);
 
@@ -179,6 +189,8 @@ cJSON *srv_schedulers_json(void);   /* A1111 GET /sdapi/v1/schedulers */
 /* ---- API handlers ---- */
 
 void a1111_txt2img(srv *s, const srv_request *rq, srv_reply *rp);
+void a1111_img2img(srv *s, const srv_request *rq, srv_reply *rp);
+void openai_edits(srv *s, const srv_request *rq, srv_reply *rp);   /* multipart: image + the generations fields */   /* init_images[0] + denoising_strength */
 void a1111_progress(srv *s, const srv_request *rq, srv_reply *rp);
 void a1111_interrupt(srv *s, const srv_request *rq, srv_reply *rp);
 void a1111_samplers(srv *s, const srv_request *rq, srv_reply *rp);

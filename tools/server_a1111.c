@@ -44,6 +44,7 @@ static char *job_info(const srv_job *j) {
     if (j->p.sampler) cJSON_AddStringToObject(extra, "Sampler", j->p.sampler);
     if (j->p.sampler) cJSON_AddStringToObject(extra, "Schedule type", cli_schedule_label(j->model->model, &j->p));
     else cJSON_AddStringToObject(extra, "Scheduler class", j->p.scheduler ? j->p.scheduler : j->model->scheduler);
+    if (j->p.init_image) cJSON_AddNumberToObject(o, "denoising_strength", j->p.strength);
     cJSON_AddNumberToObject(o, "index_of_first_image", 0);
     a = cJSON_AddArrayToObject(o, "infotexts");
     for (int i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateString(j->infotexts[i]));
@@ -58,7 +59,42 @@ static char *job_info(const srv_job *j) {
     return text;
 }
 
-void a1111_txt2img(srv *s, const srv_request *rq, srv_reply *rp) {
+/* img2img's own fields: init_images (base64 PNG/JPEG; the first is used, as one image
+ * serves the batch) and denoising_strength (A1111's default 0.75). */
+static int img2img_params(srv *s, srv_model *m, const cJSON *body, srv_job *j, srv_error *err) {
+    const cJSON *imgs = cJSON_GetObjectItemCaseSensitive(body, "init_images");
+    const cJSON *first = cJSON_IsArray(imgs) ? cJSON_GetArrayItem(imgs, 0) : NULL;
+    if (!cJSON_IsString(first)) {
+        snprintf(err->param, sizeof err->param, "init_images");
+        snprintf(err->message, sizeof err->message, "init_images: expected a list holding a base64 PNG or JPEG");
+        err->status = 400;
+        return -1;
+    }
+    double strength = 0.75;
+    const cJSON *ds = cJSON_GetObjectItemCaseSensitive(body, "denoising_strength");
+    if (ds && !cJSON_IsNull(ds)) {
+        if (!cJSON_IsNumber(ds) || !(ds->valuedouble > 0 && ds->valuedouble <= 1)) {
+            snprintf(err->param, sizeof err->param, "denoising_strength");
+            snprintf(err->message, sizeof err->message, "denoising_strength: expected a number in (0, 1]");
+            err->status = 400;
+            return -1;
+        }
+        strength = ds->valuedouble;
+    }
+    uint8_t *bytes = NULL;
+    size_t n = 0;
+    if (srv_base64_decode(first->valuestring, &bytes, &n)) {
+        snprintf(err->param, sizeof err->param, "init_images");
+        snprintf(err->message, sizeof err->message, "init_images[0]: not valid base64");
+        err->status = 400;
+        return -1;
+    }
+    int rc = srv_init_image(s, m, bytes, n, "init_images", "init_images[0]", strength, j, err);
+    free(bytes);
+    return rc;
+}
+
+static void a1111_generate(srv *s, const srv_request *rq, srv_reply *rp, int img2img) {
     cJSON *body = srv_parse_body(rq, rp);
     if (!body) return;
     const char *model_name = NULL;
@@ -80,7 +116,7 @@ void a1111_txt2img(srv *s, const srv_request *rq, srv_reply *rp) {
     if (!m) srv_reply_srv_error(rp, &err);
     if (!j) { cJSON_Delete(body); return; }
     j->model = m;
-    if (srv_params_from_json(s, m, body, j, &err)) {
+    if (srv_params_from_json(s, m, body, j, &err) || (img2img && img2img_params(s, m, body, j, &err))) {
         srv_reply_srv_error(rp, &err);
         srv_job_release(s, j);
         cJSON_Delete(body);
@@ -107,6 +143,7 @@ void a1111_txt2img(srv *s, const srv_request *rq, srv_reply *rp) {
     cJSON_AddNumberToObject(par, "batch_size", j->p.batch);
     cJSON_AddNumberToObject(par, "n_iter", j->n_iter);
     cJSON_AddStringToObject(par, "sd_model_checkpoint", m->name);
+    if (img2img) cJSON_AddNumberToObject(par, "denoising_strength", j->p.strength);
     char *info = job_info(j);
     if (info) cJSON_AddItemToObject(doc, "info", cJSON_CreateStringReference(info));
     srv_reply_json(rp, info ? 200 : 500, info ? doc : NULL);
@@ -114,6 +151,9 @@ void a1111_txt2img(srv *s, const srv_request *rq, srv_reply *rp) {
     free(info);
     srv_job_release(s, j);
 }
+
+void a1111_txt2img(srv *s, const srv_request *rq, srv_reply *rp) { a1111_generate(s, rq, rp, 0); }
+void a1111_img2img(srv *s, const srv_request *rq, srv_reply *rp) { a1111_generate(s, rq, rp, 1); }
 
 static const char *state_name(int state) {
     static const char *const names[] = {"queued", "running", "done", "failed", "cancelled"};

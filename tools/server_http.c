@@ -25,6 +25,7 @@ static const route routes[] = {
     {"GET", "/", web_index},
     {"GET", "/health", health},
     {"POST", "/sdapi/v1/txt2img", a1111_txt2img},
+    {"POST", "/sdapi/v1/img2img", a1111_img2img},
     {"GET", "/sdapi/v1/progress", a1111_progress},
     {"POST", "/sdapi/v1/interrupt", a1111_interrupt},
     {"GET", "/sdapi/v1/samplers", a1111_samplers},
@@ -33,6 +34,7 @@ static const route routes[] = {
     {"GET", "/sdapi/v1/options", a1111_options},
     {"GET", "/sdapi/v1/loras", a1111_loras},
     {"POST", "/v1/images/generations", openai_generations},
+    {"POST", "/v1/images/edits", openai_edits},
 };
 
 /* ---- replies ---- */
@@ -105,6 +107,38 @@ cJSON *srv_parse_body(const srv_request *rq, srv_reply *rp) {
 
 const char *srv_query(const srv_request *rq, const char *key) {
     return MHD_lookup_connection_value((struct MHD_Connection *)rq->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+int srv_base64_decode(const char *text, uint8_t **out, size_t *n) {
+    const char *comma = strncmp(text, "data:", 5) ? NULL : strchr(text, ',');
+    if (comma) text = comma + 1;
+    size_t len = strlen(text), k = 0;
+    uint8_t *buf = malloc(len / 4 * 3 + 3);
+    if (!buf) return -1;
+    uint32_t acc = 0;
+    int bits = 0, pad = 0;
+    for (const char *c = text; *c; c++) {
+        int v;
+        if (*c == ' ' || *c == '\n' || *c == '\r' || *c == '\t') continue;
+        if (*c == '=') { pad++; continue; }
+        if (pad) { free(buf); return -1; }   /* data after padding */
+        if (*c >= 'A' && *c <= 'Z') v = *c - 'A';
+        else if (*c >= 'a' && *c <= 'z') v = *c - 'a' + 26;
+        else if (*c >= '0' && *c <= '9') v = *c - '0' + 52;
+        else if (*c == '+' || *c == '-') v = 62;
+        else if (*c == '/' || *c == '_') v = 63;
+        else { free(buf); return -1; }
+        acc = acc << 6 | (uint32_t)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            buf[k++] = (uint8_t)(acc >> bits);
+        }
+    }
+    if (pad > 2 || bits >= 6) { free(buf); return -1; }
+    *out = buf;
+    *n = k;
+    return 0;
 }
 
 char *srv_base64(const uint8_t *data, size_t n) {

@@ -346,6 +346,7 @@ static void job_free(srv_job *j) {
     free(j->seeds);
     free(j->preview_b64);
     free(j->prompt);
+    free(j->init_image);
     free(j->negative);
     for (int i = 0; i < j->n_loras; i++) free(j->lora_paths[i]);
     free(j->sampler);

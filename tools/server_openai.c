@@ -2,12 +2,17 @@
  * (required), n, size ("WxH" or "auto"), response_format (b64_json only: there is no
  * image store to point a url at), model (a name from /sdapi/v1/sd-models), and
  * qdiff's additions negative_prompt, steps, cfg_scale, seed, sampler_name, scheduler,
- * force_task_id (the A1111 meanings). */
+ * force_task_id (the A1111 meanings).
+ * POST /v1/images/edits: the same fields as multipart/form-data with the picture in
+ * "image" (PNG/JPEG; image-to-image, not inpainting: a "mask" is refused) and qdiff's
+ * "strength" (default: the pipeline's, see README "Image-to-image"). */
 #include "server.h"
 
+#include <microhttpd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 /* A1111-only fields that must not slip in through this endpoint. */
@@ -24,9 +29,8 @@ static void rename_param(srv_error *err, const char *from, const char *to) {
     snprintf(err->param, sizeof err->param, "%s", to);
 }
 
-void openai_generations(srv *s, const srv_request *rq, srv_reply *rp) {
-    cJSON *body = srv_parse_body(rq, rp);
-    if (!body) return;
+/* Both endpoints: body holds the fields; image (n bytes) the edit's picture or NULL. */
+static void openai_run(srv *s, cJSON *body, const uint8_t *image, size_t image_len, double strength, srv_reply *rp) {
     srv_job *j = NULL;
     const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(body, "prompt");
     const cJSON *n = cJSON_GetObjectItemCaseSensitive(body, "n");
@@ -82,6 +86,10 @@ void openai_generations(srv *s, const srv_request *rq, srv_reply *rp) {
             rename_param(&err, "batch_size", "n");
             srv_job_release(s, j);
             j = NULL;
+        } else if (image && srv_init_image(s, m, image, image_len, "image", "image", strength, j, &err)) {
+            rename_param(&err, "width", "size");
+            srv_job_release(s, j);
+            j = NULL;
         }
     }
     cJSON_Delete(req);
@@ -104,4 +112,96 @@ void openai_generations(srv *s, const srv_request *rq, srv_reply *rp) {
     srv_job_release(s, j);
 done:
     cJSON_Delete(body);
+}
+
+void openai_generations(srv *s, const srv_request *rq, srv_reply *rp) {
+    cJSON *body = srv_parse_body(rq, rp);
+    if (body) openai_run(s, body, NULL, 0, 0, rp);
+}
+
+/* ---- multipart/form-data (RFC 7578) for /v1/images/edits ---- */
+
+static const char *find(const char *hay, size_t n, const char *needle, size_t m) {
+    for (size_t i = 0; m <= n && i <= n - m; i++)
+        if (hay[i] == needle[0] && !memcmp(hay + i, needle, m)) return hay + i;
+    return NULL;
+}
+
+/* The value of `key="..."` in a part's Content-Disposition header (h..e), into out. */
+static int disposition(const char *h, const char *e, const char *key, char *out, size_t cap) {
+    char pat[32];
+    snprintf(pat, sizeof pat, " %s=\"", key);
+    const char *p = find(h, (size_t)(e - h), pat, strlen(pat));
+    if (!p) return 0;
+    p += strlen(pat);
+    const char *q = memchr(p, '"', (size_t)(e - p));
+    if (!q || (size_t)(q - p) >= cap) return 0;
+    memcpy(out, p, (size_t)(q - p));
+    out[q - p] = 0;
+    return 1;
+}
+
+void openai_edits(srv *s, const srv_request *rq, srv_reply *rp) {
+    const char *ct = MHD_lookup_connection_value((struct MHD_Connection *)rq->conn, MHD_HEADER_KIND, "Content-Type");
+    const char *b = ct && !strncasecmp(ct, "multipart/form-data", 19) ? strstr(ct, "boundary=") : NULL;
+    if (!b) {
+        srv_reply_error(rp, 400, NULL, "/v1/images/edits takes multipart/form-data (fields image, prompt, n, size, ...)");
+        return;
+    }
+    char delim[200];
+    b += 9;
+    size_t bl = strcspn(b, "; ");
+    if (*b == '"') { b++; bl = strcspn(b, "\""); }
+    if (bl == 0 || bl > 150) { srv_reply_error(rp, 400, NULL, "multipart/form-data: bad boundary"); return; }
+    int dl = snprintf(delim, sizeof delim, "\r\n--%.*s", (int)bl, b);
+    cJSON *body = cJSON_CreateObject();
+    const uint8_t *image = NULL;
+    size_t image_len = 0;
+    double strength = 0;
+    const char *end = rq->body + rq->body_len;
+    /* the first delimiter has no CRLF before it */
+    const char *p = rq->body_len >= (size_t)dl - 2 && !memcmp(rq->body, delim + 2, (size_t)dl - 2) ? rq->body + dl - 2 : NULL;
+    const char *bad = p ? NULL : "multipart/form-data: the body does not start with the boundary";
+    while (!bad && p && end - p >= 2 && memcmp(p, "--", 2)) {
+        if (end - p < 2 || memcmp(p, "\r\n", 2)) { bad = "multipart/form-data: malformed part"; break; }
+        const char *h = p + 2, *he = find(h, (size_t)(end - h), "\r\n\r\n", 4);
+        if (!he) { bad = "multipart/form-data: a part without headers' end"; break; }
+        const char *c = he + 4, *ce = find(c, (size_t)(end - c), delim, (size_t)dl);
+        if (!ce) { bad = "multipart/form-data: a part without a closing boundary"; break; }
+        char name[64], value[4096];
+        if (!disposition(h, he, "name", name, sizeof name)) { bad = "multipart/form-data: a part without a name"; break; }
+        size_t n = (size_t)(ce - c);
+        if (!strcmp(name, "image") || !strcmp(name, "image[]")) {
+            if (!image) { image = (const uint8_t *)c; image_len = n; }
+        } else if (!strcmp(name, "mask")) {
+            bad = "mask: inpainting is not supported (qdiff serve edits the whole image: image-to-image)";
+        } else if (n >= sizeof value) {
+            bad = "multipart/form-data: a text field over 4 KiB";
+        } else {
+            memcpy(value, c, n);
+            value[n] = 0;
+            char *num_end;
+            double v = strtod(value, &num_end);
+            int numeric = n && !*num_end && (!strcmp(name, "n") || !strcmp(name, "steps") || !strcmp(name, "seed") ||
+                                              !strcmp(name, "cfg_scale") || !strcmp(name, "strength"));
+            if (!strcmp(name, "strength")) {
+                if (!numeric || !(v > 0 && v <= 1)) {
+                    srv_reply_error(rp, 400, "strength", "strength: expected a number in (0, 1]");
+                    cJSON_Delete(body);
+                    return;
+                }
+                strength = v;
+            } else if (!cJSON_GetObjectItemCaseSensitive(body, name)) {
+                cJSON_AddItemToObject(body, name, numeric ? cJSON_CreateNumber(v) : cJSON_CreateString(value));
+            }
+        }
+        p = ce + dl;
+    }
+    if (!bad && !image) bad = "image: required, a PNG or JPEG file";
+    if (bad) {
+        srv_reply_error(rp, 400, !strncmp(bad, "image", 5) ? "image" : !strncmp(bad, "mask", 4) ? "mask" : NULL, bad);
+        cJSON_Delete(body);
+        return;
+    }
+    openai_run(s, body, image, image_len, strength, rp);
 }

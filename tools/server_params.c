@@ -352,3 +352,30 @@ int srv_job_error(srv *s, const srv_job *j, srv_reply *rp) {
     srv_reply_error(rp, bad ? 400 : 500, NULL, "%s", j->error);
     return 1;
 }
+
+int srv_init_image(srv *s, srv_model *m, const uint8_t *bytes, size_t n, const char *param, const char *what,
+                   double strength, srv_job *j, srv_error *err) {
+    uint8_t *rgb = NULL;
+    int w = 0, h = 0, rc = -1;
+    qd_ctx *ctx = qd_ctx_new(1);   /* the model's context belongs to its worker */
+    err->status = 400;
+    snprintf(err->param, sizeof err->param, "%s", param);
+    if (!ctx) snprintf(err->message, sizeof err->message, "out of memory");
+    else if (qd_decode_image(ctx, what, bytes, n, &rgb, &w, &h) != QD_OK)
+        snprintf(err->message, sizeof err->message, "%s", qd_last_error(ctx));
+    else if (cli_init_image_rgb(ctx, m->model, what, rgb, w, h, &j->p, &j->init_image, err->message,
+                                sizeof err->message) == 0) {
+        if (j->p.width > s->opt.max_size || j->p.height > s->opt.max_size)
+            snprintf(err->message, sizeof err->message, "%s: %dx%d is over --max-size %d: give a smaller size", what,
+                     j->p.width, j->p.height, s->opt.max_size);
+        else rc = 0;
+    }
+    if (rc == 0) {
+        j->p.strength = strength;
+        err->status = 0;
+        err->param[0] = 0;
+    }
+    free(rgb);
+    qd_ctx_free(ctx);
+    return rc;
+}

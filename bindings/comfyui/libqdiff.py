@@ -67,6 +67,10 @@ class GenParams(ctypes.Structure):
         ("loras", ctypes.POINTER(ctypes.c_char_p)),
         ("lora_scales", ctypes.POINTER(ctypes.c_float)),
         ("n_loras", ctypes.c_int),
+        ("init_image", ctypes.POINTER(ctypes.c_float)),
+        ("init_latents", ctypes.POINTER(ctypes.c_float)),
+        ("init_count", ctypes.c_int),
+        ("strength", ctypes.c_double),
     ]
 
 
@@ -157,6 +161,7 @@ class Library:
         proto("qd_generate", I, P, P, ctypes.POINTER(GenParams), I, P, P)
         proto("qd_vae_open", I, P, S, ctypes.POINTER(P))
         proto("qd_vae_close", None, P)
+        proto("qd_vae_encode_image", I, P, P, I, P, I, I, I, P)
 
         # The struct mirror must match the library it talks to, or every call after
         # qd_gen_params_default would read and write the wrong fields.
@@ -271,6 +276,12 @@ class PreviewVae:
         if self.ptr:
             self.ctx.lib.dll.qd_vae_close(self.ptr)
             self.ptr = None
+
+    def encode(self, image_addr, batch, width, height, latent_addr):
+        """qd_vae_encode_image of an F32 NHWC image into float latents (the model's space)."""
+        self.ctx.check(self.ctx.lib.dll.qd_vae_encode_image(self.ctx.ptr, self.ptr, QD_IMAGE_F32,
+                                                            ctypes.c_void_p(image_addr), int(batch), int(width),
+                                                            int(height), ctypes.c_void_p(latent_addr)))
 
 
 def _bytes(s):

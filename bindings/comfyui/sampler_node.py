@@ -1,4 +1,6 @@
-"""The "qdiff Sampler" ComfyUI node: text-to-image with libqdiff from a diffusers folder.
+"""The "qdiff Sampler" ComfyUI node: text-to-image with libqdiff from a diffusers folder,
+or image-to-image from an optional LATENT (ComfyUI's VAEEncode output, or an earlier
+run's) with denoise as ComfyUI's KSampler takes it.
 
 Returns ComfyUI's IMAGE (torch.float32 [B, H, W, 3] in [0, 1]) and LATENT
 ({"samples": [B, C, H/8, W/8]} in the VAE's own latent space, as ComfyUI's
@@ -6,6 +8,7 @@ VAEDecode and KSampler hold it). Works without ComfyUI too (tests import it with
 plain torch): ComfyUI's modules (folder_paths, comfy.utils, comfy.model_management)
 are used when importable.
 """
+import ctypes
 import json
 import os
 import threading
@@ -277,11 +280,17 @@ class QdiffSampler:
                 "preview_vae": preview,
                 "loras": ("QDIFF_LORAS", {"tooltip": "LoRAs from qdiff LoRA nodes, applied for this run "
                                                     "(the loaded weights stay as they are)"}),
+                "latent_image": ("LATENT", {"tooltip": "image-to-image: start from these latents (e.g. VAEEncode's; "
+                                                      "width/height follow them)"}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                      "tooltip": "with latent_image: how much of the schedule runs (diffusers' strength); "
+                                                 "ComfyUI samplers: the last steps of steps/denoise"}),
             },
         }
 
     def sample(self, model, prompt, negative_prompt, steps, cfg, width, height, seed, sampler_name, scheduler,
-               batch_size=1, guidance=3.5, threads=0, matmul="auto", precision=None, preview_vae="", loras=None):
+               batch_size=1, guidance=3.5, threads=0, matmul="auto", precision=None, preview_vae="", loras=None,
+               latent_image=None, denoise=1.0):
         folder = _resolve_folder(model)
         lib = libqdiff.load()
         kw = {}
@@ -307,9 +316,45 @@ class QdiffSampler:
             keep = libqdiff.set_loras(p, loras or ())   # the arrays p points into, alive for the run
             vae = CACHE.preview_vae(_resolve_preview_vae(preview_vae, m.family))
             factors = _vae_factors(m.folder)   # read before the run: a bad config fails fast
+            init = self._init_latents(m, p, latent_image, denoise, factors)
             result = self._run(ctx, m, p, vae, factors)
-            del keep
+            del keep, init
             return result
+
+    @staticmethod
+    def _init_latents(m, p, latent_image, denoise, factors):
+        """Point p at a LATENT's samples (ComfyUI's space: latent / scale + shift) converted to the
+        model's ((x - shift) * scale); the tensor returned must stay alive for the run."""
+        if latent_image is None:
+            if denoise is not None and float(denoise) < 1.0:
+                raise libqdiff.QdiffError("denoise < 1 needs a latent_image to start from", libqdiff.QD_ERR_ARG)
+            return None
+        if not 0.0 < float(denoise) <= 1.0:
+            raise libqdiff.QdiffError(f"denoise must be in (0, 1] (got {denoise})", libqdiff.QD_ERR_ARG)
+        s = latent_image["samples"] if isinstance(latent_image, dict) else latent_image
+        if s.dim() != 4:
+            raise libqdiff.QdiffError(f"latent_image samples must be [B, C, h, w] (got {list(s.shape)})",
+                                      libqdiff.QD_ERR_ARG)
+        b, c, h, w = s.shape
+        width, height = w * 8, h * 8
+        if (p.width and p.width != width) or (p.height and p.height != height):
+            raise libqdiff.QdiffError(f"latent_image is {width}x{height} pixels but width x height asks "
+                                      f"{p.width}x{p.height} (0 follows the latent)", libqdiff.QD_ERR_ARG)
+        if b not in (1, max(p.batch, 1)):
+            raise libqdiff.QdiffError(f"latent_image holds {b} latents for a batch of {p.batch} (give 1 or {p.batch})",
+                                      libqdiff.QD_ERR_ARG)
+        p.width, p.height = width, height
+        shape = libqdiff.latent_shape(m, p)
+        channels = shape[2] // 4 if m.family == "flux" else shape[1]
+        if c != channels:
+            raise libqdiff.QdiffError(f"latent_image has {c} channels but this {m.family} model's latents have {channels}",
+                                      libqdiff.QD_ERR_ARG)
+        scale, shift = factors
+        x = ((s.to(torch.float32) - shift) * scale).contiguous()
+        p.init_latents = ctypes.cast(x.data_ptr(), ctypes.POINTER(ctypes.c_float))
+        p.init_count = b
+        p.strength = float(denoise)
+        return x
 
     def _run(self, ctx, m, p, vae, factors):
         shape = libqdiff.image_shape(m, p)
@@ -365,3 +410,10 @@ except ImportError:   # imported as a top-level module (tests, scripts)
     from lora_node import QdiffLora
 NODE_CLASS_MAPPINGS["QdiffLora"] = QdiffLora
 NODE_DISPLAY_NAME_MAPPINGS["QdiffLora"] = "qdiff LoRA"
+
+try:
+    from .vae_encode_node import QdiffVaeEncode
+except ImportError:   # imported as a top-level module (tests, scripts)
+    from vae_encode_node import QdiffVaeEncode
+NODE_CLASS_MAPPINGS["QdiffVaeEncode"] = QdiffVaeEncode
+NODE_DISPLAY_NAME_MAPPINGS["QdiffVaeEncode"] = "qdiff VAE Encode"

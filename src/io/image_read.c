@@ -154,12 +154,30 @@ static qd_status read_jpeg(qd_ctx *ctx, const char *path, FILE *f, uint8_t **out
 
 /* ---- dispatch ------------------------------------------------------------------- */
 
+static qd_status read_stream(qd_ctx *ctx, const char *path, FILE *f, uint8_t **rgb, int *width, int *height);
+
 qd_status qd_read_image(qd_ctx *ctx, const char *path, uint8_t **rgb, int *width, int *height) {
     if (!rgb || !width || !height || !path) return qd_fail(ctx, QD_ERR_ARG, "read image: bad arguments");
     *rgb = NULL;
     *width = *height = 0;
     FILE *f = fopen(path, "rb");
     if (!f) return qd_fail(ctx, QD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    return read_stream(ctx, path, f, rgb, width, height);
+}
+
+/* The same decoders over a memory stream (POSIX fmemopen), e.g. an upload. */
+qd_status qd_decode_image(qd_ctx *ctx, const char *name, const void *data, size_t len, uint8_t **rgb, int *width,
+                          int *height) {
+    if (!rgb || !width || !height || !name || (!data && len)) return qd_fail(ctx, QD_ERR_ARG, "decode image: bad arguments");
+    *rgb = NULL;
+    *width = *height = 0;
+    if (len == 0) return qd_fail(ctx, QD_ERR_FORMAT, "%s: empty image", name);
+    FILE *f = fmemopen((void *)data, len, "rb");
+    if (!f) return qd_fail(ctx, QD_ERR_NOMEM, "%s: cannot open a memory stream: %s", name, strerror(errno));
+    return read_stream(ctx, name, f, rgb, width, height);
+}
+
+static qd_status read_stream(qd_ctx *ctx, const char *path, FILE *f, uint8_t **rgb, int *width, int *height) {
     uint8_t magic[8] = {0};
     size_t n = fread(magic, 1, sizeof magic, f);
     rewind(f);

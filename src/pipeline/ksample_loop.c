@@ -13,6 +13,7 @@
  * does; it is the same as combining the x0 estimates, which are affine in the
  * output). */
 #include "pipeline/ksample_loop.h"
+#include "pipeline/img2img.h"
 #include "pipeline/preview.h"
 #include "base/rng.h"
 #include "sample/ksampler.h"
@@ -311,11 +312,53 @@ static qd_status model_sampling(qd_ctx *ctx, const qd_scheduler *s, int64_t imag
     return qd_model_sampling_discrete(ctx, ms, ac, n, s->cfg.prediction_type == QD_PRED_V);
 }
 
-qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_scheduler *s,
-                          qd_ks_model_fn model, void *model_user, float *latents, int64_t batch, int64_t per,
-                          int64_t rows) {
+/* The sigmas the sampler runs over: ComfyUI's KSampler.calculate_sigmas (discard-penultimate
+ * samplers: steps + 1 sigmas, the penultimate dropped) and set_steps (img2img with
+ * denoise < 1: the schedule of int(steps / denoise) steps, its last steps + 1 sigmas). */
+static qd_status run_sigmas(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_ksampler *ks,
+                            const qd_model_sampling *ms, const qd_ksched_opts *so, int img2img, double **sig,
+                            int *n_sig) {
+    int discard = (ks->flags & QD_KS_DISCARD_PENULTIMATE) != 0;
+    int total = img2img ? qd_img2img_comfy_steps(p->steps, qd_img2img_strength(m, p)) : p->steps;
+    QD_TRY(qd_ksched_sigmas(ctx, schedule_name(m, p), ms, total + discard, so, sig, n_sig));
+    double *s = *sig;
+    if (discard && *n_sig >= 2) {
+        s[*n_sig - 2] = s[*n_sig - 1];
+        (*n_sig)--;
+    }
+    if (*n_sig > p->steps + 1) {
+        memmove(s, s + (*n_sig - (p->steps + 1)), sizeof(double) * (size_t)(p->steps + 1));
+        *n_sig = p->steps + 1;
+    }
+    for (int i = 0; i < *n_sig; i++) s[i] = (float)s[i];   /* ComfyUI's FloatTensor */
+    return QD_OK;
+}
+
+qd_status qd_ksample_sigmas(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_scheduler *s,
+                            int img2img, double **sig, int *n_sig) {
+    *sig = NULL;
+    *n_sig = 0;
     const qd_ksampler *ks = qd_ksampler_find(p->sampler);
-    const char *sched = schedule_name(m, p);
+    if (!ks) return unknown_name(ctx, QD_LIST_SAMPLERS, "sampler", p->sampler);
+    qd_ks_opts ko;
+    qd_ks_opts_default(&ko);
+    qd_ksched_opts so;
+    qd_ksched_opts_default(&so);
+    qd_sched_config thr = {0};
+    double shift = NAN, sde_percent[2] = {0.2, 0.8};
+    qd_model_sampling ms = {0};
+    int h = p->height / m->vae_scale, w = p->width / m->vae_scale;
+    qd_status st = read_options(ctx, p, &ko, &so, &shift, sde_percent, &thr);
+    if (st == QD_OK) st = model_sampling(ctx, s, (h / 2) * (w / 2), shift, &ms);
+    if (st == QD_OK) st = run_sigmas(ctx, m, p, ks, &ms, &so, img2img, sig, n_sig);
+    qd_model_sampling_free(&ms);
+    return st;
+}
+
+qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_scheduler *s,
+                          qd_ks_model_fn model, void *model_user, const float *init, float *latents, int64_t batch,
+                          int64_t per, int64_t rows) {
+    const qd_ksampler *ks = qd_ksampler_find(p->sampler);
     if (!ks) return unknown_name(ctx, QD_LIST_SAMPLERS, "sampler", p->sampler);
     ks_loop L = {0};
     L.ctx = ctx;
@@ -349,15 +392,7 @@ qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p
         ko.sde_sigma_hi = qd_ms_percent_to_sigma(&L.ms, sde_percent[0]);
         ko.sde_sigma_lo = qd_ms_percent_to_sigma(&L.ms, sde_percent[1]);
     }
-    if (st == QD_OK) {
-        int discard = (ks->flags & QD_KS_DISCARD_PENULTIMATE) != 0;
-        st = qd_ksched_sigmas(ctx, sched, &L.ms, p->steps + discard, &so, &sig, &n_sig);
-        if (st == QD_OK && discard && n_sig >= 2) {   /* ComfyUI: steps + 1 sigmas, the penultimate dropped */
-            sig[n_sig - 2] = sig[n_sig - 1];
-            n_sig--;
-        }
-        for (int i = 0; st == QD_OK && i < n_sig; i++) sig[i] = (float)sig[i];   /* ComfyUI's FloatTensor */
-    }
+    if (st == QD_OK) st = run_sigmas(ctx, m, p, ks, &L.ms, &so, init != NULL, &sig, &n_sig);
     if (st == QD_OK) {
         L.model_in = malloc(sizeof(float) * (size_t)(rows * per));
         L.model_out = malloc(sizeof(float) * (size_t)(rows * per));
@@ -384,7 +419,12 @@ qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p
                                : s->cfg.timestep_spacing == QD_SPACING_LEADING;         /* diffusers' init_noise_sigma */
             if (full) scale = sqrt(s0 * s0 + 1);
         }
-        for (int64_t k = 0; k < L.n; k++) x[k] *= scale;
+        /* ComfyUI's model_sampling.noise_scaling with the init latent (zero for txt2img):
+         * eps/v latent + noise * scale, flow sigma0 * noise + (1 - sigma0) * latent */
+        for (int64_t k = 0; k < L.n; k++) {
+            if (flow) x[k] = init ? s0 * x[k] + (1.0 - s0) * init[k] : x[k] * scale;
+            else x[k] = init ? x[k] * scale + init[k] : x[k] * scale;
+        }
         if (ks->flags & QD_KS_BROWNIAN) {
             double smin = INFINITY;
             for (int i = 0; i < n_sig; i++)

@@ -22,14 +22,21 @@ typedef qd_status (*qd_ks_model_fn)(qd_ctx *ctx, void *user, const float *x, flo
  * checks the sampler and schedule names. */
 qd_status qd_ksample_scheduler(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, qd_scheduler **out);
 
+/* The sigmas qd_ksample_loop runs over for p (resolved), img2img: with an init latent
+ * (p->strength as ComfyUI's denoise). *sig (free() it) gets *n_sig = steps + 1 values. */
+qd_status qd_ksample_sigmas(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_scheduler *s,
+                            int img2img, double **sig, int *n_sig);
+
 /* Sample with p->sampler over p->schedule for p->steps: draw the initial noise
  * from p->seed (p->noise_mode), call model() on `rows` latents (rows = 2 * batch
  * with classifier-free guidance, unconditional rows first), apply CFG (and
  * guidance_rescale), report progress and previews, honour cancellation. p must
  * be resolved (qd_gen_params_resolve). latents [batch, per] (FLUX: packed)
- * receive the final sample. */
+ * receive the final sample. init: NULL (text-to-image: a zero latent), or the
+ * image-to-image start [batch, per] (packed), noised to the first sigma of the
+ * denoise-shortened schedule (p->strength) as ComfyUI's KSampler does. */
 qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_scheduler *s,
-                          qd_ks_model_fn model, void *model_user, float *latents, int64_t batch, int64_t per,
-                          int64_t rows);
+                          qd_ks_model_fn model, void *model_user, const float *init, float *latents, int64_t batch,
+                          int64_t per, int64_t rows);
 
 #endif

@@ -1,11 +1,13 @@
-/* Text-to-image, step for step as diffusers' pipelines' __call__: noise from the
- * seeded generator, the scheduler loop with classifier-free guidance (and
+/* Text-to-image (and image-to-image, img2img.c), step for step as diffusers'
+ * pipelines' __call__: noise from the seeded generator (or an init image noised to
+ * the first step run), the scheduler loop with classifier-free guidance (and
  * optional guidance rescale), VAE decode, [-1,1] -> [0,1]. One loop serves every
  * family; what differs (conditioning, latent layout, the denoiser call) is
  * dispatched on the family. */
 #include "qdiff.h"
 #include "base/ctx.h"
 #include "base/rng.h"
+#include "pipeline/img2img.h"
 #include "pipeline/ksample_loop.h"
 #include "base/act_pool.h"
 #include "pipeline/model.h"
@@ -48,6 +50,7 @@ void qd_gen_params_resolve(const qd_model *m, qd_gen_params *p) {
     qd_image_dims(m, p, &p->width, &p->height);
     if (p->steps == 0) p->steps = default_steps(m);
     if (p->cfg_scale < 0) p->cfg_scale = default_cfg(m);
+    if (qd_img2img_on(p) && p->strength == 0) p->strength = qd_img2img_strength(m, p);
 }
 
 /* Pixel size must be a multiple of this (latent cell, times the 2x2 patch of the transformers). */
@@ -201,9 +204,10 @@ static void predicted_x0(const qd_model *m, const qd_scheduler *s, int i, const 
 
 static void pack_latents(const float *x, int64_t C, int64_t h, int64_t w, float *y, int unpack);
 
-/* The current clean-image estimate of the first image, to the preview callback. */
+/* The current clean-image estimate of the first image at scheduler step i, to the preview
+ * callback as model call `call` of `total`. */
 static qd_status send_preview(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_scheduler *s,
-                              int i, int total, const float *model_in, const float *pred, int64_t per,
+                              int i, int call, int total, const float *model_in, const float *pred, int64_t per,
                               int64_t C, int64_t h, int64_t w) {
     float *x0 = malloc(sizeof(float) * (size_t)per), *z = malloc(sizeof(float) * (size_t)per);
     qd_status st = x0 && z ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
@@ -211,7 +215,7 @@ static qd_status send_preview(qd_ctx *ctx, const qd_model *m, const qd_gen_param
         predicted_x0(m, s, i, model_in, pred, per, x0);
         if (m->family == QD_FAMILY_FLUX) pack_latents(x0, C, h, w, z, 1);
         else memcpy(z, x0, sizeof(float) * (size_t)per);
-        st = qd_send_preview(ctx, p, z, C, h, w, i + 1, total);
+        st = qd_send_preview(ctx, p, z, C, h, w, call, total);
     }
     free(x0); free(z);
     return st;
@@ -270,6 +274,28 @@ static void initial_noise(qd_model *m, qd_rng *rng, gen_state *g, int64_t B, int
     for (int64_t i = 0; i < n; i++) g->latents[i] *= sigma;
 }
 
+/* Image-to-image start. Diffusers classes: the init latents (encode sampled from rng),
+ * then noise from rng, add_noise at timestep index begin = t_start * order, packed
+ * for FLUX into g->latents. k-samplers: *init gets the encoder's mean (packed), the
+ * loop noises it itself. */
+static qd_status init_latents(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, gen_state *g, int64_t B, int64_t per,
+                              qd_rng *rng, int *begin, float **init) {
+    int64_t n = B * per;
+    float *x0 = malloc(sizeof(float) * (size_t)n), *noise = malloc(sizeof(float) * (size_t)n);
+    qd_status st = x0 && noise ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    if (st == QD_OK && p->sampler) st = qd_img2img_latents(ctx, m, p, B, NULL, x0);
+    else if (st == QD_OK) st = qd_img2img_start(ctx, m, p, g->sched, B, rng, begin, x0);
+    for (int64_t b = 0; st == QD_OK && b < B; b++) {
+        float *dst = p->sampler ? noise + b * per : g->latents + b * per;
+        if (m->family == QD_FAMILY_FLUX) pack_latents(x0 + b * per, g->d.C, g->d.h, g->d.w, dst, 0);
+        else memcpy(dst, x0 + b * per, sizeof(float) * (size_t)per);
+    }
+    free(x0);
+    if (st == QD_OK && p->sampler) *init = noise;
+    else free(noise);
+    return st;
+}
+
 qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_image_format fmt,
                       void *image, float *latents_out) {
     if (!m || !params || !image) return qd_fail(ctx, QD_ERR_ARG, "qd_generate: model, params and image are required");
@@ -286,6 +312,8 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     if (steps < 1 || steps > 10000) return qd_fail(ctx, QD_ERR_ARG, "steps must be 1..10000 (got %d)", steps);
     if (p->batch < 1 || p->batch > 64) return qd_fail(ctx, QD_ERR_ARG, "batch must be 1..64 (got %d)", p->batch);
     if (fmt != QD_IMAGE_F32 && fmt != QD_IMAGE_RGB8) return qd_fail(ctx, QD_ERR_ARG, "unknown image format %d", (int)fmt);
+    int img2img = qd_img2img_on(p);
+    if (img2img) QD_TRY(qd_img2img_check(ctx, m, p));
     QD_TRY(qd_model_use_loras(ctx, m, p->loras, p->lora_scales, p->n_loras));
     int previews = p->preview && p->preview_vae && p->preview_every > 0;
     if (previews && qd_vae_describe(p->preview_vae)->latent_channels != m->latent_channels)
@@ -335,12 +363,18 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
         }
     qd_rng rng;
     qd_rng_seed(&rng, p->seed);
-    if (st == QD_OK) initial_noise(m, &rng, &g, B, per, qd_scheduler_init_noise_sigma(g.sched));
+    int begin = 0;   /* img2img: the first scheduler step run */
+    float *init = NULL;
+    if (st == QD_OK && img2img)
+        st = init_latents(ctx, m, p, &g, B, per, &rng, &begin, &init);
+    else if (st == QD_OK)
+        initial_noise(m, &rng, &g, B, per, qd_scheduler_init_noise_sigma(g.sched));
     int total = st == QD_OK && !p->sampler ? qd_scheduler_len(g.sched) : 0;
     double t0 = qd_now();
     if (st == QD_OK && p->sampler)   /* a ComfyUI / k-diffusion sampler runs its own loop */
-        st = qd_ksample_loop(ctx, m, p, g.sched, ks_model, &g.d, g.latents, B, per, rows);
-    for (int i = 0; st == QD_OK && i < total; i++) {
+        st = qd_ksample_loop(ctx, m, p, g.sched, ks_model, &g.d, init, g.latents, B, per, rows);
+    free(init);
+    for (int i = begin; st == QD_OK && i < total; i++) {
         for (int64_t r = 0; r < rows; r++)
             memcpy(g.model_in + r * per, g.latents + (r % B) * per, sizeof(float) * (size_t)per);
         qd_scheduler_scale_model_input(g.sched, i, g.model_in, rows * per);
@@ -354,13 +388,14 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
         } else {
             memcpy(g.noise_pred, g.model_out, sizeof(float) * (size_t)n);
         }
-        if (previews && ((i + 1) % p->preview_every == 0 || i + 1 == total))
-            st = send_preview(ctx, m, p, g.sched, i, total, g.model_in, g.noise_pred, per, g.d.C, g.d.h, g.d.w);
+        int call = i + 1 - begin, calls = total - begin;   /* model calls made / to make */
+        if (previews && (call % p->preview_every == 0 || call == calls))
+            st = send_preview(ctx, m, p, g.sched, i, call, calls, g.model_in, g.noise_pred, per, g.d.C, g.d.h, g.d.w);
         if (st != QD_OK) break;
         st = qd_scheduler_step(ctx, g.sched, i, g.noise_pred, g.latents, B, per, &rng);
-        if (st == QD_OK && p->progress && p->progress(p->progress_user, i + 1, total, qd_now() - t0))
+        if (st == QD_OK && p->progress && p->progress(p->progress_user, call, calls, qd_now() - t0))
             ctx->cancel = 1;
-        if (st == QD_OK && ctx->cancel) st = qd_fail(ctx, QD_ERR_CANCELLED, "cancelled at step %d of %d", i + 1, total);
+        if (st == QD_OK && ctx->cancel) st = qd_fail(ctx, QD_ERR_CANCELLED, "cancelled at step %d of %d", call, calls);
     }
     if (st == QD_OK && latents_out) memcpy(latents_out, g.latents, sizeof(float) * (size_t)n);
     qd_act_trim(ctx);   /* the denoiser's pooled activations: the decoder does not use them */

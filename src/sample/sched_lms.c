@@ -86,7 +86,9 @@ static qd_status step(qd_ctx *ctx, qd_scheduler *s, int i, const float *mo, floa
     for (int k = 0; k < order; k++) coeff[k] = (float)lms_coeff(s->sigmas, order, i, k);
     for (int64_t j = 0; j < n; j++) {
         float acc = 0.0f;
-        for (int k = 0; k < order; k++) acc = acc + coeff[k] * st->der[k][j];
+        /* diffusers zips the coefficients with the derivatives it has: after an
+         * img2img start (step_index > 0) fewer than `order` */
+        for (int k = 0; k < order && k < st->n_der; k++) acc = acc + coeff[k] * st->der[k][j];
         x[j] = x[j] + acc;
     }
     return QD_OK;

@@ -814,6 +814,37 @@ void qd_scheduler_scale_model_input(qd_scheduler *s, int i, float *x, int64_t n)
     for (int64_t j = 0; j < n; j++) x[j] = x[j] / d;
 }
 
+int qd_scheduler_order(const qd_scheduler *s) {
+    return s->cls == &qd_sched_heun || s->cls == &qd_sched_kdpm2 || s->cls == &qd_sched_kdpm2_ancestral ? 2 : 1;
+}
+
+qd_status qd_scheduler_set_begin(qd_ctx *ctx, qd_scheduler *s, int i) {
+    if (s->n_timesteps <= 0) return qd_fail(ctx, QD_ERR_ARG, "%s: set_begin before set_timesteps", s->cls->name);
+    if (i < 0 || i >= s->n_timesteps || s->next_step != 0)
+        return qd_fail(ctx, QD_ERR_ARG, "%s: cannot begin at step %d of %d", s->cls->name, i, s->n_timesteps);
+    s->next_step = i;
+    return QD_OK;
+}
+
+void qd_scheduler_add_noise(const qd_scheduler *s, int i, const float *x0, const float *noise, int64_t n,
+                            float *out) {
+    if (s->cls == &qd_sched_flow_euler) {   /* FlowMatchEulerDiscreteScheduler.scale_noise */
+        float sigma = s->sigmas[i];
+        for (int64_t j = 0; j < n; j++) out[j] = sigma * noise[j] + (1.0f - sigma) * x0[j];
+    } else if (s->cls->model_sigma) {       /* Euler/LMS/Heun/KDPM2: sigmas[begin_index] */
+        float sigma = s->sigmas[i];
+        for (int64_t j = 0; j < n; j++) out[j] = x0[j] + noise[j] * sigma;
+    } else if (s->sigmas) {                 /* DPM-Solver, DEIS, UniPC: _sigma_to_alpha_sigma_t */
+        float sigma = s->sigmas[i], a = 1.0f / sqrtf(sigma * sigma + 1.0f), sg = sigma * a;
+        for (int64_t j = 0; j < n; j++) out[j] = a * x0[j] + sg * noise[j];
+    } else {                                /* DDIM/DDPM/PNDM: alphas_cumprod[timestep] */
+        int t = (int)s->timesteps[i];
+        float ac = t >= 0 && t < s->n_train ? s->alphas_cumprod[t] : 1.0f;
+        float a = sqrtf(ac), b = sqrtf(1.0f - ac);
+        for (int64_t j = 0; j < n; j++) out[j] = a * x0[j] + b * noise[j];
+    }
+}
+
 qd_status qd_scheduler_step(qd_ctx *ctx, qd_scheduler *s, int i, const float *model_output,
                             float *sample, int64_t batch, int64_t per_item, qd_rng *rng) {
     if (s->n_timesteps <= 0)

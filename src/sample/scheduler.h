@@ -64,6 +64,21 @@ float qd_scheduler_model_sigma(const qd_scheduler *s, int i);
 /* scheduler.scale_model_input(x, timesteps[i]) in place on n floats. */
 void qd_scheduler_scale_model_input(qd_scheduler *s, int i, float *x, int64_t n);
 
+/* diffusers' scheduler.order: 2 for the classes whose timesteps repeat for a second
+ * model call (Heun, KDPM2, KDPM2 ancestral), else 1. img2img skips t_start * order
+ * timesteps. */
+int qd_scheduler_order(const qd_scheduler *s);
+/* set_begin_index(i) after set_timesteps (img2img): the first step() is step i, with
+ * the class state as fresh as at step 0 (diffusers keeps no history from skipped steps). */
+qd_status qd_scheduler_set_begin(qd_ctx *ctx, qd_scheduler *s, int i);
+/* scheduler.add_noise(x0, noise, timesteps[i]) (flow classes: scale_noise) on n floats
+ * into out, in float32 as torch: sigma-space classes (Euler, LMS, Heun, KDPM2, ...)
+ * x0 + sigma_i * noise; DPM-Solver/DEIS/UniPC alpha_t x0 + sigma_t noise from sigmas[i];
+ * DDIM/DDPM/PNDM sqrt(ac_t) x0 + sqrt(1 - ac_t) noise at t = timesteps[i]; flow
+ * sigma_i * noise + (1 - sigma_i) * x0. */
+void qd_scheduler_add_noise(const qd_scheduler *s, int i, const float *x0, const float *noise, int64_t n,
+                            float *out);
+
 /* latents = scheduler.step(model_output, timesteps[i], latents, generator=rng).prev_sample,
  * in place. sample holds `batch` items of `per_item` floats. Classes that draw
  * noise call qd_rng_randn(rng, buf, batch*per_item) when diffusers calls

@@ -175,9 +175,10 @@ spec = importlib.util.spec_from_file_location("qdiff_clone", os.path.join(REPO, 
 pack = importlib.util.module_from_spec(spec)
 sys.modules["qdiff_clone"] = pack
 spec.loader.exec_module(pack)
-check(set(pack.NODE_CLASS_MAPPINGS) == {"QdiffSampler", "QdiffLora"} and
-      pack.NODE_DISPLAY_NAME_MAPPINGS == {"QdiffSampler": "qdiff Sampler", "QdiffLora": "qdiff LoRA"},
-      "repo-root __init__.py exports QdiffSampler as 'qdiff Sampler' and QdiffLora as 'qdiff LoRA'")
+check(set(pack.NODE_CLASS_MAPPINGS) == {"QdiffSampler", "QdiffLora", "QdiffVaeEncode"} and
+      pack.NODE_DISPLAY_NAME_MAPPINGS == {"QdiffSampler": "qdiff Sampler", "QdiffLora": "qdiff LoRA",
+                                          "QdiffVaeEncode": "qdiff VAE Encode"},
+      "repo-root __init__.py exports 'qdiff Sampler', 'qdiff LoRA' and 'qdiff VAE Encode'")
 node_mod = sys.modules["qdiff_clone.bindings.comfyui.sampler_node"]
 lq = sys.modules["qdiff_clone.bindings.comfyui.libqdiff"]
 Node = pack.NODE_CLASS_MAPPINGS["QdiffSampler"]
@@ -460,6 +461,58 @@ check(vals == [1, 2, 3] and e is not None and "hook" in str(e), f"  ... at that 
 
 img_after, _ = node.sample(sd15, ASTRO, "", 5, 7.5, 64, 64, 11, "euler", "normal", threads=1)
 check(torch.equal(img_after, img), "after interrupts, the cached model runs again and gives the same image")
+
+# ---- image-to-image: a LATENT input with denoise (ComfyUI's KSampler semantics) ---------
+
+sd15_dir = os.path.join(FX, "models", "sd15-tiny")
+# denoise 1 on ComfyUI's empty (zero) latent is txt2img, bit for bit
+t2i, _ = node.sample(sd15_dir, ASTRO, "", 4, 7.5, 64, 64, 21, "euler", "normal", threads=1, precision="fp32")
+i2i, _ = node.sample(sd15_dir, ASTRO, "", 4, 7.5, 0, 0, 21, "euler", "normal", threads=1, precision="fp32",
+                     latent_image={"samples": torch.zeros(1, 4, 8, 8)}, denoise=1.0)
+check(torch.equal(t2i, i2i), "LATENT of zeros at denoise 1 = txt2img (ComfyUI's EmptyLatentImage), bit-exact")
+# a picture encoded by 'qdiff vae encode' (the mean, as ComfyUI's VAEEncode) into ComfyUI's LATENT space,
+# sampled at denoise 0.5, equals 'qdiff generate --init-image' of the same picture
+pic = os.path.join(FX, "goldens", "shapes-sd", "pipe_00.png")
+lat_file = os.path.join(TMP, "enc.safetensors")
+r = cli(["vae", "encode", "--vae", os.path.join(sd15_dir, "vae"), "-i", pic, "-o", lat_file, "--precision", "fp32"])
+if check(r.returncode == 0, f"qdiff vae encode of {os.path.basename(pic)} ({r.stderr.strip()})"):
+    enc = read_safetensors(lat_file)["latent"]
+    scale, shift = vae_factors(sd15_dir)
+    latent = {"samples": torch.from_numpy(enc / scale + shift)}
+    # the qdiff VAE Encode node gives the same LATENT from the IMAGE
+    Enc = pack.NODE_CLASS_MAPPINGS["QdiffVaeEncode"]
+    pix = torch.from_numpy(read_png(pic).astype(np.float32) / 255.0)[None]
+    (node_lat,) = Enc().encode(sd15_dir, pix, threads=1)
+    r4 = rel_l2(node_lat["samples"].numpy(), latent["samples"].numpy())
+    check(r4 <= 1e-5, f"qdiff VAE Encode node LATENT = qdiff vae encode's / scale + shift: rel L2 {r4:.2e} (tol 1e-5)")
+    img_i2i, _ = node.sample(sd15_dir, "a blue square", "", 4, 7.5, 0, 0, 33, "euler", "karras", threads=1,
+                             precision="fp32", latent_image=latent, denoise=0.5)
+    out = os.path.join(TMP, "i2i_cli.png")
+    r = cli(["generate", "-m", sd15_dir, "-p", "a blue square", "--steps", "4", "--cfg", "7.5", "--seed", "33",
+             "--sampler", "euler", "--schedule", "karras", "--init-image", pic, "--strength", "0.5", "-t", "1", "-q",
+             "--precision", "fp32", "-o", out])
+    if check(r.returncode == 0, f"qdiff generate --init-image ran ({r.stderr.strip()})"):
+        diff = int(np.abs(read_png(out).astype(int) - torch.round(img_i2i[0] * 255).to(torch.uint8).numpy()).max())
+        check(diff == 0, f"node LATENT + denoise 0.5 = CLI --init-image --strength 0.5 (max diff {diff})")
+        check("Denoising strength: 0.5" in Image.open(out).text.get("parameters", ""),
+              "the PNG parameters record 'Denoising strength: 0.5'")
+# the node's LATENT is the encoder's mean, as ComfyUI's VAEEncode: diffusers' golden encoded_mean
+# (sd15-tiny/vae.safetensors: image in [-1, 1] NCHW -> latent_dist.mean)
+vg = read_safetensors(os.path.join(FX, "goldens", "sd15-tiny", "vae.safetensors"))
+pix = torch.from_numpy(((vg["image"][0].transpose(1, 2, 0) + 1) / 2).astype(np.float32))[None]
+(gl,) = pack.NODE_CLASS_MAPPINGS["QdiffVaeEncode"]().encode(sd15_dir, pix.contiguous(), threads=1)
+r5 = rel_l2(gl["samples"].numpy(), vg["encoded_mean"])
+check(r5 <= 1e-4, f"qdiff VAE Encode node = diffusers' encoded_mean golden: rel L2 {r5:.2e} (tol 1e-4)")
+expect_raises(lq.QdiffError, lambda: pack.NODE_CLASS_MAPPINGS["QdiffVaeEncode"]().encode(sd15_dir, torch.zeros(1, 4, 4, 3)),
+              "VAE Encode of a 4x4 image")
+expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, ASTRO, "", 4, 7.5, 64, 64, 1, "euler", "normal",
+                                                  denoise=0.5), "denoise < 1 without a latent_image")
+expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, ASTRO, "", 4, 7.5, 0, 0, 1, "euler", "normal",
+                                                  latent_image={"samples": torch.zeros(1, 16, 8, 8)}),
+              "a 16-channel LATENT for an SD1.5 model")
+expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, ASTRO, "", 4, 7.5, 0, 0, 1, "euler", "normal",
+                                                  latent_image={"samples": torch.zeros(1, 4, 8, 8)}, denoise=0.0),
+              "denoise 0")
 
 # ---- inside ComfyUI: folders under models/diffusers and vae_approx ---------------------
 

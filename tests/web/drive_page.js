@@ -13,7 +13,7 @@ const fs = require("fs");
 const os = require("os");
 const path = require("path");
 
-const [chromium, url, outdir] = process.argv.slice(2);
+const [chromium, url, outdir, initPath] = process.argv.slice(2);
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), "qdiff-web-"));
 const browser = spawn(chromium, [
   "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
@@ -86,7 +86,8 @@ async function main() {
     await page("Input.insertText", {text});
   };
   const click = async (id) => {
-    const box = await evaluate(`(() => { const r = document.getElementById(${JSON.stringify(id)}).getBoundingClientRect();
+    const box = await evaluate(`(() => { const e = document.getElementById(${JSON.stringify(id)});
+                                        e.scrollIntoView({block: "center"}); const r = e.getBoundingClientRect();
                                         return {x: r.x + r.width / 2, y: r.y + r.height / 2}; })()`);
     for (const type of ["mousePressed", "mouseReleased"])
       await page("Input.dispatchMouseEvent", {type, x: box.x, y: box.y, button: "left", clickCount: 1});
@@ -143,16 +144,31 @@ async function main() {
   await evaluate("document.getElementById('history').children[1].click(); 1");
   await sleep(200);
   const shown = await evaluate("document.querySelector('#view img.result').src === document.getElementById('history').children[1].src");
+  // image-to-image: a picture through the file input, denoising strength 0.5, a third image
+  await page("DOM.enable");
+  const {root} = await page("DOM.getDocument", {});
+  const {nodeId} = await page("DOM.querySelector", {nodeId: root.nodeId, selector: "#init"});
+  await page("DOM.setFileInputFiles", {nodeId, files: [initPath]});
+  await type("strength", "0.5");
+  await type("seed", "7");
+  await type("steps", "10");
+  await click("generate");
+  await until("document.getElementById('history').children.length === 3 && !document.getElementById('generate').disabled", "the img2img image");
+  const third = await evaluate(`(() => { const i = document.querySelector('#view img.result');
+      return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
+              error: document.getElementById('error').textContent}; })()`);
   const shot = await page("Page.captureScreenshot", {format: "png"});
   fs.writeFileSync(path.join(outdir, "screenshot.png"), Buffer.from(shot.data, "base64"));
   const png = (src) => Buffer.from(src.replace(/^data:image\/png;base64,/, ""), "base64");
   fs.writeFileSync(path.join(outdir, "result-1.png"), png(first.src));
   fs.writeFileSync(path.join(outdir, "result-2.png"), png(state.src));
+  fs.writeFileSync(path.join(outdir, "result-3.png"), png(third.src));
   const report = {
     samplers: nSamplers, sawPreview: await evaluate("window.sawPreview"), sawProgress,
     first: {w: first.w, h: first.h, params: first.params, status: first.status},
     second: {w: state.w, h: state.h, params: state.params, status: state.status},
     history: state.history, historyClickShows: shown,
+    third: {w: third.w, h: third.h, params: third.params, error: third.error},
   };
   fs.writeFileSync(path.join(outdir, "state.json"), JSON.stringify(report, null, 1));
   console.log(JSON.stringify(report));
