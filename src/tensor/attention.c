@@ -486,10 +486,7 @@ void qd_attention(qd_ctx *ctx, const float *q, int64_t ldq, const float *k, int6
     /* bf16 operands when the context asks for them (qd_ctx_bf16: the CPU has AVX512_BF16) */
     int bf16 = wide && qd_ctx_bf16(ctx);
     att_args a = {q, k, v, ldq, ldk, ldv, Lq, Lk < 0 ? 0 : Lk, dh, qblocks, heads, causal, wide, bf16, out, kn, 0};
-    /* tasks (query block of one head) claimed dynamically, ~8 grains per thread: causal
-     * tasks differ in cost, and a thread that starts late takes fewer */
-    int64_t tasks = B * heads * qblocks, grain = tasks / (8 * (int64_t)qd_threads(ctx));
-    qd_parallel_for_dyn(ctx, tasks, grain > 1 ? grain : 1, att_part, &a);
+    qd_parallel_for(ctx, B * heads * qblocks, att_part, &a);
     if (a.failed) qd_op_failed(ctx, "attention");
     if (ctx->trace) {
         int64_t d[6] = {B, heads, Lq, Lk, dh, causal};
