@@ -2,7 +2,8 @@
  * references computed here: row quantization (sdnq's s = amax/127, RNE(x / s)), both
  * panel packings, and the blocked GEMM with its epilogue, on every kernel this CPU
  * runs, at shapes that hit every edge (M not a multiple of 6, N not of 64, K not of 4,
- * K above one 512-k block), 1 and 2 threads. */
+ * K above one 512-k block), 1 and 2 threads; and on 3 and 7 threads (more than the
+ * cores) bitwise the 1-thread result where the work splits into many items. */
 #include "testutil.h"
 #include "base/ctx.h"
 #include "quant/int8_gemm.h"
@@ -63,7 +64,10 @@ static void test_quantize(void) {
 
 typedef struct { int64_t M, N, K; } shape;
 
-static void run_gemm(qd_ctx *ctx, qd_i8_isa isa, shape sh, int cols, int accumulate, uint32_t *seed) {
+/* Checks ctx's result against the int64 reference; with `also`, that context's result
+ * (same inputs, y reset) must be bitwise the same: items claimed by any thread in any
+ * order, each output written once (accumulate would add a twice-run item twice). */
+static void run_gemm(qd_ctx *ctx, qd_ctx *also, qd_i8_isa isa, shape sh, int cols, int accumulate, uint32_t *seed) {
     int64_t M = sh.M, N = sh.N, K = sh.K, kp = qd_i8_kpad(K), Mp = (M + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR;
     int64_t npan = (N + QD_I8_NR - 1) / QD_I8_NR, ldy = N + 3;
     int8_t *xq = calloc((size_t)(Mp * kp), 1), *w = malloc((size_t)(N * K));
@@ -117,6 +121,17 @@ static void run_gemm(qd_ctx *ctx, qd_i8_isa isa, shape sh, int cols, int accumul
     check(rc == 0 && exact, "%s gemm M=%lld N=%lld K=%lld (%s panels, %s, %d thr): matches the int64 reference "
           "(rel_l2 %.2g, every element within 4e-6 of its largest term)", qd_i8_isa_name(isa), (long long)M, (long long)N,
           (long long)K, cols ? "column" : "row", accumulate ? "accumulate" : "overwrite", qd_threads(ctx), sqrt(d2 / r2));
+    if (also) {
+        float *y1 = malloc(sizeof(float) * (size_t)(M * ldy));
+        memcpy(y1, y, sizeof(float) * (size_t)(M * ldy));
+        memcpy(y, y0, sizeof(float) * (size_t)(M * ldy));
+        rc = qd_i8_gemm(also, isa, &g);
+        check(rc == 0 && memcmp(y, y1, sizeof(float) * (size_t)(M * ldy)) == 0,
+              "%s gemm M=%lld N=%lld K=%lld (%s): %d threads give bitwise the %d-thread result", qd_i8_isa_name(isa),
+              (long long)M, (long long)N, (long long)K, accumulate ? "accumulate" : "overwrite", qd_threads(also),
+              qd_threads(ctx));
+        free(y1);
+    }
     free(xq); free(w); free(wt); free(pan); free(sx); free(sw); free(zp); free(bias); free(y); free(y0); free(xsum);
 }
 
@@ -128,11 +143,21 @@ int main(void) {
     for (int isa = QD_I8_GENERIC; isa <= QD_I8_VNNI; isa++) {
         if (!qd_i8_supported((qd_i8_isa)isa)) { printf("skip %s (CPU lacks it)\n", qd_i8_isa_name((qd_i8_isa)isa)); continue; }
         for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
-            run_gemm(i % 2 ? c2 : c1, (qd_i8_isa)isa, shapes[i], (int)(i % 3 == 1), (int)(i % 2), &seed);
-            run_gemm(i % 2 ? c1 : c2, (qd_i8_isa)isa, shapes[i], (int)(i % 3 != 1), (int)(i % 2 == 0), &seed);
+            run_gemm(i % 2 ? c2 : c1, NULL, (qd_i8_isa)isa, shapes[i], (int)(i % 3 == 1), (int)(i % 2), &seed);
+            run_gemm(i % 2 ? c1 : c2, NULL, (qd_i8_isa)isa, shapes[i], (int)(i % 3 != 1), (int)(i % 2 == 0), &seed);
         }
+    }
+    /* many work items (token blocks x panel groups) on more threads than cores */
+    static const shape many[] = {{200, 700, 300}, {1000, 130, 64}, {37, 2000, 96}};
+    qd_ctx *c3 = test_ctx_new(3), *c7 = test_ctx_new(7);
+    qd_i8_isa best = qd_i8_pick();
+    for (size_t i = 0; i < sizeof many / sizeof *many; i++) {
+        run_gemm(c1, c3, best, many[i], (int)(i % 2), 1, &seed);
+        run_gemm(c1, c7, best, many[i], (int)(i % 2 == 0), 0, &seed);
     }
     qd_ctx_free(c1);
     qd_ctx_free(c2);
+    qd_ctx_free(c3);
+    qd_ctx_free(c7);
     return test_summary();
 }

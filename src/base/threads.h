@@ -6,10 +6,22 @@
 #include "base/ctx.h"
 
 /* fn(arg, begin, end, thread_index) is called on disjoint ranges covering [0, n).
- * Ranges are contiguous chunks, one per thread (static split). Runs inline when
- * n is small or the context has one thread. */
+ * Static split: part i of qd_threads(ctx) parts is [n*i/parts, n*(i+1)/parts) and is
+ * always called with thread_index i, exactly once (empty parts are skipped), so a
+ * function may keep per-index scratch or partial sums. Which thread runs a part is
+ * not fixed (the caller takes the parts of workers that have not started), so parts
+ * must not wait for each other. Runs inline (fn(arg, 0, n, 0)) when n < 2 or the
+ * context has one thread. */
 typedef void (*qd_range_fn)(void *arg, int64_t begin, int64_t end, int thread);
 void qd_parallel_for(qd_ctx *ctx, int64_t n, qd_range_fn fn, void *arg);
+
+/* Dynamic split: the threads claim [b, b + grain) ranges (the last one shorter) in
+ * increasing b until none is left, so a thread that starts late or runs slower
+ * takes fewer. thread_index is the running thread (0 = caller, < qd_threads(ctx)):
+ * distinct among calls running at the same time, for per-thread scratch; which
+ * ranges a thread gets varies, so results must not depend on it. One thread: the
+ * ranges in order on the caller. */
+void qd_parallel_for_dyn(qd_ctx *ctx, int64_t n, int64_t grain, qd_range_fn fn, void *arg);
 
 /* Number of threads parallel_for may use (>= 1). */
 int qd_threads(const qd_ctx *ctx);

@@ -1,11 +1,12 @@
 /* int8 GEMM: quantization of rows, weight panel packing, micro-kernels per ISA and
  * the cache-blocked driver (see int8_gemm.h for the arithmetic).
  *
- * Blocking: each thread owns blocks of mc tokens (their codes stay in L2). For every
- * weight panel (64 outputs x kp, shared by all threads, packed once per call) it
- * walks K in blocks of KC (a 64 x KC sub-panel stays in L1) and runs the 6 x 64
- * micro-kernel down the token block, accumulating int32 into a small mc x 64 tile;
- * after the last K block the tile goes through the float epilogue into y. */
+ * Blocking: a work item is a block of mc tokens (their codes stay in L2) and a group
+ * of weight panels (64 outputs x kp each, packed once per call, shared by all
+ * threads). For every panel of its group it walks K in blocks of KC (a 64 x KC
+ * sub-panel stays in L1) and runs the 6 x 64 micro-kernel down the token block,
+ * accumulating int32 into a small mc x 64 tile; after the last K block the tile goes
+ * through the float epilogue into y. */
 #include "quant/int8_gemm.h"
 #include "base/threads.h"
 
@@ -295,28 +296,34 @@ static void epi_avx512(const epi_ctx *e, const int32_t *c, int64_t m, int64_t n0
 
 /* ---- driver ---- */
 
+/* Work items: a block of mc tokens (codes stay in L2) x a group of panels, claimed
+ * dynamically (item = block * npg + group, so threads claiming neighbours share a
+ * block), so a thread that starts late or shares its CPU takes fewer items. Every
+ * output is computed by one item in the same order whoever runs it: the result
+ * does not depend on the thread count. */
 typedef struct {
     const qd_i8_gemm_args *g;
     qd_i8_isa isa;
-    int64_t mc, nblk;
-    int failed;
+    int64_t mc, npanels, npg, pgsize;
+    int32_t *tiles;        /* mc x NR int32 per thread slot */
 } gemm_job;
 
-static void gemm_part(void *arg, int64_t b, int64_t e, int thread) {
+static void gemm_items(void *arg, int64_t b, int64_t e, int slot) {
     gemm_job *j = arg;
     const qd_i8_gemm_args *g = j->g;
-    int32_t *cb = malloc(sizeof(int32_t) * (size_t)(j->mc * QD_I8_NR));
-    if (!cb) { __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED); return; }
+    int32_t *cb = j->tiles + (int64_t)slot * j->mc * QD_I8_NR;
     void (*kern)(const int8_t *, int64_t, const uint8_t *, int64_t, int32_t *, int) =
         j->isa == QD_I8_VNNI ? kern_vnni : j->isa == QD_I8_AVX2 ? kern_avx2 : kern_generic;
     void (*epi)(const epi_ctx *, const int32_t *, int64_t, int64_t, int) = j->isa == QD_I8_VNNI ? epi_avx512 : epi_generic;
     epi_ctx ec = {g, j->isa == QD_I8_VNNI ? 128 : 0};
-    int64_t kp = g->kp, k4n = kp / 4, npanels = (g->N + QD_I8_NR - 1) / QD_I8_NR, pbytes = qd_i8_panel_bytes(kp);
-    for (int64_t blk = b; blk < e; blk++) {
+    int64_t kp = g->kp, k4n = kp / 4, pbytes = qd_i8_panel_bytes(kp);
+    for (int64_t item = b; item < e; item++) {
+        int64_t blk = item / j->npg, p0 = item % j->npg * j->pgsize;
+        int64_t p1 = p0 + j->pgsize < j->npanels ? p0 + j->pgsize : j->npanels;
         int64_t m0 = blk * j->mc, mend = m0 + j->mc < g->M ? m0 + j->mc : g->M;
-        if (m0 >= mend) break;
+        if (m0 >= mend) continue;
         int64_t rows = (mend - m0 + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR;   /* xq is padded to MR */
-        for (int64_t p = 0; p < npanels; p++) {
+        for (int64_t p = p0; p < p1; p++) {
             const uint8_t *panel = g->panels + p * pbytes;
             for (int64_t k0 = 0; k0 < k4n; k0 += KC / 4) {
                 int64_t kn = k4n - k0 < KC / 4 ? k4n - k0 : KC / 4;
@@ -328,22 +335,29 @@ static void gemm_part(void *arg, int64_t b, int64_t e, int thread) {
             for (int64_t m = m0; m < mend; m++) epi(&ec, cb + (m - m0) * QD_I8_NR, m, n0, nb);
         }
     }
-    free(cb);
 }
 
 int qd_i8_gemm(qd_ctx *ctx, qd_i8_isa isa, const qd_i8_gemm_args *g) {
     if (g->M <= 0 || g->N <= 0) return 0;
-    /* token blocks: codes of one block fit MC_BYTES, and the count is a multiple of the
-     * thread count so the static split gives every thread the same work */
     int t = qd_threads(ctx);
+    /* token blocks whose codes fit MC_BYTES, equal sizes */
     int64_t mc = MC_BYTES / g->kp / QD_I8_MR * QD_I8_MR;
     if (mc < QD_I8_MR) mc = QD_I8_MR;
     if (mc > 192) mc = 192;
     int64_t nblk = (g->M + mc - 1) / mc;
-    nblk = (nblk + t - 1) / t * t;
     mc = ((g->M + nblk - 1) / nblk + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR;
     nblk = (g->M + mc - 1) / mc;
-    gemm_job j = {g, isa, mc, nblk, 0};
-    qd_parallel_for(ctx, nblk, gemm_part, &j);
-    return j.failed ? -1 : 0;
+    /* several threads: at least ~8 items per thread (split the panels when the blocks
+     * are fewer), so the last claims leave little idle time */
+    int64_t npanels = (g->N + QD_I8_NR - 1) / QD_I8_NR, npg = 1;
+    if (t > 1 && nblk < 8 * (int64_t)t) npg = (8 * (int64_t)t + nblk - 1) / nblk;
+    if (npg > npanels) npg = npanels;
+    int64_t pgsize = (npanels + npg - 1) / npg;
+    npg = (npanels + pgsize - 1) / pgsize;
+    int32_t *tiles = malloc(sizeof(int32_t) * (size_t)(t * mc * QD_I8_NR));
+    if (!tiles) return -1;
+    gemm_job j = {g, isa, mc, npanels, npg, pgsize, tiles};
+    qd_parallel_for_dyn(ctx, nblk * npg, 1, gemm_items, &j);
+    free(tiles);
+    return 0;
 }

@@ -76,8 +76,9 @@ typedef struct {
     int accumulate;         /* 1: y += result, 0: y = result */
 } qd_i8_gemm_args;
 
-/* Runs on the context's threads (split over tokens). Returns 0, or -1 when a
- * thread's scratch could not be allocated (y is then incomplete). */
+/* Runs on the context's threads (items of tokens x outputs claimed dynamically; the
+ * result is the same for any thread count). Returns 0, or -1 when the scratch could
+ * not be allocated (y is then untouched). */
 int qd_i8_gemm(qd_ctx *ctx, qd_i8_isa isa, const qd_i8_gemm_args *g);
 
 #endif
