@@ -315,6 +315,12 @@ qd_status qd_read_image(qd_ctx *ctx, const char *path, uint8_t **rgb, int *width
 qd_status qd_decode_image(qd_ctx *ctx, const char *name, const void *data, size_t len, uint8_t **rgb, int *width,
                           int *height);
 
+/* The same as RGBA8 [height, width, 4] (alpha 255 where the file has none; *has_alpha,
+ * if not NULL, says whether it had an alpha channel or tRNS): inpainting masks. */
+qd_status qd_read_image_rgba(qd_ctx *ctx, const char *path, uint8_t **rgba, int *width, int *height, int *has_alpha);
+qd_status qd_decode_image_rgba(qd_ctx *ctx, const char *name, const void *data, size_t len, uint8_t **rgba, int *width,
+                               int *height, int *has_alpha);
+
 /* Resize RGB8: area averaging when shrinking, bilinear between pixel centres when enlarging. */
 qd_status qd_resize_rgb8(qd_ctx *ctx, const uint8_t *src, int src_width, int src_height,
                          uint8_t *dst, int dst_width, int dst_height);
