@@ -1,4 +1,4 @@
-/* qdiff generate: text-to-image (or image-to-image with --init-image) from a diffusers folder. */
+/* qdiff generate: text-to-image (or image-to-image with --init-image, inpainting with --mask) from a diffusers folder. */
 #include "cli.h"
 
 #include <errno.h>
