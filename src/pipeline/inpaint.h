@@ -9,8 +9,8 @@
 #include "base/rng.h"
 #include "sample/scheduler.h"
 
-/* Validate p->mask for a resolved p: an init image or latents, mask_count 0, 1 or
- * init_count, values finite in [0, 1]. QD_ERR_ARG naming the problem. */
+/* Validate p->mask (if any) for a resolved p: an init image or latents, mask_count 0, 1
+ * or init_count, values finite in [0, 1]. QD_ERR_ARG naming the problem. */
 qd_status qd_inpaint_check(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p);
 
 /* diffusers' mask_processor (do_binarize: >= 0.5 -> 1, else 0) followed by

@@ -342,10 +342,8 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     if (p->batch < 1 || p->batch > 64) return qd_fail(ctx, QD_ERR_ARG, "batch must be 1..64 (got %d)", p->batch);
     if (fmt != QD_IMAGE_F32 && fmt != QD_IMAGE_RGB8) return qd_fail(ctx, QD_ERR_ARG, "unknown image format %d", (int)fmt);
     int img2img = qd_img2img_on(p);
-    if (p->mask && !img2img)
-        return qd_fail(ctx, QD_ERR_ARG, "inpainting: a mask needs an init image (or init latents) to keep");
     if (img2img) QD_TRY(qd_img2img_check(ctx, m, p));
-    if (img2img) QD_TRY(qd_inpaint_check(ctx, m, p));
+    QD_TRY(qd_inpaint_check(ctx, m, p));
     QD_TRY(qd_model_use_loras(ctx, m, p->loras, p->lora_scales, p->n_loras));
     int previews = p->preview && p->preview_vae && p->preview_every > 0;
     if (previews && qd_vae_describe(p->preview_vae)->latent_channels != m->latent_channels)
