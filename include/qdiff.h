@@ -185,6 +185,25 @@ typedef struct {
     const float *init_latents;
     int init_count;
     double strength;
+    /* ---- inpainting (appended; README "Inpainting") ----
+     * mask: float [H, W] (mask_count 0 or 1: one mask for every init image) or
+     * [mask_count = init_count, H, W], row-major at the resolved width x height, values in
+     * [0, 1], 1 = repaint, 0 = keep. Needs init_image or init_latents. strength 0 then
+     * means the diffusers *InpaintPipeline default (1.0 SD1.5, 0.9999 SDXL, 0.6 SD3/FLUX).
+     *   Diffusers classes, as StableDiffusion(XL|3)InpaintPipeline / FluxInpaintPipeline
+     *     with an ordinary (4/16-channel) denoiser: the mask binarized at 0.5 and resized
+     *     to the latent grid with nearest interpolation; start as image-to-image (at
+     *     strength 1 SD1.5/SDXL start from pure noise * init_noise_sigma), then the
+     *     masked image's encode draw; after each scheduler step
+     *     latents = (1 - m) * add_noise(image_latents, noise, next step) + m * latents,
+     *     with the image latents themselves after the last step (kept cells equal them
+     *     exactly).
+     *   k-samplers, as ComfyUI's KSampler with SetLatentNoiseMask: the mask resized
+     *     bilinearly (soft); every model call sees x * m + noised(latent, sigma) * (1 - m)
+     *     and its x0 becomes x0 * m + latent * (1 - m).
+     * 9-channel inpainting UNets are refused at load. */
+    const float *mask;
+    int mask_count;
 } qd_gen_params;
 
 enum { QD_NOISE_COMFYUI = 0, QD_NOISE_DIFFUSERS = 1 };
@@ -295,6 +314,12 @@ qd_status qd_read_image(qd_ctx *ctx, const char *path, uint8_t **rgb, int *width
 /* The same from `len` bytes in memory (e.g. an upload); errors name `name`. */
 qd_status qd_decode_image(qd_ctx *ctx, const char *name, const void *data, size_t len, uint8_t **rgb, int *width,
                           int *height);
+
+/* The same as RGBA8 [height, width, 4] (alpha 255 where the file has none; *has_alpha,
+ * if not NULL, says whether it had an alpha channel or tRNS): inpainting masks. */
+qd_status qd_read_image_rgba(qd_ctx *ctx, const char *path, uint8_t **rgba, int *width, int *height, int *has_alpha);
+qd_status qd_decode_image_rgba(qd_ctx *ctx, const char *name, const void *data, size_t len, uint8_t **rgba, int *width,
+                               int *height, int *has_alpha);
 
 /* Resize RGB8: area averaging when shrinking, bilinear between pixel centres when enlarging. */
 qd_status qd_resize_rgb8(qd_ctx *ctx, const uint8_t *src, int src_width, int src_height,

@@ -214,6 +214,34 @@ for bad_case in '"init_images":[]|init_images' '"init_images":["!!!"]|base64' '"
     || bad "img2img bad input ('${bad_case#*|}'): $code $(head -c 300 "$tmp/r.json")"
 done
 
+# ---- inpainting: A1111's mask (+ mask_blur, inpainting_mask_invert), against generate --mask ----
+"${QD_PYTHON:-/usr/bin/python3}" -c "
+from PIL import Image
+h = Image.new('L', (64, 64), 0); h.paste(255, (0, 0, 32, 64)); h.save('$tmp/mhalf.png')
+inv = Image.new('L', (64, 64), 255); inv.paste(0, (0, 0, 32, 64)); inv.save('$tmp/mhalf_inv.png')
+a = Image.new('RGBA', (64, 64), (0, 0, 0, 255)); a.paste((0, 0, 0, 0), (0, 0, 32, 64)); a.save('$tmp/mhalf_openai.png')
+Image.new('L', (64, 64), 255).save('$tmp/mopaque.png')
+" || bad "making masks with PIL"
+mb64=$(base64 -w0 "$tmp/mhalf.png")
+req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":4,\"seed\":3,\"denoising_strength\":0.75,\"mask_blur\":0,\"inpainting_fill\":1,\"inpaint_full_res\":false,\"init_images\":[\"$b64\"],\"mask\":\"$mb64\"}"
+if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/m") == 1 ]]; then
+  cli sd15-tiny "$tmp/cli-m.png" -p "$P" --steps 4 --seed 3 --init-image "$pic" --strength 0.75 --mask "$tmp/mhalf.png"
+  same_png "img2img with a mask (mask_blur 0)" "$tmp/m-0.png" "$tmp/cli-m.png"
+else bad "img2img mask: $code $(head -c 300 "$tmp/r.json")"; fi
+req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":4,\"seed\":3,\"sampler_name\":\"Euler\",\"inpainting_mask_invert\":1,\"init_images\":[\"$b64\"],\"mask\":\"data:image/png;base64,$(base64 -w0 "$tmp/mhalf_inv.png")\"}"
+if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/n") == 1 ]]; then
+  cli sd15-tiny "$tmp/cli-n.png" -p "$P" --steps 4 --seed 3 --sampler euler --init-image "$pic" --strength 0.75 --mask "$tmp/mhalf.png" --mask-blur 4
+  same_png "img2img Euler, inverted mask + inpainting_mask_invert, A1111's default mask_blur 4" "$tmp/n-0.png" "$tmp/cli-n.png"
+  [[ $(jget "$tmp/r.json" info.infotexts.0) == *"Mask blur: 4"* ]] && ok "img2img infotext records Mask blur: 4" \
+    || bad "img2img mask infotext: $(jget "$tmp/r.json" info.infotexts.0)"
+else bad "img2img inverted mask: $code $(head -c 300 "$tmp/r.json")"; fi
+for bad_case in "\"mask\":\"$mb64\",\"inpainting_fill\":0|inpainting_fill" "\"mask\":\"$mb64\",\"inpaint_full_res\":true|inpaint_full_res" \
+                '"mask":"!!!"|base64' '"mask":"aGVsbG8="|not a PNG or JPEG' "\"mask\":\"$mb64\",\"mask_blur\":-2|mask_blur" '"mask":7|mask'; do
+  req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":4,\"init_images\":[\"$b64\"],${bad_case%|*}}"
+  [[ $code == 400 ]] && grep -q "${bad_case#*|}" "$tmp/r.json" && ok "img2img bad mask input ('${bad_case#*|}') -> 400 $(head -c 200 "$tmp/r.json")" \
+    || bad "img2img bad mask input ('${bad_case#*|}'): $code $(head -c 300 "$tmp/r.json")"
+done
+
 cli sd15-tiny "$tmp/cli-c.png" -p "$P" --steps 5 --seed 11 -W 64 -H 64 --sampler dpmpp_2m --schedule karras
 for s in '"sampler_name":"DPM++ 2M Karras"' '"sampler_name":"DPM++ 2M"' '"sampler_name":"dpmpp_2m","scheduler":"Karras"'; do
   req POST /sdapi/v1/txt2img -d "{\"prompt\":\"$P\",\"steps\":5,\"seed\":11,\"width\":64,\"height\":64,$s}"
@@ -286,7 +314,14 @@ if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/f") == 1 ]]; t
 else bad "OpenAI edits defaults: $code $(head -c 300 "$tmp/r.json")"; fi
 expect_error "edits: JSON instead of multipart" 400 "" "multipart/form-data" POST /v1/images/edits -d '{"prompt":"x"}'
 expect_error "edits: no image" 400 image "image: required" POST /v1/images/edits -F "prompt=$P"
-expect_error "edits: a mask" 400 mask "inpainting is not supported" POST /v1/images/edits -F "image=@$pic" -F "mask=@$pic" -F "prompt=$P"
+# OpenAI's mask: fully transparent pixels are repainted; the SD1.5 inpaint default strength (1)
+req POST /v1/images/edits -F "image=@$pic;type=image/png" -F "mask=@$tmp/mhalf_openai.png;type=image/png" -F "prompt=$P" -F seed=8 -F steps=4
+if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/g") == 1 ]]; then
+  cli sd15-tiny "$tmp/cli-g.png" -p "$P" --steps 4 --seed 8 --init-image "$pic" --mask "$tmp/mhalf.png"
+  same_png "OpenAI edits with a mask (transparent = repaint)" "$tmp/g-0.png" "$tmp/cli-g.png"
+else bad "OpenAI edits mask: $code $(head -c 300 "$tmp/r.json")"; fi
+expect_error "edits: a mask without transparency" 400 mask "no transparent pixels" POST /v1/images/edits -F "image=@$pic" -F "mask=@$tmp/mopaque.png" -F "prompt=$P"
+expect_error "edits: a mask that is not an image" 400 mask "not a PNG or JPEG" POST /v1/images/edits -F "image=@$pic" -F "mask=@$fx/models/sd15-tiny/model_index.json" -F "prompt=$P"
 expect_error "edits: not an image" 400 image "not a PNG or JPEG" POST /v1/images/edits -F "image=@$fx/models/sd15-tiny/model_index.json" -F "prompt=$P"
 expect_error "edits: strength 2" 400 strength "strength: expected" POST /v1/images/edits -F "image=@$pic" -F "prompt=$P" -F strength=2
 

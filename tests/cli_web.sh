@@ -44,7 +44,12 @@ done
 
 mkdir -p "$artifacts"
 init_pic="$fx/goldens/shapes-sd/pipe_03.png"   # the img2img upload
-if node "$here/web/drive_page.js" "$chromium" "$U/" "$tmp" "$init_pic" >"$tmp/drive.out" 2>"$tmp/drive.err"; then
+mask_pic="$tmp/mask.png"   # the inpainting upload: the left half repainted
+"${QD_PYTHON:-/usr/bin/python3}" -c "
+from PIL import Image
+h = Image.new('L', (64, 64), 0); h.paste(255, (0, 0, 32, 64)); h.save('$mask_pic')
+" || bad "making the mask with PIL"
+if node "$here/web/drive_page.js" "$chromium" "$U/" "$tmp" "$init_pic" "$mask_pic" >"$tmp/drive.out" 2>"$tmp/drive.err"; then
   ok "page driven: $(cat "$tmp/drive.out")"
 else
   bad "driving the page: $(cat "$tmp/drive.err") $(cat "$tmp/drive.out")"
@@ -72,10 +77,15 @@ params=$(python3 "$chk" get "$st" first.params)
   --steps 8 --cfg 5 --seed 99 --sampler euler_ancestral -o "$tmp/cli-2.png"
 "$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
   --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$init_pic" --strength 0.5 -o "$tmp/cli-3.png"
+"$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
+  --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$init_pic" --strength 0.75 --mask "$mask_pic" -o "$tmp/cli-4.png"
+params=$(python3 "$chk" get "$st" fourth.params)
+[[ $params == *"Denoising strength: 0.75"* && $params == *"Mask blur: 0"* ]] && ok "inpainting from the page's mask input: parameters ${params//$'\n'/ | }" \
+  || bad "inpainting parameters shown: $params $(python3 "$chk" get "$st" fourth.error)"
 params=$(python3 "$chk" get "$st" third.params)
 [[ $params == *"Denoising strength: 0.5"* ]] && ok "img2img from the page's file input: parameters ${params//$'\n'/ | }" \
   || bad "img2img parameters shown: $params $(python3 "$chk" get "$st" third.error)"
-for k in 1 2 3; do
+for k in 1 2 3 4; do
   if why=$(python3 "$chk" same "$tmp/result-$k.png" "$tmp/cli-$k.png"); then
     ok "image $k shown by the page = qdiff generate's pixels"
   else bad "image $k differs from qdiff generate: $why"; fi

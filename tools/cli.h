@@ -83,14 +83,26 @@ int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t
                        qd_gen_params *p, float **out, char *err, size_t errn);
 int cli_init_image(qd_ctx *ctx, const qd_model *m, const char *path, qd_gen_params *p, float **out);
 
+/* Inpainting mask (mask_image.c): the RGBA8 picture `name` (iw x ih) as float [H, W] in
+ * [0, 1] at p's (already set) width x height, set as p->mask: its alpha when not all
+ * opaque (> 128 = repaint, A1111's create_binary_mask), else its luminance (white =
+ * repaint); alpha_repaint: OpenAI's rule instead (fully transparent = repaint); invert
+ * (A1111's inpainting_mask_invert), then a Gaussian blur of `blur` pixels (A1111's
+ * mask_blur, cv2.GaussianBlur), then the resize. *out: free it. 0 ok, -1 with the reason
+ * in err. cli_mask reads the file first and prints the reason. */
+int cli_mask_rgba(qd_ctx *ctx, const char *name, const uint8_t *rgba, int iw, int ih, int has_alpha, int alpha_repaint,
+                  int invert, int blur, qd_gen_params *p, float **out, char *err, size_t errn);
+int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, qd_gen_params *p, float **out);
+
 /* A random seed that fits in 32 bits, as A1111 draws them. */
 uint64_t cli_random_seed(void);
 /* The last component of a model folder path (per-thread buffer). */
 const char *cli_model_name(const char *dir);
 /* The k-sampler's schedule as generate records it (NULL without a sampler). */
 const char *cli_schedule_label(const qd_model *m, const qd_gen_params *p);
-/* The A1111 "parameters" text of one image of a resolved (qd_gen_params_resolve) run. */
+/* The A1111 "parameters" text of one image of a resolved (qd_gen_params_resolve) run;
+ * mask_blur: the blur applied to p->mask (A1111's "Mask blur", written with a mask). */
 void cli_params_text(char *buf, size_t n, const qd_model *m, const char *model_name, const qd_gen_params *p,
-                     int batch_pos);
+                     int batch_pos, int mask_blur);
 
 #endif

@@ -1,4 +1,4 @@
-/* qdiff generate: text-to-image (or image-to-image with --init-image) from a diffusers folder. */
+/* qdiff generate: text-to-image (or image-to-image with --init-image, inpainting with --mask) from a diffusers folder. */
 #include "cli.h"
 
 #include <errno.h>
@@ -79,6 +79,14 @@ static void usage_generate(FILE *f) {
         "                             SD3/FLUX): runs the last steps of the schedule (diffusers classes:\n"
         "                             int(steps * X) of them; --sampler: steps of a schedule of\n"
         "                             int(steps / X))\n"
+        "      --mask MASK            inpainting (with --init-image): repaint where MASK is white (PNG/JPEG,\n"
+        "                             luminance, grey = partly; or, when it has transparency, where it is\n"
+        "                             opaque, as A1111), resized to the image; --strength defaults to the\n"
+        "                             inpaint pipelines' (1.0 SD1.5, 0.9999 SDXL, 0.6 SD3/FLUX). Diffusers\n"
+        "                             classes binarize it at 0.5 per latent cell; --sampler blends softly\n"
+        "      --mask-invert          repaint where MASK is black instead\n"
+        "      --mask-blur PX         blur the mask by a Gaussian of PX pixels first (A1111's mask_blur;\n"
+        "                             default 0)\n"
         "  -q, --quiet                no progress output\n"
         "  -h, --help                 this help\n");
 }
@@ -117,7 +125,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
            O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM, O_VAE_TILE, O_LORA,
-           O_INIT_IMAGE, O_STRENGTH };
+           O_INIT_IMAGE, O_STRENGTH, O_MASK, O_MASK_INVERT, O_MASK_BLUR };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -138,12 +146,16 @@ int cmd_generate(int argc, char **argv) {
         {"vae-tile", required_argument, 0, O_VAE_TILE},
         {"lora", required_argument, 0, O_LORA},
         {"init-image", required_argument, 0, O_INIT_IMAGE}, {"strength", required_argument, 0, O_STRENGTH},
+        {"mask", required_argument, 0, O_MASK}, {"mask-invert", no_argument, 0, O_MASK_INVERT},
+        {"mask-blur", required_argument, 0, O_MASK_BLUR},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
     const char *model_dir = NULL, *out = NULL, *latents_path = NULL, *preview_path = NULL, *preview_vae_path = NULL;
-    const char *config_from = NULL, *init_path = NULL;
-    float *init_img = NULL;
+    const char *config_from = NULL, *init_path = NULL, *mask_path = NULL;
+    float *init_img = NULL, *mask = NULL;
+    int mask_invert = 0;
+    long mask_blur = 0;
     long threads = 0, v;
     int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision;
     long vae_tile = -1;
@@ -238,6 +250,18 @@ int cmd_generate(int argc, char **argv) {
             break;
         }
         case O_INIT_IMAGE: init_path = optarg; break;
+        case O_MASK: mask_path = optarg; break;
+        case O_MASK_INVERT: mask_invert = 1; break;
+        case O_MASK_BLUR: {
+            char *end;
+            errno = 0;
+            mask_blur = strtol(optarg, &end, 10);
+            if (errno || *end || end == optarg || mask_blur < 0 || mask_blur > 64) {
+                fprintf(stderr, "qdiff: --mask-blur expects pixels 0..64, got '%s'\n", optarg);
+                return EXIT_BAD;
+            }
+            break;
+        }
         case O_STRENGTH: {
             char *end;
             errno = 0;
@@ -266,6 +290,15 @@ int cmd_generate(int argc, char **argv) {
     if (sched_opts[0]) p.scheduler_options = sched_opts;
     if (p.strength != 0 && !init_path) {
         fprintf(stderr, "qdiff: --strength goes with --init-image\n");
+        return EXIT_BAD;
+    }
+    if ((mask_path || mask_invert || mask_blur) && !init_path) {
+        fprintf(stderr, "qdiff: --mask (and --mask-invert, --mask-blur) go with --init-image: inpainting repaints part "
+                "of that image\n");
+        return EXIT_BAD;
+    }
+    if ((mask_invert || mask_blur) && !mask_path) {
+        fprintf(stderr, "qdiff: --mask-invert and --mask-blur go with --mask\n");
         return EXIT_BAD;
     }
     if (p.sampler && (p.scheduler || p.karras == 1)) {
@@ -323,7 +356,8 @@ int cmd_generate(int argc, char **argv) {
         p.preview_user = &pv;
         if (p.preview_every == 0) p.preview_every = 1;
     }
-    if (init_path && cli_init_image(ctx, m, init_path, &p, &init_img)) {
+    if ((init_path && cli_init_image(ctx, m, init_path, &p, &init_img)) ||
+        (mask_path && cli_mask(ctx, mask_path, mask_invert, (int)mask_blur, &p, &mask))) {
         rc = EXIT_BAD;
         goto done;
     }
@@ -348,7 +382,7 @@ int cmd_generate(int argc, char **argv) {
     const char *mname = cli_model_name(model_dir);
     for (int k = 1; k <= p.batch; k++) {
         char params[8192];
-        cli_params_text(params, sizeof params, m, mname, &p, k - 1);
+        cli_params_text(params, sizeof params, m, mname, &p, k - 1, (int)mask_blur);
         const char *keys[] = {"parameters"};
         const char *vals[] = {params};
         numbered(path, sizeof path, out, k, p.batch);
@@ -366,6 +400,7 @@ int cmd_generate(int argc, char **argv) {
     }
 done:
     free(init_img);
+    free(mask);
     free(img);
     free(lat);
     qd_vae_close(preview_vae);

@@ -72,6 +72,8 @@ struct srv_job {
     int n_loras;
     int seed_requested_random;
     float *init_image;          /* img2img: the decoded, resized init image p.init_image points at */
+    float *mask;                /* inpainting: the mask p.mask points at */
+    int mask_blur;              /* its blur (A1111's "Mask blur" of the infotext) */
     /* progress, under srv.mu */
     int state, iter, step, total, cancel, refs;
     double t_queued, t_start, t_end;
@@ -180,6 +182,12 @@ int srv_lora_extract(const srv_options *o, char *prompt, srv_job *j, srv_error *
  * param and, in the message, what (e.g. "init_images[0]"). */
 int srv_init_image(srv *s, srv_model *m, const uint8_t *bytes, size_t n, const char *param, const char *what,
                    double strength, srv_job *j, srv_error *err);
+/* Inpainting mask of a request (server_params.c), after srv_init_image: PNG/JPEG bytes
+ * made into j->mask at the job's size by cli_mask_rgba (alpha_repaint: OpenAI's
+ * transparent = repaint; else A1111's white / opaque = repaint, invert, blur). Errors
+ * (400) name param and, in the message, what. */
+int srv_mask(const uint8_t *bytes, size_t n, const char *param, const char *what, int alpha_repaint, int invert,
+             int blur, srv_job *j, srv_error *err);
 /* The reply of a finished job that did not succeed (cancelled, failed), or 0. */
 int srv_job_error(srv *s, const srv_job *j, srv_reply *rp);
 

@@ -59,6 +59,51 @@ static char *job_info(const srv_job *j) {
     return text;
 }
 
+static int bad_field(srv_error *err, const char *param, const char *msg) {
+    snprintf(err->param, sizeof err->param, "%s", param);
+    snprintf(err->message, sizeof err->message, "%s: %s", param, msg);
+    err->status = 400;
+    return -1;
+}
+
+/* A1111's inpainting fields: mask (base64 PNG/JPEG: white, or opaque where it has
+ * transparency, = repaint), mask_blur (default 4, as A1111's mask_blur_x/y),
+ * inpainting_mask_invert (0/1), inpainting_fill (only 1 "original": the image's own
+ * latents are kept and noised; absent means that too), inpaint_full_res (only false:
+ * the whole picture is inpainted; absent means that too). */
+static int inpaint_params(const cJSON *body, srv_job *j, srv_error *err) {
+    const cJSON *mask = cJSON_GetObjectItemCaseSensitive(body, "mask");
+    const cJSON *fill = cJSON_GetObjectItemCaseSensitive(body, "inpainting_fill");
+    const cJSON *full = cJSON_GetObjectItemCaseSensitive(body, "inpaint_full_res");
+    const cJSON *inv = cJSON_GetObjectItemCaseSensitive(body, "inpainting_mask_invert");
+    const cJSON *blur = cJSON_GetObjectItemCaseSensitive(body, "mask_blur");
+    if (!mask || cJSON_IsNull(mask)) return 0;
+    if (!cJSON_IsString(mask)) return bad_field(err, "mask", "expected a base64 PNG or JPEG");
+    if (fill && !cJSON_IsNull(fill) && !(cJSON_IsNumber(fill) && fill->valuedouble == 1))
+        return bad_field(err, "inpainting_fill", "only 1 (original) is supported: the masked area starts from the "
+                         "image itself");
+    if (full && !cJSON_IsNull(full) && !cJSON_IsFalse(full) && !(cJSON_IsNumber(full) && full->valuedouble == 0))
+        return bad_field(err, "inpaint_full_res", "only false is supported: the whole picture is inpainted");
+    if (inv && !cJSON_IsNull(inv) && !(cJSON_IsNumber(inv) && (inv->valuedouble == 0 || inv->valuedouble == 1)) &&
+        !cJSON_IsBool(inv))
+        return bad_field(err, "inpainting_mask_invert", "expected 0 or 1");
+    int invert = inv && (cJSON_IsTrue(inv) || (cJSON_IsNumber(inv) && inv->valuedouble == 1));
+    int px = 4;
+    if (blur && !cJSON_IsNull(blur)) {
+        if (!cJSON_IsNumber(blur) || blur->valuedouble != (int)blur->valuedouble || blur->valuedouble < 0 ||
+            blur->valuedouble > 64)
+            return bad_field(err, "mask_blur", "expected whole pixels 0..64");
+        px = (int)blur->valuedouble;
+    }
+    uint8_t *bytes = NULL;
+    size_t n = 0;
+    const char *b64 = mask->valuestring, *comma = strncmp(b64, "data:", 5) ? NULL : strchr(b64, ',');
+    if (srv_base64_decode(comma ? comma + 1 : b64, &bytes, &n)) return bad_field(err, "mask", "not valid base64");
+    int rc = srv_mask(bytes, n, "mask", "mask", 0, invert, px, j, err);
+    free(bytes);
+    return rc;
+}
+
 /* img2img's own fields: init_images (base64 PNG/JPEG; the first is used, as one image
  * serves the batch) and denoising_strength (A1111's default 0.75). */
 static int img2img_params(srv *s, srv_model *m, const cJSON *body, srv_job *j, srv_error *err) {
@@ -91,7 +136,7 @@ static int img2img_params(srv *s, srv_model *m, const cJSON *body, srv_job *j, s
     }
     int rc = srv_init_image(s, m, bytes, n, "init_images", "init_images[0]", strength, j, err);
     free(bytes);
-    return rc;
+    return rc ? rc : inpaint_params(body, j, err);
 }
 
 static void a1111_generate(srv *s, const srv_request *rq, srv_reply *rp, int img2img) {

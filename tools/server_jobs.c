@@ -240,7 +240,7 @@ static void run_job(srv *s, srv_model *m, srv_job *j) {
         for (int k = 0; k < batch && st == QD_OK; k++) {
             int idx = it * batch + k;
             char text[8192];
-            cli_params_text(text, sizeof text, m->model, m->name, &p, k);
+            cli_params_text(text, sizeof text, m->model, m->name, &p, k, j->mask_blur);
             const char *keys[] = {"parameters"}, *vals[] = {text};
             uint8_t *png = NULL;
             size_t len = 0;
@@ -347,6 +347,7 @@ static void job_free(srv_job *j) {
     free(j->preview_b64);
     free(j->prompt);
     free(j->init_image);
+    free(j->mask);
     free(j->negative);
     for (int i = 0; i < j->n_loras; i++) free(j->lora_paths[i]);
     free(j->sampler);

@@ -4,8 +4,10 @@
  * qdiff's additions negative_prompt, steps, cfg_scale, seed, sampler_name, scheduler,
  * force_task_id (the A1111 meanings).
  * POST /v1/images/edits: the same fields as multipart/form-data with the picture in
- * "image" (PNG/JPEG; image-to-image, not inpainting: a "mask" is refused) and qdiff's
- * "strength" (default: the pipeline's, see README "Image-to-image"). */
+ * "image" (PNG/JPEG; image-to-image), an optional "mask" (PNG with transparency: the
+ * fully transparent pixels are repainted, as OpenAI's edits; resized to the image) and
+ * qdiff's "strength" (default: the pipeline's, see README "Image-to-image" and
+ * "Inpainting"). */
 #include "server.h"
 
 #include <microhttpd.h>
@@ -30,7 +32,8 @@ static void rename_param(srv_error *err, const char *from, const char *to) {
 }
 
 /* Both endpoints: body holds the fields; image (n bytes) the edit's picture or NULL. */
-static void openai_run(srv *s, cJSON *body, const uint8_t *image, size_t image_len, double strength, srv_reply *rp) {
+static void openai_run(srv *s, cJSON *body, const uint8_t *image, size_t image_len, const uint8_t *mask, size_t mask_len,
+                       double strength, srv_reply *rp) {
     srv_job *j = NULL;
     const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(body, "prompt");
     const cJSON *n = cJSON_GetObjectItemCaseSensitive(body, "n");
@@ -90,6 +93,9 @@ static void openai_run(srv *s, cJSON *body, const uint8_t *image, size_t image_l
             rename_param(&err, "width", "size");
             srv_job_release(s, j);
             j = NULL;
+        } else if (mask && srv_mask(mask, mask_len, "mask", "mask", 1, 0, 0, j, &err)) {
+            srv_job_release(s, j);
+            j = NULL;
         }
     }
     cJSON_Delete(req);
@@ -116,7 +122,7 @@ done:
 
 void openai_generations(srv *s, const srv_request *rq, srv_reply *rp) {
     cJSON *body = srv_parse_body(rq, rp);
-    if (body) openai_run(s, body, NULL, 0, 0, rp);
+    if (body) openai_run(s, body, NULL, 0, NULL, 0, 0, rp);
 }
 
 /* ---- multipart/form-data (RFC 7578) for /v1/images/edits ---- */
@@ -155,8 +161,8 @@ void openai_edits(srv *s, const srv_request *rq, srv_reply *rp) {
     if (bl == 0 || bl > 150) { srv_reply_error(rp, 400, NULL, "multipart/form-data: bad boundary"); return; }
     int dl = snprintf(delim, sizeof delim, "\r\n--%.*s", (int)bl, b);
     cJSON *body = cJSON_CreateObject();
-    const uint8_t *image = NULL;
-    size_t image_len = 0;
+    const uint8_t *image = NULL, *mask = NULL;
+    size_t image_len = 0, mask_len = 0;
     double strength = 0;
     const char *end = rq->body + rq->body_len;
     /* the first delimiter has no CRLF before it */
@@ -174,7 +180,7 @@ void openai_edits(srv *s, const srv_request *rq, srv_reply *rp) {
         if (!strcmp(name, "image") || !strcmp(name, "image[]")) {
             if (!image) { image = (const uint8_t *)c; image_len = n; }
         } else if (!strcmp(name, "mask")) {
-            bad = "mask: inpainting is not supported (qdiff serve edits the whole image: image-to-image)";
+            if (!mask) { mask = (const uint8_t *)c; mask_len = n; }
         } else if (n >= sizeof value) {
             bad = "multipart/form-data: a text field over 4 KiB";
         } else {
@@ -203,5 +209,5 @@ void openai_edits(srv *s, const srv_request *rq, srv_reply *rp) {
         cJSON_Delete(body);
         return;
     }
-    openai_run(s, body, image, image_len, strength, rp);
+    openai_run(s, body, image, image_len, mask, mask_len, strength, rp);
 }

@@ -379,3 +379,26 @@ int srv_init_image(srv *s, srv_model *m, const uint8_t *bytes, size_t n, const c
     qd_ctx_free(ctx);
     return rc;
 }
+
+int srv_mask(const uint8_t *bytes, size_t n, const char *param, const char *what, int alpha_repaint, int invert,
+             int blur, srv_job *j, srv_error *err) {
+    uint8_t *rgba = NULL;
+    int w = 0, h = 0, alpha = 0, rc = -1;
+    qd_ctx *ctx = qd_ctx_new(1);
+    err->status = 400;
+    snprintf(err->param, sizeof err->param, "%s", param);
+    if (!ctx) snprintf(err->message, sizeof err->message, "out of memory");
+    else if (qd_decode_image_rgba(ctx, what, bytes, n, &rgba, &w, &h, &alpha) != QD_OK)
+        snprintf(err->message, sizeof err->message, "%s", qd_last_error(ctx));
+    else if (cli_mask_rgba(ctx, what, rgba, w, h, alpha, alpha_repaint, invert, blur, &j->p, &j->mask, err->message,
+                           sizeof err->message) == 0)
+        rc = 0;
+    if (rc == 0) {
+        j->mask_blur = blur;
+        err->status = 0;
+        err->param[0] = 0;
+    }
+    free(rgba);
+    qd_ctx_free(ctx);
+    return rc;
+}

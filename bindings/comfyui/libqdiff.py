@@ -71,6 +71,8 @@ class GenParams(ctypes.Structure):
         ("init_latents", ctypes.POINTER(ctypes.c_float)),
         ("init_count", ctypes.c_int),
         ("strength", ctypes.c_double),
+        ("mask", ctypes.POINTER(ctypes.c_float)),
+        ("mask_count", ctypes.c_int),
     ]
 
 

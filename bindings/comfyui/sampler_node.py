@@ -1,6 +1,7 @@
 """The "qdiff Sampler" ComfyUI node: text-to-image with libqdiff from a diffusers folder,
 or image-to-image from an optional LATENT (ComfyUI's VAEEncode output, or an earlier
-run's) with denoise as ComfyUI's KSampler takes it.
+run's) with denoise as ComfyUI's KSampler takes it, and inpainting with an optional MASK
+(or the LATENT's "noise_mask", as SetLatentNoiseMask leaves it).
 
 Returns ComfyUI's IMAGE (torch.float32 [B, H, W, 3] in [0, 1]) and LATENT
 ({"samples": [B, C, H/8, W/8]} in the VAE's own latent space, as ComfyUI's
@@ -285,12 +286,14 @@ class QdiffSampler:
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                       "tooltip": "with latent_image: how much of the schedule runs (diffusers' strength); "
                                                  "ComfyUI samplers: the last steps of steps/denoise"}),
+                "mask": ("MASK", {"tooltip": "inpainting with latent_image: 1 = repaint, 0 = keep (as SetLatentNoiseMask; "
+                                             "a LATENT's own noise_mask is used when this is not connected)"}),
             },
         }
 
     def sample(self, model, prompt, negative_prompt, steps, cfg, width, height, seed, sampler_name, scheduler,
                batch_size=1, guidance=3.5, threads=0, matmul="auto", precision=None, preview_vae="", loras=None,
-               latent_image=None, denoise=1.0):
+               latent_image=None, denoise=1.0, mask=None):
         folder = _resolve_folder(model)
         lib = libqdiff.load()
         kw = {}
@@ -317,8 +320,9 @@ class QdiffSampler:
             vae = CACHE.preview_vae(_resolve_preview_vae(preview_vae, m.family))
             factors = _vae_factors(m.folder)   # read before the run: a bad config fails fast
             init = self._init_latents(m, p, latent_image, denoise, factors)
+            held_mask = self._mask(p, latent_image, mask)
             result = self._run(ctx, m, p, vae, factors)
-            del keep, init
+            del keep, init, held_mask
             return result
 
     @staticmethod
@@ -355,6 +359,33 @@ class QdiffSampler:
         p.init_count = b
         p.strength = float(denoise)
         return x
+
+    @staticmethod
+    def _mask(p, latent_image, mask):
+        """Point p at the inpainting mask: the MASK input, else the LATENT's "noise_mask" (ComfyUI's
+        SetLatentNoiseMask), as [count, H, W] at the picture's size (1 = repaint). A mask of another
+        size is first resized bilinearly to it (ComfyUI resizes straight to the latent grid: equal
+        for masks at the picture's size). The tensor returned must stay alive for the run."""
+        if mask is None and isinstance(latent_image, dict):
+            mask = latent_image.get("noise_mask")
+        if mask is None:
+            return None
+        if latent_image is None:
+            raise libqdiff.QdiffError("a mask needs a latent_image to keep (inpainting)", libqdiff.QD_ERR_ARG)
+        mk = mask.to(torch.float32)
+        if mk.dim() < 2 or mk.dim() > 4 or (mk.dim() == 4 and mk.shape[1] != 1):
+            raise libqdiff.QdiffError(f"mask must be [H, W], [B, H, W] or [B, 1, H, W] (got {list(mk.shape)})",
+                                      libqdiff.QD_ERR_ARG)
+        mk = mk.reshape(-1, 1, mk.shape[-2], mk.shape[-1])
+        if mk.shape[-2:] != (p.height, p.width):
+            mk = torch.nn.functional.interpolate(mk, size=(p.height, p.width), mode="bilinear")
+        mk = mk[:, 0].clamp(0.0, 1.0).contiguous()
+        if mk.shape[0] not in (1, max(p.init_count, 1)):
+            raise libqdiff.QdiffError(f"{mk.shape[0]} masks for {max(p.init_count, 1)} latents (give 1 or "
+                                      f"{max(p.init_count, 1)})", libqdiff.QD_ERR_ARG)
+        p.mask = ctypes.cast(mk.data_ptr(), ctypes.POINTER(ctypes.c_float))
+        p.mask_count = mk.shape[0]
+        return mk
 
     def _run(self, ctx, m, p, vae, factors):
         shape = libqdiff.image_shape(m, p)

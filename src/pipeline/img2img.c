@@ -25,6 +25,11 @@
 
 double qd_img2img_strength(const qd_model *m, const qd_gen_params *p) {
     if (p->strength != 0) return p->strength;
+    if (p->mask) switch (m->family) {   /* the __call__ defaults of each InpaintPipeline */
+        case QD_FAMILY_SD15: return 1.0;
+        case QD_FAMILY_SDXL: return 0.9999;
+        default: return 0.6;
+        }
     switch (m->family) {   /* the __call__ defaults of each Img2ImgPipeline */
     case QD_FAMILY_SD15: return 0.8;
     case QD_FAMILY_SDXL: return 0.3;

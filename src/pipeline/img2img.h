@@ -13,7 +13,8 @@
 static inline int qd_img2img_on(const qd_gen_params *p) { return p->init_image || p->init_latents; }
 
 /* The strength in effect: p->strength, or the family's diffusers Img2ImgPipeline default
- * (0.8 SD1.5, 0.3 SDXL, 0.6 SD3 and FLUX) when it is 0. */
+ * (0.8 SD1.5, 0.3 SDXL, 0.6 SD3 and FLUX) when it is 0; with a mask, the InpaintPipeline's
+ * (1.0 SD1.5, 0.9999 SDXL, 0.6 SD3 and FLUX). */
 double qd_img2img_strength(const qd_model *m, const qd_gen_params *p);
 
 /* diffusers' get_timesteps: t_start = max(steps - min(int(steps * strength), steps), 0),

@@ -120,6 +120,8 @@ typedef struct {
     qd_rng rng_init, rng_step;  /* ComfyUI: seed and seed + 1; diffusers: rng_init for all */
     qd_brownian *brownian;      /* SDE samplers */
     qd_sched_config thr;        /* dynamic thresholding of x0 (diffusers' keys), when .thresholding */
+    const float *mask, *init;   /* inpainting: ComfyUI's noise mask and the latent image */
+    double *noise0, *xmix;      /* inpainting: the initial noise (unscaled), the blended model input */
 } ks_loop;
 
 /* FLUX's 2x2 latent packing [C, h, w] -> [(h/2)*(w/2), 4C] (unpack: the reverse), per item. */
@@ -204,6 +206,14 @@ static qd_status ks_denoise(void *user, const double *x, double sigma, double *x
     const qd_gen_params *p = L->p;
     if (ctx->cancel) return qd_fail(ctx, QD_ERR_CANCELLED, "cancelled at step %d of %d", L->calls, L->total);
     int flow = L->ms.kind == QD_MS_FLOW;
+    if (L->mask) {   /* ComfyUI's KSamplerX0Inpaint: kept cells see the latent noised to this sigma */
+        for (int64_t k = 0; k < L->n; k++) {
+            double mk = L->mask[k], noised = flow ? sigma * L->noise0[k] + (1.0 - sigma) * L->init[k]
+                                                  : L->init[k] + L->noise0[k] * sigma;
+            L->xmix[k] = x[k] * mk + noised * (1.0 - mk);
+        }
+        x = L->xmix;
+    }
     double c_in = flow ? 1 : 1 / sqrt(sigma * sigma + 1);
     float t = flow ? (float)sigma * 1000.0f : (float)qd_sigma_to_t(sigma, L->ms.log_sigmas_f, L->ms.n);
     for (int64_t r = 0; r < L->rows; r++) {
@@ -229,6 +239,8 @@ static qd_status ks_denoise(void *user, const double *x, double sigma, double *x
             QD_TRY(qd_sched_threshold(ctx, &L->thr, L->ftmp, 1, L->per));
             for (int64_t j = 0; j < L->per; j++) xb[j] = L->ftmp[j];
         }
+    if (L->mask)   /* ... and the denoised output keeps the latent there */
+        for (int64_t k = 0; k < L->n; k++) x0[k] = x0[k] * L->mask[k] + L->init[k] * (1.0 - L->mask[k]);
     if (uncond_x0) {   /* CFG++; without guidance the only estimate there is */
         if (L->guidance) to_x0(L, x, sigma, un, uncond_x0);
         else memcpy(uncond_x0, x0, sizeof(double) * (size_t)L->n);
@@ -356,8 +368,8 @@ qd_status qd_ksample_sigmas(qd_ctx *ctx, const qd_model *m, const qd_gen_params 
 }
 
 qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_scheduler *s,
-                          qd_ks_model_fn model, void *model_user, const float *init, float *latents, int64_t batch,
-                          int64_t per, int64_t rows) {
+                          qd_ks_model_fn model, void *model_user, const float *init, const float *mask,
+                          float *latents, int64_t batch, int64_t per, int64_t rows) {
     const qd_ksampler *ks = qd_ksampler_find(p->sampler);
     if (!ks) return unknown_name(ctx, QD_LIST_SAMPLERS, "sampler", p->sampler);
     ks_loop L = {0};
@@ -367,6 +379,8 @@ qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p
     L.s = s;
     L.model = model;
     L.model_user = model_user;
+    L.mask = init ? mask : NULL;
+    L.init = init;
     L.B = batch;
     L.per = per;
     L.n = batch * per;
@@ -401,6 +415,11 @@ qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p
         L.ftmp = malloc(sizeof(float) * (size_t)per);
         L.previews = p->preview && p->preview_vae && p->preview_every > 0;
         x = malloc(sizeof(double) * (size_t)L.n);
+        if (L.mask) {
+            L.noise0 = malloc(sizeof(double) * (size_t)L.n);
+            L.xmix = malloc(sizeof(double) * (size_t)L.n);
+            if (!L.noise0 || !L.xmix) st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+        }
         if (!L.model_in || !L.model_out || !L.pred_f || !L.fnoise || !L.ftmp || !x)
             st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
     }
@@ -412,6 +431,7 @@ qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p
         qd_rng_seed(&L.rng_step, p->seed + 1);
         /* initial noise: torch.randn(latent shape) from the seed, packed for FLUX */
         draw(&L, &L.rng_init, 1, x);
+        if (L.mask) memcpy(L.noise0, x, sizeof(double) * (size_t)L.n);
         double s0 = sig[0], scale = s0;
         if (!flow) {
             double smax = qd_ms_sigma_max(&L.ms);
@@ -449,5 +469,7 @@ qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p
     free(L.pred_f);
     free(L.fnoise);
     free(L.ftmp);
+    free(L.noise0);
+    free(L.xmix);
     return st;
 }

@@ -34,9 +34,12 @@ qd_status qd_ksample_sigmas(qd_ctx *ctx, const qd_model *m, const qd_gen_params 
  * be resolved (qd_gen_params_resolve). latents [batch, per] (FLUX: packed)
  * receive the final sample. init: NULL (text-to-image: a zero latent), or the
  * image-to-image start [batch, per] (packed), noised to the first sigma of the
- * denoise-shortened schedule (p->strength) as ComfyUI's KSampler does. */
+ * denoise-shortened schedule (p->strength) as ComfyUI's KSampler does. mask: NULL, or
+ * (inpainting, with init) ComfyUI's noise mask on the latent grid [batch, per] (packed):
+ * every model call sees x * mask + noise_scaling(sigma, noise, init) * (1 - mask) and
+ * returns x0 * mask + init * (1 - mask), as ComfyUI's KSampler with SetLatentNoiseMask. */
 qd_status qd_ksample_loop(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, const qd_scheduler *s,
-                          qd_ks_model_fn model, void *model_user, const float *init, float *latents, int64_t batch,
-                          int64_t per, int64_t rows);
+                          qd_ks_model_fn model, void *model_user, const float *init, const float *mask,
+                          float *latents, int64_t batch, int64_t per, int64_t rows);
 
 #endif

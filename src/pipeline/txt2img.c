@@ -8,6 +8,7 @@
 #include "base/ctx.h"
 #include "base/rng.h"
 #include "pipeline/img2img.h"
+#include "pipeline/inpaint.h"
 #include "pipeline/ksample_loop.h"
 #include "base/act_pool.h"
 #include "pipeline/model.h"
@@ -251,6 +252,7 @@ static qd_status decode_images(qd_ctx *ctx, qd_model *m, const float *latents, i
 
 typedef struct {
     float *latents, *model_in, *model_out, *noise_pred;
+    float *mask, *keep, *keep_noise;   /* inpainting: latent mask, image latents and their noise (loop layout) */
     qd_cond cond;
     qd_scheduler *sched;
     denoiser d;
@@ -258,6 +260,7 @@ typedef struct {
 
 static void gen_state_free(gen_state *g) {
     free(g->latents); free(g->model_in); free(g->model_out); free(g->noise_pred);
+    free(g->mask); free(g->keep); free(g->keep_noise);
     free(g->d.img_ids); free(g->d.txt_ids); free(g->d.ts); free(g->d.gs);
     qd_cond_free(&g->cond);
     qd_scheduler_free(g->sched);
@@ -274,23 +277,49 @@ static void initial_noise(qd_model *m, qd_rng *rng, gen_state *g, int64_t B, int
     for (int64_t i = 0; i < n; i++) g->latents[i] *= sigma;
 }
 
+/* [B, per] unpacked -> the loop's layout (packed for FLUX). */
+static void to_loop_layout(const qd_model *m, const gen_state *g, const float *src, int64_t B, int64_t per, float *dst) {
+    for (int64_t b = 0; b < B; b++) {
+        if (m->family == QD_FAMILY_FLUX) pack_latents(src + b * per, g->d.C, g->d.h, g->d.w, dst + b * per, 0);
+        else memcpy(dst + b * per, src + b * per, sizeof(float) * (size_t)per);
+    }
+}
+
 /* Image-to-image start. Diffusers classes: the init latents (encode sampled from rng),
  * then noise from rng, add_noise at timestep index begin = t_start * order, packed
- * for FLUX into g->latents. k-samplers: *init gets the encoder's mean (packed), the
- * loop noises it itself. */
+ * for FLUX into g->latents (inpainting: qd_inpaint_start, and the image latents, their
+ * noise and the nearest mask kept in g for the blend). k-samplers: *init gets the
+ * encoder's mean (packed), the loop noises it itself (inpainting: g->mask bilinear). */
 static qd_status init_latents(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, gen_state *g, int64_t B, int64_t per,
                               qd_rng *rng, int *begin, float **init) {
     int64_t n = B * per;
+    int inpaint = p->mask != NULL;
     float *x0 = malloc(sizeof(float) * (size_t)n), *noise = malloc(sizeof(float) * (size_t)n);
-    qd_status st = x0 && noise ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    float *il = inpaint ? malloc(sizeof(float) * (size_t)n) : NULL;
+    qd_status st = x0 && noise && (il || !inpaint) ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    if (st == QD_OK && inpaint) {
+        g->mask = malloc(sizeof(float) * (size_t)n);
+        if (!p->sampler) {
+            g->keep = malloc(sizeof(float) * (size_t)n);
+            g->keep_noise = malloc(sizeof(float) * (size_t)n);
+        }
+        if (!g->mask || (!p->sampler && (!g->keep || !g->keep_noise))) st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+        if (st == QD_OK) st = qd_inpaint_latent_mask(ctx, m, p, B, p->sampler != NULL, g->mask);
+    }
     if (st == QD_OK && p->sampler) st = qd_img2img_latents(ctx, m, p, B, NULL, x0);
+    else if (st == QD_OK && inpaint) st = qd_inpaint_start(ctx, m, p, g->sched, B, rng, begin, x0, il, noise);
     else if (st == QD_OK) st = qd_img2img_start(ctx, m, p, g->sched, B, rng, begin, x0);
-    for (int64_t b = 0; st == QD_OK && b < B; b++) {
-        float *dst = p->sampler ? noise + b * per : g->latents + b * per;
-        if (m->family == QD_FAMILY_FLUX) pack_latents(x0 + b * per, g->d.C, g->d.h, g->d.w, dst, 0);
-        else memcpy(dst, x0 + b * per, sizeof(float) * (size_t)per);
+    if (st == QD_OK && p->sampler) {
+        to_loop_layout(m, g, x0, B, per, noise);
+    } else if (st == QD_OK) {
+        to_loop_layout(m, g, x0, B, per, g->latents);
+        if (inpaint) {
+            to_loop_layout(m, g, il, B, per, g->keep);
+            to_loop_layout(m, g, noise, B, per, g->keep_noise);
+        }
     }
     free(x0);
+    free(il);
     if (st == QD_OK && p->sampler) *init = noise;
     else free(noise);
     return st;
@@ -314,6 +343,7 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     if (fmt != QD_IMAGE_F32 && fmt != QD_IMAGE_RGB8) return qd_fail(ctx, QD_ERR_ARG, "unknown image format %d", (int)fmt);
     int img2img = qd_img2img_on(p);
     if (img2img) QD_TRY(qd_img2img_check(ctx, m, p));
+    QD_TRY(qd_inpaint_check(ctx, m, p));
     QD_TRY(qd_model_use_loras(ctx, m, p->loras, p->lora_scales, p->n_loras));
     int previews = p->preview && p->preview_vae && p->preview_every > 0;
     if (previews && qd_vae_describe(p->preview_vae)->latent_channels != m->latent_channels)
@@ -372,7 +402,7 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     int total = st == QD_OK && !p->sampler ? qd_scheduler_len(g.sched) : 0;
     double t0 = qd_now();
     if (st == QD_OK && p->sampler)   /* a ComfyUI / k-diffusion sampler runs its own loop */
-        st = qd_ksample_loop(ctx, m, p, g.sched, ks_model, &g.d, init, g.latents, B, per, rows);
+        st = qd_ksample_loop(ctx, m, p, g.sched, ks_model, &g.d, init, g.mask, g.latents, B, per, rows);
     free(init);
     for (int i = begin; st == QD_OK && i < total; i++) {
         for (int64_t r = 0; r < rows; r++)
@@ -393,6 +423,11 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
             st = send_preview(ctx, m, p, g.sched, i, call, calls, g.model_in, g.noise_pred, per, g.d.C, g.d.h, g.d.w);
         if (st != QD_OK) break;
         st = qd_scheduler_step(ctx, g.sched, i, g.noise_pred, g.latents, B, per, &rng);
+        if (st == QD_OK && g.mask) {   /* the InpaintPipelines: kept cells = image latents noised to the next step */
+            if (i + 1 < total) qd_scheduler_add_noise(g.sched, i + 1, g.keep, g.keep_noise, n, g.model_out);
+            else memcpy(g.model_out, g.keep, sizeof(float) * (size_t)n);
+            qd_inpaint_blend(g.mask, g.model_out, g.latents, n);
+        }
         if (st == QD_OK && p->progress && p->progress(p->progress_user, call, calls, qd_now() - t0))
             ctx->cancel = 1;
         if (st == QD_OK && ctx->cancel) st = qd_fail(ctx, QD_ERR_CANCELLED, "cancelled at step %d of %d", call, calls);

@@ -496,6 +496,30 @@ if check(r.returncode == 0, f"qdiff vae encode of {os.path.basename(pic)} ({r.st
         check(diff == 0, f"node LATENT + denoise 0.5 = CLI --init-image --strength 0.5 (max diff {diff})")
         check("Denoising strength: 0.5" in Image.open(out).text.get("parameters", ""),
               "the PNG parameters record 'Denoising strength: 0.5'")
+    # inpainting: a MASK (left half repainted), and the same as the LATENT's noise_mask
+    # (SetLatentNoiseMask), equal 'qdiff generate --mask' of the same picture
+    half = torch.zeros(1, 64, 64)
+    half[:, :, :32] = 1.0
+    Image.fromarray((half[0].numpy() * 255).astype(np.uint8), "L").save(os.path.join(TMP, "half.png"))
+    img_m, _ = node.sample(sd15_dir, "a blue square", "", 4, 7.5, 0, 0, 33, "euler", "karras", threads=1,
+                           precision="fp32", latent_image=latent, denoise=0.5, mask=half)
+    img_n, _ = node.sample(sd15_dir, "a blue square", "", 4, 7.5, 0, 0, 33, "euler", "karras", threads=1,
+                           precision="fp32", latent_image=dict(latent, noise_mask=half.reshape(1, 1, 64, 64)), denoise=0.5)
+    check(torch.equal(img_m, img_n), "MASK input = the LATENT's noise_mask, bit for bit")
+    check(not torch.equal(img_m, img_i2i), "the mask changes the picture (inpainting is not image-to-image)")
+    out = os.path.join(TMP, "inpaint_cli.png")
+    r = cli(["generate", "-m", sd15_dir, "-p", "a blue square", "--steps", "4", "--cfg", "7.5", "--seed", "33",
+             "--sampler", "euler", "--schedule", "karras", "--init-image", pic, "--strength", "0.5", "-t", "1", "-q",
+             "--precision", "fp32", "--mask", os.path.join(TMP, "half.png"), "-o", out])
+    if check(r.returncode == 0, f"qdiff generate --mask ran ({r.stderr.strip()})"):
+        diff = int(np.abs(read_png(out).astype(int) - torch.round(img_m[0] * 255).to(torch.uint8).numpy()).max())
+        check(diff == 0, f"node LATENT + MASK = CLI --init-image --mask (max diff {diff})")
+    expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, ASTRO, "", 4, 7.5, 64, 64, 1, "euler", "normal",
+                                                      mask=half, precision="fp32", threads=1), "a mask without a latent_image")
+    expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, ASTRO, "", 4, 7.5, 0, 0, 1, "euler", "normal",
+                                                      latent_image=latent, denoise=0.5, mask=torch.zeros(1, 3, 64, 64),
+                                                      precision="fp32", threads=1),
+                  "a mask of 3 channels")
 # the node's LATENT is the encoder's mean, as ComfyUI's VAEEncode: diffusers' golden encoded_mean
 # (sd15-tiny/vae.safetensors: image in [-1, 1] NCHW -> latent_dist.mean)
 vg = read_safetensors(os.path.join(FX, "goldens", "sd15-tiny", "vae.safetensors"))

@@ -13,7 +13,7 @@ const fs = require("fs");
 const os = require("os");
 const path = require("path");
 
-const [chromium, url, outdir, initPath] = process.argv.slice(2);
+const [chromium, url, outdir, initPath, maskPath] = process.argv.slice(2);
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), "qdiff-web-"));
 const browser = spawn(chromium, [
   "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
@@ -157,18 +157,33 @@ async function main() {
   const third = await evaluate(`(() => { const i = document.querySelector('#view img.result');
       return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
               error: document.getElementById('error').textContent}; })()`);
+  // inpainting: the same picture with a mask file (blur 0), a fourth image
+  let fourth = null;
+  if (maskPath) {
+    const m = await page("DOM.querySelector", {nodeId: root.nodeId, selector: "#mask"});
+    await page("DOM.setFileInputFiles", {nodeId: m.nodeId, files: [maskPath]});
+    await type("maskblur", "0");
+    await type("strength", "0.75");
+    await click("generate");
+    await until("document.getElementById('history').children.length === 4 && !document.getElementById('generate').disabled", "the inpainted image");
+    fourth = await evaluate(`(() => { const i = document.querySelector('#view img.result');
+        return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
+                error: document.getElementById('error').textContent}; })()`);
+  }
   const shot = await page("Page.captureScreenshot", {format: "png"});
   fs.writeFileSync(path.join(outdir, "screenshot.png"), Buffer.from(shot.data, "base64"));
   const png = (src) => Buffer.from(src.replace(/^data:image\/png;base64,/, ""), "base64");
   fs.writeFileSync(path.join(outdir, "result-1.png"), png(first.src));
   fs.writeFileSync(path.join(outdir, "result-2.png"), png(state.src));
   fs.writeFileSync(path.join(outdir, "result-3.png"), png(third.src));
+  if (fourth) fs.writeFileSync(path.join(outdir, "result-4.png"), png(fourth.src));
   const report = {
     samplers: nSamplers, sawPreview: await evaluate("window.sawPreview"), sawProgress,
     first: {w: first.w, h: first.h, params: first.params, status: first.status},
     second: {w: state.w, h: state.h, params: state.params, status: state.status},
     history: state.history, historyClickShows: shown,
     third: {w: third.w, h: third.h, params: third.params, error: third.error},
+    fourth: fourth ? {w: fourth.w, h: fourth.h, params: fourth.params, error: fourth.error} : null,
   };
   fs.writeFileSync(path.join(outdir, "state.json"), JSON.stringify(report, null, 1));
   console.log(JSON.stringify(report));

@@ -1,0 +1,144 @@
+/* Inpainting for ordinary (4/16-channel) denoisers.
+ * Diffusers classes, as diffusers 0.32's StableDiffusionInpaintPipeline,
+ * StableDiffusionXLInpaintPipeline, StableDiffusion3InpaintPipeline and FluxInpaintPipeline
+ * (pipelines/<family>/pipeline_<family>_inpaint.py, Apache-2.0) do it when the denoiser's
+ * in_channels equal the latent channels:
+ *   - mask_processor = VaeImageProcessor(do_normalize=False, do_binarize=True,
+ *     do_convert_grayscale=True): mask >= 0.5 -> 1, else 0, at the pixel size;
+ *   - prepare_latents: image_latents = _encode_vae_image(image, generator) (the sampled
+ *     latent_dist: the first draw), noise = randn_tensor(shape, generator), latents =
+ *     noise (* init_noise_sigma) when strength == 1 (is_strength_max, SD/SDXL/SD3; the
+ *     flow schedulers' scale_noise at sigma 1 gives the same), else add_noise /
+ *     scale_noise(image_latents, noise, timesteps[0]);
+ *   - prepare_mask_latents: mask = F.interpolate(mask, size=(h, w)) (mode "nearest"),
+ *     masked_image = init_image * (mask < 0.5) encoded with the generator (a draw of
+ *     [images, C, h, w]; the 4/16-channel path never reads its values, so it is drawn and
+ *     dropped here), nothing drawn when latents were given;
+ *   - the loop, after scheduler.step: init_latents_proper = image_latents, noised with
+ *     scheduler.add_noise / scale_noise(.., noise, timesteps[i + 1]) unless i is the last
+ *     step; latents = (1 - init_mask) * init_latents_proper + init_mask * latents.
+ * k-samplers, as ComfyUI documents SetLatentNoiseMask + KSampler: the noise mask resized to
+ * the latent grid bilinearly (soft values kept); each model call sees
+ * x * mask + noise_scaling(sigma, noise, latent) * (1 - mask) and its denoised output is
+ * denoised * mask + latent * (1 - mask) (ksample_loop.c). */
+#include "pipeline/inpaint.h"
+#include "pipeline/img2img.h"
+#include "base/ctx.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+qd_status qd_inpaint_check(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p) {
+    (void)m;
+    if (!p->mask) return QD_OK;
+    if (!p->init_image && !p->init_latents)
+        return qd_fail(ctx, QD_ERR_ARG, "inpainting: a mask needs an init image (or init latents) to keep");
+    int images = p->init_count > 0 ? p->init_count : 1, masks = p->mask_count > 0 ? p->mask_count : 1;
+    if (p->mask_count < 0 || (masks != 1 && masks != images))
+        return qd_fail(ctx, QD_ERR_ARG, "inpainting: %d masks for %d init images (give 1 or %d)", p->mask_count,
+                       images, images);
+    int64_t n = (int64_t)masks * p->height * p->width;
+    for (int64_t i = 0; i < n; i++)
+        if (!(p->mask[i] >= 0.0f && p->mask[i] <= 1.0f))
+            return qd_fail(ctx, QD_ERR_ARG, "inpainting: mask value %g at index %lld is not in [0, 1]",
+                           (double)p->mask[i], (long long)i);
+    return QD_OK;
+}
+
+/* torch's nearest_idx for mode "nearest" (scale as float, as the CPU kernel computes it). */
+static int64_t nearest_src(int64_t dst, int64_t in, int64_t out) {
+    if (in == out) return dst;
+    if (out == 2 * in) return dst >> 1;
+    float scale = (float)in / (float)out;
+    int64_t s = (int64_t)floorf((float)dst * scale);
+    return s < in - 1 ? s : in - 1;
+}
+
+void qd_inpaint_mask_nearest(const float *mask, int64_t H, int64_t W, int64_t h, int64_t w, float *out) {
+    for (int64_t i = 0; i < h; i++) {
+        int64_t y = nearest_src(i, H, h);
+        for (int64_t j = 0; j < w; j++) out[i * w + j] = mask[y * W + nearest_src(j, W, w)] >= 0.5f ? 1.0f : 0.0f;
+    }
+}
+
+/* torch's area_pixel_compute_source_index (align_corners False) + guard_index_and_lambda. */
+static void bilinear_src(int64_t dst, int64_t in, int64_t out, int64_t *i0, int64_t *i1, float *l0, float *l1) {
+    float scale = (float)in / (float)out;
+    float real = scale * ((float)dst + 0.5f) - 0.5f;
+    if (real < 0) real = 0;
+    int64_t i = (int64_t)floorf(real);
+    if (i > in - 1) i = in - 1;
+    float l = real - (float)i;
+    l = l < 0 ? 0 : l > 1 ? 1 : l;
+    *i0 = i;
+    *i1 = i + (i < in - 1 ? 1 : 0);
+    *l1 = l;
+    *l0 = 1.0f - l;
+}
+
+void qd_inpaint_mask_bilinear(const float *mask, int64_t H, int64_t W, int64_t h, int64_t w, float *out) {
+    for (int64_t i = 0; i < h; i++) {
+        int64_t y0, y1;
+        float a0, a1;
+        bilinear_src(i, H, h, &y0, &y1, &a0, &a1);
+        for (int64_t j = 0; j < w; j++) {
+            int64_t x0, x1;
+            float b0, b1;
+            bilinear_src(j, W, w, &x0, &x1, &b0, &b1);
+            out[i * w + j] = a0 * (b0 * mask[y0 * W + x0] + b1 * mask[y0 * W + x1]) +
+                             a1 * (b0 * mask[y1 * W + x0] + b1 * mask[y1 * W + x1]);
+        }
+    }
+}
+
+qd_status qd_inpaint_latent_mask(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, int64_t B, int bilinear,
+                                 float *out) {
+    int64_t H = p->height, W = p->width, h = H / m->vae_scale, w = W / m->vae_scale, C = m->latent_channels;
+    int64_t masks = p->mask_count > 1 ? p->mask_count : 1, per = C * h * w;
+    float *grid = malloc(sizeof(float) * (size_t)(h * w));
+    if (!grid) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    for (int64_t b = 0; b < B; b++) {
+        const float *src = p->mask + (b % masks) * H * W;   /* one mask per init image; repeated over the batch */
+        if (bilinear) qd_inpaint_mask_bilinear(src, H, W, h, w, grid);
+        else qd_inpaint_mask_nearest(src, H, W, h, w, grid);
+        float *dst = out + b * per;
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t i = 0; i < h; i++)
+                for (int64_t j = 0; j < w; j++) {
+                    int64_t k = m->family == QD_FAMILY_FLUX   /* _pack_latents' token layout */
+                                    ? ((i / 2) * (w / 2) + j / 2) * 4 * C + c * 4 + (i % 2) * 2 + (j % 2)
+                                    : (c * h + i) * w + j;
+                    dst[k] = grid[i * w + j];
+                }
+    }
+    free(grid);
+    return QD_OK;
+}
+
+void qd_inpaint_blend(const float *mask, const float *keep, float *x, int64_t n) {
+    for (int64_t k = 0; k < n; k++) x[k] = (1.0f - mask[k]) * keep[k] + mask[k] * x[k];
+}
+
+qd_status qd_inpaint_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_scheduler *s, int64_t batch,
+                           qd_rng *rng, int *begin, float *latents, float *image_latents, float *noise) {
+    int64_t per = (int64_t)m->latent_channels * (p->height / m->vae_scale) * (p->width / m->vae_scale);
+    int64_t n = batch * per, count = p->init_count > 0 ? p->init_count : 1;
+    *begin = qd_img2img_t_start(p->steps, qd_img2img_strength(m, p)) * qd_scheduler_order(s);
+    QD_TRY(qd_scheduler_set_begin(ctx, s, *begin));
+    QD_TRY(qd_img2img_latents(ctx, m, p, batch, rng, image_latents));   /* the encode's draw comes first */
+    qd_rng_randn(rng, noise, n);
+    if (qd_img2img_strength(m, p) == 1.0 && !qd_family_is_flow(m->family)) {
+        float sigma = qd_scheduler_init_noise_sigma(s);
+        for (int64_t k = 0; k < n; k++) latents[k] = noise[k] * sigma;
+    } else {
+        qd_scheduler_add_noise(s, *begin, image_latents, noise, n, latents);
+    }
+    if (p->init_image) {   /* prepare_mask_latents: the masked image's retrieve_latents draw */
+        float *drop = malloc(sizeof(float) * (size_t)(count * per));
+        if (!drop) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+        qd_rng_randn(rng, drop, count * per);
+        free(drop);
+    }
+    return QD_OK;
+}

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# generate --init-image --mask (inpainting) with sd15-tiny (PNDM: no per-step noise), fp32:
+#   - a white mask = image-to-image, pixel for pixel (the masked image's encode draw comes
+#     after every draw a deterministic scheduler uses);
+#   - a half mask keeps the latents of an all-black-mask run (= the image latents) exactly
+#     in the kept latent columns (--save-latents) and changes the repainted ones;
+#   - an RGBA mask (opaque = repaint, A1111) and an inverted mask with --mask-invert give
+#     the same picture as the white-on-black mask; a JPEG mask resized from 32x32 too;
+#   - the PNG parameters record "Mask blur: N" and the inpaint default strength (1 for SD1.5);
+#     --mask-blur changes the k-sampler's (soft, bilinear) mask;
+#   - bad input: --mask without --init-image, --mask-blur without --mask, a missing or
+#     corrupt mask file, a bad --mask-blur, a 9-channel inpainting UNet: exit 2, a message,
+#     no output left behind.
+# usage: cli_inpaint.sh path/to/qdiff path/to/tests/fixtures
+set -u
+qdiff=$1
+fx=$2
+export QD_PRECISION=fp32
+py=${QD_PYTHON:-/usr/bin/python3}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0
+fail=0
+ok() { echo "ok   $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1"; fail=$((fail + 1)); }
+
+expect() {   # NAME WANT_TEXT -- ARGS...: exit 2, stderr has WANT_TEXT, no out* left
+  local name=$1 want=$2
+  shift 3
+  rm -f "$tmp"/out*
+  "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
+  local rc=$? left
+  left=$(ls "$tmp" | grep -E '^out' || true)
+  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && [[ -z "$left" ]] && ! grep -q "AddressSanitizer\|runtime error" "$tmp/stderr"; then
+    ok "$name: $(head -c 300 "$tmp/stderr" | tr '\n' ' ')"
+  else
+    bad "$name: rc=$rc left='$left' stderr: $(head -c 600 "$tmp/stderr")"
+  fi
+}
+
+sd="$fx/models/sd15-tiny"
+pic="$fx/goldens/shapes-sd/pipe_00.png"   # 64x64
+gen=(generate -m "$sd" -p "a cat" --steps 4 --seed 9 -q --init-image "$pic")
+
+param() {
+  "$py" - "$1" <<'PY'
+import struct, sys
+d = open(sys.argv[1], "rb").read()
+i = 8
+while i < len(d):
+    n, t = struct.unpack(">I4s", d[i:i + 8])
+    if t == b"tEXt":
+        k, v = d[i + 8:i + 8 + n].split(b"\0", 1)
+        if k == b"parameters":
+            print(v.decode("latin-1"))
+    i += 12 + n
+PY
+}
+same() { "$py" -c "from PIL import Image; import sys; print(Image.open(sys.argv[1]).tobytes() == Image.open(sys.argv[2]).tobytes())" "$1" "$2" 2>&1; }
+
+"$py" -c "
+from PIL import Image
+W = Image.new('L', (64, 64), 255); W.save('$tmp/white.png')
+Image.new('L', (64, 64), 0).save('$tmp/black.png')
+h = Image.new('L', (64, 64), 0); h.paste(255, (0, 0, 32, 64)); h.save('$tmp/half.png')
+h.convert('RGB').resize((32, 32), Image.NEAREST).save('$tmp/half32.jpg', quality=100)
+inv = Image.new('L', (64, 64), 255); inv.paste(0, (0, 0, 32, 64)); inv.save('$tmp/half_inv.png')
+a = Image.new('RGBA', (64, 64), (0, 0, 0, 0)); a.paste((10, 20, 30, 255), (0, 0, 32, 64)); a.save('$tmp/half_rgba.png')
+" || bad "making masks with PIL"
+
+"$qdiff" "${gen[@]}" --strength 0.5 -o "$tmp/i2i.png" && "$qdiff" "${gen[@]}" --strength 0.5 --mask "$tmp/white.png" -o "$tmp/w.png"
+[[ $(same "$tmp/i2i.png" "$tmp/w.png") == True ]] && ok "white mask = image-to-image, pixel for pixel" || bad "white mask vs img2img"
+p=$(param "$tmp/w.png")
+[[ "$p" == *"Denoising strength: 0.5, Mask blur: 0,"* ]] && ok "PNG parameters: Denoising strength 0.5, Mask blur: 0" || bad "PNG parameters: $p"
+
+"$qdiff" "${gen[@]}" --strength 0.75 --mask "$tmp/black.png" --save-latents "$tmp/black.safetensors" -o "$tmp/b.png" &&
+"$qdiff" "${gen[@]}" --strength 0.75 --mask "$tmp/half.png" --save-latents "$tmp/half.safetensors" -o "$tmp/h.png"
+r=$("$py" - "$tmp/black.safetensors" "$tmp/half.safetensors" <<'PY'
+import json, struct, sys
+import numpy as np
+def load(p):
+    d = open(p, "rb").read()
+    n = struct.unpack("<Q", d[:8])[0]
+    h = json.loads(d[8:8 + n])["latents"]
+    a, b = h["data_offsets"]
+    return np.frombuffer(d[8 + n + a:8 + n + b], dtype=np.float32).reshape(h["shape"])
+k, x = load(sys.argv[1]), load(sys.argv[2])
+w = k.shape[3]
+kept = np.abs(x[..., w // 2:] - k[..., w // 2:]).max()
+moved = np.abs(x[..., :w // 2] - k[..., :w // 2]).max()
+print("ok" if kept == 0 and moved > 1e-3 else "bad", kept, moved)
+PY
+)
+[[ "$r" == ok* ]] && ok "half mask: kept latent columns equal the image latents exactly, repainted ones change ($r)" || bad "half mask latents: $r"
+
+"$qdiff" "${gen[@]}" --mask "$tmp/half.png" -o "$tmp/h1.png" && "$qdiff" "${gen[@]}" --mask "$tmp/half_rgba.png" -o "$tmp/h2.png" &&
+"$qdiff" "${gen[@]}" --mask "$tmp/half_inv.png" --mask-invert -o "$tmp/h3.png" && "$qdiff" "${gen[@]}" --mask "$tmp/half32.jpg" -o "$tmp/h4.png"
+[[ $(same "$tmp/h1.png" "$tmp/h2.png") == True ]] && ok "RGBA mask (opaque = repaint) = the luminance mask" || bad "RGBA mask"
+[[ $(same "$tmp/h1.png" "$tmp/h3.png") == True ]] && ok "--mask-invert of the inverted mask = the mask" || bad "--mask-invert"
+[[ $(same "$tmp/h1.png" "$tmp/h4.png") == True ]] && ok "a 32x32 JPEG mask resized to 64x64 = the PNG mask" || bad "resized JPEG mask"
+p=$(param "$tmp/h1.png")
+[[ "$p" == *"Denoising strength: 1, Mask blur: 0,"* ]] && ok "SD1.5 inpaint default strength 1 recorded" || bad "default strength: $p"
+# the diffusers classes binarize the mask per latent cell (a blurred seam may not move a
+# cell); the k-sampler's bilinear mask sees the blur
+"$qdiff" "${gen[@]}" --sampler euler --mask "$tmp/half.png" -o "$tmp/h6.png" &&
+"$qdiff" "${gen[@]}" --sampler euler --mask "$tmp/half.png" --mask-blur 4 -o "$tmp/h5.png"
+p=$(param "$tmp/h5.png")
+[[ "$p" == *"Mask blur: 4,"* && $(same "$tmp/h6.png" "$tmp/h5.png") == False ]] && ok "--mask-blur 4 recorded and changes the k-sampler's picture" || bad "--mask-blur: $p"
+
+expect "--mask without --init-image" "go with --init-image" -- generate -m "$sd" -p x --steps 2 -q -o "$tmp/out.png" --mask "$tmp/half.png"
+expect "--mask-blur without --mask" "go with --mask" -- "${gen[@]}" -o "$tmp/out.png" --mask-blur 4
+expect "missing mask" "$tmp/nope.png" -- "${gen[@]}" -o "$tmp/out.png" --mask "$tmp/nope.png"
+printf 'not an image' > "$tmp/corrupt.png"
+expect "corrupt mask" "$tmp/corrupt.png: not a PNG or JPEG" -- "${gen[@]}" -o "$tmp/out.png" --mask "$tmp/corrupt.png"
+expect "bad --mask-blur" "--mask-blur expects" -- "${gen[@]}" -o "$tmp/out.png" --mask "$tmp/half.png" --mask-blur -1
+
+# a 9-channel inpainting UNet (conv_in over latents + mask + masked-image latents) is refused
+# with a message that says so: sd15-tiny with conv_in widened to 9 input channels
+mkdir -p "$tmp/inp9/unet"
+for d in scheduler text_encoder tokenizer vae model_index.json; do ln -s "$sd/$d" "$tmp/inp9/$d"; done
+"$py" - "$sd/unet" "$tmp/inp9/unet" <<'PY' || bad "making the 9-channel UNet"
+import json, struct, sys
+import numpy as np
+src, dst = sys.argv[1:3]
+cfg = json.load(open(src + "/config.json")); cfg["in_channels"] = 9
+json.dump(cfg, open(dst + "/config.json", "w"))
+d = open(src + "/diffusion_pytorch_model.safetensors", "rb").read()
+n = struct.unpack("<Q", d[:8])[0]
+hdr, body = json.loads(d[8:8 + n]), d[8 + n:]
+out, blobs, off = {}, [], 0
+for k, v in hdr.items():
+    if k == "__metadata__":
+        out[k] = v
+        continue
+    a, b = v["data_offsets"]
+    raw = body[a:b]
+    if k == "conv_in.weight":
+        w = np.frombuffer(raw, dtype=np.float32 if v["dtype"] == "F32" else np.float16).reshape(v["shape"])
+        w = np.concatenate([w, np.zeros((w.shape[0], 5) + w.shape[2:], w.dtype)], axis=1)
+        raw, v = w.tobytes(), dict(v, shape=list(w.shape))
+    out[k] = dict(v, data_offsets=[off, off + len(raw)])
+    blobs.append(raw)
+    off += len(raw)
+h = json.dumps(out).encode()
+h += b" " * ((8 - len(h) % 8) % 8)
+open(dst + "/diffusion_pytorch_model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+PY
+expect "9-channel inpainting UNet refused" "an inpainting checkpoint" -- generate -m "$tmp/inp9" -p x --steps 2 -q -o "$tmp/out.png" --init-image "$pic" --mask "$tmp/half.png"
+
+echo "$pass passed, $fail failed"
+[[ $fail -eq 0 ]]
