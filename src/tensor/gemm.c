@@ -315,6 +315,10 @@ int qd_gemm_cbatch(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_ma
                    const float *col_bias) {
     gemm_args g = {M, N, K, A, B, C, ldc, c_cols, c_batch_stride, alpha, beta, row_bias, col_bias};
     if (M <= 0 || N <= 0) return 0;
+    int lr_rc;
+    if (K > 0 && ctx && qd_gemm_lowrank(ctx, M, N, K, A, B, C, ldc, c_cols, c_batch_stride, alpha, beta, row_bias, col_bias,
+                                        &lr_rc))
+        return lr_rc;
     int t = qd_threads(ctx);
     double work = (double)M * N * (K + 1);
     if (work < 200000) t = 1;

@@ -62,6 +62,9 @@ void qd_weight_dense(qd_weight *w, const qd_st_tensor *t, int64_t rows, int64_t 
     w->decode_lowp = 0;
     w->decode_kmajor = 0;
     w->lora = 0;
+    w->decode_base = 0;
+    w->lr_up = w->lr_down = 0;
+    w->lr_rank = w->lr_ld = 0;
     w->view_base = 0;
 }
 
@@ -93,6 +96,12 @@ static void view_decode_lowp(const qd_weight *w, int64_t r0, int64_t nr, int64_t
     VIEW_RUNS(w, r0, nr, b->decode_lowp(b, brow, cnt, w->view_c + k0, nk, dst + off * ld, ld));
 }
 
+static void view_decode_base(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
+                             int64_t ld) {
+    const qd_weight *b = w->view_base;
+    VIEW_RUNS(w, r0, nr, b->decode_base(b, brow, cnt, w->view_c + k0, nk, dst + off * ld, ld));
+}
+
 static void view_decode_kmajor(const qd_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk, float *panel,
                                int64_t ld) {
     const qd_weight *b = w->view_base;
@@ -122,6 +131,7 @@ void qd_weight_view(qd_weight *v, const qd_weight *base, int64_t ra, int64_t rb,
     v->decode = view_decode;
     v->decode_lowp = base->decode_lowp ? view_decode_lowp : NULL;
     v->decode_kmajor = base->decode_kmajor ? view_decode_kmajor : NULL;
+    v->decode_base = base->decode_base ? view_decode_base : NULL;   /* lr_* stay base's: see gemm_lowrank.c */
     v->view_base = base;
     v->view_r[0] = ra;
     v->view_r[1] = rb;
