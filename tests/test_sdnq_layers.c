@@ -107,7 +107,8 @@ static double rel_l2_d(const float *y, const double *ref, int64_t n) {
 }
 
 /* An SVD layer through the GEMM's low-rank side path (tensor/gemm_lowrank.c, forced with
- * QD_LOWRANK=1) and through the fold (QD_LOWRANK=0): the whole weight, a two-run view of
+ * QD_LOWRANK=1), stacked under the weight in the main GEMM where the weight is A
+ * (QD_LOWRANK=2; elsewhere the side path) and through the fold (QD_LOWRANK=0): the whole weight, a two-run view of
  * rows and columns (the UNet feed-forward's split), both roles (weight as B: a linear;
  * as A: C = W . X^T), and with a LoRA delta attached (the side path must not drop it:
  * decode_base is off while attached). Reference: double-precision products with sdnq's
@@ -125,9 +126,9 @@ static void lowrank_case(qd_ctx *ctx, const char *name, layer_case *c) {
     float *xt = malloc(sizeof(float) * (size_t)(M * in));
     for (int64_t m = 0; m < M; m++)
         for (int64_t k = 0; k < in; k++) xt[k * M + m] = c->x[m * in + k];
-    for (int forced = 0; forced <= 1; forced++) {
-        setenv("QD_LOWRANK", forced ? "1" : "0", 1);
-        const char *how = forced ? "side path" : "fold";
+    for (int forced = 0; forced <= 2; forced++) {
+        setenv("QD_LOWRANK", forced == 2 ? "2" : forced ? "1" : "0", 1);
+        const char *how = forced == 2 ? "stacked rows" : forced ? "side path" : "fold";
         /* whole weight as B */
         ref_view_gemm(c, NULL, NULL, 0, 0, -1, out, 0, in, c->x, in, ref);
         qd_gemm(ctx, M, out, in, qd_rows(c->x, in), qd_wmat(&c->w), y, out, 1.0f, 0.0f, NULL, NULL);
@@ -141,13 +142,15 @@ static void lowrank_case(qd_ctx *ctx, const char *name, layer_case *c) {
         qd_gemm(ctx, M, 2 * n, nk, qd_rows(c->x + k0, in), qd_wmat(&v), y, 2 * n, 1.0f, 1.0f, NULL, NULL);
         r = rel_l2_d(y, ref, M * 2 * n);
         check(r <= 1e-5, "%s: GEMM over a two-run view (%s) vs double reference: rel_l2 %.3g (tol 1e-5)", name, how, r);
-        /* the weight as A: C[out, M] = W . X^T (a convolution's role), alpha 0.5 */
+        /* the weight as A: C[out, M] = W . X^T + row bias (a convolution's role), alpha 0.5,
+         * beta 1 onto C = 1 */
         ref_view_gemm(c, NULL, NULL, 0, 0, -1, out, 0, in, c->x, in, ref);
-        qd_gemm(ctx, out, M, in, qd_wmat(&c->w), qd_cols(xt, M), y, M, 0.5f, 0.0f, NULL, NULL);
+        for (int64_t i = 0; i < out * M; i++) y[i] = 1.0f;
+        qd_gemm(ctx, out, M, in, qd_wmat(&c->w), qd_cols(xt, M), y, M, 0.5f, 1.0f, c->bias, NULL);
         double num = 0, den = 0;
         for (int64_t m = 0; m < M; m++)
             for (int64_t o = 0; o < out; o++) {
-                double d = y[o * M + m] - 0.5 * ref[m * out + o];
+                double d = y[o * M + m] - 1.0 - c->bias[o] - 0.5 * ref[m * out + o];
                 num += d * d;
                 den += 0.25 * ref[m * out + o] * ref[m * out + o];
             }
