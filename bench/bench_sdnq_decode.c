@@ -2,7 +2,11 @@
  * SDNQ layout, against a dense fp16 weight (the packers of src/tensor/gemm_pack.c over
  * a whole layer, both roles: B = a linear's weight, A = a convolution's weight).
  *
- *   bench_sdnq_decode [--out 320] [--in 320] [--reps 5]
+ *   bench_sdnq_decode [--out 320] [--in 320] [--reps 5] [--lowrank [--threads 1]]
+ *
+ * --lowrank: instead, whole uint4+SVD convs and linears of SD1.5's shapes with the SVD term
+ * folded into the tiles vs as a side GEMM on the activations (tensor/gemm_lowrank.c), and
+ * the same shape with dense fp16 weights; --threads N > 1 times wall clock.
  *
  * Layers (synthetic codes and scales; the values do not change the speed): SD1.5's
  * 3x3 conv shape [out, in, 3, 3] and a linear [out, in*9], as fp16, int8 row-wise,
@@ -14,18 +18,25 @@
 #include "quant/sdnq_decode_fast.h"
 #include "tensor/gemm_internal.h"
 #include "tensor/weight.h"
+#include "tensor/conv.h"
+#include "tensor/gemm.h"
+#include "qdiff.h"
 #include "base/half.h"
 #include "bench_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static void dec(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *d, int64_t ld) {
     qd_sdnq_decode(w->quant, r0, nr, k0, nk, d, ld);
 }
 static void dec_lowp(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *d, int64_t ld) {
     if (!qd_sdnq_decode_fast_lowp(w->quant, r0, nr, k0, nk, d, ld)) qd_sdnq_decode(w->quant, r0, nr, k0, nk, d, ld);
+}
+static void dec_base(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *d, int64_t ld) {
+    qd_sdnq_decode_base(w->quant, r0, nr, k0, nk, d, ld);
 }
 static void dec_scalar(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *d, int64_t ld) {
     qd_sdnq_decode_scalar(w->quant, r0, nr, k0, nk, d, ld);
@@ -109,14 +120,92 @@ static double pack_ns(const qd_weight *w, int as_a, int reps) {
     return best / (double)(w->rows * w->cols) * 1e9;
 }
 
+/* The SVD term folded into the decoded tiles (QD_LOWRANK=0) vs applied to the activations
+ * (QD_LOWRANK=1, tensor/gemm_lowrank.c) on SD1.5's uint4+SVD shapes: one whole conv or
+ * linear, bf16, one thread, thread CPU time (ms), best of reps; "auto" = what the cost
+ * model picks. */
+static double wall_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void lowrank_table(int reps, int threads) {
+    static const struct { const char *name; int64_t C, hw, tokens; int conv; } shapes[] = {
+        {"conv 3x3 320, 64x64 x2", 320, 64, 0, 1},   {"conv 3x3 640, 32x32 x2", 640, 32, 0, 1},
+        {"conv 3x3 1280, 16x16 x2", 1280, 16, 0, 1}, {"conv 3x3 1280, 8x8 x2", 1280, 8, 0, 1},
+        {"linear 640>640, 2048 tok", 640, 0, 2048, 0}, {"linear 1280>1280, 512 tok", 1280, 0, 512, 0},
+        {"linear 1280>1280, 128 tok", 1280, 0, 128, 0}, {"linear 768>1280, 154 tok", 1280, 0, 154, 0},
+        {"linear 3072>3072, 1 tok", 3072, 0, 1, 0},
+    };
+    qd_ctx *ctx = qd_ctx_new(threads);
+    qd_set_precision(ctx, QD_PRECISION_BF16);
+    printf("\nSVD rank 32: folded into the tiles vs side path vs stacked rows (uint4 g64 + zp), against the same shape with dense fp16 weights;"
+           " bf16, %d thread(s), ms (%s), best of %d\n", threads, threads > 1 ? "wall" : "thread CPU", reps);
+    printf("%-28s %10s %10s %10s %10s %10s\n", "shape", "fp16", "fold", "side", "stacked", "auto");
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        int64_t C = shapes[i].C, in = shapes[i].conv ? C : (strstr(shapes[i].name, "768>") ? 768 : C);
+        layer L;
+        if (shapes[i].conv) make(&L, "uint4", C, in, 9, in / 64, 1, 32);
+        else make(&L, "uint4", C, in, 1, in / 64, 1, 32);
+        qd_weight w;
+        memset(&w, 0, sizeof w);
+        w.rows = C; w.cols = L.s->l.cols; w.quant = L.s;
+        w.decode = dec; w.decode_lowp = dec_lowp; w.decode_base = dec_base;
+        w.lr_up = L.up; w.lr_down = L.down; w.lr_rank = 32; w.lr_ld = w.cols;
+        int64_t hw = shapes[i].hw, N = shapes[i].conv ? 2 * hw * hw : shapes[i].tokens;
+        float *x = xmalloc(sizeof(float) * (size_t)(N * in)), *y = xmalloc(sizeof(float) * (size_t)(N * C));
+        rng g = {9};
+        for (int64_t k = 0; k < N * in; k++) x[k] = gauss(&g);
+        /* the dense fp16 weight of the same shape */
+        int64_t nw = C * w.cols;
+        uint16_t *h = xmalloc(sizeof(uint16_t) * (size_t)nw);
+        for (int64_t k = 0; k < nw; k++) h[k] = qd_f32_to_f16(0.01f * gauss(&g));
+        qd_st_tensor t;
+        memset(&t, 0, sizeof t);
+        t.dtype = QD_F16; t.ndim = 2; t.shape[0] = C; t.shape[1] = w.cols; t.numel = nw; t.data = h; t.nbytes = 2 * (size_t)nw;
+        qd_weight wd;
+        memset(&wd, 0, sizeof wd);
+        qd_weight_dense(&wd, &t, C, w.cols);
+        double ms[5];
+        for (int mode = 0; mode < 5; mode++) {
+            const qd_weight *wp = mode == 0 ? &wd : &w;
+            static const char *force[5] = {NULL, "0", "1", "2", NULL};   /* QD_LOWRANK per column */
+            if (force[mode]) setenv("QD_LOWRANK", force[mode], 1);
+            else unsetenv("QD_LOWRANK");
+            double best = 1e30;
+            for (int r = 0; r < reps; r++) {
+                double t0 = threads > 1 ? wall_s() : thread_cpu_s();
+                if (shapes[i].conv) qd_conv2d(ctx, x, 2, in, hw, hw, wp, NULL, 3, 3, 1, 1, y);
+                else qd_gemm(ctx, N, C, in, qd_rows(x, in), qd_wmat(wp), y, C, 1.0f, 0.0f, NULL, NULL);
+                double dt = (threads > 1 ? wall_s() : thread_cpu_s()) - t0;
+                if (dt < best) best = dt;
+            }
+            ms[mode] = best * 1e3;
+        }
+        unsetenv("QD_LOWRANK");
+        printf("%-28s %10.3f %10.3f %10.3f %10.3f %10.3f\n", shapes[i].name, ms[0], ms[1], ms[2], ms[3], ms[4]);
+        free(x); free(y); free(h);
+        drop(&L);
+    }
+    qd_ctx_free(ctx);
+}
+
 int main(int argc, char **argv) {
     int64_t out = 320, in = 320;
-    int reps = 5;
-    for (int i = 1; i + 1 < argc; i += 2) {
+    int reps = 5, lowrank = 0, threads = 1;
+    for (int i = 1; i < argc; i += 2) {
+        if (!strcmp(argv[i], "--lowrank")) { lowrank = 1; i--; continue; }
+        if (i + 1 >= argc) die("usage: bench_sdnq_decode [--out N] [--in N] [--reps N] [--lowrank]");
         if (!strcmp(argv[i], "--out")) out = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--in")) in = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
-        else die("usage: bench_sdnq_decode [--out N] [--in N] [--reps N]");
+        else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
+        else die("usage: bench_sdnq_decode [--out N] [--in N] [--reps N] [--lowrank [--threads N]]");
+    }
+    if (lowrank) {
+        lowrank_table(reps, threads < 1 ? 1 : threads);
+        return 0;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("bench_sdnq_decode: weight [%lld, %lld x 9] (conv) / [%lld, %lld] (linear); bf16 panels; ns per element,"

@@ -14,6 +14,8 @@
 #include "quant/int8_gemm.h"
 #include "quant/hadamard.h"
 #include "tensor/ops.h"
+#include "tensor/gemm.h"
+#include "tensor/lora_path.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -76,6 +78,110 @@ static void case_close(layer_case *c) {
     free(c->ref_w); free(c->ref_out); free(c->x); free(c->bias);
 }
 
+/* y[m, j] = sum_k x[m, k] (W[rows(j), k0 + k]) in double, W = ref_w (+ B.A when given):
+ * the reference of a GEMM over a weight view (rows(j): run a for j < n, run b after). */
+static void ref_view_gemm(const layer_case *c, const float *A, const float *B, int64_t R, int64_t ra, int64_t rb,
+                          int64_t n, int64_t k0, int64_t nk, const float *x, int64_t ldx, double *y) {
+    int64_t N = rb >= 0 ? 2 * n : n;
+    for (int64_t m = 0; m < c->M; m++)
+        for (int64_t j = 0; j < N; j++) {
+            int64_t row = j < n ? ra + j : rb + j - n;
+            double acc = 0;
+            for (int64_t k = 0; k < nk; k++) {
+                double wv = c->ref_w[row * c->in + k0 + k];
+                if (A)
+                    for (int64_t t = 0; t < R; t++) wv += (double)B[row * R + t] * A[t * c->in + k0 + k];
+                acc += (double)x[m * ldx + k] * wv;
+            }
+            y[m * N + j] = acc;
+        }
+}
+
+static double rel_l2_d(const float *y, const double *ref, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += (y[i] - ref[i]) * (y[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* An SVD layer through the GEMM's low-rank side path (tensor/gemm_lowrank.c, forced with
+ * QD_LOWRANK=1), stacked under the weight in the main GEMM where the weight is A
+ * (QD_LOWRANK=2; elsewhere the side path) and through the fold (QD_LOWRANK=0): the whole weight, a two-run view of
+ * rows and columns (the UNet feed-forward's split), both roles (weight as B: a linear;
+ * as A: C = W . X^T), and with a LoRA delta attached (the side path must not drop it:
+ * decode_base is off while attached). Reference: double-precision products with sdnq's
+ * dequantized weight. Tolerance 1e-5 relative L2 (fp32 context). */
+static void lowrank_case(qd_ctx *ctx, const char *name, layer_case *c) {
+    if (c->state && ((qd_sdnq_state *)c->state)->l.hadamard) {
+        check(!c->w.decode_base, "%s: no side path with a Hadamard rotation", name);
+        return;
+    }
+    check(c->w.decode_base && c->w.lr_rank > 0, "%s: SVD layer offers its low-rank term to the GEMM", name);
+    int64_t M = c->M, out = c->out, in = c->in;
+    int64_t n = out / 4, ra = 1, rb = out / 2, k0 = in / 3, nk = in - in / 3 - 1;
+    float *y = malloc(sizeof(float) * (size_t)(M * out * 2));
+    double *ref = malloc(sizeof(double) * (size_t)(M * out * 2));
+    float *xt = malloc(sizeof(float) * (size_t)(M * in));
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t k = 0; k < in; k++) xt[k * M + m] = c->x[m * in + k];
+    for (int forced = 0; forced <= 2; forced++) {
+        setenv("QD_LOWRANK", forced == 2 ? "2" : forced ? "1" : "0", 1);
+        const char *how = forced == 2 ? "stacked rows" : forced ? "side path" : "fold";
+        /* whole weight as B */
+        ref_view_gemm(c, NULL, NULL, 0, 0, -1, out, 0, in, c->x, in, ref);
+        qd_gemm(ctx, M, out, in, qd_rows(c->x, in), qd_wmat(&c->w), y, out, 1.0f, 0.0f, NULL, NULL);
+        double r = rel_l2_d(y, ref, M * out);
+        check(r <= 1e-5, "%s: GEMM (%s) vs double reference: rel_l2 %.3g (tol 1e-5)", name, how, r);
+        /* a two-run view as B, accumulating onto C = 1 (beta 1) */
+        qd_weight v;
+        qd_weight_view(&v, &c->w, ra, rb, n, k0, nk);
+        ref_view_gemm(c, NULL, NULL, 0, ra, rb, n, k0, nk, c->x + k0, in, ref);
+        for (int64_t i = 0; i < M * 2 * n; i++) { y[i] = 1.0f; ref[i] += 1.0; }
+        qd_gemm(ctx, M, 2 * n, nk, qd_rows(c->x + k0, in), qd_wmat(&v), y, 2 * n, 1.0f, 1.0f, NULL, NULL);
+        r = rel_l2_d(y, ref, M * 2 * n);
+        check(r <= 1e-5, "%s: GEMM over a two-run view (%s) vs double reference: rel_l2 %.3g (tol 1e-5)", name, how, r);
+        /* the weight as A: C[out, M] = W . X^T + row bias (a convolution's role), alpha 0.5,
+         * beta 1 onto C = 1 */
+        ref_view_gemm(c, NULL, NULL, 0, 0, -1, out, 0, in, c->x, in, ref);
+        for (int64_t i = 0; i < out * M; i++) y[i] = 1.0f;
+        qd_gemm(ctx, out, M, in, qd_wmat(&c->w), qd_cols(xt, M), y, M, 0.5f, 1.0f, c->bias, NULL);
+        double num = 0, den = 0;
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t o = 0; o < out; o++) {
+                double d = y[o * M + m] - 1.0 - c->bias[o] - 0.5 * ref[m * out + o];
+                num += d * d;
+                den += 0.25 * ref[m * out + o] * ref[m * out + o];
+            }
+        r = sqrt(num / den);
+        check(r <= 1e-5, "%s: GEMM with the weight as A (%s) vs double reference: rel_l2 %.3g (tol 1e-5)", name, how, r);
+    }
+    /* LoRA attached: with the side path forced, the delta must still be in the product */
+    const int64_t R = 3;
+    float *A = malloc(sizeof(float) * (size_t)(R * in)), *B = malloc(sizeof(float) * (size_t)(out * R));
+    uint32_t seed = 7;
+    for (int64_t i = 0; i < R * in; i++) { seed = seed * 1664525u + 1013904223u; A[i] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * 0.2f; }
+    for (int64_t i = 0; i < out * R; i++) { seed = seed * 1664525u + 1013904223u; B[i] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * 0.2f; }
+    ref_view_gemm(c, A, B, R, 0, -1, out, 0, in, c->x, in, ref);
+    float *Ac = malloc(sizeof(float) * (size_t)(R * in)), *Bc = malloc(sizeof(float) * (size_t)(out * R));
+    memcpy(Ac, A, sizeof(float) * (size_t)(R * in));
+    memcpy(Bc, B, sizeof(float) * (size_t)(out * R));
+    setenv("QD_LOWRANK", "1", 1);
+    if (qd_lora_delta_attach(ctx, &c->w, Ac, Bc, R) == QD_OK) {
+        qd_gemm(ctx, M, out, in, qd_rows(c->x, in), qd_wmat(&c->w), y, out, 1.0f, 0.0f, NULL, NULL);
+        double r = rel_l2_d(y, ref, M * out);
+        check(r <= 1e-5, "%s: GEMM with a LoRA attached, side path asked for, vs double reference: rel_l2 %.3g (tol 1e-5)",
+              name, r);
+        qd_lora_delta_detach(&c->w);
+        check(c->w.decode_base != NULL, "%s: detaching the LoRA gives the side path back", name);
+    } else {
+        check(0, "%s: attach a LoRA", name);
+    }
+    unsetenv("QD_LOWRANK");
+    free(A); free(B); free(y); free(ref); free(xt);
+}
+
 static void run_case(qd_ctx *ctx, const char *name) {
     layer_case c;
     if (!case_open(ctx, name, &c)) {
@@ -114,6 +220,7 @@ static void run_case(qd_ctx *ctx, const char *name) {
     check(r <= 1e-5, "%s: qd_linear output vs sdnq: rel_l2 %.3g (tol 1e-5)", name, r);
     free(y);
     free(full);
+    if (s->l.svd) lowrank_case(ctx, name, &c);
     case_close(&c);
 }
 

@@ -258,6 +258,45 @@ static void attention(qd_ctx *ctx, const qd_unet_xformer *t, xf_scratch *s, int6
         gemm_traced(ctx, 0, M, D, D, qd_rows(s->n, D), qd_wmat(&o->w), s->tok, D, 1.0f, NULL, o->b);
 }
 
+/* A weight the feed-forward may split: its GEMM is plain decode (no linear hook that
+ * would run int8 or a LoRA side path over all M tokens instead). */
+static int ff_splittable(const qd_ctx *ctx, const qd_weight *w, int64_t M) {
+    return !w->linear || (w->linear == qd_sdnq_linear && !qd_sdnq_uses_int8_weight(ctx, w, M));
+}
+
+/* The feed-forward in chunks of Fc hidden features, over all M tokens at once: f1 =
+ * [value | gate] columns [j0, j0+Fc) and [F+j0, F+j0+Fc) of ff1 (one GEMM through a
+ * two-run view), GEGLU, then tok += f2 . ff2[:, j0:j0+Fc]^T (bias with the first chunk).
+ * Every weight element is decoded once per call; chunking the tokens instead decoded
+ * both weights once per token chunk (4 times per block in SD1.5: the scratch holds
+ * M x 3D floats, the projection needs M x 3F = M x 12D). Returns 0 (nothing done)
+ * when a weight must go through its linear hook or the scratch is too small. */
+static int ff_by_features(qd_ctx *ctx, const qd_unet_xformer *t, const qd_unet_tblock *b, xf_scratch *s, int64_t M) {
+    int64_t D = t->inner, F = t->ff;
+    if (!ff_splittable(ctx, &b->ff1.w, M) || !ff_splittable(ctx, &b->ff2.w, M)) return 0;
+    int64_t Fc = s->work_n / (3 * M) / 32 * 32;   /* whole 32-wide panels: no strip spans value and gate */
+    if (Fc >= F) Fc = F;
+    if (Fc < 32 || Fc * 4 < D) return 0;   /* too thin to be worth the extra calls: token chunks */
+    float *f1 = s->work, *f2 = s->work + M * 2 * Fc;
+    float *bias = b->ff1.b ? alloc_f(ctx, 2 * Fc) : NULL;
+    if (b->ff1.b && !bias) return 0;
+    for (int64_t j0 = 0; j0 < F; j0 += Fc) {
+        int64_t n = F - j0 < Fc ? F - j0 : Fc;
+        qd_weight w1, w2;
+        qd_weight_view(&w1, &b->ff1.w, j0, F + j0, n, 0, D);
+        qd_weight_view(&w2, &b->ff2.w, 0, -1, D, j0, n);
+        if (bias) {
+            memcpy(bias, b->ff1.b + j0, sizeof(float) * (size_t)n);
+            memcpy(bias + n, b->ff1.b + F + j0, sizeof(float) * (size_t)n);
+        }
+        gemm_traced(ctx, 0, M, 2 * n, D, qd_rows(s->n, D), qd_wmat(&w1), f1, 2 * n, 0.0f, NULL, bias);
+        qd_geglu(ctx, f1, M, n, f2);
+        gemm_traced(ctx, 0, M, D, n, qd_rows(f2, n), qd_wmat(&w2), s->tok, D, 1.0f, NULL, j0 == 0 ? b->ff2.b : NULL);
+    }
+    qd_act_free(ctx, bias);
+    return 1;
+}
+
 static void tblock_fwd(qd_ctx *ctx, const qd_unet_xformer *t, const qd_unet_tblock *b, xf_scratch *s,
                        int64_t B, int64_t S, const float *context, int64_t L) {
     int64_t D = t->inner, M = B * S, F = t->ff;
@@ -266,6 +305,7 @@ static void tblock_fwd(qd_ctx *ctx, const qd_unet_xformer *t, const qd_unet_tblo
     qd_layer_norm(ctx, s->tok, M, D, 1e-5f, b->norm2.w, b->norm2.b, s->n);
     attention(ctx, t, s, B, S, &b->q2, &b->k2, &b->v2, &b->o2, context, L);
     qd_layer_norm(ctx, s->tok, M, D, 1e-5f, b->norm3.w, b->norm3.b, s->n);
+    if (ff_by_features(ctx, t, b, s, M)) return;
     /* feed-forward in row chunks that fit the scratch: [R, 2F] projection + [R, F] GEGLU */
     int64_t R = s->work_n / (3 * F);
     if (R > M) R = M;

@@ -137,6 +137,8 @@ void qd_cq_weight(const qd_cq_layer *l, qd_weight *w) {
     w->linear = NULL;
     w->decode_lowp = NULL;
     w->decode_kmajor = NULL;
+    w->decode_base = NULL;
+    w->view_base = NULL;
 }
 
 qd_status qd_cq_dequantize(qd_ctx *ctx, const qd_cq_layer *l, float **out) {

@@ -56,6 +56,8 @@ void qd_sdnq_fast_init(qd_sdnq_state *s) {
         }
         s->has_lut8 = 1;
     }
+    /* packed 4-bit ints without a table: the 64-codes-at-a-time path */
+    s->u4 = d->packed && d->bits == 4 && (d->family == QD_SQ_INT || d->family == QD_SQ_UINT);
     s->fast = 1;
 }
 
@@ -197,6 +199,89 @@ static void values(const qd_sdnq_state *s, int64_t start, int64_t n, float *q, _
 #undef FIN
 }
 
+/* ---- 4-bit codes, 64 at a time ----
+ * The common SDNQ layout (uint4/int4 with groups, Linear and 3x3 Conv): 32 bytes widen
+ * to 16-bit lanes, the two nibbles of each go to the low and high byte, which puts the 64
+ * codes in order in one register; each 16-code quarter then widens to int32 and converts.
+ * Scales as finish()/finish_conv() apply them (the same operations in the same order, so
+ * any rectangle still decodes to the same bits as through values()). */
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static inline __attribute__((always_inline)) __m512i u4_codes64(const uint8_t *p, int sgn) {
+    __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
+    __m512i c = _mm512_or_si512(_mm512_and_si512(w, _mm512_set1_epi16(0x0F)), _mm512_slli_epi16(_mm512_srli_epi16(w, 4), 8));
+    return sgn ? _mm512_sub_epi8(c, _mm512_set1_epi8(8)) : c;   /* offset-binary ints */
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static inline __attribute__((always_inline)) __m512 u4_quarter(__m128i b, int sgn) {
+    return _mm512_cvtepi32_ps(sgn ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b));
+}
+
+#define U4_QUARTERS(c, sgn, BODY)                                                          \
+    do {                                                                                   \
+        __m512 v_;                                                                         \
+        v_ = u4_quarter(_mm512_castsi512_si128(c), sgn); { const int q_ = 0; BODY; }       \
+        v_ = u4_quarter(_mm512_extracti32x4_epi32(c, 1), sgn); { const int q_ = 1; BODY; } \
+        v_ = u4_quarter(_mm512_extracti32x4_epi32(c, 2), sgn); { const int q_ = 2; BODY; } \
+        v_ = u4_quarter(_mm512_extracti32x4_epi32(c, 3), sgn); { const int q_ = 3; BODY; } \
+    } while (0)
+
+/* Packed 4-bit ints without a table, codes [start, start + n) with start even: the value
+ * of each, times sc (+ z) as `how` says (AS_QS, AS_QSZ), into q; returns how many were
+ * done (a multiple of 64; the caller does the rest through values()). */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static int64_t u4_run(const qd_sdnq_state *s, int64_t start, int64_t n, float *q, __m512 sc, __m512 z, int how) {
+    int sgn = s->l.dtype.family == QD_SQ_INT;
+    const uint8_t *p = s->codes + start / 2;
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64, p += 32) {
+        __m512i c = u4_codes64(p, sgn);
+        if (how == AS_QSZ) U4_QUARTERS(c, sgn, _mm512_storeu_ps(q + i + 16 * q_, _mm512_add_ps(_mm512_mul_ps(v_, sc), z)));
+        else U4_QUARTERS(c, sgn, _mm512_storeu_ps(q + i + 16 * q_, _mm512_mul_ps(v_, sc)));
+    }
+    return i;
+}
+
+/* The same for a Conv row whose groups span whole vectors (group_size * ksize a multiple of
+ * 16, k0 a multiple of 16): every vector lies in one group, so its scales are one permute
+ * of the group's ksize scales by the lane positions of its phase (no per-vector carry into
+ * the next group, unlike conv_next). Returns the columns done (a multiple of 64). */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static int64_t u4_conv_run(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, float *q) {
+    const qd_sdnq_layout *l = &s->l;
+    int sgn = l->dtype.family == QD_SQ_INT, ks = (int)l->ksize;
+    int64_t gcols = l->group_size * l->ksize;
+    const float *scale = s->scale + o * s->so, *zp = s->zero_point ? s->zero_point + o * s->so : NULL;
+    const uint8_t *p = s->codes + (o * l->cols + k0) / 2;
+    __mmask16 km = (__mmask16)((1u << ks) - 1);
+    int64_t g = -1, gend = 0;
+    int ph = (int)(k0 % ks), zero = 0;
+    __m512 gs = _mm512_setzero_ps(), gz = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64, p += 32) {
+        __m512i c = u4_codes64(p, sgn);
+        U4_QUARTERS(c, sgn, {
+            int64_t col = k0 + i + 16 * q_;
+            if (col >= gend) {   /* once per group */
+                g = col / gcols;
+                gend = (g + 1) * gcols;
+                gs = _mm512_maskz_loadu_ps(km, scale + g * s->sg);
+                gz = zp ? _mm512_maskz_loadu_ps(km, zp + g * s->sg) : _mm512_setzero_ps();
+                zero = _mm512_cmp_ps_mask(gs, _mm512_setzero_ps(), _CMP_EQ_OQ) != 0;
+            }
+            __m512i idx = _mm512_loadu_si512(s->conv_pos[ph]);
+            __m512 sc = _mm512_permutexvar_ps(idx, gs);
+            __m512 zz = zp ? _mm512_permutexvar_ps(idx, gz) : _mm512_setzero_ps();
+            __m512 r = zp ? _mm512_add_ps(_mm512_mul_ps(v_, sc), zz) : _mm512_mul_ps(v_, sc);   /* as finish_conv */
+            if (zero) r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ), r, zz);
+            _mm512_storeu_ps(q + i + 16 * q_, r);
+            ph = s->conv_nph[ph];
+        });
+    }
+    return i;
+}
+
 /* ---- one row piece: values, scale, SVD ---- */
 
 __attribute__((target("avx512f,avx512bw,avx512vl")))
@@ -212,10 +297,22 @@ static void row_piece(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, 
             int64_t idx = o * s->so + g * s->sg;
             float sc = s->scale[idx], z = zp ? zp[idx] : 0.0f;
             int how = sc == 0 ? AS_Z : zp ? AS_QSZ : AS_QS;   /* all-zero group: codes are undefined (§1.10) */
-            values(s, o * l->cols + k0 + i, end - i, dst + i, _mm512_set1_ps(sc), _mm512_set1_ps(z), how, NULL, NULL, NULL);
+            int64_t start = o * l->cols + k0 + i, done = 0;
+            if (s->u4 && how != AS_Z && !(start & 1))
+                done = u4_run(s, start, end - i, dst + i, _mm512_set1_ps(sc), _mm512_set1_ps(z), how);
+            if (done < end - i)
+                values(s, start + done, end - i - done, dst + i + done, _mm512_set1_ps(sc), _mm512_set1_ps(z), how, NULL,
+                       NULL, NULL);
             i = end;
         }
     } else if (s->sp == 1 && l->ksize <= 16) {   /* Conv: scale per (group, kernel position), made per vector */
+        int64_t done = 0;
+        if (s->u4 && (l->group_size * l->ksize) % 16 == 0 && k0 % 16 == 0 && !((o * l->cols + k0) & 1))
+            done = u4_conv_run(s, o, k0, n, dst);
+        if (done == n) return;
+        k0 += done;
+        dst += done;
+        n -= done;
         int64_t c = k0 / l->ksize;
         conv_scales cs;
         cs.scale = s->scale + o * s->so;

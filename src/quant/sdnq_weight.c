@@ -117,6 +117,11 @@ static void sdnq_decode_kmajor(const qd_weight *w, int64_t r0, int nr, int64_t k
         }
 }
 
+static void sdnq_decode_base(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
+                             int64_t ld) {
+    qd_sdnq_decode_base(w->quant, r0, nr, k0, nk, dst, ld);
+}
+
 /* For a bf16 GEMM: the SVD term from bf16 products (fp32 sums), the rest exact. */
 static void sdnq_decode_lowp(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
                              int64_t ld) {
@@ -255,6 +260,13 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
     w->linear = l.cls == QD_SDNQ_EMBEDDING ? NULL : qd_sdnq_linear;   /* int8 matmul when asked for */
     w->decode_lowp = l.svd ? sdnq_decode_lowp : NULL;
     w->decode_kmajor = s->kmajor ? sdnq_decode_kmajor : NULL;
+    if (l.svd && !l.hadamard) {   /* W = base + up.down: the GEMM may apply up.down to the activations */
+        w->decode_base = sdnq_decode_base;
+        w->lr_up = s->svd_up;
+        w->lr_down = s->svd_down;
+        w->lr_rank = l.svd_rank;
+        w->lr_ld = l.cols;
+    }
     *state = s;
     return QD_OK;
 }

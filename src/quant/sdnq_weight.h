@@ -23,6 +23,7 @@ typedef struct {
     int64_t so, sg, sp;             /* scale index = o*so + group*sg + kernel_pos*sp */
     int64_t lut_size;               /* codebook levels (2^bits) */
     int fast;                       /* qd_sdnq_decode_fast handles this layout */
+    int u4;                         /* ... and its codes are packed 4-bit ints (the 64-at-a-time path) */
     int kmajor;                     /* qd_sdnq_decode_kmajor handles it (transposed int8/uint8) */
     int has_lut8;                   /* lut8 holds the value of every raw code (float codes of <= 8 bits) */
     float lut8[256];

@@ -38,6 +38,10 @@ typedef struct {
     int64_t ldc, c_cols, c_bstride;
     float alpha, beta;
     const float *row_bias, *col_bias;
+    /* rows i >= m_split of C (when C2) go to C2[(i - m_split) * ldc2 + j], without biases:
+     * extra rows of a stacked A operand (tensor/gemm_lowrank.c) */
+    int64_t m_split, ldc2;
+    float *C2;
 } gemm_args;
 
 typedef struct {
@@ -63,6 +67,7 @@ typedef struct {
 } gemm_job;
 
 static inline float *c_at(const gemm_args *g, int64_t i, int64_t j) {
+    if (g->C2 && i >= g->m_split) return g->C2 + (i - g->m_split) * g->ldc2 + j;
     int64_t off = g->c_cols ? (j / g->c_cols) * g->c_bstride + j % g->c_cols : j;
     return g->C + i * g->ldc + off;
 }
@@ -155,19 +160,23 @@ static void compute_item(gemm_job *j, int64_t s, int64_t item, uint32_t *xbuf, f
             for (int64_t i = ab; i < ae; i += MR) {
                 int ni = (int)min64(MR, ae - i);
                 const uint32_t *as = ap + (i - a0) / MR * astrip;
-                if (ni == MR && nj == NR && contiguous) {
-                    kd->fn(kw, as, bs, c_at(g, i, jb), g->ldc, acc, rb ? rb + i : NULL, cb ? cb + jb : NULL);
+                int in2 = g->C2 && i >= g->m_split, cross = g->C2 && i < g->m_split && i + ni > g->m_split;
+                if (ni == MR && nj == NR && (in2 || (contiguous && !cross))) {
+                    kd->fn(kw, as, bs, c_at(g, i, jb), in2 ? g->ldc2 : g->ldc, acc, rb && !in2 ? rb + i : NULL,
+                           cb && !in2 ? cb + jb : NULL);
                     continue;
                 }
                 kd->fn(kw, as, bs, tile, NR, 0, NULL, NULL);
-                for (int r = 0; r < ni; r++)
+                for (int r = 0; r < ni; r++) {
+                    int bias = !g->C2 || i + r < g->m_split;
                     for (int q = 0; q < nj; q++) {
                         float *c = c_at(g, i + r, jb + q);
                         float v = tile[r * NR + q] + (acc ? *c : 0.0f);
-                        if (rb) v += rb[i + r];
-                        if (cb) v += cb[jb + q];
+                        if (rb && bias) v += rb[i + r];
+                        if (cb && bias) v += cb[jb + q];
                         *c = v;
                     }
+                }
             }
         }
     }
@@ -225,7 +234,9 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
         for (int64_t i = 0; i < g->M; i++)
             for (int64_t n = 0; n < g->N; n++) {
                 float *c = c_at(g, i, n);
-                *c = (j.acc_first ? *c : 0.0f) + (g->row_bias ? g->row_bias[i] : 0) + (g->col_bias ? g->col_bias[n] : 0);
+                int bias = !g->C2 || i < g->m_split;
+                *c = (j.acc_first ? *c : 0.0f) + (bias && g->row_bias ? g->row_bias[i] : 0) +
+                     (bias && g->col_bias ? g->col_bias[n] : 0);
             }
         return 0;
     }
@@ -306,15 +317,19 @@ done:
 
 int qd_gemm_serial(int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
                    float alpha, float beta, const float *row_bias, const float *col_bias) {
-    gemm_args g = {M, N, K, A, B, C, ldc, 0, 0, alpha, beta, row_bias, col_bias};
+    gemm_args g = {M, N, K, A, B, C, ldc, 0, 0, alpha, beta, row_bias, col_bias, 0, 0, NULL};
     return gemm_run(NULL, 1, &g, 0);
 }
 
 int qd_gemm_cbatch(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
                    int64_t c_cols, int64_t c_batch_stride, float alpha, float beta, const float *row_bias,
                    const float *col_bias) {
-    gemm_args g = {M, N, K, A, B, C, ldc, c_cols, c_batch_stride, alpha, beta, row_bias, col_bias};
+    gemm_args g = {M, N, K, A, B, C, ldc, c_cols, c_batch_stride, alpha, beta, row_bias, col_bias, 0, 0, NULL};
     if (M <= 0 || N <= 0) return 0;
+    int lr_rc;
+    if (K > 0 && ctx && qd_gemm_lowrank(ctx, M, N, K, A, B, C, ldc, c_cols, c_batch_stride, alpha, beta, row_bias, col_bias,
+                                        &lr_rc))
+        return lr_rc;
     int t = qd_threads(ctx);
     double work = (double)M * N * (K + 1);
     if (work < 200000) t = 1;
@@ -324,6 +339,14 @@ int qd_gemm_cbatch(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_ma
         !B.w->decode_kmajor && !getenv("QD_NO_GEMV"))
         return qd_gemv_weight(ctx, t, qd_ctx_bf16(ctx), M, N, K, A.p, A.ld, B.w, C, ldc, alpha, beta, row_bias, col_bias);
     return gemm_run(ctx, t, &g, qd_ctx_bf16(ctx));
+}
+
+int qd_gemm_split_rows(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
+                       int64_t c_cols, int64_t c_batch_stride, float alpha, float beta, const float *row_bias,
+                       const float *col_bias, int64_t m_split, float *C2, int64_t ldc2) {
+    gemm_args g = {M, N, K, A, B, C, ldc, c_cols, c_batch_stride, alpha, beta, row_bias, col_bias, m_split, ldc2, C2};
+    if (M <= 0 || N <= 0) return 0;
+    return gemm_run(ctx, qd_threads(ctx), &g, qd_ctx_bf16(ctx));
 }
 
 void qd_gemm(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,

@@ -47,7 +47,9 @@ static inline qd_mat qd_im2col(const qd_conv_src *c) { qd_mat m = {QD_MAT_IM2COL
  *               + (row_bias ? row_bias[i] : 0) + (col_bias ? col_bias[j] : 0)
  * for i < M, j < N. Runs on the context's threads. With at most QD_GEMV_MAX_M (4) rows of
  * A against a stored weight B (not input-major storage) it streams the weight once
- * instead of packing it (tensor/gemv.h; QD_NO_GEMV=1 in the environment turns that off). */
+ * instead of packing it (tensor/gemv.h; QD_NO_GEMV=1 in the environment turns that off). A
+ * weight with a low-rank term (SDNQ's SVD, qd_weight.decode_base) may have the term applied
+ * to the other operand instead of every decoded tile (tensor/gemm_lowrank.c). */
 void qd_gemm(qd_ctx *ctx, int64_t M, int64_t N, int64_t K,
              qd_mat A, qd_mat B, float *C, int64_t ldc,
              float alpha, float beta, const float *row_bias, const float *col_bias);

@@ -46,6 +46,19 @@ void qd_gemm_pack_a(qd_mat m, int64_t i0, int64_t n, int64_t k0, int64_t kc, int
 void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int nr, int bf16,
                     uint32_t *dst, float *scratch);
 
+/* tensor/gemm_lowrank.c: when A or B is a weight with a low-rank term (qd_weight.decode_base)
+ * that costs less applied to the activations than folded into every decoded tile, runs the
+ * whole qd_gemm_cbatch that way, sets *rc (0 or -1 as qd_gemm_cbatch) and returns 1; else 0. */
+int qd_gemm_lowrank(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
+                    int64_t c_cols, int64_t c_bstride, float alpha, float beta, const float *row_bias,
+                    const float *col_bias, int *rc);
+
+/* qd_gemm_cbatch (packed path, no GEMV or low-rank split) with rows i >= m_split of the
+ * result going to C2[(i - m_split) * ldc2 + j] instead, without the biases. */
+int qd_gemm_split_rows(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
+                       int64_t c_cols, int64_t c_batch_stride, float alpha, float beta, const float *row_bias,
+                       const float *col_bias, int64_t m_split, float *C2, int64_t ldc2);
+
 /* Words of one packed strip for kc k values. */
 static inline int64_t qd_gemm_kw(int64_t kc, int bf16) { return bf16 ? (kc + 1) / 2 : kc; }
 static inline int64_t qd_gemm_a_strip_words(int mr) { return (int64_t)mr * QD_GEMM_AST; }

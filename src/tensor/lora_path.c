@@ -88,6 +88,7 @@ static int lora_linear(qd_ctx *ctx, const qd_weight *w, const float *x, int64_t 
     base.linear = d->base_linear;
     base.decode_lowp = d->base_decode_lowp;
     base.decode_kmajor = d->base_decode_kmajor;
+    base.decode_base = d->base_decode_base;
     base.lora = NULL;
     int done = base.linear && base.linear(ctx, &base, x, M, bias, y);
     if (!done && M * (w->rows + w->cols) >= w->rows * w->cols) return 0;
@@ -120,11 +121,14 @@ qd_status qd_lora_delta_attach(qd_ctx *ctx, qd_weight *w, float *A, float *B, in
     d->B = B;
     d->base_decode = w->decode;
     d->base_linear = w->linear;
-    /* the format's other decoders (bf16 SVD term, k-major panels) would skip the delta */
+    /* the format's other decoders (bf16 SVD term, k-major panels, base without the
+     * low-rank term for the GEMM's side path) would skip the delta */
     d->base_decode_lowp = w->decode_lowp;
     d->base_decode_kmajor = w->decode_kmajor;
+    d->base_decode_base = w->decode_base;
     w->decode_lowp = NULL;
     w->decode_kmajor = NULL;
+    w->decode_base = NULL;
     w->lora = d;
     w->linear = lora_linear;   /* the format's own matmul (if any) runs from there, plus the side path */
     w->decode = lora_decode;
@@ -138,6 +142,7 @@ void qd_lora_delta_detach(qd_weight *w) {
     w->linear = d->base_linear;
     w->decode_lowp = d->base_decode_lowp;
     w->decode_kmajor = d->base_decode_kmajor;
+    w->decode_base = d->base_decode_base;
     w->lora = NULL;
     free(d->A);
     free(d->B);

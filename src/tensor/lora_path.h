@@ -23,6 +23,7 @@ typedef struct qd_lora_delta {
     /* the weight's optional decoders, off while attached (they would not add the delta) */
     void (*base_decode_lowp)(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld);
     void (*base_decode_kmajor)(const qd_weight *w, int64_t r0, int nr, int64_t k0, int64_t nk, float *panel, int64_t ld);
+    void (*base_decode_base)(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld);
 } qd_lora_delta;
 
 /* Attach B.A to w (its decode and linear are wrapped), taking ownership of A and B (malloc'd; freed on detach, or here on

@@ -33,10 +33,34 @@ struct qd_weight {
     /* Generation-time LoRA attached to this weight (tensor/lora_path.h), NULL: none. While
      * attached, decode() adds its low-rank delta and linear is NULL. */
     struct qd_lora_delta *lora;
+    /* Optional: the weight is base + lr_up . lr_down, a low-rank term decode() adds (SDNQ's
+     * SVD; not with a Hadamard rotation): decode_base() decodes the base alone; lr_up is
+     * [rows, lr_rank], lr_down [lr_rank, cols] with row stride lr_ld, fp32. The GEMM may
+     * then apply the term to the activations instead, (x . lr_down^T) . lr_up^T, where that
+     * is cheaper than adding it to every decoded tile (tensor/gemm_lowrank.c). NULL: no
+     * such term (and off while a LoRA is attached: decode_base would skip its delta). */
+    void (*decode_base)(const struct qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
+                        int64_t ld);
+    const float *lr_up, *lr_down;
+    int64_t lr_rank, lr_ld;
+    /* A view (qd_weight_view): rows [0, view_n) are base rows view_r[0] + r, rows
+     * [view_n, 2 view_n) (when view_r[1] >= 0) base rows view_r[1] + r - view_n; column k
+     * is base column view_c + k. NULL: not a view. */
+    const struct qd_weight *view_base;
+    int64_t view_r[2], view_n, view_c;
 };
 typedef struct qd_weight qd_weight;
 
 /* A dense weight over a stored tensor whose numel is rows*cols. */
 void qd_weight_dense(qd_weight *w, const qd_st_tensor *t, int64_t rows, int64_t cols);
+
+/* v = the sub-matrix of base made of rows [ra, ra+n) followed by rows [rb, rb+n) (rb < 0:
+ * only the first run), columns [c0, c0+nc): a GEMM over v decodes only those elements,
+ * through base's decoders (so a LoRA delta attached to base is included; base's own
+ * linear hook is not used: v->linear is NULL). Its low-rank term (decode_base) is base's
+ * with the same rows and columns. Used to split one layer into several GEMMs
+ * without decoding any element twice (the UNet feed-forward by hidden features). v
+ * borrows base, which must outlive it. */
+void qd_weight_view(qd_weight *v, const qd_weight *base, int64_t ra, int64_t rb, int64_t n, int64_t c0, int64_t nc);
 
 #endif
