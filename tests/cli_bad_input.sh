@@ -4,29 +4,8 @@
 # usage: cli_bad_input.sh path/to/qdiff path/to/tests/fixtures
 set -u
 qdiff=$1
+. "$(dirname "$0")/tools/cli_common.sh"
 fixtures=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-
-# expect NAME WANT_TEXT -- ARGS...: exit 2, stderr contains WANT_TEXT, no output left.
-expect() {
-  local name=$1 want=$2
-  shift 3
-  rm -f "$tmp"/out*
-  "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
-  local rc=$?
-  local left
-  left=$(ls "$tmp" | grep -E '^out' || true)
-  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && [[ -z "$left" ]] && ! grep -q "AddressSanitizer\|runtime error" "$tmp/stderr"; then
-    echo "ok   $name: $(head -c 300 "$tmp/stderr" | tr '\n' ' ')"
-    pass=$((pass + 1))
-  else
-    echo "FAIL $name: rc=$rc left='$left' stderr: $(head -c 600 "$tmp/stderr")"
-    fail=$((fail + 1))
-  fi
-}
 
 # a fresh copy of the tiny SD1.5 folder to break
 fresh() { rm -rf "$tmp/m"; cp -r "$fixtures/models/sd15-tiny" "$tmp/m"; }
@@ -85,5 +64,4 @@ else
   echo "FAIL good run: $(cat "$tmp/stderr")"; fail=$((fail + 1))
 fi
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

@@ -7,50 +7,15 @@
 # usage: cli_img2img.sh path/to/qdiff path/to/tests/fixtures
 set -u
 qdiff=$1
+. "$(dirname "$0")/tools/cli_common.sh"
 fx=$2
 export QD_PRECISION=fp32
-py=${QD_PYTHON:-/usr/bin/python3}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-
-expect() {   # NAME WANT_TEXT -- ARGS...: exit 2, stderr has WANT_TEXT, no out* left
-  local name=$1 want=$2
-  shift 3
-  rm -f "$tmp"/out*
-  "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
-  local rc=$? left
-  left=$(ls "$tmp" | grep -E '^out' || true)
-  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && [[ -z "$left" ]] && ! grep -q "AddressSanitizer\|runtime error" "$tmp/stderr"; then
-    ok "$name: $(head -c 300 "$tmp/stderr" | tr '\n' ' ')"
-  else
-    bad "$name: rc=$rc left='$left' stderr: $(head -c 600 "$tmp/stderr")"
-  fi
-}
 
 sd="$fx/models/sd15-tiny"
 flux="$fx/models/flux-tiny"
 pic="$fx/goldens/shapes-sd/pipe_00.png"   # 64x64
 gen=(generate -m "$sd" -p "a cat" --steps 4 -q -o "$tmp/out.png")
 
-# PNG text chunk "parameters", read with python's zlib-free tEXt parser below
-param() {
-  "$py" - "$1" <<'PY'
-import struct, sys
-d = open(sys.argv[1], "rb").read()
-i = 8
-while i < len(d):
-    n, t = struct.unpack(">I4s", d[i:i + 8])
-    if t == b"tEXt":
-        k, v = d[i + 8:i + 8 + n].split(b"\0", 1)
-        if k == b"parameters":
-            print(v.decode("latin-1"))
-    i += 12 + n
-PY
-}
 size() { "$py" -c "import struct,sys; d=open(sys.argv[1],'rb').read(24); print('%dx%d' % struct.unpack('>II', d[16:24]))" "$1"; }
 
 # sizes: a 72x56 crop -> 72x56 for SD (multiples of 8), 64x48 for FLUX (multiples of 16)
@@ -63,17 +28,17 @@ Image.new('RGB', (6, 6), (255, 0, 0)).save('$tmp/tiny.png')
 if "$qdiff" "${gen[@]}" --init-image "$tmp/in72x56.png" --strength 0.5 && [[ $(size "$tmp/out.png") == 72x56 ]]; then
   ok "SD1.5: a 72x56 init image gives a 72x56 picture"
 else bad "SD1.5 72x56 init image"; fi
-p=$(param "$tmp/out.png")
+p=$(png_param "$tmp/out.png")
 [[ "$p" == *"Denoising strength: 0.5,"* ]] && ok "PNG parameters: Denoising strength: 0.5" || bad "PNG parameters: $p"
 if "$qdiff" generate -m "$flux" -p "a cat" --steps 2 -q -o "$tmp/out.png" --init-image "$tmp/in72x56.png" && [[ $(size "$tmp/out.png") == 64x48 ]]; then
   ok "FLUX: 72x56 rounds down to 64x48 (multiples of 16)"
 else bad "FLUX size rounding"; fi
-p=$(param "$tmp/out.png")
+p=$(png_param "$tmp/out.png")
 [[ "$p" == *"Denoising strength: 0.6,"* ]] && ok "FLUX default strength 0.6 recorded" || bad "FLUX default strength: $p"
 if "$qdiff" "${gen[@]}" --init-image "$tmp/in.jpg" -W 64 -H 32 --sampler euler --strength 0.3 && [[ $(size "$tmp/out.png") == 64x32 ]]; then
   ok "JPEG init image resized to -W 64 -H 32 (k-sampler)"
 else bad "JPEG + -W/-H"; fi
-p=$(param "$tmp/out.png")
+p=$(png_param "$tmp/out.png")
 [[ "$p" == *"Denoising strength: 0.3,"* && "$p" == *"Sampler: euler"* ]] && ok "k-sampler strength 0.3 recorded" || bad "k-sampler parameters: $p"
 # strength 1 of a flow model ignores the image: same pixels from two different init images
 "$qdiff" generate -m "$flux" -p "a cat" --steps 2 -q -o "$tmp/a.png" --init-image "$pic" --strength 1 -W 64 -H 64 --seed 3 &&
@@ -96,5 +61,4 @@ expect "strength text" "--strength expects" -- "${gen[@]}" --init-image "$pic" -
 expect "strength leaving no step" "leaves no step to run" -- "${gen[@]}" --init-image "$pic" --strength 0.2
 expect "--strength without --init-image" "--strength goes with --init-image" -- "${gen[@]}" --strength 0.5
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

@@ -6,33 +6,11 @@
 # usage: cli_vae.sh path/to/qdiff path/to/tests/fixtures
 set -u
 qdiff=$1
+. "$(dirname "$0")/tools/cli_common.sh"
 fixtures=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
 enc=$fixtures/taesd/taef2_encoder.safetensors
 dec=$fixtures/taesd/taef2_decoder.safetensors
 photo=$fixtures/taesd/photo.png
-
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-
-# expect NAME WANT_TEXT -- ARGS...: exit 2, stderr contains WANT_TEXT, no output left.
-expect() {
-  local name=$1 want=$2
-  shift 3
-  rm -f "$tmp"/out*
-  "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
-  local rc=$?
-  local left
-  left=$(ls "$tmp" | grep -E '^out' || true)
-  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && [[ -z "$left" ]] && ! grep -q "AddressSanitizer\|runtime error" "$tmp/stderr"; then
-    ok "$name: $(head -c 300 "$tmp/stderr" | tr '\n' ' ')"
-  else
-    bad "$name: rc=$rc left='$left' stderr: $(head -c 600 "$tmp/stderr")"
-  fi
-}
 
 # ---- the good path: encode, decode, and the help text
 if "$qdiff" vae encode --vae "$enc" -i "$photo" -o "$tmp/lat.safetensors" -q 2>"$tmp/stderr" &&
@@ -99,5 +77,4 @@ expect "missing latent file" "$tmp/none.safetensors" -- vae decode --vae "$dec" 
 expect "negative --vae-tile" "--vae-tile" -- vae decode --vae "$kl" -i "$glat" --vae-tile -3 -o "$tmp/out.png"
 expect "decode --width" "encode only" -- vae decode --vae "$dec" -i "$tmp/lat.safetensors" -W 64 -o "$tmp/out.png"
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

@@ -26,15 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static qd_model *open_model(qd_ctx *ctx, const char *name) {
-    char rel[256];
-    snprintf(rel, sizeof rel, "models/%s", name);
-    qd_model *m = NULL;
-    qd_status st = qd_model_open(ctx, fixture(rel), &m);
-    check(st == QD_OK, "open %s: %s", name, st ? qd_last_error(ctx) : "ok");
-    return st == QD_OK ? m : NULL;
-}
-
 /* scaled_linear betas of SD1.5 (0.00085 .. 0.012, 1000) -> alphas_cumprod[t], double */
 static double sd_alphas_cumprod(int t) {
     double ac = 1;
@@ -455,9 +446,9 @@ static void test_bad(qd_ctx *ctx, qd_model *m) {
 int main(void) {
     qd_ctx *ctx = test_ctx_new(0);
     test_t_start();
-    qd_model *sd = open_model(ctx, "sd15-tiny"), *sd3 = open_model(ctx, "sd35-tiny");
-    qd_model *flux = open_model(ctx, "flux-tiny"), *shapes = open_model(ctx, "shapes-sd");
-    qd_model *sdxl = open_model(ctx, "sdxl-tiny");
+    qd_model *sd = test_open_model(ctx, "models/sd15-tiny"), *sd3 = test_open_model(ctx, "models/sd35-tiny");
+    qd_model *flux = test_open_model(ctx, "models/flux-tiny"), *shapes = test_open_model(ctx, "models/shapes-sd");
+    qd_model *sdxl = test_open_model(ctx, "models/sdxl-tiny");
     if (sdxl) {
         /* SDXL (scaling 0.13025, no latents_mean): Euler at t = 401, and DPM-Solver++ with
          * leading spacing over 11 points (901, 811, ..., 91): strength 0.3 of 10 steps ->

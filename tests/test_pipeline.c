@@ -66,10 +66,8 @@ static void run_family(qd_ctx *ctx, const char *golden_dir, double approx) {
     cJSON *cases;
     if (qd_json_load(ctx, path, &cases) != QD_OK) { check(0, "%s", qd_last_error(ctx)); return; }
     const char *model_dir = qd_json_str(cases, "model_dir", "");
-    qd_model *m;
-    qd_status st = qd_model_open(ctx, fixture(model_dir), &m);
-    check(st == QD_OK, "open %s: %s", model_dir, st ? qd_last_error(ctx) : "ok");
-    if (st == QD_OK) {
+    qd_model *m = test_open_model(ctx, model_dir);
+    if (m) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(cases, "pipelines");
         const char *only = getenv("QD_CASE");   /* e.g. QD_CASE=pipe_pndm to run one */
         for (const cJSON *c = list ? list->child : NULL; c; c = c->next)

@@ -109,11 +109,8 @@ static void golden_family(qd_ctx *ctx, const family *f) {
     snprintf(path, sizeof path, "%s/cases.json", fixture(f->golden_dir));
     cJSON *cases;
     if (qd_json_load(ctx, path, &cases) != QD_OK) { check(0, "%s", qd_last_error(ctx)); return; }
-    qd_model *m;
-    const char *model_dir = qd_json_str(cases, "model_dir", "");
-    qd_status st = qd_model_open(ctx, fixture(model_dir), &m);
-    check(st == QD_OK, "open %s: %s", model_dir, st ? qd_last_error(ctx) : "ok");
-    if (st == QD_OK) {
+    qd_model *m = test_open_model(ctx, qd_json_str(cases, "model_dir", ""));
+    if (m) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(cases, "pipelines");
         for (const cJSON *c = list ? list->child : NULL; c; c = c->next) {
             const char *g = qd_json_str(c, "golden", "");
@@ -141,11 +138,9 @@ static void differential(qd_ctx *ctx) {
     snprintf(path, sizeof path, "%s/cases.json", fixture("goldens/shapes-sd"));
     cJSON *cases;
     if (qd_json_load(ctx, path, &cases) != QD_OK) { check(0, "%s", qd_last_error(ctx)); return; }
-    qd_model *m;
-    qd_status st = qd_model_open(ctx, fixture(qd_json_str(cases, "model_dir", "")), &m);
-    check(st == QD_OK, "open shapes-sd: %s", st ? qd_last_error(ctx) : "ok");
+    qd_model *m = test_open_model(ctx, qd_json_str(cases, "model_dir", ""));
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(cases, "pipelines");
-    for (const cJSON *c = st == QD_OK && list ? list->child : NULL; c; c = c->next) {
+    for (const cJSON *c = m && list ? list->child : NULL; c; c = c->next) {
         const char *g = qd_json_str(c, "golden", "");
         if (strcmp(g, golden_prompts[0]) && strcmp(g, golden_prompts[1])) continue;
         for (size_t k = 0; k < sizeof runs / sizeof runs[0]; k++) {
@@ -174,7 +169,7 @@ static void differential(qd_ctx *ctx) {
             free(opts);
         }
     }
-    if (st == QD_OK) qd_model_free(m);
+    qd_model_free(m);
     cJSON_Delete(cases);
 }
 

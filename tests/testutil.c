@@ -20,6 +20,13 @@ const char *fixture(const char *rel) {
     return b;
 }
 
+qd_model *test_open_model(qd_ctx *ctx, const char *rel) {
+    qd_model *m = NULL;
+    qd_status st = qd_model_open(ctx, fixture(rel), &m);
+    check(st == QD_OK, "open %s: %s", rel, st ? qd_last_error(ctx) : "ok");
+    return st == QD_OK ? m : NULL;
+}
+
 static const qd_st_tensor *open_tensor(qd_ctx *ctx, qd_st_set *set, const char *path, const char *name) {
     if (qd_st_open(ctx, path, set) != QD_OK) {
         fprintf(stderr, "load: %s\n", qd_last_error(ctx));

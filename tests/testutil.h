@@ -39,6 +39,9 @@ int test_summary(void);
  * of bf16 set it themselves (test_pipeline_bf16, test_gemm_kernels, test_attention). */
 qd_ctx *test_ctx_new(int n_threads);
 
+/* qd_model_open of fixture(rel) (e.g. "models/sd15-tiny"), recorded as a check; NULL if it failed. */
+qd_model *test_open_model(qd_ctx *ctx, const char *rel);
+
 /* ---- pipeline golden cases ---- */
 
 /* qd_gen_params for one entry of a goldens cases.json "pipelines" list, as diffusers ran
