@@ -15,9 +15,17 @@
  *      4-channel model with conv_in.bias + V: latents within rel L2 1e-5 of that model's
  *      txt2img run, and more than 1e-3 (max-abs) away from the unmodified model's;
  *      with a half mask the run differs from the all-ones one (the mask is spatial);
+ *  (c) the start itself (qd_inpaint_concat_start, batch 2, strength 1) against the draws
+ *      and the masking redone here: latents = the first randn * init_noise_sigma (rel L2
+ *      <= 1e-7), the mask channel = the half mask on the 8x8 grid (exact), the masked-image
+ *      latents = scaling_factor * (mean + exp(logvar / 2) * the next randn) of
+ *      qd_vae_encode(image with the repainted half set to 0 in [-1, 1]) (rel L2 <= 1e-6),
+ *      the same for both batch items;
  *  bad input: no mask, no init image, init latents, a k-sampler: QD_ERR_ARG / UNSUPPORTED. */
 #include "testutil.h"
 #include "io/json.h"
+#include "pipeline/inpaint.h"
+#include "base/rng.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -88,6 +96,65 @@ static void expect_err(qd_ctx *ctx, const char *dir, const float *image, const f
     free(lat);
 }
 
+static void test_start(qd_ctx *ctx, const char *dir, const float *image, const float *half) {
+    qd_model *m = NULL;
+    qd_scheduler *s = NULL;
+    if (qd_model_open(ctx, dir, &m) != QD_OK || qd_scheduler_new(ctx, m->scheduler_config, NULL, NULL, &s) != QD_OK ||
+        qd_scheduler_set_timesteps(ctx, s, 6) != QD_OK) {
+        check(0, "(c) open %s: %s", dir, qd_last_error(ctx));
+        qd_scheduler_free(s);
+        qd_model_free(m);
+        return;
+    }
+    enum { S = 64, h = 8, C = 4, per = C * h * h, B = 2 };
+    qd_gen_params p;
+    memset(&p, 0, sizeof p);
+    p.width = p.height = S;
+    p.steps = 6;
+    p.strength = 1.0;
+    p.batch = B;
+    p.init_image = image;
+    p.mask = half;
+    float *lat = malloc(sizeof(float) * B * per), *cond = malloc(sizeof(float) * B * (1 + C) * h * h);
+    float *noise = malloc(sizeof(float) * B * per), *e = malloc(sizeof(float) * per), *img = malloc(sizeof(float) * 3 * S * S);
+    float *mean = malloc(sizeof(float) * per), *lv = malloc(sizeof(float) * per), *ref = malloc(sizeof(float) * per);
+    qd_rng rng, r2;
+    qd_rng_seed(&rng, 77);
+    qd_rng_seed(&r2, 77);
+    int begin = -1;
+    qd_status st = qd_inpaint_concat_start(ctx, m, &p, s, B, &rng, &begin, lat, cond);
+    check(st == QD_OK && begin == 0, "(c) qd_inpaint_concat_start: %s, begin %d", st ? qd_last_error(ctx) : "ok", begin);
+    if (st == QD_OK) {
+        qd_rng_randn(&r2, noise, B * per);
+        float sigma = qd_scheduler_init_noise_sigma(s);
+        for (int i = 0; i < B * per; i++) noise[i] *= sigma;
+        double r = rel_l2(lat, noise, B * per);
+        check(r <= 1e-7, "(c) latents = first randn * init_noise_sigma %g: rel L2 %.3g", (double)sigma, r);
+        for (int c = 0; c < 3; c++)   /* NCHW in [-1, 1], the repainted (x < 32) half zeroed */
+            for (int y = 0; y < S; y++)
+                for (int x = 0; x < S; x++)
+                    img[(c * S + y) * S + x] = x < S / 2 ? 0.0f : image[(y * S + x) * 3 + c] * 2.0f - 1.0f;
+        st = qd_vae_encode(ctx, m->vae, img, 1, S, S, mean, lv);
+        check(st == QD_OK, "(c) reference encode: %s", st ? qd_last_error(ctx) : "ok");
+        qd_rng_randn(&r2, e, per);
+        const qd_vae_info *vi = qd_vae_get_info(m->vae);
+        for (int i = 0; i < per; i++) ref[i] = (mean[i] + expf(0.5f * lv[i]) * e[i] - vi->shift_factor) * vi->scaling_factor;
+        for (int b = 0; st == QD_OK && b < B; b++) {
+            const float *mk = cond + b * (1 + C) * h * h;
+            int bad = 0;
+            for (int i = 0; i < h; i++)
+                for (int j = 0; j < h; j++) bad += mk[i * h + j] != (j < h / 2 ? 1.0f : 0.0f);
+            check(bad == 0, "(c) item %d: mask channel = the half mask on the latent grid (%d cells differ)", b, bad);
+            r = rel_l2(mk + h * h, ref, per);
+            check(r <= 1e-6, "(c) item %d: masked-image latents = scaling * sampled encode of the masked image, drawn "
+                  "after the noise: rel L2 %.3g (tol 1e-6)", b, r);
+        }
+    }
+    free(lat); free(cond); free(noise); free(e); free(img); free(mean); free(lv); free(ref);
+    qd_scheduler_free(s);
+    qd_model_free(m);
+}
+
 int main(void) {
     qd_ctx *ctx = test_ctx_new(2);
     if (!scratch_make("inpaint9")) return test_summary();
@@ -144,6 +211,7 @@ int main(void) {
             check(dh > 1e-3, "(b) a half mask differs from the all-ones mask: max-abs %.3g (> 1e-3)", dh);
         } else check(0, "(b) runs");
         free(lv); free(lb); free(lp); free(lh);
+        test_start(ctx, zero, image, half);
         /* bad input */
         expect_err(ctx, zero, NULL, NULL, NULL, 0, QD_ERR_ARG, "needs an init image and a mask", "no image, no mask");
         expect_err(ctx, zero, image, NULL, NULL, 0, QD_ERR_ARG, "needs an init image and a mask", "no mask");
