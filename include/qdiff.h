@@ -201,7 +201,9 @@ typedef struct {
      *   k-samplers, as ComfyUI's KSampler with SetLatentNoiseMask: the mask resized
      *     bilinearly (soft); every model call sees x * m + noised(latent, sigma) * (1 - m)
      *     and its x0 becomes x0 * m + latent * (1 - m).
-     * 9-channel inpainting UNets are refused at load. */
+     *   9-channel inpainting UNets (diffusers classes only; a mask and init_image are
+     *     required): the UNet input is cat([latents, mask, masked-image latents]), no
+     *     blend; the image is encoded only at strength < 1 (README "Inpainting"). */
     const float *mask;
     int mask_count;
 } qd_gen_params;

@@ -9,8 +9,9 @@
 #   - the PNG parameters record "Mask blur: N" and the inpaint default strength (1 for SD1.5);
 #     --mask-blur changes the k-sampler's (soft, bilinear) mask;
 #   - bad input: --mask without --init-image, --mask-blur without --mask, a missing or
-#     corrupt mask file, a bad --mask-blur, a 9-channel inpainting UNet: exit 2, a message,
-#     no output left behind.
+#     corrupt mask file, a bad --mask-blur: exit 2, a message, no output left behind;
+#   - a 9-channel inpainting UNet runs (zero extra weights: text-to-image's latents at
+#     strength 1), and fails without a mask or with --sampler.
 # usage: cli_inpaint.sh path/to/qdiff path/to/tests/fixtures
 set -u
 qdiff=$1
@@ -114,38 +115,31 @@ printf 'not an image' > "$tmp/corrupt.png"
 expect "corrupt mask" "$tmp/corrupt.png: not a PNG or JPEG" -- "${gen[@]}" -o "$tmp/out.png" --mask "$tmp/corrupt.png"
 expect "bad --mask-blur" "--mask-blur expects" -- "${gen[@]}" -o "$tmp/out.png" --mask "$tmp/half.png" --mask-blur -1
 
-# a 9-channel inpainting UNet (conv_in over latents + mask + masked-image latents) is refused
-# with a message that says so: sd15-tiny with conv_in widened to 9 input channels
-mkdir -p "$tmp/inp9/unet"
-for d in scheduler text_encoder tokenizer vae model_index.json; do ln -s "$sd/$d" "$tmp/inp9/$d"; done
-"$py" - "$sd/unet" "$tmp/inp9/unet" <<'PY' || bad "making the 9-channel UNet"
+# a 9-channel inpainting UNet (StableDiffusionInpaintPipeline, conv_in over latents + mask +
+# masked-image latents): sd15-tiny with conv_in widened by zero weights. At strength 1 (the
+# default) the start is the seed's noise (the masked image's draw comes after it) and there
+# is no blend, so the latents equal plain text-to-image's exactly; errors without a mask
+# and with --sampler.
+"$py" "$(dirname "$0")/tools/make_inpaint_unet.py" "$sd" "$tmp/inp9" concat || bad "making the 9-channel model"
+"$qdiff" "${gen[@]}" -m "$tmp/inp9" --mask "$tmp/half.png" --save-latents "$tmp/i9.safetensors" -o "$tmp/i9.png" &&
+"$qdiff" generate -m "$sd" -p "a cat" --steps 4 --seed 9 -q --save-latents "$tmp/t2i.safetensors" -o "$tmp/t2i.png"
+r=$("$py" - "$tmp/i9.safetensors" "$tmp/t2i.safetensors" <<'PY'
 import json, struct, sys
 import numpy as np
-src, dst = sys.argv[1:3]
-cfg = json.load(open(src + "/config.json")); cfg["in_channels"] = 9
-json.dump(cfg, open(dst + "/config.json", "w"))
-d = open(src + "/diffusion_pytorch_model.safetensors", "rb").read()
-n = struct.unpack("<Q", d[:8])[0]
-hdr, body = json.loads(d[8:8 + n]), d[8 + n:]
-out, blobs, off = {}, [], 0
-for k, v in hdr.items():
-    if k == "__metadata__":
-        out[k] = v
-        continue
-    a, b = v["data_offsets"]
-    raw = body[a:b]
-    if k == "conv_in.weight":
-        w = np.frombuffer(raw, dtype=np.float32 if v["dtype"] == "F32" else np.float16).reshape(v["shape"])
-        w = np.concatenate([w, np.zeros((w.shape[0], 5) + w.shape[2:], w.dtype)], axis=1)
-        raw, v = w.tobytes(), dict(v, shape=list(w.shape))
-    out[k] = dict(v, data_offsets=[off, off + len(raw)])
-    blobs.append(raw)
-    off += len(raw)
-h = json.dumps(out).encode()
-h += b" " * ((8 - len(h) % 8) % 8)
-open(dst + "/diffusion_pytorch_model.safetensors", "wb").write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+def load(p):
+    d = open(p, "rb").read()
+    n = struct.unpack("<Q", d[:8])[0]
+    h = json.loads(d[8:8 + n])["latents"]
+    a, b = h["data_offsets"]
+    return np.frombuffer(d[8 + n + a:8 + n + b], dtype=np.float32)
+x, t = load(sys.argv[1]), load(sys.argv[2])
+r = float(np.linalg.norm(x - t) / np.linalg.norm(t))
+print("ok" if r <= 1e-6 else "bad", r)
 PY
-expect "9-channel inpainting UNet refused" "an inpainting checkpoint" -- generate -m "$tmp/inp9" -p x --steps 2 -q -o "$tmp/out.png" --init-image "$pic" --mask "$tmp/half.png"
+)
+[[ "$r" == ok* && -s "$tmp/i9.png" ]] && ok "9-channel inpainting UNet, strength 1: latents = text-to-image's (rel L2 <= 1e-6: $r)" || bad "9-channel run: $r"
+expect "9-channel UNet without a mask" "needs an init image and a mask" -- generate -m "$tmp/inp9" -p x --steps 2 -q -o "$tmp/out.png" --init-image "$pic"
+expect "9-channel UNet with a k-sampler" "does not run inpainting UNets" -- "${gen[@]}" -m "$tmp/inp9" --mask "$tmp/half.png" --sampler euler -o "$tmp/out.png"
 
 echo "$pass passed, $fail failed"
 [[ $fail -eq 0 ]]

@@ -30,9 +30,14 @@ class QdiffVaeEncode:
         else:
             model = ("STRING", {"default": "", "tooltip": "path of a diffusers folder"})
         return {"required": {"model": model, "pixels": ("IMAGE",)},
-                "optional": {"threads": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "0: all cores"})}}
+                "optional": {"threads": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "0: all cores"}),
+                             "precision": (list(libqdiff.QD_PRECISION), {
+                                 "default": libqdiff.default_precision(),
+                                 "tooltip": "the encoder's dense math (auto = bf16 where the CPU has AVX512_BF16, "
+                                            "fp32 = the reference); set per run, whatever the sampler last used; "
+                                            "the default comes from $QD_PRECISION"})}}
 
-    def encode(self, model, pixels, threads=0):
+    def encode(self, model, pixels, threads=0, precision=None):
         folder = _resolve_folder(model)
         if pixels.dim() != 4 or pixels.shape[-1] < 3:
             raise libqdiff.QdiffError(f"pixels must be an IMAGE [B, H, W, 3] (got {list(pixels.shape)})",
@@ -45,6 +50,7 @@ class QdiffVaeEncode:
         scale, shift = _vae_factors(folder)
         with CACHE.lock:
             ctx, m = CACHE.get(folder, threads)   # the sampler's cached model and context
+            ctx.set_precision(precision or libqdiff.default_precision())   # this node's, not the last sampler run's
             vae = libqdiff.PreviewVae(ctx, f"{m.folder}/vae")
             try:
                 c = 16 if m.family in ("sd3", "flux") else 4

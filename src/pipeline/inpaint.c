@@ -17,6 +17,20 @@
  *   - the loop, after scheduler.step: init_latents_proper = image_latents, noised with
  *     scheduler.add_noise / scale_noise(.., noise, timesteps[i + 1]) unless i is the last
  *     step; latents = (1 - init_mask) * init_latents_proper + init_mask * latents.
+ * Concat (9-channel) UNets, as the same StableDiffusion(XL)InpaintPipeline do when
+ * unet.config.in_channels == 9 (num_channels_unet != 4):
+ *   - prepare_latents(return_image_latents=False): the image is encoded (its draw) only
+ *     when not is_strength_max; latents = noise * init_noise_sigma at strength 1, else
+ *     add_noise(image_latents, noise, latent_timestep);
+ *   - prepare_mask_latents: mask_condition binarized at the pixel size, masked_image =
+ *     init_image * (mask_condition < 0.5) in [-1, 1] (masked pixels become 0, mid gray),
+ *     masked_image_latents = scaling_factor * _encode_vae_image(masked_image, generator)
+ *     (sampled: the draw after the noise), mask = F.interpolate(mask, size=(h, w))
+ *     (nearest); both repeated to the batch (and duplicated for CFG);
+ *   - each step: latent_model_input = cat([scale_model_input(latents), mask,
+ *     masked_image_latents], dim=1); no blend after scheduler.step.
+ * Without an image or a mask those pipelines raise; qdiff fails the same way. k-samplers
+ * (ComfyUI's InpaintModelConditioning) are refused for these UNets.
  * k-samplers, as ComfyUI documents SetLatentNoiseMask + KSampler: the noise mask resized to
  * the latent grid bilinearly (soft values kept); each model call sees
  * x * mask + noise_scaling(sigma, noise, latent) * (1 - mask) and its denoised output is
@@ -29,8 +43,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+int qd_inpaint_concat_unet(const qd_model *m) {
+    return m->unet && qd_unet_get_info(m->unet)->in_channels == 2 * m->latent_channels + 1;
+}
+
 qd_status qd_inpaint_check(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p) {
-    (void)m;
+    if (qd_inpaint_concat_unet(m)) {   /* diffusers: "`image` / `mask_image` input cannot be undefined" */
+        int in = qd_unet_get_info(m->unet)->in_channels;
+        if (!p->mask || !p->init_image)
+            return qd_fail(ctx, QD_ERR_ARG, "this is an inpainting UNet (%d input channels): it needs an init image "
+                           "and a mask%s", in, p->init_latents ? " (init latents cannot be masked: give the image)" : "");
+        if (p->sampler)
+            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "sampler %s: the k-sampler path does not run inpainting UNets (%d "
+                           "input channels); use a diffusers scheduler (no --sampler)", p->sampler, in);
+    }
     if (!p->mask) return QD_OK;
     if (!p->init_image && !p->init_latents)
         return qd_fail(ctx, QD_ERR_ARG, "inpainting: a mask needs an init image (or init latents) to keep");
@@ -141,4 +167,49 @@ qd_status qd_inpaint_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_
         free(drop);
     }
     return QD_OK;
+}
+
+qd_status qd_inpaint_concat_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_scheduler *s, int64_t batch,
+                                  qd_rng *rng, int *begin, float *latents, float *cond) {
+    int64_t H = p->height, W = p->width, h = H / m->vae_scale, w = W / m->vae_scale, C = m->latent_channels;
+    int64_t hw = h * w, per = C * hw, n = batch * per, count = p->init_count > 0 ? p->init_count : 1;
+    int64_t masks = p->mask_count > 1 ? p->mask_count : 1;
+    double strength = qd_img2img_strength(m, p);
+    *begin = qd_img2img_t_start(p->steps, strength) * qd_scheduler_order(s);
+    QD_TRY(qd_scheduler_set_begin(ctx, s, *begin));
+    float *il = malloc(sizeof(float) * (size_t)n), *noise = malloc(sizeof(float) * (size_t)n);
+    float *masked = malloc(sizeof(float) * (size_t)(count * H * W * 3)), *grid = malloc(sizeof(float) * (size_t)hw);
+    qd_status st = il && noise && masked && grid ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    int strength_max = strength == 1.0;
+    if (st == QD_OK && !strength_max) st = qd_img2img_latents(ctx, m, p, batch, rng, il);
+    if (st == QD_OK) {
+        qd_rng_randn(rng, noise, n);
+        if (strength_max) {
+            float sigma = qd_scheduler_init_noise_sigma(s);
+            for (int64_t k = 0; k < n; k++) latents[k] = noise[k] * sigma;
+        } else {
+            qd_scheduler_add_noise(s, *begin, il, noise, n, latents);
+        }
+        /* masked_image = image * (mask < 0.5) in [-1, 1]: 0.5 in the [0, 1] NHWC input */
+        for (int64_t b = 0; b < count; b++)
+            for (int64_t i = 0; i < H * W; i++) {
+                int keep = p->mask[(b % masks) * H * W + i] < 0.5f;
+                for (int c = 0; c < 3; c++)
+                    masked[(b * H * W + i) * 3 + c] = keep ? p->init_image[(b * H * W + i) * 3 + c] : 0.5f;
+            }
+        qd_gen_params mp = *p;
+        mp.init_image = masked;
+        st = qd_img2img_latents(ctx, m, &mp, batch, rng, il);   /* [batch, C, h, w], sampled, scaled */
+    }
+    for (int64_t b = 0; st == QD_OK && b < batch; b++) {
+        float *dst = cond + b * (1 + C) * hw;
+        qd_inpaint_mask_nearest(p->mask + (b % masks) * H * W, H, W, h, w, grid);
+        memcpy(dst, grid, sizeof(float) * (size_t)hw);
+        memcpy(dst + hw, il + b * per, sizeof(float) * (size_t)per);
+    }
+    free(il);
+    free(noise);
+    free(masked);
+    free(grid);
+    return st;
 }

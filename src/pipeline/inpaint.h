@@ -40,4 +40,17 @@ void qd_inpaint_blend(const float *mask, const float *keep, float *x, int64_t n)
 qd_status qd_inpaint_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_scheduler *s, int64_t batch,
                            qd_rng *rng, int *begin, float *latents, float *image_latents, float *noise);
 
+/* Whether m's UNet is an inpainting UNet (in_channels = 2 * latent channels + 1: the noisy
+ * latents, the mask and the masked image's latents concatenated on the channel axis). */
+int qd_inpaint_concat_unet(const qd_model *m);
+
+/* The diffusers InpaintPipelines' start for a concat (9-channel) UNet, p resolved and checked:
+ * image latents encoded (a draw from rng) only when strength < 1, noise = the next randn,
+ * latents = noise * init_noise_sigma at strength 1 else add_noise(image latents, noise,
+ * timesteps[*begin]); then prepare_mask_latents: cond [batch, 1 + C, h, w] = the nearest mask
+ * on the latent grid and the latents of init_image * (mask < 0.5) (sampled: the next draw
+ * from rng, [init_count, C, h, w]). */
+qd_status qd_inpaint_concat_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_scheduler *s, int64_t batch,
+                                  qd_rng *rng, int *begin, float *latents, float *cond);
+
 #endif

@@ -14,7 +14,9 @@
 static const struct { const char *cls; qd_family family; } pipelines[] = {
     {"StableDiffusionPipeline", QD_FAMILY_SD15},
     {"StableDiffusionImg2ImgPipeline", QD_FAMILY_SD15},
+    {"StableDiffusionInpaintPipeline", QD_FAMILY_SD15},
     {"StableDiffusionXLPipeline", QD_FAMILY_SDXL},
+    {"StableDiffusionXLInpaintPipeline", QD_FAMILY_SDXL},
     {"StableDiffusionXLImg2ImgPipeline", QD_FAMILY_SDXL},
     {"StableDiffusion3Pipeline", QD_FAMILY_SD3},
     {"StableDiffusion3Img2ImgPipeline", QD_FAMILY_SD3},
@@ -166,10 +168,8 @@ static qd_status load_components(qd_ctx *ctx, const char *ip, const cJSON *index
                            "(CLIP %d, T5 %d)", dir, t->pooled_projection_dim, t->joint_attention_dim,
                            qd_clip_text_get_info(m->text_encoder[0])->hidden_size, qd_t5_encoder_dim(m->t5));
     }
-    if (m->unet && in_ch == m->latent_channels * 2 + 1)   /* latents + mask + masked-image latents */
-        return qd_fail(ctx, QD_ERR_FORMAT, "%s: the unet takes %d input channels: an inpainting checkpoint "
-                       "(latents + mask + masked-image latents), which qdiff does not run; inpaint with the "
-                       "family's ordinary %d-channel model and a mask instead", dir, in_ch, m->latent_channels);
+    /* 9-channel inpainting UNets (latents + mask + masked-image latents): inpaint.c */
+    if (m->unet && in_ch == m->latent_channels * 2 + 1) return QD_OK;
     if (in_ch != m->latent_channels)
         return qd_fail(ctx, QD_ERR_FORMAT, "%s: vae latent_channels %d but the denoiser takes %d", dir,
                        m->latent_channels, in_ch);

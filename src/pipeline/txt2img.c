@@ -149,12 +149,22 @@ typedef struct {
     int64_t rows, C, h, w;      /* latent grid (unpacked) */
     float guidance;
     float *img_ids, *txt_ids, *ts, *gs;
+    int64_t batch;              /* inpainting UNet: items of concat ... */
+    float *concat, *wide;       /* ... [batch, 1 + C, h, w] (mask, masked-image latents) and the UNet input */
 } denoiser;
 
 /* One model evaluation on `rows` latents at scheduler time t. */
 static qd_status denoise(qd_ctx *ctx, denoiser *d, const float *x, float t, float *out) {
     qd_model *m = d->m;
     for (int64_t r = 0; r < d->rows; r++) d->ts[r] = m->family == QD_FAMILY_FLUX ? t / 1000.0f : t;
+    if (m->unet && d->concat) {   /* inpainting UNet: cat([x, mask, masked_image_latents], dim=1) per row */
+        int64_t hw = d->h * d->w, cx = d->C * hw, cc = (1 + d->C) * hw;
+        for (int64_t r = 0; r < d->rows; r++) {
+            memcpy(d->wide + r * (cx + cc), x + r * cx, sizeof(float) * (size_t)cx);
+            memcpy(d->wide + r * (cx + cc) + cx, d->concat + (r % d->batch) * cc, sizeof(float) * (size_t)cc);
+        }
+        x = d->wide;
+    }
     if (m->unet)
         return qd_unet_forward(ctx, m->unet, x, d->rows, d->h, d->w, d->ts, d->cond->context, d->cond->L,
                                d->cond->pooled, d->cond->time_ids, out);
@@ -261,7 +271,7 @@ typedef struct {
 static void gen_state_free(gen_state *g) {
     free(g->latents); free(g->model_in); free(g->model_out); free(g->noise_pred);
     free(g->mask); free(g->keep); free(g->keep_noise);
-    free(g->d.img_ids); free(g->d.txt_ids); free(g->d.ts); free(g->d.gs);
+    free(g->d.img_ids); free(g->d.txt_ids); free(g->d.ts); free(g->d.gs); free(g->d.concat); free(g->d.wide);
     qd_cond_free(&g->cond);
     qd_scheduler_free(g->sched);
 }
@@ -293,6 +303,13 @@ static void to_loop_layout(const qd_model *m, const gen_state *g, const float *s
 static qd_status init_latents(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, gen_state *g, int64_t B, int64_t per,
                               qd_rng *rng, int *begin, float **init) {
     int64_t n = B * per;
+    if (qd_inpaint_concat_unet(m)) {   /* 9-channel UNet: no blend (g->mask stays NULL), the concat inputs */
+        g->d.batch = B;
+        g->d.concat = malloc(sizeof(float) * (size_t)(B * (1 + g->d.C) * g->d.h * g->d.w));
+        g->d.wide = malloc(sizeof(float) * (size_t)(g->d.rows * (1 + 2 * g->d.C) * g->d.h * g->d.w));
+        if (!g->d.concat || !g->d.wide) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+        return qd_inpaint_concat_start(ctx, m, p, g->sched, B, rng, begin, g->latents, g->d.concat);
+    }
     int inpaint = p->mask != NULL;
     float *x0 = malloc(sizeof(float) * (size_t)n), *noise = malloc(sizeof(float) * (size_t)n);
     float *il = inpaint ? malloc(sizeof(float) * (size_t)n) : NULL;

@@ -482,7 +482,12 @@ if check(r.returncode == 0, f"qdiff vae encode of {os.path.basename(pic)} ({r.st
     # the qdiff VAE Encode node gives the same LATENT from the IMAGE
     Enc = pack.NODE_CLASS_MAPPINGS["QdiffVaeEncode"]
     pix = torch.from_numpy(read_png(pic).astype(np.float32) / 255.0)[None]
-    (node_lat,) = Enc().encode(sd15_dir, pix, threads=1)
+    ep = Enc.INPUT_TYPES()["optional"].get("precision")
+    check(ep is not None and ep[0] == ["auto", "fp32", "bf16"], f"VAE Encode has its own precision input ({ep})")
+    Enc().encode(sd15_dir, pix, threads=1, precision="bf16")
+    check(node_mod.CACHE.ctx.precision() == "bf16", "VAE Encode precision bf16: the context runs bf16")
+    (node_lat,) = Enc().encode(sd15_dir, pix, threads=1, precision="fp32")   # after a bf16 run: its own fp32
+    check(node_mod.CACHE.ctx.precision() == "fp32", "VAE Encode precision fp32 after a bf16 run: the context runs fp32")
     r4 = rel_l2(node_lat["samples"].numpy(), latent["samples"].numpy())
     check(r4 <= 1e-5, f"qdiff VAE Encode node LATENT = qdiff vae encode's / scale + shift: rel L2 {r4:.2e} (tol 1e-5)")
     img_i2i, _ = node.sample(sd15_dir, "a blue square", "", 4, 7.5, 0, 0, 33, "euler", "karras", threads=1,
@@ -524,7 +529,7 @@ if check(r.returncode == 0, f"qdiff vae encode of {os.path.basename(pic)} ({r.st
 # (sd15-tiny/vae.safetensors: image in [-1, 1] NCHW -> latent_dist.mean)
 vg = read_safetensors(os.path.join(FX, "goldens", "sd15-tiny", "vae.safetensors"))
 pix = torch.from_numpy(((vg["image"][0].transpose(1, 2, 0) + 1) / 2).astype(np.float32))[None]
-(gl,) = pack.NODE_CLASS_MAPPINGS["QdiffVaeEncode"]().encode(sd15_dir, pix.contiguous(), threads=1)
+(gl,) = pack.NODE_CLASS_MAPPINGS["QdiffVaeEncode"]().encode(sd15_dir, pix.contiguous(), threads=1, precision="fp32")
 r5 = rel_l2(gl["samples"].numpy(), vg["encoded_mean"])
 check(r5 <= 1e-4, f"qdiff VAE Encode node = diffusers' encoded_mean golden: rel L2 {r5:.2e} (tol 1e-4)")
 expect_raises(lq.QdiffError, lambda: pack.NODE_CLASS_MAPPINGS["QdiffVaeEncode"]().encode(sd15_dir, torch.zeros(1, 4, 4, 3)),
