@@ -64,4 +64,11 @@ else
   echo "FAIL good run: $(cat "$tmp/stderr")"; fail=$((fail + 1))
 fi
 
+# a consistent folder whose UNet outputs 8 channels for 4-channel latents
+if "$py" "$(dirname "$0")/tools/make_inpaint_unet.py" "$fixtures/models/sd15-tiny" "$tmp/wide_out" wide-out; then
+  expect "unet out_channels 8" "denoiser outputs 8 channels" -- generate -m "$tmp/wide_out" -p x --steps 1 -o "$tmp/out.png"
+else
+  bad "make_inpaint_unet.py wide-out"
+fi
+
 finish

@@ -15,48 +15,14 @@
 # usage: cli_inpaint.sh path/to/qdiff path/to/tests/fixtures
 set -u
 qdiff=$1
+. "$(dirname "$0")/tools/cli_common.sh"
 fx=$2
 export QD_PRECISION=fp32
-py=${QD_PYTHON:-/usr/bin/python3}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-
-expect() {   # NAME WANT_TEXT -- ARGS...: exit 2, stderr has WANT_TEXT, no out* left
-  local name=$1 want=$2
-  shift 3
-  rm -f "$tmp"/out*
-  "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
-  local rc=$? left
-  left=$(ls "$tmp" | grep -E '^out' || true)
-  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && [[ -z "$left" ]] && ! grep -q "AddressSanitizer\|runtime error" "$tmp/stderr"; then
-    ok "$name: $(head -c 300 "$tmp/stderr" | tr '\n' ' ')"
-  else
-    bad "$name: rc=$rc left='$left' stderr: $(head -c 600 "$tmp/stderr")"
-  fi
-}
 
 sd="$fx/models/sd15-tiny"
 pic="$fx/goldens/shapes-sd/pipe_00.png"   # 64x64
 gen=(generate -m "$sd" -p "a cat" --steps 4 --seed 9 -q --init-image "$pic")
 
-param() {
-  "$py" - "$1" <<'PY'
-import struct, sys
-d = open(sys.argv[1], "rb").read()
-i = 8
-while i < len(d):
-    n, t = struct.unpack(">I4s", d[i:i + 8])
-    if t == b"tEXt":
-        k, v = d[i + 8:i + 8 + n].split(b"\0", 1)
-        if k == b"parameters":
-            print(v.decode("latin-1"))
-    i += 12 + n
-PY
-}
 same() { "$py" -c "from PIL import Image; import sys; print(Image.open(sys.argv[1]).tobytes() == Image.open(sys.argv[2]).tobytes())" "$1" "$2" 2>&1; }
 
 "$py" -c "
@@ -71,7 +37,7 @@ a = Image.new('RGBA', (64, 64), (0, 0, 0, 0)); a.paste((10, 20, 30, 255), (0, 0,
 
 "$qdiff" "${gen[@]}" --strength 0.5 -o "$tmp/i2i.png" && "$qdiff" "${gen[@]}" --strength 0.5 --mask "$tmp/white.png" -o "$tmp/w.png"
 [[ $(same "$tmp/i2i.png" "$tmp/w.png") == True ]] && ok "white mask = image-to-image, pixel for pixel" || bad "white mask vs img2img"
-p=$(param "$tmp/w.png")
+p=$(png_param "$tmp/w.png")
 [[ "$p" == *"Denoising strength: 0.5, Mask blur: 0,"* ]] && ok "PNG parameters: Denoising strength 0.5, Mask blur: 0" || bad "PNG parameters: $p"
 
 "$qdiff" "${gen[@]}" --strength 0.75 --mask "$tmp/black.png" --save-latents "$tmp/black.safetensors" -o "$tmp/b.png" &&
@@ -99,13 +65,13 @@ PY
 [[ $(same "$tmp/h1.png" "$tmp/h2.png") == True ]] && ok "RGBA mask (opaque = repaint) = the luminance mask" || bad "RGBA mask"
 [[ $(same "$tmp/h1.png" "$tmp/h3.png") == True ]] && ok "--mask-invert of the inverted mask = the mask" || bad "--mask-invert"
 [[ $(same "$tmp/h1.png" "$tmp/h4.png") == True ]] && ok "a 32x32 JPEG mask resized to 64x64 = the PNG mask" || bad "resized JPEG mask"
-p=$(param "$tmp/h1.png")
+p=$(png_param "$tmp/h1.png")
 [[ "$p" == *"Denoising strength: 1, Mask blur: 0,"* ]] && ok "SD1.5 inpaint default strength 1 recorded" || bad "default strength: $p"
 # the diffusers classes binarize the mask per latent cell (a blurred seam may not move a
 # cell); the k-sampler's bilinear mask sees the blur
 "$qdiff" "${gen[@]}" --sampler euler --mask "$tmp/half.png" -o "$tmp/h6.png" &&
 "$qdiff" "${gen[@]}" --sampler euler --mask "$tmp/half.png" --mask-blur 4 -o "$tmp/h5.png"
-p=$(param "$tmp/h5.png")
+p=$(png_param "$tmp/h5.png")
 [[ "$p" == *"Mask blur: 4,"* && $(same "$tmp/h6.png" "$tmp/h5.png") == False ]] && ok "--mask-blur 4 recorded and changes the k-sampler's picture" || bad "--mask-blur: $p"
 
 expect "--mask without --init-image" "go with --init-image" -- generate -m "$sd" -p x --steps 2 -q -o "$tmp/out.png" --mask "$tmp/half.png"
@@ -141,5 +107,4 @@ PY
 expect "9-channel UNet without a mask" "needs an init image and a mask" -- generate -m "$tmp/inp9" -p x --steps 2 -q -o "$tmp/out.png" --init-image "$pic"
 expect "9-channel UNet with a k-sampler" "does not run inpainting UNets" -- "${gen[@]}" -m "$tmp/inp9" --mask "$tmp/half.png" --sampler euler -o "$tmp/out.png"
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

@@ -27,15 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static qd_model *open_model(qd_ctx *ctx, const char *name) {
-    char rel[256];
-    snprintf(rel, sizeof rel, "models/%s", name);
-    qd_model *m = NULL;
-    qd_status st = qd_model_open(ctx, fixture(rel), &m);
-    check(st == QD_OK, "open %s: %s", name, st ? qd_last_error(ctx) : "ok");
-    return st == QD_OK ? m : NULL;
-}
-
 static void test_resize(void) {
     /* 16x16 -> 2x2 nearest picks pixels (0,0), (0,8), (8,0), (8,8), binarized at 0.5 */
     float in[256], out[4];
@@ -324,9 +315,9 @@ static void test_bad(qd_ctx *ctx, qd_model *m) {
 int main(void) {
     qd_ctx *ctx = test_ctx_new(0);
     test_resize();
-    qd_model *sd = open_model(ctx, "sd15-tiny"), *sdxl = open_model(ctx, "sdxl-tiny");
-    qd_model *sd3 = open_model(ctx, "sd35-tiny"), *flux = open_model(ctx, "flux-tiny");
-    qd_model *shapes = open_model(ctx, "shapes-sd");
+    qd_model *sd = test_open_model(ctx, "models/sd15-tiny"), *sdxl = test_open_model(ctx, "models/sdxl-tiny");
+    qd_model *sd3 = test_open_model(ctx, "models/sd35-tiny"), *flux = test_open_model(ctx, "models/flux-tiny");
+    qd_model *shapes = test_open_model(ctx, "models/shapes-sd");
     if (sd) {
         test_blend(ctx, sd, "EulerDiscreteScheduler", 0);
         test_bad(ctx, sd);

@@ -134,10 +134,11 @@ static qd_status load_components(qd_ctx *ctx, const char *ip, const cJSON *index
     m->latent_channels = vi->latent_channels;
     for (int i = 0; i < m->n_clip; i++) clip_width += qd_clip_text_get_info(m->text_encoder[i])->hidden_size;
 
-    int in_ch = 0;
+    int in_ch = 0, out_ch = 0;
     if (m->unet) {
         const qd_unet_info *u = qd_unet_get_info(m->unet);
         in_ch = u->in_channels;
+        out_ch = u->out_channels;
         m->default_size = u->sample_size * m->vae_scale;
         if (u->cross_attention_dim != clip_width)
             return qd_fail(ctx, QD_ERR_FORMAT, "%s: unet cross_attention_dim %d does not match the text encoders' width %d",
@@ -150,6 +151,7 @@ static qd_status load_components(qd_ctx *ctx, const char *ip, const cJSON *index
     } else if (m->sd3) {
         const qd_sd3_info *t = qd_sd3_get_info(m->sd3);
         in_ch = t->in_channels;
+        out_ch = t->out_channels;
         m->default_size = t->sample_size * m->vae_scale;
         int pooled = 0;
         for (int i = 0; i < 2; i++) pooled += qd_clip_text_get_info(m->text_encoder[i])->projection_dim;
@@ -160,7 +162,8 @@ static qd_status load_components(qd_ctx *ctx, const char *ip, const cJSON *index
                            pooled, clip_width, m->t5 ? qd_t5_encoder_dim(m->t5) : 0);
     } else {
         const qd_flux_info *t = qd_flux_get_info(m->flux);
-        in_ch = t->in_channels / 4;   /* 2x2 packed latents */
+        in_ch = t->in_channels % 4 ? -1 : t->in_channels / 4;   /* 2x2 packed latents */
+        out_ch = t->out_channels % 4 ? -1 : t->out_channels / 4;
         m->default_size = 1024;       /* FLUX has no sample_size; diffusers defaults to 128 * vae_scale */
         if (qd_clip_text_get_info(m->text_encoder[0])->hidden_size != t->pooled_projection_dim ||
             qd_t5_encoder_dim(m->t5) != t->joint_attention_dim)
@@ -168,6 +171,11 @@ static qd_status load_components(qd_ctx *ctx, const char *ip, const cJSON *index
                            "(CLIP %d, T5 %d)", dir, t->pooled_projection_dim, t->joint_attention_dim,
                            qd_clip_text_get_info(m->text_encoder[0])->hidden_size, qd_t5_encoder_dim(m->t5));
     }
+    /* the samplers' buffers are latent-sized: a denoiser whose output is not (config and
+     * weights consistent, e.g. a learned-variance UNet) would write past them */
+    if (out_ch != m->latent_channels)
+        return qd_fail(ctx, QD_ERR_FORMAT, "%s: vae latent_channels %d but the denoiser outputs %d channels", dir,
+                       m->latent_channels, out_ch);
     /* 9-channel inpainting UNets (latents + mask + masked-image latents): inpaint.c */
     if (m->unet && in_ch == m->latent_channels * 2 + 1) return QD_OK;
     if (in_ch != m->latent_channels)

@@ -11,7 +11,12 @@
       DST = SRC with conv_in.bias + V: the 4-channel UNet the `concat V` one equals
       under an all-ones mask.
 conv_in.weight and conv_in.bias are written as F32 in both, so V and bias + V are
-exact in float32 (bias + V rounded once). Other components are symlinked."""
+exact in float32 (bias + V rounded once).
+  make_inpaint_unet.py SRC DST wide-out
+      DST = SRC with a UNet of out_channels 8 (conv_out widened with zero rows, config to
+      match): a consistent folder whose denoiser output does not fit the latents, which
+      qdiff must refuse at open.
+Other components are symlinked."""
 import json, os, struct, sys
 
 F = {'F16': ('e', 2), 'F32': ('f', 4), 'BF16': (None, 2)}
@@ -45,6 +50,8 @@ def main():
     if mode == 'concat':
         index['_class_name'] = 'StableDiffusionInpaintPipeline'
         cfg['in_channels'] = 9
+    if mode == 'wide-out':
+        cfg['out_channels'] = 8
     json.dump(index, open(os.path.join(dst, 'model_index.json'), 'w'), indent=1)
     json.dump(cfg, open(os.path.join(dst, 'unet', 'config.json'), 'w'), indent=1)
 
@@ -70,8 +77,14 @@ def main():
     elif mode == 'bias':
         tensors['conv_in.weight'] = ('F32', wshape, struct.pack('<%df' % len(w), *w))
         tensors['conv_in.bias'] = ('F32', [o], struct.pack('<%df' % o, *[x + v for x in b]))
+    elif mode == 'wide-out':
+        for name in ('conv_out.weight', 'conv_out.bias'):
+            dt, shape, raw = tensors[name]
+            vals = to_f32(head[name], raw)
+            vals += [0.0] * len(vals)   # out channels 4..7: zero rows
+            tensors[name] = ('F32', [2 * shape[0]] + shape[1:], struct.pack('<%df' % len(vals), *vals))
     else:
-        sys.exit('mode must be concat or bias')
+        sys.exit('mode must be concat, bias or wide-out')
 
     out_head, blobs, off = {}, [], 0
     if meta is not None:
