@@ -74,6 +74,14 @@ def _model_folders():
     return sorted(set(found))
 
 
+def _model_input():
+    """The node input naming the model: a list of the folders found, else a path to type."""
+    folders = _model_folders()
+    if folders:
+        return (folders, {"tooltip": "a diffusers folder under models/diffusers"})
+    return ("STRING", {"default": "", "tooltip": "path of a diffusers folder (model_index.json + components)"})
+
+
 def _resolve_folder(name):
     if os.path.isabs(name) or os.path.isdir(name):
         return name
@@ -234,11 +242,7 @@ class QdiffSampler:
 
     @classmethod
     def INPUT_TYPES(cls):
-        folders = _model_folders()
-        if folders:
-            model = (folders, {"tooltip": "a diffusers folder under models/diffusers"})
-        else:
-            model = ("STRING", {"default": "", "tooltip": "path of a diffusers folder (model_index.json + components)"})
+        model = _model_input()
         classes = _names(libqdiff.QD_LIST_SCHEDULER_CLASSES)
         samplers = [DIFFUSERS_DEFAULT] + _names(libqdiff.QD_LIST_SAMPLERS) + classes
         schedules = [DIFFUSERS_DEFAULT] + _names(libqdiff.QD_LIST_SCHEDULES)

@@ -7,10 +7,10 @@ import torch
 
 try:
     from . import libqdiff
-    from .sampler_node import CACHE, _model_folders, _resolve_folder, _vae_factors
+    from .sampler_node import CACHE, _model_input, _resolve_folder, _vae_factors
 except ImportError:   # imported as a top-level module (tests, scripts)
     import libqdiff
-    from sampler_node import CACHE, _model_folders, _resolve_folder, _vae_factors
+    from sampler_node import CACHE, _model_input, _resolve_folder, _vae_factors
 
 
 class QdiffVaeEncode:
@@ -24,12 +24,7 @@ class QdiffVaeEncode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        folders = _model_folders()
-        if folders:
-            model = (folders, {"tooltip": "a diffusers folder under models/diffusers"})
-        else:
-            model = ("STRING", {"default": "", "tooltip": "path of a diffusers folder"})
-        return {"required": {"model": model, "pixels": ("IMAGE",)},
+        return {"required": {"model": _model_input(), "pixels": ("IMAGE",)},
                 "optional": {"threads": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "0: all cores"}),
                              "precision": (list(libqdiff.QD_PRECISION), {
                                  "default": libqdiff.default_precision(),
