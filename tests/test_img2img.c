@@ -264,6 +264,57 @@ static void test_ksampler_identity(qd_ctx *ctx, qd_model *m, const char *name, i
     free(a); free(b); free(init); free(img);
 }
 
+/* One init image (or latent) per batch item (init_count == batch): item b starts from input b.
+ * The items of a batch are computed independently and their random draws are slices fixed by
+ * the item's position, so inputs [A, B] must give item 0 of [A, A] and item 1 of [B, B]
+ * bit for bit: on the diffusers path from images (the encode's samples are drawn for both
+ * items at once), and on the k-sampler path from latents. */
+static void test_per_item_init(qd_ctx *ctx, qd_model *m) {
+    const int W = 64;
+    size_t nimg = (size_t)W * W * 3, nl = (size_t)m->latent_channels * (W / 8) * (W / 8);
+    for (int path = 0; path < 2; path++) {
+        size_t nin = path == 0 ? nimg : nl;
+        float *ab = malloc(sizeof(float) * 2 * nin), *aa = malloc(sizeof(float) * 2 * nin), *bb = malloc(sizeof(float) * 2 * nin);
+        for (size_t i = 0; i < nin; i++) {
+            float a = 0.5f + 0.4f * (float)sin(0.01 * i), b = 0.5f + 0.4f * (float)cos(0.013 * i);
+            if (path == 1) { a = 2 * a - 1; b = 2 * b - 1; }
+            ab[i] = aa[i] = aa[nin + i] = a;
+            ab[nin + i] = bb[i] = bb[nin + i] = b;
+        }
+        qd_gen_params p;
+        qd_gen_params_default(&p);
+        p.prompt = "a red circle";
+        p.width = p.height = W;
+        p.steps = 4;
+        p.seed = 11;
+        p.batch = 2;
+        p.init_count = 2;
+        p.strength = 0.5;
+        if (path == 0) p.scheduler = "EulerDiscreteScheduler";
+        else p.sampler = "euler";
+        int64_t shape[4];
+        size_t nlat = qd_latent_shape(m, &p, shape, NULL);
+        float *out[3];
+        uint8_t *img = malloc(qd_image_size(m, &p, QD_IMAGE_RGB8));
+        const float *ins[3] = {ab, aa, bb};
+        qd_status st = QD_OK;
+        for (int k = 0; k < 3; k++) {
+            out[k] = malloc(sizeof(float) * nlat);
+            if (path == 0) p.init_image = ins[k];
+            else p.init_latents = ins[k];
+            if (st == QD_OK) st = qd_generate(ctx, m, &p, QD_IMAGE_RGB8, img, out[k]);
+        }
+        size_t half = nlat / 2;
+        check(st == QD_OK && !memcmp(out[0], out[1], sizeof(float) * half) &&
+                  !memcmp(out[0] + half, out[2] + half, sizeof(float) * half) &&
+                  memcmp(out[0], out[0] + half, sizeof(float) * half),
+              "%s: inputs [A, B] = item 0 of [A, A] and item 1 of [B, B], bit for bit (%s)",
+              path == 0 ? "diffusers Euler, init images" : "k-sampler euler, init latents", st ? qd_last_error(ctx) : "ok");
+        for (int k = 0; k < 3; k++) free(out[k]);
+        free(ab); free(aa); free(bb); free(img);
+    }
+}
+
 static double psnr(const float *a, const float *b, size_t n) {
     double se = 0;
     for (size_t i = 0; i < n; i++) se += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
@@ -480,6 +531,7 @@ int main(void) {
         test_bad(ctx, sd);
         test_every_class(ctx, sd);
         test_previews(ctx, sd);
+        test_per_item_init(ctx, sd);
     }
     if (flux) {   /* steps 4, strength 0.6 -> t_start 2, sigma = time_shift(mu, linspace(1, 1/4, 4)[2] = 0.5) */
         double slope = (1.15 - 0.5) / (4096 - 256), mu = 16 * slope + (0.5 - slope * 256);
