@@ -477,6 +477,33 @@ wait "$fpid"
 [[ $(cat "$tmp/f.code") == 503 && $(jget "$tmp/f.json" error.message) == *"shutting down"* ]] \
   && ok "the request in flight -> 503: $(jget "$tmp/f.json" error.message)" || bad "in-flight reply: $(cat "$tmp/f.code") $(cat "$tmp/f.json")"
 
+# a single-file checkpoint (-m FILE --config-from DIR), and another found in --models
+mkdir -p "$tmp/ckpts"
+if python3 "$here/tools/make_single_file.py" sd1 "$fx/models/sd15-tiny" "$tmp/tiny.safetensors" 2>"$tmp/err"; then
+  ln -s "$tmp/tiny.safetensors" "$tmp/ckpts/other.safetensors"
+  "$qdiff" serve --port 0 -m "$tmp/tiny.safetensors" 2>"$tmp/err"
+  if [[ $? -eq 2 ]] && grep -q "needs --config-from" "$tmp/err"; then ok "serve -m FILE without --config-from: exit 2, $(cat "$tmp/err")"
+  else bad "serve -m FILE without --config-from: $(cat "$tmp/err")"; fi
+  if start_server "$tmp/serve3.log" -m "$tmp/tiny.safetensors" --config-from "$fx/models/sd15-tiny" \
+       --models "$tmp/ckpts" -t 2 && wait_health; then
+    for file in "$tmp/tiny.safetensors" "$tmp/ckpts/other.safetensors"; do
+      extra=
+      [[ $file == */other.safetensors ]] && extra=",\"override_settings\":{\"sd_model_checkpoint\":\"other.safetensors\"}"
+      for _ in $(seq 300); do   # a --models entry loads on first use: 503 meanwhile
+        req POST /sdapi/v1/txt2img -d "{\"prompt\":\"$P\",\"steps\":4,\"seed\":5,\"width\":64,\"height\":64$extra}"
+        [[ $code == 503 ]] || break
+        sleep 0.1
+      done
+      if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/sf") == 1 ]]; then
+        "$qdiff" generate -m "$file" --config-from "$fx/models/sd15-tiny" -t 2 -q -o "$tmp/cli-sf.png" \
+          -p "$P" --steps 4 --seed 5 -W 64 -H 64
+        same_png "single-file checkpoint ${file##*/}" "$tmp/sf-0.png" "$tmp/cli-sf.png"
+      else bad "single-file txt2img ${file##*/}: $code $(head -c 300 "$tmp/r.json")"; fi
+    done
+    stop_server INT "single-file server" "$tmp/serve3.log"
+  else bad "single-file server: $(cat "$tmp/serve3.log")"; fi
+else bad "make_single_file.py sd1: $(cat "$tmp/err")"; fi
+
 # Ctrl-C on an idle server
 if start_server "$tmp/serve2.log" -m "$fx/models/sd15-tiny" -t 2 && wait_health; then
   stop_server INT "idle server" "$tmp/serve2.log"

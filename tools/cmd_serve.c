@@ -13,17 +13,20 @@
 
 static void usage_serve(FILE *f) {
     fprintf(f,
-        "usage: qdiff serve -m DIR [options]\n"
+        "usage: qdiff serve -m DIR|FILE.safetensors [--config-from DIR] [options]\n"
         "\n"
         "Serves the model over HTTP: an AUTOMATIC1111-compatible API (/sdapi/v1/txt2img, img2img,\n"
         "progress, interrupt, samplers, schedulers, sd-models, options, loras), an OpenAI-compatible\n"
         "/v1/images/generations and /edits, /health, and a web page at /. The model is loaded once and\n"
         "kept; requests wait in a queue (one worker per model) instead of failing.\n"
         "\n"
-        "  -m, --model DIR            the default model: a diffusers folder\n"
-        "      --models DIR           more models: each sub-folder with a model_index.json, chosen per\n"
-        "                             request (A1111 override_settings.sd_model_checkpoint, OpenAI model)\n"
-        "                             and loaded on first use\n"
+        "  -m, --model DIR|FILE       the default model: a diffusers folder, or a single-file checkpoint\n"
+        "                             (.safetensors; needs --config-from)\n"
+        "      --models DIR           more models: each sub-folder with a model_index.json (and, with\n"
+        "                             --config-from, each .safetensors file), chosen per request (A1111\n"
+        "                             override_settings.sd_model_checkpoint, OpenAI model), loaded on first use\n"
+        "      --config-from DIR      for single-file checkpoints: a diffusers folder of their family giving\n"
+        "                             the configs, tokenizers and scheduler (as generate --config-from)\n"
         "      --lora-dir DIR         LoRAs a prompt may name as <lora:NAME:WEIGHT> (A1111 syntax; WEIGHT\n"
         "                             default 1): DIR/NAME.safetensors or a PEFT folder DIR/NAME/; applied\n"
         "                             for that request only (GET /sdapi/v1/loras lists them)\n"
@@ -61,7 +64,7 @@ static int parse_size(const char *arg, size_t *out) {
 
 int cmd_serve(int argc, char **argv) {
     enum { O_HOST = 256, O_PORT, O_MODELS, O_PREVIEW_VAE, O_PREVIEW_EVERY, O_MAX_STEPS, O_MAX_BATCH, O_MAX_SIZE,
-           O_MAX_BODY, O_PRECISION, O_LORA_DIR };
+           O_MAX_BODY, O_PRECISION, O_LORA_DIR, O_CONFIG_FROM };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"models", required_argument, 0, O_MODELS},
         {"host", required_argument, 0, O_HOST}, {"port", required_argument, 0, O_PORT},
@@ -70,7 +73,7 @@ int cmd_serve(int argc, char **argv) {
         {"max-batch", required_argument, 0, O_MAX_BATCH}, {"max-size", required_argument, 0, O_MAX_SIZE},
         {"max-body", required_argument, 0, O_MAX_BODY}, {"precision", required_argument, 0, O_PRECISION},
         {"quiet", no_argument, 0, 'q'},
-        {"lora-dir", required_argument, 0, O_LORA_DIR},
+        {"lora-dir", required_argument, 0, O_LORA_DIR}, {"config-from", required_argument, 0, O_CONFIG_FROM},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     srv_options o = {.host = "127.0.0.1", .port = 7860, .max_steps = 150, .max_batch = 8, .max_size = 2048,
                      .max_body = 1 << 20, .preview_every = 1};
@@ -83,6 +86,7 @@ int cmd_serve(int argc, char **argv) {
         case 'm': o.model_dir = optarg; break;
         case O_MODELS: o.models_dir = optarg; break;
         case O_LORA_DIR: o.lora_dir = optarg; break;
+        case O_CONFIG_FROM: o.config_from = optarg; break;
         case O_HOST: o.host = optarg; break;
         case O_PORT: if (cli_parse_int(optarg, "--port", 0, 65535, &v)) return EXIT_BAD; o.port = (int)v; break;
         case 't': if (cli_parse_int(optarg, "--threads", 1, 256, &v)) return EXIT_BAD; o.threads = (int)v; break;
@@ -103,7 +107,7 @@ int cmd_serve(int argc, char **argv) {
     }
     if (optind < argc) { fprintf(stderr, "qdiff: unexpected argument '%s'\n", argv[optind]); return EXIT_BAD; }
     if (!o.model_dir) {
-        fprintf(stderr, "qdiff: serve needs -m DIR (see qdiff serve --help)\n");
+        fprintf(stderr, "qdiff: serve needs -m DIR or -m FILE.safetensors --config-from DIR (see qdiff serve --help)\n");
         return EXIT_BAD;
     }
     struct stat lst;

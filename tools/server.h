@@ -22,6 +22,7 @@ typedef struct {
     int port;
     const char *model_dir, *models_dir, *preview_vae;
     const char *lora_dir;       /* <lora:NAME:WEIGHT> prompt tags name files here; NULL: none */
+    const char *config_from;    /* single-file checkpoints: the diffusers folder of their family; NULL: none */
     int threads, max_steps, max_batch, max_size, preview_every;
     int precision;              /* QD_PRECISION_* for every model's context */
     size_t max_body;

@@ -31,6 +31,15 @@ static int is_model_folder(const char *dir) {
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+/* A single-file checkpoint the server may serve: a regular *.safetensors file, and only
+ * with --config-from (its configs, tokenizers and scheduler come from there). */
+static int is_single_file(const srv *s, const char *path) {
+    struct stat st;
+    size_t n = strlen(path);
+    return s->opt.config_from && n > 12 && !strcmp(path + n - 12, ".safetensors") && stat(path, &st) == 0 &&
+           S_ISREG(st.st_mode);
+}
+
 static int add_model(srv *s, const char *name, const char *path) {
     for (int i = 0; i < s->n_models; i++)
         if (!strcmp(s->models[i].name, name)) return 0;   /* the first of a name wins (-m first) */
@@ -50,7 +59,8 @@ static int add_model(srv *s, const char *name, const char *path) {
 
 static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* Each sub-folder of dir holding a model_index.json, sorted by name. */
+/* Each sub-folder of dir holding a model_index.json (and, with --config-from, each
+ * .safetensors file), sorted by name. */
 static int scan_models(srv *s, const char *dir) {
     DIR *d = opendir(dir);
     if (!d) {
@@ -65,7 +75,7 @@ static int scan_models(srv *s, const char *dir) {
         if (e->d_name[0] == '.') continue;
         char path[4300];
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        if (!is_model_folder(path)) continue;
+        if (!is_model_folder(path) && !is_single_file(s, path)) continue;
         char **nn = realloc(names, sizeof *nn * (n + 1));
         if (!nn || !(nn[n] = strdup(e->d_name))) { free(nn ? nn : names); names = NULL; rc = -1; break; }
         names = nn;
@@ -91,8 +101,9 @@ int srv_init(srv *s, const srv_options *opt) {
     s->opt = *opt;
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv_done, NULL);
-    if (!is_model_folder(opt->model_dir)) {
-        fprintf(stderr, "qdiff: -m %s: not a diffusers folder (no model_index.json)\n", opt->model_dir);
+    if (!is_model_folder(opt->model_dir) && !is_single_file(s, opt->model_dir)) {
+        fprintf(stderr, "qdiff: -m %s: not a diffusers folder (no model_index.json)%s\n", opt->model_dir,
+                opt->config_from ? " nor a .safetensors file" : " (a single-file checkpoint needs --config-from DIR)");
         return -1;
     }
     if (add_model(s, cli_model_name(opt->model_dir), opt->model_dir)) {
@@ -130,7 +141,8 @@ static void load_model(srv *s, srv_model *m) {
     char err[1024] = "";
     if (!ctx) {
         snprintf(err, sizeof err, "%s: out of memory", m->path);
-    } else if (qd_model_open(ctx, m->path, &model) != QD_OK) {
+    } else if ((is_single_file(s, m->path) ? qd_model_open_single_file(ctx, m->path, s->opt.config_from, &model)
+                                           : qd_model_open(ctx, m->path, &model)) != QD_OK) {
         snprintf(err, sizeof err, "%s", qd_last_error(ctx));
     } else if (s->opt.preview_vae) {
         /* the --preview-vae serves the models of its latent space; the others go without */
