@@ -117,11 +117,15 @@ qd_status qd_img2img_latents(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, i
     return QD_OK;
 }
 
+qd_status qd_img2img_begin(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, qd_scheduler *s, int *begin) {
+    *begin = qd_img2img_t_start(p->steps, qd_img2img_strength(m, p)) * qd_scheduler_order(s);
+    return qd_scheduler_set_begin(ctx, s, *begin);
+}
+
 qd_status qd_img2img_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_scheduler *s, int64_t batch,
                            qd_rng *rng, int *begin, float *out) {
     int64_t n = batch * (int64_t)m->latent_channels * (p->height / m->vae_scale) * (p->width / m->vae_scale);
-    *begin = qd_img2img_t_start(p->steps, qd_img2img_strength(m, p)) * qd_scheduler_order(s);
-    QD_TRY(qd_scheduler_set_begin(ctx, s, *begin));
+    QD_TRY(qd_img2img_begin(ctx, m, p, s, begin));
     QD_TRY(qd_img2img_latents(ctx, m, p, batch, rng, out));   /* the encode's draw comes first */
     float *noise = malloc(sizeof(float) * (size_t)n);
     if (!noise) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");

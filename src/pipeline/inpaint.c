@@ -142,6 +142,19 @@ qd_status qd_inpaint_latent_mask(qd_ctx *ctx, const qd_model *m, const qd_gen_pa
     return QD_OK;
 }
 
+/* prepare_latents: pure noise (x init_noise_sigma) at strength 1 on the eps/v path
+ * (is_strength_max; the flow schedulers' scale_noise at sigma 1 is the same), else the
+ * image latents noised to the start: add_noise / scale_noise. */
+static void start_latents(qd_scheduler *s, int begin, int strength_max, const float *image_latents, const float *noise,
+                          int64_t n, float *latents) {
+    if (strength_max) {
+        float sigma = qd_scheduler_init_noise_sigma(s);
+        for (int64_t k = 0; k < n; k++) latents[k] = noise[k] * sigma;
+    } else {
+        qd_scheduler_add_noise(s, begin, image_latents, noise, n, latents);
+    }
+}
+
 void qd_inpaint_blend(const float *mask, const float *keep, float *x, int64_t n) {
     for (int64_t k = 0; k < n; k++) x[k] = (1.0f - mask[k]) * keep[k] + mask[k] * x[k];
 }
@@ -150,16 +163,11 @@ qd_status qd_inpaint_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_
                            qd_rng *rng, int *begin, float *latents, float *image_latents, float *noise) {
     int64_t per = (int64_t)m->latent_channels * (p->height / m->vae_scale) * (p->width / m->vae_scale);
     int64_t n = batch * per, count = p->init_count > 0 ? p->init_count : 1;
-    *begin = qd_img2img_t_start(p->steps, qd_img2img_strength(m, p)) * qd_scheduler_order(s);
-    QD_TRY(qd_scheduler_set_begin(ctx, s, *begin));
+    QD_TRY(qd_img2img_begin(ctx, m, p, s, begin));
     QD_TRY(qd_img2img_latents(ctx, m, p, batch, rng, image_latents));   /* the encode's draw comes first */
     qd_rng_randn(rng, noise, n);
-    if (qd_img2img_strength(m, p) == 1.0 && !qd_family_is_flow(m->family)) {
-        float sigma = qd_scheduler_init_noise_sigma(s);
-        for (int64_t k = 0; k < n; k++) latents[k] = noise[k] * sigma;
-    } else {
-        qd_scheduler_add_noise(s, *begin, image_latents, noise, n, latents);
-    }
+    start_latents(s, *begin, qd_img2img_strength(m, p) == 1.0 && !qd_family_is_flow(m->family), image_latents, noise,
+                  n, latents);
     if (p->init_image) {   /* prepare_mask_latents: the masked image's retrieve_latents draw */
         float *drop = malloc(sizeof(float) * (size_t)(count * per));
         if (!drop) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
@@ -174,22 +182,15 @@ qd_status qd_inpaint_concat_start(qd_ctx *ctx, qd_model *m, const qd_gen_params 
     int64_t H = p->height, W = p->width, h = H / m->vae_scale, w = W / m->vae_scale, C = m->latent_channels;
     int64_t hw = h * w, per = C * hw, n = batch * per, count = p->init_count > 0 ? p->init_count : 1;
     int64_t masks = p->mask_count > 1 ? p->mask_count : 1;
-    double strength = qd_img2img_strength(m, p);
-    *begin = qd_img2img_t_start(p->steps, strength) * qd_scheduler_order(s);
-    QD_TRY(qd_scheduler_set_begin(ctx, s, *begin));
+    int strength_max = qd_img2img_strength(m, p) == 1.0;   /* a UNet: never a flow model */
+    QD_TRY(qd_img2img_begin(ctx, m, p, s, begin));
     float *il = malloc(sizeof(float) * (size_t)n), *noise = malloc(sizeof(float) * (size_t)n);
     float *masked = malloc(sizeof(float) * (size_t)(count * H * W * 3)), *grid = malloc(sizeof(float) * (size_t)hw);
     qd_status st = il && noise && masked && grid ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
-    int strength_max = strength == 1.0;
     if (st == QD_OK && !strength_max) st = qd_img2img_latents(ctx, m, p, batch, rng, il);
     if (st == QD_OK) {
         qd_rng_randn(rng, noise, n);
-        if (strength_max) {
-            float sigma = qd_scheduler_init_noise_sigma(s);
-            for (int64_t k = 0; k < n; k++) latents[k] = noise[k] * sigma;
-        } else {
-            qd_scheduler_add_noise(s, *begin, il, noise, n, latents);
-        }
+        start_latents(s, *begin, strength_max, il, noise, n, latents);
         /* masked_image = image * (mask < 0.5) in [-1, 1]: 0.5 in the [0, 1] NHWC input */
         for (int64_t b = 0; b < count; b++)
             for (int64_t i = 0; i < H * W; i++) {
