@@ -97,8 +97,7 @@ static int inpaint_params(const cJSON *body, srv_job *j, srv_error *err) {
     }
     uint8_t *bytes = NULL;
     size_t n = 0;
-    const char *b64 = mask->valuestring, *comma = strncmp(b64, "data:", 5) ? NULL : strchr(b64, ',');
-    if (srv_base64_decode(comma ? comma + 1 : b64, &bytes, &n)) return bad_field(err, "mask", "not valid base64");
+    if (srv_base64_decode(mask->valuestring, &bytes, &n)) return bad_field(err, "mask", "not valid base64");   /* data: prefix too */
     int rc = srv_mask(bytes, n, "mask", "mask", 0, invert, px, j, err);
     free(bytes);
     return rc;
@@ -109,28 +108,19 @@ static int inpaint_params(const cJSON *body, srv_job *j, srv_error *err) {
 static int img2img_params(srv *s, srv_model *m, const cJSON *body, srv_job *j, srv_error *err) {
     const cJSON *imgs = cJSON_GetObjectItemCaseSensitive(body, "init_images");
     const cJSON *first = cJSON_IsArray(imgs) ? cJSON_GetArrayItem(imgs, 0) : NULL;
-    if (!cJSON_IsString(first)) {
-        snprintf(err->param, sizeof err->param, "init_images");
-        snprintf(err->message, sizeof err->message, "init_images: expected a list holding a base64 PNG or JPEG");
-        err->status = 400;
-        return -1;
-    }
+    if (!cJSON_IsString(first)) return bad_field(err, "init_images", "expected a list holding a base64 PNG or JPEG");
     double strength = 0.75;
     const cJSON *ds = cJSON_GetObjectItemCaseSensitive(body, "denoising_strength");
     if (ds && !cJSON_IsNull(ds)) {
-        if (!cJSON_IsNumber(ds) || !(ds->valuedouble > 0 && ds->valuedouble <= 1)) {
-            snprintf(err->param, sizeof err->param, "denoising_strength");
-            snprintf(err->message, sizeof err->message, "denoising_strength: expected a number in (0, 1]");
-            err->status = 400;
-            return -1;
-        }
+        if (!cJSON_IsNumber(ds) || !(ds->valuedouble > 0 && ds->valuedouble <= 1))
+            return bad_field(err, "denoising_strength", "expected a number in (0, 1]");
         strength = ds->valuedouble;
     }
     uint8_t *bytes = NULL;
     size_t n = 0;
     if (srv_base64_decode(first->valuestring, &bytes, &n)) {
         snprintf(err->param, sizeof err->param, "init_images");
-        snprintf(err->message, sizeof err->message, "init_images[0]: not valid base64");
+        snprintf(err->message, sizeof err->message, "init_images[0]: not valid base64");   /* names the item */
         err->status = 400;
         return -1;
     }
