@@ -85,6 +85,7 @@ void qd_model_free(qd_model *model);
 const char *qd_model_family(const qd_model *model);          /* "sd15", "sdxl", "sd3", "flux" */
 const char *qd_model_scheduler(const qd_model *model);       /* the folder's scheduler class */
 int qd_model_default_size(const qd_model *model);            /* native image side in pixels */
+int qd_model_size_unit(const qd_model *model);               /* width and height must be multiples of this */
 
 /* ---- generation -------------------------------------------------------- */
 

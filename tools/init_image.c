@@ -6,18 +6,11 @@
 #include "cli.h"
 
 #include <stdlib.h>
-#include <string.h>
-
-/* Pixels per latent cell times the transformers' 2x2 patch: what sizes must divide by. */
-static int size_unit(const qd_model *m) {
-    const char *f = qd_model_family(m);
-    return !strcmp(f, "sd3") || !strcmp(f, "flux") ? 16 : 8;
-}
 
 int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t *rgb, int iw, int ih,
                        qd_gen_params *p, float **out, char *err, size_t errn) {
     *out = NULL;
-    int unit = size_unit(m);
+    int unit = qd_model_size_unit(m);
     if (p->width <= 0) p->width = iw - iw % unit;
     if (p->height <= 0) p->height = ih - ih % unit;
     if (p->width < unit || p->height < unit) {

@@ -260,3 +260,5 @@ const char *qd_model_family(const qd_model *m) {
 }
 const char *qd_model_scheduler(const qd_model *m) { return m->scheduler_class; }
 int qd_model_default_size(const qd_model *m) { return m->default_size; }
+/* the latent cell, times the 2x2 patch of the flow transformers */
+int qd_model_size_unit(const qd_model *m) { return qd_family_is_flow(m->family) ? 2 * m->vae_scale : m->vae_scale; }

@@ -54,8 +54,6 @@ void qd_gen_params_resolve(const qd_model *m, qd_gen_params *p) {
     if (qd_img2img_on(p) && p->strength == 0) p->strength = qd_img2img_strength(m, p);
 }
 
-/* Pixel size must be a multiple of this (latent cell, times the 2x2 patch of the transformers). */
-static int size_unit(const qd_model *m) { return qd_family_is_flow(m->family) ? 2 * m->vae_scale : m->vae_scale; }
 
 void qd_image_dims(const qd_model *m, const qd_gen_params *p, int *w, int *h) {
     *w = p->width > 0 ? p->width : m->default_size;
@@ -350,7 +348,7 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     qd_gen_params resolved = *params;
     const qd_gen_params *p = &resolved;
     qd_gen_params_resolve(m, &resolved);
-    int width = p->width, height = p->height, unit = size_unit(m), steps = p->steps;
+    int width = p->width, height = p->height, unit = qd_model_size_unit(m), steps = p->steps;
     float cfg = p->cfg_scale;
     if (width % unit || height % unit || width > 16384 || height > 16384)
         return qd_fail(ctx, QD_ERR_ARG, "width and height must be multiples of %d up to 16384 (got %dx%d)",
