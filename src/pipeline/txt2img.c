@@ -54,7 +54,6 @@ void qd_gen_params_resolve(const qd_model *m, qd_gen_params *p) {
     if (qd_img2img_on(p) && p->strength == 0) p->strength = qd_img2img_strength(m, p);
 }
 
-
 void qd_image_dims(const qd_model *m, const qd_gen_params *p, int *w, int *h) {
     *w = p->width > 0 ? p->width : m->default_size;
     *h = p->height > 0 ? p->height : m->default_size;
