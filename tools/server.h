@@ -54,6 +54,7 @@ typedef struct {
     pthread_cond_t cv_work;
     const char *family;         /* after loading */
     int default_size;
+    int size_unit;              /* width and height multiple (qd_model_size_unit) */
     char scheduler[128];        /* the folder's scheduler class */
 } srv_model;
 

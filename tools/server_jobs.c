@@ -174,6 +174,7 @@ static void load_model(srv *s, srv_model *m) {
         m->preview_vae = vae;
         m->family = qd_model_family(model);
         m->default_size = qd_model_default_size(model);
+        m->size_unit = qd_model_size_unit(model);
         snprintf(m->scheduler, sizeof m->scheduler, "%s", qd_model_scheduler(model));
         m->state = MODEL_READY;
     }

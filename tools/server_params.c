@@ -283,7 +283,7 @@ int srv_params_from_json(srv *s, srv_model *m, const cJSON *obj, srv_job *j, srv
     if (r && v >= 0) j->p.seed = (uint64_t)v;
     else { j->p.seed = cli_random_seed(); j->seed_requested_random = 1; }
 
-    int unit = strcmp(m->family, "sd3") && strcmp(m->family, "flux") ? 8 : 16;
+    int unit = m->size_unit;
     const char *dims[2] = {"width", "height"};
     int *dst[2] = {&j->p.width, &j->p.height};
     for (int i = 0; i < 2; i++) {
