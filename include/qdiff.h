@@ -202,9 +202,11 @@ typedef struct {
      *   k-samplers, as ComfyUI's KSampler with SetLatentNoiseMask: the mask resized
      *     bilinearly (soft); every model call sees x * m + noised(latent, sigma) * (1 - m)
      *     and its x0 becomes x0 * m + latent * (1 - m).
-     *   9-channel inpainting UNets (diffusers classes only; a mask and init_image are
-     *     required): the UNet input is cat([latents, mask, masked-image latents]), no
-     *     blend; the image is encoded only at strength < 1 (README "Inpainting"). */
+     *   9-channel inpainting UNets (a mask and init_image are required): the UNet input
+     *     is cat([latents, mask, masked-image latents]). Diffusers classes: no blend; the
+     *     image is encoded only at strength < 1. k-samplers: ComfyUI's
+     *     InpaintModelConditioning (rounded mask) plus the noise-mask blend above
+     *     (README "Inpainting"). */
     const float *mask;
     int mask_count;
 } qd_gen_params;

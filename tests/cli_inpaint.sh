@@ -11,7 +11,8 @@
 #   - bad input: --mask without --init-image, --mask-blur without --mask, a missing or
 #     corrupt mask file, a bad --mask-blur: exit 2, a message, no output left behind;
 #   - a 9-channel inpainting UNet runs (zero extra weights: text-to-image's latents at
-#     strength 1), and fails without a mask or with --sampler.
+#     strength 1; with --sampler euler the 4-channel model's k-sampler inpainting pixels),
+#     and fails without a mask.
 # usage: cli_inpaint.sh path/to/qdiff path/to/tests/fixtures
 set -u
 qdiff=$1
@@ -84,8 +85,9 @@ expect "bad --mask-blur" "--mask-blur expects" -- "${gen[@]}" -o "$tmp/out.png" 
 # a 9-channel inpainting UNet (StableDiffusionInpaintPipeline, conv_in over latents + mask +
 # masked-image latents): sd15-tiny with conv_in widened by zero weights. At strength 1 (the
 # default) the start is the seed's noise (the masked image's draw comes after it) and there
-# is no blend, so the latents equal plain text-to-image's exactly; errors without a mask
-# and with --sampler.
+# is no blend, so the latents equal plain text-to-image's exactly; with --sampler (ComfyUI's
+# InpaintModelConditioning + KSampler) the zero weights leave the noise-mask run of the
+# 4-channel model; errors without a mask.
 "$py" "$(dirname "$0")/tools/make_inpaint_unet.py" "$sd" "$tmp/inp9" concat || bad "making the 9-channel model"
 "$qdiff" "${gen[@]}" -m "$tmp/inp9" --mask "$tmp/half.png" --save-latents "$tmp/i9.safetensors" -o "$tmp/i9.png" &&
 "$qdiff" generate -m "$sd" -p "a cat" --steps 4 --seed 9 -q --save-latents "$tmp/t2i.safetensors" -o "$tmp/t2i.png"
@@ -105,6 +107,10 @@ PY
 )
 [[ "$r" == ok* && -s "$tmp/i9.png" ]] && ok "9-channel inpainting UNet, strength 1: latents = text-to-image's (rel L2 <= 1e-6: $r)" || bad "9-channel run: $r"
 expect "9-channel UNet without a mask" "needs an init image and a mask" -- generate -m "$tmp/inp9" -p x --steps 2 -q -o "$tmp/out.png" --init-image "$pic"
-expect "9-channel UNet with a k-sampler" "does not run inpainting UNets" -- "${gen[@]}" -m "$tmp/inp9" --mask "$tmp/half.png" --sampler euler -o "$tmp/out.png"
+"$qdiff" "${gen[@]}" -m "$tmp/inp9" --mask "$tmp/half.png" --sampler euler -o "$tmp/k9.png" 2>"$tmp/err" &&
+  "$qdiff" "${gen[@]}" --mask "$tmp/half.png" --sampler euler -o "$tmp/k4.png" 2>>"$tmp/err"
+[[ $? -eq 0 && $(same "$tmp/k9.png" "$tmp/k4.png") == True ]] &&
+  ok "9-channel UNet with --sampler euler = the 4-channel model's k-sampler inpainting, pixel for pixel" ||
+  bad "9-channel k-sampler run: $(cat "$tmp/err")"
 
 finish

@@ -21,7 +21,18 @@
  *      latents = scaling_factor * (mean + exp(logvar / 2) * the next randn) of
  *      qd_vae_encode(image with the repainted half set to 0 in [-1, 1]) (rel L2 <= 1e-6),
  *      the same for both batch items;
- *  bad input: no mask, no init image, init latents, a k-sampler: QD_ERR_ARG / UNSUPPORTED. */
+ *  k-samplers, as ComfyUI's InpaintModelConditioning(noise_mask=True) + KSampler:
+ *  (d) zero extra weights: Euler with image + half mask = the 4-channel model's k-sampler
+ *      inpainting run (SetLatentNoiseMask) with the same image and mask within rel L2 1e-6;
+ *      the mask-channel model under an all-ones mask = the bias + 0.25 model's k-sampler run
+ *      (rel L2 1e-5) and differs from the unmodified model's;
+ *  (e) the concat itself (qd_inpaint_concat_cond_comfy, batch 2) against the resize,
+ *      rounding and masking redone here: a horizontal ramp mask x / 63 gives the mask channel
+ *      round((8j + 3.5) / 63) (torch's bilinear source index for 64 -> 8), and masked-image
+ *      latents = scaling_factor * (mean - shift) of qd_vae_encode(image with the pixels of
+ *      x >= 32 at 0 in [-1, 1]) (rel L2 <= 1e-6); a mask of 0.5 everywhere rounds to 0 (halves
+ *      to even): mask channel 0 and the unmasked image's latents;
+ *  bad input: no mask, no init image, init latents: QD_ERR_ARG. */
 #include "testutil.h"
 #include "io/json.h"
 #include "pipeline/inpaint.h"
@@ -155,6 +166,59 @@ static void test_start(qd_ctx *ctx, const char *dir, const float *image, const f
     qd_model_free(m);
 }
 
+/* (e) InpaintModelConditioning's concat: mask channel and masked-image latents. */
+static void test_comfy_cond(qd_ctx *ctx, const char *dir, const float *image) {
+    qd_model *m = NULL;
+    if (qd_model_open(ctx, dir, &m) != QD_OK) {
+        check(0, "(e) open %s: %s", dir, qd_last_error(ctx));
+        return;
+    }
+    enum { S = 64, h = 8, C = 4, per = C * h * h, B = 2 };
+    float *ramp = malloc(sizeof(float) * S * S), *flat = malloc(sizeof(float) * S * S);
+    float *cond = malloc(sizeof(float) * B * (1 + C) * h * h), *img = malloc(sizeof(float) * 3 * S * S);
+    float *mean = malloc(sizeof(float) * per), *lv = malloc(sizeof(float) * per), *ref = malloc(sizeof(float) * per);
+    const qd_vae_info *vi = qd_vae_get_info(m->vae);
+    for (int i = 0; i < S * S; i++) {
+        ramp[i] = (float)(i % S) / 63.0f;
+        flat[i] = 0.5f;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        const float *mask = pass ? flat : ramp;
+        const char *name = pass ? "mask 0.5" : "ramp mask";
+        qd_gen_params p;
+        memset(&p, 0, sizeof p);
+        p.width = p.height = S;
+        p.batch = B;
+        p.init_image = image;
+        p.mask = mask;
+        qd_status st = qd_inpaint_concat_cond_comfy(ctx, m, &p, B, cond);
+        check(st == QD_OK, "(e) %s: qd_inpaint_concat_cond_comfy: %s", name, st ? qd_last_error(ctx) : "ok");
+        if (st != QD_OK) continue;
+        for (int c = 0; c < 3; c++)   /* NCHW in [-1, 1]; repainted pixels 0 */
+            for (int y = 0; y < S; y++)
+                for (int x = 0; x < S; x++)
+                    img[(c * S + y) * S + x] = !pass && x >= 32 ? 0.0f : image[(y * S + x) * 3 + c] * 2.0f - 1.0f;
+        st = qd_vae_encode(ctx, m->vae, img, 1, S, S, mean, lv);
+        check(st == QD_OK, "(e) reference encode: %s", st ? qd_last_error(ctx) : "ok");
+        for (int i = 0; i < per; i++) ref[i] = (mean[i] - vi->shift_factor) * vi->scaling_factor;
+        for (int b = 0; st == QD_OK && b < B; b++) {
+            const float *mk = cond + b * (1 + C) * h * h;
+            int bad = 0;
+            for (int i = 0; i < h; i++)
+                for (int j = 0; j < h; j++) {
+                    double v = pass ? 0.0 : floor((8.0 * j + 3.5) / 63.0 + 0.5);   /* no ties on the ramp */
+                    bad += mk[i * h + j] != (float)v;
+                }
+            check(bad == 0, "(e) %s, item %d: mask channel = round(bilinear mask) (%d cells differ)", name, b, bad);
+            double r = rel_l2(mk + h * h, ref, per);
+            check(r <= 1e-6, "(e) %s, item %d: masked-image latents = scaling * (mean - shift) of the encode of the "
+                  "image with round(mask) = 1 pixels at mid gray: rel L2 %.3g (tol 1e-6)", name, b, r);
+        }
+    }
+    free(ramp); free(flat); free(cond); free(img); free(mean); free(lv); free(ref);
+    qd_model_free(m);
+}
+
 int main(void) {
     qd_ctx *ctx = test_ctx_new(2);
     if (!scratch_make("inpaint9")) return test_summary();
@@ -216,8 +280,26 @@ int main(void) {
         expect_err(ctx, zero, NULL, NULL, NULL, 0, QD_ERR_ARG, "needs an init image and a mask", "no image, no mask");
         expect_err(ctx, zero, image, NULL, NULL, 0, QD_ERR_ARG, "needs an init image and a mask", "no mask");
         expect_err(ctx, zero, NULL, half, NULL, 1, QD_ERR_ARG, "init latents cannot be masked", "init latents");
-        expect_err(ctx, zero, image, half, "euler", 0, QD_ERR_UNSUPPORTED, "does not run inpainting UNets",
-                   "k-sampler");
+        /* (d) k-samplers (ComfyUI InpaintModelConditioning + KSampler) */
+        l9 = run(ctx, zero, image, half, 0, "euler", 0, NULL, &n);
+        l4 = run(ctx, sd, image, half, 0, "euler", 0, NULL, &n4);
+        if (l9 && l4 && n4 == n) {
+            double r = rel_l2(l9, l4, n);
+            check(r <= 1e-6, "(d) zero-extra 9-channel, euler = 4-channel k-sampler inpainting (noise mask): rel L2 "
+                  "%.3g (tol 1e-6)", r);
+        } else check(0, "(d) k-sampler runs");
+        free(l9); free(l4);
+        lv = run(ctx, v25, image, ones, 0, "euler", 0, NULL, &n);
+        lb = run(ctx, b25, image, ones, 0, "euler", 0, NULL, &n4);
+        lp = run(ctx, sd, image, ones, 0, "euler", 0, NULL, &n4);
+        if (lv && lb && lp && n4 == n) {
+            double r = rel_l2(lv, lb, n), d = max_abs_diff(lv, lp, n);
+            check(r <= 1e-5, "(d) euler: mask-channel weight 0.25, all-ones mask = 4-channel with conv_in.bias + 0.25: "
+                  "rel L2 %.3g (tol 1e-5)", r);
+            check(d > 1e-3, "(d) euler: ... and differs from the unmodified model: max-abs %.3g (> 1e-3)", d);
+        } else check(0, "(d) k-sampler mask-channel runs");
+        free(lv); free(lb); free(lp);
+        test_comfy_cond(ctx, zero, image);
     }
     free(image); free(half); free(ones);
     scratch_remove();

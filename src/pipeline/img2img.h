@@ -38,15 +38,15 @@ qd_status qd_img2img_check(qd_ctx *ctx, const qd_model *m, const qd_gen_params *
 qd_status qd_img2img_latents(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, int64_t batch, qd_rng *rng,
                              float *out);
 
+/* *begin = t_start x the scheduler's order (get_timesteps), made the scheduler's begin
+ * index (set_begin_index): where every image-to-image and inpainting run starts. */
+qd_status qd_img2img_begin(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, qd_scheduler *s, int *begin);
+
 /* The diffusers classes' start: the init latents sampled from rng (qd_img2img_latents),
  * *begin = t_start * scheduler.order made the scheduler's first step
  * (qd_scheduler_set_begin), noise = the next randn of [batch, C, h, w] from rng, and
  * out = add_noise(latents, noise, timesteps[*begin]) unpacked [batch, C, h, w]. p resolved
  * and checked (qd_img2img_check); the scheduler's timesteps set. */
-/* *begin = t_start x the scheduler's order (get_timesteps), made the scheduler's begin
- * index (set_begin_index): where every image-to-image and inpainting run starts. */
-qd_status qd_img2img_begin(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, qd_scheduler *s, int *begin);
-
 qd_status qd_img2img_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_scheduler *s, int64_t batch,
                            qd_rng *rng, int *begin, float *out);
 

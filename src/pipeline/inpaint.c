@@ -29,8 +29,13 @@
  *     (nearest); both repeated to the batch (and duplicated for CFG);
  *   - each step: latent_model_input = cat([scale_model_input(latents), mask,
  *     masked_image_latents], dim=1); no blend after scheduler.step.
- * Without an image or a mask those pipelines raise; qdiff fails the same way. k-samplers
- * (ComfyUI's InpaintModelConditioning) are refused for these UNets.
+ * Without an image or a mask those pipelines raise; qdiff fails the same way.
+ * k-samplers with a concat UNet, as ComfyUI's InpaintModelConditioning(noise_mask=True) +
+ * KSampler: the pixels where round(mask) = 1 set to 0.5 (mid gray) and VAE-encoded (mean),
+ * the mask bilinear on the latent grid and rounded, both concatenated to every model input
+ * after the scaled latents (BaseModel.concat_cond: mask, then the masked image's latents);
+ * the latent image is the unmasked image's encode with the mask as its noise mask, so the
+ * SetLatentNoiseMask blend below applies as well.
  * k-samplers, as ComfyUI documents SetLatentNoiseMask + KSampler: the noise mask resized to
  * the latent grid bilinearly (soft values kept); each model call sees
  * x * mask + noise_scaling(sigma, noise, latent) * (1 - mask) and its denoised output is
@@ -53,9 +58,6 @@ qd_status qd_inpaint_check(qd_ctx *ctx, const qd_model *m, const qd_gen_params *
         if (!p->mask || !p->init_image)
             return qd_fail(ctx, QD_ERR_ARG, "this is an inpainting UNet (%d input channels): it needs an init image "
                            "and a mask%s", in, p->init_latents ? " (init latents cannot be masked: give the image)" : "");
-        if (p->sampler)
-            return qd_fail(ctx, QD_ERR_UNSUPPORTED, "sampler %s: the k-sampler path does not run inpainting UNets (%d "
-                           "input channels); use a diffusers scheduler (no --sampler)", p->sampler, in);
     }
     if (!p->mask) return QD_OK;
     if (!p->init_image && !p->init_latents)
@@ -212,5 +214,36 @@ qd_status qd_inpaint_concat_start(qd_ctx *ctx, qd_model *m, const qd_gen_params 
     free(noise);
     free(masked);
     free(grid);
+    return st;
+}
+
+qd_status qd_inpaint_concat_cond_comfy(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, int64_t batch, float *cond) {
+    int64_t H = p->height, W = p->width, h = H / m->vae_scale, w = W / m->vae_scale, C = m->latent_channels;
+    int64_t hw = h * w, per = C * hw, count = p->init_count > 0 ? p->init_count : 1;
+    int64_t masks = p->mask_count > 1 ? p->mask_count : 1;
+    float *il = malloc(sizeof(float) * (size_t)(batch * per)), *grid = malloc(sizeof(float) * (size_t)hw);
+    float *masked = malloc(sizeof(float) * (size_t)(count * H * W * 3));
+    qd_status st = il && grid && masked ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    if (st == QD_OK) {
+        /* pixels = (pixels - 0.5) * (1 - round(mask)) + 0.5 */
+        for (int64_t b = 0; b < count; b++)
+            for (int64_t i = 0; i < H * W; i++) {
+                int repaint = nearbyintf(p->mask[(b % masks) * H * W + i]) != 0.0f;
+                for (int c = 0; c < 3; c++)
+                    masked[(b * H * W + i) * 3 + c] = repaint ? 0.5f : p->init_image[(b * H * W + i) * 3 + c];
+            }
+        qd_gen_params mp = *p;
+        mp.init_image = masked;
+        st = qd_img2img_latents(ctx, m, &mp, batch, NULL, il);
+    }
+    for (int64_t b = 0; st == QD_OK && b < batch; b++) {
+        float *dst = cond + b * (1 + C) * hw;
+        qd_inpaint_mask_bilinear(p->mask + (b % masks) * H * W, H, W, h, w, grid);
+        for (int64_t k = 0; k < hw; k++) dst[k] = nearbyintf(grid[k]);
+        memcpy(dst + hw, il + b * per, sizeof(float) * (size_t)per);
+    }
+    free(il);
+    free(grid);
+    free(masked);
     return st;
 }

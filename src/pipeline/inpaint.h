@@ -53,4 +53,10 @@ int qd_inpaint_concat_unet(const qd_model *m);
 qd_status qd_inpaint_concat_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_scheduler *s, int64_t batch,
                                   qd_rng *rng, int *begin, float *latents, float *cond);
 
+/* ComfyUI's InpaintModelConditioning for a concat UNet on the k-sampler path, p resolved and
+ * checked: cond [batch, 1 + C, h, w] = round(bilinear(mask) on the latent grid) (torch.round:
+ * halves to even) and the latents (the encoder's mean, scaled, as VAEEncode then
+ * process_latent_in) of the image with the pixels where round(mask) = 1 set to 0.5. No draw. */
+qd_status qd_inpaint_concat_cond_comfy(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, int64_t batch, float *cond);
+
 #endif

@@ -300,12 +300,15 @@ static void to_loop_layout(const qd_model *m, const gen_state *g, const float *s
 static qd_status init_latents(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, gen_state *g, int64_t B, int64_t per,
                               qd_rng *rng, int *begin, float **init) {
     int64_t n = B * per;
-    if (qd_inpaint_concat_unet(m)) {   /* 9-channel UNet: no blend (g->mask stays NULL), the concat inputs */
+    if (qd_inpaint_concat_unet(m)) {   /* 9-channel UNet: the concat inputs */
         g->d.batch = B;
         g->d.concat = malloc(sizeof(float) * (size_t)(B * (1 + g->d.C) * g->d.h * g->d.w));
         g->d.wide = malloc(sizeof(float) * (size_t)(g->d.rows * (1 + 2 * g->d.C) * g->d.h * g->d.w));
         if (!g->d.concat || !g->d.wide) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
-        return qd_inpaint_concat_start(ctx, m, p, g->sched, B, rng, begin, g->latents, g->d.concat);
+        if (!p->sampler)   /* diffusers: no blend (g->mask stays NULL) */
+            return qd_inpaint_concat_start(ctx, m, p, g->sched, B, rng, begin, g->latents, g->d.concat);
+        /* ComfyUI: InpaintModelConditioning's concat, then its noise mask as below */
+        QD_TRY(qd_inpaint_concat_cond_comfy(ctx, m, p, B, g->d.concat));
     }
     int inpaint = p->mask != NULL;
     float *x0 = malloc(sizeof(float) * (size_t)n), *noise = malloc(sizeof(float) * (size_t)n);
