@@ -10,6 +10,7 @@
 #include "models/taesd.h"
 #include "tensor/ops.h"
 #include "tensor/weight.h"
+#include "tensor/conv_up2x.h"
 #include "base/threads.h"
 
 #include <math.h>
@@ -37,11 +38,10 @@ typedef struct {
 typedef struct {
     ltype type;
     tconv conv;                 /* L_CONV */
-    /* L_CONV right after an Upsample: the 3x3 conv folded into four 2x2 convs, one per
-     * output phase (see up_conv_fwd); weights owned by the model */
+    /* L_CONV right after an Upsample: the 3x3 conv folded into four 2x2 phase convs
+     * (tensor/conv_up2x.h), once at load; weights owned by the model */
     int phased;
-    qd_st_tensor phase_t[4];
-    qd_weight phase_w[4];
+    qd_up2x_conv up;
     tconv c[3], skip;           /* L_BLOCK: conv.0, conv.2, conv.4, skip (1x1, when cin != cout) */
     int has_skip, has_pool;
     tconv pool_in, pool_out;    /* pool.0, pool.3 */
@@ -222,38 +222,13 @@ static qd_status load_block(const loader *ld, layer *L, int idx, int64_t cin, in
     return QD_OK;
 }
 
-/* Nearest 2x upsampling then a 3x3 conv (pad 1): output pixel (2i+py, 2j+px) only sees
- * input rows {i-1, i} (py = 0) or {i, i+1} (py = 1), and likewise columns, so each of the
- * four output phases is a 2x2 conv of the small input whose taps are sums of the 3x3
- * taps: 4/9 of the multiply-adds and no full-size upsampled copy. */
+/* Fold the conv after an Upsample into its four phase convs (tensor/conv_up2x.h). */
 static qd_status fold_phases(const loader *ld, layer *L) {
-    static const int tap_of[2][3] = {{0, 1, 1}, {0, 0, 1}};   /* which phase tap a 3x3 tap folds into */
     const tconv *c = &L->conv;
-    int64_t C = c->cout, Ci = c->cin, K9 = Ci * 9, K4 = Ci * 4;
-    float *w9 = malloc(sizeof(float) * (size_t)(C * K9)), *w4 = own(ld->t, 4 * C * K4);
+    int64_t C = c->cout, Ci = c->cin;
+    float *w9 = malloc(sizeof(float) * (size_t)(C * Ci * 9)), *w4 = own(ld->t, 4 * C * Ci * 4);
     if (!w9 || !w4) { free(w9); return qd_fail(ld->ctx, QD_ERR_NOMEM, "out of memory"); }
-    c->w.decode(&c->w, 0, C, 0, K9, w9, K9);
-    memset(w4, 0, sizeof(float) * (size_t)(4 * C * K4));
-    for (int p = 0; p < 4; p++) {
-        int py = p >> 1, px = p & 1;
-        float *wp = w4 + p * C * K4;
-        for (int64_t oc = 0; oc < C * Ci; oc++)      /* (out, in) channel pairs */
-            for (int ky = 0; ky < 3; ky++)
-                for (int kx = 0; kx < 3; kx++)
-                    wp[oc * 4 + tap_of[py][ky] * 2 + tap_of[px][kx]] += w9[oc * 9 + ky * 3 + kx];
-        qd_st_tensor *t = &L->phase_t[p];
-        memset(t, 0, sizeof *t);
-        t->name = "upsample phase";
-        t->dtype = QD_F32;
-        t->ndim = 2;
-        t->shape[0] = C;
-        t->shape[1] = K4;
-        t->numel = C * K4;
-        t->data = wp;
-        t->nbytes = sizeof(float) * (size_t)(C * K4);
-        t->file = ld->file;
-        qd_weight_dense(&L->phase_w[p], t, C, K4);
-    }
+    qd_up2x_fold(&c->w, C, Ci, w9, w4, ld->file, &L->up);
     free(w9);
     L->phased = 1;
     return QD_OK;
@@ -470,29 +445,12 @@ static qd_status block_fwd(qd_ctx *ctx, const layer *L, float **px, int64_t B, i
     return QD_OK;
 }
 
-typedef struct { const float *p; float *y; int64_t H, W; int py, px; } scatter_args;
-
-static void scatter_part(void *arg, int64_t b, int64_t e, int thread) {
-    const scatter_args *a = arg;
-    for (int64_t plane = b; plane < e; plane++) {
-        const float *src = a->p + plane * a->H * a->W;
-        float *dst = a->y + plane * 4 * a->H * a->W + a->py * 2 * a->W + a->px;
-        for (int64_t i = 0; i < a->H; i++)
-            for (int64_t j = 0; j < a->W; j++) dst[i * 4 * a->W + 2 * j] = src[i * a->W + j];
-    }
-}
-
 /* Upsample(2x) + the phased conv L: x [B, Ci, H, W] -> [B, Co, 2H, 2W]. Takes *x. */
 static qd_status up_conv_fwd(qd_ctx *ctx, const layer *L, float **px, int64_t B, int64_t H, int64_t W) {
-    int64_t C = L->conv.cout, Ci = L->conv.cin;
+    int64_t C = L->conv.cout;
     float *ph = act(ctx, B * C * H * W), *y = ph ? act(ctx, B * C * 4 * H * W) : NULL;
     if (!y) { free(ph); return QD_ERR_NOMEM; }
-    for (int p = 0; p < 4; p++) {
-        int py = p >> 1, px_ = p & 1;
-        qd_conv2d_pad(ctx, *px, B, Ci, H, W, &L->phase_w[p], L->conv.b, 2, 2, 1, !py, py, !px_, px_, ph);
-        scatter_args s = {ph, y, H, W, py, px_};
-        qd_parallel_for(ctx, B * C, scatter_part, &s);
-    }
+    qd_up2x_conv_run(ctx, &L->up, *px, B, H, W, L->conv.b, ph, y);
     free(ph);
     free(*px);
     *px = y;

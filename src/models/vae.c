@@ -13,6 +13,7 @@
 #include "io/file.h"
 #include "tensor/ops.h"
 #include "tensor/conv.h"
+#include "tensor/conv_up2x.h"
 #include "tensor/gemm.h"
 #include "base/threads.h"
 
@@ -481,62 +482,19 @@ static qd_status downsample_fwd(qd_ctx *ctx, const qd_conv_p *c, float **x, int6
     return QD_OK;
 }
 
-typedef struct { const float *p; float *y; int64_t H, W; int py, px; } scatter_args;
-
-static void scatter_part(void *arg, int64_t b, int64_t e, int thread) {
-    const scatter_args *a = arg;
-    for (int64_t plane = b; plane < e; plane++) {
-        const float *src = a->p + plane * a->H * a->W;
-        float *dst = a->y + plane * 4 * a->H * a->W + a->py * 2 * a->W + a->px;
-        for (int64_t i = 0; i < a->H; i++)
-            for (int64_t j = 0; j < a->W; j++) dst[i * 4 * a->W + 2 * j] = src[i * a->W + j];
-    }
-}
-
-/* Upsample2D: nearest 2x, then 3x3 conv (pad 1). Computed without materialising the
- * upsampled image: output pixel (2i+py, 2j+px) only sees input rows {i-1, i} (py=0)
- * or {i, i+1} (py=1), and likewise columns, so each of the four output phases is a
- * 2x2 conv of the input whose taps are sums of the 3x3 taps. That is 4/9 of the
- * multiply-adds and needs a quarter-size phase buffer instead of a full-size copy. */
+/* Upsample2D: nearest 2x, then 3x3 conv (pad 1), as four 2x2 phase convs
+ * (tensor/conv_up2x.h), the weights folded per call. */
 static qd_status upsample_fwd(qd_ctx *ctx, const qd_conv_p *c, float **x, int64_t B, int64_t H, int64_t W) {
-    /* tap_of[p][k]: which of the 2 phase taps 3x3 tap k folds into */
-    static const int tap_of[2][3] = {{0, 1, 1}, {0, 0, 1}};
-    int64_t C = c->cout, Ci = c->cin, K9 = Ci * 9, K4 = Ci * 4;
+    int64_t C = c->cout, Ci = c->cin;
     float *in = *x, *w9 = NULL, *w4 = NULL, *ph = NULL, *y = NULL;
     *x = NULL;
-    if (!(w9 = act_alloc(ctx, C * K9)) || !(w4 = act_alloc(ctx, 4 * C * K4))) goto nomem;
-    c->w.decode(&c->w, 0, C, 0, K9, w9, K9);
-    memset(w4, 0, sizeof(float) * (size_t)(4 * C * K4));
-    qd_st_tensor t[4];
-    qd_weight pw[4];
-    for (int p = 0; p < 4; p++) {
-        int py = p >> 1, px = p & 1;
-        float *wp = w4 + p * C * K4;
-        for (int64_t oc = 0; oc < C * Ci; oc++)          /* (out, in) channel pairs */
-            for (int ky = 0; ky < 3; ky++)
-                for (int kx = 0; kx < 3; kx++)
-                    wp[oc * 4 + tap_of[py][ky] * 2 + tap_of[px][kx]] += w9[oc * 9 + ky * 3 + kx];
-        memset(&t[p], 0, sizeof t[p]);
-        t[p].name = "upsample phase";
-        t[p].dtype = QD_F32;
-        t[p].ndim = 2;
-        t[p].shape[0] = C;
-        t[p].shape[1] = K4;
-        t[p].numel = C * K4;
-        t[p].data = wp;
-        t[p].nbytes = sizeof(float) * (size_t)(C * K4);
-        t[p].file = c->w.t ? c->w.t->file : "";
-        qd_weight_dense(&pw[p], &t[p], C, K4);
-    }
+    if (!(w9 = act_alloc(ctx, C * Ci * 9)) || !(w4 = act_alloc(ctx, 4 * C * Ci * 4))) goto nomem;
+    qd_up2x_conv u;
+    qd_up2x_fold(&c->w, C, Ci, w9, w4, c->w.t ? c->w.t->file : "", &u);
     act_free(w9);
     w9 = NULL;
     if (!(ph = act_alloc(ctx, B * C * H * W)) || !(y = act_alloc(ctx, B * C * 4 * H * W))) goto nomem;
-    for (int p = 0; p < 4; p++) {
-        int py = p >> 1, px = p & 1;
-        qd_conv2d_pad(ctx, in, B, Ci, H, W, &pw[p], c->b, 2, 2, 1, !py, py, !px, px, ph);
-        scatter_args s = {ph, y, H, W, py, px};
-        qd_parallel_for(ctx, B * C, scatter_part, &s);
-    }
+    qd_up2x_conv_run(ctx, &u, in, B, H, W, c->b, ph, y);
     act_free(ph); act_free(w4); act_free(in);
     *x = y;
     return QD_OK;
