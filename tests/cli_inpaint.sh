@@ -8,6 +8,7 @@
 #     the same picture as the white-on-black mask; a JPEG mask resized from 32x32 too;
 #   - the PNG parameters record "Mask blur: N" and the inpaint default strength (1 for SD1.5);
 #     --mask-blur changes the k-sampler's (soft, bilinear) mask;
+#   - --mask-overlay pastes the init image back: kept pixels exactly, repainted ones untouched;
 #   - bad input: --mask without --init-image, --mask-blur without --mask, a missing or
 #     corrupt mask file, a bad --mask-blur: exit 2, a message, no output left behind;
 #   - a 9-channel inpainting UNet runs (zero extra weights: text-to-image's latents at
@@ -74,6 +75,28 @@ p=$(png_param "$tmp/h1.png")
 "$qdiff" "${gen[@]}" --sampler euler --mask "$tmp/half.png" --mask-blur 4 -o "$tmp/h5.png"
 p=$(png_param "$tmp/h5.png")
 [[ "$p" == *"Mask blur: 4,"* && $(same "$tmp/h6.png" "$tmp/h5.png") == False ]] && ok "--mask-blur 4 recorded and changes the k-sampler's picture" || bad "--mask-blur: $p"
+
+# --mask-overlay (A1111's paste-back): unmasked pixels = the init image exactly, masked ones =
+# the run without it; with a blurred mask, pixels in between are a mix of the two
+"$qdiff" "${gen[@]}" --sampler euler --mask "$tmp/half.png" --mask-overlay -o "$tmp/ov.png" &&
+"$qdiff" "${gen[@]}" --sampler euler --mask "$tmp/half.png" --mask-blur 4 --mask-overlay -o "$tmp/ovb.png"
+r=$("$py" - "$tmp/ov.png" "$tmp/h6.png" "$pic" "$tmp/ovb.png" "$tmp/h5.png" <<'PY'
+import sys
+import numpy as np
+from PIL import Image
+ov, gen, pic, ovb, genb = (np.asarray(Image.open(f).convert("RGB")).astype(int) for f in sys.argv[1:6])
+kept = np.abs(ov[:, 32:] - pic[:, 32:]).max()      # mask 0 (x >= 32): the original
+painted = np.abs(ov[:, :32] - gen[:, :32]).max()   # mask 1: the generated picture
+far = max(np.abs(ovb[:, 44:] - pic[:, 44:]).max(), np.abs(ovb[:, :28] - genb[:, :28]).max())   # past the 21-tap blur
+lo, hi = np.minimum(pic, genb), np.maximum(pic, genb)   # the seam: between the two, +-1 rounding
+between = int(((ovb < lo - 1) | (ovb > hi + 1)).sum())
+print("ok" if kept == 0 and painted == 0 and far == 0 and between == 0 and (ov != gen).any() else "bad",
+      kept, painted, far, between)
+PY
+)
+[[ "$r" == ok* ]] && ok "--mask-overlay: kept pixels = the init image, repainted = the plain run, blurred seam mixes ($r)" ||
+  bad "--mask-overlay: $r"
+expect "--mask-overlay without --mask" "go with --mask" -- "${gen[@]}" -o "$tmp/out.png" --mask-overlay
 
 expect "--mask without --init-image" "go with --init-image" -- generate -m "$sd" -p x --steps 2 -q -o "$tmp/out.png" --mask "$tmp/half.png"
 expect "--mask-blur without --mask" "go with --mask" -- "${gen[@]}" -o "$tmp/out.png" --mask-blur 4

@@ -225,12 +225,12 @@ Image.new('L', (64, 64), 255).save('$tmp/mopaque.png')
 mb64=$(base64 -w0 "$tmp/mhalf.png")
 req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":4,\"seed\":3,\"denoising_strength\":0.75,\"mask_blur\":0,\"inpainting_fill\":1,\"inpaint_full_res\":false,\"init_images\":[\"$b64\"],\"mask\":\"$mb64\"}"
 if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/m") == 1 ]]; then
-  cli sd15-tiny "$tmp/cli-m.png" -p "$P" --steps 4 --seed 3 --init-image "$pic" --strength 0.75 --mask "$tmp/mhalf.png"
+  cli sd15-tiny "$tmp/cli-m.png" -p "$P" --steps 4 --seed 3 --init-image "$pic" --strength 0.75 --mask "$tmp/mhalf.png" --mask-overlay
   same_png "img2img with a mask (mask_blur 0)" "$tmp/m-0.png" "$tmp/cli-m.png"
 else bad "img2img mask: $code $(head -c 300 "$tmp/r.json")"; fi
 req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":4,\"seed\":3,\"sampler_name\":\"Euler\",\"inpainting_mask_invert\":1,\"init_images\":[\"$b64\"],\"mask\":\"data:image/png;base64,$(base64 -w0 "$tmp/mhalf_inv.png")\"}"
 if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/n") == 1 ]]; then
-  cli sd15-tiny "$tmp/cli-n.png" -p "$P" --steps 4 --seed 3 --sampler euler --init-image "$pic" --strength 0.75 --mask "$tmp/mhalf.png" --mask-blur 4
+  cli sd15-tiny "$tmp/cli-n.png" -p "$P" --steps 4 --seed 3 --sampler euler --init-image "$pic" --strength 0.75 --mask "$tmp/mhalf.png" --mask-blur 4 --mask-overlay
   same_png "img2img Euler, inverted mask + inpainting_mask_invert, A1111's default mask_blur 4" "$tmp/n-0.png" "$tmp/cli-n.png"
   [[ $(jget "$tmp/r.json" info.infotexts.0) == *"Mask blur: 4"* ]] && ok "img2img infotext records Mask blur: 4" \
     || bad "img2img mask infotext: $(jget "$tmp/r.json" info.infotexts.0)"

@@ -78,7 +78,7 @@ params=$(python3 "$chk" get "$st" first.params)
 "$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
   --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$init_pic" --strength 0.5 -o "$tmp/cli-3.png"
 "$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
-  --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$init_pic" --strength 0.75 --mask "$mask_pic" -o "$tmp/cli-4.png"
+  --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$init_pic" --strength 0.75 --mask "$mask_pic" --mask-overlay -o "$tmp/cli-4.png"
 params=$(python3 "$chk" get "$st" fourth.params)
 [[ $params == *"Denoising strength: 0.75"* && $params == *"Mask blur: 0"* ]] && ok "inpainting from the page's mask input: parameters ${params//$'\n'/ | }" \
   || bad "inpainting parameters shown: $params $(python3 "$chk" get "$st" fourth.error)"

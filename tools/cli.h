@@ -94,6 +94,13 @@ int cli_mask_rgba(qd_ctx *ctx, const char *name, const uint8_t *rgba, int iw, in
                   int invert, int blur, qd_gen_params *p, float **out, char *err, size_t errn);
 int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, qd_gen_params *p, float **out);
 
+/* A1111's overlay after an inpainting run: the init image pasted back over the kept area
+ * of each of `n` generated pictures (RGB8, w x h), with alpha 1 - min(2 x mask, 1) on the
+ * 8-bit mask (its mask_for_overlay): where the mask is 0 the original pixels return
+ * exactly, where it is >= 0.5 the generated ones stay. init [init_count, h, w, 3] and mask
+ * [mask_count, h, w] in [0, 1] as p holds them (one per picture, or one for all). */
+void cli_mask_overlay(uint8_t *rgb, int n, int w, int h, const qd_gen_params *p);
+
 /* A random seed that fits in 32 bits, as A1111 draws them. */
 uint64_t cli_random_seed(void);
 /* The last component of a model folder path (per-thread buffer). */

@@ -87,6 +87,9 @@ static void usage_generate(FILE *f) {
         "      --mask-invert          repaint where MASK is black instead\n"
         "      --mask-blur PX         blur the mask by a Gaussian of PX pixels first (A1111's mask_blur;\n"
         "                             default 0)\n"
+        "      --mask-overlay         paste the init image back over the kept area after decoding (A1111's\n"
+        "                             overlay: the original's share is 1 - min(2 x mask, 1), so unmasked\n"
+        "                             pixels come back exactly)\n"
         "  -q, --quiet                no progress output\n"
         "  -h, --help                 this help\n");
 }
@@ -125,7 +128,7 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
            O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM, O_VAE_TILE, O_LORA,
-           O_INIT_IMAGE, O_STRENGTH, O_MASK, O_MASK_INVERT, O_MASK_BLUR };
+           O_INIT_IMAGE, O_STRENGTH, O_MASK, O_MASK_INVERT, O_MASK_BLUR, O_MASK_OVERLAY };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -147,14 +150,14 @@ int cmd_generate(int argc, char **argv) {
         {"lora", required_argument, 0, O_LORA},
         {"init-image", required_argument, 0, O_INIT_IMAGE}, {"strength", required_argument, 0, O_STRENGTH},
         {"mask", required_argument, 0, O_MASK}, {"mask-invert", no_argument, 0, O_MASK_INVERT},
-        {"mask-blur", required_argument, 0, O_MASK_BLUR},
+        {"mask-blur", required_argument, 0, O_MASK_BLUR}, {"mask-overlay", no_argument, 0, O_MASK_OVERLAY},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
     const char *model_dir = NULL, *out = NULL, *latents_path = NULL, *preview_path = NULL, *preview_vae_path = NULL;
     const char *config_from = NULL, *init_path = NULL, *mask_path = NULL;
     float *init_img = NULL, *mask = NULL;
-    int mask_invert = 0;
+    int mask_invert = 0, mask_overlay = 0;
     long mask_blur = 0;
     long threads = 0, v;
     int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision;
@@ -252,6 +255,7 @@ int cmd_generate(int argc, char **argv) {
         case O_INIT_IMAGE: init_path = optarg; break;
         case O_MASK: mask_path = optarg; break;
         case O_MASK_INVERT: mask_invert = 1; break;
+        case O_MASK_OVERLAY: mask_overlay = 1; break;
         case O_MASK_BLUR: {
             char *end;
             errno = 0;
@@ -292,13 +296,13 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "qdiff: --strength goes with --init-image\n");
         return EXIT_BAD;
     }
-    if ((mask_path || mask_invert || mask_blur) && !init_path) {
-        fprintf(stderr, "qdiff: --mask (and --mask-invert, --mask-blur) go with --init-image: inpainting repaints part "
+    if ((mask_path || mask_invert || mask_blur || mask_overlay) && !init_path) {
+        fprintf(stderr, "qdiff: --mask (and --mask-invert, --mask-blur, --mask-overlay) go with --init-image: inpainting repaints part "
                 "of that image\n");
         return EXIT_BAD;
     }
-    if ((mask_invert || mask_blur) && !mask_path) {
-        fprintf(stderr, "qdiff: --mask-invert and --mask-blur go with --mask\n");
+    if ((mask_invert || mask_blur || mask_overlay) && !mask_path) {
+        fprintf(stderr, "qdiff: --mask-invert, --mask-blur and --mask-overlay go with --mask\n");
         return EXIT_BAD;
     }
     if (p.sampler && (p.scheduler || p.karras == 1)) {
@@ -379,6 +383,7 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     int W = p.width, H = p.height;
+    if (mask_overlay) cli_mask_overlay(img, p.batch, W, H, &p);
     const char *mname = cli_model_name(model_dir);
     for (int k = 1; k <= p.batch; k++) {
         char params[8192];

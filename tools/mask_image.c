@@ -103,3 +103,19 @@ int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, qd_gen_params 
     free(rgba);
     return rc;
 }
+
+void cli_mask_overlay(uint8_t *rgb, int n, int w, int h, const qd_gen_params *p) {
+    size_t hw = (size_t)w * (size_t)h;
+    int images = p->init_count > 1 ? p->init_count : 1, masks = p->mask_count > 1 ? p->mask_count : 1;
+    for (int k = 0; k < n; k++) {
+        const float *img = p->init_image + (size_t)(k % images) * hw * 3, *mk = p->mask + (size_t)(k % masks) * hw;
+        uint8_t *out = rgb + (size_t)k * hw * 3;
+        for (size_t i = 0; i < hw; i++) {
+            long m8 = lrintf(mk[i] * 255.0f), o = 2 * m8 > 255 ? 255 : 2 * m8, a = 255 - o;   /* a: the original's share */
+            for (int c = 0; c < 3; c++) {
+                long orig = lrintf(img[i * 3 + c] * 255.0f);
+                out[i * 3 + c] = (uint8_t)((orig * a + out[i * 3 + c] * (255 - a) + 127) / 255);
+            }
+        }
+    }
+}

@@ -76,6 +76,7 @@ struct srv_job {
     float *init_image;          /* img2img: the decoded, resized init image p.init_image points at */
     float *mask;                /* inpainting: the mask p.mask points at */
     int mask_blur;              /* its blur (A1111's "Mask blur" of the infotext) */
+    int mask_overlay;           /* A1111: paste the init image back over the kept area (cli_mask_overlay) */
     /* progress, under srv.mu */
     int state, iter, step, total, cancel, refs;
     double t_queued, t_start, t_end;

@@ -70,7 +70,8 @@ static int bad_field(srv_error *err, const char *param, const char *msg) {
  * transparency, = repaint), mask_blur (default 4, as A1111's mask_blur_x/y),
  * inpainting_mask_invert (0/1), inpainting_fill (only 1 "original": the image's own
  * latents are kept and noised; absent means that too), inpaint_full_res (only false:
- * the whole picture is inpainted; absent means that too). */
+ * the whole picture is inpainted; absent means that too). As A1111, the init image is
+ * pasted back over the kept area of the results (its overlay). */
 static int inpaint_params(const cJSON *body, srv_job *j, srv_error *err) {
     const cJSON *mask = cJSON_GetObjectItemCaseSensitive(body, "mask");
     const cJSON *fill = cJSON_GetObjectItemCaseSensitive(body, "inpainting_fill");
@@ -100,6 +101,7 @@ static int inpaint_params(const cJSON *body, srv_job *j, srv_error *err) {
     if (srv_base64_decode(mask->valuestring, &bytes, &n)) return bad_field(err, "mask", "not valid base64");   /* data: prefix too */
     int rc = srv_mask(bytes, n, "mask", "mask", 0, invert, px, j, err);
     free(bytes);
+    j->mask_overlay = !rc;   /* A1111 always pastes the original back over the kept area */
     return rc;
 }
 

@@ -250,6 +250,7 @@ static void run_job(srv *s, srv_model *m, srv_job *j) {
             snprintf(err, sizeof err, "%s", qd_last_error(m->ctx));
             break;
         }
+        if (j->mask_overlay) cli_mask_overlay(rgb, batch, p.width, p.height, &p);
         for (int k = 0; k < batch && st == QD_OK; k++) {
             int idx = it * batch + k;
             char text[8192];
