@@ -173,7 +173,7 @@ int main(int argc, char **argv) {
     for (int s = 0; s < nshapes; s++) {
         int64_t M = shapes[s].M, K = shapes[s].K, N = shapes[s].N, kp = qd_i8_kpad(K);
         int64_t Mp = (M + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR, npan = (N + QD_I8_NR - 1) / QD_I8_NR;
-        float *x = malloc(sizeof(float) * (size_t)(M * K)), *y = malloc(sizeof(float) * (size_t)(M * N));
+        float *x = malloc(sizeof(float) * (size_t)(M * K)), *y = qd_malloc_aligned(cn, sizeof(float) * (size_t)(M * N));
         float *sw = malloc(sizeof(float) * (size_t)N);
         uint8_t *codes = malloc((size_t)(K * N)), *panels = qd_malloc_aligned(cn, (size_t)(npan * qd_i8_panel_bytes(kp)));
         int8_t *xq = qd_malloc_aligned(cn, (size_t)(Mp * kp));
