@@ -63,6 +63,45 @@ static void test_quantize(void) {
     }
 }
 
+/* Rows built to hit x / s at and next to half-integers (the rounding ties; a kernel
+ * that does not divide exactly as x / s gets some wrong), at scales from subnormal to
+ * near FLT_MAX, random values mixed in, K = 333 (five 64-value steps and a tail):
+ * every code and sum as the division reference gives. */
+static void test_quantize_ties(void) {
+    uint32_t seed = 11;
+    static const float amaxes[] = {1.0f, 3.5f, 0.0123f, 7.77e-20f, 2.5e-37f, 1e-36f, 1e-40f, 1e-44f, 6.1e25f, 3.3e38f};
+    const int64_t K = 333, kp = qd_i8_kpad(K);
+    float *x = malloc(sizeof(float) * (size_t)K);
+    int8_t *q = malloc((size_t)kp), *r = malloc((size_t)K);
+    long rows = 0, bad = 0;
+    for (int isa = QD_I8_GENERIC; isa <= QD_I8_VNNI; isa++) {
+        if (!qd_i8_supported((qd_i8_isa)isa)) continue;
+        for (size_t a = 0; a < sizeof amaxes / sizeof *amaxes; a++)
+            for (int rep = 0; rep < 200; rep++) {
+                float A = amaxes[a] * (1.0f + 0.37f * (float)(lcg(&seed) % 1000) / 1000.0f);
+                float s = A / 127.0f;
+                x[0] = rep % 2 ? A : -A;
+                for (int64_t k = 1; k < K; k++) {
+                    int kind = (int)(lcg(&seed) % 4);
+                    if (kind == 0) { x[k] = frand(&seed) * A; continue; }
+                    /* (n + 1/2) s rounded to float, then 0..3 ulps either way */
+                    int n = (int)(lcg(&seed) % 255) - 127;
+                    float v = (float)(((double)n + 0.5) * (double)s);
+                    int steps = (int)(lcg(&seed) % 7) - 3;
+                    for (; steps > 0; steps--) v = nextafterf(v, INFINITY);
+                    for (; steps < 0; steps++) v = nextafterf(v, -INFINITY);
+                    x[k] = fabsf(v) <= A ? v : (v > 0 ? A : -A);
+                }
+                int32_t sum, rsum;
+                float sq = qd_i8_quantize_row((qd_i8_isa)isa, x, K, kp, q, &sum), rs = ref_quant(x, K, r, &rsum);
+                rows++;
+                if (!(sq == rs && sum == rsum && memcmp(q, r, (size_t)K) == 0)) bad++;
+            }
+    }
+    check(bad == 0, "row quantization at and next to ties, amax 1e-44 .. 3.3e38: %ld of %ld rows differ from x / s", bad, rows);
+    free(x); free(q); free(r);
+}
+
 typedef struct { int64_t M, N, K; } shape;
 
 /* Checks ctx's result against the int64 reference; with `also`, that context's result
@@ -148,6 +187,7 @@ static void run_gemm(qd_ctx *ctx, qd_ctx *also, qd_i8_isa isa, shape sh, int col
 
 int main(void) {
     test_quantize();
+    test_quantize_ties();
     static const shape shapes[] = {{1, 1, 1}, {7, 64, 4}, {13, 65, 37}, {6, 128, 512}, {50, 200, 1030}, {97, 320, 640}};
     qd_ctx *c1 = test_ctx_new(1), *c2 = test_ctx_new(2);
     uint32_t seed = 3;
