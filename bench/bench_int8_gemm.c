@@ -1,7 +1,7 @@
 /* int8 GEMM (quantized matmul, src/quant/int8_gemm.c) on the linear shapes of SD1.5,
  * SDXL and FLUX.1, against this CPU's vpdpbusd peak measured in the same run.
  *
- *   bench_int8_gemm [--reps N] [--shapes sd15|all] [--threads N]
+ *   bench_int8_gemm [--reps N] [--shapes sd15|all] [--threads N] [--idle-wait S] [--filter TEXT]
  *
  * Peak: independent vpdpbusd zmm chains from registers (16 chains, distinct start
  * values so the compiler cannot merge them), 1 thread and all threads, each thread by
@@ -133,11 +133,13 @@ static void time_shape(qd_ctx *ctx, lin *l, qd_i8_gemm_args *g, int reps, int cp
 int main(int argc, char **argv) {
     int reps = 7, all = 1, threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     double idle = 10;
+    const char *filter = NULL;   /* only shapes whose name contains it */
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--shapes")) all = strcmp(argv[i + 1], "sd15") != 0;
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--idle-wait")) idle = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--filter")) filter = argv[i + 1];
     }
     if (reps < 1) reps = 1;
     if (threads < 1 || threads > 64) threads = 1;
@@ -171,9 +173,10 @@ int main(int argc, char **argv) {
     printf("%-28s %6s %6s %6s | %9s %6s %9s %6s %5s | %9s %9s %6s %5s %8s %6s\n", "shape", "M", "K", "N", "gemm 1t",
            "%pk1", "gemm nt", "%peak", "x", "linear 1t", "linear nt", "%peak", "x", "nt cpu", "%pk");
     for (int s = 0; s < nshapes; s++) {
+        if (filter && !strstr(shapes[s].name, filter)) continue;
         int64_t M = shapes[s].M, K = shapes[s].K, N = shapes[s].N, kp = qd_i8_kpad(K);
         int64_t Mp = (M + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR, npan = (N + QD_I8_NR - 1) / QD_I8_NR;
-        float *x = malloc(sizeof(float) * (size_t)(M * K)), *y = malloc(sizeof(float) * (size_t)(M * N));
+        float *x = malloc(sizeof(float) * (size_t)(M * K)), *y = qd_malloc_aligned(cn, sizeof(float) * (size_t)(M * N));
         float *sw = malloc(sizeof(float) * (size_t)N);
         uint8_t *codes = malloc((size_t)(K * N)), *panels = qd_malloc_aligned(cn, (size_t)(npan * qd_i8_panel_bytes(kp)));
         int8_t *xq = qd_malloc_aligned(cn, (size_t)(Mp * kp));
