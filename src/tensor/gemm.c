@@ -166,6 +166,10 @@ static void compute_item(gemm_job *j, int64_t s, int64_t item, uint32_t *xbuf, f
                            cb && !in2 ? cb + jb : NULL);
                     continue;
                 }
+                if (ni < MR && nj == NR && kd->fn_rows && contiguous && !g->C2) {   /* short last strip of A */
+                    kd->fn_rows(ni, kw, as, bs, c_at(g, i, jb), g->ldc, acc, rb ? rb + i : NULL, cb ? cb + jb : NULL);
+                    continue;
+                }
                 kd->fn(kw, as, bs, tile, NR, 0, NULL, NULL);
                 for (int r = 0; r < ni; r++) {
                     int bias = !g->C2 || i + r < g->m_split;

@@ -24,11 +24,16 @@
 typedef void (*qd_gemm_ukernel)(int64_t kw, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc, int acc,
                                 const float *rb, const float *cb);
 
+/* The same for the first `rows` (1..MR-1) rows of the strips only, a full NR columns. */
+typedef void (*qd_gemm_ukernel_rows)(int rows, int64_t kw, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc,
+                                     int acc, const float *rb, const float *cb);
+
 typedef struct {
     int mr, nr;
     int bf16;                 /* operands are packed as bf16 pairs */
     qd_gemm_ukernel fn;
     const char *name;
+    qd_gemm_ukernel_rows fn_rows;   /* NULL: edge strips run fn into a tile */
 } qd_gemm_kernel;
 
 /* The kernel for this CPU (QD_ISA=generic|avx2 forces a lower one); bf16 asks for the
