@@ -45,7 +45,7 @@ static void row_f32(uint32_t *d, const float *s, int64_t kc, float alpha) {
 /* A weight's K block is a short run (kc values) of each row, rows a whole row apart:
  * too short for the hardware prefetcher, so the decode of every strip would wait on
  * DRAM latency. Ask for the next strip's runs (dense storage: t) while this one is decoded. */
-static void prefetch_rows(const qd_st_tensor *t, int64_t cols, int64_t r0, int64_t nr, int64_t k0, int64_t kc) {
+static inline __attribute__((always_inline)) void prefetch_rows(const qd_st_tensor *t, int64_t cols, int64_t r0, int64_t nr, int64_t k0, int64_t kc) {
     size_t es = qd_dtype_size(t->dtype);
     for (int64_t r = 0; r < nr; r++) {
         const char *p = (const char *)t->data + ((r0 + r) * cols + k0) * (int64_t)es;
@@ -220,18 +220,38 @@ static void gather32(const qd_conv_src *cv, const strip_pos *sp, int64_t c, int 
     *v1 = z;
 }
 
-__attribute__((target("avx512f,avx512bf16")))
+/* 16 words (lo[i] in the low half, hi[i] in the high half): one two-source convert to
+ * bf16 (lo in the low 256 bits) and one word interleave. */
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
 static __m512i pair_words(__m512 lo, __m512 hi) {
-    __m512i l = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
-    __m512i h = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
-    return _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
+    const __m512i inter = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                           23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(inter, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+/* Channels ahead that the gather prefetches: moving to the next channel jumps a whole
+ * plane, which the hardware prefetcher cannot guess, so each new row of input would be
+ * a string of cache misses (most of the pack's time for Cin 128 at 512x512). */
+#define PF_CH 4
+
+/* Ask for the input row ky of channel c that the strips' tap row reads (addresses only:
+ * a prefetch outside the row is harmless, so no clamping). Inlined: GCC would find a
+ * function of prefetches alone free of side effects and drop the call. */
+static inline __attribute__((always_inline)) void prefetch_taprow(const qd_conv_src *cv, const strip_pos *sp, int ns, int64_t c, int ky) {
+    int64_t span = 32 * (int64_t)cv->stride + cv->kw;   /* floats one strip's row of taps covers */
+    for (int t = 0; t < ns; t++) {
+        int64_t iy = sp[t].oy * cv->stride - cv->pt + ky, ix0 = sp[t].ox * cv->stride - cv->pl;
+        if (iy < 0 || iy >= cv->H) continue;
+        uintptr_t p = (uintptr_t)(cv->x + ((sp[t].b * cv->Cin + c) * cv->H + iy) * cv->W) + (uintptr_t)ix0 * sizeof(float);
+        for (int64_t f = 0; f < span + 15; f += 16) _mm_prefetch((const char *)(p + (uintptr_t)f * sizeof(float)), _MM_HINT_T0);
+    }
 }
 
 /* Implicit im2col for nr = 32, stride 1 or 2, straight into the packed strips (fp32 or bf16
  * pairs). The tap loop is outside the strip loop: for one tap, consecutive strips read
  * consecutive input, and the kx taps of one row re-read it from L1 (per strip, the
  * taps would walk all channels, whose planes alias in the caches). */
-__attribute__((target("avx512f,avx512bf16")))
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
 static void im2col_block_avx512(const qd_conv_src *cv, int64_t j0, int64_t n, int64_t k0, int64_t kc, int bf16,
                                 uint32_t *dst) {
     enum { G = 8 };
@@ -251,6 +271,7 @@ static void im2col_block_avx512(const qd_conv_src *cv, int64_t j0, int64_t n, in
         int64_t c = k0 / taps;
         int ky = (int)(k0 % taps / cv->kw), kx = (int)(k0 % cv->kw);
         for (int64_t k = 0; k < kc; k++) {
+            if (kx == 0 && c + PF_CH < cv->Cin) prefetch_taprow(cv, sp, ns, c + PF_CH, ky);
             for (int t = 0; t < ns; t++) {
                 __m512 v0, v1;
                 gather32(cv, &sp[t], c, ky, kx, &v0, &v1);
