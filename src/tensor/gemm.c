@@ -247,6 +247,9 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
     j.shared_is_a = g->A.kind == QD_MAT_WEIGHT || g->B.kind == QD_MAT_IM2COL;
     j.kcmax = j.bf16 ? 2 * QD_GEMM_KCW : QD_GEMM_KCW;
     j.nk = ceil_div(g->K, j.kcmax);
+    /* equal K blocks (multiples of 32): a short last one (K 1152 = 512 + 512 + 128) costs a
+     * pass over C and a kernel call per tile for little work */
+    if (j.nk > 1) j.kcmax = (ceil_div(g->K, j.nk) + 31) / 32 * 32;
     j.srows = j.shared_is_a ? g->M : g->N;
     j.sw = j.shared_is_a ? MR : NR;
     j.xrows = j.shared_is_a ? g->N : g->M;
