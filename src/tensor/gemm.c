@@ -290,6 +290,10 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
             double cost = (double)nc * (double)j.xrows * cx + (double)nxs * (double)j.srows * cw;
             if (best < 0 || cost < best) { best = cost; j.nchunk = nc; j.xsup = xs; }
         }
+        if (slab == C_SLAB_L2 && threads > 1) {   /* few blocks per step: a multiple of the threads */
+            int64_t q = j.xblk * threads;
+            j.xsup = min64(ceil_div(j.xsup, q) * q, ceil_div(j.xrows, j.xblk) * j.xblk);
+        }
     }
     j.chunk = ceil_div(sstrips, j.nchunk) * j.sw;
     j.nchunk = ceil_div(j.srows, j.chunk);
