@@ -32,9 +32,10 @@
 #define C_SLAB_QUANT (4 << 20)       /* 16 MiB when the weight is quantized: its decode costs more than C's trips */
 /* A convolution with few output channels: its weight panel is small and re-packed cheaply from
  * cache, so keeping C in L2 across the K blocks wins (bench_gemm, 1 thread: Cout 128-256 VAE
- * convs +10-15%, Cout 320 +0-5%; Cout >= 512 lose 3-13%, so they keep the L3 slab) */
+ * convs +10-15%, Cout 320 at 64x64 +5-9%; Cout >= 512 lose 3-13%, so they keep the L3 slab) */
 #define C_SLAB_L2 (256 << 10)
 #define CONV_L2_MAX_ROWS 320
+#define CONV_L2_MIN_PIXELS 8192   /* fewer (the stride-2 320 conv, 2048): more, shorter steps cost 2 threads more */
 
 typedef struct {
     int64_t M, N, K;
@@ -278,7 +279,7 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
         double cw = g->A.kind == QD_MAT_WEIGHT || g->B.kind == QD_MAT_WEIGHT ? 1.5 : 0.3;
         const qd_weight *w = g->A.kind == QD_MAT_WEIGHT ? g->A.w : g->B.kind == QD_MAT_WEIGHT ? g->B.w : NULL;
         int64_t slab = w && w->quant ? C_SLAB_QUANT : C_SLAB_FLOATS;
-        if (g->B.kind == QD_MAT_IM2COL && j.srows <= CONV_L2_MAX_ROWS) slab = C_SLAB_L2;
+        if (g->B.kind == QD_MAT_IM2COL && j.srows <= CONV_L2_MAX_ROWS && j.xrows >= CONV_L2_MIN_PIXELS) slab = C_SLAB_L2;
         double cx = j.shared_is_a ? 0.4 : 0.15, best = -1;
         int64_t first = j.nchunk;
         for (int64_t nc = first; nc <= sstrips && nc < first + 64; nc++) {
