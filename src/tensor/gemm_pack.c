@@ -45,7 +45,8 @@ static void row_f32(uint32_t *d, const float *s, int64_t kc, float alpha) {
 /* A weight's K block is a short run (kc values) of each row, rows a whole row apart:
  * too short for the hardware prefetcher, so the decode of every strip would wait on
  * DRAM latency. Ask for the next strip's runs (dense storage: t) while this one is decoded. */
-static inline __attribute__((always_inline)) void prefetch_rows(const qd_st_tensor *t, int64_t cols, int64_t r0, int64_t nr, int64_t k0, int64_t kc) {
+static inline __attribute__((always_inline)) void prefetch_rows(const qd_st_tensor *t, int64_t cols, int64_t r0,
+                                                                int64_t nr, int64_t k0, int64_t kc) {
     size_t es = qd_dtype_size(t->dtype);
     for (int64_t r = 0; r < nr; r++) {
         const char *p = (const char *)t->data + ((r0 + r) * cols + k0) * (int64_t)es;
@@ -237,13 +238,16 @@ static __m512i pair_words(__m512 lo, __m512 hi) {
 /* Ask for the input row ky of channel c that the strips' tap row reads (addresses only:
  * a prefetch outside the row is harmless, so no clamping). Inlined: GCC would find a
  * function of prefetches alone free of side effects and drop the call. */
-static inline __attribute__((always_inline)) void prefetch_taprow(const qd_conv_src *cv, const strip_pos *sp, int ns, int64_t c, int ky) {
+static inline __attribute__((always_inline)) void prefetch_taprow(const qd_conv_src *cv, const strip_pos *sp, int ns,
+                                                                  int64_t c, int ky) {
     int64_t span = 32 * (int64_t)cv->stride + cv->kw;   /* floats one strip's row of taps covers */
     for (int t = 0; t < ns; t++) {
         int64_t iy = sp[t].oy * cv->stride - cv->pt + ky, ix0 = sp[t].ox * cv->stride - cv->pl;
         if (iy < 0 || iy >= cv->H) continue;
-        uintptr_t p = (uintptr_t)(cv->x + ((sp[t].b * cv->Cin + c) * cv->H + iy) * cv->W) + (uintptr_t)ix0 * sizeof(float);
-        for (int64_t f = 0; f < span + 15; f += 16) _mm_prefetch((const char *)(p + (uintptr_t)f * sizeof(float)), _MM_HINT_T0);
+        uintptr_t p = (uintptr_t)(cv->x + ((sp[t].b * cv->Cin + c) * cv->H + iy) * cv->W) +
+                      (uintptr_t)ix0 * sizeof(float);
+        for (int64_t f = 0; f < span + 15; f += 16)
+            _mm_prefetch((const char *)(p + (uintptr_t)f * sizeof(float)), _MM_HINT_T0);
     }
 }
 
