@@ -5,7 +5,8 @@
  *     reference weight is sdnq's own dequantization), alpha/beta/biases, K spanning
  *     several K blocks, C batched along N;
  *   - convolution: 1x1 and 3x3, stride 1 and 2, symmetric and asymmetric padding,
- *     batch 1-3, bias, every dense weight dtype and the SDNQ layer as a 1x1 conv.
+ *     batch 1-3, bias, every dense weight dtype and the SDNQ layer as a 1x1 conv, and
+ *     convolutions over few pixels with K over several blocks (the thin-N path).
  * Tolerances:
  *   fp32: relative L2 <= 1e-5 (fp32 accumulation over K <= 2600 gives ~1e-7..1e-6).
  *   bf16: two references. (a) The same sums over operands rounded to bf16 here
@@ -318,6 +319,12 @@ int main(void) {
             conv_case(ctx, bf16, 1, 3, 40, 45, 30, 3, 3, 1, 2, 0, 1, 2, QD_BF16, NULL, NULL, 1);  /* asymmetric */
             conv_case(ctx, bf16, 2, 70, 6, 37, 33, 3, 3, 1, 1, 1, 1, 1, QD_F16, NULL, NULL, 1);   /* K > 1 block */
             conv_case(ctx, bf16, 1, 2, 5, 4, 3, 5, 3, 1, 2, 2, 1, 1, QD_F32, NULL, NULL, 1);     /* 5x3 kernel */
+            /* few output pixels and K over several blocks: tensor/gemm_thin.c (odd Cin, a short
+             * last strip of 3 rows, 32-column strips across images, stride 2, every dtype) */
+            conv_case(ctx, bf16, 2, 75, 8, 8, 45, 3, 3, 1, 1, 1, 1, 1, QD_F16, NULL, NULL, 1);
+            conv_case(ctx, bf16, 3, 61, 5, 7, 33, 3, 3, 1, 1, 1, 1, 1, QD_BF16, NULL, NULL, 1);
+            conv_case(ctx, bf16, 2, 64, 9, 9, 20, 3, 3, 2, 0, 1, 0, 1, QD_F32, NULL, NULL, 0);
+            conv_case(ctx, bf16, 1, 130, 4, 6, 31, 3, 3, 1, 1, 1, 1, 1, QD_F8_E4M3, NULL, NULL, 1);
         }
         qd_ctx_free(ctx);
     }

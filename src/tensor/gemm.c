@@ -30,6 +30,12 @@
 #define SHARED_MAX_WORDS (1 << 20)   /* 4 MiB per shared panel buffer: chunks of shared rows beyond it */
 #define C_SLAB_FLOATS (2 << 20)      /* 8 MiB of C per (chunk, super-block): stays in the 32 MiB L3 */
 #define C_SLAB_QUANT (4 << 20)       /* 16 MiB when the weight is quantized: its decode costs more than C's trips */
+/* A convolution with few output channels: its weight panel is small and re-packed cheaply from
+ * cache, so keeping C in L2 across the K blocks wins (bench_gemm, 1 thread: Cout 128-256 VAE
+ * convs +10-15%, Cout 320 at 64x64 +5-9%; Cout >= 512 lose 3-13%, so they keep the L3 slab) */
+#define C_SLAB_L2 (256 << 10)
+#define CONV_L2_MAX_ROWS 320
+#define CONV_L2_MIN_PIXELS 8192   /* fewer (the stride-2 320 conv, 2048): more, shorter steps cost 2 threads more */
 
 typedef struct {
     int64_t M, N, K;
@@ -166,6 +172,10 @@ static void compute_item(gemm_job *j, int64_t s, int64_t item, uint32_t *xbuf, f
                            cb && !in2 ? cb + jb : NULL);
                     continue;
                 }
+                if (ni < MR && nj == NR && kd->fn_rows && contiguous && !g->C2) {   /* short last strip of A */
+                    kd->fn_rows(ni, kw, as, bs, c_at(g, i, jb), g->ldc, acc, rb ? rb + i : NULL, cb ? cb + jb : NULL);
+                    continue;
+                }
                 kd->fn(kw, as, bs, tile, NR, 0, NULL, NULL);
                 for (int r = 0; r < ni; r++) {
                     int bias = !g->C2 || i + r < g->m_split;
@@ -240,9 +250,16 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
             }
         return 0;
     }
+    int thin_rc;   /* a convolution over few pixels: tensor/gemm_thin.c */
+    if (!g->C2 && qd_gemm_thin(ctx, threads, j.kd, g->M, g->N, g->K, g->A, g->B, g->C, g->ldc, g->c_cols, g->c_bstride,
+                               g->alpha, j.acc_first, g->row_bias, g->col_bias, &thin_rc))
+        return thin_rc;
     j.shared_is_a = g->A.kind == QD_MAT_WEIGHT || g->B.kind == QD_MAT_IM2COL;
     j.kcmax = j.bf16 ? 2 * QD_GEMM_KCW : QD_GEMM_KCW;
     j.nk = ceil_div(g->K, j.kcmax);
+    /* equal K blocks (multiples of 32): a short last one (K 1152 = 512 + 512 + 128) costs a
+     * pass over C and a kernel call per tile for little work */
+    if (j.nk > 1) j.kcmax = (ceil_div(g->K, j.nk) + 31) / 32 * 32;
     j.srows = j.shared_is_a ? g->M : g->N;
     j.sw = j.shared_is_a ? MR : NR;
     j.xrows = j.shared_is_a ? g->N : g->M;
@@ -262,6 +279,7 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
         double cw = g->A.kind == QD_MAT_WEIGHT || g->B.kind == QD_MAT_WEIGHT ? 1.5 : 0.3;
         const qd_weight *w = g->A.kind == QD_MAT_WEIGHT ? g->A.w : g->B.kind == QD_MAT_WEIGHT ? g->B.w : NULL;
         int64_t slab = w && w->quant ? C_SLAB_QUANT : C_SLAB_FLOATS;
+        if (g->B.kind == QD_MAT_IM2COL && j.srows <= CONV_L2_MAX_ROWS && j.xrows >= CONV_L2_MIN_PIXELS) slab = C_SLAB_L2;
         double cx = j.shared_is_a ? 0.4 : 0.15, best = -1;
         int64_t first = j.nchunk;
         for (int64_t nc = first; nc <= sstrips && nc < first + 64; nc++) {
@@ -272,6 +290,10 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
             int64_t nxs = ceil_div(j.xrows, xs);
             double cost = (double)nc * (double)j.xrows * cx + (double)nxs * (double)j.srows * cw;
             if (best < 0 || cost < best) { best = cost; j.nchunk = nc; j.xsup = xs; }
+        }
+        if (slab == C_SLAB_L2 && threads > 1) {   /* few blocks per step: a multiple of the threads */
+            int64_t q = j.xblk * threads;
+            j.xsup = min64(ceil_div(j.xsup, q) * q, ceil_div(j.xrows, j.xblk) * j.xblk);
         }
     }
     j.chunk = ceil_div(sstrips, j.nchunk) * j.sw;

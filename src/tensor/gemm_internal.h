@@ -24,11 +24,16 @@
 typedef void (*qd_gemm_ukernel)(int64_t kw, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc, int acc,
                                 const float *rb, const float *cb);
 
+/* The same for the first `rows` (1..MR-1) rows of the strips only, a full NR columns. */
+typedef void (*qd_gemm_ukernel_rows)(int rows, int64_t kw, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc,
+                                     int acc, const float *rb, const float *cb);
+
 typedef struct {
     int mr, nr;
     int bf16;                 /* operands are packed as bf16 pairs */
     qd_gemm_ukernel fn;
     const char *name;
+    qd_gemm_ukernel_rows fn_rows;   /* NULL: edge strips run fn into a tile */
 } qd_gemm_kernel;
 
 /* The kernel for this CPU (QD_ISA=generic|avx2 forces a lower one); bf16 asks for the
@@ -58,6 +63,14 @@ int qd_gemm_lowrank(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_m
 int qd_gemm_split_rows(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
                        int64_t c_cols, int64_t c_batch_stride, float alpha, float beta, const float *row_bias,
                        const float *col_bias, int64_t m_split, float *C2, int64_t ldc2);
+
+/* tensor/gemm_thin.c: a convolution (A a weight, B im2col) over few output pixels, C
+ * already scaled by beta (acc_first: accumulate into it): packs B once for all K and gives
+ * each thread whole row groups for all K blocks. Returns 1 and sets *rc (0, or -1 when
+ * buffers could not be allocated) when it ran the GEMM, 0 when the shape is not for it. */
+int qd_gemm_thin(qd_ctx *ctx, int threads, const qd_gemm_kernel *kd, int64_t M, int64_t N, int64_t K, qd_mat A,
+                 qd_mat B, float *C, int64_t ldc, int64_t c_cols, int64_t c_bstride, float alpha, int acc_first,
+                 const float *row_bias, const float *col_bias, int *rc);
 
 /* Words of one packed strip for kc k values. */
 static inline int64_t qd_gemm_kw(int64_t kc, int bf16) { return bf16 ? (kc + 1) / 2 : kc; }

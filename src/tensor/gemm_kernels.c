@@ -130,11 +130,73 @@ static void k_avx512bf16(int64_t kw, const uint32_t *a, const uint32_t *bw, floa
     ALL_ROWS(STORE512)
 }
 
+/* ---- AVX-512 BF16 edge strips: the first `rows` (< 14) rows of a strip ----
+ * A weight with Cout = 128 leaves a last strip of 2 rows: the full kernel would spend
+ * 14 rows of work on it (9% of the whole GEMM). These run R = rows rounded up to even
+ * rows of accumulators (the strip's padding rows are zero) and store `rows` rows. */
+
+#define ROWS_2(X) X(0) X(1)
+#define ROWS_4(X) ROWS_2(X) X(2) X(3)
+#define ROWS_6(X) ROWS_4(X) X(4) X(5)
+#define ROWS_8(X) ROWS_6(X) X(6) X(7)
+#define ROWS_10(X) ROWS_8(X) X(8) X(9)
+#define ROWS_12(X) ROWS_10(X) X(10) X(11)
+#define ROWS_14(X) ROWS_12(X) X(12) X(13)
+#define DECL_ROW(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = c##i##0;
+#define LIST_ROW(i) {c##i##0, c##i##1},
+#define RBF_ROW(i) x = (__m512bh)_mm512_set1_epi32((int)a[(i) * AST]); c##i##0 = _mm512_dpbf16_ps(c##i##0, x, b0); \
+                   c##i##1 = _mm512_dpbf16_ps(c##i##1, x, b1);
+
+#define DEF_BF16_ROWS(R)                                                                                    \
+    __attribute__((target("avx512f,avx512bf16")))                                                          \
+    static void k_bf16_r##R(int rows, int64_t kw, const uint32_t *a, const uint32_t *bw, float *c, int64_t ldc, \
+                            int acc, const float *rb, const float *cb) {                                    \
+        const int *b = (const int *)bw;                                                                     \
+        ROWS_##R(DECL_ROW)                                                                                  \
+        for (int64_t k = 0; k < kw; k++) {                                                                  \
+            __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16), x;  \
+            ROWS_##R(RBF_ROW)                                                                               \
+            a++;                                                                                            \
+            b += 32;                                                                                        \
+        }                                                                                                   \
+        __m512 t[R][2] = {ROWS_##R(LIST_ROW)};                                                              \
+        store_rows(t, rows, c, ldc, acc, rb, cb);                                                           \
+    }
+
+__attribute__((target("avx512f")))
+static void store_rows(const __m512 (*t)[2], int rows, float *c, int64_t ldc, int acc, const float *rb, const float *cb) {
+    __m512 cb0 = cb ? _mm512_loadu_ps(cb) : _mm512_setzero_ps(), cb1 = cb ? _mm512_loadu_ps(cb + 16) : cb0;
+    for (int i = 0; i < rows; i++) {
+        float *p = c + i * ldc;
+        __m512 v0 = t[i][0], v1 = t[i][1];
+        if (acc) { v0 = _mm512_add_ps(v0, _mm512_loadu_ps(p)); v1 = _mm512_add_ps(v1, _mm512_loadu_ps(p + 16)); }
+        if (rb) { __m512 x = _mm512_set1_ps(rb[i]); v0 = _mm512_add_ps(v0, x); v1 = _mm512_add_ps(v1, x); }
+        if (cb) { v0 = _mm512_add_ps(v0, cb0); v1 = _mm512_add_ps(v1, cb1); }
+        _mm512_storeu_ps(p, v0);
+        _mm512_storeu_ps(p + 16, v1);
+    }
+}
+
+DEF_BF16_ROWS(2)
+DEF_BF16_ROWS(4)
+DEF_BF16_ROWS(6)
+DEF_BF16_ROWS(8)
+DEF_BF16_ROWS(10)
+DEF_BF16_ROWS(12)
+DEF_BF16_ROWS(14)
+
+static void k_avx512bf16_rows(int rows, int64_t kw, const uint32_t *a, const uint32_t *b, float *c, int64_t ldc, int acc,
+                              const float *rb, const float *cb) {
+    static const qd_gemm_ukernel_rows by_pairs[7] = {k_bf16_r2, k_bf16_r4, k_bf16_r6, k_bf16_r8, k_bf16_r10,
+                                                     k_bf16_r12, k_bf16_r14};
+    by_pairs[(rows - 1) / 2](rows, kw, a, b, c, ldc, acc, rb, cb);
+}
+
 const qd_gemm_kernel *qd_gemm_kernel_pick(int bf16) {
-    static const qd_gemm_kernel kbf = {14, 32, 1, k_avx512bf16, "avx512bf16"};
-    static const qd_gemm_kernel k512 = {14, 32, 0, k_avx512, "avx512"};
-    static const qd_gemm_kernel k2 = {6, 16, 0, k_avx2, "avx2"};
-    static const qd_gemm_kernel kg = {4, 16, 0, k_generic, "generic"};
+    static const qd_gemm_kernel kbf = {14, 32, 1, k_avx512bf16, "avx512bf16", k_avx512bf16_rows};
+    static const qd_gemm_kernel k512 = {14, 32, 0, k_avx512, "avx512", NULL};
+    static const qd_gemm_kernel k2 = {6, 16, 0, k_avx2, "avx2", NULL};
+    static const qd_gemm_kernel kg = {4, 16, 0, k_generic, "generic", NULL};
     static const qd_gemm_kernel *fp32, *bf;   /* idempotent: every thread computes the same answer */
     if (!__atomic_load_n(&fp32, __ATOMIC_ACQUIRE)) {
         const char *force = getenv("QD_ISA");

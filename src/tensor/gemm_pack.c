@@ -42,6 +42,42 @@ static void row_f32(uint32_t *d, const float *s, int64_t kc, float alpha) {
     else for (int64_t k = 0; k < kc; k++) o[k] = s[k] * alpha;
 }
 
+/* A weight's K block is a short run (kc values) of each row, rows a whole row apart:
+ * too short for the hardware prefetcher, so the decode of every strip would wait on
+ * DRAM latency. Ask for the next strip's runs (dense storage: t) while this one is decoded. */
+static inline __attribute__((always_inline)) void prefetch_rows(const qd_st_tensor *t, int64_t cols, int64_t r0,
+                                                                int64_t nr, int64_t k0, int64_t kc) {
+    size_t es = qd_dtype_size(t->dtype);
+    for (int64_t r = 0; r < nr; r++) {
+        const char *p = (const char *)t->data + ((r0 + r) * cols + k0) * (int64_t)es;
+        for (int64_t b = 0; b < kc * (int64_t)es + 63; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+    }
+}
+
+/* A dense fp16 or bf16 row (times alpha) straight into bf16 pairs: no fp32 tile between. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void row16_bf16(uint32_t *d, const uint16_t *s, int64_t kc, int is_f16, float alpha) {
+    __m512 al = _mm512_set1_ps(alpha);
+    for (int64_t k = 0; k < kc; k += 32) {
+        int64_t left = kc - k;
+        __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+        __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
+        __m256i h0 = _mm256_maskz_loadu_epi16(m0, s + k), h1 = _mm256_maskz_loadu_epi16(m1, s + k + 16);
+        __m512 lo, hi;
+        if (is_f16) {
+            lo = _mm512_cvtph_ps(h0);
+            hi = _mm512_cvtph_ps(h1);
+        } else {
+            lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h0), 16));
+            hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h1), 16));
+        }
+        if (alpha != 1.0f) { lo = _mm512_mul_ps(lo, al); hi = _mm512_mul_ps(hi, al); }
+        __m512i w = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+        int64_t words = (left >= 32 ? 32 : left + 1) / 2;   /* an odd tail's high half is the masked-off 0 */
+        _mm512_mask_storeu_epi32(d + k / 2, (__mmask16)((1u << words) - 1), w);
+    }
+}
+
 void qd_gemm_pack_a(qd_mat m, int64_t i0, int64_t n, int64_t k0, int64_t kc, int mr, int bf16, float alpha,
                     uint32_t *dst, float *scratch) {
     int64_t kw = qd_gemm_kw(kc, bf16);
@@ -54,6 +90,15 @@ void qd_gemm_pack_a(qd_mat m, int64_t i0, int64_t n, int64_t k0, int64_t kc, int
             src = m.p + (i0 + s) * m.ld + k0;
             ld = m.ld;
         } else if (m.kind == QD_MAT_WEIGHT) {
+            const qd_st_tensor *t = qd_weight_dense_storage(m.w);
+            if (t && t->data) prefetch_rows(t, m.w->cols, i0 + s + mr, n - s - mr < mr ? n - s - mr : mr, k0, kc);
+            if (t && t->data && bf16 && (t->dtype == QD_F16 || t->dtype == QD_BF16) && ((uintptr_t)t->data & 1) == 0) {
+                for (int r = 0; r < rows; r++)
+                    row16_bf16(d + r * AST, (const uint16_t *)t->data + (i0 + s + r) * m.w->cols + k0, kc,
+                               t->dtype == QD_F16, alpha);
+                for (int r = rows; r < mr; r++) memset(d + r * AST, 0, sizeof(uint32_t) * (size_t)kw);
+                continue;
+            }
             for (int64_t kk = 0; kk < kc; kk += KT) {
                 int64_t kt = kc - kk < KT ? kc - kk : KT;
                 (bf16 && m.w->decode_lowp ? m.w->decode_lowp : m.w->decode)(m.w, i0 + s, rows, k0 + kk, kt, scratch, kt);
@@ -176,18 +221,41 @@ static void gather32(const qd_conv_src *cv, const strip_pos *sp, int64_t c, int 
     *v1 = z;
 }
 
-__attribute__((target("avx512f,avx512bf16")))
+/* 16 words (lo[i] in the low half, hi[i] in the high half): one two-source convert to
+ * bf16 (lo in the low 256 bits) and one word interleave. */
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
 static __m512i pair_words(__m512 lo, __m512 hi) {
-    __m512i l = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(lo));
-    __m512i h = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(hi));
-    return _mm512_or_si512(l, _mm512_slli_epi32(h, 16));
+    const __m512i inter = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                           23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(inter, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+/* Channels ahead that the gather prefetches: moving to the next channel jumps a whole
+ * plane, which the hardware prefetcher cannot guess, so each new row of input would be
+ * a string of cache misses (most of the pack's time for Cin 128 at 512x512). */
+#define PF_CH 4
+
+/* Ask for the input row ky of channel c that the strips' tap row reads (addresses only:
+ * a prefetch outside the row is harmless, so no clamping). Inlined: GCC would find a
+ * function of prefetches alone free of side effects and drop the call. */
+static inline __attribute__((always_inline)) void prefetch_taprow(const qd_conv_src *cv, const strip_pos *sp, int ns,
+                                                                  int64_t c, int ky) {
+    int64_t span = 32 * (int64_t)cv->stride + cv->kw;   /* floats one strip's row of taps covers */
+    for (int t = 0; t < ns; t++) {
+        int64_t iy = sp[t].oy * cv->stride - cv->pt + ky, ix0 = sp[t].ox * cv->stride - cv->pl;
+        if (iy < 0 || iy >= cv->H) continue;
+        uintptr_t p = (uintptr_t)(cv->x + ((sp[t].b * cv->Cin + c) * cv->H + iy) * cv->W) +
+                      (uintptr_t)ix0 * sizeof(float);
+        for (int64_t f = 0; f < span + 15; f += 16)
+            _mm_prefetch((const char *)(p + (uintptr_t)f * sizeof(float)), _MM_HINT_T0);
+    }
 }
 
 /* Implicit im2col for nr = 32, stride 1 or 2, straight into the packed strips (fp32 or bf16
  * pairs). The tap loop is outside the strip loop: for one tap, consecutive strips read
  * consecutive input, and the kx taps of one row re-read it from L1 (per strip, the
  * taps would walk all channels, whose planes alias in the caches). */
-__attribute__((target("avx512f,avx512bf16")))
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
 static void im2col_block_avx512(const qd_conv_src *cv, int64_t j0, int64_t n, int64_t k0, int64_t kc, int bf16,
                                 uint32_t *dst) {
     enum { G = 8 };
@@ -207,6 +275,7 @@ static void im2col_block_avx512(const qd_conv_src *cv, int64_t j0, int64_t n, in
         int64_t c = k0 / taps;
         int ky = (int)(k0 % taps / cv->kw), kx = (int)(k0 % cv->kw);
         for (int64_t k = 0; k < kc; k++) {
+            if (kx == 0 && c + PF_CH < cv->Cin) prefetch_taprow(cv, sp, ns, c + PF_CH, ky);
             for (int t = 0; t < ns; t++) {
                 __m512 v0, v1;
                 gather32(cv, &sp[t], c, ky, kx, &v0, &v1);

@@ -52,6 +52,8 @@ static void dense_decode(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0,
     }
 }
 
+const qd_st_tensor *qd_weight_dense_storage(const qd_weight *w) { return w->decode == dense_decode ? w->t : NULL; }
+
 void qd_weight_dense(qd_weight *w, const qd_st_tensor *t, int64_t rows, int64_t cols) {
     w->rows = rows;
     w->cols = cols;

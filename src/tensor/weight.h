@@ -54,6 +54,9 @@ typedef struct qd_weight qd_weight;
 /* A dense weight over a stored tensor whose numel is rows*cols. */
 void qd_weight_dense(qd_weight *w, const qd_st_tensor *t, int64_t rows, int64_t cols);
 
+/* w's storage when decode() is the plain dense one (rows x cols, row-major, values as
+ * stored), else NULL: lets the GEMM packer read fp16/bf16 rows itself. */
+const qd_st_tensor *qd_weight_dense_storage(const qd_weight *w);
 /* v = the sub-matrix of base made of rows [ra, ra+n) followed by rows [rb, rb+n) (rb < 0:
  * only the first run), columns [c0, c0+nc): a GEMM over v decodes only those elements,
  * through base's decoders (so a LoRA delta attached to base is included; base's own
