@@ -16,10 +16,11 @@
  * for a short window (QD_THREAD_SPIN_US, qd_set_thread_spin) before it blocks, and
  * the caller polls for the workers' end the same way: jobs issued back to back hand
  * off through memory, with no system call. An idle pool (a server between requests)
- * burns at most one window per thread. A thread that finds it was descheduled while
- * polling (a gap in its clock readings: another process wants that CPU) blocks at
- * once and stops polling for a while, doubling the pause on each repeat, so spinning
- * never takes CPU time a busy machine's other processes need for long. */
+ * burns at most one window per thread; a window that runs out halves the next one
+ * (down to 1/8; a job found while polling doubles it back). A thread that finds it
+ * was descheduled while polling (a gap in its clock readings: another process wants
+ * that CPU) blocks at once and stops polling for a while, doubling the pause on each
+ * repeat, so spinning never takes CPU time a busy machine's other processes need for long. */
 #define _GNU_SOURCE
 #include "base/threads.h"
 
@@ -43,11 +44,13 @@
 #define GAP_NS 50000LL                 /* a longer gap between two polls: we were descheduled */
 #define BACKOFF_MIN_NS 2000000LL       /* first pause of polling after that: 2 ms ... */
 #define BACKOFF_MAX_NS 256000000LL     /* ... doubling up to 256 ms */
+#define MAX_SHRINK 3                   /* windows that run out shrink down to 1/8 */
 
 /* One thread's polling state: only its own thread touches it. */
 typedef struct {
     int64_t quiet_until;   /* ns: no polling before this time */
     int64_t backoff;       /* ns: the next pause, 0 while polling has not been cut short */
+    int shrink;            /* the window is spin_ns >> shrink: +1 per window that ran out */
 } spin_state;
 
 typedef struct {
@@ -97,7 +100,7 @@ static int64_t now_ns(void) {
 /* Polls until done(p, ref) holds or the window ends. Returns 1 when it holds. Cut
  * short when the thread finds it was descheduled: then polling pauses (spin_state). */
 static int spin_until(qd_pool *p, spin_state *s, int (*done)(qd_pool *, uint64_t), uint64_t ref) {
-    int64_t window = __atomic_load_n(&p->spin_ns, __ATOMIC_RELAXED);
+    int64_t window = __atomic_load_n(&p->spin_ns, __ATOMIC_RELAXED) >> s->shrink;
     if (window <= 0) return 0;
     int64_t t0 = now_ns(), last = t0;
     if (t0 < s->quiet_until) {
@@ -108,6 +111,7 @@ static int spin_until(qd_pool *p, spin_state *s, int (*done)(qd_pool *, uint64_t
         for (int k = 0; k < 16; k++) {
             if (done(p, ref)) {
                 s->backoff = 0;   /* a clean hand-off: polling works here again */
+                if (s->shrink > 0) s->shrink--;
                 return 1;
             }
             cpu_relax();
@@ -120,7 +124,12 @@ static int spin_until(qd_pool *p, spin_state *s, int (*done)(qd_pool *, uint64_t
             COUNT(p, spins_preempted);
             return done(p, ref);
         }
-        if (t - t0 > window) return done(p, ref);
+        if (t - t0 > window) {
+            /* jobs are not coming back to back: poll less next time */
+            if (s->shrink < MAX_SHRINK) s->shrink++;
+            COUNT(p, spins_timed_out);
+            return done(p, ref);
+        }
         last = t;
     }
 }
@@ -309,5 +318,6 @@ int qd_pool_get_stats(qd_ctx *ctx, qd_pool_stats *out) {
     out->jobs_woken = __atomic_load_n(&p->stats.jobs_woken, __ATOMIC_RELAXED);
     out->spins_preempted = __atomic_load_n(&p->stats.spins_preempted, __ATOMIC_RELAXED);
     out->spins_skipped = __atomic_load_n(&p->stats.spins_skipped, __ATOMIC_RELAXED);
+    out->spins_timed_out = __atomic_load_n(&p->stats.spins_timed_out, __ATOMIC_RELAXED);
     return 1;
 }

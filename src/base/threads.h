@@ -35,6 +35,7 @@ typedef struct {
     uint64_t jobs_woken;        /* a worker had blocked and was woken */
     uint64_t spins_preempted;   /* polling cut short: the thread had been descheduled */
     uint64_t spins_skipped;     /* no polling: paused after such a cut */
+    uint64_t spins_timed_out;   /* the window ran out without a job (or the workers' end) */
 } qd_pool_stats;
 
 /* Fills *out and returns 1; 0 (out untouched) while the context has no pool. */
