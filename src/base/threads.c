@@ -319,5 +319,6 @@ int qd_pool_get_stats(qd_ctx *ctx, qd_pool_stats *out) {
     out->spins_preempted = __atomic_load_n(&p->stats.spins_preempted, __ATOMIC_RELAXED);
     out->spins_skipped = __atomic_load_n(&p->stats.spins_skipped, __ATOMIC_RELAXED);
     out->spins_timed_out = __atomic_load_n(&p->stats.spins_timed_out, __ATOMIC_RELAXED);
+    out->workers_blocked = LOAD(p->sleepers);
     return 1;
 }
