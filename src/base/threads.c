@@ -108,21 +108,22 @@ static int spin_until(qd_pool *p, spin_state *s, int (*done)(qd_pool *, uint64_t
         return 0;
     }
     for (;;) {
-        for (int k = 0; k < 16; k++) {
-            if (done(p, ref)) {
-                s->backoff = 0;   /* a clean hand-off: polling works here again */
-                if (s->shrink > 0) s->shrink--;
-                return 1;
-            }
-            cpu_relax();
-        }
+        int hit = 0;
+        for (int k = 0; k < 16 && !(hit = done(p, ref)); k++) cpu_relax();
         int64_t t = now_ns();
         if (t - last > GAP_NS) {
+            /* descheduled while polling (also when the job was there on return: a
+             * runnable thread that is not running is not woken by the next job) */
             s->backoff = s->backoff ? (2 * s->backoff < BACKOFF_MAX_NS ? 2 * s->backoff : BACKOFF_MAX_NS)
                                     : BACKOFF_MIN_NS;
             s->quiet_until = t + s->backoff;
             COUNT(p, spins_preempted);
-            return done(p, ref);
+            return hit || done(p, ref);
+        }
+        if (hit) {
+            s->backoff = 0;   /* a clean hand-off: polling works here again */
+            if (s->shrink > 0) s->shrink--;
+            return 1;
         }
         if (t - t0 > window) {
             /* jobs are not coming back to back: poll less next time */
