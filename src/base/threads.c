@@ -70,6 +70,7 @@ struct qd_pool {
     spin_state caller_spin;     /* the caller's polling for the workers' end */
     /* shared state, all atomic */
     int64_t spin_ns;            /* polling window, 0 = block at once */
+    int64_t default_spin_ns;    /* the window the pool was created with (environment) */
     uint64_t generation;        /* bumped per job */
     uint64_t open;              /* generation of the job that still takes workers; 0: none */
     int active;                 /* workers inside (or checking) a job */
@@ -160,7 +161,8 @@ static void run_claims(qd_pool *p, int slot) {
 
 /* Waits for a job newer than `seen` (or quit): polls, then blocks. Returns its generation. */
 static uint64_t await_job(qd_pool *p, worker *w, uint64_t seen) {
-    if (spin_until(p, &w->spin, new_job, seen)) {
+    /* no polling before the first job: a new thread may still share the caller's CPU */
+    if (seen && spin_until(p, &w->spin, new_job, seen)) {
         COUNT(p, jobs_polled);
         return LOAD(p->generation);
     }
@@ -193,22 +195,28 @@ static void *worker_main(void *a) {
     return NULL;
 }
 
-static int env_spin_us(void) {
+/* The default polling window: QD_THREAD_SPIN_US when set (a bad value is reported
+ * through ctx's log and ignored), else DEFAULT_SPIN_US. */
+static int env_spin_us(qd_ctx *ctx) {
     const char *e = getenv("QD_THREAD_SPIN_US");
     if (!e || !*e) return DEFAULT_SPIN_US;
     char *end;
     long v = strtol(e, &end, 10);
-    if (*end || v < 0) return DEFAULT_SPIN_US;
+    if (*end || v < 0) {
+        qd_warn(ctx, "QD_THREAD_SPIN_US=%s is not a number of microseconds (0 turns polling off): using %d", e,
+                DEFAULT_SPIN_US);
+        return DEFAULT_SPIN_US;
+    }
     return v > MAX_SPIN_US ? MAX_SPIN_US : (int)v;
 }
 
-static qd_pool *pool_create(int workers) {
+static qd_pool *pool_create(qd_ctx *ctx, int workers) {
     qd_pool *p = calloc(1, sizeof *p);
     if (!p) return NULL;
     p->workers = calloc((size_t)workers, sizeof *p->workers);
     if (!p->workers) { free(p); return NULL; }
     p->away_from = -1;
-    p->spin_ns = 1000LL * env_spin_us();
+    p->spin_ns = p->default_spin_ns = 1000LL * env_spin_us(ctx);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
@@ -257,7 +265,7 @@ int qd_threads(const qd_ctx *ctx) { return ctx && ctx->n_threads > 1 ? ctx->n_th
 
 static qd_pool *ctx_pool(qd_ctx *ctx) {
     if (qd_threads(ctx) <= 1) return NULL;
-    if (!ctx->pool) ctx->pool = pool_create(ctx->n_threads - 1);
+    if (!ctx->pool) ctx->pool = pool_create(ctx, ctx->n_threads - 1);
     return ctx->pool && ctx->pool->n > 0 ? ctx->pool : NULL;
 }
 
@@ -307,9 +315,8 @@ void qd_parallel_for_dyn(qd_ctx *ctx, int64_t n, int64_t grain, qd_range_fn fn, 
 void qd_set_thread_spin(qd_ctx *ctx, int microseconds) {
     qd_pool *p = ctx_pool(ctx);
     if (!p) return;
-    if (microseconds < 0) microseconds = env_spin_us();
     if (microseconds > MAX_SPIN_US) microseconds = MAX_SPIN_US;
-    __atomic_store_n(&p->spin_ns, 1000LL * microseconds, __ATOMIC_RELAXED);
+    __atomic_store_n(&p->spin_ns, microseconds < 0 ? p->default_spin_ns : 1000LL * microseconds, __ATOMIC_RELAXED);
 }
 
 int qd_pool_get_stats(qd_ctx *ctx, qd_pool_stats *out) {
@@ -321,5 +328,6 @@ int qd_pool_get_stats(qd_ctx *ctx, qd_pool_stats *out) {
     out->spins_skipped = __atomic_load_n(&p->stats.spins_skipped, __ATOMIC_RELAXED);
     out->spins_timed_out = __atomic_load_n(&p->stats.spins_timed_out, __ATOMIC_RELAXED);
     out->workers_blocked = LOAD(p->sleepers);
+    out->spin_us = (int)(__atomic_load_n(&p->spin_ns, __ATOMIC_RELAXED) / 1000);
     return 1;
 }

@@ -37,6 +37,7 @@ typedef struct {
     uint64_t spins_skipped;     /* no polling: paused after such a cut */
     uint64_t spins_timed_out;   /* the window ran out without a job (or the workers' end) */
     int workers_blocked;        /* now: workers blocked until the next job */
+    int spin_us;                /* now: the polling window set (0: off) */
 } qd_pool_stats;
 
 /* Fills *out and returns 1; 0 (out untouched) while the context has no pool. */
