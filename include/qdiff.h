@@ -561,8 +561,9 @@ void qd_set_vae_tiling(qd_ctx *ctx, int tile_px, int overlap_px);
  * thread whose CPU went idle. An idle pool stops polling after one window; a thread
  * that finds another process needs its CPU stops polling for a while (2 ms, doubling
  * up to 256 ms on repeats). 0 turns polling off (every hand-off blocks); < 0 restores
- * the default: the environment variable QD_THREAD_SPIN_US when set, else 200.
- * At most 100000. No effect on a one-thread context. */
+ * the default: the environment variable QD_THREAD_SPIN_US when set, else 200 (0 when
+ * the context has more threads than the process has CPUs). At most 100000. No effect
+ * on a one-thread context. */
 void qd_set_thread_spin(qd_ctx *ctx, int microseconds);
 
 #ifdef __cplusplus

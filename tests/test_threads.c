@@ -11,13 +11,15 @@
  * jobs; back-to-back jobs are found by polling, none with polling off; an idle pool
  * stops polling after its window (the process uses little CPU while it sleeps); a
  * worker that shares its CPU with busy threads cuts its polling short and pauses it;
- * QD_THREAD_SPIN_US=0 turns polling off and a bad value is reported. */
+ * QD_THREAD_SPIN_US=0 turns polling off and a bad value is reported; without it the
+ * window is 200 us, or 0 with more threads than CPUs. */
 #define _GNU_SOURCE
 #include "testutil.h"
 #include "base/ctx.h"
 #include "base/threads.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -102,6 +104,7 @@ static uint64_t polled(qd_ctx *ctx) {
 }
 
 static volatile int hog_stop;
+static int ncpu = 1;   /* CPUs this process may use */
 
 static void *hog(void *unused) {
     (void)unused;
@@ -134,8 +137,10 @@ static void test_polling(job *j) {
     p0 = polled(c);
     for (int r = 0; r < 2000; r++) run(c, 0, 64, 1, -1, j);
     uint64_t off = polled(c) - p0;
-    check(on >= 20 && off == 0, "back-to-back jobs: the worker found %llu by polling with a 1 ms window "
-          "(>= 20 within 2 s), %llu of 2000 with polling off (0)", (unsigned long long)on, (unsigned long long)off);
+    /* (one CPU: the worker can only poll while the caller is descheduled) */
+    check((on >= 20 || ncpu < 2) && off == 0, "back-to-back jobs on %d CPUs: the worker found %llu by polling with a "
+          "1 ms window (>= 20 within 2 s with 2+ CPUs), %llu of 2000 with polling off (0)", ncpu,
+          (unsigned long long)on, (unsigned long long)off);
 
     /* idle: a 1 ms window, then 300 ms without jobs: at most one window of polling,
      * then the worker blocks (a scheduler tick is 1-10 ms: polling until descheduled
@@ -156,13 +161,11 @@ static void test_polling(job *j) {
     /* a busy machine: as many spinning threads as CPUs (the worker's CPU is one of
      * them), a 20 ms window and a job every 30 ms: the scheduler deschedules the
      * polling worker, which must notice, stop polling and pause it */
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    if (ncpu < 1) ncpu = 1;
-    if (ncpu > 64) ncpu = 64;
+    int nwant = ncpu < 64 ? ncpu : 64;
     pthread_t hogs[64];
     int nh = 0;
     hog_stop = 0;
-    for (long i = 0; i < ncpu; i++) if (pthread_create(&hogs[nh], NULL, hog, NULL) == 0) nh++;
+    for (int i = 0; i < nwant; i++) if (pthread_create(&hogs[nh], NULL, hog, NULL) == 0) nh++;
     c = test_ctx_new(2);
     qd_set_thread_spin(c, 20000);
     qd_pool_stats s0 = {0}, s1 = {0};
@@ -177,8 +180,8 @@ static void test_polling(job *j) {
     hog_stop = 1;
     for (int i = 0; i < nh; i++) pthread_join(hogs[i], NULL);
     qd_pool_get_stats(c, &s1);
-    check(ok && nh == ncpu && s1.spins_preempted > s0.spins_preempted && s1.spins_skipped > s0.spins_skipped,
-          "%d busy threads on %ld CPUs: polling cut short %llu times (descheduled), then paused %llu times (both >= 1)",
+    check(ok && nh == nwant && s1.spins_preempted > s0.spins_preempted && s1.spins_skipped > s0.spins_skipped,
+          "%d busy threads on %d CPUs: polling cut short %llu times (descheduled), then paused %llu times (both >= 1)",
           nh, ncpu, (unsigned long long)(s1.spins_preempted - s0.spins_preempted),
           (unsigned long long)(s1.spins_skipped - s0.spins_skipped));
     qd_ctx_free(c);
@@ -195,7 +198,7 @@ static void log_fn(void *user, int level, const char *msg) {
  * reported through the context's log and the default is used. */
 static void test_env(job *j) {
     static const char *vals[] = {"0", "350", "20x"};
-    static const int want[] = {0, 350, 200};
+    const int want[] = {0, 350, ncpu > 1 ? 200 : 0};   /* the default: 0 when 2 threads are too many */
     for (int k = 0; k < 3; k++) {
         setenv("QD_THREAD_SPIN_US", vals[k], 1);
         qd_ctx *c = test_ctx_new(2);
@@ -219,15 +222,31 @@ static void test_env(job *j) {
         qd_ctx_free(c);
     }
     unsetenv("QD_THREAD_SPIN_US");
+    /* no variable: 200 us, or 0 with more threads than CPUs */
+    int got[2];
+    for (int k = 0; k < 2; k++) {
+        qd_ctx *c = test_ctx_new(k ? ncpu + 1 : (ncpu > 1 ? ncpu : 2));
+        run(c, 0, 64, 1, -1, j);
+        qd_pool_stats st = {0};
+        qd_pool_get_stats(c, &st);
+        got[k] = st.spin_us;
+        qd_ctx_free(c);
+    }
+    int want0 = ncpu > 1 ? 200 : 0;   /* one CPU: 2 threads are already too many */
+    check(got[0] == want0 && got[1] == 0, "default window: %d us with %d threads on %d CPUs (%d), %d us with %d (0)",
+          got[0], ncpu > 1 ? ncpu : 2, ncpu, want0, got[1], ncpu + 1);
 }
 
 int main(void) {
+    cpu_set_t cs;
+    if (sched_getaffinity(0, sizeof cs, &cs) == 0 && CPU_COUNT(&cs) > 0) ncpu = CPU_COUNT(&cs);
     static const int threads[] = {1, 2, 3, 7, 16};
     static const int64_t sizes[] = {0, 1, 2, 3, 5, 16, 17, 100, 1000, MAXN};
     static const int64_t grains[] = {1, 3, 64, 10000};
     job *j = malloc(sizeof *j);
     for (size_t t = 0; t < sizeof threads / sizeof *threads; t++) {
         qd_ctx *ctx = test_ctx_new(threads[t]);
+        if (t % 2) qd_set_thread_spin(ctx, 200);   /* polling also with more threads than CPUs */
         int ok_static = 1, ok_dyn = 1;
         for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
             ok_static = ok_static && run(ctx, 0, sizes[s], 1, -1, j);

@@ -27,6 +27,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <time.h>
+#include <unistd.h>
 #ifdef __linux__
 #include <sched.h>
 #endif
@@ -195,17 +196,28 @@ static void *worker_main(void *a) {
     return NULL;
 }
 
+/* CPUs this thread may run on (1 when unknown). */
+static int usable_cpus(void) {
+#ifdef __linux__
+    cpu_set_t s;
+    if (pthread_getaffinity_np(pthread_self(), sizeof s, &s) == 0 && CPU_COUNT(&s) > 0) return CPU_COUNT(&s);
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
 /* The default polling window: QD_THREAD_SPIN_US when set (a bad value is reported
- * through ctx's log and ignored), else DEFAULT_SPIN_US. */
-static int env_spin_us(qd_ctx *ctx) {
+ * through ctx's log and ignored), else DEFAULT_SPIN_US, or 0 when there are more
+ * threads than CPUs (a polling thread would keep another one off its CPU). */
+static int env_spin_us(qd_ctx *ctx, int threads) {
+    int dflt = threads > usable_cpus() ? 0 : DEFAULT_SPIN_US;
     const char *e = getenv("QD_THREAD_SPIN_US");
-    if (!e || !*e) return DEFAULT_SPIN_US;
+    if (!e || !*e) return dflt;
     char *end;
     long v = strtol(e, &end, 10);
     if (*end || v < 0) {
-        qd_warn(ctx, "QD_THREAD_SPIN_US=%s is not a number of microseconds (0 turns polling off): using %d", e,
-                DEFAULT_SPIN_US);
-        return DEFAULT_SPIN_US;
+        qd_warn(ctx, "QD_THREAD_SPIN_US=%s is not a number of microseconds (0 turns polling off): using %d", e, dflt);
+        return dflt;
     }
     return v > MAX_SPIN_US ? MAX_SPIN_US : (int)v;
 }
@@ -216,7 +228,7 @@ static qd_pool *pool_create(qd_ctx *ctx, int workers) {
     p->workers = calloc((size_t)workers, sizeof *p->workers);
     if (!p->workers) { free(p); return NULL; }
     p->away_from = -1;
-    p->spin_ns = p->default_spin_ns = 1000LL * env_spin_us(ctx);
+    p->spin_ns = p->default_spin_ns = 1000LL * env_spin_us(ctx, workers + 1);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
