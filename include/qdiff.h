@@ -560,10 +560,10 @@ void qd_set_vae_tiling(qd_ctx *ctx, int tile_px, int overlap_px);
  * same way), so steps issued back to back skip the ~25-30 us it can take to wake a
  * thread whose CPU went idle. An idle pool stops polling after one window; a thread
  * that finds another process needs its CPU stops polling for a while (2 ms, doubling
- * up to 256 ms on repeats). 0 turns polling off (every hand-off blocks); < 0 restores
- * the default: the environment variable QD_THREAD_SPIN_US when set, else 200 (0 when
- * the context has more threads than the process has CPUs). At most 100000. No effect
- * on a one-thread context. */
+ * up to 256 ms while that repeats within a second). 0 turns polling off (every
+ * hand-off blocks); < 0 restores the default: the environment variable
+ * QD_THREAD_SPIN_US when set, else 200 (0 when the context has more threads than the
+ * process has CPUs). At most 100000. No effect on a one-thread context. */
 void qd_set_thread_spin(qd_ctx *ctx, int microseconds);
 
 #ifdef __cplusplus

@@ -19,8 +19,9 @@
  * burns at most one window per thread; a window that runs out halves the next one
  * (down to 1/8; a job found while polling doubles it back). A thread that finds it
  * was descheduled while polling (a gap in its clock readings: another process wants
- * that CPU) blocks at once and stops polling for a while, doubling the pause on each
- * repeat, so spinning never takes CPU time a busy machine's other processes need for long. */
+ * that CPU) blocks at once and stops polling for 2 ms, doubling the pause (to 256 ms)
+ * while such cuts come less than a second apart: on a busy machine the pool falls
+ * back to blocking, and spinning never takes CPU time other processes need for long. */
 #define _GNU_SOURCE
 #include "base/threads.h"
 
@@ -44,13 +45,15 @@
 #define MAX_SPIN_US 100000
 #define GAP_NS 50000LL                 /* a longer gap between two polls: we were descheduled */
 #define BACKOFF_MIN_NS 2000000LL       /* first pause of polling after that: 2 ms ... */
-#define BACKOFF_MAX_NS 256000000LL     /* ... doubling up to 256 ms */
+#define BACKOFF_MAX_NS 256000000LL     /* ... doubling up to 256 ms while cuts come */
+#define REPEAT_NS 1000000000LL         /* less than 1 s apart (after the pause) */
 #define MAX_SHRINK 3                   /* windows that run out shrink down to 1/8 */
 
 /* One thread's polling state: only its own thread touches it. */
 typedef struct {
     int64_t quiet_until;   /* ns: no polling before this time */
-    int64_t backoff;       /* ns: the next pause, 0 while polling has not been cut short */
+    int64_t backoff;       /* ns: the last pause */
+    int64_t last_cut;      /* ns: when polling was last cut short */
     int shrink;            /* the window is spin_ns >> shrink: +1 per window that ran out */
 } spin_state;
 
@@ -100,7 +103,10 @@ static int64_t now_ns(void) {
 #define COUNT(p, field) __atomic_add_fetch(&(p)->stats.field, 1, __ATOMIC_RELAXED)
 
 /* Polls until done(p, ref) holds or the window ends. Returns 1 when it holds. Cut
- * short when the thread finds it was descheduled: then polling pauses (spin_state). */
+ * short when the thread finds it was descheduled: then polling pauses (spin_state),
+ * the longer the more often it happens: a poller that is descheduled is not woken by
+ * the next job, so under sustained contention blocking (woken with a wake-up
+ * preemption) hands off sooner, and the pause grows until polling is all but off. */
 static int spin_until(qd_pool *p, spin_state *s, int (*done)(qd_pool *, uint64_t), uint64_t ref) {
     int64_t window = __atomic_load_n(&p->spin_ns, __ATOMIC_RELAXED) >> s->shrink;
     if (window <= 0) return 0;
@@ -116,14 +122,15 @@ static int spin_until(qd_pool *p, spin_state *s, int (*done)(qd_pool *, uint64_t
         if (t - last > GAP_NS) {
             /* descheduled while polling (also when the job was there on return: a
              * runnable thread that is not running is not woken by the next job) */
-            s->backoff = s->backoff ? (2 * s->backoff < BACKOFF_MAX_NS ? 2 * s->backoff : BACKOFF_MAX_NS)
-                                    : BACKOFF_MIN_NS;
+            s->backoff = s->backoff && t - s->last_cut < REPEAT_NS
+                             ? (2 * s->backoff < BACKOFF_MAX_NS ? 2 * s->backoff : BACKOFF_MAX_NS)
+                             : BACKOFF_MIN_NS;
+            s->last_cut = t;
             s->quiet_until = t + s->backoff;
             COUNT(p, spins_preempted);
             return hit || done(p, ref);
         }
         if (hit) {
-            s->backoff = 0;   /* a clean hand-off: polling works here again */
             if (s->shrink > 0) s->shrink--;
             return 1;
         }
