@@ -555,6 +555,19 @@ int qd_ctx_precision(const qd_ctx *ctx);
  * slightly near tile seams (see README "Tiled VAE"). TAESD models are never tiled. */
 void qd_set_vae_tiling(qd_ctx *ctx, int tile_px, int overlap_px);
 
+/* ==== thread pool polling ================================================== */
+
+/* After a parallel step, the context's worker threads poll for the next one for up to
+ * `microseconds` before they block (and the calling thread polls for their end the
+ * same way), so steps issued back to back skip the ~25-30 us it can take to wake a
+ * thread whose CPU went idle. An idle pool stops polling after one window; a thread
+ * that finds another process needs its CPU stops polling for a while (2 ms, doubling
+ * up to 256 ms while that repeats within a second). 0 turns polling off (every
+ * hand-off blocks); < 0 restores the default: the environment variable
+ * QD_THREAD_SPIN_US when set, else 200 (0 when the context has more threads than the
+ * process has CPUs). At most 100000. No effect on a one-thread context. */
+void qd_set_thread_spin(qd_ctx *ctx, int microseconds);
+
 #ifdef __cplusplus
 }
 #endif

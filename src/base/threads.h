@@ -28,4 +28,19 @@ int qd_threads(const qd_ctx *ctx);
 
 void qd_pool_destroy(qd_pool *pool);
 
+/* How the pool's threads found their jobs (tests, benchmarks): counts since the pool
+ * was created. qd_set_thread_spin (qdiff.h) sets the polling window. */
+typedef struct {
+    uint64_t jobs_polled;       /* a worker saw the job while polling (no wake-up needed) */
+    uint64_t jobs_woken;        /* a worker had blocked and was woken */
+    uint64_t spins_preempted;   /* polling cut short: the thread had been descheduled */
+    uint64_t spins_skipped;     /* no polling: paused after such a cut */
+    uint64_t spins_timed_out;   /* the window ran out without a job (or the workers' end) */
+    int workers_blocked;        /* now: workers blocked until the next job */
+    int spin_us;                /* now: the polling window set (0: off) */
+} qd_pool_stats;
+
+/* Fills *out and returns 1; 0 (out untouched) while the context has no pool. */
+int qd_pool_get_stats(qd_ctx *ctx, qd_pool_stats *out);
+
 #endif

@@ -390,6 +390,18 @@ static void geglu_row(int level, const float *a, const float *g, int64_t n, floa
     for (int64_t i = 0; i < n; i++) y[i] = a[i] * gelu1(g[i]);
 }
 
+/* ---- splitting a pass over the threads ---- */
+
+/* Rows (groups, tokens, elements) go to the threads in claims of an eighth of a
+ * thread's share: a thread descheduled mid-pass (another process wants its CPU) holds
+ * back little of the pass, and a claim still carries enough work to be worth its
+ * atomic increment. The results do not depend on which thread runs what. align: the
+ * claim size is a multiple of it (vector width for element-wise passes). */
+static void par(qd_ctx *ctx, int64_t n, int64_t align, qd_range_fn fn, void *arg) {
+    int64_t grain = (n / (8 * qd_threads(ctx)) + align - 1) / align * align;
+    qd_parallel_for_dyn(ctx, n, grain < align ? align : grain, fn, arg);
+}
+
 /* ---- GroupNorm ---- */
 
 typedef struct {
@@ -431,7 +443,7 @@ void qd_group_norm_bias(qd_ctx *ctx, const float *x, const float *xbias, int64_t
                         float eps, const float *gamma, const float *beta, int silu, float *y) {
     double t0 = ctx->trace ? qd_now() : 0;
     gn_args a = {x, xbias, y, C, S, groups, eps, gamma, beta, silu};
-    qd_parallel_for(ctx, B * groups, gn_part, &a);
+    par(ctx, B * groups, 1, gn_part, &a);
     int64_t d[5] = {B, C, S, groups, silu};
     trace(ctx, "group_norm", d, 5, t0);
 }
@@ -462,7 +474,7 @@ void qd_layer_norm_mod(qd_ctx *ctx, const float *x, int64_t M, int64_t C, float 
                        float *y) {
     double t0 = ctx->trace ? qd_now() : 0;
     ln_args a = {x, y, C, rows_per_batch, ld, eps, gamma, beta, shift, scale};
-    qd_parallel_for(ctx, M, ln_part, &a);
+    par(ctx, M, 1, ln_part, &a);
     int64_t d[3] = {M, C, shift || scale};
     trace(ctx, "layer_norm", d, 3, t0);
 }
@@ -488,7 +500,7 @@ static void geglu_part(void *arg, int64_t b, int64_t e, int thread) {
 void qd_geglu(qd_ctx *ctx, const float *x, int64_t M, int64_t F, float *y) {
     double t0 = ctx->trace ? qd_now() : 0;
     geglu_args a = {x, y, F};
-    qd_parallel_for(ctx, M, geglu_part, &a);
+    par(ctx, M, 1, geglu_part, &a);
     int64_t d[2] = {M, F};
     trace(ctx, "geglu", d, 2, t0);
 }
@@ -503,6 +515,6 @@ static void silu_part(void *arg, int64_t b, int64_t e, int thread) {
 void qd_silu_par(qd_ctx *ctx, float *x, int64_t n) {
     double t0 = ctx->trace ? qd_now() : 0;
     silu_args a = {x};
-    qd_parallel_for(ctx, n, silu_part, &a);
+    par(ctx, n, 16, silu_part, &a);
     trace(ctx, "silu", &n, 1, t0);
 }
