@@ -14,7 +14,7 @@
  * read and written once per K block, so the part of C a K block covers (chunk x
  * super-block) is kept small enough to stay in L3; what is cheaper to re-pack (the
  * streamed operand per chunk, or the shared one per super-block) decides the split. Shared panels are double-buffered, so packing step s+1 overlaps
- * computing step s; packing step s+1 starts once step s-1's compute (the other
+ * computing step s; packing step s+1 starts once every item of step s-1 (the other
  * buffer's readers) is complete. Nobody waits for work that is
  * not already claimed by a running thread, so the scheme does not depend on how
  * many threads the pool really runs. */
@@ -91,17 +91,10 @@ static int claim(int64_t *next, int64_t limit, int64_t *got) {
     return 0;
 }
 
-static void wait_for(const int64_t *counter, int64_t target) {
-    for (int spins = 0; __atomic_load_n(counter, __ATOMIC_ACQUIRE) < target; spins++) {
-        if (spins < 2000) _mm_pause();
-        else sched_yield();   /* the machine may have fewer free cores than threads */
-    }
-}
-
 static void wait_flag(const int *flag) {
     for (int spins = 0; !__atomic_load_n(flag, __ATOMIC_ACQUIRE); spins++) {
         if (spins < 2000) _mm_pause();
-        else sched_yield();
+        else sched_yield();   /* the machine may have fewer free cores than threads */
     }
 }
 
@@ -223,9 +216,10 @@ static void worker(gemm_job *j) {
     }
     int64_t got, xkey = -1;
     for (int64_t s = 0; s < j->nsteps; s++) {
-        /* buffer s&1 was read by step s-2's compute */
+        /* buffer s&1 was read by step s-2's compute (items finish out of order, so not a count;
+         * step s-4 and earlier finished before step s-2 was packed, by the same rule) */
         if (s >= 2 && __atomic_load_n(&j->pack_next, __ATOMIC_RELAXED) < j->pbase[s + 1])
-            wait_for(&j->comp_done, j->qbase[s - 1]);
+            for (int64_t q = j->qbase[s - 2]; q < j->qbase[s - 1]; q++) wait_flag(&j->comp_flag[q]);
         while (claim(&j->pack_next, j->pbase[s + 1], &got)) {
             pack_task(j, s, got - j->pbase[s], scratch);
             __atomic_store_n(&j->pack_flag[got], 1, __ATOMIC_RELEASE);
