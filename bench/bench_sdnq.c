@@ -33,6 +33,10 @@
  * Quantization: signed absmax (scale = amax / 127), unsigned min/max (zero point = min,
  * scale = range / 15), round half to even, per group / row as the layout says.
  *
+ * --ops: after each (model, mode), every traced op of its best step by kind and shape
+ * ("op conv2d B x Cin x H x W x Cout x ...", count, wall s, process CPU s since the
+ * previous traced op, so untraced work such as a transpose counts towards the next op).
+ *
  * Each (model, matmul mode) runs in its own forked process: VmHWM after qd_unet_load
  * and after the first forward (the peak resident set, mapped weights included), then
  * --steps more timed forwards. The machine may be shared: each step records the CPU

@@ -6,16 +6,12 @@
  *
  * Threads take work dynamically from atomic counters, step by step (a step is one
  * K block of one chunk of shared rows, for one super-block of streamed rows): first
- * the pack tasks of the step, then its compute items. A compute item waits only for the
- * pack tasks that cover its shared rows and for the same item of the previous K block
- * (the one that accumulates into the same part of C), not for the whole step: a thread
- * that has packed its share computes while the other still packs (a decoded SDNQ weight
- * packs 2-5x slower than a dense one). With several K blocks, C is
+ * the pack tasks of the step, then its compute items. With several K blocks, C is
  * read and written once per K block, so the part of C a K block covers (chunk x
  * super-block) is kept small enough to stay in L3; what is cheaper to re-pack (the
  * streamed operand per chunk, or the shared one per super-block) decides the split. Shared panels are double-buffered, so packing step s+1 overlaps
- * computing step s; packing step s+1 starts once every item of step s-1 (the other
- * buffer's readers) is complete. Nobody waits for work that is
+ * computing step s; a step's compute starts only after the previous step's compute
+ * is complete, since both accumulate into the same C. Nobody waits for work that is
  * not already claimed by a running thread, so the scheme does not depend on how
  * many threads the pool really runs. */
 #include "tensor/gemm.h"
@@ -64,10 +60,9 @@ typedef struct {
     int64_t pack_strips;       /* shared strips per pack task */
     int64_t nsteps;
     int64_t *pbase, *qbase;    /* per step: first global pack task / compute item, [nsteps+1] */
-    int *pack_flag, *comp_flag; /* per global pack task / compute item: 1 once done (atomics) */
     uint32_t *sbuf[2];
     int64_t sbuf_words;
-    int64_t pack_next, comp_next, comp_done;   /* atomics */
+    int64_t pack_next, pack_done, comp_next, comp_done;   /* atomics */
     int failed;
 } gemm_job;
 
@@ -91,8 +86,8 @@ static int claim(int64_t *next, int64_t limit, int64_t *got) {
     return 0;
 }
 
-static void wait_flag(const int *flag) {
-    for (int spins = 0; !__atomic_load_n(flag, __ATOMIC_ACQUIRE); spins++) {
+static void wait_for(const int64_t *counter, int64_t target) {
+    for (int spins = 0; __atomic_load_n(counter, __ATOMIC_ACQUIRE) < target; spins++) {
         if (spins < 2000) _mm_pause();
         else sched_yield();   /* the machine may have fewer free cores than threads */
     }
@@ -105,20 +100,6 @@ static void step_pos(const gemm_job *j, int64_t s, int64_t *c0, int64_t *c1, int
     *c1 = min64(*c0 + j->chunk, j->srows);
     *k0 = kb * j->kcmax;
     *kc = min64(j->kcmax, j->g->K - *k0);
-}
-
-/* Before compute item `item` of step s: the pack tasks holding its shared rows, and the
- * same item of the previous K block (same chunk and super-block, so the same items)
- * when there is one. Both are claimed by running threads and wait on nothing later. */
-static void item_deps(const gemm_job *j, int64_t s, int64_t item) {
-    int64_t c0, c1, k0, kc;
-    step_pos(j, s, &c0, &c1, &k0, &kc);
-    int64_t ws = item % j->nws;
-    int64_t st0 = ws * j->ws_strips, st1 = min64(st0 + j->ws_strips, ceil_div(c1 - c0, j->sw));
-    if (st0 < st1)
-        for (int64_t t = st0 / j->pack_strips; t <= (st1 - 1) / j->pack_strips; t++)
-            wait_flag(&j->pack_flag[j->pbase[s] + t]);
-    if (s % j->nk) wait_flag(&j->comp_flag[j->qbase[s - 1] + item]);
 }
 
 static int64_t strip_words(const gemm_job *j, int64_t kw, int64_t width, int is_a) {
@@ -161,7 +142,6 @@ static void compute_item(gemm_job *j, int64_t s, int64_t item, uint32_t *xbuf, f
         else qd_gemm_pack_a(g->A, x0, x1 - x0, k0, kc, MR, j->bf16, g->alpha, xbuf, scratch);
         *xkey = key;
     }
-    item_deps(j, s, item);   /* the streamed block is packed while the shared rows may still be in progress */
     /* A rows [a0, a1) packed at ap, B columns [b0, b1) at bp */
     const uint32_t *ap = j->shared_is_a ? wp : xbuf, *bp = j->shared_is_a ? xbuf : wp;
     int64_t a0 = j->shared_is_a ? w0 : x0, a1 = j->shared_is_a ? w1 : x1;
@@ -216,17 +196,14 @@ static void worker(gemm_job *j) {
     }
     int64_t got, xkey = -1;
     for (int64_t s = 0; s < j->nsteps; s++) {
-        /* buffer s&1 was read by step s-2's compute (items finish out of order, so not a count;
-         * step s-4 and earlier finished before step s-2 was packed, by the same rule) */
-        if (s >= 2 && __atomic_load_n(&j->pack_next, __ATOMIC_RELAXED) < j->pbase[s + 1])
-            for (int64_t q = j->qbase[s - 2]; q < j->qbase[s - 1]; q++) wait_flag(&j->comp_flag[q]);
         while (claim(&j->pack_next, j->pbase[s + 1], &got)) {
             pack_task(j, s, got - j->pbase[s], scratch);
-            __atomic_store_n(&j->pack_flag[got], 1, __ATOMIC_RELEASE);
+            __atomic_add_fetch(&j->pack_done, 1, __ATOMIC_RELEASE);
         }
+        wait_for(&j->pack_done, j->pbase[s + 1]);
+        wait_for(&j->comp_done, j->qbase[s]);
         while (claim(&j->comp_next, j->qbase[s + 1], &got)) {
             compute_item(j, s, got - j->qbase[s], xbuf, scratch, tile, &xkey);
-            __atomic_store_n(&j->comp_flag[got], 1, __ATOMIC_RELEASE);
             __atomic_add_fetch(&j->comp_done, 1, __ATOMIC_RELEASE);
         }
     }
@@ -328,17 +305,10 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
         int64_t xs0 = s / (j.nk * j.nchunk) * j.xsup, xs1 = min64(xs0 + j.xsup, j.xrows);
         j.qbase[s + 1] = j.qbase[s] + ceil_div(xs1 - xs0, j.xblk) * j.nws;
     }
-    j.pack_flag = calloc((size_t)(j.pbase[j.nsteps] + j.qbase[j.nsteps]), sizeof(int));
-    if (!j.pack_flag) {
-        rc = -1;
-        goto done;
-    }
-    j.comp_flag = j.pack_flag + j.pbase[j.nsteps];
     if (threads > 1) qd_parallel_for(ctx, threads, worker_part, &j);
     else worker(&j);
     if (j.comp_done != j.qbase[j.nsteps]) rc = -1;
 done:
-    free(j.pack_flag);
     if (j.sbuf[1] != j.sbuf[0]) free(j.sbuf[1]);
     free(j.sbuf[0]);
     free(j.pbase);
