@@ -7,7 +7,7 @@
  *   bench_sdnq [--config bench/configs/sd15_unet.json] [--dir /tmp/qd_bench_sdnq]
  *              [--latent 64] [--batch 2] [--steps 2] [--threads N] [--svd-rank 32]
  *              [--quant-conv 0|1] [--models fp16,int8,uint4] [--gemm M,K,N] [--no-unet]
- *              [--no-gemm] [--reuse] [--keep] [--idle-wait S] [--precision fp32|bf16]
+ *              [--no-gemm] [--reuse] [--keep] [--idle-wait S] [--precision fp32|bf16] [--ops]
  *
  * The models (diffusers "unet" folders: config.json, quantization_config.json,
  * diffusion_pytorch_model.safetensors) are written here (with bench/support/sdnq_writer.c):
@@ -32,6 +32,10 @@
  * are what the loader expects; the loader checks them again against the shapes.
  * Quantization: signed absmax (scale = amax / 127), unsigned min/max (zero point = min,
  * scale = range / 15), round half to even, per group / row as the layout says.
+ *
+ * --ops: after each (model, mode), every traced op of its best step by kind and shape
+ * ("op conv2d B x Cin x H x W x Cout x ...", count, wall s, process CPU s since the
+ * previous traced op, so untraced work such as a transpose counts towards the next op).
  *
  * Each (model, matmul mode) runs in its own forked process: VmHWM after qd_unet_load
  * and after the first forward (the peak resident set, mapped weights included), then
@@ -108,12 +112,43 @@ typedef struct {
     const char *dir, *out_path;
     int mode, threads, latent, batch, steps, precision;
     double idle_wait;
+    int op_table;      /* --ops: print the best step's ops by kind and shape */
 } unet_job;
 
+/* --ops: every traced op of the best step by kind and shape (wall seconds, and the
+ * process CPU time since the previous traced op, so untraced work between ops counts
+ * towards the op that follows it) */
+#define OPS_MAX 512
+typedef struct { char key[96]; int n; double wall, cpu; } op_row;
+typedef struct {
+    double acc[3];
+    int table;
+    op_row rows[OPS_MAX];
+    int nrows;
+    double last_cpu;
+} op_trace;
+
 static void on_op(void *user, const char *op, const int64_t *dims, int nd, double seconds) {
-    double *acc = user;
+    op_trace *t = user;
     int k = !strcmp(op, "conv2d") ? 0 : !strcmp(op, "linear") ? 1 : !strcmp(op, "attention") ? 2 : -1;
-    if (k >= 0) acc[k] += seconds;
+    if (k >= 0) t->acc[k] += seconds;
+    if (!t->table) return;
+    double now = self_cpu_s(), cpu = now - t->last_cpu;
+    t->last_cpu = now;
+    char key[96];
+    int o = snprintf(key, sizeof key, "%s", op);
+    for (int i = 0; i < nd && o < (int)sizeof key - 24; i++) o += snprintf(key + o, sizeof key - (size_t)o, "%s%ld", i ? "x" : " ", (long)dims[i]);
+    int r = 0;
+    while (r < t->nrows && strcmp(t->rows[r].key, key)) r++;
+    if (r == t->nrows) {
+        if (r == OPS_MAX) return;
+        t->nrows++;
+        memset(&t->rows[r], 0, sizeof t->rows[r]);
+        snprintf(t->rows[r].key, sizeof t->rows[r].key, "%s", key);
+    }
+    t->rows[r].n++;
+    t->rows[r].wall += seconds;
+    t->rows[r].cpu += cpu;
 }
 
 static void run_unet(const unet_job *j, unet_result *r) {
@@ -142,15 +177,20 @@ static void run_unet(const unet_job *j, unet_result *r) {
     for (int64_t i = 0; i < B * C * H * W; i++) x[i] = gauss(&g);
     for (int64_t i = 0; i < B * L * X; i++) ctxv[i] = gauss(&g);
     for (int64_t b = 0; b < B && b < 16; b++) ts[b] = 500.0f;
-    double ncpu = (double)sysconf(_SC_NPROCESSORS_ONLN), sum = 0, ops[3];
+    double ncpu = (double)sysconf(_SC_NPROCESSORS_ONLN), sum = 0;
+    static op_trace tr, best_tr;
+    double *ops = tr.acc;
+    tr.table = j->op_table;
     r->best_s = r->best_cpu_s = 1e30;
     ctx->trace = on_op;
-    ctx->trace_user = ops;
+    ctx->trace_user = &tr;
     for (int s = 0; s <= j->steps; s++) {   /* step 0 is the first forward: its HWM is "after one forward" */
         wait_idle(j->idle_wait, 0);
-        memset(ops, 0, sizeof ops);
+        memset(tr.acc, 0, sizeof tr.acc);
+        tr.nrows = 0;
         double b0 = machine_busy_s(), c0 = self_cpu_s();
         t0 = qd_now();
+        tr.last_cpu = c0;
         if (qd_unet_forward(ctx, u, x, B, H, W, ts, ctxv, L, NULL, NULL, out) != QD_OK) {
             snprintf(r->err, sizeof r->err, "forward: %s", qd_last_error(ctx));
             break;
@@ -165,11 +205,14 @@ static void run_unet(const unet_job *j, unet_result *r) {
         if (s == 0) { r->hwm_fwd_kb = status_kb("VmHWM"); continue; }
         sum += dt;
         r->steps++;
-        if (dt < r->best_s) { r->best_s = dt; r->others = others; memcpy(r->op_s, ops, sizeof ops); }
+        if (dt < r->best_s) { r->best_s = dt; r->others = others; memcpy(r->op_s, tr.acc, sizeof tr.acc); best_tr = tr; }
         if (cpu < r->best_cpu_s) r->best_cpu_s = cpu;
     }
     if (r->steps == j->steps) {
         r->ok = 1;
+        for (int i = 0; j->op_table && i < best_tr.nrows; i++)
+            printf("    op %-60s %4d %9.4f wall %9.4f cpu\n", best_tr.rows[i].key, best_tr.rows[i].n, best_tr.rows[i].wall,
+                   best_tr.rows[i].cpu);
         r->mean_s = sum / r->steps;
         r->rss_file_kb = status_kb("RssFile");
         r->rss_anon_kb = status_kb("RssAnon");
@@ -400,7 +443,7 @@ static void gemm_child(const void *a, void *r) { run_gemm(a, r); }
 static void usage(void) {
     fprintf(stderr,
             "usage: bench_sdnq [--config FILE] [--dir DIR] [--latent N] [--batch N] [--steps N] [--threads N]\n"
-            "                  [--svd-rank R] [--quant-conv 0|1] [--models fp16,int8,uint4] [--gemm M,K,N]\n"
+            "                  [--svd-rank R] [--quant-conv 0|1] [--models fp16,int8,uint4] [--gemm M,K,N] [--ops]\n"
             "                  [--no-unet] [--no-gemm] [--reuse] [--keep] [--idle-wait S] [--precision fp32|bf16]\n");
     exit(2);
 }
@@ -424,7 +467,7 @@ static float *read_out(const char *path, size_t n) {
 int main(int argc, char **argv) {
     const char *config = "bench/configs/sd15_unet.json", *root = "/tmp/qd_bench_sdnq", *models = "fp16,int8,uint4";
     int latent = 64, batch = 2, steps = 2, threads = 0, svd_rank = 32, quant_conv = 1, reuse = 0, keep = 0;
-    int do_unet = 1, do_gemm = 1, precision = QD_PRECISION_FP32;
+    int do_unet = 1, do_gemm = 1, precision = QD_PRECISION_FP32, op_table = 0;
     long gm = 4096, gk = 1280, gn = 1280;
     double idle_wait = 120;
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -434,6 +477,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--keep")) { keep = 1; continue; }
         if (!strcmp(a, "--no-unet")) { do_unet = 0; continue; }
         if (!strcmp(a, "--no-gemm")) { do_gemm = 0; continue; }
+        if (!strcmp(a, "--ops")) { op_table = 1; continue; }
         if (!v) usage();
         i++;
         if (!strcmp(a, "--config")) config = v;
@@ -566,7 +610,7 @@ int main(int argc, char **argv) {
                 if (m == 1 && !qs[k].weights_dtype) continue;   /* fp16 has no int8 path */
                 char outp[4300];
                 snprintf(outp, sizeof outp, "%s/out-%s-%s.f32", root, kinds[k].tag, m ? "int8" : "exact");
-                unet_job uj = {dir, outp, m ? 2 : 1, threads, latent, batch, steps, precision, idle_wait};
+                unet_job uj = {dir, outp, m ? 2 : 1, threads, latent, batch, steps, precision, idle_wait, op_table};
                 printf("%s, %s mode:\n", kinds[k].tag, m ? "int8" : "exact");
                 in_child(unet_child, &uj, &res[k][m], sizeof res[k][m]);
                 if (!res[k][m].ok) die("%s %s: %s", kinds[k].tag, m ? "int8" : "exact", res[k][m].err);
