@@ -279,7 +279,11 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
         double cw = g->A.kind == QD_MAT_WEIGHT || g->B.kind == QD_MAT_WEIGHT ? 1.5 : 0.3;
         const qd_weight *w = g->A.kind == QD_MAT_WEIGHT ? g->A.w : g->B.kind == QD_MAT_WEIGHT ? g->B.w : NULL;
         int64_t slab = w && w->quant ? C_SLAB_QUANT : C_SLAB_FLOATS;
-        if (g->B.kind == QD_MAT_IM2COL && j.srows <= CONV_L2_MAX_ROWS && j.xrows >= CONV_L2_MIN_PIXELS) slab = C_SLAB_L2;
+        /* only for dense weights: the L2 slab re-packs the weight per super-block, which a
+         * quantized one pays in decodes (bench_sdnq uint4+SVD: conv 1.20 -> 1.28 s/step) */
+        if (g->B.kind == QD_MAT_IM2COL && !(w && w->quant) && j.srows <= CONV_L2_MAX_ROWS &&
+            j.xrows >= CONV_L2_MIN_PIXELS)
+            slab = C_SLAB_L2;
         double cx = j.shared_is_a ? 0.4 : 0.15, best = -1;
         int64_t first = j.nchunk;
         for (int64_t nc = first; nc <= sstrips && nc < first + 64; nc++) {
