@@ -19,6 +19,7 @@ set -u
 qdiff=$1
 . "$(dirname "$0")/tools/cli_common.sh"
 fx=$2
+tools=$(cd "$(dirname "$0")/tools" && pwd)   # lora_reference.st_read reads the saved latents
 export QD_PRECISION=fp32
 
 sd="$fx/models/sd15-tiny"
@@ -44,16 +45,12 @@ p=$(png_param "$tmp/w.png")
 
 "$qdiff" "${gen[@]}" --strength 0.75 --mask "$tmp/black.png" --save-latents "$tmp/black.safetensors" -o "$tmp/b.png" &&
 "$qdiff" "${gen[@]}" --strength 0.75 --mask "$tmp/half.png" --save-latents "$tmp/half.safetensors" -o "$tmp/h.png"
-r=$("$py" - "$tmp/black.safetensors" "$tmp/half.safetensors" <<'PY'
-import json, struct, sys
+r=$("$py" - "$tools" "$tmp/black.safetensors" "$tmp/half.safetensors" <<'PY'
+import sys
 import numpy as np
-def load(p):
-    d = open(p, "rb").read()
-    n = struct.unpack("<Q", d[:8])[0]
-    h = json.loads(d[8:8 + n])["latents"]
-    a, b = h["data_offsets"]
-    return np.frombuffer(d[8 + n + a:8 + n + b], dtype=np.float32).reshape(h["shape"])
-k, x = load(sys.argv[1]), load(sys.argv[2])
+sys.path.insert(0, sys.argv[1])
+from lora_reference import st_read
+k, x = (st_read(p)[0]["latents"] for p in sys.argv[2:4])
 w = k.shape[3]
 kept = np.abs(x[..., w // 2:] - k[..., w // 2:]).max()
 moved = np.abs(x[..., :w // 2] - k[..., :w // 2]).max()
@@ -111,19 +108,15 @@ expect "bad --mask-blur" "--mask-blur expects" -- "${gen[@]}" -o "$tmp/out.png" 
 # is no blend, so the latents equal plain text-to-image's exactly; with --sampler (ComfyUI's
 # InpaintModelConditioning + KSampler) the zero weights leave the noise-mask run of the
 # 4-channel model; errors without a mask.
-"$py" "$(dirname "$0")/tools/make_inpaint_unet.py" "$sd" "$tmp/inp9" concat || bad "making the 9-channel model"
+"$py" "$tools/make_inpaint_unet.py" "$sd" "$tmp/inp9" concat || bad "making the 9-channel model"
 "$qdiff" "${gen[@]}" -m "$tmp/inp9" --mask "$tmp/half.png" --save-latents "$tmp/i9.safetensors" -o "$tmp/i9.png" &&
 "$qdiff" generate -m "$sd" -p "a cat" --steps 4 --seed 9 -q --save-latents "$tmp/t2i.safetensors" -o "$tmp/t2i.png"
-r=$("$py" - "$tmp/i9.safetensors" "$tmp/t2i.safetensors" <<'PY'
-import json, struct, sys
+r=$("$py" - "$tools" "$tmp/i9.safetensors" "$tmp/t2i.safetensors" <<'PY'
+import sys
 import numpy as np
-def load(p):
-    d = open(p, "rb").read()
-    n = struct.unpack("<Q", d[:8])[0]
-    h = json.loads(d[8:8 + n])["latents"]
-    a, b = h["data_offsets"]
-    return np.frombuffer(d[8 + n + a:8 + n + b], dtype=np.float32)
-x, t = load(sys.argv[1]), load(sys.argv[2])
+sys.path.insert(0, sys.argv[1])
+from lora_reference import st_read
+x, t = (st_read(p)[0]["latents"] for p in sys.argv[2:4])
 r = float(np.linalg.norm(x - t) / np.linalg.norm(t))
 print("ok" if r <= 1e-6 else "bad", r)
 PY
