@@ -179,45 +179,13 @@ qd_status qd_inpaint_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_
     return QD_OK;
 }
 
-qd_status qd_inpaint_concat_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_scheduler *s, int64_t batch,
-                                  qd_rng *rng, int *begin, float *latents, float *cond) {
-    int64_t H = p->height, W = p->width, h = H / m->vae_scale, w = W / m->vae_scale, C = m->latent_channels;
-    int64_t hw = h * w, per = C * hw, n = batch * per, count = p->init_count > 0 ? p->init_count : 1;
-    int64_t masks = p->mask_count > 1 ? p->mask_count : 1;
-    int strength_max = qd_img2img_strength(m, p) == 1.0;   /* a UNet: never a flow model */
-    QD_TRY(qd_img2img_begin(ctx, m, p, s, begin));
-    float *il = malloc(sizeof(float) * (size_t)n), *noise = malloc(sizeof(float) * (size_t)n);
-    float *masked = malloc(sizeof(float) * (size_t)(count * H * W * 3)), *grid = malloc(sizeof(float) * (size_t)hw);
-    qd_status st = il && noise && masked && grid ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
-    if (st == QD_OK && !strength_max) st = qd_img2img_latents(ctx, m, p, batch, rng, il);
-    if (st == QD_OK) {
-        qd_rng_randn(rng, noise, n);
-        start_latents(s, *begin, strength_max, il, noise, n, latents);
-        /* masked_image = image * (mask < 0.5) in [-1, 1]: 0.5 in the [0, 1] NHWC input */
-        for (int64_t b = 0; b < count; b++)
-            for (int64_t i = 0; i < H * W; i++) {
-                int keep = p->mask[(b % masks) * H * W + i] < 0.5f;
-                for (int c = 0; c < 3; c++)
-                    masked[(b * H * W + i) * 3 + c] = keep ? p->init_image[(b * H * W + i) * 3 + c] : 0.5f;
-            }
-        qd_gen_params mp = *p;
-        mp.init_image = masked;
-        st = qd_img2img_latents(ctx, m, &mp, batch, rng, il);   /* [batch, C, h, w], sampled, scaled */
-    }
-    for (int64_t b = 0; st == QD_OK && b < batch; b++) {
-        float *dst = cond + b * (1 + C) * hw;
-        qd_inpaint_mask_nearest(p->mask + (b % masks) * H * W, H, W, h, w, grid);
-        memcpy(dst, grid, sizeof(float) * (size_t)hw);
-        memcpy(dst + hw, il + b * per, sizeof(float) * (size_t)per);
-    }
-    free(il);
-    free(noise);
-    free(masked);
-    free(grid);
-    return st;
-}
-
-qd_status qd_inpaint_concat_cond_comfy(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, int64_t batch, float *cond) {
+/* cond [batch, 1 + C, h, w] of a concat UNet: the mask on the latent grid, then the scaled
+ * latents of the image with its repainted pixels at 0.5 (mid grey). rng: diffusers'
+ * prepare_mask_latents (repaint where mask >= 0.5, nearest grid, sampled encode: a draw);
+ * NULL: ComfyUI's InpaintModelConditioning (repaint where round(mask) = 1, bilinear grid
+ * rounded, the encoder's mean). torch.round rounds halves to even, as nearbyintf does. */
+static qd_status concat_cond(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, int64_t batch, qd_rng *rng,
+                             float *cond) {
     int64_t H = p->height, W = p->width, h = H / m->vae_scale, w = W / m->vae_scale, C = m->latent_channels;
     int64_t hw = h * w, per = C * hw, count = p->init_count > 0 ? p->init_count : 1;
     int64_t masks = p->mask_count > 1 ? p->mask_count : 1;
@@ -225,25 +193,52 @@ qd_status qd_inpaint_concat_cond_comfy(qd_ctx *ctx, qd_model *m, const qd_gen_pa
     float *masked = malloc(sizeof(float) * (size_t)(count * H * W * 3));
     qd_status st = il && grid && masked ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
     if (st == QD_OK) {
-        /* pixels = (pixels - 0.5) * (1 - round(mask)) + 0.5 */
         for (int64_t b = 0; b < count; b++)
             for (int64_t i = 0; i < H * W; i++) {
-                int repaint = nearbyintf(p->mask[(b % masks) * H * W + i]) != 0.0f;
+                float mk = p->mask[(b % masks) * H * W + i];
+                int repaint = rng ? mk >= 0.5f : nearbyintf(mk) != 0.0f;
                 for (int c = 0; c < 3; c++)
                     masked[(b * H * W + i) * 3 + c] = repaint ? 0.5f : p->init_image[(b * H * W + i) * 3 + c];
             }
         qd_gen_params mp = *p;
         mp.init_image = masked;
-        st = qd_img2img_latents(ctx, m, &mp, batch, NULL, il);
+        st = qd_img2img_latents(ctx, m, &mp, batch, rng, il);
     }
     for (int64_t b = 0; st == QD_OK && b < batch; b++) {
         float *dst = cond + b * (1 + C) * hw;
-        qd_inpaint_mask_bilinear(p->mask + (b % masks) * H * W, H, W, h, w, grid);
-        for (int64_t k = 0; k < hw; k++) dst[k] = nearbyintf(grid[k]);
+        const float *src = p->mask + (b % masks) * H * W;
+        if (rng) {
+            qd_inpaint_mask_nearest(src, H, W, h, w, dst);
+        } else {
+            qd_inpaint_mask_bilinear(src, H, W, h, w, grid);
+            for (int64_t k = 0; k < hw; k++) dst[k] = nearbyintf(grid[k]);
+        }
         memcpy(dst + hw, il + b * per, sizeof(float) * (size_t)per);
     }
     free(il);
     free(grid);
     free(masked);
     return st;
+}
+
+qd_status qd_inpaint_concat_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_scheduler *s, int64_t batch,
+                                  qd_rng *rng, int *begin, float *latents, float *cond) {
+    int64_t n = batch * m->latent_channels * (p->height / m->vae_scale) * (p->width / m->vae_scale);
+    int strength_max = qd_img2img_strength(m, p) == 1.0;   /* a UNet: never a flow model */
+    QD_TRY(qd_img2img_begin(ctx, m, p, s, begin));
+    float *il = strength_max ? NULL : malloc(sizeof(float) * (size_t)n), *noise = malloc(sizeof(float) * (size_t)n);
+    qd_status st = (il || strength_max) && noise ? QD_OK : qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    if (st == QD_OK && !strength_max) st = qd_img2img_latents(ctx, m, p, batch, rng, il);
+    if (st == QD_OK) {
+        qd_rng_randn(rng, noise, n);
+        start_latents(s, *begin, strength_max, il, noise, n, latents);
+        st = concat_cond(ctx, m, p, batch, rng, cond);   /* the masked image's encode: the next draw */
+    }
+    free(il);
+    free(noise);
+    return st;
+}
+
+qd_status qd_inpaint_concat_cond_comfy(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, int64_t batch, float *cond) {
+    return concat_cond(ctx, m, p, batch, NULL, cond);
 }
