@@ -1,7 +1,9 @@
 """The "qdiff Sampler" ComfyUI node: text-to-image with libqdiff from a diffusers folder,
 or image-to-image from an optional LATENT (ComfyUI's VAEEncode output, or an earlier
-run's) with denoise as ComfyUI's KSampler takes it, and inpainting with an optional MASK
-(or the LATENT's "noise_mask", as SetLatentNoiseMask leaves it).
+run's) or IMAGE (encoded by the library with the folder's VAE) with denoise as ComfyUI's
+KSampler takes it, and inpainting with an optional MASK (or the LATENT's "noise_mask", as
+SetLatentNoiseMask leaves it). 9-channel inpainting UNets need the IMAGE and the MASK (as
+ComfyUI's InpaintModelConditioning takes pixels, not latents).
 
 Returns ComfyUI's IMAGE (torch.float32 [B, H, W, 3] in [0, 1]) and LATENT
 ({"samples": [B, C, H/8, W/8]} in the VAE's own latent space, as ComfyUI's
@@ -290,14 +292,17 @@ class QdiffSampler:
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                       "tooltip": "with latent_image: how much of the schedule runs (diffusers' strength); "
                                                  "ComfyUI samplers: the last steps of steps/denoise"}),
-                "mask": ("MASK", {"tooltip": "inpainting with latent_image: 1 = repaint, 0 = keep (as SetLatentNoiseMask; "
-                                             "a LATENT's own noise_mask is used when this is not connected)"}),
+                "mask": ("MASK", {"tooltip": "inpainting with latent_image or image: 1 = repaint, 0 = keep (as "
+                                             "SetLatentNoiseMask; a LATENT's own noise_mask is used when this is not connected)"}),
+                "image": ("IMAGE", {"tooltip": "image-to-image / inpainting from pixels instead of latent_image: encoded "
+                                               "with the folder's VAE (the mean, as VAEEncode); 9-channel inpainting models "
+                                               "need it with a mask (as InpaintModelConditioning)"}),
             },
         }
 
     def sample(self, model, prompt, negative_prompt, steps, cfg, width, height, seed, sampler_name, scheduler,
                batch_size=1, guidance=3.5, threads=0, matmul="auto", precision=None, preview_vae="", loras=None,
-               latent_image=None, denoise=1.0, mask=None):
+               latent_image=None, denoise=1.0, mask=None, image=None):
         folder = _resolve_folder(model)
         lib = libqdiff.load()
         kw = {}
@@ -323,8 +328,13 @@ class QdiffSampler:
             keep = libqdiff.set_loras(p, loras or ())   # the arrays p points into, alive for the run
             vae = CACHE.preview_vae(_resolve_preview_vae(preview_vae, m.family))
             factors = _vae_factors(m.folder)   # read before the run: a bad config fails fast
-            init = self._init_latents(m, p, latent_image, denoise, factors)
-            held_mask = self._mask(p, latent_image, mask)
+            if image is not None:
+                if latent_image is not None:
+                    raise libqdiff.QdiffError("give latent_image or image, not both", libqdiff.QD_ERR_ARG)
+                init = self._init_image(p, image, denoise)
+            else:
+                init = self._init_latents(m, p, latent_image, denoise, factors)
+            held_mask = self._mask(p, latent_image if image is None else init, mask)
             result = self._run(ctx, m, p, vae, factors)
             del keep, init, held_mask
             return result
@@ -335,10 +345,9 @@ class QdiffSampler:
         model's ((x - shift) * scale); the tensor returned must stay alive for the run."""
         if latent_image is None:
             if denoise is not None and float(denoise) < 1.0:
-                raise libqdiff.QdiffError("denoise < 1 needs a latent_image to start from", libqdiff.QD_ERR_ARG)
+                raise libqdiff.QdiffError("denoise < 1 needs a latent_image or an image to start from", libqdiff.QD_ERR_ARG)
             return None
-        if not 0.0 < float(denoise) <= 1.0:
-            raise libqdiff.QdiffError(f"denoise must be in (0, 1] (got {denoise})", libqdiff.QD_ERR_ARG)
+        QdiffSampler._check_denoise(denoise)
         s = latent_image["samples"] if isinstance(latent_image, dict) else latent_image
         if s.dim() != 4:
             raise libqdiff.QdiffError(f"latent_image samples must be [B, C, h, w] (got {list(s.shape)})",
@@ -365,6 +374,32 @@ class QdiffSampler:
         return x
 
     @staticmethod
+    def _check_denoise(denoise):
+        if not 0.0 < float(denoise) <= 1.0:
+            raise libqdiff.QdiffError(f"denoise must be in (0, 1] (got {denoise})", libqdiff.QD_ERR_ARG)
+
+    @staticmethod
+    def _init_image(p, image, denoise):
+        """Point p at an IMAGE ([B, H, W, 3] in [0, 1]) for the library to encode; the tensor
+        returned must stay alive for the run."""
+        QdiffSampler._check_denoise(denoise)
+        if image.dim() != 4 or image.shape[-1] != 3:
+            raise libqdiff.QdiffError(f"image must be [B, H, W, 3] (got {list(image.shape)})", libqdiff.QD_ERR_ARG)
+        b, height, width, _ = image.shape
+        if (p.width and p.width != width) or (p.height and p.height != height):
+            raise libqdiff.QdiffError(f"image is {width}x{height} pixels but width x height asks "
+                                      f"{p.width}x{p.height} (0 follows the image)", libqdiff.QD_ERR_ARG)
+        if b not in (1, max(p.batch, 1)):
+            raise libqdiff.QdiffError(f"image holds {b} pictures for a batch of {p.batch} (give 1 or {p.batch})",
+                                      libqdiff.QD_ERR_ARG)
+        p.width, p.height = width, height
+        x = image.to(torch.float32).contiguous()
+        p.init_image = ctypes.cast(x.data_ptr(), ctypes.POINTER(ctypes.c_float))
+        p.init_count = b
+        p.strength = float(denoise)
+        return x
+
+    @staticmethod
     def _mask(p, latent_image, mask):
         """Point p at the inpainting mask: the MASK input, else the LATENT's "noise_mask" (ComfyUI's
         SetLatentNoiseMask), as [count, H, W] at the picture's size (1 = repaint). A mask of another
@@ -375,7 +410,7 @@ class QdiffSampler:
         if mask is None:
             return None
         if latent_image is None:
-            raise libqdiff.QdiffError("a mask needs a latent_image to keep (inpainting)", libqdiff.QD_ERR_ARG)
+            raise libqdiff.QdiffError("a mask needs a latent_image or an image to keep (inpainting)", libqdiff.QD_ERR_ARG)
         mk = mask.to(torch.float32)
         if mk.dim() < 2 or mk.dim() > 4 or (mk.dim() == 4 and mk.shape[1] != 1):
             raise libqdiff.QdiffError(f"mask must be [H, W], [B, H, W] or [B, 1, H, W] (got {list(mk.shape)})",

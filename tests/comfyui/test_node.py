@@ -525,6 +525,39 @@ if check(r.returncode == 0, f"qdiff vae encode of {os.path.basename(pic)} ({r.st
                                                       latent_image=latent, denoise=0.5, mask=torch.zeros(1, 3, 64, 64),
                                                       precision="fp32", threads=1),
                   "a mask of 3 channels")
+    # pixels instead of latents: the IMAGE input is encoded by the library (= the CLI's --init-image),
+    # and a 9-channel inpainting UNet (InpaintModelConditioning + KSampler) runs from IMAGE + MASK
+    img_px, _ = node.sample(sd15_dir, "a blue square", "", 4, 7.5, 0, 0, 33, "euler", "karras", threads=1,
+                            precision="fp32", image=pix, denoise=0.5)
+    diff = int(np.abs(read_png(os.path.join(TMP, "i2i_cli.png")).astype(int) -
+                      torch.round(img_px[0] * 255).to(torch.uint8).numpy()).max())
+    check(diff == 0, f"node IMAGE + denoise 0.5 = CLI --init-image --strength 0.5 (max diff {diff})")
+    inp9 = os.path.join(TMP, "inp9")
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tests", "tools", "make_inpaint_unet.py"), sd15_dir, inp9,
+                        "concat", "0.25"], capture_output=True, text=True)
+    if check(r.returncode == 0, f"made a 9-channel inpainting UNet ({r.stderr.strip()})"):
+        img9, _ = node.sample(inp9, "a blue square", "", 4, 7.5, 0, 0, 33, "euler", "karras", threads=1,
+                              precision="fp32", image=pix, mask=half)
+        out = os.path.join(TMP, "inpaint9_cli.png")
+        r = cli(["generate", "-m", inp9, "-p", "a blue square", "--steps", "4", "--cfg", "7.5", "--seed", "33",
+                 "--sampler", "euler", "--schedule", "karras", "--init-image", pic, "-t", "1", "-q",
+                 "--precision", "fp32", "--mask", os.path.join(TMP, "half.png"), "-o", out])
+        if check(r.returncode == 0, f"qdiff generate with the 9-channel UNet ran ({r.stderr.strip()})"):
+            diff = int(np.abs(read_png(out).astype(int) - torch.round(img9[0] * 255).to(torch.uint8).numpy()).max())
+            check(diff == 0, f"9-channel UNet: node IMAGE + MASK = CLI --init-image --mask (max diff {diff})")
+        img4, _ = node.sample(sd15_dir, "a blue square", "", 4, 7.5, 0, 0, 33, "euler", "karras", threads=1,
+                              precision="fp32", image=pix, mask=half)
+        check(not torch.equal(img9, img4), "the 9-channel model's mask channel changes the picture")
+        e = expect_raises(lq.QdiffError, lambda: node.sample(inp9, "x", "", 2, 7.5, 0, 0, 1, "euler", "normal",
+                                                             latent_image=latent, mask=half, precision="fp32",
+                                                             threads=1), "9-channel UNet from a LATENT")
+        check(e is not None and "give the image" in str(e), f"... and the error says to give the image ({e})")
+    expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, "x", "", 2, 7.5, 0, 0, 1, "euler", "normal",
+                                                      latent_image=latent, image=pix, precision="fp32", threads=1),
+                  "latent_image and image together")
+    expect_raises(lq.QdiffError, lambda: node.sample(sd15_dir, "x", "", 2, 7.5, 0, 0, 1, "euler", "normal",
+                                                      image=pix[..., :2], precision="fp32", threads=1),
+                  "an image of 2 channels")
 # the node's LATENT is the encoder's mean, as ComfyUI's VAEEncode: diffusers' golden encoded_mean
 # (sd15-tiny/vae.safetensors: image in [-1, 1] NCHW -> latent_dist.mean)
 vg = read_safetensors(os.path.join(FX, "goldens", "sd15-tiny", "vae.safetensors"))
