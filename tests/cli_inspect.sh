@@ -6,15 +6,7 @@
 set -u
 qdiff=$1
 fixtures=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-clean() { ! grep -q "AddressSanitizer\|runtime error\|LeakSanitizer" "$tmp/stderr"; }
-
+. "$(dirname "$0")/tools/cli_common.sh"
 # good NAME WANT... -- ARGS: exit 0, stdout holds every WANT line fragment
 good() {
   local name=$1; shift
@@ -24,21 +16,8 @@ good() {
   "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
   local rc=$? missing=""
   for w in "${wants[@]}"; do grep -qF -- "$w" "$tmp/stdout" || missing+="[$w] "; done
-  if [[ $rc -eq 0 && -z "$missing" ]] && clean; then ok "$name"
+  if [[ $rc -eq 0 && -z "$missing" ]] && ! grep -q "AddressSanitizer\|LeakSanitizer\|runtime error" "$tmp/stderr"; then ok "$name"
   else bad "$name: rc=$rc missing: $missing stderr: $(head -c 600 "$tmp/stderr")"; fi
-}
-
-# expect NAME WANT_TEXT -- ARGS: exit 2, stderr contains WANT_TEXT
-expect() {
-  local name=$1 want=$2
-  shift 3
-  "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
-  local rc=$?
-  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && clean; then
-    ok "$name: $(head -c 300 "$tmp/stderr" | tr '\n' ' ')"
-  else
-    bad "$name: rc=$rc stderr: $(head -c 600 "$tmp/stderr")"
-  fi
 }
 
 m=$fixtures/models
@@ -89,5 +68,4 @@ expect "truncated safetensors" "$tmp/m/unet/diffusion_pytorch_model.safetensors"
 fresh; rm "$tmp/m/unet/quantization_config.json"; sed -i 's/"quant_method": "sdnq"/"quant_method": "other"/' "$tmp/m/unet/config.json"
 expect "SDNQ tensors without an SDNQ config" "no SDNQ quantization_config" -- inspect "$tmp/m"
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

@@ -20,17 +20,12 @@ fx=$2
 export QD_PRECISION=fp32   # the bounds below are fp32 rounding
 py=${QD_PYTHON:-/usr/bin/python3}
 tool=$(cd "$(dirname "$0")" && pwd)/tools/lora_reference.py
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-ok() { echo "ok   $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+. "$(dirname "$0")/tools/cli_common.sh"
 model=$fx/models/sd15-tiny
 
 if ! "$py" -c "import numpy" 2>"$tmp/err"; then
   bad "python3-numpy is needed (scripts/install-deps.sh): $(cat "$tmp/err")"
-  echo "$pass passed, $fail failed"
+  finish
   exit 1
 fi
 
@@ -211,5 +206,4 @@ else bad "partial LoRA: rc=$rc $(cat "$tmp/partial.err")"; fi
 "$qdiff" generate --help | grep -q -- "--lora FILE\[:SCALE\]" && ok "generate --help lists --lora" ||
   bad "--help lacks --lora"
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

@@ -9,12 +9,7 @@
 set -u
 qdiff=$1
 fx=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-ok() { echo "ok   $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+. "$(dirname "$0")/tools/cli_common.sh"
 
 run() {   # name, extra args...
   local name=$1
@@ -105,5 +100,4 @@ r=$(QD_PRECISION=bf16 serve_ready "$tmp/serve2.log")
 if [[ "$r" == *"(sd15, $want,"* ]]; then ok "serve with QD_PRECISION=bf16 runs $want here: $r"
 else bad "serve QD_PRECISION=bf16: $(cat "$tmp/serve2.log")"; fi
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

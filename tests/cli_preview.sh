@@ -5,12 +5,7 @@
 set -u
 qdiff=$1
 fx=$2
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
-ok() { echo "ok   $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+. "$(dirname "$0")/tools/cli_common.sh"
 
 # PNG width and height from the IHDR chunk (bytes 16..23, big-endian)
 png_size() { od -An -tu1 -j16 -N8 "$1" | awk '{printf "%dx%d", $1*16777216+$2*65536+$3*256+$4, $5*16777216+$6*65536+$7*256+$8}'; }
@@ -43,5 +38,4 @@ else bad "--preview alone: $(cat "$tmp/err")"; fi
 if [[ $? -eq 2 && ! -e "$tmp/y.png" ]] && grep -q "nope.safetensors" "$tmp/err"; then ok "missing preview VAE file named"
 else bad "missing preview vae: $(cat "$tmp/err")"; fi
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

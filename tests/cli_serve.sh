@@ -11,20 +11,16 @@ qdiff=$1
 fx=$(cd "$2" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 chk="$here/tools/serve_check.py"
-tmp=$(mktemp -d)
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   wait 2>/dev/null
   rm -rf "$tmp"
 }
-trap cleanup EXIT
-pass=0
-fail=0
-ok() { echo "ok   $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
+. "$(dirname "$0")/tools/cli_common.sh"
+trap cleanup EXIT   # after cli_common.sh: also stops the server
 for tool in curl python3; do
-  command -v "$tool" >/dev/null || { echo "FAIL $tool is missing (scripts/install-deps.sh installs it)"; echo "0 passed, 1 failed"; exit 1; }
+  command -v "$tool" >/dev/null || { bad "$tool is missing (scripts/install-deps.sh installs it)"; finish; exit 1; }
 done
 
 jget() { python3 "$chk" get "$@"; }
@@ -126,7 +122,7 @@ log="$tmp/serve.log"
 if ! start_server "$log" -m "$fx/models/sd15-tiny" --models "$tmp/models" -t 2 --preview-vae "$fx/models/sd15-tiny/vae" \
      --max-steps 1000 --max-batch 8 --max-size 256 --max-body 65536 --lora-dir "$tmp/loras"; then
   bad "server did not start: $(cat "$log")"
-  echo "$pass passed, $fail failed"
+  finish
   exit 1
 fi
 ok "listening at $U"
@@ -509,5 +505,4 @@ if start_server "$tmp/serve2.log" -m "$fx/models/sd15-tiny" -t 2 && wait_health;
   stop_server INT "idle server" "$tmp/serve2.log"
 else bad "second server: $(cat "$tmp/serve2.log")"; fi
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

@@ -12,24 +12,19 @@ fx=$(cd "$2" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 chk="$here/tools/serve_check.py"
 artifacts="$(cd "$(dirname "$qdiff")" && pwd)/test-artifacts"
-tmp=$(mktemp -d)
 spid=
 cleanup() {
   [[ -n $spid ]] && kill "$spid" 2>/dev/null
   wait 2>/dev/null
   rm -rf "$tmp"
 }
-trap cleanup EXIT
-pass=0
-fail=0
-ok() { echo "ok   $*"; pass=$((pass + 1)); }
-bad() { echo "FAIL $*"; fail=$((fail + 1)); }
-finish() { echo "$pass passed, $fail failed"; [[ $fail -eq 0 ]]; exit $?; }
+. "$(dirname "$0")/tools/cli_common.sh"
+trap cleanup EXIT   # after cli_common.sh: also stops the server
 
 chromium=$(command -v chromium || command -v chromium-browser)
-[[ -n $chromium ]] && ok "chromium: $chromium" || { bad "chromium is not installed (scripts/install-deps.sh installs it)"; finish; }
-command -v node >/dev/null && ok "node $(node --version)" || { bad "node is not installed (scripts/install-deps.sh installs nodejs)"; finish; }
-command -v python3 >/dev/null || { bad "python3 is not installed"; finish; }
+[[ -n $chromium ]] && ok "chromium: $chromium" || { bad "chromium is not installed (scripts/install-deps.sh installs it)"; finish; exit 1; }
+command -v node >/dev/null && ok "node $(node --version)" || { bad "node is not installed (scripts/install-deps.sh installs nodejs)"; finish; exit 1; }
+command -v python3 >/dev/null || { bad "python3 is not installed"; finish; exit 1; }
 
 log="$tmp/serve.log"
 "$qdiff" serve --port 0 -m "$fx/models/shapes-sd" -t 2 --preview-vae "$fx/models/shapes-sd/vae" --preview-every 5 2>"$log" &
@@ -40,7 +35,7 @@ for _ in $(seq 300); do
   [[ -n $U ]] && break
   sleep 0.1
 done
-[[ -n $U ]] && ok "server at $U" || { bad "server did not start: $(cat "$log")"; finish; }
+[[ -n $U ]] && ok "server at $U" || { bad "server did not start: $(cat "$log")"; finish; exit 1; }
 
 mkdir -p "$artifacts"
 init_pic="$fx/goldens/shapes-sd/pipe_03.png"   # the img2img upload
@@ -54,6 +49,7 @@ if node "$here/web/drive_page.js" "$chromium" "$U/" "$tmp" "$init_pic" "$mask_pi
 else
   bad "driving the page: $(cat "$tmp/drive.err") $(cat "$tmp/drive.out")"
   finish
+  exit 1
 fi
 cp "$tmp/screenshot.png" "$artifacts/cli_web.png" && ok "screenshot kept: $artifacts/cli_web.png ($(python3 "$chk" size "$tmp/screenshot.png" 2>/dev/null || echo '?'))"
 st="$tmp/state.json"

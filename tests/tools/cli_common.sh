@@ -9,8 +9,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 pass=0
 fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
+ok() { echo "ok   $*"; pass=$((pass + 1)); }
+bad() { echo "FAIL $*"; fail=$((fail + 1)); }
 
 expect() {
   local name=$1 want=$2
@@ -19,7 +19,7 @@ expect() {
   "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
   local rc=$? left
   left=$(ls "$tmp" | grep -E '^out' || true)
-  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && [[ -z "$left" ]] && ! grep -q "AddressSanitizer\|runtime error" "$tmp/stderr"; then
+  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && [[ -z "$left" ]] && ! grep -q "AddressSanitizer\|LeakSanitizer\|runtime error" "$tmp/stderr"; then
     ok "$name: $(head -c 300 "$tmp/stderr" | tr '\n' ' ')"
   else
     bad "$name: rc=$rc left='$left' stderr: $(head -c 600 "$tmp/stderr")"
