@@ -9,14 +9,10 @@
 set -u
 qdiff=$1
 fixtures=$(realpath "$2")
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
+. "$(dirname "$0")/tools/cli_common.sh"
 m=$fixtures/models
 ckpt=$m/flux-tiny/transformer/diffusion_pytorch_model.safetensors
 
-. "$(dirname "$0")/tools/quantize_cli_checks.sh"
 
 # safetensors writer for the LoRA files (F32 tensors), and a header reader
 python3 - "$tmp" <<'PY'
@@ -126,5 +122,4 @@ if [[ $rc -eq 2 ]] && grep -q "already exists" "$tmp/stderr" && cmp -s "$tmp/int
   ok "existing output refused without --force, replaced with it"; else bad "--force: rc=$rc $(head -c 300 "$tmp/stderr")"; fi
 rm -f "$tmp/out_exists.safetensors"
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

@@ -16,7 +16,7 @@ good() {
   "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
   local rc=$? missing=""
   for w in "${wants[@]}"; do grep -qF -- "$w" "$tmp/stdout" || missing+="[$w] "; done
-  if [[ $rc -eq 0 && -z "$missing" ]] && ! grep -q "AddressSanitizer\|LeakSanitizer\|runtime error" "$tmp/stderr"; then ok "$name"
+  if [[ $rc -eq 0 && -z "$missing" ]] && clean; then ok "$name"
   else bad "$name: rc=$rc missing: $missing stderr: $(head -c 600 "$tmp/stderr")"; fi
 }
 

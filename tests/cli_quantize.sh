@@ -8,13 +8,9 @@
 set -u
 qdiff=$1
 fixtures=$(realpath "$2")
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
+. "$(dirname "$0")/tools/cli_common.sh"
 m=$fixtures/models
 
-. "$(dirname "$0")/tools/quantize_cli_checks.sh"
 
 # --help
 if "$qdiff" quantize --help >"$tmp/stdout" 2>"$tmp/stderr" && grep -q -- "--weights-dtype" "$tmp/stdout" &&
@@ -110,5 +106,4 @@ for d in "$m/sd15-tiny"/*; do ln -s "$d" "$tmp/in/$(basename "$d")"; done
 rm "$tmp/in/vae" && mkdir "$tmp/in/vae" && ln -s "$tmp/does-not-exist" "$tmp/in/vae/broken.safetensors"
 expect "failure mid-run leaves nothing" "broken.safetensors: No such file" -- quantize "$tmp/in" "$tmp/out" -q
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

@@ -10,14 +10,10 @@ set -u
 qdiff=$1
 fixtures=$(realpath "$2")
 tools=$(dirname "$(realpath "$0")")/tools
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-pass=0
-fail=0
+. "$(dirname "$0")/tools/cli_common.sh"
 m=$fixtures/models
 opts=(-q --no-default-skips --min-numel 0 --min-channels 16)
 
-. "$tools/quantize_cli_checks.sh"
 
 python3 "$tools/make_single_file.py" flux "$m/flux-tiny" "$tmp/flux.safetensors" &&
   python3 "$tools/make_single_file.py" sdxl "$m/sdxl-tiny" "$tmp/sdxl.safetensors" --extra ||
@@ -128,5 +124,4 @@ expect "output = input checkpoint" "the output is the input checkpoint" -- \
   quantize "$tmp/flux.safetensors" "$tmp/flux.safetensors" --config-from "$m/flux-tiny" -q --force
 if same_st "$tmp/flux.safetensors" "$tmp/flux.safetensors"; then ok "the checkpoint is still there"; else bad "checkpoint damaged"; fi
 
-echo "$pass passed, $fail failed"
-[[ $fail -eq 0 ]]
+finish

@@ -2,7 +2,8 @@
 #   tmp      a scratch folder, removed on exit
 #   ok/bad   count and print a check's result; the script ends with `finish`
 #   expect NAME WANT_TEXT -- ARGS...   qdiff ARGS must exit 2 with WANT_TEXT on stderr, no
-#            sanitizer report, and leave no "out*" file in $tmp (no partial output)
+#            sanitizer report, and leave no "out*" file or folder in $tmp (no partial output)
+#   clean    no sanitizer report in $tmp/stderr;  no_leftovers: no $tmp/out* left
 #   png_param FILE   the PNG's "parameters" tEXt chunk (what A1111/qdiff record)
 py=${QD_PYTHON:-/usr/bin/python3}
 tmp=$(mktemp -d)
@@ -12,14 +13,17 @@ fail=0
 ok() { echo "ok   $*"; pass=$((pass + 1)); }
 bad() { echo "FAIL $*"; fail=$((fail + 1)); }
 
+clean() { ! grep -q "AddressSanitizer\|LeakSanitizer\|runtime error" "$tmp/stderr"; }
+no_leftovers() { ! ls -d "$tmp"/out* >/dev/null 2>&1; }
+
 expect() {
   local name=$1 want=$2
   shift 3
-  rm -f "$tmp"/out*
+  rm -rf "$tmp"/out*
   "$qdiff" "$@" >"$tmp/stdout" 2>"$tmp/stderr"
   local rc=$? left
   left=$(ls "$tmp" | grep -E '^out' || true)
-  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && [[ -z "$left" ]] && ! grep -q "AddressSanitizer\|LeakSanitizer\|runtime error" "$tmp/stderr"; then
+  if [[ $rc -eq 2 ]] && grep -qF -- "$want" "$tmp/stderr" && [[ -z "$left" ]] && clean; then
     ok "$name: $(head -c 300 "$tmp/stderr" | tr '\n' ' ')"
   else
     bad "$name: rc=$rc left='$left' stderr: $(head -c 600 "$tmp/stderr")"
