@@ -231,7 +231,22 @@ if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/n") == 1 ]]; t
   [[ $(jget "$tmp/r.json" info.infotexts.0) == *"Mask blur: 4"* ]] && ok "img2img infotext records Mask blur: 4" \
     || bad "img2img mask infotext: $(jget "$tmp/r.json" info.infotexts.0)"
 else bad "img2img inverted mask: $code $(head -c 300 "$tmp/r.json")"; fi
-for bad_case in "\"mask\":\"$mb64\",\"inpainting_fill\":0|inpainting_fill" "\"mask\":\"$mb64\",\"inpaint_full_res\":true|inpaint_full_res" \
+# inpaint_full_res ("Only masked"): a 128x96 picture, the mask's box generated at 64x64 and
+# pasted back = generate --only-masked (tested against an independent composite in
+# cli_only_masked.sh)
+"${QD_PYTHON:-/usr/bin/python3}" -c "
+from PIL import Image
+Image.open('$pic').convert('RGB').resize((128, 96), Image.BICUBIC).save('$tmp/om_init.png')
+m = Image.new('L', (128, 96), 0); m.paste(255, (60, 20, 80, 40)); m.save('$tmp/om_mask.png')
+" || bad "making the only-masked pictures with PIL"
+req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":4,\"seed\":3,\"width\":64,\"height\":64,\"mask_blur\":0,\"inpaint_full_res\":true,\"inpaint_full_res_padding\":22,\"init_images\":[\"$(base64 -w0 "$tmp/om_init.png")\"],\"mask\":\"$(base64 -w0 "$tmp/om_mask.png")\"}"
+if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/om") == 1 ]]; then
+  cli sd15-tiny "$tmp/cli-om.png" -p "$P" --steps 4 --seed 3 --init-image "$tmp/om_init.png" --strength 0.75 --mask "$tmp/om_mask.png" \
+    --only-masked 22 -W 64 -H 64
+  same_png "img2img inpaint_full_res, padding 22 = generate --only-masked 22" "$tmp/om-0.png" "$tmp/cli-om.png"
+else bad "img2img inpaint_full_res: $code $(head -c 300 "$tmp/r.json")"; fi
+for bad_case in "\"mask\":\"$mb64\",\"inpainting_fill\":0|inpainting_fill" "\"mask\":\"$mb64\",\"inpaint_full_res\":\"yes\"|inpaint_full_res" \
+                "\"mask\":\"$mb64\",\"inpaint_full_res\":true,\"inpaint_full_res_padding\":-1|inpaint_full_res_padding" \
                 '"mask":"!!!"|base64' '"mask":"aGVsbG8="|not a PNG or JPEG' "\"mask\":\"$mb64\",\"mask_blur\":-2|mask_blur" '"mask":7|mask'; do
   req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":4,\"init_images\":[\"$b64\"],${bad_case%|*}}"
   [[ $code == 400 ]] && grep -q "${bad_case#*|}" "$tmp/r.json" && ok "img2img bad mask input ('${bad_case#*|}') -> 400 $(head -c 200 "$tmp/r.json")" \

@@ -82,6 +82,8 @@ int cli_scheduler_option(char *buf, size_t cap, const char *opt, const char *arg
 int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t *rgb, int iw, int ih,
                        qd_gen_params *p, float **out, char *err, size_t errn);
 int cli_init_image(qd_ctx *ctx, const qd_model *m, const char *path, qd_gen_params *p, float **out);
+/* 0 when width x height is a size this model generates, else -1 with the reason in err. */
+int cli_check_size(const qd_model *m, const char *name, int width, int height, char *err, size_t errn);
 
 /* Inpainting mask (mask_image.c): the RGBA8 picture `name` (iw x ih) as float [H, W] in
  * [0, 1] at p's (already set) width x height, set as p->mask: its alpha when not all
@@ -93,6 +95,20 @@ int cli_init_image(qd_ctx *ctx, const qd_model *m, const char *path, qd_gen_para
 int cli_mask_rgba(qd_ctx *ctx, const char *name, const uint8_t *rgba, int iw, int ih, int has_alpha, int alpha_repaint,
                   int invert, int blur, qd_gen_params *p, float **out, char *err, size_t errn);
 int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, qd_gen_params *p, float **out);
+/* Its two halves: the 8-bit mask (255 = repaint) at the picture's own size after the
+ * binary/alpha rule, invert and blur (*out: free it); and an 8-bit mask of iw x ih made
+ * the float p->mask at p's size (*out: free it). 0 ok, -1 with the reason in err. */
+int cli_mask8(const char *name, const uint8_t *rgba, int iw, int ih, int has_alpha, int alpha_repaint, int invert,
+              int blur, uint8_t **out, char *err, size_t errn);
+int cli_mask_from8(qd_ctx *ctx, const char *name, const uint8_t *g, int iw, int ih, qd_gen_params *p, float **out,
+                   char *err, size_t errn);
+/* An 8-bit grey picture w x h resized to dw x dh (qd_resize_rgb8's filter). 0, or -1 with
+ * the reason in err. */
+int cli_resize_gray8(qd_ctx *ctx, const uint8_t *g, int w, int h, uint8_t *dst, int dw, int dh, char *err,
+                     size_t errn);
+/* out = orig * share + out * (255 - share), / 255 rounded, for one RGB8 pixel: A1111's
+ * alpha composite of the original over a result (share: the original's alpha, 0..255). */
+void cli_blend_original(uint8_t *out, const uint8_t *orig, int share);
 
 /* A1111's overlay after an inpainting run: the init image pasted back over the kept area
  * of each of `n` generated pictures (RGB8, w x h), with alpha 1 - min(2 x mask, 1) on the
@@ -101,6 +117,33 @@ int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, qd_gen_params 
  * [mask_count, h, w] in [0, 1] as p holds them (one per picture, or one for all). */
 void cli_mask_overlay(uint8_t *rgb, int n, int w, int h, const qd_gen_params *p);
 
+/* A1111's "Inpaint area: Only masked" (inpaint_full_res, mask_crop.c): the mask's bounding
+ * box, grown by `pad` pixels and then to the aspect of the output size, is cut from the init
+ * image and the mask and generated at p's width x height; cli_crop_paste puts each result
+ * back, resized to the box, into the init image at its own size, with the original over it
+ * where the mask keeps it (alpha 1 - mask on the 8-bit, blurred mask). */
+typedef struct {
+    int x, y, w, h;        /* the box in the init image */
+    int iw, ih;            /* the init image's size: the output size */
+    int pad;               /* A1111's inpaint_full_res_padding */
+    uint8_t *orig;         /* the init image, RGB8 iw x ih */
+    uint8_t *mask8;        /* the processed mask at iw x ih (255 = repaint) */
+} cli_crop;
+
+/* Set up *c and p's init_image and mask (*init_out, *mask_out: free them) from the init
+ * picture rgb (iw x ih, taken over: freed by cli_crop_free) and the 8-bit mask g (gw x gh,
+ * resized to the picture when it differs). A side of p left 0 takes the model's native size.
+ * Returns 0 ok, 1 when the mask is empty (nothing set up: A1111 then runs plain image-to-
+ * image; rgb is still the caller's), -1 with the reason in err. */
+int cli_crop_setup(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t *rgb, int iw, int ih, const uint8_t *g,
+                   int gw, int gh, int pad, qd_gen_params *p, cli_crop *c, float **init_out, float **mask_out,
+                   char *err, size_t errn);
+/* n results (RGB8, p's width x height each, back to back) into *out: n pictures of
+ * c->iw x c->ih (free it). 0, or -1 with the reason in err. */
+int cli_crop_paste(qd_ctx *ctx, const cli_crop *c, const uint8_t *gen, int n, int width, int height, uint8_t **out,
+                   char *err, size_t errn);
+void cli_crop_free(cli_crop *c);
+
 /* A random seed that fits in 32 bits, as A1111 draws them. */
 uint64_t cli_random_seed(void);
 /* The last component of a model folder path (per-thread buffer). */
@@ -108,8 +151,9 @@ const char *cli_model_name(const char *dir);
 /* The k-sampler's schedule as generate records it (NULL without a sampler). */
 const char *cli_schedule_label(const qd_model *m, const qd_gen_params *p);
 /* The A1111 "parameters" text of one image of a resolved (qd_gen_params_resolve) run;
- * mask_blur: the blur applied to p->mask (A1111's "Mask blur", written with a mask). */
+ * mask_blur: the blur applied to p->mask (A1111's "Mask blur", written with a mask);
+ * crop_pad >= 0: an "Only masked" run with that padding (A1111's "Inpaint area"). */
 void cli_params_text(char *buf, size_t n, const qd_model *m, const char *model_name, const qd_gen_params *p,
-                     int batch_pos, int mask_blur);
+                     int batch_pos, int mask_blur, int crop_pad);
 
 #endif

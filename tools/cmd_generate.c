@@ -90,6 +90,11 @@ static void usage_generate(FILE *f) {
         "      --mask-overlay         paste the init image back over the kept area after decoding (A1111's\n"
         "                             overlay: the original's share is 1 - min(2 x mask, 1), so unmasked\n"
         "                             pixels come back exactly)\n"
+        "      --only-masked PX       inpaint only the masked area (A1111's \"Only masked\", padding PX):\n"
+        "                             the mask's bounding box grown by PX pixels, then to the aspect of\n"
+        "                             -W x -H (default: the model's native size), is generated at that\n"
+        "                             size and pasted back into the init image (output: its size), the\n"
+        "                             original over it where the mask keeps it\n"
         "  -q, --quiet                no progress output\n"
         "  -h, --help                 this help\n");
 }
@@ -125,10 +130,34 @@ static void numbered(char *buf, size_t n, const char *path, int k, int batch) {
     snprintf(buf, n, "%.*s-%d%s", (int)(dot - path), path, k, dot);
 }
 
+/* --only-masked: the init image and mask files through cli_crop_setup. 0 set up, 1 the mask
+ * is empty (said; the caller runs plain image-to-image of the whole picture, as A1111), -1
+ * failed (said). */
+static int only_masked_setup(qd_ctx *ctx, const qd_model *m, const char *init_path, const char *mask_path, int invert,
+                             int blur, int pad, qd_gen_params *p, cli_crop *crop, float **init, float **mask) {
+    uint8_t *rgb = NULL, *rgba = NULL, *g = NULL;
+    int iw, ih, mw, mh, alpha = 0, rc = -1;
+    char err[1024] = "";
+    if (qd_read_image(ctx, init_path, &rgb, &iw, &ih) != QD_OK)
+        fprintf(stderr, "qdiff: --init-image: %s\n", qd_last_error(ctx));
+    else if (qd_read_image_rgba(ctx, mask_path, &rgba, &mw, &mh, &alpha) != QD_OK)
+        fprintf(stderr, "qdiff: --mask: %s\n", qd_last_error(ctx));
+    else if (cli_mask8(mask_path, rgba, mw, mh, alpha, 0, invert, blur, &g, err, sizeof err) ||
+             (rc = cli_crop_setup(ctx, m, init_path, rgb, iw, ih, g, mw, mh, pad, p, crop, init, mask, err, sizeof err)) < 0)
+        fprintf(stderr, "qdiff: %s\n", err);
+    else if (rc == 1)
+        fprintf(stderr, "qdiff: warning: %s is empty: --only-masked runs image-to-image of the whole picture (as A1111)\n",
+                mask_path);
+    if (rc != 0) free(rgb);   /* else crop holds it */
+    free(rgba);
+    free(g);
+    return rc;
+}
+
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
            O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM, O_VAE_TILE, O_LORA,
-           O_INIT_IMAGE, O_STRENGTH, O_MASK, O_MASK_INVERT, O_MASK_BLUR, O_MASK_OVERLAY };
+           O_INIT_IMAGE, O_STRENGTH, O_MASK, O_MASK_INVERT, O_MASK_BLUR, O_MASK_OVERLAY, O_ONLY_MASKED };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -151,6 +180,7 @@ int cmd_generate(int argc, char **argv) {
         {"init-image", required_argument, 0, O_INIT_IMAGE}, {"strength", required_argument, 0, O_STRENGTH},
         {"mask", required_argument, 0, O_MASK}, {"mask-invert", no_argument, 0, O_MASK_INVERT},
         {"mask-blur", required_argument, 0, O_MASK_BLUR}, {"mask-overlay", no_argument, 0, O_MASK_OVERLAY},
+        {"only-masked", required_argument, 0, O_ONLY_MASKED},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
@@ -158,7 +188,9 @@ int cmd_generate(int argc, char **argv) {
     const char *config_from = NULL, *init_path = NULL, *mask_path = NULL;
     float *init_img = NULL, *mask = NULL;
     int mask_invert = 0, mask_overlay = 0;
-    long mask_blur = 0;
+    long mask_blur = 0, only_masked = -1;
+    cli_crop crop = {0};
+    uint8_t *pasted = NULL;
     long threads = 0, v;
     int have_seed = 0, quiet = 0, matmul = QD_MATMUL_CONFIG, noise_mode_set = 0, precision;
     long vae_tile = -1;
@@ -256,6 +288,9 @@ int cmd_generate(int argc, char **argv) {
         case O_MASK: mask_path = optarg; break;
         case O_MASK_INVERT: mask_invert = 1; break;
         case O_MASK_OVERLAY: mask_overlay = 1; break;
+        case O_ONLY_MASKED:
+            if (cli_parse_int(optarg, "--only-masked", 0, 4096, &only_masked)) return EXIT_BAD;
+            break;
         case O_MASK_BLUR: {
             char *end;
             errno = 0;
@@ -301,8 +336,8 @@ int cmd_generate(int argc, char **argv) {
                 "of that image\n");
         return EXIT_BAD;
     }
-    if ((mask_invert || mask_blur || mask_overlay) && !mask_path) {
-        fprintf(stderr, "qdiff: --mask-invert, --mask-blur and --mask-overlay go with --mask\n");
+    if ((mask_invert || mask_blur || mask_overlay || only_masked >= 0) && !mask_path) {
+        fprintf(stderr, "qdiff: --mask-invert, --mask-blur, --mask-overlay and --only-masked go with --mask\n");
         return EXIT_BAD;
     }
     if (p.sampler && (p.scheduler || p.karras == 1)) {
@@ -360,8 +395,10 @@ int cmd_generate(int argc, char **argv) {
         p.preview_user = &pv;
         if (p.preview_every == 0) p.preview_every = 1;
     }
-    if ((init_path && cli_init_image(ctx, m, init_path, &p, &init_img)) ||
-        (mask_path && cli_mask(ctx, mask_path, mask_invert, (int)mask_blur, &p, &mask))) {
+    int cropped = only_masked >= 0 ? only_masked_setup(ctx, m, init_path, mask_path, mask_invert, (int)mask_blur,
+                                                       (int)only_masked, &p, &crop, &init_img, &mask) : 1;
+    if (cropped < 0 || (cropped > 0 && init_path && !init_img && cli_init_image(ctx, m, init_path, &p, &init_img)) ||
+        (cropped > 0 && mask_path && only_masked < 0 && cli_mask(ctx, mask_path, mask_invert, (int)mask_blur, &p, &mask))) {
         rc = EXIT_BAD;
         goto done;
     }
@@ -383,15 +420,25 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     int W = p.width, H = p.height;
-    if (mask_overlay) cli_mask_overlay(img, p.batch, W, H, &p);
+    if (mask_overlay && !crop.orig && p.mask) cli_mask_overlay(img, p.batch, W, H, &p);
+    if (crop.orig) {   /* "Only masked": the results go back into the init picture */
+        char err[1024];
+        if (cli_crop_paste(ctx, &crop, img, p.batch, W, H, &pasted, err, sizeof err)) {
+            fprintf(stderr, "qdiff: %s\n", err);
+            rc = EXIT_BAD;
+            goto done;
+        }
+    }
     const char *mname = cli_model_name(model_dir);
     for (int k = 1; k <= p.batch; k++) {
         char params[8192];
-        cli_params_text(params, sizeof params, m, mname, &p, k - 1, (int)mask_blur);
+        cli_params_text(params, sizeof params, m, mname, &p, k - 1, (int)mask_blur, crop.orig ? crop.pad : -1);
         const char *keys[] = {"parameters"};
         const char *vals[] = {params};
         numbered(path, sizeof path, out, k, p.batch);
-        if (qd_write_png(ctx, path, img + (size_t)(k - 1) * (size_t)W * (size_t)H * 3, W, H, keys, vals, 1) != QD_OK) {
+        const uint8_t *pic = crop.orig ? pasted + (size_t)(k - 1) * (size_t)crop.iw * crop.ih * 3
+                                       : img + (size_t)(k - 1) * (size_t)W * (size_t)H * 3;
+        if (qd_write_png(ctx, path, pic, crop.orig ? crop.iw : W, crop.orig ? crop.ih : H, keys, vals, 1) != QD_OK) {
             fprintf(stderr, "qdiff: %s\n", qd_last_error(ctx));
             for (int j = 1; j < k; j++) { numbered(path, sizeof path, out, j, p.batch); remove(path); }
             rc = EXIT_BAD;
@@ -404,6 +451,8 @@ int cmd_generate(int argc, char **argv) {
         rc = EXIT_BAD;
     }
 done:
+    free(pasted);
+    cli_crop_free(&crop);
     free(init_img);
     free(mask);
     free(img);

@@ -32,8 +32,8 @@ const char *cli_schedule_label(const qd_model *m, const qd_gen_params *p) {
 }
 
 void cli_params_text(char *buf, size_t n, const qd_model *m, const char *model_name, const qd_gen_params *p,
-                     int batch_pos, int mask_blur) {
-    char extra[160] = "";
+                     int batch_pos, int mask_blur, int crop_pad) {
+    char extra[256] = "";
     if (strcmp(qd_model_family(m), "flux") == 0) snprintf(extra, sizeof extra, ", Guidance: %g", p->guidance);
     const char *sched = p->sampler ? p->sampler : p->scheduler ? p->scheduler : qd_model_scheduler(m);
     char sched_more[96];   /* " Karras", or the k-sampler's schedule */
@@ -57,6 +57,9 @@ void cli_params_text(char *buf, size_t n, const qd_model *m, const char *model_n
         snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ", Denoising strength: %g", p->strength);
     if (p->mask)   /* A1111 records the blur of an inpainting mask */
         snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ", Mask blur: %d", mask_blur);
+    if (p->mask && crop_pad >= 0)
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra),
+                 ", Inpaint area: Only masked, Masked area padding: %d", crop_pad);
     snprintf(buf, n,
              "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, Size: %dx%d, "
              "Model: %s, Batch pos: %d%s%s, Version: qdiff %s",

@@ -7,6 +7,16 @@
 
 #include <stdlib.h>
 
+int cli_check_size(const qd_model *m, const char *name, int width, int height, char *err, size_t errn) {
+    int unit = qd_model_size_unit(m);
+    if (width % unit || height % unit || width < unit || height < unit || width > 16384 || height > 16384) {
+        snprintf(err, errn, "%s: output size %dx%d: width and height must be multiples of %d up to 16384 for this "
+                 "%s model", name, width, height, unit, qd_model_family(m));
+        return -1;
+    }
+    return 0;
+}
+
 int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t *rgb, int iw, int ih,
                        qd_gen_params *p, float **out, char *err, size_t errn) {
     *out = NULL;
@@ -18,11 +28,7 @@ int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t
                  unit, qd_model_family(m));
         return -1;
     }
-    if (p->width % unit || p->height % unit || p->width > 16384 || p->height > 16384) {
-        snprintf(err, errn, "%s: output size %dx%d: width and height must be multiples of %d up to 16384 for this "
-                 "%s model", name, p->width, p->height, unit, qd_model_family(m));
-        return -1;
-    }
+    if (cli_check_size(m, name, p->width, p->height, err, errn)) return -1;
     size_t n = (size_t)p->width * (size_t)p->height * 3;
     uint8_t *sized = rgb;
     if (iw != p->width || ih != p->height) {

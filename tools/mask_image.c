@@ -42,15 +42,14 @@ static void blur_pass(const uint8_t *src, uint8_t *dst, int w, int h, double sig
     free(kern);
 }
 
-int cli_mask_rgba(qd_ctx *ctx, const char *name, const uint8_t *rgba, int iw, int ih, int has_alpha, int alpha_repaint,
-                  int invert, int blur, qd_gen_params *p, float **out, char *err, size_t errn) {
+int cli_mask8(const char *name, const uint8_t *rgba, int iw, int ih, int has_alpha, int alpha_repaint, int invert,
+              int blur, uint8_t **out, char *err, size_t errn) {
     *out = NULL;
     size_t n = (size_t)iw * ih;
-    uint8_t *g = malloc(n), *t = malloc(n), *rgb = malloc(n * 3), *sized = malloc((size_t)p->width * p->height * 3);
-    float *mask = malloc(sizeof(float) * (size_t)p->width * p->height);
-    if (!g || !t || !rgb || !sized || !mask) {
+    uint8_t *g = malloc(n), *t = blur > 0 ? malloc(n) : NULL;
+    if (!g || (blur > 0 && !t)) {
         snprintf(err, errn, "out of memory");
-        free(g); free(t); free(rgb); free(sized); free(mask);
+        free(g); free(t);
         return -1;
     }
     int use_alpha = 0;
@@ -58,7 +57,7 @@ int cli_mask_rgba(qd_ctx *ctx, const char *name, const uint8_t *rgba, int iw, in
         if (rgba[i * 4 + 3] != 255) { use_alpha = 1; break; }
     if (alpha_repaint && !use_alpha) {
         snprintf(err, errn, "%s: the mask has no transparent pixels (transparent areas mark what to repaint)", name);
-        free(g); free(t); free(rgb); free(sized); free(mask);
+        free(g); free(t);
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
@@ -73,20 +72,65 @@ int cli_mask_rgba(qd_ctx *ctx, const char *name, const uint8_t *rgba, int iw, in
         blur_pass(g, t, iw, ih, blur, 1);
         blur_pass(t, g, iw, ih, blur, 0);
     }
-    for (size_t i = 0; i < n; i++) rgb[i * 3] = rgb[i * 3 + 1] = rgb[i * 3 + 2] = g[i];
-    int rc = 0;
-    if (iw == p->width && ih == p->height) memcpy(sized, rgb, n * 3);
-    else if (qd_resize_rgb8(ctx, rgb, iw, ih, sized, p->width, p->height) != QD_OK) {
-        snprintf(err, errn, "%s: resizing the mask to %dx%d: %s", name, p->width, p->height, qd_last_error(ctx));
-        rc = -1;
+    free(t);
+    *out = g;
+    return 0;
+}
+
+int cli_resize_gray8(qd_ctx *ctx, const uint8_t *g, int w, int h, uint8_t *dst, int dw, int dh, char *err,
+                     size_t errn) {
+    if (w == dw && h == dh) {
+        memcpy(dst, g, (size_t)w * h);
+        return 0;
     }
-    for (size_t i = 0; !rc && i < (size_t)p->width * p->height; i++) mask[i] = sized[i * 3] / 255.0f;
-    free(g); free(t); free(rgb); free(sized);
-    if (rc) { free(mask); return -1; }
+    size_t n = (size_t)w * h, dn = (size_t)dw * dh;
+    uint8_t *rgb = malloc(n * 3), *sized = malloc(dn * 3);
+    int rc = -1;
+    if (rgb && sized) {
+        for (size_t i = 0; i < n; i++) rgb[i * 3] = rgb[i * 3 + 1] = rgb[i * 3 + 2] = g[i];
+        if (qd_resize_rgb8(ctx, rgb, w, h, sized, dw, dh) == QD_OK) {
+            for (size_t i = 0; i < dn; i++) dst[i] = sized[i * 3];
+            rc = 0;
+        } else {
+            snprintf(err, errn, "resizing the mask to %dx%d: %s", dw, dh, qd_last_error(ctx));
+        }
+    } else {
+        snprintf(err, errn, "out of memory");
+    }
+    free(rgb);
+    free(sized);
+    return rc;
+}
+
+int cli_mask_from8(qd_ctx *ctx, const char *name, const uint8_t *g, int iw, int ih, qd_gen_params *p, float **out,
+                   char *err, size_t errn) {
+    *out = NULL;
+    size_t n = (size_t)p->width * p->height;
+    uint8_t *sized = malloc(n);
+    float *mask = malloc(sizeof(float) * n);
+    char why[512] = "out of memory";
+    if (!sized || !mask || cli_resize_gray8(ctx, g, iw, ih, sized, p->width, p->height, why, sizeof why)) {
+        snprintf(err, errn, "%s: %s", name, why);
+        free(sized);
+        free(mask);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) mask[i] = sized[i] / 255.0f;
+    free(sized);
     *out = mask;
     p->mask = mask;
     p->mask_count = 1;
     return 0;
+}
+
+int cli_mask_rgba(qd_ctx *ctx, const char *name, const uint8_t *rgba, int iw, int ih, int has_alpha, int alpha_repaint,
+                  int invert, int blur, qd_gen_params *p, float **out, char *err, size_t errn) {
+    uint8_t *g;
+    *out = NULL;
+    if (cli_mask8(name, rgba, iw, ih, has_alpha, alpha_repaint, invert, blur, &g, err, errn)) return -1;
+    int rc = cli_mask_from8(ctx, name, g, iw, ih, p, out, err, errn);
+    free(g);
+    return rc;
 }
 
 int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, qd_gen_params *p, float **out) {
@@ -104,6 +148,10 @@ int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, qd_gen_params 
     return rc;
 }
 
+void cli_blend_original(uint8_t *out, const uint8_t *orig, int share) {
+    for (int c = 0; c < 3; c++) out[c] = (uint8_t)((orig[c] * share + out[c] * (255 - share) + 127) / 255);
+}
+
 void cli_mask_overlay(uint8_t *rgb, int n, int w, int h, const qd_gen_params *p) {
     size_t hw = (size_t)w * (size_t)h;
     int images = p->init_count > 1 ? p->init_count : 1, masks = p->mask_count > 1 ? p->mask_count : 1;
@@ -111,11 +159,10 @@ void cli_mask_overlay(uint8_t *rgb, int n, int w, int h, const qd_gen_params *p)
         const float *img = p->init_image + (size_t)(k % images) * hw * 3, *mk = p->mask + (size_t)(k % masks) * hw;
         uint8_t *out = rgb + (size_t)k * hw * 3;
         for (size_t i = 0; i < hw; i++) {
-            long m8 = lrintf(mk[i] * 255.0f), o = 2 * m8 > 255 ? 255 : 2 * m8, a = 255 - o;   /* a: the original's share */
-            for (int c = 0; c < 3; c++) {
-                long orig = lrintf(img[i * 3 + c] * 255.0f);
-                out[i * 3 + c] = (uint8_t)((orig * a + out[i * 3 + c] * (255 - a) + 127) / 255);
-            }
+            long m8 = lrintf(mk[i] * 255.0f), o = 2 * m8 > 255 ? 255 : 2 * m8;
+            uint8_t orig[3];
+            for (int c = 0; c < 3; c++) orig[c] = (uint8_t)lrintf(img[i * 3 + c] * 255.0f);
+            cli_blend_original(out + i * 3, orig, (int)(255 - o));
         }
     }
 }

@@ -77,6 +77,7 @@ struct srv_job {
     float *mask;                /* inpainting: the mask p.mask points at */
     int mask_blur;              /* its blur (A1111's "Mask blur" of the infotext) */
     int mask_overlay;           /* A1111: paste the init image back over the kept area (cli_mask_overlay) */
+    cli_crop crop;              /* A1111 inpaint_full_res: the box generated (crop.orig NULL: the whole picture) */
     /* progress, under srv.mu */
     int state, iter, step, total, cancel, refs;
     double t_queued, t_start, t_end;
@@ -189,6 +190,11 @@ int srv_init_image(srv *s, srv_model *m, const uint8_t *bytes, size_t n, const c
  * made into j->mask at the job's size by cli_mask_rgba (alpha_repaint: OpenAI's
  * transparent = repaint; else A1111's white / opaque = repaint, invert, blur). Errors
  * (400) name param and, in the message, what. */
+/* A1111's inpaint_full_res ("Only masked"): the init image and mask bytes through
+ * cli_crop_setup into j->crop, j->p.init_image and j->p.mask. 0 ok; 1 the mask is empty
+ * (nothing set); -1 with err filled (400). */
+int srv_inpaint_crop(srv *s, srv_model *m, const uint8_t *init, size_t init_len, const uint8_t *mask, size_t mask_len,
+                     int invert, int blur, int pad, double strength, srv_job *j, srv_error *err);
 int srv_mask(const uint8_t *bytes, size_t n, const char *param, const char *what, int alpha_repaint, int invert,
              int blur, srv_job *j, srv_error *err);
 /* The reply of a finished job that did not succeed (cancelled, failed), or 0. */

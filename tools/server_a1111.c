@@ -66,47 +66,15 @@ static int bad_field(srv_error *err, const char *param, const char *msg) {
     return -1;
 }
 
-/* A1111's inpainting fields: mask (base64 PNG/JPEG: white, or opaque where it has
- * transparency, = repaint), mask_blur (default 4, as A1111's mask_blur_x/y),
- * inpainting_mask_invert (0/1), inpainting_fill (only 1 "original": the image's own
- * latents are kept and noised; absent means that too), inpaint_full_res (only false:
- * the whole picture is inpainted; absent means that too). As A1111, the init image is
- * pasted back over the kept area of the results (its overlay). */
-static int inpaint_params(const cJSON *body, srv_job *j, srv_error *err) {
-    const cJSON *mask = cJSON_GetObjectItemCaseSensitive(body, "mask");
-    const cJSON *fill = cJSON_GetObjectItemCaseSensitive(body, "inpainting_fill");
-    const cJSON *full = cJSON_GetObjectItemCaseSensitive(body, "inpaint_full_res");
-    const cJSON *inv = cJSON_GetObjectItemCaseSensitive(body, "inpainting_mask_invert");
-    const cJSON *blur = cJSON_GetObjectItemCaseSensitive(body, "mask_blur");
-    if (!mask || cJSON_IsNull(mask)) return 0;
-    if (!cJSON_IsString(mask)) return bad_field(err, "mask", "expected a base64 PNG or JPEG");
-    if (fill && !cJSON_IsNull(fill) && !(cJSON_IsNumber(fill) && fill->valuedouble == 1))
-        return bad_field(err, "inpainting_fill", "only 1 (original) is supported: the masked area starts from the "
-                         "image itself");
-    if (full && !cJSON_IsNull(full) && !cJSON_IsFalse(full) && !(cJSON_IsNumber(full) && full->valuedouble == 0))
-        return bad_field(err, "inpaint_full_res", "only false is supported: the whole picture is inpainted");
-    if (inv && !cJSON_IsNull(inv) && !(cJSON_IsNumber(inv) && (inv->valuedouble == 0 || inv->valuedouble == 1)) &&
-        !cJSON_IsBool(inv))
-        return bad_field(err, "inpainting_mask_invert", "expected 0 or 1");
-    int invert = inv && (cJSON_IsTrue(inv) || (cJSON_IsNumber(inv) && inv->valuedouble == 1));
-    int px = 4;
-    if (blur && !cJSON_IsNull(blur)) {
-        if (!cJSON_IsNumber(blur) || blur->valuedouble != (int)blur->valuedouble || blur->valuedouble < 0 ||
-            blur->valuedouble > 64)
-            return bad_field(err, "mask_blur", "expected whole pixels 0..64");
-        px = (int)blur->valuedouble;
-    }
-    uint8_t *bytes = NULL;
-    size_t n = 0;
-    if (srv_base64_decode(mask->valuestring, &bytes, &n)) return bad_field(err, "mask", "not valid base64");   /* data: prefix too */
-    int rc = srv_mask(bytes, n, "mask", "mask", 0, invert, px, j, err);
-    free(bytes);
-    j->mask_overlay = !rc;   /* A1111 always pastes the original back over the kept area */
-    return rc;
-}
-
-/* img2img's own fields: init_images (base64 PNG/JPEG; the first is used, as one image
- * serves the batch) and denoising_strength (A1111's default 0.75). */
+/* img2img's fields: init_images (base64 PNG/JPEG; the first is used, as one image serves
+ * the batch), denoising_strength (A1111's default 0.75), and for inpainting mask (base64
+ * PNG/JPEG: white, or opaque where it has transparency, = repaint), mask_blur (default 4,
+ * as A1111's mask_blur_x/y), inpainting_mask_invert (0/1), inpainting_fill (only 1
+ * "original": the image's own latents are kept and noised; absent means that too),
+ * inpaint_full_res ("Only masked": the mask's box, grown by inpaint_full_res_padding
+ * pixels, generated at width x height and pasted back into the picture at its own size;
+ * absent means false: the whole picture). As A1111, the init image is pasted back over
+ * the kept area of the results (its overlay). */
 static int img2img_params(srv *s, srv_model *m, const cJSON *body, srv_job *j, srv_error *err) {
     const cJSON *imgs = cJSON_GetObjectItemCaseSensitive(body, "init_images");
     const cJSON *first = cJSON_IsArray(imgs) ? cJSON_GetArrayItem(imgs, 0) : NULL;
@@ -118,17 +86,63 @@ static int img2img_params(srv *s, srv_model *m, const cJSON *body, srv_job *j, s
             return bad_field(err, "denoising_strength", "expected a number in (0, 1]");
         strength = ds->valuedouble;
     }
-    uint8_t *bytes = NULL;
-    size_t n = 0;
+    const cJSON *mask = cJSON_GetObjectItemCaseSensitive(body, "mask");
+    const cJSON *fill = cJSON_GetObjectItemCaseSensitive(body, "inpainting_fill");
+    const cJSON *full = cJSON_GetObjectItemCaseSensitive(body, "inpaint_full_res");
+    const cJSON *pad = cJSON_GetObjectItemCaseSensitive(body, "inpaint_full_res_padding");
+    const cJSON *inv = cJSON_GetObjectItemCaseSensitive(body, "inpainting_mask_invert");
+    const cJSON *blur = cJSON_GetObjectItemCaseSensitive(body, "mask_blur");
+    int masked = mask && !cJSON_IsNull(mask), full_res = 0, px = 4, padding = 0;
+    if (masked) {
+        if (!cJSON_IsString(mask)) return bad_field(err, "mask", "expected a base64 PNG or JPEG");
+        if (fill && !cJSON_IsNull(fill) && !(cJSON_IsNumber(fill) && fill->valuedouble == 1))
+            return bad_field(err, "inpainting_fill", "only 1 (original) is supported: the masked area starts from the "
+                             "image itself");
+        if (full && !cJSON_IsNull(full)) {
+            if (!cJSON_IsBool(full) && !(cJSON_IsNumber(full) && (full->valuedouble == 0 || full->valuedouble == 1)))
+                return bad_field(err, "inpaint_full_res", "expected true or false");
+            full_res = cJSON_IsTrue(full) || (cJSON_IsNumber(full) && full->valuedouble == 1);
+        }
+        if (pad && !cJSON_IsNull(pad)) {
+            if (!cJSON_IsNumber(pad) || pad->valuedouble != (int)pad->valuedouble || pad->valuedouble < 0 ||
+                pad->valuedouble > 4096)
+                return bad_field(err, "inpaint_full_res_padding", "expected whole pixels 0..4096");
+            padding = (int)pad->valuedouble;
+        }
+        if (inv && !cJSON_IsNull(inv) && !(cJSON_IsNumber(inv) && (inv->valuedouble == 0 || inv->valuedouble == 1)) &&
+            !cJSON_IsBool(inv))
+            return bad_field(err, "inpainting_mask_invert", "expected 0 or 1");
+        if (blur && !cJSON_IsNull(blur)) {
+            if (!cJSON_IsNumber(blur) || blur->valuedouble != (int)blur->valuedouble || blur->valuedouble < 0 ||
+                blur->valuedouble > 64)
+                return bad_field(err, "mask_blur", "expected whole pixels 0..64");
+            px = (int)blur->valuedouble;
+        }
+    }
+    int invert = masked && inv && (cJSON_IsTrue(inv) || (cJSON_IsNumber(inv) && inv->valuedouble == 1));
+    uint8_t *bytes = NULL, *mbytes = NULL;
+    size_t n = 0, mn = 0;
     if (srv_base64_decode(first->valuestring, &bytes, &n)) {
         snprintf(err->param, sizeof err->param, "init_images");
         snprintf(err->message, sizeof err->message, "init_images[0]: not valid base64");   /* names the item */
         err->status = 400;
         return -1;
     }
-    int rc = srv_init_image(s, m, bytes, n, "init_images", "init_images[0]", strength, j, err);
+    if (masked && srv_base64_decode(mask->valuestring, &mbytes, &mn)) {   /* data: prefix too */
+        free(bytes);
+        return bad_field(err, "mask", "not valid base64");
+    }
+    int rc = full_res ? srv_inpaint_crop(s, m, bytes, n, mbytes, mn, invert, px, padding, strength, j, err) : 1;
+    if (rc == 1) {   /* whole picture; also A1111's fallback when the mask is empty: no mask */
+        rc = srv_init_image(s, m, bytes, n, "init_images", "init_images[0]", strength, j, err);
+        if (!rc && masked && !full_res) {
+            rc = srv_mask(mbytes, mn, "mask", "mask", 0, invert, px, j, err);
+            j->mask_overlay = !rc;   /* A1111 always pastes the original back over the kept area */
+        }
+    }
     free(bytes);
-    return rc ? rc : inpaint_params(body, j, err);
+    free(mbytes);
+    return rc;
 }
 
 static void a1111_generate(srv *s, const srv_request *rq, srv_reply *rp, int img2img) {

@@ -228,7 +228,6 @@ static void run_job(srv *s, srv_model *m, srv_job *j) {
         p.preview_every = s->opt.preview_every;
     }
     int batch = p.batch, n = batch * j->n_iter;
-    size_t per = (size_t)p.width * (size_t)p.height * 3;
     uint8_t *rgb = malloc(qd_image_size(m->model, &p, QD_IMAGE_RGB8));
     char **images = calloc((size_t)n, sizeof *images), **texts = calloc((size_t)n, sizeof *texts);
     uint64_t *seeds = calloc((size_t)n, sizeof *seeds);
@@ -250,15 +249,28 @@ static void run_job(srv *s, srv_model *m, srv_job *j) {
             snprintf(err, sizeof err, "%s", qd_last_error(m->ctx));
             break;
         }
-        if (j->mask_overlay) cli_mask_overlay(rgb, batch, p.width, p.height, &p);
+        const uint8_t *out = rgb;
+        int ow = p.width, oh = p.height;
+        uint8_t *pasted = NULL;
+        if (j->crop.orig) {   /* inpaint_full_res: the results go back into the init picture */
+            if (cli_crop_paste(m->ctx, &j->crop, rgb, batch, p.width, p.height, &pasted, err, sizeof err)) {
+                st = QD_ERR_NOMEM;
+                break;
+            }
+            out = pasted;
+            ow = j->crop.iw;
+            oh = j->crop.ih;
+        } else if (j->mask_overlay) {
+            cli_mask_overlay(rgb, batch, p.width, p.height, &p);
+        }
         for (int k = 0; k < batch && st == QD_OK; k++) {
             int idx = it * batch + k;
             char text[8192];
-            cli_params_text(text, sizeof text, m->model, m->name, &p, k, j->mask_blur);
+            cli_params_text(text, sizeof text, m->model, m->name, &p, k, j->mask_blur, j->crop.orig ? j->crop.pad : -1);
             const char *keys[] = {"parameters"}, *vals[] = {text};
             uint8_t *png = NULL;
             size_t len = 0;
-            st = qd_encode_png(m->ctx, rgb + (size_t)k * per, p.width, p.height, keys, vals, 1, &png, &len);
+            st = qd_encode_png(m->ctx, out + (size_t)k * (size_t)ow * oh * 3, ow, oh, keys, vals, 1, &png, &len);
             if (st != QD_OK) { snprintf(err, sizeof err, "%s", qd_last_error(m->ctx)); break; }
             images[idx] = srv_base64(png, len);
             qd_free(png);
@@ -266,6 +278,7 @@ static void run_job(srv *s, srv_model *m, srv_job *j) {
             seeds[idx] = p.seed;
             if (!images[idx] || !texts[idx]) { st = QD_ERR_NOMEM; snprintf(err, sizeof err, "out of memory"); }
         }
+        free(pasted);
     }
     free(rgb);
     p.seed = seed0;
@@ -362,6 +375,7 @@ static void job_free(srv_job *j) {
     free(j->prompt);
     free(j->init_image);
     free(j->mask);
+    cli_crop_free(&j->crop);
     free(j->negative);
     for (int i = 0; i < j->n_loras; i++) free(j->lora_paths[i]);
     free(j->sampler);

@@ -402,3 +402,38 @@ int srv_mask(const uint8_t *bytes, size_t n, const char *param, const char *what
     qd_ctx_free(ctx);
     return rc;
 }
+
+int srv_inpaint_crop(srv *s, srv_model *m, const uint8_t *init, size_t init_len, const uint8_t *mask, size_t mask_len,
+                     int invert, int blur, int pad, double strength, srv_job *j, srv_error *err) {
+    uint8_t *rgb = NULL, *rgba = NULL, *g = NULL;
+    int w = 0, h = 0, mw = 0, mh = 0, alpha = 0, rc = -1;
+    qd_ctx *ctx = qd_ctx_new(1);   /* the model's context belongs to its worker */
+    err->status = 400;
+    snprintf(err->param, sizeof err->param, "init_images");
+    if (!ctx) snprintf(err->message, sizeof err->message, "out of memory");
+    else if (qd_decode_image(ctx, "init_images[0]", init, init_len, &rgb, &w, &h) != QD_OK)
+        snprintf(err->message, sizeof err->message, "%s", qd_last_error(ctx));
+    else if (qd_decode_image_rgba(ctx, "mask", mask, mask_len, &rgba, &mw, &mh, &alpha) != QD_OK) {
+        snprintf(err->param, sizeof err->param, "mask");
+        snprintf(err->message, sizeof err->message, "%s", qd_last_error(ctx));
+    } else if (!cli_mask8("mask", rgba, mw, mh, alpha, 0, invert, blur, &g, err->message, sizeof err->message)) {
+        rc = cli_crop_setup(ctx, m->model, "init_images[0]", rgb, w, h, g, mw, mh, pad, &j->p, &j->crop, &j->init_image,
+                            &j->mask, err->message, sizeof err->message);
+        if (rc == 0 && (j->p.width > s->opt.max_size || j->p.height > s->opt.max_size)) {
+            snprintf(err->message, sizeof err->message, "inpaint_full_res: %dx%d is over --max-size %d: give a smaller "
+                     "width and height", j->p.width, j->p.height, s->opt.max_size);
+            rc = -1;   /* what was set up goes with the job */
+        }
+    }
+    if (rc != 0 && !j->crop.orig) free(rgb);
+    if (rc == 0) {
+        j->p.strength = strength;
+        j->mask_blur = blur;
+        err->status = 0;
+        err->param[0] = 0;
+    }
+    free(rgba);
+    free(g);
+    qd_ctx_free(ctx);
+    return rc;
+}
