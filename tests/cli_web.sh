@@ -75,13 +75,18 @@ params=$(python3 "$chk" get "$st" first.params)
   --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$init_pic" --strength 0.5 -o "$tmp/cli-3.png"
 "$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
   --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$init_pic" --strength 0.75 --mask "$mask_pic" --mask-overlay -o "$tmp/cli-4.png"
+"$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
+  --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$init_pic" --strength 0.75 --mask "$mask_pic" --only-masked 8 -o "$tmp/cli-5.png"
+params=$(python3 "$chk" get "$st" fifth.params)
+[[ $params == *"Inpaint area: Only masked, Masked area padding: 8"* ]] && ok "'Only masked' from the page: parameters ${params//$'\n'/ | }" \
+  || bad "only-masked parameters shown: $params $(python3 "$chk" get "$st" fifth.error)"
 params=$(python3 "$chk" get "$st" fourth.params)
 [[ $params == *"Denoising strength: 0.75"* && $params == *"Mask blur: 0"* ]] && ok "inpainting from the page's mask input: parameters ${params//$'\n'/ | }" \
   || bad "inpainting parameters shown: $params $(python3 "$chk" get "$st" fourth.error)"
 params=$(python3 "$chk" get "$st" third.params)
 [[ $params == *"Denoising strength: 0.5"* ]] && ok "img2img from the page's file input: parameters ${params//$'\n'/ | }" \
   || bad "img2img parameters shown: $params $(python3 "$chk" get "$st" third.error)"
-for k in 1 2 3 4; do
+for k in 1 2 3 4 5; do
   if why=$(python3 "$chk" same "$tmp/result-$k.png" "$tmp/cli-$k.png"); then
     ok "image $k shown by the page = qdiff generate's pixels"
   else bad "image $k differs from qdiff generate: $why"; fi

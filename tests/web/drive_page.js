@@ -158,7 +158,7 @@ async function main() {
       return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
               error: document.getElementById('error').textContent}; })()`);
   // inpainting: the same picture with a mask file (blur 0), a fourth image
-  let fourth = null;
+  let fourth = null, fifth = null;
   if (maskPath) {
     const m = await page("DOM.querySelector", {nodeId: root.nodeId, selector: "#mask"});
     await page("DOM.setFileInputFiles", {nodeId: m.nodeId, files: [maskPath]});
@@ -169,6 +169,14 @@ async function main() {
     fourth = await evaluate(`(() => { const i = document.querySelector('#view img.result');
         return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
                 error: document.getElementById('error').textContent}; })()`);
+    // "Only masked" with a padding of 8, a fifth image
+    await click("onlymasked");
+    await type("maskpad", "8");
+    await click("generate");
+    await until("document.getElementById('history').children.length === 5 && !document.getElementById('generate').disabled", "the only-masked image");
+    fifth = await evaluate(`(() => { const i = document.querySelector('#view img.result');
+        return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
+                error: document.getElementById('error').textContent}; })()`);
   }
   const shot = await page("Page.captureScreenshot", {format: "png"});
   fs.writeFileSync(path.join(outdir, "screenshot.png"), Buffer.from(shot.data, "base64"));
@@ -177,6 +185,7 @@ async function main() {
   fs.writeFileSync(path.join(outdir, "result-2.png"), png(state.src));
   fs.writeFileSync(path.join(outdir, "result-3.png"), png(third.src));
   if (fourth) fs.writeFileSync(path.join(outdir, "result-4.png"), png(fourth.src));
+  if (fifth) fs.writeFileSync(path.join(outdir, "result-5.png"), png(fifth.src));
   const report = {
     samplers: nSamplers, sawPreview: await evaluate("window.sawPreview"), sawProgress,
     first: {w: first.w, h: first.h, params: first.params, status: first.status},
@@ -184,6 +193,7 @@ async function main() {
     history: state.history, historyClickShows: shown,
     third: {w: third.w, h: third.h, params: third.params, error: third.error},
     fourth: fourth ? {w: fourth.w, h: fourth.h, params: fourth.params, error: fourth.error} : null,
+    fifth: fifth ? {w: fifth.w, h: fifth.h, params: fifth.params, error: fifth.error} : null,
   };
   fs.writeFileSync(path.join(outdir, "state.json"), JSON.stringify(report, null, 1));
   console.log(JSON.stringify(report));
