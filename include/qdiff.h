@@ -209,7 +209,19 @@ typedef struct {
      *     (README "Inpainting"). */
     const float *mask;
     int mask_count;
+    /* What the masked area starts from (appended; A1111's "Masked content"); needs a mask:
+     *   QD_MASKED_ORIGINAL (0, the default): the image itself (A1111's inpainting_fill 1);
+     *   QD_MASKED_FILL: its pixels painted with blurred colours from around them before the
+     *     encode, as A1111's masking.fill (inpainting_fill 0; Pillow's arithmetic);
+     *   QD_MASKED_LATENT_NOISE: the masked latent cells replaced by the run's initial noise
+     *     (the seed's randn, A1111's inpainting_fill 2), then noised as usual;
+     *   QD_MASKED_LATENT_NOTHING: the masked latent cells set to 0 (inpainting_fill 3).
+     * A latent cell is masked where the path's latent mask (nearest for diffusers classes,
+     * bilinear for k-samplers) is >= 0.5, as A1111 rounds its latent mask. */
+    int masked_content;
 } qd_gen_params;
+
+enum { QD_MASKED_ORIGINAL = 0, QD_MASKED_FILL = 1, QD_MASKED_LATENT_NOISE = 2, QD_MASKED_LATENT_NOTHING = 3 };
 
 enum { QD_NOISE_COMFYUI = 0, QD_NOISE_DIFFUSERS = 1 };
 

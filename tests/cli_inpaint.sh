@@ -102,6 +102,18 @@ printf 'not an image' > "$tmp/corrupt.png"
 expect "corrupt mask" "$tmp/corrupt.png: not a PNG or JPEG" -- "${gen[@]}" -o "$tmp/out.png" --mask "$tmp/corrupt.png"
 expect "bad --mask-blur" "--mask-blur expects" -- "${gen[@]}" -o "$tmp/out.png" --mask "$tmp/half.png" --mask-blur -1
 
+# --masked-content (A1111's "Masked content"; the library's cases are in test_inpaint_content.c):
+# recorded in the PNG parameters, changes the repainted area, bad names refused
+"$qdiff" "${gen[@]}" --mask "$tmp/half.png" --sampler euler --masked-content latent-noise -o "$tmp/ln.png" 2>"$tmp/err" &&
+  "$qdiff" "${gen[@]}" --mask "$tmp/half.png" --sampler euler -o "$tmp/lo.png" 2>>"$tmp/err"
+if [[ $? -eq 0 ]]; then
+  [[ $(png_param "$tmp/ln.png") == *"Masked content: latent noise"* ]] && ok "PNG parameters record 'Masked content: latent noise'" ||
+    bad "parameters: $(png_param "$tmp/ln.png")"
+  [[ $(same "$tmp/ln.png" "$tmp/lo.png") == False ]] && ok "latent noise changes the picture" || bad "latent noise changed nothing"
+else bad "--masked-content run: $(cat "$tmp/err")"; fi
+expect "bad --masked-content" "--masked-content expects original, fill" -- "${gen[@]}" -o "$tmp/out.png" --mask "$tmp/half.png" --masked-content blur
+expect "--masked-content without --mask" "go with --mask" -- "${gen[@]}" -o "$tmp/out.png" --masked-content fill
+
 # a 9-channel inpainting UNet (StableDiffusionInpaintPipeline, conv_in over latents + mask +
 # masked-image latents): sd15-tiny with conv_in widened by zero weights. At strength 1 (the
 # default) the start is the seed's noise (the masked image's draw comes after it) and there

@@ -245,7 +245,16 @@ if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/om") == 1 ]]; 
     --only-masked 22 -W 64 -H 64
   same_png "img2img inpaint_full_res, padding 22 = generate --only-masked 22" "$tmp/om-0.png" "$tmp/cli-om.png"
 else bad "img2img inpaint_full_res: $code $(head -c 300 "$tmp/r.json")"; fi
-for bad_case in "\"mask\":\"$mb64\",\"inpainting_fill\":0|inpainting_fill" "\"mask\":\"$mb64\",\"inpaint_full_res\":\"yes\"|inpaint_full_res" \
+# inpainting_fill 0 (fill), 2 (latent noise), 3 (latent nothing) = generate --masked-content
+for fc in "0 fill" "2 latent-noise" "3 latent-nothing"; do
+  req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":4,\"seed\":3,\"sampler_name\":\"Euler\",\"mask_blur\":0,\"inpainting_fill\":${fc% *},\"init_images\":[\"$b64\"],\"mask\":\"$mb64\"}"
+  if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/fc${fc% *}") == 1 ]]; then
+    cli sd15-tiny "$tmp/cli-fc.png" -p "$P" --steps 4 --seed 3 --sampler euler --init-image "$pic" --strength 0.75 --mask "$tmp/mhalf.png" \
+      --mask-overlay --masked-content "${fc#* }"
+    same_png "img2img inpainting_fill ${fc% *} = generate --masked-content ${fc#* }" "$tmp/fc${fc% *}-0.png" "$tmp/cli-fc.png"
+  else bad "img2img inpainting_fill ${fc% *}: $code $(head -c 300 "$tmp/r.json")"; fi
+done
+for bad_case in "\"mask\":\"$mb64\",\"inpainting_fill\":4|inpainting_fill" "\"mask\":\"$mb64\",\"inpaint_full_res\":\"yes\"|inpaint_full_res" \
                 "\"mask\":\"$mb64\",\"inpaint_full_res\":true,\"inpaint_full_res_padding\":-1|inpaint_full_res_padding" \
                 '"mask":"!!!"|base64' '"mask":"aGVsbG8="|not a PNG or JPEG' "\"mask\":\"$mb64\",\"mask_blur\":-2|mask_blur" '"mask":7|mask'; do
   req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":4,\"init_images\":[\"$b64\"],${bad_case%|*}}"

@@ -150,6 +150,9 @@ uint64_t cli_random_seed(void);
 const char *cli_model_name(const char *dir);
 /* The k-sampler's schedule as generate records it (NULL without a sampler). */
 const char *cli_schedule_label(const qd_model *m, const qd_gen_params *p);
+/* --masked-content's names: original, fill, latent-noise, latent-nothing -> QD_MASKED_*; -1
+ * for anything else. */
+int cli_masked_content(const char *name);
 /* The A1111 "parameters" text of one image of a resolved (qd_gen_params_resolve) run;
  * mask_blur: the blur applied to p->mask (A1111's "Mask blur", written with a mask);
  * crop_pad >= 0: an "Only masked" run with that padding (A1111's "Inpaint area"). */

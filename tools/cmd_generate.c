@@ -90,6 +90,9 @@ static void usage_generate(FILE *f) {
         "      --mask-overlay         paste the init image back over the kept area after decoding (A1111's\n"
         "                             overlay: the original's share is 1 - min(2 x mask, 1), so unmasked\n"
         "                             pixels come back exactly)\n"
+        "      --masked-content WHAT  what the masked area starts from (A1111's \"Masked content\"): original\n"
+        "                             (default: the image), fill (painted with blurred colours from around\n"
+        "                             it, as A1111), latent-noise (the seed's noise), latent-nothing (zeros)\n"
         "      --only-masked PX       inpaint only the masked area (A1111's \"Only masked\", padding PX):\n"
         "                             the mask's bounding box grown by PX pixels, then to the aspect of\n"
         "                             -W x -H (default: the model's native size), is generated at that\n"
@@ -157,7 +160,7 @@ static int only_masked_setup(qd_ctx *ctx, const qd_model *m, const char *init_pa
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
            O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM, O_VAE_TILE, O_LORA,
-           O_INIT_IMAGE, O_STRENGTH, O_MASK, O_MASK_INVERT, O_MASK_BLUR, O_MASK_OVERLAY, O_ONLY_MASKED };
+           O_INIT_IMAGE, O_STRENGTH, O_MASK, O_MASK_INVERT, O_MASK_BLUR, O_MASK_OVERLAY, O_ONLY_MASKED, O_MASKED_CONTENT };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -180,7 +183,7 @@ int cmd_generate(int argc, char **argv) {
         {"init-image", required_argument, 0, O_INIT_IMAGE}, {"strength", required_argument, 0, O_STRENGTH},
         {"mask", required_argument, 0, O_MASK}, {"mask-invert", no_argument, 0, O_MASK_INVERT},
         {"mask-blur", required_argument, 0, O_MASK_BLUR}, {"mask-overlay", no_argument, 0, O_MASK_OVERLAY},
-        {"only-masked", required_argument, 0, O_ONLY_MASKED},
+        {"only-masked", required_argument, 0, O_ONLY_MASKED}, {"masked-content", required_argument, 0, O_MASKED_CONTENT},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
@@ -288,6 +291,13 @@ int cmd_generate(int argc, char **argv) {
         case O_MASK: mask_path = optarg; break;
         case O_MASK_INVERT: mask_invert = 1; break;
         case O_MASK_OVERLAY: mask_overlay = 1; break;
+        case O_MASKED_CONTENT:
+            if ((p.masked_content = cli_masked_content(optarg)) < 0) {
+                fprintf(stderr, "qdiff: --masked-content expects original, fill, latent-noise or latent-nothing, got '%s'\n",
+                        optarg);
+                return EXIT_BAD;
+            }
+            break;
         case O_ONLY_MASKED:
             if (cli_parse_int(optarg, "--only-masked", 0, 4096, &only_masked)) return EXIT_BAD;
             break;
@@ -336,8 +346,8 @@ int cmd_generate(int argc, char **argv) {
                 "of that image\n");
         return EXIT_BAD;
     }
-    if ((mask_invert || mask_blur || mask_overlay || only_masked >= 0) && !mask_path) {
-        fprintf(stderr, "qdiff: --mask-invert, --mask-blur, --mask-overlay and --only-masked go with --mask\n");
+    if ((mask_invert || mask_blur || mask_overlay || only_masked >= 0 || p.masked_content) && !mask_path) {
+        fprintf(stderr, "qdiff: --mask-invert, --mask-blur, --mask-overlay, --only-masked and --masked-content go with --mask\n");
         return EXIT_BAD;
     }
     if (p.sampler && (p.scheduler || p.karras == 1)) {
@@ -397,6 +407,7 @@ int cmd_generate(int argc, char **argv) {
     }
     int cropped = only_masked >= 0 ? only_masked_setup(ctx, m, init_path, mask_path, mask_invert, (int)mask_blur,
                                                        (int)only_masked, &p, &crop, &init_img, &mask) : 1;
+    if (cropped > 0 && only_masked >= 0) p.masked_content = QD_MASKED_ORIGINAL;   /* empty mask: no mask at all */
     if (cropped < 0 || (cropped > 0 && init_path && !init_img && cli_init_image(ctx, m, init_path, &p, &init_img)) ||
         (cropped > 0 && mask_path && only_masked < 0 && cli_mask(ctx, mask_path, mask_invert, (int)mask_blur, &p, &mask))) {
         rc = EXIT_BAD;

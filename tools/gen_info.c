@@ -31,6 +31,13 @@ const char *cli_schedule_label(const qd_model *m, const qd_gen_params *p) {
     return strcmp(fam, "sd3") && strcmp(fam, "flux") ? "normal" : "simple";
 }
 
+int cli_masked_content(const char *name) {
+    static const char *const names[] = {"original", "fill", "latent-noise", "latent-nothing"};
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(name, names[i])) return i;
+    return -1;
+}
+
 void cli_params_text(char *buf, size_t n, const qd_model *m, const char *model_name, const qd_gen_params *p,
                      int batch_pos, int mask_blur, int crop_pad) {
     char extra[256] = "";
@@ -57,6 +64,9 @@ void cli_params_text(char *buf, size_t n, const qd_model *m, const char *model_n
         snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ", Denoising strength: %g", p->strength);
     if (p->mask)   /* A1111 records the blur of an inpainting mask */
         snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ", Mask blur: %d", mask_blur);
+    static const char *const content[] = {"original", "fill", "latent noise", "latent nothing"};
+    if (p->mask && p->masked_content > QD_MASKED_ORIGINAL && p->masked_content <= QD_MASKED_LATENT_NOTHING)
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ", Masked content: %s", content[p->masked_content]);
     if (p->mask && crop_pad >= 0)
         snprintf(extra + strlen(extra), sizeof extra - strlen(extra),
                  ", Inpaint area: Only masked, Masked area padding: %d", crop_pad);

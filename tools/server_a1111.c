@@ -69,8 +69,9 @@ static int bad_field(srv_error *err, const char *param, const char *msg) {
 /* img2img's fields: init_images (base64 PNG/JPEG; the first is used, as one image serves
  * the batch), denoising_strength (A1111's default 0.75), and for inpainting mask (base64
  * PNG/JPEG: white, or opaque where it has transparency, = repaint), mask_blur (default 4,
- * as A1111's mask_blur_x/y), inpainting_mask_invert (0/1), inpainting_fill (only 1
- * "original": the image's own latents are kept and noised; absent means that too),
+ * as A1111's mask_blur_x/y), inpainting_mask_invert (0/1), inpainting_fill (0 fill,
+ * 1 original, 2 latent noise, 3 latent nothing: qd_gen_params.masked_content; absent means
+ * 1, the image itself),
  * inpaint_full_res ("Only masked": the mask's box, grown by inpaint_full_res_padding
  * pixels, generated at width x height and pasted back into the picture at its own size;
  * absent means false: the whole picture). As A1111, the init image is pasted back over
@@ -95,9 +96,15 @@ static int img2img_params(srv *s, srv_model *m, const cJSON *body, srv_job *j, s
     int masked = mask && !cJSON_IsNull(mask), full_res = 0, px = 4, padding = 0;
     if (masked) {
         if (!cJSON_IsString(mask)) return bad_field(err, "mask", "expected a base64 PNG or JPEG");
-        if (fill && !cJSON_IsNull(fill) && !(cJSON_IsNumber(fill) && fill->valuedouble == 1))
-            return bad_field(err, "inpainting_fill", "only 1 (original) is supported: the masked area starts from the "
-                             "image itself");
+        if (fill && !cJSON_IsNull(fill)) {
+            if (!cJSON_IsNumber(fill) || fill->valuedouble != (int)fill->valuedouble || fill->valuedouble < 0 ||
+                fill->valuedouble > 3)
+                return bad_field(err, "inpainting_fill", "expected 0 (fill), 1 (original), 2 (latent noise) or 3 "
+                                 "(latent nothing)");
+            static const int content[] = {QD_MASKED_FILL, QD_MASKED_ORIGINAL, QD_MASKED_LATENT_NOISE,
+                                          QD_MASKED_LATENT_NOTHING};
+            j->p.masked_content = content[(int)fill->valuedouble];
+        }
         if (full && !cJSON_IsNull(full)) {
             if (!cJSON_IsBool(full) && !(cJSON_IsNumber(full) && (full->valuedouble == 0 || full->valuedouble == 1)))
                 return bad_field(err, "inpaint_full_res", "expected true or false");
@@ -134,6 +141,7 @@ static int img2img_params(srv *s, srv_model *m, const cJSON *body, srv_job *j, s
     }
     int rc = full_res ? srv_inpaint_crop(s, m, bytes, n, mbytes, mn, invert, px, padding, strength, j, err) : 1;
     if (rc == 1) {   /* whole picture; also A1111's fallback when the mask is empty: no mask */
+        if (full_res) j->p.masked_content = QD_MASKED_ORIGINAL;
         rc = srv_init_image(s, m, bytes, n, "init_images", "init_images[0]", strength, j, err);
         if (!rc && masked && !full_res) {
             rc = srv_mask(mbytes, mn, "mask", "mask", 0, invert, px, j, err);

@@ -73,6 +73,7 @@ class GenParams(ctypes.Structure):
         ("strength", ctypes.c_double),
         ("mask", ctypes.POINTER(ctypes.c_float)),
         ("mask_count", ctypes.c_int),
+        ("masked_content", ctypes.c_int),
     ]
 
 

@@ -59,6 +59,13 @@ qd_status qd_inpaint_check(qd_ctx *ctx, const qd_model *m, const qd_gen_params *
             return qd_fail(ctx, QD_ERR_ARG, "this is an inpainting UNet (%d input channels): it needs an init image "
                            "and a mask%s", in, p->init_latents ? " (init latents cannot be masked: give the image)" : "");
     }
+    if (p->masked_content < QD_MASKED_ORIGINAL || p->masked_content > QD_MASKED_LATENT_NOTHING)
+        return qd_fail(ctx, QD_ERR_ARG, "masked_content %d is not one of 0..3 (original, fill, latent noise, latent "
+                       "nothing)", p->masked_content);
+    if (p->masked_content != QD_MASKED_ORIGINAL && !p->mask)
+        return qd_fail(ctx, QD_ERR_ARG, "masked_content (what the masked area starts from) needs a mask");
+    if (p->masked_content == QD_MASKED_FILL && !p->init_image)
+        return qd_fail(ctx, QD_ERR_ARG, "masked content \"fill\" paints pixels: give the init image, not init latents");
     if (!p->mask) return QD_OK;
     if (!p->init_image && !p->init_latents)
         return qd_fail(ctx, QD_ERR_ARG, "inpainting: a mask needs an init image (or init latents) to keep");
@@ -161,6 +168,28 @@ void qd_inpaint_blend(const float *mask, const float *keep, float *x, int64_t n)
     for (int64_t k = 0; k < n; k++) x[k] = (1.0f - mask[k]) * keep[k] + mask[k] * x[k];
 }
 
+qd_status qd_inpaint_latent_fill(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, int64_t B, int bilinear,
+                                 const float *noise, float *x) {
+    int latent_noise = p->masked_content == QD_MASKED_LATENT_NOISE;
+    if (!p->mask || (!latent_noise && p->masked_content != QD_MASKED_LATENT_NOTHING)) return QD_OK;
+    int64_t H = p->height, W = p->width, h = H / m->vae_scale, w = W / m->vae_scale, C = m->latent_channels;
+    int64_t masks = p->mask_count > 1 ? p->mask_count : 1;
+    float *grid = malloc(sizeof(float) * (size_t)(h * w));
+    if (!grid) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    for (int64_t b = 0; b < B; b++) {
+        const float *src = p->mask + (b % masks) * H * W;
+        if (bilinear) qd_inpaint_mask_bilinear(src, H, W, h, w, grid);
+        else qd_inpaint_mask_nearest(src, H, W, h, w, grid);
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t k = 0; k < h * w; k++) {
+                int64_t at = (b * C + c) * h * w + k;
+                if (grid[k] >= 0.5f) x[at] = latent_noise ? noise[at] : 0.0f;
+            }
+    }
+    free(grid);
+    return QD_OK;
+}
+
 qd_status qd_inpaint_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_scheduler *s, int64_t batch,
                            qd_rng *rng, int *begin, float *latents, float *image_latents, float *noise) {
     int64_t per = (int64_t)m->latent_channels * (p->height / m->vae_scale) * (p->width / m->vae_scale);
@@ -168,6 +197,7 @@ qd_status qd_inpaint_start(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, qd_
     QD_TRY(qd_img2img_begin(ctx, m, p, s, begin));
     QD_TRY(qd_img2img_latents(ctx, m, p, batch, rng, image_latents));   /* the encode's draw comes first */
     qd_rng_randn(rng, noise, n);
+    QD_TRY(qd_inpaint_latent_fill(ctx, m, p, batch, 0, noise, image_latents));   /* A1111's masked content */
     start_latents(s, *begin, qd_img2img_strength(m, p) == 1.0 && !qd_family_is_flow(m->family), image_latents, noise,
                   n, latents);
     if (p->init_image) {   /* prepare_mask_latents: the masked image's retrieve_latents draw */
@@ -231,6 +261,9 @@ qd_status qd_inpaint_concat_start(qd_ctx *ctx, qd_model *m, const qd_gen_params 
     if (st == QD_OK && !strength_max) st = qd_img2img_latents(ctx, m, p, batch, rng, il);
     if (st == QD_OK) {
         qd_rng_randn(rng, noise, n);
+        if (!strength_max) st = qd_inpaint_latent_fill(ctx, m, p, batch, 0, noise, il);   /* A1111's masked content */
+    }
+    if (st == QD_OK) {
         start_latents(s, *begin, strength_max, il, noise, n, latents);
         st = concat_cond(ctx, m, p, batch, rng, cond);   /* the masked image's encode: the next draw */
     }

@@ -28,6 +28,13 @@ void qd_inpaint_mask_bilinear(const float *mask, int64_t H, int64_t W, int64_t h
 qd_status qd_inpaint_latent_mask(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, int64_t B, int bilinear,
                                  float *out);
 
+/* A1111's latent "Masked content" (p->masked_content LATENT_NOISE / LATENT_NOTHING; else
+ * nothing happens): in the unpacked latents x [B, C, h, w], the cells where the latent mask
+ * (bilinear: ComfyUI's resize, else diffusers' nearest) is >= 0.5 become noise's (the run's
+ * initial noise, same layout) or 0. */
+qd_status qd_inpaint_latent_fill(qd_ctx *ctx, const qd_model *m, const qd_gen_params *p, int64_t B, int bilinear,
+                                 const float *noise, float *x);
+
 /* x = (1 - mask) * keep + mask * x, as diffusers writes it (float). */
 void qd_inpaint_blend(const float *mask, const float *keep, float *x, int64_t n);
 

@@ -9,6 +9,7 @@
 #include "base/rng.h"
 #include "pipeline/img2img.h"
 #include "pipeline/inpaint.h"
+#include "pipeline/inpaint_fill.h"
 #include "pipeline/ksample_loop.h"
 #include "base/act_pool.h"
 #include "pipeline/model.h"
@@ -323,7 +324,15 @@ static qd_status init_latents(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, 
         if (!g->mask || (!p->sampler && (!g->keep || !g->keep_noise))) st = qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
         if (st == QD_OK) st = qd_inpaint_latent_mask(ctx, m, p, B, p->sampler != NULL, g->mask);
     }
-    if (st == QD_OK && p->sampler) st = qd_img2img_latents(ctx, m, p, B, NULL, x0);
+    if (st == QD_OK && p->sampler) {
+        st = qd_img2img_latents(ctx, m, p, B, NULL, x0);
+        if (st == QD_OK && p->masked_content == QD_MASKED_LATENT_NOISE) {   /* the loop's first draw: the seed's randn */
+            qd_rng first;
+            qd_rng_seed(&first, p->seed);
+            qd_rng_randn(&first, noise, n);
+        }
+        if (st == QD_OK) st = qd_inpaint_latent_fill(ctx, m, p, B, 1, noise, x0);   /* A1111's masked content */
+    }
     else if (st == QD_OK && inpaint) st = qd_inpaint_start(ctx, m, p, g->sched, B, rng, begin, x0, il, noise);
     else if (st == QD_OK) st = qd_img2img_start(ctx, m, p, g->sched, B, rng, begin, x0);
     if (st == QD_OK && p->sampler) {
@@ -340,6 +349,21 @@ static qd_status init_latents(qd_ctx *ctx, qd_model *m, const qd_gen_params *p, 
     if (st == QD_OK && p->sampler) *init = noise;
     else free(noise);
     return st;
+}
+
+/* Masked content "fill": p->init_image replaced by a painted copy (*out, to free). */
+static qd_status fill_init_images(qd_ctx *ctx, qd_gen_params *p, float **out) {
+    int64_t H = p->height, W = p->width, images = p->init_count > 0 ? p->init_count : 1;
+    int64_t masks = p->mask_count > 1 ? p->mask_count : 1;
+    float *f = malloc(sizeof(float) * (size_t)(images * H * W * 3));
+    if (!f) return qd_fail(ctx, QD_ERR_NOMEM, "out of memory");
+    for (int64_t b = 0; b < images; b++) {
+        qd_status st = qd_inpaint_fill(ctx, p->init_image + b * H * W * 3, p->mask + (b % masks) * H * W, H, W,
+                                       f + b * H * W * 3);
+        if (st != QD_OK) { free(f); return st; }
+    }
+    p->init_image = *out = f;
+    return QD_OK;
 }
 
 qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_image_format fmt,
@@ -373,6 +397,8 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     int guidance = cfg > 1.0f;
     int64_t rows = guidance ? 2 * B : B;
 
+    float *filled = NULL;   /* A1111's masked content "fill": the init images painted first */
+    if (p->mask && p->masked_content == QD_MASKED_FILL) QD_TRY(fill_init_images(ctx, &resolved, &filled));
     gen_state g = {0};
     g.d.m = m;
     g.d.rows = rows;
@@ -454,5 +480,6 @@ qd_status qd_generate(qd_ctx *ctx, qd_model *m, const qd_gen_params *params, qd_
     if (st == QD_OK) st = decode_images(ctx, m, g.latents, B, g.d.C, g.d.h, g.d.w, fmt, image);
     if (st == QD_OK) st = qd_op_status(ctx);
     gen_state_free(&g);
+    free(filled);
     return st;
 }
