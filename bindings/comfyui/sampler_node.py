@@ -353,14 +353,7 @@ class QdiffSampler:
             raise libqdiff.QdiffError(f"latent_image samples must be [B, C, h, w] (got {list(s.shape)})",
                                       libqdiff.QD_ERR_ARG)
         b, c, h, w = s.shape
-        width, height = w * 8, h * 8
-        if (p.width and p.width != width) or (p.height and p.height != height):
-            raise libqdiff.QdiffError(f"latent_image is {width}x{height} pixels but width x height asks "
-                                      f"{p.width}x{p.height} (0 follows the latent)", libqdiff.QD_ERR_ARG)
-        if b not in (1, max(p.batch, 1)):
-            raise libqdiff.QdiffError(f"latent_image holds {b} latents for a batch of {p.batch} (give 1 or {p.batch})",
-                                      libqdiff.QD_ERR_ARG)
-        p.width, p.height = width, height
+        QdiffSampler._take_size(p, "latent_image", "latents", b, w * 8, h * 8)
         shape = libqdiff.latent_shape(m, p)
         channels = shape[2] // 4 if m.family == "flux" else shape[1]
         if c != channels:
@@ -372,6 +365,18 @@ class QdiffSampler:
         p.init_count = b
         p.strength = float(denoise)
         return x
+
+    @staticmethod
+    def _take_size(p, what, items, count, width, height):
+        """The run's size from the start picture or latents (width/height 0 follow it); count
+        must be 1 or the batch."""
+        if (p.width and p.width != width) or (p.height and p.height != height):
+            raise libqdiff.QdiffError(f"{what} is {width}x{height} pixels but width x height asks "
+                                      f"{p.width}x{p.height} (0 follows the {what})", libqdiff.QD_ERR_ARG)
+        if count not in (1, max(p.batch, 1)):
+            raise libqdiff.QdiffError(f"{what} holds {count} {items} for a batch of {p.batch} (give 1 or {p.batch})",
+                                      libqdiff.QD_ERR_ARG)
+        p.width, p.height = width, height
 
     @staticmethod
     def _check_denoise(denoise):
@@ -386,13 +391,7 @@ class QdiffSampler:
         if image.dim() != 4 or image.shape[-1] != 3:
             raise libqdiff.QdiffError(f"image must be [B, H, W, 3] (got {list(image.shape)})", libqdiff.QD_ERR_ARG)
         b, height, width, _ = image.shape
-        if (p.width and p.width != width) or (p.height and p.height != height):
-            raise libqdiff.QdiffError(f"image is {width}x{height} pixels but width x height asks "
-                                      f"{p.width}x{p.height} (0 follows the image)", libqdiff.QD_ERR_ARG)
-        if b not in (1, max(p.batch, 1)):
-            raise libqdiff.QdiffError(f"image holds {b} pictures for a batch of {p.batch} (give 1 or {p.batch})",
-                                      libqdiff.QD_ERR_ARG)
-        p.width, p.height = width, height
+        QdiffSampler._take_size(p, "image", "pictures", b, width, height)
         x = image.to(torch.float32).contiguous()
         p.init_image = ctypes.cast(x.data_ptr(), ctypes.POINTER(ctypes.c_float))
         p.init_count = b
