@@ -59,6 +59,33 @@ expect "strength 0" "--strength expects a number in (0, 1]" -- "${gen[@]}" --ini
 expect "strength 1.5" "--strength expects a number in (0, 1]" -- "${gen[@]}" --init-image "$pic" --strength 1.5
 expect "strength text" "--strength expects" -- "${gen[@]}" --init-image "$pic" --strength abc
 expect "strength leaving no step" "leaves no step to run" -- "${gen[@]}" --init-image "$pic" --strength 0.2
-expect "--strength without --init-image" "--strength goes with --init-image" -- "${gen[@]}" --strength 0.5
+expect "--strength without --init-image" "--strength and --resize-mode go with --init-image" -- "${gen[@]}" --strength 0.5
+
+# --resize-mode (A1111's resize_mode), against pictures made here that need no resampling:
+# crop: a 128x64 picture covering 64x64 = its centre 64x64; fill: a 32x64 picture fitted
+# into 64x64 = it at x 16..47 with its first and last columns stretched over the margins
+"$py" -c "
+import numpy as np
+from PIL import Image
+a = np.array(Image.open('$pic').convert('RGB'))
+wide = np.concatenate([a[:, ::-1], a], axis=1)            # 128x64
+Image.fromarray(wide).save('$tmp/wide.png')
+Image.fromarray(wide[:, 32:96]).save('$tmp/wide_crop.png')
+narrow = a[:, 16:48]                                      # 32x64
+Image.fromarray(np.ascontiguousarray(narrow)).save('$tmp/narrow.png')
+filled = np.concatenate([np.repeat(narrow[:, :1], 16, axis=1), narrow, np.repeat(narrow[:, -1:], 16, axis=1)], axis=1)
+Image.fromarray(filled).save('$tmp/narrow_fill.png')
+" || bad "making the resize-mode pictures"
+for rm in "crop wide wide_crop" "fill narrow narrow_fill"; do
+  read -r mode src ref <<<"$rm"
+  "$qdiff" "${gen[@]}" --init-image "$tmp/$src.png" --resize-mode "$mode" -W 64 -H 64 --seed 3 --strength 0.5 -o "$tmp/rm.png" 2>"$tmp/err" &&
+    "$qdiff" "${gen[@]}" --init-image "$tmp/$ref.png" -W 64 -H 64 --seed 3 --strength 0.5 -o "$tmp/rm_ref.png" 2>>"$tmp/err"
+  if [[ $? -eq 0 ]] && "$py" -c "
+import sys; from PIL import Image
+sys.exit(0 if Image.open('$tmp/rm.png').tobytes() == Image.open('$tmp/rm_ref.png').tobytes() else 1)"; then
+    ok "--resize-mode $mode: = the picture $mode-resized here, pixel for pixel"
+  else bad "--resize-mode $mode: $(cat "$tmp/err")"; fi
+done
+expect "bad --resize-mode" "--resize-mode expects just, crop or fill" -- "${gen[@]}" --init-image "$pic" --resize-mode stretch
 
 finish

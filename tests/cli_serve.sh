@@ -210,6 +210,17 @@ for bad_case in '"init_images":[]|init_images' '"init_images":["!!!"]|base64' '"
     || bad "img2img bad input ('${bad_case#*|}'): $code $(head -c 300 "$tmp/r.json")"
 done
 
+# resize_mode 1 (crop and resize): a 128x64 picture into 64x64 = generate --resize-mode crop
+"${QD_PYTHON:-/usr/bin/python3}" -c "
+from PIL import Image
+Image.open('$pic').convert('RGB').resize((128, 64)).save('$tmp/wide.png')" || bad "making the wide picture"
+req POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"steps\":4,\"seed\":3,\"width\":64,\"height\":64,\"resize_mode\":1,\"init_images\":[\"$(base64 -w0 "$tmp/wide.png")\"]}"
+if [[ $code == 200 && $(python3 "$chk" images "$tmp/r.json" "$tmp/rm") == 1 ]]; then
+  cli sd15-tiny "$tmp/cli-rm.png" -p "$P" --steps 4 --seed 3 --init-image "$tmp/wide.png" --strength 0.75 -W 64 -H 64 --resize-mode crop
+  same_png "img2img resize_mode 1 = generate --resize-mode crop" "$tmp/rm-0.png" "$tmp/cli-rm.png"
+else bad "img2img resize_mode 1: $code $(head -c 300 "$tmp/r.json")"; fi
+expect_error "img2img resize_mode 3 (latent upscale)" 400 resize_mode "not supported" POST /sdapi/v1/img2img -d "{\"prompt\":\"$P\",\"resize_mode\":3,\"init_images\":[\"$b64\"]}"
+
 # ---- inpainting: A1111's mask (+ mask_blur, inpainting_mask_invert), against generate --mask ----
 "${QD_PYTHON:-/usr/bin/python3}" -c "
 from PIL import Image

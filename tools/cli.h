@@ -74,14 +74,23 @@ int cli_check_name(int what, const char *name, const char *opt);
  * and returns -1 on bad input. */
 int cli_scheduler_option(char *buf, size_t cap, const char *opt, const char *arg);
 
-/* Image-to-image input (init_image.c): the RGB8 picture `name` (iw x ih) resized to
- * p's width x height (a side left 0 takes the image's own, rounded down to the model's
- * multiple of 8 or 16) as float NHWC [0,1] in *out (free it), set as p->init_image.
- * 0 ok, -1 with the reason in err. cli_init_image reads the PNG/JPEG file first and
- * prints the reason. */
-int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t *rgb, int iw, int ih,
+/* A1111's img2img resize modes (resize_mode.c): CLI_RESIZE_JUST stretches, CLI_RESIZE_CROP
+ * scales to cover and cuts the overflow (centred), CLI_RESIZE_FILL scales to fit and fills
+ * the margins by stretching the edges. src (sw x sh RGB8) into dst (dw x dh). 0, or -1 with
+ * the reason in err. cli_resize_mode_name: "just", "crop", "fill" -> the mode, else -1. */
+enum { CLI_RESIZE_JUST = 0, CLI_RESIZE_CROP = 1, CLI_RESIZE_FILL = 2 };
+int cli_resize_mode(qd_ctx *ctx, const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh, int mode, char *err,
+                    size_t errn);
+int cli_resize_mode_name(const char *name);
+
+/* Image-to-image input (init_image.c): the RGB8 picture `name` (iw x ih) resized (mode:
+ * CLI_RESIZE_*) to p's width x height (a side left 0 takes the image's own, rounded down
+ * to the model's multiple of 8 or 16) as float NHWC [0,1] in *out (free it), set as
+ * p->init_image. 0 ok, -1 with the reason in err. cli_init_image reads the PNG/JPEG file
+ * first and prints the reason. */
+int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t *rgb, int iw, int ih, int mode,
                        qd_gen_params *p, float **out, char *err, size_t errn);
-int cli_init_image(qd_ctx *ctx, const qd_model *m, const char *path, qd_gen_params *p, float **out);
+int cli_init_image(qd_ctx *ctx, const qd_model *m, const char *path, int mode, qd_gen_params *p, float **out);
 /* 0 when width x height is a size this model generates, else -1 with the reason in err. */
 int cli_check_size(const qd_model *m, const char *name, int width, int height, char *err, size_t errn);
 
@@ -93,18 +102,19 @@ int cli_check_size(const qd_model *m, const char *name, int width, int height, c
  * mask_blur, cv2.GaussianBlur), then the resize. *out: free it. 0 ok, -1 with the reason
  * in err. cli_mask reads the file first and prints the reason. */
 int cli_mask_rgba(qd_ctx *ctx, const char *name, const uint8_t *rgba, int iw, int ih, int has_alpha, int alpha_repaint,
-                  int invert, int blur, qd_gen_params *p, float **out, char *err, size_t errn);
-int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, qd_gen_params *p, float **out);
+                  int invert, int blur, int mode, qd_gen_params *p, float **out, char *err, size_t errn);
+int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, int mode, qd_gen_params *p, float **out);
 /* Its two halves: the 8-bit mask (255 = repaint) at the picture's own size after the
  * binary/alpha rule, invert and blur (*out: free it); and an 8-bit mask of iw x ih made
- * the float p->mask at p's size (*out: free it). 0 ok, -1 with the reason in err. */
+ * the float p->mask at p's size, resized in mode (CLI_RESIZE_*, as the init image) (*out:
+ * free it). 0 ok, -1 with the reason in err. The mask is resized as the init image is. */
 int cli_mask8(const char *name, const uint8_t *rgba, int iw, int ih, int has_alpha, int alpha_repaint, int invert,
               int blur, uint8_t **out, char *err, size_t errn);
-int cli_mask_from8(qd_ctx *ctx, const char *name, const uint8_t *g, int iw, int ih, qd_gen_params *p, float **out,
-                   char *err, size_t errn);
-/* An 8-bit grey picture w x h resized to dw x dh (qd_resize_rgb8's filter). 0, or -1 with
- * the reason in err. */
-int cli_resize_gray8(qd_ctx *ctx, const uint8_t *g, int w, int h, uint8_t *dst, int dw, int dh, char *err,
+int cli_mask_from8(qd_ctx *ctx, const char *name, const uint8_t *g, int iw, int ih, int mode, qd_gen_params *p,
+                   float **out, char *err, size_t errn);
+/* An 8-bit grey picture w x h resized to dw x dh in mode (CLI_RESIZE_*). 0, or -1 with the
+ * reason in err. */
+int cli_resize_gray8(qd_ctx *ctx, const uint8_t *g, int w, int h, uint8_t *dst, int dw, int dh, int mode, char *err,
                      size_t errn);
 /* out = orig * share + out * (255 - share), / 255 rounded, for one RGB8 pixel: A1111's
  * alpha composite of the original over a result (share: the original's alpha, 0..255). */

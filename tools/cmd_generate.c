@@ -74,6 +74,8 @@ static void usage_generate(FILE *f) {
         "      --save-latents F       also write the final latents to F (.safetensors, tensor \"latents\")\n"
         "      --init-image IMG       image-to-image: start from this PNG/JPEG, resized to -W x -H (default:\n"
         "                             its own size rounded down to a multiple of 8, 16 for SD3/FLUX)\n"
+        "      --resize-mode MODE     how --init-image (and --mask) meet -W x -H, as A1111: just (stretch,\n"
+        "                             default), crop (cover, centre, cut), fill (fit, stretch the edges)\n"
         "      --strength X           with --init-image: how much to change it, in (0, 1] (diffusers'\n"
         "                             strength, ComfyUI's denoise; default 0.8 SD1.5, 0.3 SDXL, 0.6\n"
         "                             SD3/FLUX): runs the last steps of the schedule (diffusers classes:\n"
@@ -160,7 +162,7 @@ static int only_masked_setup(qd_ctx *ctx, const qd_model *m, const char *init_pa
 int cmd_generate(int argc, char **argv) {
     enum { O_STEPS = 256, O_CFG, O_SEED, O_SCHED, O_KARRAS, O_BATCH, O_LATENTS, O_RESCALE, O_SOPTS, O_GUIDANCE, O_MAXSEQ, O_MATMUL, O_PREVIEW,
            O_PREVIEW_VAE, O_PREVIEW_EVERY, O_PREVIEW_SIZE, O_SAMPLER, O_SCHEDULE, O_ETA, O_SOPT, O_NOISE, O_PRECISION, O_CONFIG_FROM, O_VAE_TILE, O_LORA,
-           O_INIT_IMAGE, O_STRENGTH, O_MASK, O_MASK_INVERT, O_MASK_BLUR, O_MASK_OVERLAY, O_ONLY_MASKED, O_MASKED_CONTENT };
+           O_INIT_IMAGE, O_STRENGTH, O_MASK, O_MASK_INVERT, O_MASK_BLUR, O_MASK_OVERLAY, O_ONLY_MASKED, O_MASKED_CONTENT, O_RESIZE_MODE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'}, {"prompt", required_argument, 0, 'p'},
         {"negative", required_argument, 0, 'n'}, {"output", required_argument, 0, 'o'},
@@ -184,6 +186,7 @@ int cmd_generate(int argc, char **argv) {
         {"mask", required_argument, 0, O_MASK}, {"mask-invert", no_argument, 0, O_MASK_INVERT},
         {"mask-blur", required_argument, 0, O_MASK_BLUR}, {"mask-overlay", no_argument, 0, O_MASK_OVERLAY},
         {"only-masked", required_argument, 0, O_ONLY_MASKED}, {"masked-content", required_argument, 0, O_MASKED_CONTENT},
+        {"resize-mode", required_argument, 0, O_RESIZE_MODE},
         {"quiet", no_argument, 0, 'q'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     qd_gen_params p;
     qd_gen_params_default(&p);
@@ -192,6 +195,7 @@ int cmd_generate(int argc, char **argv) {
     float *init_img = NULL, *mask = NULL;
     int mask_invert = 0, mask_overlay = 0;
     long mask_blur = 0, only_masked = -1;
+    int resize_mode = CLI_RESIZE_JUST;
     cli_crop crop = {0};
     uint8_t *pasted = NULL;
     long threads = 0, v;
@@ -291,6 +295,12 @@ int cmd_generate(int argc, char **argv) {
         case O_MASK: mask_path = optarg; break;
         case O_MASK_INVERT: mask_invert = 1; break;
         case O_MASK_OVERLAY: mask_overlay = 1; break;
+        case O_RESIZE_MODE:
+            if ((resize_mode = cli_resize_mode_name(optarg)) < 0) {
+                fprintf(stderr, "qdiff: --resize-mode expects just, crop or fill, got '%s'\n", optarg);
+                return EXIT_BAD;
+            }
+            break;
         case O_MASKED_CONTENT:
             if ((p.masked_content = cli_masked_content(optarg)) < 0) {
                 fprintf(stderr, "qdiff: --masked-content expects original, fill, latent-noise or latent-nothing, got '%s'\n",
@@ -337,8 +347,8 @@ int cmd_generate(int argc, char **argv) {
     p.lora_scales = lora_scales;
     p.n_loras = n_loras;
     if (sched_opts[0]) p.scheduler_options = sched_opts;
-    if (p.strength != 0 && !init_path) {
-        fprintf(stderr, "qdiff: --strength goes with --init-image\n");
+    if ((p.strength != 0 || resize_mode != CLI_RESIZE_JUST) && !init_path) {
+        fprintf(stderr, "qdiff: --strength and --resize-mode go with --init-image\n");
         return EXIT_BAD;
     }
     if ((mask_path || mask_invert || mask_blur || mask_overlay) && !init_path) {
@@ -408,8 +418,8 @@ int cmd_generate(int argc, char **argv) {
     int cropped = only_masked >= 0 ? only_masked_setup(ctx, m, init_path, mask_path, mask_invert, (int)mask_blur,
                                                        (int)only_masked, &p, &crop, &init_img, &mask) : 1;
     if (cropped > 0 && only_masked >= 0) p.masked_content = QD_MASKED_ORIGINAL;   /* empty mask: no mask at all */
-    if (cropped < 0 || (cropped > 0 && init_path && !init_img && cli_init_image(ctx, m, init_path, &p, &init_img)) ||
-        (cropped > 0 && mask_path && only_masked < 0 && cli_mask(ctx, mask_path, mask_invert, (int)mask_blur, &p, &mask))) {
+    if (cropped < 0 || (cropped > 0 && init_path && !init_img && cli_init_image(ctx, m, init_path, resize_mode, &p, &init_img)) ||
+        (cropped > 0 && mask_path && only_masked < 0 && cli_mask(ctx, mask_path, mask_invert, (int)mask_blur, resize_mode, &p, &mask))) {
         rc = EXIT_BAD;
         goto done;
     }

@@ -17,7 +17,7 @@ int cli_check_size(const qd_model *m, const char *name, int width, int height, c
     return 0;
 }
 
-int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t *rgb, int iw, int ih,
+int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t *rgb, int iw, int ih, int mode,
                        qd_gen_params *p, float **out, char *err, size_t errn) {
     *out = NULL;
     int unit = qd_model_size_unit(m);
@@ -33,9 +33,9 @@ int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t
     uint8_t *sized = rgb;
     if (iw != p->width || ih != p->height) {
         sized = malloc(n);
-        if (!sized || qd_resize_rgb8(ctx, rgb, iw, ih, sized, p->width, p->height) != QD_OK) {
-            snprintf(err, errn, "%s: resizing to %dx%d: %s", name, p->width, p->height,
-                     sized ? qd_last_error(ctx) : "out of memory");
+        char why[512] = "out of memory";
+        if (!sized || cli_resize_mode(ctx, rgb, iw, ih, sized, p->width, p->height, mode, why, sizeof why)) {
+            snprintf(err, errn, "%s: resizing to %dx%d: %s", name, p->width, p->height, why);
             free(sized);
             return -1;
         }
@@ -51,7 +51,7 @@ int cli_init_image_rgb(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t
     return 0;
 }
 
-int cli_init_image(qd_ctx *ctx, const qd_model *m, const char *path, qd_gen_params *p, float **out) {
+int cli_init_image(qd_ctx *ctx, const qd_model *m, const char *path, int mode, qd_gen_params *p, float **out) {
     uint8_t *rgb = NULL;
     int iw, ih;
     *out = NULL;
@@ -60,7 +60,7 @@ int cli_init_image(qd_ctx *ctx, const qd_model *m, const char *path, qd_gen_para
         return -1;
     }
     char err[1024];
-    int rc = cli_init_image_rgb(ctx, m, path, rgb, iw, ih, p, out, err, sizeof err);
+    int rc = cli_init_image_rgb(ctx, m, path, rgb, iw, ih, mode, p, out, err, sizeof err);
     if (rc) fprintf(stderr, "qdiff: %s\n", err);
     free(rgb);
     return rc;

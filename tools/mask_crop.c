@@ -51,37 +51,17 @@ static void expand_box(int box[4], int width, int height, int iw, int ih) {
         grow_span(&box[0], &box[2], (int)((box[3] - box[1]) * ratio - (box[2] - box[0])), iw);
 }
 
-/* resize_image mode 2 ("resize and fill"), fill = 1, or mode 1 ("crop and resize"), fill = 0:
- * src (sw x sh RGB8) into dst (dw x dh). */
-static int resize_mode(qd_ctx *ctx, const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh, int fill) {
-    double ratio = (double)dw / dh, src_ratio = (double)sw / sh;
-    int fit_w = fill ? ratio < src_ratio : ratio > src_ratio;   /* the scaled picture spans dw */
-    int rw = fit_w ? dw : (int)((long long)sw * dh / sh), rh = fit_w ? (int)((long long)sh * dw / sw) : dh;
-    if (rw < 1) rw = 1;
-    if (rh < 1) rh = 1;
-    uint8_t *r = malloc((size_t)rw * rh * 3);
-    if (!r || qd_resize_rgb8(ctx, src, sw, sh, r, rw, rh) != QD_OK) { free(r); return -1; }
-    int ox = dw / 2 - rw / 2, oy = dh / 2 - rh / 2;
-    for (int y = 0; y < dh; y++) {
-        int sy = y - oy;
-        sy = sy < 0 ? 0 : sy >= rh ? rh - 1 : sy;   /* fill: the edge rows stretched (covering: never) */
-        for (int x = 0; x < dw; x++) {
-            int sx = x - ox;
-            sx = sx < 0 ? 0 : sx >= rw ? rw - 1 : sx;
-            memcpy(dst + ((size_t)y * dw + x) * 3, r + ((size_t)sy * rw + sx) * 3, 3);
-        }
-    }
-    free(r);
-    return 0;
-}
-
-/* The box of an RGB8 picture (iw wide), resized mode 2 to dw x dh. */
-static int box_to(qd_ctx *ctx, const uint8_t *rgb, int iw, const int box[4], uint8_t *dst, int dw, int dh) {
+/* The box of an RGB8 picture (iw wide), resized "resize and fill" to dw x dh. */
+static int box_to(qd_ctx *ctx, const uint8_t *rgb, int iw, const int box[4], uint8_t *dst, int dw, int dh, char *err,
+                  size_t errn) {
     int w = box[2] - box[0], h = box[3] - box[1];
     uint8_t *cut = malloc((size_t)w * h * 3);
-    if (!cut) return -1;
+    if (!cut) {
+        snprintf(err, errn, "out of memory");
+        return -1;
+    }
     for (int y = 0; y < h; y++) memcpy(cut + (size_t)y * w * 3, rgb + ((size_t)(box[1] + y) * iw + box[0]) * 3, (size_t)w * 3);
-    int rc = resize_mode(ctx, cut, w, h, dst, dw, dh, 1);
+    int rc = cli_resize_mode(ctx, cut, w, h, dst, dw, dh, CLI_RESIZE_FILL, err, errn);
     free(cut);
     return rc;
 }
@@ -98,13 +78,14 @@ int cli_crop_setup(qd_ctx *ctx, const qd_model *m, const char *name, uint8_t *rg
     float *init = malloc(sizeof(float) * out_n * 3), *mask = malloc(sizeof(float) * out_n);
     int rc = -1, box[4];
     if (!g8 || !grey || !pic || !mk || !init || !mask) snprintf(err, errn, "out of memory");
-    else if (!cli_resize_gray8(ctx, g, gw, gh, g8, iw, ih, err, errn)) {
+    else if (!cli_resize_gray8(ctx, g, gw, gh, g8, iw, ih, CLI_RESIZE_JUST, err, errn)) {
         if (!mask_box(g8, iw, ih, pad, box)) rc = 1;
         else {
             expand_box(box, W, H, iw, ih);
             for (size_t i = 0; i < n; i++) grey[i * 3] = grey[i * 3 + 1] = grey[i * 3 + 2] = g8[i];
-            if (box_to(ctx, rgb, iw, box, pic, W, H) || box_to(ctx, grey, iw, box, mk, W, H))
-                snprintf(err, errn, "%s: resizing the masked area to %dx%d: %s", name, W, H, qd_last_error(ctx));
+            char why[512];
+            if (box_to(ctx, rgb, iw, box, pic, W, H, why, sizeof why) || box_to(ctx, grey, iw, box, mk, W, H, why, sizeof why))
+                snprintf(err, errn, "%s: resizing the masked area to %dx%d: %s", name, W, H, why);
             else rc = 0;
         }
     }
@@ -137,8 +118,10 @@ int cli_crop_paste(qd_ctx *ctx, const cli_crop *c, const uint8_t *gen, int n, in
     }
     for (int k = 0; k < n; k++) {
         uint8_t *o = res + per * (size_t)k;
-        if (resize_mode(ctx, gen + (size_t)width * height * 3 * (size_t)k, width, height, box, c->w, c->h, 0)) {
-            snprintf(err, errn, "resizing the result to the %dx%d masked area: %s", c->w, c->h, qd_last_error(ctx));
+        char why[512];
+        if (cli_resize_mode(ctx, gen + (size_t)width * height * 3 * (size_t)k, width, height, box, c->w, c->h,
+                            CLI_RESIZE_CROP, why, sizeof why)) {
+            snprintf(err, errn, "resizing the result to the %dx%d masked area: %s", c->w, c->h, why);
             free(res); free(box);
             return -1;
         }

@@ -77,7 +77,7 @@ int cli_mask8(const char *name, const uint8_t *rgba, int iw, int ih, int has_alp
     return 0;
 }
 
-int cli_resize_gray8(qd_ctx *ctx, const uint8_t *g, int w, int h, uint8_t *dst, int dw, int dh, char *err,
+int cli_resize_gray8(qd_ctx *ctx, const uint8_t *g, int w, int h, uint8_t *dst, int dw, int dh, int mode, char *err,
                      size_t errn) {
     if (w == dw && h == dh) {
         memcpy(dst, g, (size_t)w * h);
@@ -88,11 +88,12 @@ int cli_resize_gray8(qd_ctx *ctx, const uint8_t *g, int w, int h, uint8_t *dst, 
     int rc = -1;
     if (rgb && sized) {
         for (size_t i = 0; i < n; i++) rgb[i * 3] = rgb[i * 3 + 1] = rgb[i * 3 + 2] = g[i];
-        if (qd_resize_rgb8(ctx, rgb, w, h, sized, dw, dh) == QD_OK) {
+        char why[512];
+        if (!cli_resize_mode(ctx, rgb, w, h, sized, dw, dh, mode, why, sizeof why)) {
             for (size_t i = 0; i < dn; i++) dst[i] = sized[i * 3];
             rc = 0;
         } else {
-            snprintf(err, errn, "resizing the mask to %dx%d: %s", dw, dh, qd_last_error(ctx));
+            snprintf(err, errn, "resizing the mask to %dx%d: %s", dw, dh, why);
         }
     } else {
         snprintf(err, errn, "out of memory");
@@ -102,14 +103,14 @@ int cli_resize_gray8(qd_ctx *ctx, const uint8_t *g, int w, int h, uint8_t *dst, 
     return rc;
 }
 
-int cli_mask_from8(qd_ctx *ctx, const char *name, const uint8_t *g, int iw, int ih, qd_gen_params *p, float **out,
-                   char *err, size_t errn) {
+int cli_mask_from8(qd_ctx *ctx, const char *name, const uint8_t *g, int iw, int ih, int mode, qd_gen_params *p,
+                   float **out, char *err, size_t errn) {
     *out = NULL;
     size_t n = (size_t)p->width * p->height;
     uint8_t *sized = malloc(n);
     float *mask = malloc(sizeof(float) * n);
     char why[512] = "out of memory";
-    if (!sized || !mask || cli_resize_gray8(ctx, g, iw, ih, sized, p->width, p->height, why, sizeof why)) {
+    if (!sized || !mask || cli_resize_gray8(ctx, g, iw, ih, sized, p->width, p->height, mode, why, sizeof why)) {
         snprintf(err, errn, "%s: %s", name, why);
         free(sized);
         free(mask);
@@ -124,16 +125,16 @@ int cli_mask_from8(qd_ctx *ctx, const char *name, const uint8_t *g, int iw, int 
 }
 
 int cli_mask_rgba(qd_ctx *ctx, const char *name, const uint8_t *rgba, int iw, int ih, int has_alpha, int alpha_repaint,
-                  int invert, int blur, qd_gen_params *p, float **out, char *err, size_t errn) {
+                  int invert, int blur, int mode, qd_gen_params *p, float **out, char *err, size_t errn) {
     uint8_t *g;
     *out = NULL;
     if (cli_mask8(name, rgba, iw, ih, has_alpha, alpha_repaint, invert, blur, &g, err, errn)) return -1;
-    int rc = cli_mask_from8(ctx, name, g, iw, ih, p, out, err, errn);
+    int rc = cli_mask_from8(ctx, name, g, iw, ih, mode, p, out, err, errn);
     free(g);
     return rc;
 }
 
-int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, qd_gen_params *p, float **out) {
+int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, int mode, qd_gen_params *p, float **out) {
     uint8_t *rgba = NULL;
     int iw, ih, alpha = 0;
     *out = NULL;
@@ -142,7 +143,7 @@ int cli_mask(qd_ctx *ctx, const char *path, int invert, int blur, qd_gen_params 
         return -1;
     }
     char err[1024];
-    int rc = cli_mask_rgba(ctx, path, rgba, iw, ih, alpha, 0, invert, blur, p, out, err, sizeof err);
+    int rc = cli_mask_rgba(ctx, path, rgba, iw, ih, alpha, 0, invert, blur, mode, p, out, err, sizeof err);
     if (rc) fprintf(stderr, "qdiff: %s\n", err);
     free(rgba);
     return rc;

@@ -78,6 +78,7 @@ struct srv_job {
     int mask_blur;              /* its blur (A1111's "Mask blur" of the infotext) */
     int mask_overlay;           /* A1111: paste the init image back over the kept area (cli_mask_overlay) */
     cli_crop crop;              /* A1111 inpaint_full_res: the box generated (crop.orig NULL: the whole picture) */
+    int resize_mode;            /* A1111 resize_mode of the init image and mask (CLI_RESIZE_*) */
     /* progress, under srv.mu */
     int state, iter, step, total, cancel, refs;
     double t_queued, t_start, t_end;

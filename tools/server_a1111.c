@@ -67,7 +67,9 @@ static int bad_field(srv_error *err, const char *param, const char *msg) {
 }
 
 /* img2img's fields: init_images (base64 PNG/JPEG; the first is used, as one image serves
- * the batch), denoising_strength (A1111's default 0.75), and for inpainting mask (base64
+ * the batch), denoising_strength (A1111's default 0.75), resize_mode (0 just resize, 1
+ * crop and resize, 2 resize and fill: the picture and mask to width x height; 3, the
+ * latent upscale, refused), and for inpainting mask (base64
  * PNG/JPEG: white, or opaque where it has transparency, = repaint), mask_blur (default 4,
  * as A1111's mask_blur_x/y), inpainting_mask_invert (0/1), inpainting_fill (0 fill,
  * 1 original, 2 latent noise, 3 latent nothing: qd_gen_params.masked_content; absent means
@@ -127,6 +129,14 @@ static int img2img_params(srv *s, srv_model *m, const cJSON *body, srv_job *j, s
         }
     }
     int invert = masked && inv && (cJSON_IsTrue(inv) || (cJSON_IsNumber(inv) && inv->valuedouble == 1));
+    const cJSON *rm = cJSON_GetObjectItemCaseSensitive(body, "resize_mode");
+    if (rm && !cJSON_IsNull(rm)) {
+        if (!cJSON_IsNumber(rm) || rm->valuedouble != (int)rm->valuedouble || rm->valuedouble < 0 || rm->valuedouble > 3)
+            return bad_field(err, "resize_mode", "expected 0 (just resize), 1 (crop and resize), 2 (resize and fill)");
+        if (rm->valuedouble == 3)
+            return bad_field(err, "resize_mode", "3 (just resize, latent upscale) is not supported: use 0, 1 or 2");
+        j->resize_mode = (int)rm->valuedouble;   /* CLI_RESIZE_* use A1111's numbers */
+    }
     uint8_t *bytes = NULL, *mbytes = NULL;
     size_t n = 0, mn = 0;
     if (srv_base64_decode(first->valuestring, &bytes, &n)) {

@@ -363,7 +363,7 @@ int srv_init_image(srv *s, srv_model *m, const uint8_t *bytes, size_t n, const c
     if (!ctx) snprintf(err->message, sizeof err->message, "out of memory");
     else if (qd_decode_image(ctx, what, bytes, n, &rgb, &w, &h) != QD_OK)
         snprintf(err->message, sizeof err->message, "%s", qd_last_error(ctx));
-    else if (cli_init_image_rgb(ctx, m->model, what, rgb, w, h, &j->p, &j->init_image, err->message,
+    else if (cli_init_image_rgb(ctx, m->model, what, rgb, w, h, j->resize_mode, &j->p, &j->init_image, err->message,
                                 sizeof err->message) == 0) {
         if (j->p.width > s->opt.max_size || j->p.height > s->opt.max_size)
             snprintf(err->message, sizeof err->message, "%s: %dx%d is over --max-size %d: give a smaller size", what,
@@ -390,8 +390,8 @@ int srv_mask(const uint8_t *bytes, size_t n, const char *param, const char *what
     if (!ctx) snprintf(err->message, sizeof err->message, "out of memory");
     else if (qd_decode_image_rgba(ctx, what, bytes, n, &rgba, &w, &h, &alpha) != QD_OK)
         snprintf(err->message, sizeof err->message, "%s", qd_last_error(ctx));
-    else if (cli_mask_rgba(ctx, what, rgba, w, h, alpha, alpha_repaint, invert, blur, &j->p, &j->mask, err->message,
-                           sizeof err->message) == 0)
+    else if (cli_mask_rgba(ctx, what, rgba, w, h, alpha, alpha_repaint, invert, blur, j->resize_mode, &j->p, &j->mask,
+                           err->message, sizeof err->message) == 0)
         rc = 0;
     if (rc == 0) {
         j->mask_blur = blur;
