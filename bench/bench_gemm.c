@@ -63,6 +63,9 @@ static const lin_shape LIN[] = {
     {"flux 512^2 attn q/k/v/out", 1536, 3072, 3072},
     {"flux 512^2 mlp in", 1536, 3072, 12288},
     {"flux 512^2 mlp out", 1536, 12288, 3072},
+    {"flux txt 512 qkv", 512, 3072, 9216},
+    {"flux txt 512 mlp in", 512, 3072, 12288},
+    {"flux txt 512 mlp out", 512, 12288, 3072},
 };
 
 static const conv_shape CONV[] = {
