@@ -422,14 +422,17 @@ int qd_i8_gemm(qd_ctx *ctx, qd_i8_isa isa, const qd_i8_gemm_args *g) {
     int64_t nblk = (g->M + mc - 1) / mc;
     mc = ((g->M + nblk - 1) / nblk + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR;
     nblk = (g->M + mc - 1) / mc;
-    /* several threads: at least ~16 items per thread, so the last claims leave little
-     * idle time (at 8 the 512x1280x1280 GEMM had 15 items, 8 + 7 on 2 threads: at most
-     * 1.87x). Panel groups of equal size (a divisor of the panels), the largest that
-     * gives that many: the items of a token block then cost the same, and a group's
-     * size does not change the data reuse (each panel walks the block's codes anyway). */
+    /* several threads: at least 8 items per thread, so the last claims leave little idle
+     * time, and a multiple of the threads unless there are 16 per thread: the 512x1280x1280
+     * GEMM had 15 items, 8 + 7 on 2 threads (at most 1.87x), now 30. Panel groups of equal
+     * size (a divisor of the panels), the largest that gives that: the items of a token
+     * block then cost the same, and a group's size does not change the data reuse (each
+     * panel walks the block's codes anyway). */
     int64_t npanels = (g->N + QD_I8_NR - 1) / QD_I8_NR, pgsize = npanels;
-    if (t > 1)
-        while (pgsize > 1 && (nblk * (npanels / pgsize) < 16 * (int64_t)t || npanels % pgsize)) pgsize--;
+    for (int64_t items; t > 1 && pgsize > 1; pgsize--) {
+        items = nblk * (npanels / pgsize);
+        if (npanels % pgsize == 0 && items >= 8 * (int64_t)t && (items % t == 0 || items >= 16 * (int64_t)t)) break;
+    }
     int64_t npg = (npanels + pgsize - 1) / pgsize;
     int32_t *tiles = malloc(sizeof(int32_t) * (size_t)(t * mc * QD_I8_NR));
     if (!tiles) return -1;
