@@ -6,7 +6,8 @@
  *     several K blocks, C batched along N;
  *   - convolution: 1x1 and 3x3, stride 1 and 2, symmetric and asymmetric padding,
  *     batch 1-3, bias, every dense weight dtype and the SDNQ layer as a 1x1 conv, and
- *     convolutions over few pixels with K over several blocks (the thin-N path).
+ *     convolutions over few pixels and GEMMs of few rows against a weight, with K over
+ *     several blocks (tensor/gemm_thin.c), also on 3 threads.
  * Tolerances:
  *   fp32: relative L2 <= 1e-5 (fp32 accumulation over K <= 2600 gives ~1e-7..1e-6).
  *   bf16: two references. (a) The same sums over operands rounded to bf16 here
@@ -325,9 +326,25 @@ int main(void) {
             conv_case(ctx, bf16, 3, 61, 5, 7, 33, 3, 3, 1, 1, 1, 1, 1, QD_BF16, NULL, NULL, 1);
             conv_case(ctx, bf16, 2, 64, 9, 9, 20, 3, 3, 2, 0, 1, 0, 1, QD_F32, NULL, NULL, 0);
             conv_case(ctx, bf16, 1, 130, 4, 6, 31, 3, 3, 1, 1, 1, 1, 1, QD_F8_E4M3, NULL, NULL, 1);
+            conv_case(ctx, bf16, 1, 64, 8, 8, 400, 3, 3, 1, 1, 1, 1, 1, QD_F16, NULL, NULL, 1);   /* many groups */
+            /* few tokens against a weight, K over several blocks: the small-M split of
+             * tensor/gemm_thin.c (cross-attention's k/v shape with an edge strip of N, 512
+             * rows with a short last strip, A as columns, beta, C batched, every dtype) */
+            gemm_case(ctx, bf16, 154, 330, 768, 0, 2, QD_F16, NULL, NULL, 1.0f, 0.0f, 1, 0);
+            gemm_case(ctx, bf16, 512, 97, 1100, 0, 2, QD_BF16, NULL, NULL, 1.0f, 0.0f, 1, 0);
+            gemm_case(ctx, bf16, 61, 700, 1030, 1, 2, QD_F32, NULL, NULL, 1.0f, 0.5f, 1, 0);
+            gemm_case(ctx, bf16, 40, 200, 700, 0, 2, QD_F8_E4M3, NULL, NULL, 1.0f, 0.0f, 1, 45);
+            if (!bf16) gemm_case(ctx, bf16, 23, 90, 1300, 0, 2, QD_F16, NULL, NULL, 0.5f, 0.25f, 1, 0);
         }
         qd_ctx_free(ctx);
     }
+    /* more threads than this machine's CPUs: the split's claims and waits still cover every tile once */
+    qd_ctx *ctx3 = test_ctx_new(3);
+    printf("-- fp32, 3 threads\n");
+    gemm_case(ctx3, 0, 154, 330, 768, 0, 2, QD_F16, NULL, NULL, 1.0f, 0.0f, 1, 0);
+    gemm_case(ctx3, 0, 300, 1000, 2100, 0, 2, QD_BF16, NULL, NULL, 1.0f, 1.0f, 1, 0);
+    conv_case(ctx3, 0, 2, 75, 8, 8, 300, 3, 3, 1, 1, 1, 1, 1, QD_F16, NULL, NULL, 1);
+    qd_ctx_free(ctx3);
     sdnq_close(&sq);
     qd_ctx_free(octx);
     return test_summary();

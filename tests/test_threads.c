@@ -1,7 +1,8 @@
 /* The thread pool (src/base/threads.c): qd_parallel_for's static split gives part i
  * the range [n*i/parts, n*(i+1)/parts) with thread index i exactly once, and
  * qd_parallel_for_dyn covers every index exactly once in grain-aligned ranges with a
- * thread index no other running call has, for many thread counts (more threads
+ * thread index no other running call has (qd_parallel_for_guided likewise, in ranges of
+ * multiples of align of at most grain that shrink to one index at the end), for many thread counts (more threads
  * than cores), sizes and grains, over thousands of back-to-back jobs (workers that
  * wake late skip finished jobs). A worker slowed down on purpose must not hold a
  * dynamic job back: the other threads take its share.
@@ -37,6 +38,7 @@ typedef struct {
     int bad;                 /* atomic: wrong range/index seen */
     int slow_index;          /* dynamic: calls from this thread index sleep (-1: none) */
     int calls_by[MAXT];      /* atomic: dynamic, calls per thread index */
+    int64_t align, last_len; /* guided: claim alignment; length of the range ending at n */
 } job;
 
 static void cover(job *j, int64_t b, int64_t e, int thread) {
@@ -66,6 +68,17 @@ static void dyn_fn(void *arg, int64_t b, int64_t e, int thread) {
     cover(j, b, e, thread);
 }
 
+/* guided: ranges start and (but for the last) end on multiples of align, at most grain
+ * (rounded down to align, at least align) long; the range ending at n is remembered */
+static void guided_fn(void *arg, int64_t b, int64_t e, int thread) {
+    job *j = arg;
+    int64_t g = j->grain < j->align ? j->align : j->grain / j->align * j->align;
+    if (b % j->align != 0 || (e != j->n && (e - b) % j->align != 0) || e - b > g)
+        __atomic_store_n(&j->bad, 1, __ATOMIC_RELAXED);
+    if (e == j->n) j->last_len = e - b;
+    cover(j, b, e, thread);
+}
+
 /* Runs one job; returns 1 when every index was covered once and nothing bad was seen. */
 static int run(qd_ctx *ctx, int dyn, int64_t n, int64_t grain, int slow_index, job *j) {
     memset(j, 0, sizeof *j);
@@ -73,7 +86,9 @@ static int run(qd_ctx *ctx, int dyn, int64_t n, int64_t grain, int slow_index, j
     j->grain = grain;
     j->parts = qd_threads(ctx);
     j->slow_index = slow_index;
-    if (dyn) qd_parallel_for_dyn(ctx, n, grain, dyn_fn, j);
+    j->align = dyn == 2 ? 1 + (grain + n) % 5 : 1;   /* guided: align 1..5 */
+    if (dyn == 2) qd_parallel_for_guided(ctx, n, grain, j->align, guided_fn, j);
+    else if (dyn) qd_parallel_for_dyn(ctx, n, grain, dyn_fn, j);
     else qd_parallel_for(ctx, n, static_fn, j);
     int ok = !j->bad;
     for (int64_t i = 0; i < n; i++) ok = ok && j->hits[i] == 1;
@@ -247,19 +262,25 @@ int main(void) {
     for (size_t t = 0; t < sizeof threads / sizeof *threads; t++) {
         qd_ctx *ctx = test_ctx_new(threads[t]);
         if (t % 2) qd_set_thread_spin(ctx, 200);   /* polling also with more threads than CPUs */
-        int ok_static = 1, ok_dyn = 1;
+        int ok_static = 1, ok_dyn = 1, ok_guided = 1;
         for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
             ok_static = ok_static && run(ctx, 0, sizes[s], 1, -1, j);
-            for (size_t g = 0; g < sizeof grains / sizeof *grains; g++) ok_dyn = ok_dyn && run(ctx, 1, sizes[s], grains[g], -1, j);
+            for (size_t g = 0; g < sizeof grains / sizeof *grains; g++) {
+                ok_dyn = ok_dyn && run(ctx, 1, sizes[s], grains[g], -1, j);
+                ok_guided = ok_guided && run(ctx, 2, sizes[s], grains[g], -1, j);
+            }
         }
+        check(ok_guided, "%d threads: guided split covers every index once in align-multiple ranges of at most grain, "
+              "n = 0..%d, grain 1..10000, align 1..5", threads[t], MAXN);
         check(ok_static, "%d threads: static split, part i = [n*i/parts, n*(i+1)/parts) with index i once, n = 0..%d",
               threads[t], MAXN);
         check(ok_dyn, "%d threads: dynamic split covers every index once in grain-aligned ranges, distinct running "
               "thread indices, n = 0..%d, grain 1..10000", threads[t], MAXN);
         /* back-to-back small jobs: workers often wake after the job's work is all claimed */
         int ok_many = 1;
-        for (int r = 0; r < 3000 && ok_many; r++) ok_many = run(ctx, r % 2, 2 + r % 29, 1 + r % 4, -1, j);
-        check(ok_many, "%d threads: 3000 back-to-back small jobs (static and dynamic) each covered exactly once", threads[t]);
+        for (int r = 0; r < 3000 && ok_many; r++) ok_many = run(ctx, r % 3, 2 + r % 29, 1 + r % 4, -1, j);
+        check(ok_many, "%d threads: 3000 back-to-back small jobs (static, dynamic, guided) each covered exactly once",
+              threads[t]);
         qd_ctx_free(ctx);
     }
     /* one slow thread (every call of thread index 1 sleeps 2 ms; 200 grains of no work):
@@ -269,6 +290,15 @@ int main(void) {
     check(ok && j->calls_by[1] <= 50 && j->calls_by[0] >= 150,
           "2 threads, a worker slowed to 2 ms per call: the caller ran %d of 200 grains, the worker %d (<= 50; a static split: 100)",
           j->calls_by[0], j->calls_by[1]);
+    /* guided claims shrink to one index at the end (GroupNorm's 64 rows at grain 4): the
+     * range ending at n is 1 long, where the plain dynamic split's is a whole grain */
+    ok = 1;
+    memset(j, 0, sizeof *j);
+    j->n = 64; j->grain = 4; j->align = 1; j->slow_index = -1;
+    qd_parallel_for_guided(c2, 64, 4, 1, guided_fn, j);
+    for (int64_t i = 0; i < 64; i++) ok = ok && j->hits[i] == 1;
+    check(ok && !j->bad && j->last_len == 1, "2 threads, 64 indices, grain 4: guided, the last range is %lld long (1)",
+          (long long)j->last_len);
     qd_ctx_free(c2);
     test_polling(j);
     test_env(j);

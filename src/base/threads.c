@@ -87,7 +87,8 @@ struct qd_pool {
     void *arg;
     int64_t total;
     int parts;                  /* static mode: parts of [0, total) */
-    int64_t grain;              /* dynamic mode: indices per claim; 0 = static mode */
+    int64_t grain;              /* dynamic mode: indices per claim (guided: at most); 0 = static mode */
+    int64_t align;              /* guided mode: claims shrink towards the end, multiples of align; 0: not guided */
     int64_t next;               /* atomic: next part (static) or next index (dynamic) */
 };
 
@@ -160,6 +161,18 @@ static void run_claims(qd_pool *p, int slot) {
         for (int64_t i; (i = __atomic_fetch_add(&p->next, 1, __ATOMIC_RELAXED)) < p->parts;) {
             int64_t b = p->total * i / p->parts, e = p->total * (i + 1) / p->parts;
             if (b < e) p->fn(p->arg, b, e, (int)i);
+        }
+        return;
+    }
+    if (p->align) {   /* guided: about 1/(2*threads) of what is left, at most grain */
+        int64_t b = __atomic_load_n(&p->next, __ATOMIC_RELAXED);
+        while (b < p->total) {
+            int64_t left = p->total - b, n = (left + 2 * p->parts - 1) / (2 * p->parts);
+            n = (n + p->align - 1) / p->align * p->align;
+            if (n > p->grain) n = p->grain;
+            if (!__atomic_compare_exchange_n(&p->next, &b, b + n, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) continue;
+            p->fn(p->arg, b, b + n < p->total ? b + n : p->total, slot);
+            b = __atomic_load_n(&p->next, __ATOMIC_RELAXED);
         }
         return;
     }
@@ -291,9 +304,9 @@ static qd_pool *ctx_pool(qd_ctx *ctx) {
 /* The pool to run a job of n items on, or NULL: run it inline. */
 static qd_pool *job_pool(qd_ctx *ctx, int64_t n) { return n <= 1 ? NULL : ctx_pool(ctx); }
 
-static void run_job(qd_pool *p, qd_range_fn fn, void *arg, int64_t n, int64_t grain) {
+static void run_job(qd_pool *p, qd_range_fn fn, void *arg, int64_t n, int64_t grain, int64_t align) {
     keep_off_caller_cpu(p);
-    p->fn = fn; p->arg = arg; p->total = n; p->parts = p->n + 1; p->grain = grain;
+    p->fn = fn; p->arg = arg; p->total = n; p->parts = p->n + 1; p->grain = grain; p->align = align;
     __atomic_store_n(&p->next, 0, __ATOMIC_RELAXED);
     uint64_t gen = p->generation + 1;
     STORE(p->open, gen);
@@ -317,7 +330,7 @@ void qd_parallel_for(qd_ctx *ctx, int64_t n, qd_range_fn fn, void *arg) {
     if (n <= 0) return;
     qd_pool *p = job_pool(ctx, n);
     if (!p) { fn(arg, 0, n, 0); return; }
-    run_job(p, fn, arg, n, 0);
+    run_job(p, fn, arg, n, 0, 0);
 }
 
 void qd_parallel_for_dyn(qd_ctx *ctx, int64_t n, int64_t grain, qd_range_fn fn, void *arg) {
@@ -328,7 +341,19 @@ void qd_parallel_for_dyn(qd_ctx *ctx, int64_t n, int64_t grain, qd_range_fn fn, 
         for (int64_t b = 0; b < n; b += grain) fn(arg, b, b + grain < n ? b + grain : n, 0);
         return;
     }
-    run_job(p, fn, arg, n, grain);
+    run_job(p, fn, arg, n, grain, 0);
+}
+
+void qd_parallel_for_guided(qd_ctx *ctx, int64_t n, int64_t grain, int64_t align, qd_range_fn fn, void *arg) {
+    if (n <= 0) return;
+    if (align < 1) align = 1;
+    grain = grain < align ? align : grain / align * align;
+    qd_pool *p = job_pool(ctx, n > align ? 2 : 1);
+    if (!p) {
+        for (int64_t b = 0; b < n; b += grain) fn(arg, b, b + grain < n ? b + grain : n, 0);
+        return;
+    }
+    run_job(p, fn, arg, n, grain, align);
 }
 
 void qd_set_thread_spin(qd_ctx *ctx, int microseconds) {

@@ -23,6 +23,13 @@ void qd_parallel_for(qd_ctx *ctx, int64_t n, qd_range_fn fn, void *arg);
  * ranges in order on the caller. */
 void qd_parallel_for_dyn(qd_ctx *ctx, int64_t n, int64_t grain, qd_range_fn fn, void *arg);
 
+/* Dynamic split whose claims shrink towards the end: each is about 1/(2*threads) of the
+ * indices not yet claimed, rounded up to a multiple of align, at most grain (rounded down
+ * to a multiple of align, at least align); the last range ends at n. A short job's
+ * threads then finish within one small claim of each other, while the first claims stay
+ * at grain. thread_index as in qd_parallel_for_dyn; one thread: ranges of grain in order. */
+void qd_parallel_for_guided(qd_ctx *ctx, int64_t n, int64_t grain, int64_t align, qd_range_fn fn, void *arg);
+
 /* Number of threads parallel_for may use (>= 1). */
 int qd_threads(const qd_ctx *ctx);
 

@@ -422,13 +422,18 @@ int qd_i8_gemm(qd_ctx *ctx, qd_i8_isa isa, const qd_i8_gemm_args *g) {
     int64_t nblk = (g->M + mc - 1) / mc;
     mc = ((g->M + nblk - 1) / nblk + QD_I8_MR - 1) / QD_I8_MR * QD_I8_MR;
     nblk = (g->M + mc - 1) / mc;
-    /* several threads: at least ~8 items per thread (split the panels when the blocks
-     * are fewer), so the last claims leave little idle time */
-    int64_t npanels = (g->N + QD_I8_NR - 1) / QD_I8_NR, npg = 1;
-    if (t > 1 && nblk < 8 * (int64_t)t) npg = (8 * (int64_t)t + nblk - 1) / nblk;
-    if (npg > npanels) npg = npanels;
-    int64_t pgsize = (npanels + npg - 1) / npg;
-    npg = (npanels + pgsize - 1) / pgsize;
+    /* several threads: at least 8 items per thread, so the last claims leave little idle
+     * time, and a multiple of the threads unless there are 16 per thread: the 512x1280x1280
+     * GEMM had 15 items, 8 + 7 on 2 threads (at most 1.87x), now 30. Panel groups of equal
+     * size (a divisor of the panels), the largest that gives that: the items of a token
+     * block then cost the same, and a group's size does not change the data reuse (each
+     * panel walks the block's codes anyway). */
+    int64_t npanels = (g->N + QD_I8_NR - 1) / QD_I8_NR, pgsize = npanels;
+    for (int64_t items; t > 1 && pgsize > 1; pgsize--) {
+        items = nblk * (npanels / pgsize);
+        if (npanels % pgsize == 0 && items >= 8 * (int64_t)t && (items % t == 0 || items >= 16 * (int64_t)t)) break;
+    }
+    int64_t npg = (npanels + pgsize - 1) / pgsize;
     int32_t *tiles = malloc(sizeof(int32_t) * (size_t)(t * mc * QD_I8_NR));
     if (!tiles) return -1;
     /* An output of NT_BYTES (twice the two cores' L2) or more goes out through L3/DRAM

@@ -250,7 +250,7 @@ static int gemm_run(qd_ctx *ctx, int threads, const gemm_args *g, int bf16) {
             }
         return 0;
     }
-    int thin_rc;   /* a convolution over few pixels: tensor/gemm_thin.c */
+    int thin_rc;   /* a convolution over few pixels, or a linear over few tokens: tensor/gemm_thin.c */
     if (!g->C2 && qd_gemm_thin(ctx, threads, j.kd, g->M, g->N, g->K, g->A, g->B, g->C, g->ldc, g->c_cols, g->c_bstride,
                                g->alpha, j.acc_first, g->row_bias, g->col_bias, &thin_rc))
         return thin_rc;

@@ -58,7 +58,9 @@ void qd_gemm(qd_ctx *ctx, int64_t M, int64_t N, int64_t K,
  * C[(j / c_cols) * c_batch_stride + i*ldc + j % c_cols] (c_cols = 0: C[i*ldc + j]).
  * A convolution over a batch is one such GEMM, so its weight is packed once. One over few
  * output pixels (<= 256) with K over several blocks runs tensor/gemm_thin.c instead of the
- * blocked driver (QD_NO_GEMM_THIN=1 in the environment turns that off).
+ * blocked driver (QD_NO_GEMM_THIN=1 in the environment turns that off), and so does a GEMM
+ * of at most 512 rows of A against a weight B with K over several blocks (a linear over
+ * few tokens; QD_NO_GEMM_SMALLM=1 turns that off).
  * Returns -1 when its buffers cannot be allocated (C incomplete; the caller reports
  * it with qd_op_failed, naming its op), else 0. */
 int qd_gemm_cbatch(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,

@@ -64,10 +64,11 @@ int qd_gemm_split_rows(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, q
                        int64_t c_cols, int64_t c_batch_stride, float alpha, float beta, const float *row_bias,
                        const float *col_bias, int64_t m_split, float *C2, int64_t ldc2);
 
-/* tensor/gemm_thin.c: a convolution (A a weight, B im2col) over few output pixels, C
- * already scaled by beta (acc_first: accumulate into it): packs B once for all K and gives
- * each thread whole row groups for all K blocks. Returns 1 and sets *rc (0, or -1 when
- * buffers could not be allocated) when it ran the GEMM, 0 when the shape is not for it. */
+/* tensor/gemm_thin.c: a convolution (A a weight, B im2col) over few output pixels, or few
+ * rows of A against a weight B (a linear over few tokens), C already scaled by beta
+ * (acc_first: accumulate into it): packs the small operand once for all K and gives each
+ * thread whole groups of weight strips for all K blocks. Returns 1 and sets *rc (0, or -1
+ * when buffers could not be allocated) when it ran the GEMM, 0 when the shape is not for it. */
 int qd_gemm_thin(qd_ctx *ctx, int threads, const qd_gemm_kernel *kd, int64_t M, int64_t N, int64_t K, qd_mat A,
                  qd_mat B, float *C, int64_t ldc, int64_t c_cols, int64_t c_bstride, float alpha, int acc_first,
                  const float *row_bias, const float *col_bias, int *rc);
