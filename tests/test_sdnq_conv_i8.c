@@ -155,7 +155,9 @@ static int64_t ref_scale_index(const layer *L, int64_t o, int64_t col) {
 
 static float f32_at(const layer *L, const char *name, int64_t i) {
     const qd_st_tensor *t = qd_st_find(&L->st, name);
-    return t ? ((const float *)t->data)[i] : 0.0f;
+    float v = 0.0f;   /* the file's tensor data need not be 4-byte aligned */
+    if (t) memcpy(&v, (const uint8_t *)t->data + 4 * i, 4);
+    return v;
 }
 
 static int8_t rne_i8(float v) {
