@@ -11,6 +11,8 @@
  * weight is exact in fp32 and the codes on both sides are the same: only the fp32
  * epilogue, the fp32 SVD branch and the order of float sums differ. Tolerance per case:
  * rel L2 <= 1e-5 and max-abs <= 1e-5 of max |ref| (measured ~1e-7).
+ * Every case runs twice: default chunks, and chunks of a few rows with the SVD
+ * branch's projections per chunk (qd_sdnq_conv_i8_limits).
  * Also: the matmul mode decision (CONFIG runs int8 for a qmm layer with >= 32 pixels,
  * exact below and for a layer without qmm; EXACT never), and the UNet of sd15-tiny
  * with its convs quantized (uint4 + SVD, quant_conv) in int8 mode against exact mode. */
@@ -408,6 +410,16 @@ int main(void) {
         {"int8 tensor-wise, Cin 6", "int8", 16, 6, 3, 1, 1, 1, 1, 1, 2, 6, 5, -2, 0, 0, 1, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(ctx, &cases[i]);
+    /* again with small chunks (a few rows of codes) and the SVD projections per chunk */
+    qd_sdnq_conv_i8_limits(4096, 1);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        conv_case c = cases[i];
+        char name[160];
+        snprintf(name, sizeof name, "%s, small chunks", c.name);
+        c.name = name;
+        run_case(ctx, &c);
+    }
+    qd_sdnq_conv_i8_limits(0, 0);
     test_config_mode(ctx);
     test_unet(ctx);
     scratch_remove();

@@ -18,4 +18,9 @@ int qd_sdnq_conv_i8(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int64_t
                     const float *bias, int kh, int kw, int stride, int pt, int pb, int pl, int pr, float beta,
                     float *y);
 
+/* Tests: the bytes of activation codes per chunk of output pixels (default 2 MiB) and
+ * of the SVD branch's whole-input projections (default 32 MiB; above, per chunk).
+ * <= 0: the default. Not thread-safe: set before running. */
+void qd_sdnq_conv_i8_limits(int64_t chunk_bytes, int64_t u_bytes_max);
+
 #endif
