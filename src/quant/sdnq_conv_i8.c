@@ -3,10 +3,13 @@
  *   1. the input goes to pixel-major (NHWC) once, and each input pixel's channel
  *      amax max_c |x| is kept: an output pixel's row amax (its receptive field, the
  *      zero padding adding nothing) is the max of kh x kw of them;
- *   2. the K order is tap-major (k = (ky * kw + kx) * Cin + c): an output pixel's row
- *      is kh * kw runs of Cin contiguous NHWC floats, quantized with the row's scale
- *      straight into the int8 GEMM's row-major codes; the weight panels use the same
- *      column order (qd_sdnq_i8_pack_perm), packed once per call;
+ *   2. an output pixel's row is kh * kw runs of Cin contiguous NHWC floats, quantized
+ *      with the row's scale tap by tap (k = (ky * kw + kx) * Cin + c) into the int8
+ *      GEMM's row-major codes; the weight panels, packed once per call, use the same
+ *      column order (qd_sdnq_i8_pack_perm). Over fewer pixels than outputs (SD1.5's
+ *      8x8 and 16x16 levels) the rows are reordered to the stored (c, tap) order
+ *      instead, so the weight packs without a reorder: each side's reorder costs its
+ *      rows x K bytes;
  *   3. output pixels go in chunks whose codes stay in cache (chunk_bytes): quantize,
  *      the int8 GEMM into a pixel-major tile [pixels, Cout] with the bias, then the
  *      tile is transposed into the NCHW output (accumulating when asked);
@@ -141,6 +144,8 @@ typedef struct {
     int64_t u_p0, u_np, r;
     float *t;
     int wide;            /* AVX-512 */
+    int cmajor;          /* rows in the stored K order (c, tap): built tap-major in rowtmp, then reordered */
+    int8_t *rowtmp;      /* [threads, K] */
     /* the tile -> NCHW step */
     const float *tile;   /* [rows, N] */
     float *y;
@@ -203,13 +208,19 @@ static void quantize_pixels(void *arg, int64_t b, int64_t e, int thread) {
             continue;
         }
         int32_t sum = 0;
+        int8_t *qtap = j->cmajor ? j->rowtmp + (int64_t)thread * j->K : q;   /* codes tap-major */
         for (int ky = 0; ky < j->kh; ky++)
             for (int kx = 0; kx < j->kw; kx++) {
                 int64_t iy = iy0 + ky, ix = ix0 + kx;
-                int8_t *qt = q + (ky * j->kw + kx) * C;
+                int8_t *qt = qtap + (ky * j->kw + kx) * C;
                 if (iy < 0 || iy >= j->H || ix < 0 || ix >= j->W) memset(qt, 0, (size_t)C);
                 else sum += qd_i8_quantize_scaled(j->isa, j->xn + ((bi * j->H + iy) * j->W + ix) * C, C, sc, qt);
             }
+        if (j->cmajor) {   /* to the stored (c, tap) order */
+            int64_t ks = (int64_t)j->kh * j->kw;
+            for (int64_t t = 0; t < ks; t++)
+                for (int64_t c = 0; c < C; c++) q[c * ks + t] = qtap[t * C + c];
+        }
         j->sx[r] = sc;
         j->xsum[r] = sum;
     }
@@ -293,7 +304,10 @@ int qd_sdnq_conv_i8(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int64_t
     if (!perm) return 0;
     for (int64_t tap = 0; tap < ksize; tap++)
         for (int64_t c = 0; c < Cin; c++) perm[tap * Cin + c] = (int32_t)(c * ksize + tap);
-    qd_sdnq_i8_panels *P = qd_sdnq_i8_pack_perm(ctx, s, perm);
+    /* one side's K order is a [C, ks] <-> [ks, C] byte reorder: the weight's (N rows)
+     * or the activations' (M rows), whichever has fewer (a 1x1 conv has none) */
+    int cmajor = ksize > 1 && M < N;
+    qd_sdnq_i8_panels *P = qd_sdnq_i8_pack_perm(ctx, s, cmajor || ksize == 1 ? NULL : perm);
     free(perm);
     if (!P) return 0;
 
@@ -305,6 +319,7 @@ int qd_sdnq_conv_i8(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int64_t
     j.K = K;
     j.kp = qd_i8_kpad(K);
     j.N = N;
+    j.cmajor = cmajor;
     /* equal chunks of at most chunk_bytes of codes (at least one micro-kernel row block) */
     int64_t mc = chunk_bytes / j.kp;
     if (mc < QD_I8_MR) mc = QD_I8_MR;
@@ -330,7 +345,8 @@ int qd_sdnq_conv_i8(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int64_t
     j.xq = qd_malloc_aligned(ctx, (size_t)(mc * j.kp));
     j.sx = malloc(sizeof(float) * (size_t)mc);
     j.xsum = malloc(sizeof(int32_t) * (size_t)mc);
-    int ok = xn && pamax && tile && j.xq && j.sx && j.xsum && (!r || (dtap && u && t));
+    if (cmajor) j.rowtmp = malloc((size_t)(qd_threads(ctx) * K));
+    int ok = xn && pamax && tile && j.xq && j.sx && j.xsum && (!cmajor || j.rowtmp) && (!r || (dtap && u && t));
     if (ok) {
         nhwc_job nj = {x, Cin, H, W, xn, pamax};
         qd_parallel_for(ctx, B * H, nhwc_rows, &nj);
@@ -372,6 +388,7 @@ int qd_sdnq_conv_i8(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int64_t
     free(j.xq);
     free(j.sx);
     free(j.xsum);
+    free(j.rowtmp);
     qd_sdnq_i8_panels_free(P);
     return ok;
 }
