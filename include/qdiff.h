@@ -51,9 +51,12 @@ int qd_ctx_threads(const qd_ctx *ctx);
 const char *qd_last_error(const qd_ctx *ctx);
 void qd_set_log(qd_ctx *ctx, qd_log_fn fn, void *user);  /* default: warnings to stderr */
 void qd_cancel(qd_ctx *ctx);                 /* thread-safe; the running call returns QD_ERR_CANCELLED */
-/* How SDNQ-quantized layers multiply: as each model's config asks (default), exact
- * (dequantized tile by tile, fp32 math), or int8 quantized matmul (per-token int8
- * activations) wherever possible. */
+/* How SDNQ-quantized layers multiply: as each model's config asks (default: sdnq's
+ * quantized matmul for the layers use_quantized_matmul / use_quantized_matmul_conv
+ * give it, over >= 32 tokens or output pixels), exact (dequantized tile by tile, fp32
+ * math), or int8 quantized matmul (per-token int8 activations) wherever possible:
+ * Linear layers and Conv layers (each output pixel's im2col row quantized per token;
+ * not a Conv with kernel > 1x1 and a Hadamard rotation, which runs exact). */
 enum { QD_MATMUL_CONFIG = 0, QD_MATMUL_EXACT = 1, QD_MATMUL_INT8 = 2 };
 void qd_set_matmul(qd_ctx *ctx, int mode);
 /* Arithmetic of the dense math (GEMM, convolution, attention):

@@ -138,6 +138,10 @@ float qd_i8_quantize_row(qd_i8_isa isa, const float *x, int64_t K, int64_t kp, i
     return s;
 }
 
+int32_t qd_i8_quantize_scaled(qd_i8_isa isa, const float *x, int64_t K, float s, int8_t *q) {
+    return isa == QD_I8_VNNI ? quant_avx512(x, K, s, q) : quant_generic(x, K, s, q);
+}
+
 /* ---- panel packing ---- */
 
 static uint8_t isa_flip(qd_i8_isa isa) { return isa == QD_I8_VNNI ? 0x80 : 0; }   /* VNNI reads w + 128 */

@@ -40,6 +40,11 @@ static inline int64_t qd_i8_kpad(int64_t K) { return (K + 3) / 4 * 4; }
  * codes 0), *sum = sum of the codes. NaN inputs give code -127, never UB. */
 float qd_i8_quantize_row(qd_i8_isa isa, const float *x, int64_t K, int64_t kp, int8_t *q, int32_t *sum);
 
+/* The codes of K floats for a scale s > 0 chosen by the caller (the same division,
+ * rounding and clamp as qd_i8_quantize_row): q[0..K) written, returns their sum. Lets
+ * a conv quantize one im2col row piecewise with the row's scale (sdnq_conv_i8.c). */
+int32_t qd_i8_quantize_scaled(qd_i8_isa isa, const float *x, int64_t K, float s, int8_t *q);
+
 /* max |x[k]| over K floats (vectorised). */
 float qd_i8_amax(qd_i8_isa isa, const float *x, int64_t K);
 

@@ -29,16 +29,19 @@ static int is_int_family(const qd_sdnq_dtype *d) { return d->family == QD_SQ_INT
 
 int qd_sdnq_uses_int8(const qd_ctx *ctx, const qd_sdnq_state *s, int64_t M) {
     const qd_sdnq_layout *l = &s->l;
-    if (ctx->matmul_mode == QD_MATMUL_EXACT || l->cls == QD_SDNQ_EMBEDDING || l->ksize != 1 ||
+    /* a conv's im2col rows mix kernel taps: a Hadamard rotation along them has no kernel here */
+    if (ctx->matmul_mode == QD_MATMUL_EXACT || l->cls == QD_SDNQ_EMBEDDING || (l->ksize != 1 && l->hadamard) ||
         l->cols > QD_I8_MAX_K || M <= 0)
         return 0;
     if (ctx->matmul_mode == QD_MATMUL_INT8) return 1;
     return l->qmm && is_int_family(&l->mm_dtype) && M >= 32;
 }
 
-/* Stored codes usable as int8 weights with one scale per output row. */
+/* Stored codes usable as int8 weights with one scale per output row (a row-wise conv
+ * stores one per output and kernel position unless transposed: re-quantized). */
 static int direct_codes(const qd_sdnq_layout *l) {
-    return is_int_family(&l->dtype) && l->dtype.bits <= 8 && !l->codebook && l->grouping != QD_SDNQ_GROUPED;
+    return is_int_family(&l->dtype) && l->dtype.bits <= 8 && !l->codebook && l->grouping != QD_SDNQ_GROUPED &&
+           (l->ksize == 1 || l->transposed || l->grouping == QD_SDNQ_TENSORWISE);
 }
 
 typedef struct {
@@ -51,6 +54,7 @@ typedef struct {
     int32_t *xsum;         /* per-token sum of codes */
     int64_t M, K, kp, N;
     int direct;
+    const int32_t *perm;   /* packed column k is stored column perm[k] (a conv's tap order), NULL: k */
     /* the current chunk of panels */
     int64_t p0;            /* first panel of the chunk (packed at panels[0]) */
     uint8_t *panels;
@@ -78,24 +82,32 @@ static void pack_panel(const i8_job *j, int64_t n0, int nb, uint8_t *panel, int8
     const qd_sdnq_state *s = j->s;
     const qd_sdnq_layout *l = &s->l;
     int64_t K = j->K;
+    const int32_t *perm = j->perm;
     if (!j->direct) {   /* dequantize the (rotated, SVD-less) base weight and re-quantize per row */
         for (int i = 0; i < nb; i++) {
             int32_t unused;
+            int8_t *r = rows + i * K, *q = perm ? (int8_t *)ibuf : r;   /* codes in stored order, then permuted */
             qd_sdnq_decode_base(s, n0 + i, 1, 0, K, fbuf, K);
-            j->sw[n0 + i] = qd_i8_quantize_row(j->isa, fbuf, K, K, rows + i * K, &unused);
+            j->sw[n0 + i] = qd_i8_quantize_row(j->isa, fbuf, K, K, q, &unused);
             j->zp[n0 + i] = 0;
+            if (perm) for (int64_t k = 0; k < K; k++) r[k] = q[perm[k]];
         }
         qd_i8_pack_rows(j->isa, rows, K, nb, K, j->kp, panel);
         return;
     }
     /* uint codes do not fit int8 when 8-bit: use q - 128 and fold 128 * scale into the zero point */
     int32_t shift = l->dtype.family == QD_SQ_UINT && l->dtype.bits == 8 ? 128 : 0;
-    if (l->transposed) {   /* [K, out] bytes: int8 or uint8 */
+    if (l->transposed && !perm) {   /* [K, out] bytes: int8 or uint8 */
         qd_i8_pack_cols(j->isa, s->codes, l->out, n0, nb, K, j->kp, shift ? 0x80 : 0, panel);
+    } else if (l->transposed) {     /* the same bytes gathered in the permuted order */
+        uint8_t flip = shift ? 0x80 : 0;
+        for (int i = 0; i < nb; i++)
+            for (int64_t k = 0; k < K; k++) rows[i * K + k] = (int8_t)(s->codes[perm[k] * l->out + n0 + i] ^ flip);
+        qd_i8_pack_rows(j->isa, rows, K, nb, K, j->kp, panel);
     } else {
         for (int i = 0; i < nb; i++) {
             qd_sdnq_unpack_int(&l->dtype, s->codes, (n0 + i) * K, K, ibuf);
-            for (int64_t k = 0; k < K; k++) rows[i * K + k] = (int8_t)(ibuf[k] - shift);
+            for (int64_t k = 0; k < K; k++) rows[i * K + k] = (int8_t)(ibuf[perm ? perm[k] : k] - shift);
         }
         qd_i8_pack_rows(j->isa, rows, K, nb, K, j->kp, panel);
     }
@@ -144,18 +156,20 @@ static void job_init(i8_job *j, const qd_sdnq_state *s) {
     j->direct = direct_codes(&s->l);
 }
 
+/* The linear path: SDNQ layers whose weight is a plain [out, cols] matrix (Linear, 1x1 conv). */
 static int uses_int8(const qd_ctx *ctx, const qd_weight *w, int64_t M) {
-    return w->linear == qd_sdnq_linear && w->quant && qd_sdnq_uses_int8(ctx, w->quant, M);
+    return w->linear == qd_sdnq_linear && w->quant && ((const qd_sdnq_state *)w->quant)->l.ksize == 1 &&
+           qd_sdnq_uses_int8(ctx, w->quant, M);
 }
 
-qd_sdnq_i8_panels *qd_sdnq_i8_prepack(qd_ctx *ctx, const qd_weight *w, int64_t M) {
-    if (!uses_int8(ctx, w, M)) return NULL;
+static qd_sdnq_i8_panels *pack_all(qd_ctx *ctx, const qd_sdnq_state *s, const int32_t *perm) {
     i8_job j;
-    job_init(&j, w->quant);
+    job_init(&j, s);
+    j.perm = perm;
     int64_t npan = (j.N + QD_I8_NR - 1) / QD_I8_NR;
     qd_sdnq_i8_panels *p = calloc(1, sizeof *p);
     if (!p) return NULL;
-    p->s = w->quant;
+    p->s = s;
     p->N = j.N;
     p->kp = j.kp;
     p->isa = j.isa;
@@ -172,6 +186,22 @@ qd_sdnq_i8_panels *qd_sdnq_i8_prepack(qd_ctx *ctx, const qd_weight *w, int64_t M
     qd_sdnq_i8_panels_free(p);
     return NULL;
 }
+
+qd_sdnq_i8_panels *qd_sdnq_i8_prepack(qd_ctx *ctx, const qd_weight *w, int64_t M) {
+    return uses_int8(ctx, w, M) ? pack_all(ctx, w->quant, NULL) : NULL;
+}
+
+qd_sdnq_i8_panels *qd_sdnq_i8_pack_perm(qd_ctx *ctx, const qd_sdnq_state *s, const int32_t *perm) {
+    return pack_all(ctx, s, perm);
+}
+
+int qd_sdnq_i8_panels_gemm(qd_ctx *ctx, const qd_sdnq_i8_panels *p, const int8_t *xq, const float *sx,
+                           const int32_t *xsum, int64_t M, const float *bias, float *y, int64_t ldy, int accumulate) {
+    qd_i8_gemm_args g = {xq, sx, xsum, M, p->kp, p->panels, p->N, p->sw, p->zp, bias, y, ldy, accumulate};
+    return qd_i8_gemm(ctx, p->isa, &g);
+}
+
+qd_i8_isa qd_sdnq_i8_panels_isa(const qd_sdnq_i8_panels *p) { return p->isa; }
 
 void qd_sdnq_i8_panels_free(qd_sdnq_i8_panels *p) {
     if (!p) return;

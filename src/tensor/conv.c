@@ -1,5 +1,6 @@
 #include "tensor/conv.h"
 #include "tensor/gemm.h"
+#include "quant/sdnq_conv_i8.h"
 
 /* Convolution as one implicit GEMM per call: C[Cout, batch*Ho*Wo] = W[Cout, Cin*kh*kw]
  * . im2col(x), where the GEMM reads im2col(x) straight from the NCHW input while it
@@ -13,7 +14,8 @@ void qd_conv2d_acc(qd_ctx *ctx, const float *x, int64_t B, int64_t Cin, int64_t 
     int64_t Cout = w->rows, K = Cin * kh * kw, S = Ho * Wo;
     double t0 = ctx->trace ? qd_now() : 0;
     qd_conv_src src = {x, Cin, H, W, Ho, Wo, kh, kw, stride, pt, pl};
-    if (Ho > 0 && Wo > 0 &&
+    /* an SDNQ layer that runs its quantized matmul (int8 mode or its config) does it here */
+    if (Ho > 0 && Wo > 0 && !qd_sdnq_conv_i8(ctx, x, B, Cin, H, W, w, bias, kh, kw, stride, pt, pb, pl, pr, beta, y) &&
         qd_gemm_cbatch(ctx, Cout, B * S, K, qd_wmat(w), qd_im2col(&src), y, S, S, Cout * S, 1.0f, beta, bias, NULL))
         qd_op_failed(ctx, "convolution");
     if (ctx->trace) {
