@@ -99,6 +99,11 @@ void qd_gemm_pack_a(qd_mat m, int64_t i0, int64_t n, int64_t k0, int64_t kc, int
                 for (int r = rows; r < mr; r++) memset(d + r * AST, 0, sizeof(uint32_t) * (size_t)kw);
                 continue;
             }
+            if (bf16 && m.w->decode_bf16 && !m.w->lora &&
+                m.w->decode_bf16(m.w, i0 + s, rows, k0, kc, d, AST, alpha)) {   /* the format's own bf16 rows */
+                for (int r = rows; r < mr; r++) memset(d + r * AST, 0, sizeof(uint32_t) * (size_t)kw);
+                continue;
+            }
             for (int64_t kk = 0; kk < kc; kk += KT) {
                 int64_t kt = kc - kk < KT ? kc - kk : KT;
                 (bf16 && m.w->decode_lowp ? m.w->decode_lowp : m.w->decode)(m.w, i0 + s, rows, k0 + kk, kt, scratch, kt);
