@@ -454,23 +454,19 @@ static int cpu_bf16(void) {
  * latency (perf, 1280x11520 conv at 16x16: ~80% of the decode time in those two loads).
  * Ask for the next strip's runs of codes, scales and zero points while this one decodes. */
 static inline __attribute__((always_inline)) void prefetch_range(const void *base, int64_t b0, int64_t b1) {
-    const char *p = (const char *)base;
-    for (int64_t b = b0 & ~(int64_t)63; b < b1; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+    uintptr_t p = (uintptr_t)base;   /* addresses only: the first line may start before base */
+    for (uintptr_t a = (p + (uintptr_t)b0) & ~(uintptr_t)63; a < p + (uintptr_t)b1; a += 64) _mm_prefetch((const char *)a, _MM_HINT_T0);
 }
 
-#ifndef PF_AHEAD0
-#define PF_AHEAD0 1
-#define PF_AHEAD1 2
-#endif
 static void prefetch_next(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk) {
     const qd_sdnq_layout *l = &s->l;
     const qd_sdnq_dtype *d = &l->dtype;
-    int64_t rs = r0 + nr * PF_AHEAD0, re = r0 + nr * PF_AHEAD1 < l->out ? r0 + nr * PF_AHEAD1 : l->out;
+    int64_t rs = r0 + nr, re = rs + nr < l->out ? rs + nr : l->out;   /* (two strips ahead measured no better) */
     int64_t bits = d->packed ? d->bits : 8 * (int64_t)qd_dtype_size(d->storage);
     int64_t gs = l->group_size > 0 ? l->group_size : l->in;
     int64_t g0 = k0 / l->ksize / gs, g1 = (k0 + nk - 1) / l->ksize / gs;
     int64_t s0 = g0 * s->sg, s1 = g1 * s->sg + (l->ksize - 1) * s->sp + 1;   /* scale floats of a row */
-    if (s1 - s0 > 64) s1 = s0 + 64;   /* (not reached by SDNQ's layouts: a row's groups are contiguous) */
+    if (s1 - s0 > 64) s1 = s0 + 64;   /* at most 4 lines of a row's scales (SD layers touch 1-2 per tile) */
     for (int64_t o = rs; o < re; o++) {
         prefetch_range(s->codes, (o * l->cols + k0) * bits / 8, ((o * l->cols + k0 + nk) * bits + 7) / 8);
         prefetch_range(s->scale, (o * s->so + s0) * 4, (o * s->so + s1) * 4);
