@@ -241,7 +241,7 @@ int main(int argc, char **argv) {
     static const struct { const char *name, *dtype; int64_t gl, gc; int zp, rank, path; } cases[] = {
         {"int8 row-wise", "int8", 0, 0, 0, 0, 0},
         {"uint4 grouped + zero points", "uint4", 0, 0, 1, 0, 0},
-        {"uint4 grouped + zp, bf16 rows (A)", "uint4", 0, 0, 1, 0, 3},
+        {"uint4 grouped + zp, bf16 pairs", "uint4", 0, 0, 1, 0, 3},
         {"uint4 grouped + zp + SVD 32 (bf16)", "uint4", 0, 0, 1, 32, 1},
         {"uint4 grouped + zp + SVD 32 (fp32)", "uint4", 0, 0, 1, 32, 0},
         {"uint4 + zp + SVD 32, scalar decode", "uint4", 0, 0, 1, 32, 2},

@@ -18,7 +18,8 @@
  *      at the last whole strip), an output count that is not a multiple of the strip, row
  *      bias, alpha and beta, vs a double-precision product with the spec's weight (+ up .
  *      down). Tolerance: relative L2 1e-5 (fp32), 2^-7 (bf16, the bf16 GEMM bound the
- *      other SDNQ tests use). */
+ *      other SDNQ tests use). Linears (the weight as B: bf16 pairs transposed into B strips)
+ *      without SVD and with it through the side path, same tolerances. */
 #include "testutil.h"
 #include "quant/sdnq_weight.h"
 #include "quant/sdnq_decode_fast.h"
@@ -277,6 +278,35 @@ static void gemm_a_case(qd_ctx *ctx, const char *prec, double tol, const layer *
     free(xt); free(y); free(bias); free(ref);
 }
 
+/* y[M, out] = x . W^T + col bias (the weight as B: a linear) vs double; plain: a layer
+ * without SVD (its decode_bf16 is the whole weight), else the SVD layer (side path) */
+static void linear_case(qd_ctx *ctx, const char *prec, double tol, const layer *L, const double *W, int64_t M, int plain) {
+    int64_t out = L->out, K = L->cols;
+    float *x = malloc(sizeof(float) * (size_t)(M * K)), *y = malloc(sizeof(float) * (size_t)(M * out));
+    float *bias = malloc(sizeof(float) * (size_t)out);
+    double *ref = malloc(sizeof(double) * (size_t)(M * out));
+    for (int64_t i = 0; i < M * K; i++) x[i] = frand();
+    for (int64_t i = 0; i < out; i++) bias[i] = frand();
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t o = 0; o < out; o++) {
+            double s = bias[o];
+            for (int64_t k = 0; k < K; k++) s += W[o * K + k] * x[m * K + k];
+            ref[m * out + o] = s;
+        }
+    qd_weight w;
+    as_weight(L, &w);
+    if (plain) {
+        w.decode_base = NULL; w.decode_base_bf16 = NULL; w.decode_lowp = NULL;
+        w.lr_up = w.lr_down = NULL; w.lr_rank = 0;
+        w.decode_bf16 = dec_base_bf16;
+    }
+    qd_gemm(ctx, M, out, K, qd_rows(x, K), qd_wmat(&w), y, out, 1.0f, 0.0f, NULL, bias);
+    double r = rel_l2_d(y, ref, M * out);
+    check(r <= tol, "%s: linear %lld tokens %lld -> %lld (weight as B), %s, vs double: rel_l2 %.3g (tol %.1g)", prec,
+          (long long)M, (long long)K, (long long)out, plain ? "no SVD" : "SVD side path", r, tol);
+    free(x); free(y); free(bias); free(ref);
+}
+
 static void test_gemm(void) {
     setenv("QD_LOWRANK", "2", 1);
     layer l;
@@ -295,6 +325,24 @@ static void test_gemm(void) {
     }
     free(W);
     drop(&l);
+    /* linears: the weight as B, 40 outputs (a 32-wide strip and 8 columns), K 1000 (two
+     * K blocks in bf16, a short last tile); the SVD one through the side path */
+    setenv("QD_LOWRANK", "1", 1);
+    layer p, q;
+    make(&p, "uint4", 40, 1024, 1, 8, 1, 0, 2);
+    make(&q, "int4", 40, 1000, 1, 0, 0, 8, -1);
+    double *Wp = spec_weight(&p), *Wq = spec_weight(&q);
+    for (int bf = 0; bf <= 1; bf++) {
+        qd_ctx *ctx = test_ctx_new(2);
+        if (bf) qd_set_precision(ctx, QD_PRECISION_BF16);
+        const char *prec = bf && qd_ctx_bf16(ctx) ? "bf16" : "fp32";
+        double tol = bf && qd_ctx_bf16(ctx) ? ldexp(1.0, -7) : 1e-5;
+        linear_case(ctx, prec, tol, &p, Wp, 37, 1);
+        linear_case(ctx, prec, tol, &q, Wq, 37, 0);
+        qd_ctx_free(ctx);
+    }
+    free(Wp); free(Wq);
+    drop(&p); drop(&q);
     unsetenv("QD_LOWRANK");
 }
 

@@ -70,7 +70,7 @@ static void stacked_decode(const qd_weight *w, int64_t r0, int64_t nr, int64_t k
     }
 }
 
-/* The base rows straight into bf16 strips; a strip with down's rows goes through decode(). */
+/* The base rows straight into bf16 pairs; a strip with down's rows goes through decode(). */
 static int stacked_decode_bf16(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *dst,
                                int64_t ldw, float alpha) {
     const stacked *s = (const stacked *)w;

@@ -48,7 +48,7 @@ struct qd_weight {
      * is base column view_c + k. NULL: not a view. */
     const struct qd_weight *view_base;
     int64_t view_r[2], view_n, view_c;
-    /* Optional, for the bf16 GEMM's A strips: rows [r0, r0+nr) x cols [k0, k0+nk) of
+    /* Optional, for the bf16 GEMM's packers (A strips; B strips transpose these rows): rows [r0, r0+nr) x cols [k0, k0+nk) of
      * decode() (decode_bf16) or of decode_base() (decode_base_bf16), times alpha, rounded
      * to bf16 (round to nearest even, as the packer rounds decode()'s floats) as pairs:
      * row r at dst + r*ldw, word p = columns k0+2p (low half) and k0+2p+1 (high half; 0
