@@ -13,7 +13,8 @@
  *      0 and nothing past the rectangle written. Also: the same bits as rounding the fp32
  *      decode (qd_sdnq_decode_fast_base) to bf16, and 0 returned for an odd k0.
  *   2. Convolutions and weight-as-A GEMMs with uint4 + SVD weights, the SVD term stacked
- *      under the weight (QD_LOWRANK=2), bf16 and fp32 contexts, few outputs (<= 256: the
+ *      under the weight (QD_LOWRANK=2) or (64x64 pixels) folded and, in bf16, decoded once
+ *      for the whole call, bf16 and fp32 contexts, few outputs (<= 256: the
  *      whole result through the side buffer, gemm_thin.c for the conv) and many (the split
  *      at the last whole strip), an output count that is not a multiple of the strip, row
  *      bias, alpha and beta, vs a double-precision product with the spec's weight (+ up .
@@ -223,7 +224,8 @@ static double rel_l2_d(const float *y, const double *ref, int64_t n) {
 
 /* conv 3x3 pad 1 of x [2, in, hw, hw] with the layer (+ bias), accumulated onto y = 0.25
  * (beta 1: a residual add), vs double */
-static void conv_case(qd_ctx *ctx, const char *prec, double tol, const layer *L, const double *W, int64_t in, int64_t hw) {
+static void conv_case(qd_ctx *ctx, const char *prec, double tol, const layer *L, const double *W, int64_t in, int64_t hw,
+                      const char *how) {
     int64_t B = 2, out = L->out, P = hw * hw;
     float *x = malloc(sizeof(float) * (size_t)(B * in * P)), *y = malloc(sizeof(float) * (size_t)(B * out * P));
     float *bias = malloc(sizeof(float) * (size_t)out);
@@ -249,8 +251,8 @@ static void conv_case(qd_ctx *ctx, const char *prec, double tol, const layer *L,
     for (int64_t i = 0; i < B * out * P; i++) y[i] = 0.25f;
     qd_conv2d_acc(ctx, x, B, in, hw, hw, &w, bias, 3, 3, 1, 1, 1, 1, 1, 1.0f, y);
     double r = rel_l2_d(y, ref, B * out * P);
-    check(r <= tol, "%s: conv 3x3 %lld -> %lld over 2 x %lldx%lld, beta 1, SVD stacked, vs double: rel_l2 %.3g (tol %.1g)",
-          prec, (long long)in, (long long)out, (long long)hw, (long long)hw, r, tol);
+    check(r <= tol, "%s: conv 3x3 %lld -> %lld over 2 x %lldx%lld, beta 1, SVD %s, vs double: rel_l2 %.3g (tol %.1g)",
+          prec, (long long)in, (long long)out, (long long)hw, (long long)hw, how, r, tol);
     free(x); free(y); free(bias); free(ref);
 }
 
@@ -317,8 +319,13 @@ static void test_gemm(void) {
         if (bf) qd_set_precision(ctx, QD_PRECISION_BF16);
         const char *prec = bf && qd_ctx_bf16(ctx) ? "bf16" : "fp32";
         double tol = bf && qd_ctx_bf16(ctx) ? ldexp(1.0, -7) : 1e-5;
-        conv_case(ctx, prec, tol, &l, W, 64, 8);    /* 128 outputs: gemm_thin, all rows via the side buffer */
-        conv_case(ctx, prec, tol, &l, W, 64, 16);   /* 512: the split at the last whole strip */
+        conv_case(ctx, prec, tol, &l, W, 64, 8, "stacked");    /* 128 outputs: gemm_thin, all rows via the side buffer */
+        conv_case(ctx, prec, tol, &l, W, 64, 16, "stacked");   /* 512: the split at the last whole strip */
+        /* 8192 outputs, by the cost model: the fold, in bf16 decoded once into bf16 rows and
+         * run as a dense-like weight (gemm_lowrank.c's predecoded path, the driver's L2 slab) */
+        unsetenv("QD_LOWRANK");
+        conv_case(ctx, prec, tol, &l, W, 64, 64, bf ? "folded, decoded once" : "folded");
+        setenv("QD_LOWRANK", "2", 1);
         gemm_a_case(ctx, prec, tol, &l, W, 100);
         gemm_a_case(ctx, prec, tol, &l, W, 300);
         qd_ctx_free(ctx);
