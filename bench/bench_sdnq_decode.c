@@ -2,11 +2,12 @@
  * SDNQ layout, against a dense fp16 weight (the packers of src/tensor/gemm_pack.c over
  * a whole layer, both roles: B = a linear's weight, A = a convolution's weight).
  *
- *   bench_sdnq_decode [--out 320] [--in 320] [--reps 5] [--lowrank [--threads 1]]
+ *   bench_sdnq_decode [--out 320] [--in 320] [--reps 5] [--lowrank [--threads 1] [--filter SHAPE]]
  *
  * --lowrank: instead, whole uint4+SVD convs and linears of SD1.5's shapes with the SVD term
  * folded into the tiles vs as a side GEMM on the activations (tensor/gemm_lowrank.c), and
- * the same shape with dense fp16 weights; --threads N > 1 times wall clock.
+ * the same shape with dense fp16 weights; --threads N > 1 times wall clock; --filter runs the
+ * shapes whose name contains SHAPE, --col only one column (0 fp16 .. 4 auto; the others print 0).
  *
  * Layers (synthetic codes and scales; the values do not change the speed): SD1.5's
  * 3x3 conv shape [out, in, 3, 3] and a linear [out, in*9], as fp16, int8 row-wise,
@@ -37,6 +38,10 @@ static void dec_lowp(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int
 }
 static void dec_base(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *d, int64_t ld) {
     qd_sdnq_decode_base(w->quant, r0, nr, k0, nk, d, ld);
+}
+static int dec_base_bf16(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *d, int64_t ldw,
+                         float alpha) {
+    return qd_sdnq_decode_base_bf16(w->quant, r0, nr, k0, nk, d, ldw, alpha);
 }
 static void dec_scalar(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *d, int64_t ld) {
     qd_sdnq_decode_scalar(w->quant, r0, nr, k0, nk, d, ld);
@@ -130,7 +135,7 @@ static double wall_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static void lowrank_table(int reps, int threads) {
+static void lowrank_table(int reps, int threads, const char *filter, int col) {
     static const struct { const char *name; int64_t C, hw, tokens; int conv; } shapes[] = {
         {"conv 3x3 320, 64x64 x2", 320, 64, 0, 1},   {"conv 3x3 640, 32x32 x2", 640, 32, 0, 1},
         {"conv 3x3 1280, 16x16 x2", 1280, 16, 0, 1}, {"conv 3x3 1280, 8x8 x2", 1280, 8, 0, 1},
@@ -144,6 +149,7 @@ static void lowrank_table(int reps, int threads) {
            " bf16, %d thread(s), ms (%s), best of %d\n", threads, threads > 1 ? "wall" : "thread CPU", reps);
     printf("%-28s %10s %10s %10s %10s %10s\n", "shape", "fp16", "fold", "side", "stacked", "auto");
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        if (filter && !strstr(shapes[i].name, filter)) continue;
         int64_t C = shapes[i].C, in = shapes[i].conv ? C : (strstr(shapes[i].name, "768>") ? 768 : C);
         layer L;
         if (shapes[i].conv) make(&L, "uint4", C, in, 9, in / 64, 1, 32);
@@ -152,6 +158,7 @@ static void lowrank_table(int reps, int threads) {
         memset(&w, 0, sizeof w);
         w.rows = C; w.cols = L.s->l.cols; w.quant = L.s;
         w.decode = dec; w.decode_lowp = dec_lowp; w.decode_base = dec_base;
+        w.decode_base_bf16 = dec_base_bf16;   /* as sdnq_weight.c sets them up */
         w.lr_up = L.up; w.lr_down = L.down; w.lr_rank = 32; w.lr_ld = w.cols;
         int64_t hw = shapes[i].hw, N = shapes[i].conv ? 2 * hw * hw : shapes[i].tokens;
         float *x = xmalloc(sizeof(float) * (size_t)(N * in)), *y = xmalloc(sizeof(float) * (size_t)(N * C));
@@ -169,6 +176,8 @@ static void lowrank_table(int reps, int threads) {
         qd_weight_dense(&wd, &t, C, w.cols);
         double ms[5];
         for (int mode = 0; mode < 5; mode++) {
+            ms[mode] = 0;
+            if (col >= 0 && mode != col) continue;
             const qd_weight *wp = mode == 0 ? &wd : &w;
             static const char *force[5] = {NULL, "0", "1", "2", NULL};   /* QD_LOWRANK per column */
             if (force[mode]) setenv("QD_LOWRANK", force[mode], 1);
@@ -194,6 +203,8 @@ static void lowrank_table(int reps, int threads) {
 int main(int argc, char **argv) {
     int64_t out = 320, in = 320;
     int reps = 5, lowrank = 0, threads = 1;
+    const char *filter = NULL;
+    int col = -1;
     for (int i = 1; i < argc; i += 2) {
         if (!strcmp(argv[i], "--lowrank")) { lowrank = 1; i--; continue; }
         if (i + 1 >= argc) die("usage: bench_sdnq_decode [--out N] [--in N] [--reps N] [--lowrank]");
@@ -201,10 +212,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--in")) in = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
-        else die("usage: bench_sdnq_decode [--out N] [--in N] [--reps N] [--lowrank [--threads N]]");
+        else if (!strcmp(argv[i], "--filter")) filter = argv[i + 1];
+        else if (!strcmp(argv[i], "--col")) col = atoi(argv[i + 1]);
+        else die("usage: bench_sdnq_decode [--out N] [--in N] [--reps N] [--lowrank [--threads N] [--filter SHAPE] [--col 0-4]]");
     }
     if (lowrank) {
-        lowrank_table(reps, threads < 1 ? 1 : threads);
+        lowrank_table(reps, threads < 1 ? 1 : threads, filter, col);
         return 0;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -228,6 +241,7 @@ int main(int argc, char **argv) {
     static const struct { const char *name, *dtype; int64_t gl, gc; int zp, rank, path; } cases[] = {
         {"int8 row-wise", "int8", 0, 0, 0, 0, 0},
         {"uint4 grouped + zero points", "uint4", 0, 0, 1, 0, 0},
+        {"uint4 grouped + zp, bf16 pairs", "uint4", 0, 0, 1, 0, 3},
         {"uint4 grouped + zp + SVD 32 (bf16)", "uint4", 0, 0, 1, 32, 1},
         {"uint4 grouped + zp + SVD 32 (fp32)", "uint4", 0, 0, 1, 32, 0},
         {"uint4 + zp + SVD 32, scalar decode", "uint4", 0, 0, 1, 32, 2},
@@ -246,6 +260,7 @@ int main(int argc, char **argv) {
             cases[c].path == 2 ? dec_scalar : dec;
         wl.decode = wc.decode = fn;
         if (cases[c].path == 1) wl.decode_lowp = wc.decode_lowp = dec_lowp;
+        if (cases[c].path == 3) wl.decode_bf16 = wc.decode_bf16 = dec_base_bf16;   /* no SVD: the base is all */
         printf("%-34s %12.3f %12.3f\n", cases[c].name, pack_ns(&wl, 0, reps), pack_ns(&wc, 1, reps));
         drop(&lin);
         drop(&cv);

@@ -139,6 +139,7 @@ void qd_cq_weight(const qd_cq_layer *l, qd_weight *w) {
     w->decode_kmajor = NULL;
     w->decode_base = NULL;
     w->view_base = NULL;
+    w->decode_bf16 = w->decode_base_bf16 = NULL;
 }
 
 qd_status qd_cq_dequantize(qd_ctx *ctx, const qd_cq_layer *l, float **out) {

@@ -448,10 +448,37 @@ static int cpu_bf16(void) {
     return has;
 }
 
+/* The GEMM's packers decode a weight strip by strip (rows [r0, r0+nr), then the next nr
+ * rows) in K blocks, each a short run of every row, rows a whole row apart: too short for
+ * the hardware prefetcher, so every strip's codes and scales would arrive at DRAM (or L3)
+ * latency (perf, 1280x11520 conv at 16x16: ~80% of the decode time in those two loads).
+ * Ask for the next strip's runs of codes, scales and zero points while this one decodes. */
+static inline __attribute__((always_inline)) void prefetch_range(const void *base, int64_t b0, int64_t b1) {
+    uintptr_t p = (uintptr_t)base;   /* addresses only: the first line may start before base */
+    for (uintptr_t a = (p + (uintptr_t)b0) & ~(uintptr_t)63; a < p + (uintptr_t)b1; a += 64) _mm_prefetch((const char *)a, _MM_HINT_T0);
+}
+
+static void prefetch_next(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk) {
+    const qd_sdnq_layout *l = &s->l;
+    const qd_sdnq_dtype *d = &l->dtype;
+    int64_t rs = r0 + nr, re = rs + nr < l->out ? rs + nr : l->out;   /* (two strips ahead measured no better) */
+    int64_t bits = d->packed ? d->bits : 8 * (int64_t)qd_dtype_size(d->storage);
+    int64_t gs = l->group_size > 0 ? l->group_size : l->in;
+    int64_t g0 = k0 / l->ksize / gs, g1 = (k0 + nk - 1) / l->ksize / gs;
+    int64_t s0 = g0 * s->sg, s1 = g1 * s->sg + (l->ksize - 1) * s->sp + 1;   /* scale floats of a row */
+    if (s1 - s0 > 64) s1 = s0 + 64;   /* at most 4 lines of a row's scales (SD layers touch 1-2 per tile) */
+    for (int64_t o = rs; o < re; o++) {
+        prefetch_range(s->codes, (o * l->cols + k0) * bits / 8, ((o * l->cols + k0 + nk) * bits + 7) / 8);
+        prefetch_range(s->scale, (o * s->so + s0) * 4, (o * s->so + s1) * 4);
+        if (s->zero_point) prefetch_range(s->zero_point, (o * s->so + s0) * 4, (o * s->so + s1) * 4);
+    }
+}
+
 /* lowp: 0 exact, 1 bf16 SVD products, -1 no SVD term (the base weight) */
 static int decode(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld,
                   int lowp) {
     if (!s->fast || !cpu_ok()) return 0;
+    if (nk > 0) prefetch_next(s, r0, nr, k0, nk);
     for (int64_t r = 0; r < nr; r++)
         for (int64_t k = 0; k < nk; k += PIECE)
             row_piece(s, r0 + r, k0 + k, nk - k < PIECE ? nk - k : PIECE, dst + r * ld + k);
@@ -479,6 +506,134 @@ int qd_sdnq_decode_fast_lowp(const qd_sdnq_state *s, int64_t r0, int64_t nr, int
 int qd_sdnq_decode_fast_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
                              int64_t ld) {
     return decode(s, r0, nr, k0, nk, dst, ld, -1);
+}
+
+/* ---- 4-bit codes straight to bf16 pairs (the bf16 GEMM's A strips) ----
+ * The same fp32 values as u4_run / u4_conv_run (same operations, same order), times alpha,
+ * rounded to bf16 in registers: 64 codes give two 64-byte stores of pairs, with no fp32
+ * tile written and read back by the packer in between. */
+
+/* 64 values (4 vectors in column order) times alpha (al NULL: alpha 1) as 32 pair words at d */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static inline __attribute__((always_inline)) void store64_bf16(uint32_t *d, const __m512 v[4], const __m512 *al) {
+    __m512 v0 = v[0], v1 = v[1], v2 = v[2], v3 = v[3];
+    if (al) { v0 = _mm512_mul_ps(v0, *al); v1 = _mm512_mul_ps(v1, *al); v2 = _mm512_mul_ps(v2, *al); v3 = _mm512_mul_ps(v3, *al); }
+    _mm512_storeu_si512(d, (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
+    _mm512_storeu_si512(d + 16, (__m512i)_mm512_cvtne2ps_pbh(v3, v2));
+}
+
+/* u4_run into pairs: n a multiple of 64, start even */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void u4_run_bf16(const qd_sdnq_state *s, int64_t start, int64_t n, uint32_t *d, __m512 sc, __m512 z, int how,
+                        const __m512 *al) {
+    int sgn = s->l.dtype.family == QD_SQ_INT;
+    const uint8_t *p = s->codes + start / 2;
+    for (int64_t i = 0; i < n; i += 64, p += 32) {
+        __m512i c = u4_codes64(p, sgn);
+        __m512 v[4];
+        if (how == AS_QSZ) U4_QUARTERS(c, sgn, v[q_] = _mm512_add_ps(_mm512_mul_ps(v_, sc), z));
+        else U4_QUARTERS(c, sgn, v[q_] = _mm512_mul_ps(v_, sc));
+        store64_bf16(d + i / 2, v, al);
+    }
+}
+
+/* u4_conv_run into pairs: n a multiple of 64 (same conditions as u4_conv_run) */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void u4_conv_run_bf16(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, uint32_t *d, const __m512 *al) {
+    const qd_sdnq_layout *l = &s->l;
+    int sgn = l->dtype.family == QD_SQ_INT, ks = (int)l->ksize;
+    int64_t gcols = l->group_size * l->ksize;
+    const float *scale = s->scale + o * s->so, *zp = s->zero_point ? s->zero_point + o * s->so : NULL;
+    const uint8_t *p = s->codes + (o * l->cols + k0) / 2;
+    __mmask16 km = (__mmask16)((1u << ks) - 1);
+    int64_t g = -1, gend = 0;
+    int ph = (int)(k0 % ks), zero = 0;
+    __m512 gs = _mm512_setzero_ps(), gz = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 64, p += 32) {
+        __m512i c = u4_codes64(p, sgn);
+        __m512 v[4];
+        U4_QUARTERS(c, sgn, {
+            int64_t col = k0 + i + 16 * q_;
+            if (col >= gend) {   /* once per group */
+                g = col / gcols;
+                gend = (g + 1) * gcols;
+                gs = _mm512_maskz_loadu_ps(km, scale + g * s->sg);
+                gz = zp ? _mm512_maskz_loadu_ps(km, zp + g * s->sg) : _mm512_setzero_ps();
+                zero = _mm512_cmp_ps_mask(gs, _mm512_setzero_ps(), _CMP_EQ_OQ) != 0;
+            }
+            __m512i idx = _mm512_loadu_si512(s->conv_pos[ph]);
+            __m512 sc = _mm512_permutexvar_ps(idx, gs);
+            __m512 zz = zp ? _mm512_permutexvar_ps(idx, gz) : _mm512_setzero_ps();
+            __m512 r = zp ? _mm512_add_ps(_mm512_mul_ps(v_, sc), zz) : _mm512_mul_ps(v_, sc);   /* as finish_conv */
+            if (zero) r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ), r, zz);
+            v[q_] = r;
+            ph = s->conv_nph[ph];
+        });
+        store64_bf16(d + i / 2, v, al);
+    }
+}
+
+/* n <= PIECE floats (times alpha) into pairs, the high half of an odd last pair 0 */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void floats_bf16(uint32_t *d, const float *f, int64_t n, float alpha) {
+    __m512 al = _mm512_set1_ps(alpha);
+    for (int64_t k = 0; k < n; k += 32) {
+        int64_t left = n - k;
+        __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+        __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
+        __m512 lo = _mm512_maskz_loadu_ps(m0, f + k), hi = _mm512_maskz_loadu_ps(m1, f + k + 16);
+        if (alpha != 1.0f) { lo = _mm512_maskz_mul_ps(m0, lo, al); hi = _mm512_maskz_mul_ps(m1, hi, al); }   /* +0 past n */
+        int64_t words = (left >= 32 ? 32 : left + 1) / 2;
+        _mm512_mask_storeu_epi32(d + k / 2, (__mmask16)((1u << words) - 1), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+}
+
+/* One row piece (n <= PIECE columns from k0, k0 even) of the base weight into pairs: the
+ * 64-at-a-time paths where the whole piece is made of them, else row_piece into floats. */
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void row_piece_bf16(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, uint32_t *d, float alpha) {
+    const qd_sdnq_layout *l = &s->l;
+    __m512 alv = _mm512_set1_ps(alpha);
+    const __m512 *al = alpha != 1.0f ? &alv : NULL;   /* x * 1 is exact: skip it */
+    int64_t start = o * l->cols + k0;
+    if (n % 64 == 0 && !(start & 1)) {
+        if (l->ksize == 1 && (!s->sg || l->group_size % 64 == 0) && k0 % 64 == 0) {
+            int64_t gs = s->sg ? l->group_size : n + k0 + 1, i = 0;
+            for (; i < n;) {   /* runs of one group, as row_piece */
+                int64_t g = (k0 + i) / gs, end = (g + 1) * gs - k0;
+                if (end > n) end = n;
+                int64_t idx = o * s->so + g * s->sg;
+                float sc = s->scale[idx], z = s->zero_point ? s->zero_point[idx] : 0.0f;
+                if (sc == 0) break;   /* an all-zero group (§1.10): the general path */
+                u4_run_bf16(s, start + i, end - i, d + i / 2, _mm512_set1_ps(sc), _mm512_set1_ps(z),
+                            s->zero_point ? AS_QSZ : AS_QS, al);
+                i = end;
+            }
+            if (i == n) return;
+        } else if (l->ksize > 1 && s->sp == 1 && l->ksize <= 16 && (l->group_size * l->ksize) % 16 == 0 && k0 % 16 == 0) {
+            u4_conv_run_bf16(s, o, k0, n, d, al);
+            return;
+        }
+    }
+    float f[PIECE];
+    row_piece(s, o, k0, n, f);
+    floats_bf16(d, f, n, alpha);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+static void decode_bf16(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *dst,
+                        int64_t ldw, float alpha) {
+    prefetch_next(s, r0, nr, k0, nk);
+    for (int64_t r = 0; r < nr; r++)
+        for (int64_t k = 0; k < nk; k += PIECE)
+            row_piece_bf16(s, r0 + r, k0 + k, nk - k < PIECE ? nk - k : PIECE, dst + r * ldw + k / 2, alpha);
+}
+
+int qd_sdnq_decode_base_bf16(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *dst,
+                             int64_t ldw, float alpha) {
+    if (!s->fast || !s->u4 || !cpu_bf16() || (k0 & 1) || nk <= 0) return 0;
+    decode_bf16(s, r0, nr, k0, nk, dst, ldw, alpha);
+    return 1;
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl")))

@@ -24,6 +24,14 @@ int qd_sdnq_decode_fast_lowp(const qd_sdnq_state *s, int64_t r0, int64_t nr, int
 int qd_sdnq_decode_fast_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
                              int64_t ld);
 
+/* The base weight (as qd_sdnq_decode_fast_base) times alpha, rounded to bf16 pairs for the
+ * bf16 GEMM's A strips: row r at dst + r*ldw, word p = columns k0+2p (low half), k0+2p+1
+ * (high half, 0 past nk); the same bits as rounding qd_sdnq_decode_fast_base's floats
+ * (times alpha) to nearest even. For packed 4-bit ints only (the 64-codes-at-a-time path);
+ * 0 (nothing written) for other layouts, an odd k0, or without AVX512_BF16. */
+int qd_sdnq_decode_base_bf16(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *dst,
+                             int64_t ldw, float alpha);
+
 /* The values q of codes [start, start + n) of the flat stream (as qd_sdnq_unpack_f32).
  * 0 when there is no fast path. */
 int qd_sdnq_codes_fast(const qd_sdnq_state *s, int64_t start, int64_t n, float *q);

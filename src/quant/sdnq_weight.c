@@ -122,6 +122,12 @@ static void sdnq_decode_base(const qd_weight *w, int64_t r0, int64_t nr, int64_t
     qd_sdnq_decode_base(w->quant, r0, nr, k0, nk, dst, ld);
 }
 
+/* The base weight straight into bf16 A strips (4-bit codes; else 0: the packer decodes). */
+static int sdnq_decode_base_bf16(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *dst,
+                                 int64_t ldw, float alpha) {
+    return qd_sdnq_decode_base_bf16(w->quant, r0, nr, k0, nk, dst, ldw, alpha);
+}
+
 /* For a bf16 GEMM: the SVD term from bf16 products (fp32 sums), the rest exact. */
 static void sdnq_decode_lowp(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst,
                              int64_t ld) {
@@ -260,6 +266,10 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
     w->linear = l.cls == QD_SDNQ_EMBEDDING ? NULL : qd_sdnq_linear;   /* int8 matmul when asked for */
     w->decode_lowp = l.svd ? sdnq_decode_lowp : NULL;
     w->decode_kmajor = s->kmajor ? sdnq_decode_kmajor : NULL;
+    if (!l.hadamard && s->u4) {   /* without SVD the base is the whole weight */
+        if (l.svd) w->decode_base_bf16 = sdnq_decode_base_bf16;
+        else w->decode_bf16 = sdnq_decode_base_bf16;
+    }
     if (l.svd && !l.hadamard) {   /* W = base + up.down: the GEMM may apply up.down to the activations */
         w->decode_base = sdnq_decode_base;
         w->lr_up = s->svd_up;

@@ -13,7 +13,10 @@
 #include "tensor/gemm.h"
 #include "tensor/gemm_internal.h"
 #include "tensor/weight.h"
+#include "base/threads.h"
+#include "base/half.h"
 
+#include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -55,7 +58,7 @@ static int choose(const qd_weight *w, int64_t tokens, int w_on_a, int im2col, in
 typedef struct {
     qd_weight w;               /* first: decode() gets &w */
     const qd_weight *base;
-    int64_t m, ld;
+    int64_t m, r, ld;          /* rows past m + r (to a whole strip) are zero */
     const float *down;
 } stacked;
 
@@ -63,7 +66,130 @@ static void stacked_decode(const qd_weight *w, int64_t r0, int64_t nr, int64_t k
     const stacked *s = (const stacked *)w;
     int64_t n1 = r0 < s->m ? (s->m - r0 < nr ? s->m - r0 : nr) : 0;
     if (n1 > 0) s->base->decode_base(s->base, r0, n1, k0, nk, dst, ld);
-    for (int64_t r = n1; r < nr; r++) memcpy(dst + r * ld, s->down + (r0 + r - s->m) * s->ld + k0, sizeof(float) * (size_t)nk);
+    for (int64_t r = n1; r < nr; r++) {
+        float *d = dst + r * ld;
+        if (r0 + r < s->m + s->r) memcpy(d, s->down + (r0 + r - s->m) * s->ld + k0, sizeof(float) * (size_t)nk);
+        else memset(d, 0, sizeof(float) * (size_t)nk);   /* padding up to a whole strip */
+    }
+}
+
+/* The base rows straight into bf16 pairs; a strip with down's rows goes through decode(). */
+static int stacked_decode_bf16(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *dst,
+                               int64_t ldw, float alpha) {
+    const stacked *s = (const stacked *)w;
+    return r0 + nr <= s->m && s->base->decode_base_bf16(s->base, r0, nr, k0, nk, dst, ldw, alpha);
+}
+
+/* C rows [i0, i0 + n) = beta C + T rows [0, n) (stride N) + the biases: the rows of the
+ * result a stacked GEMM left in its side buffer. */
+static void rows_to_c(float *C, int64_t ldc, int64_t c_cols, int64_t c_bstride, int64_t i0, int64_t n, int64_t N,
+                      const float *T, float beta, const float *row_bias, const float *col_bias) {
+    int64_t run = c_cols ? c_cols : N;   /* C's columns come in runs of one batch image */
+    for (int64_t i = 0; i < n; i++) {
+        const float *t = T + i * N;
+        float rb = row_bias ? row_bias[i0 + i] : 0.0f;
+        for (int64_t j0 = 0; j0 < N; j0 += run) {
+            float *c = C + (i0 + i) * ldc + (j0 / run) * (c_cols ? c_bstride : 0);
+            int64_t e = N - j0 < run ? N - j0 : run;
+            for (int64_t j = 0; j < e; j++) {
+                float v = (beta != 0 ? beta * c[j] : 0.0f) + t[j0 + j];
+                if (row_bias) v += rb;
+                if (col_bias) v += col_bias[j0 + j];
+                c[j] = v;
+            }
+        }
+    }
+}
+
+/* ---- folded weight decoded once per call ----
+ * The GEMM driver keeps C in an L2 slab for convolutions with few output channels over
+ * many pixels, re-packing the weight once per slab: cheap for a dense weight, a whole
+ * decode (here with the SVD fold) for a quantized one, so quantized weights do not get the
+ * slab (gemm.c). For those shapes the folded weight is decoded once into bf16 rows, and the
+ * GEMM runs over them as a dense-like weight (qd_weight.quant NULL) that packs by copying. */
+#define PRE_MAX_ROWS 320      /* gemm.c's CONV_L2_MAX_ROWS and CONV_L2_MIN_PIXELS: where it takes the slab */
+#define PRE_MIN_PIXELS 8192
+
+typedef struct {
+    qd_weight w;               /* first: the packer gets &w */
+    const qd_weight *orig;
+    uint32_t *rows;            /* [rows, ldw] bf16 pairs of orig's decode_lowp */
+    int64_t ldw;
+} predecoded;
+
+static void pre_decode(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
+    const predecoded *p = (const predecoded *)w;
+    p->orig->decode_lowp(p->orig, r0, nr, k0, nk, dst, ld);
+}
+
+static int pre_bf16(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *dst, int64_t ldw,
+                    float alpha) {
+    const predecoded *p = (const predecoded *)w;
+    if ((k0 & 1) || alpha != 1.0f) return 0;   /* (the convolution's alpha is 1) */
+    int64_t words = (nk + 1) / 2;
+    for (int64_t r = 0; r < nr; r++) {
+        uint32_t *d = dst + r * ldw;
+        memcpy(d, p->rows + (r0 + r) * p->ldw + k0 / 2, sizeof(uint32_t) * (size_t)words);
+        if (nk & 1) d[words - 1] &= 0xffffu;   /* the next column is not in the rectangle */
+    }
+    return 1;
+}
+
+/* n floats into bf16 pairs (round to nearest even, as the packer's row conversion), the
+ * high half of an odd last pair 0 */
+__attribute__((target("avx512f,avx512bw,avx512bf16")))
+static void floats_to_pairs(uint32_t *d, const float *f, int64_t n) {
+    for (int64_t k = 0; k < n; k += 32) {
+        int64_t left = n - k;
+        __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
+        __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
+        __m512 lo = _mm512_maskz_loadu_ps(m0, f + k), hi = _mm512_maskz_loadu_ps(m1, f + k + 16);
+        int64_t words = (left >= 32 ? 32 : left + 1) / 2;
+        _mm512_mask_storeu_epi32(d + k / 2, (__mmask16)((1u << words) - 1), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+}
+
+#define PRE_STRIP 16   /* rows per task */
+#define PRE_KT 256
+
+static void pre_part(void *arg, int64_t b, int64_t e, int thread) {
+    predecoded *p = arg;
+    const qd_weight *w = p->orig;
+    float f[PRE_STRIP * PRE_KT];
+    for (int64_t t = b; t < e; t++) {
+        int64_t r0 = t * PRE_STRIP, nr = w->rows - r0 < PRE_STRIP ? w->rows - r0 : PRE_STRIP;
+        for (int64_t k0 = 0; k0 < w->cols; k0 += PRE_KT) {
+            int64_t kt = w->cols - k0 < PRE_KT ? w->cols - k0 : PRE_KT;
+            w->decode_lowp(w, r0, nr, k0, kt, f, kt);
+            for (int64_t r = 0; r < nr; r++) floats_to_pairs(p->rows + (r0 + r) * p->ldw + k0 / 2, f + r * kt, kt);
+        }
+    }
+}
+
+/* Runs the GEMM over the once-decoded weight and returns 1 when the shape is one for it. */
+static int gemm_predecoded(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
+                           int64_t c_cols, int64_t c_bstride, float alpha, float beta, const float *row_bias,
+                           const float *col_bias, int *rc) {
+    const qd_weight *w = A.w;
+    if (A.kind != QD_MAT_WEIGHT || B.kind != QD_MAT_IM2COL || !qd_ctx_bf16(ctx) || !w->decode_lowp || w->view_base ||
+        M > PRE_MAX_ROWS || N < PRE_MIN_PIXELS || K <= 2 * QD_GEMM_KCW || alpha != 1.0f ||
+        !qd_gemm_kernel_pick(1)->bf16)
+        return 0;
+    predecoded p;
+    p.orig = w;
+    p.ldw = (K + 1) / 2;
+    p.rows = malloc(sizeof(uint32_t) * (size_t)(M * p.ldw));
+    if (!p.rows) return 0;
+    qd_parallel_for_dyn(ctx, (M + PRE_STRIP - 1) / PRE_STRIP, 1, pre_part, &p);
+    memset(&p.w, 0, sizeof p.w);
+    p.w.rows = M;
+    p.w.cols = K;
+    p.w.decode = pre_decode;
+    p.w.decode_lowp = pre_decode;
+    p.w.decode_bf16 = pre_bf16;   /* quant NULL: the driver blocks it as a dense weight */
+    *rc = qd_gemm_cbatch(ctx, M, N, K, qd_wmat(&p.w), B, C, ldc, c_cols, c_bstride, alpha, beta, row_bias, col_bias);
+    free(p.rows);
+    return 1;
 }
 
 int qd_gemm_lowrank(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_mat B, float *C, int64_t ldc,
@@ -75,7 +201,8 @@ int qd_gemm_lowrank(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_m
     int f = forced();
     int how = f == 0 ? FOLD : f == 1 ? SIDE : f == 2 ? (w_on_a ? STACK : SIDE)
             : choose(w, w_on_a ? N : M, w_on_a, B.kind == QD_MAT_IM2COL, qd_ctx_bf16(ctx));
-    if (how == FOLD) return 0;
+    if (how == FOLD)
+        return f != 0 && gemm_predecoded(ctx, M, N, K, A, B, C, ldc, c_cols, c_bstride, alpha, beta, row_bias, col_bias, rc);
     /* the low-rank factors: a view's rows come in up to two runs of its base's rows */
     const qd_weight *b = w->view_base ? w->view_base : w;
     int64_t r = b->lr_rank, c0 = w->view_base ? w->view_c : 0;
@@ -83,32 +210,52 @@ int qd_gemm_lowrank(qd_ctx *ctx, int64_t M, int64_t N, int64_t K, qd_mat A, qd_m
     int64_t run_n = w->view_base ? w->view_n : w->rows;
     const float *down = b->lr_down + c0;
     int64_t tokens = w_on_a ? N : M;
-    float *t = malloc(sizeof(float) * (size_t)(tokens * r));
-    if (!t) return 0;   /* the folding GEMM needs no more memory than this */
+    float *t = how == STACK ? NULL : malloc(sizeof(float) * (size_t)(tokens * r));
+    if (!t && how != STACK) return 0;   /* the folding GEMM needs no more memory than this */
     qd_weight base = *w;
     base.decode = w->decode_base;
     base.decode_lowp = NULL;
     base.decode_kmajor = NULL;
     base.decode_base = NULL;   /* the main GEMM below must not come back here */
+    base.decode_bf16 = w->view_base ? NULL : w->decode_base_bf16;   /* (a view's rows are not its base's) */
+    base.decode_base_bf16 = NULL;
     *rc = 0;
     if (how == STACK) {
-        /* [base; down] . X' in one GEMM: t = alpha down.X' from its extra rows; C += up_run . t */
+        /* [base; down; 0] . X' in one GEMM, its rows from ms on into a side buffer T: ms is the
+         * last whole strip boundary at or below M (a strip across the split, or a short last
+         * one, would leave the micro-kernel for the scalar tile path on every K block), and
+         * the stacked rows run to a whole strip. Then the rows [ms, M) of T go to C, t = alpha
+         * down.X' is T's next r rows, and C += up_run . t. A convolution over few pixels
+         * (gemm_thin.c, which takes no side buffer) puts all rows into T (ms = 0). */
+        int mr = qd_gemm_kernel_pick(qd_ctx_bf16(ctx))->mr;
+        int64_t ms = N <= 256 ? 0 : M / mr * mr, mt = ms + (M - ms + r + mr - 1) / mr * mr;
+        float *T = malloc(sizeof(float) * (size_t)((mt - ms) * N));
+        if (!T) { free(t); return 0; }
         stacked st;
         st.w = base;
-        st.w.rows = M + r;
+        st.w.rows = mt;
         st.w.decode = stacked_decode;
+        st.w.decode_bf16 = base.decode_bf16 ? stacked_decode_bf16 : NULL;
         st.base = w;
         st.m = M;
+        st.r = r;
         st.ld = b->lr_ld;
         st.down = down;
-        memset(t, 0, sizeof(float) * (size_t)(tokens * r));   /* beta scales it, then it accumulates */
-        *rc |= qd_gemm_split_rows(ctx, M + r, N, K, qd_wmat(&st.w), B, C, ldc, c_cols, c_bstride, alpha, beta, row_bias,
-                                  col_bias, M, t, N);
+        if (ms == 0) {
+            *rc |= qd_gemm_cbatch(ctx, mt, N, K, qd_wmat(&st.w), B, T, N, 0, 0, alpha, 0.0f, NULL, NULL);
+        } else {
+            memset(T, 0, sizeof(float) * (size_t)((mt - ms) * N));
+            *rc |= qd_gemm_split_rows(ctx, mt, N, K, qd_wmat(&st.w), B, C, ldc, c_cols, c_bstride, alpha, beta,
+                                      row_bias, col_bias, ms, T, N);
+        }
+        rows_to_c(C, ldc, c_cols, c_bstride, ms, M - ms, N, T, beta, row_bias, col_bias);
+        const float *tt = T + (M - ms) * N;
         for (int64_t q = 0; q < nrun; q++) {
             const float *up = b->lr_up + (w->view_base ? w->view_r[q] : 0) * r;
-            *rc |= qd_gemm_cbatch(ctx, run_n, N, r, qd_rows(up, r), qd_cols(t, N), C + q * run_n * ldc, ldc, c_cols,
+            *rc |= qd_gemm_cbatch(ctx, run_n, N, r, qd_rows(up, r), qd_cols(tt, N), C + q * run_n * ldc, ldc, c_cols,
                                   c_bstride, 1.0f, 1.0f, NULL, NULL);
         }
+        free(T);
     } else if (w_on_a) {
         /* t[r, N] = down . X'; C[rows of run, :] += alpha up_run . t */
         *rc |= qd_gemm_cbatch(ctx, M, N, K, qd_wmat(&base), B, C, ldc, c_cols, c_bstride, alpha, beta, row_bias, col_bias);

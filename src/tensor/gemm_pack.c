@@ -99,6 +99,11 @@ void qd_gemm_pack_a(qd_mat m, int64_t i0, int64_t n, int64_t k0, int64_t kc, int
                 for (int r = rows; r < mr; r++) memset(d + r * AST, 0, sizeof(uint32_t) * (size_t)kw);
                 continue;
             }
+            if (bf16 && m.w->decode_bf16 && !m.w->lora &&
+                m.w->decode_bf16(m.w, i0 + s, rows, k0, kc, d, AST, alpha)) {   /* the format's own bf16 rows */
+                for (int r = rows; r < mr; r++) memset(d + r * AST, 0, sizeof(uint32_t) * (size_t)kw);
+                continue;
+            }
             for (int64_t kk = 0; kk < kc; kk += KT) {
                 int64_t kt = kc - kk < KT ? kc - kk : KT;
                 (bf16 && m.w->decode_lowp ? m.w->decode_lowp : m.w->decode)(m.w, i0 + s, rows, k0 + kk, kt, scratch, kt);
@@ -362,6 +367,24 @@ static void rows_to_strip32(const float *src, int64_t ld, int cols, int64_t kc, 
     }
 }
 
+/* Rows of bf16 pair words (row t at src + t*ldw, t < cols <= 32) x kc values into one 32-wide
+ * bf16 B strip: rows_to_strip32 without the conversion (the format decoded to bf16 itself). */
+__attribute__((target("avx512f")))
+static void words_to_strip32(const uint32_t *src, int64_t ldw, int cols, int64_t kc, uint32_t *d) {
+    int64_t kw = qd_gemm_kw(kc, 1);
+    for (int t0 = 0; t0 < 32; t0 += 16) {
+        for (int64_t q0 = 0; q0 < kw; q0 += 16) {
+            __m512i r[16], o[16];
+            int64_t nq = kw - q0 < 16 ? kw - q0 : 16;
+            __mmask16 m = (__mmask16)((1u << nq) - 1);
+            for (int t = 0; t < 16; t++)
+                r[t] = t0 + t < cols ? _mm512_maskz_loadu_epi32(m, src + (t0 + t) * ldw + q0) : _mm512_setzero_si512();
+            transpose16(r, o);
+            for (int64_t q = 0; q < nq; q++) _mm512_storeu_si512(d + (q0 + q) * 32 + t0, o[q]);
+        }
+    }
+}
+
 void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int nr, int bf16, uint32_t *dst,
                     float *scratch) {
     int64_t kw = qd_gemm_kw(kc, bf16);
@@ -401,6 +424,11 @@ void qd_gemm_pack_b(qd_mat m, int64_t j0, int64_t n, int64_t k0, int64_t kc, int
             if (m.kind == QD_MAT_WEIGHT && nr == 32 && qd_cpu_avx512() && (!bf16 || qd_cpu_avx512bf16())) {
                 for (int64_t kk = 0; kk < kc; kk += KT) {   /* tile by tile, never the whole K block */
                     int64_t kt = kc - kk < KT ? kc - kk : KT;
+                    if (bf16 && m.w->decode_bf16 && !m.w->lora &&   /* the format's own bf16 rows, transposed */
+                        m.w->decode_bf16(m.w, j0 + s, cols, k0 + kk, kt, (uint32_t *)dec, KT / 2, 1.0f)) {
+                        words_to_strip32((const uint32_t *)dec, KT / 2, cols, kt, d + kk / 2 * 32);
+                        continue;
+                    }
                     (bf16 && m.w->decode_lowp ? m.w->decode_lowp : m.w->decode)(m.w, j0 + s, cols, k0 + kk, kt, dec, kt);
                     rows_to_strip32(dec, kt, cols, kt, bf16, d + (bf16 ? kk / 2 : kk) * 32);
                 }

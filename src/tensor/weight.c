@@ -68,6 +68,7 @@ void qd_weight_dense(qd_weight *w, const qd_st_tensor *t, int64_t rows, int64_t 
     w->lr_up = w->lr_down = 0;
     w->lr_rank = w->lr_ld = 0;
     w->view_base = 0;
+    w->decode_bf16 = w->decode_base_bf16 = 0;
 }
 
 /* ---- views ---- */

@@ -48,6 +48,17 @@ struct qd_weight {
      * is base column view_c + k. NULL: not a view. */
     const struct qd_weight *view_base;
     int64_t view_r[2], view_n, view_c;
+    /* Optional, for the bf16 GEMM's packers (A strips as they are; B strips transpose
+     * them): rows [r0, r0+nr) x cols [k0, k0+nk) of decode() (decode_bf16) or of
+     * decode_base() (decode_base_bf16), times alpha, rounded to bf16 (round to nearest
+     * even, as the packer rounds decode()'s floats) as pairs: row r at dst + r*ldw, word p
+     * = columns k0+2p (low half) and k0+2p+1 (high half; 0 past nk). Returns 0 (nothing
+     * written) when the format has no such path for this rectangle or CPU. They describe
+     * the format's own decoders: ignored while a LoRA is attached (lora). NULL: none. */
+    int (*decode_bf16)(const struct qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *dst,
+                       int64_t ldw, float alpha);
+    int (*decode_base_bf16)(const struct qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *dst,
+                            int64_t ldw, float alpha);
 };
 typedef struct qd_weight qd_weight;
 
