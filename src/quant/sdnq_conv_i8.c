@@ -27,6 +27,7 @@
 #include "base/act_pool.h"
 #include "base/threads.h"
 #include "tensor/gemm.h"
+#include "tensor/transpose16.h"
 
 #include <immintrin.h>
 #include <stdlib.h>
@@ -54,29 +55,13 @@ static int have_avx512(void) {
     return __builtin_cpu_supports("avx512f");
 }
 
-/* 16 x 16 transpose of 32-bit lanes: out[c][i] = r[i][c] (the sequence of gemm_pack.c's). */
+/* 16 x 16 transpose of float lanes: outf[c][i] = rf[i][c]. */
 __attribute__((target("avx512f")))
 static void transpose16(const __m512 rf[16], __m512 outf[16]) {
-    __m512i r[16], t[16], u[16];
+    __m512i r[16], o[16];
     for (int i = 0; i < 16; i++) r[i] = _mm512_castps_si512(rf[i]);
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    for (int c = 0; c < 4; c++) {
-        __m512i v = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), w = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
-        __m512i v2 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee), w2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
-        outf[c] = _mm512_castsi512_ps(_mm512_shuffle_i32x4(v, w, 0x88));
-        outf[4 + c] = _mm512_castsi512_ps(_mm512_shuffle_i32x4(v, w, 0xdd));
-        outf[8 + c] = _mm512_castsi512_ps(_mm512_shuffle_i32x4(v2, w2, 0x88));
-        outf[12 + c] = _mm512_castsi512_ps(_mm512_shuffle_i32x4(v2, w2, 0xdd));
-    }
+    qd_transpose16(r, o);
+    for (int i = 0; i < 16; i++) outf[i] = _mm512_castsi512_ps(o[i]);
 }
 
 /* One NCHW row of 16 pixels x C channels -> 16 NHWC pixels, with their channel amax. */

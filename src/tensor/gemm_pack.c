@@ -8,6 +8,7 @@
 #include "tensor/gemm_internal.h"
 #include "tensor/weight.h"
 #include "base/half.h"
+#include "tensor/transpose16.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -319,30 +320,6 @@ static void panel_bf16_32(uint32_t *d, const float *panel, int64_t kc) {
     }
 }
 
-/* 16 x 16 transpose of 32-bit elements: out[c] lane group g holds rows 4g..4g+3 of column c. */
-__attribute__((target("avx512f")))
-static void transpose16(const __m512i r[16], __m512i out[16]) {
-    __m512i t[16], u[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {   /* u[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3 */
-        u[4 * i + 0] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    for (int c = 0; c < 4; c++) {
-        __m512i v = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), w = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
-        __m512i v2 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee), w2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
-        out[c] = _mm512_shuffle_i32x4(v, w, 0x88);
-        out[4 + c] = _mm512_shuffle_i32x4(v, w, 0xdd);
-        out[8 + c] = _mm512_shuffle_i32x4(v2, w2, 0x88);
-        out[12 + c] = _mm512_shuffle_i32x4(v2, w2, 0xdd);
-    }
-}
-
 /* Rows (row t at src + t*ld, t < cols <= 32) x kc into one 32-wide B strip: 16 x 16
  * blocks transposed in registers; bf16 rows are first converted to pair words. */
 __attribute__((target("avx512f,avx512bf16")))
@@ -360,7 +337,7 @@ static void rows_to_strip32(const float *src, int64_t ld, int cols, int64_t kc, 
                 __m512 lo = _mm512_maskz_loadu_ps(m0, row);
                 r[t] = bf16 ? (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, row + 16), lo) : _mm512_castps_si512(lo);
             }
-            transpose16(r, o);
+            qd_transpose16(r, o);
             int64_t q0 = bf16 ? k / 2 : k, nq = kw - q0 < 16 ? kw - q0 : 16;
             for (int64_t q = 0; q < nq; q++) _mm512_storeu_si512(d + (q0 + q) * 32 + t0, o[q]);
         }
@@ -379,7 +356,7 @@ static void words_to_strip32(const uint32_t *src, int64_t ldw, int cols, int64_t
             __mmask16 m = (__mmask16)((1u << nq) - 1);
             for (int t = 0; t < 16; t++)
                 r[t] = t0 + t < cols ? _mm512_maskz_loadu_epi32(m, src + (t0 + t) * ldw + q0) : _mm512_setzero_si512();
-            transpose16(r, o);
+            qd_transpose16(r, o);
             for (int64_t q = 0; q < nq; q++) _mm512_storeu_si512(d + (q0 + q) * 32 + t0, o[q]);
         }
     }
