@@ -36,9 +36,6 @@ static void dec(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t 
 static void dec_lowp(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *d, int64_t ld) {
     if (!qd_sdnq_decode_fast_lowp(w->quant, r0, nr, k0, nk, d, ld)) qd_sdnq_decode(w->quant, r0, nr, k0, nk, d, ld);
 }
-static void dec_base(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *d, int64_t ld) {
-    qd_sdnq_decode_base(w->quant, r0, nr, k0, nk, d, ld);
-}
 static int dec_base_bf16(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *d, int64_t ldw,
                          float alpha) {
     return qd_sdnq_decode_base_bf16(w->quant, r0, nr, k0, nk, d, ldw, alpha);
@@ -155,11 +152,7 @@ static void lowrank_table(int reps, int threads, const char *filter, int col) {
         if (shapes[i].conv) make(&L, "uint4", C, in, 9, in / 64, 1, 32);
         else make(&L, "uint4", C, in, 1, in / 64, 1, 32);
         qd_weight w;
-        memset(&w, 0, sizeof w);
-        w.rows = C; w.cols = L.s->l.cols; w.quant = L.s;
-        w.decode = dec; w.decode_lowp = dec_lowp; w.decode_base = dec_base;
-        w.decode_base_bf16 = dec_base_bf16;   /* as sdnq_weight.c sets them up */
-        w.lr_up = L.up; w.lr_down = L.down; w.lr_rank = 32; w.lr_ld = w.cols;
+        qd_sdnq_weight_bind(&w, L.s);   /* as the loader binds it */
         int64_t hw = shapes[i].hw, N = shapes[i].conv ? 2 * hw * hw : shapes[i].tokens;
         float *x = xmalloc(sizeof(float) * (size_t)(N * in)), *y = xmalloc(sizeof(float) * (size_t)(N * C));
         rng g = {9};

@@ -83,14 +83,7 @@ static void make(layer *L, const char *dtype, int64_t out, int64_t in, int64_t k
         for (int64_t i = 0; i < rank * l->cols; i++) L->down[i] = 0.05f * frand();
         L->upb = malloc(sizeof(uint32_t) * (size_t)(out * rp));
         L->downb = malloc(sizeof(uint32_t) * (size_t)(rp * l->cols));
-        for (int64_t o = 0; o < out; o++)
-            for (int64_t p = 0; p < rp; p++)
-                L->upb[o * rp + p] = qd_f32_to_bf16(L->up[o * rank + 2 * p]) |
-                                     (uint32_t)(2 * p + 1 < rank ? qd_f32_to_bf16(L->up[o * rank + 2 * p + 1]) : 0) << 16;
-        for (int64_t p = 0; p < rp; p++)
-            for (int64_t k = 0; k < l->cols; k++)
-                L->downb[p * l->cols + k] = qd_f32_to_bf16(L->down[2 * p * l->cols + k]) |
-                    (uint32_t)(2 * p + 1 < rank ? qd_f32_to_bf16(L->down[(2 * p + 1) * l->cols + k]) : 0) << 16;
+        qd_sdnq_svd_bf16_pairs(L->up, L->down, out, l->cols, rank, L->upb, L->downb);
         s->svd_up = L->up; s->svd_down = L->down;
         s->svd_up_bf16 = L->upb; s->svd_down_bf16 = L->downb;
     }
@@ -181,27 +174,8 @@ static void test_kernel(void) {
 
 /* ---- 2. through the GEMM ---- */
 
-static void dec(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *d, int64_t ld) {
-    qd_sdnq_decode(w->quant, r0, nr, k0, nk, d, ld);
-}
-static void dec_lowp(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *d, int64_t ld) {
-    if (!qd_sdnq_decode_fast_lowp(w->quant, r0, nr, k0, nk, d, ld)) qd_sdnq_decode(w->quant, r0, nr, k0, nk, d, ld);
-}
-static void dec_base(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *d, int64_t ld) {
-    qd_sdnq_decode_base(w->quant, r0, nr, k0, nk, d, ld);
-}
-static int dec_base_bf16(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int64_t nk, uint32_t *d, int64_t ldw,
-                         float alpha) {
-    return qd_sdnq_decode_base_bf16(w->quant, r0, nr, k0, nk, d, ldw, alpha);
-}
-
-/* The weight as sdnq_weight.c sets up an SVD layer (decoders, low-rank factors). */
-static void as_weight(const layer *L, qd_weight *w) {
-    memset(w, 0, sizeof *w);
-    w->rows = L->out; w->cols = L->cols; w->quant = L->s;
-    w->decode = dec; w->decode_lowp = dec_lowp; w->decode_base = dec_base; w->decode_base_bf16 = dec_base_bf16;
-    w->lr_up = L->up; w->lr_down = L->down; w->lr_rank = L->s->l.svd_rank; w->lr_ld = L->cols;
-}
+/* The weight as the loader binds it (qd_sdnq_weight_open ends with qd_sdnq_weight_bind). */
+static void as_weight(const layer *L, qd_weight *w) { qd_sdnq_weight_bind(w, L->s); }
 
 /* the spec's whole weight, + up . down, in double */
 static double *spec_weight(const layer *L) {
@@ -297,11 +271,9 @@ static void linear_case(qd_ctx *ctx, const char *prec, double tol, const layer *
         }
     qd_weight w;
     as_weight(L, &w);
-    if (plain) {
-        w.decode_base = NULL; w.decode_base_bf16 = NULL; w.decode_lowp = NULL;
-        w.lr_up = w.lr_down = NULL; w.lr_rank = 0;
-        w.decode_bf16 = dec_base_bf16;
-    }
+    if (plain)
+        check(w.decode_bf16 && !w.decode_base_bf16 && !w.decode_lowp && !w.lr_up,
+              "%s: a 4-bit layer without SVD binds its base as the whole weight (decode_bf16)", prec);
     qd_gemm(ctx, M, out, K, qd_rows(x, K), qd_wmat(&w), y, out, 1.0f, 0.0f, NULL, bias);
     double r = rel_l2_d(y, ref, M * out);
     check(r <= tol, "%s: linear %lld tokens %lld -> %lld (weight as B), %s, vs double: rel_l2 %.3g (tol %.1g)", prec,

@@ -134,6 +134,42 @@ static void sdnq_decode_lowp(const qd_weight *w, int64_t r0, int64_t nr, int64_t
     if (!qd_sdnq_decode_fast_lowp(w->quant, r0, nr, k0, nk, dst, ld)) qd_sdnq_decode(w->quant, r0, nr, k0, nk, dst, ld);
 }
 
+void qd_sdnq_weight_bind(qd_weight *w, const qd_sdnq_state *s) {
+    const qd_sdnq_layout *l = &s->l;
+    memset(w, 0, sizeof *w);
+    w->rows = l->out;
+    w->cols = l->cols;
+    w->decode = sdnq_decode;
+    w->quant = s;
+    w->linear = l->cls == QD_SDNQ_EMBEDDING ? NULL : qd_sdnq_linear;   /* int8 matmul when asked for */
+    w->decode_lowp = l->svd ? sdnq_decode_lowp : NULL;
+    w->decode_kmajor = s->kmajor ? sdnq_decode_kmajor : NULL;
+    if (!l->hadamard && s->u4) {   /* without SVD the base is the whole weight */
+        if (l->svd) w->decode_base_bf16 = sdnq_decode_base_bf16;
+        else w->decode_bf16 = sdnq_decode_base_bf16;
+    }
+    if (l->svd && !l->hadamard) {   /* W = base + up.down: the GEMM may apply up.down to the activations */
+        w->decode_base = sdnq_decode_base;
+        w->lr_up = s->svd_up;
+        w->lr_down = s->svd_down;
+        w->lr_rank = l->svd_rank;
+        w->lr_ld = l->cols;
+    }
+}
+
+void qd_sdnq_svd_bf16_pairs(const float *up, const float *down, int64_t out, int64_t cols, int64_t r,
+                            uint32_t *up_pairs, uint32_t *down_pairs) {
+    int64_t rp = (r + 1) / 2;
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t p = 0; p < rp; p++)
+            up_pairs[o * rp + p] = qd_f32_to_bf16(up[o * r + 2 * p]) |
+                                   (uint32_t)(2 * p + 1 < r ? qd_f32_to_bf16(up[o * r + 2 * p + 1]) : 0) << 16;
+    for (int64_t p = 0; p < rp; p++)
+        for (int64_t k = 0; k < cols; k++)
+            down_pairs[p * cols + k] = qd_f32_to_bf16(down[2 * p * cols + k]) |
+                (uint32_t)(2 * p + 1 < r ? qd_f32_to_bf16(down[(2 * p + 1) * cols + k]) : 0) << 16;
+}
+
 void qd_sdnq_decode(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld) {
     if (!qd_sdnq_decode_fast(s, r0, nr, k0, nk, dst, ld)) qd_sdnq_decode_scalar(s, r0, nr, k0, nk, dst, ld);
 }
@@ -239,16 +275,9 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
         free(tmp);
     }
     if (l.svd) {   /* bf16 pairs along the rank for the bf16 GEMM's decode (sdnq_decode_lowp) */
-        int64_t r = l.svd_rank, rp = (r + 1) / 2;
+        int64_t rp = (l.svd_rank + 1) / 2;
         uint32_t *up = (uint32_t *)pool, *down = up + rp * l.out;
-        for (int64_t o = 0; o < l.out; o++)
-            for (int64_t p = 0; p < rp; p++)
-                up[o * rp + p] = qd_f32_to_bf16(s->svd_up[o * r + 2 * p]) |
-                                 (uint32_t)(2 * p + 1 < r ? qd_f32_to_bf16(s->svd_up[o * r + 2 * p + 1]) : 0) << 16;
-        for (int64_t p = 0; p < rp; p++)
-            for (int64_t k = 0; k < l.cols; k++)
-                down[p * l.cols + k] = qd_f32_to_bf16(s->svd_down[2 * p * l.cols + k]) |
-                    (uint32_t)(2 * p + 1 < r ? qd_f32_to_bf16(s->svd_down[(2 * p + 1) * l.cols + k]) : 0) << 16;
+        qd_sdnq_svd_bf16_pairs(s->svd_up, s->svd_down, l.out, l.cols, l.svd_rank, up, down);
         s->svd_up_bf16 = up;
         s->svd_down_bf16 = down;
         pool += rp * (l.out + l.cols);
@@ -257,26 +286,8 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
     s->lut_size = l.codebook ? (int64_t)1 << l.dtype.bits : 0;
     qd_sdnq_fast_init(s);
 
-    memset(w, 0, sizeof *w);
-    w->rows = l.out;
-    w->cols = l.cols;
+    qd_sdnq_weight_bind(w, s);
     w->t = t.weight;
-    w->decode = sdnq_decode;
-    w->quant = s;
-    w->linear = l.cls == QD_SDNQ_EMBEDDING ? NULL : qd_sdnq_linear;   /* int8 matmul when asked for */
-    w->decode_lowp = l.svd ? sdnq_decode_lowp : NULL;
-    w->decode_kmajor = s->kmajor ? sdnq_decode_kmajor : NULL;
-    if (!l.hadamard && s->u4) {   /* without SVD the base is the whole weight */
-        if (l.svd) w->decode_base_bf16 = sdnq_decode_base_bf16;
-        else w->decode_bf16 = sdnq_decode_base_bf16;
-    }
-    if (l.svd && !l.hadamard) {   /* W = base + up.down: the GEMM may apply up.down to the activations */
-        w->decode_base = sdnq_decode_base;
-        w->lr_up = s->svd_up;
-        w->lr_down = s->svd_down;
-        w->lr_rank = l.svd_rank;
-        w->lr_ld = l.cols;
-    }
     *state = s;
     return QD_OK;
 }

@@ -43,6 +43,18 @@ qd_status qd_sdnq_weight_open(qd_ctx *ctx, const qd_sdnq_config *cfg, const qd_s
                               const char *module, qd_sdnq_class cls, int ndim, const int64_t *shape,
                               qd_weight *w, void **state);
 
+/* w (cleared first) = the qd_weight of a prepared state: its size and the decode hooks the
+ * layout allows (exact decode; bf16 low-rank decode with SVD; k-major for transposed
+ * int8/uint8; 4-bit codes straight to bf16 pairs; the base plus the low-rank factors when
+ * the GEMM may apply up.down itself). w->t is left NULL for the caller. What
+ * qd_sdnq_weight_open ends with; tests and benches build states by hand and bind them here. */
+void qd_sdnq_weight_bind(qd_weight *w, const qd_sdnq_state *s);
+
+/* The SVD factors (up [out, r], down [r, cols]) as bf16 pairs along the rank: up_pairs
+ * [out, ceil(r/2)], down_pairs [ceil(r/2), cols], pair p = (2p low, 2p+1 high; 0 past r). */
+void qd_sdnq_svd_bf16_pairs(const float *up, const float *down, int64_t out, int64_t cols, int64_t r,
+                            uint32_t *up_pairs, uint32_t *down_pairs);
+
 /* The weight before SVD and Hadamard (q * scale + zero_point, or the codebook
  * level) for rows [r0, r0+nr) x cols [k0, k0+nk): what quantized matmul re-quantizes. */
 void qd_sdnq_decode_base(const qd_sdnq_state *s, int64_t r0, int64_t nr, int64_t k0, int64_t nk, float *dst, int64_t ld);
