@@ -396,7 +396,7 @@ typedef struct {
     int heads, causal, wide, bf16;
     float *out;
     att_kernels kn;
-    int failed;
+    float *scratch;   /* scratch_floats() per thread slot */
 } att_args;
 
 static void att_task(const att_args *a, att_scratch *w, att_bf16_scratch *b16, int64_t task) {
@@ -443,16 +443,22 @@ static void att_task(const att_args *a, att_scratch *w, att_bf16_scratch *b16, i
     }
 }
 
-static void att_part(void *arg, int64_t b, int64_t e, int thread) {
-    att_args *a = arg;
-    int64_t dh = a->dh;
+/* Scratch of one thread slot, in floats (a multiple of 64 bytes): the fp32 part (*n32
+ * floats), then the bf16 pairs. */
+static size_t scratch_floats(int64_t dh, int bf16, size_t *n32) {
     /* scores: KB + KR rows, so a partial key tile's padded rows stay inside */
     int64_t dhp = (dh + 1) / 2 * 2;
-    size_t n = (size_t)(dhp * QB + KR * dh + (KB + KR) * QB + QB * dh + 3 * QB);
+    *n32 = (size_t)(dhp * QB + KR * dh + (KB + KR) * QB + QB * dh + 3 * QB);
     /* bf16: query pairs, key rows, probability and value pairs (4-byte units) */
-    size_t n16 = a->bf16 ? (size_t)(dhp / 2 * QB + (KB + KR) * dhp / 2 + KB / 2 * QB + KB / 2 * dh) : 0;
-    float *buf = malloc(sizeof(float) * (n + n16));
-    if (!buf) { __atomic_store_n(&a->failed, 1, __ATOMIC_RELAXED); return; }
+    size_t n16 = bf16 ? (size_t)(dhp / 2 * QB + (KB + KR) * dhp / 2 + KB / 2 * QB + KB / 2 * dh) : 0;
+    return (*n32 + n16 + 15) / 16 * 16;
+}
+
+static void att_part(void *arg, int64_t b, int64_t e, int thread) {
+    att_args *a = arg;
+    int64_t dh = a->dh, dhp = (dh + 1) / 2 * 2;
+    size_t n, per = scratch_floats(dh, a->bf16, &n);
+    float *buf = a->scratch + (size_t)thread * per;
     att_bf16_scratch b16 = {0};
     if (a->bf16) {
         b16.qt2 = (uint32_t *)(void *)(buf + n);
@@ -469,7 +475,6 @@ static void att_part(void *arg, int64_t b, int64_t e, int thread) {
     w.l = w.m + QB;
     w.alpha = w.l + QB;
     for (int64_t task = b; task < e; task++) att_task(a, &w, &b16, task);
-    free(buf);
 }
 
 void qd_attention(qd_ctx *ctx, const float *q, int64_t ldq, const float *k, int64_t ldk,
@@ -485,9 +490,18 @@ void qd_attention(qd_ctx *ctx, const float *q, int64_t ldq, const float *k, int6
     att_kernels kn = wide ? (att_kernels){qk_avx512, update_avx512} : (att_kernels){qk_scalar, update_scalar};
     /* bf16 operands when the context asks for them (qd_ctx_bf16: the CPU has AVX512_BF16) */
     int bf16 = wide && qd_ctx_bf16(ctx);
-    att_args a = {q, k, v, ldq, ldk, ldv, Lq, Lk < 0 ? 0 : Lk, dh, qblocks, heads, causal, wide, bf16, out, kn, 0};
-    qd_parallel_for(ctx, B * heads * qblocks, att_part, &a);
-    if (a.failed) qd_op_failed(ctx, "attention");
+    size_t n32, per = scratch_floats(dh, bf16, &n32);
+    float *scratch = aligned_alloc(64, sizeof(float) * per * (size_t)qd_threads(ctx));
+    if (!scratch) {
+        qd_op_failed(ctx, "attention");
+        return;
+    }
+    att_args a = {q, k, v, ldq, ldk, ldv, Lq, Lk < 0 ? 0 : Lk, dh, qblocks, heads, causal, wide, bf16, out, kn, scratch};
+    /* tasks claimed one at a time (scratch per thread slot, not per claim): with halves
+     * claimed whole, a thread the host slowed held back its half (bench_attention, 2
+     * threads: FLUX joint 1.81-1.88x -> 1.98-2.04x, SD1.5 cross 1.69-1.78x -> 1.97-2.00x) */
+    qd_parallel_for_dyn(ctx, B * heads * qblocks, 1, att_part, &a);
+    free(scratch);
     if (ctx->trace) {
         int64_t d[6] = {B, heads, Lq, Lk, dh, causal};
         ctx->trace(ctx->trace_user, "attention", d, 6, qd_now() - t0);
