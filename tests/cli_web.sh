@@ -40,11 +40,15 @@ done
 mkdir -p "$artifacts"
 init_pic="$fx/goldens/shapes-sd/pipe_03.png"   # the img2img upload
 mask_pic="$tmp/mask.png"   # the inpainting upload: the left half repainted
+wide_pic="$tmp/wide.png"   # the img2img upload of "crop and resize"
 "${QD_PYTHON:-/usr/bin/python3}" -c "
 from PIL import Image
 h = Image.new('L', (64, 64), 0); h.paste(255, (0, 0, 32, 64)); h.save('$mask_pic')
-" || bad "making the mask with PIL"
-if node "$here/web/drive_page.js" "$chromium" "$U/" "$tmp" "$init_pic" "$mask_pic" >"$tmp/drive.out" 2>"$tmp/drive.err"; then
+# the crop-and-resize upload: the picture between two 24 px bands (its centre 64x64 is the picture)
+w = Image.new('RGB', (112, 64), (250, 220, 40)); w.paste((30, 200, 60), (88, 0, 112, 64))
+w.paste(Image.open('$init_pic').convert('RGB'), (24, 0)); w.save('$wide_pic')
+" || bad "making the mask and the wide picture with PIL"
+if node "$here/web/drive_page.js" "$chromium" "$U/" "$tmp" "$init_pic" "$mask_pic" "$wide_pic" >"$tmp/drive.out" 2>"$tmp/drive.err"; then
   ok "page driven: $(cat "$tmp/drive.out")"
 else
   bad "driving the page: $(cat "$tmp/drive.err") $(cat "$tmp/drive.out")"
@@ -77,6 +81,16 @@ params=$(python3 "$chk" get "$st" first.params)
   --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$init_pic" --strength 0.75 --mask "$mask_pic" --mask-overlay -o "$tmp/cli-4.png"
 "$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
   --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$init_pic" --strength 0.75 --mask "$mask_pic" --only-masked 8 -o "$tmp/cli-5.png"
+"$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
+  --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$wide_pic" --strength 0.5 --resize-mode crop -o "$tmp/cli-6.png"
+"$qdiff" generate -m "$fx/models/shapes-sd" -t 2 -q -p "a red circle on a blue background" -n blurry -W 64 -H 64 \
+  --steps 10 --cfg 5 --seed 7 --sampler euler_ancestral --init-image "$wide_pic" --strength 0.5 -o "$tmp/cli-6-just.png"
+params=$(python3 "$chk" get "$st" sixth.params)
+[[ $params == *"Denoising strength: 0.5"* ]] && ok "img2img 'crop and resize' from the page: parameters ${params//$'\n'/ | }" \
+  || bad "crop-and-resize parameters shown: $params $(python3 "$chk" get "$st" sixth.error)"
+python3 "$chk" same "$tmp/cli-6.png" "$tmp/cli-6-just.png" >/dev/null 2>&1 \
+  && bad "the wide picture gives the same image under crop and just resize: the resize-mode check would not see a difference" \
+  || ok "the wide picture's image depends on the resize mode"
 params=$(python3 "$chk" get "$st" fifth.params)
 [[ $params == *"Inpaint area: Only masked, Masked area padding: 8"* ]] && ok "'Only masked' from the page: parameters ${params//$'\n'/ | }" \
   || bad "only-masked parameters shown: $params $(python3 "$chk" get "$st" fifth.error)"
@@ -86,7 +100,7 @@ params=$(python3 "$chk" get "$st" fourth.params)
 params=$(python3 "$chk" get "$st" third.params)
 [[ $params == *"Denoising strength: 0.5"* ]] && ok "img2img from the page's file input: parameters ${params//$'\n'/ | }" \
   || bad "img2img parameters shown: $params $(python3 "$chk" get "$st" third.error)"
-for k in 1 2 3 4 5; do
+for k in 1 2 3 4 5 6; do
   if why=$(python3 "$chk" same "$tmp/result-$k.png" "$tmp/cli-$k.png"); then
     ok "image $k shown by the page = qdiff generate's pixels"
   else bad "image $k differs from qdiff generate: $why"; fi

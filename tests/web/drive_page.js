@@ -4,8 +4,8 @@
 // and saves a screenshot. Speaks the Chrome DevTools protocol over --remote-debugging-pipe
 // (fd 3 in, fd 4 out, messages separated by NUL), so it needs only Node's standard library.
 //
-// usage: node drive_page.js CHROMIUM URL OUTDIR
-// writes OUTDIR/screenshot.png, OUTDIR/result-1.png, OUTDIR/result-2.png, OUTDIR/state.json
+// usage: node drive_page.js CHROMIUM URL OUTDIR [INIT.png [MASK.png [WIDE.png]]]
+// writes OUTDIR/screenshot.png, OUTDIR/result-K.png (K = 1..6: the images made), OUTDIR/state.json
 // (what the page showed); exits non-zero with a message when something is missing.
 "use strict";
 const {spawn} = require("child_process");
@@ -13,7 +13,7 @@ const fs = require("fs");
 const os = require("os");
 const path = require("path");
 
-const [chromium, url, outdir, initPath, maskPath] = process.argv.slice(2);
+const [chromium, url, outdir, initPath, maskPath, widePath] = process.argv.slice(2);
 const profile = fs.mkdtempSync(path.join(os.tmpdir(), "qdiff-web-"));
 const browser = spawn(chromium, [
   "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
@@ -178,6 +178,23 @@ async function main() {
         return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
                 error: document.getElementById('error').textContent}; })()`);
   }
+  // image-to-image from a wider picture, "crop and resize", no mask: a sixth image
+  let sixth = null;
+  if (maskPath && widePath) {
+    // take the mask away as a person would clear the field (a file input can be emptied)
+    await evaluate(`(() => { const e = document.getElementById('mask'); e.value = '';
+                            e.dispatchEvent(new Event('change', {bubbles: true})); return e.files.length; })()`);
+    await click("onlymasked");
+    await page("DOM.setFileInputFiles", {nodeId, files: [widePath]});
+    await evaluate(`(() => { const s = document.getElementById('resizemode'); s.focus();
+                            s.value = '1'; s.dispatchEvent(new Event('change', {bubbles: true})); return s.value; })()`);
+    await type("strength", "0.5");
+    await click("generate");
+    await until("document.getElementById('history').children.length === 6 && !document.getElementById('generate').disabled", "the crop-and-resize image");
+    sixth = await evaluate(`(() => { const i = document.querySelector('#view img.result');
+        return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
+                error: document.getElementById('error').textContent}; })()`);
+  }
   const shot = await page("Page.captureScreenshot", {format: "png"});
   fs.writeFileSync(path.join(outdir, "screenshot.png"), Buffer.from(shot.data, "base64"));
   const png = (src) => Buffer.from(src.replace(/^data:image\/png;base64,/, ""), "base64");
@@ -186,6 +203,7 @@ async function main() {
   fs.writeFileSync(path.join(outdir, "result-3.png"), png(third.src));
   if (fourth) fs.writeFileSync(path.join(outdir, "result-4.png"), png(fourth.src));
   if (fifth) fs.writeFileSync(path.join(outdir, "result-5.png"), png(fifth.src));
+  if (sixth) fs.writeFileSync(path.join(outdir, "result-6.png"), png(sixth.src));
   const report = {
     samplers: nSamplers, sawPreview: await evaluate("window.sawPreview"), sawProgress,
     first: {w: first.w, h: first.h, params: first.params, status: first.status},
@@ -194,6 +212,7 @@ async function main() {
     third: {w: third.w, h: third.h, params: third.params, error: third.error},
     fourth: fourth ? {w: fourth.w, h: fourth.h, params: fourth.params, error: fourth.error} : null,
     fifth: fifth ? {w: fifth.w, h: fifth.h, params: fifth.params, error: fifth.error} : null,
+    sixth: sixth ? {w: sixth.w, h: sixth.h, params: sixth.params, error: sixth.error} : null,
   };
   fs.writeFileSync(path.join(outdir, "state.json"), JSON.stringify(report, null, 1));
   console.log(JSON.stringify(report));
