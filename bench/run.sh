@@ -28,6 +28,7 @@
 # idle, and every result says how much CPU other processes took while it ran.
 # QD_BENCH_TORCH_OPS=0 skips the per-op PyTorch tables (the longest part, ~10 min);
 # QD_BENCH_REFBLAS=1 adds them with Debian's reference BLAS; QD_BENCH_KEEP=1 keeps the weights.
+# Two threads against one on every kernel (issue 9 item 5) is bench/scaling.py, run on its own.
 # QD_BENCH_SMOKE=1 checks the script itself in a few minutes: the fixture's tiny UNet
 # instead of SD1.5's, one short rep of everything, no idle waits (its numbers mean nothing).
 set -euo pipefail
