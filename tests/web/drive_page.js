@@ -93,6 +93,15 @@ async function main() {
       await page("Input.dispatchMouseEvent", {type, x: box.x, y: box.y, button: "left", clickCount: 1});
   };
 
+  // click Generate, wait for the n-th image of the session, read what the page shows
+  const generated = async (n, what) => {
+    await click("generate");
+    await until(`document.getElementById('history').children.length === ${n} && !document.getElementById('generate').disabled`, what);
+    return evaluate(`(() => { const i = document.querySelector('#view img.result');
+        return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
+                error: document.getElementById('error').textContent}; })()`);
+  };
+
   await page("Page.enable");
   await page("Runtime.enable");
   await page("Emulation.setDeviceMetricsOverride", {width: 1280, height: 900, deviceScaleFactor: 1, mobile: false});
@@ -152,11 +161,7 @@ async function main() {
   await type("strength", "0.5");
   await type("seed", "7");
   await type("steps", "10");
-  await click("generate");
-  await until("document.getElementById('history').children.length === 3 && !document.getElementById('generate').disabled", "the img2img image");
-  const third = await evaluate(`(() => { const i = document.querySelector('#view img.result');
-      return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
-              error: document.getElementById('error').textContent}; })()`);
+  const third = await generated(3, "the img2img image");
   // inpainting: the same picture with a mask file (blur 0), a fourth image
   let fourth = null, fifth = null;
   if (maskPath) {
@@ -164,19 +169,11 @@ async function main() {
     await page("DOM.setFileInputFiles", {nodeId: m.nodeId, files: [maskPath]});
     await type("maskblur", "0");
     await type("strength", "0.75");
-    await click("generate");
-    await until("document.getElementById('history').children.length === 4 && !document.getElementById('generate').disabled", "the inpainted image");
-    fourth = await evaluate(`(() => { const i = document.querySelector('#view img.result');
-        return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
-                error: document.getElementById('error').textContent}; })()`);
+    fourth = await generated(4, "the inpainted image");
     // "Only masked" with a padding of 8, a fifth image
     await click("onlymasked");
     await type("maskpad", "8");
-    await click("generate");
-    await until("document.getElementById('history').children.length === 5 && !document.getElementById('generate').disabled", "the only-masked image");
-    fifth = await evaluate(`(() => { const i = document.querySelector('#view img.result');
-        return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
-                error: document.getElementById('error').textContent}; })()`);
+    fifth = await generated(5, "the only-masked image");
   }
   // image-to-image from a wider picture, "crop and resize", no mask: a sixth image
   let sixth = null;
@@ -189,11 +186,7 @@ async function main() {
     await evaluate(`(() => { const s = document.getElementById('resizemode'); s.focus();
                             s.value = '1'; s.dispatchEvent(new Event('change', {bubbles: true})); return s.value; })()`);
     await type("strength", "0.5");
-    await click("generate");
-    await until("document.getElementById('history').children.length === 6 && !document.getElementById('generate').disabled", "the crop-and-resize image");
-    sixth = await evaluate(`(() => { const i = document.querySelector('#view img.result');
-        return {src: i.src, w: i.naturalWidth, h: i.naturalHeight, params: document.getElementById('params').textContent,
-                error: document.getElementById('error').textContent}; })()`);
+    sixth = await generated(6, "the crop-and-resize image");
   }
   const shot = await page("Page.captureScreenshot", {format: "png"});
   fs.writeFileSync(path.join(outdir, "screenshot.png"), Buffer.from(shot.data, "base64"));
