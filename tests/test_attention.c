@@ -79,10 +79,16 @@ int main(void) {
      * each), fp32 accumulation and statistics. Bound: rel_l2 <= 1e-2 and max-abs <= 4e-2
      * of max |ref|, a few times the ~3e-3 that rounding q k^T's operands and P, V gives
      * at score scales up to 16 (measured 1.4e-3 .. 4.8e-3). */
+    /* >= 16 blocks of 128 queries per head: bf16 K and V are converted once per call
+     * (partial query and key blocks, causal, odd head size, strided rows) */
+    static const att_case long_q[] = {
+        {1, 2049, 203, 2, 40, 0, 3, 4.0f}, {2, 2050, 2050, 1, 24, 1, 0, 1.0f}, {1, 2048, 97, 1, 25, 0, 0, 1.0f},
+    };
     qd_set_precision(ctx, QD_PRECISION_BF16);
-    if (qd_ctx_bf16(ctx))
+    if (qd_ctx_bf16(ctx)) {
         for (size_t i = 0; i < n; i++) run_case(ctx, &cases[i], "bf16", 1e-2, 4e-2);
-    else
+        for (size_t i = 0; i < sizeof long_q / sizeof *long_q; i++) run_case(ctx, &long_q[i], "bf16", 1e-2, 4e-2);
+    } else
         printf("skip bf16 attention (CPU lacks AVX512_BF16)\n");
     qd_set_precision(ctx, QD_PRECISION_FP32);
     qd_ctx_free(ctx);
