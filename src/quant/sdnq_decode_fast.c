@@ -243,41 +243,59 @@ static int64_t u4_run(const qd_sdnq_state *s, int64_t start, int64_t n, float *q
     return i;
 }
 
+/* A Conv row's scales along its columns for u4_conv_run(_bf16): the current group's ksize
+ * scales (and zero points), and the phase of the next vector within the kernel taps. */
+typedef struct {
+    const float *scale, *zp;     /* the row's */
+    int64_t gcols, g, gend;      /* columns per group; the loaded group, its end column */
+    int ph, zero;                /* phase; the group has a zero scale */
+    __mmask16 km;
+    __m512 gs, gz;
+} group_scales;
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static inline __attribute__((always_inline)) group_scales group_scales_init(const qd_sdnq_state *s, int64_t o, int64_t k0) {
+    const qd_sdnq_layout *l = &s->l;
+    group_scales cs = {s->scale + o * s->so, s->zero_point ? s->zero_point + o * s->so : NULL, l->group_size * l->ksize,
+                      -1, 0, (int)(k0 % l->ksize), 0, (__mmask16)((1u << l->ksize) - 1), _mm512_setzero_ps(),
+                      _mm512_setzero_ps()};
+    return cs;
+}
+
+/* 16 code values v of the vector at column col (the next one along the row) scaled as
+ * finish_conv does: v * scale (+ zero point), the zero point alone where the scale is 0. */
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static inline __attribute__((always_inline)) __m512 group_scale(const qd_sdnq_state *s, group_scales *cs, int64_t col,
+                                                                 __m512 v) {
+    if (col >= cs->gend) {   /* once per group */
+        cs->g = col / cs->gcols;
+        cs->gend = (cs->g + 1) * cs->gcols;
+        cs->gs = _mm512_maskz_loadu_ps(cs->km, cs->scale + cs->g * s->sg);
+        cs->gz = cs->zp ? _mm512_maskz_loadu_ps(cs->km, cs->zp + cs->g * s->sg) : _mm512_setzero_ps();
+        cs->zero = _mm512_cmp_ps_mask(cs->gs, _mm512_setzero_ps(), _CMP_EQ_OQ) != 0;
+    }
+    __m512i idx = _mm512_loadu_si512(s->conv_pos[cs->ph]);
+    __m512 sc = _mm512_permutexvar_ps(idx, cs->gs);
+    __m512 zz = cs->zp ? _mm512_permutexvar_ps(idx, cs->gz) : _mm512_setzero_ps();
+    __m512 r = cs->zp ? _mm512_add_ps(_mm512_mul_ps(v, sc), zz) : _mm512_mul_ps(v, sc);
+    if (cs->zero) r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ), r, zz);
+    cs->ph = s->conv_nph[cs->ph];
+    return r;
+}
+
 /* The same for a Conv row whose groups span whole vectors (group_size * ksize a multiple of
  * 16, k0 a multiple of 16): every vector lies in one group, so its scales are one permute
  * of the group's ksize scales by the lane positions of its phase (no per-vector carry into
  * the next group, unlike conv_next). Returns the columns done (a multiple of 64). */
 __attribute__((target("avx512f,avx512bw,avx512vl")))
 static int64_t u4_conv_run(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, float *q) {
-    const qd_sdnq_layout *l = &s->l;
-    int sgn = l->dtype.family == QD_SQ_INT, ks = (int)l->ksize;
-    int64_t gcols = l->group_size * l->ksize;
-    const float *scale = s->scale + o * s->so, *zp = s->zero_point ? s->zero_point + o * s->so : NULL;
-    const uint8_t *p = s->codes + (o * l->cols + k0) / 2;
-    __mmask16 km = (__mmask16)((1u << ks) - 1);
-    int64_t g = -1, gend = 0;
-    int ph = (int)(k0 % ks), zero = 0;
-    __m512 gs = _mm512_setzero_ps(), gz = _mm512_setzero_ps();
+    int sgn = s->l.dtype.family == QD_SQ_INT;
+    const uint8_t *p = s->codes + (o * s->l.cols + k0) / 2;
+    group_scales cs = group_scales_init(s, o, k0);
     int64_t i = 0;
     for (; i + 64 <= n; i += 64, p += 32) {
         __m512i c = u4_codes64(p, sgn);
-        U4_QUARTERS(c, sgn, {
-            int64_t col = k0 + i + 16 * q_;
-            if (col >= gend) {   /* once per group */
-                g = col / gcols;
-                gend = (g + 1) * gcols;
-                gs = _mm512_maskz_loadu_ps(km, scale + g * s->sg);
-                gz = zp ? _mm512_maskz_loadu_ps(km, zp + g * s->sg) : _mm512_setzero_ps();
-                zero = _mm512_cmp_ps_mask(gs, _mm512_setzero_ps(), _CMP_EQ_OQ) != 0;
-            }
-            __m512i idx = _mm512_loadu_si512(s->conv_pos[ph]);
-            __m512 sc = _mm512_permutexvar_ps(idx, gs);
-            __m512 zz = zp ? _mm512_permutexvar_ps(idx, gz) : _mm512_setzero_ps();
-            __m512 r = zp ? _mm512_add_ps(_mm512_mul_ps(v_, sc), zz) : _mm512_mul_ps(v_, sc);   /* as finish_conv */
-            if (zero) r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ), r, zz);
-            _mm512_storeu_ps(q + i + 16 * q_, r);
-            ph = s->conv_nph[ph];
-        });
+        U4_QUARTERS(c, sgn, _mm512_storeu_ps(q + i + 16 * q_, group_scale(s, &cs, k0 + i + 16 * q_, v_)));
     }
     return i;
 }
@@ -540,35 +558,13 @@ static void u4_run_bf16(const qd_sdnq_state *s, int64_t start, int64_t n, uint32
 /* u4_conv_run into pairs: n a multiple of 64 (same conditions as u4_conv_run) */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
 static void u4_conv_run_bf16(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_t n, uint32_t *d, const __m512 *al) {
-    const qd_sdnq_layout *l = &s->l;
-    int sgn = l->dtype.family == QD_SQ_INT, ks = (int)l->ksize;
-    int64_t gcols = l->group_size * l->ksize;
-    const float *scale = s->scale + o * s->so, *zp = s->zero_point ? s->zero_point + o * s->so : NULL;
-    const uint8_t *p = s->codes + (o * l->cols + k0) / 2;
-    __mmask16 km = (__mmask16)((1u << ks) - 1);
-    int64_t g = -1, gend = 0;
-    int ph = (int)(k0 % ks), zero = 0;
-    __m512 gs = _mm512_setzero_ps(), gz = _mm512_setzero_ps();
+    int sgn = s->l.dtype.family == QD_SQ_INT;
+    const uint8_t *p = s->codes + (o * s->l.cols + k0) / 2;
+    group_scales cs = group_scales_init(s, o, k0);
     for (int64_t i = 0; i < n; i += 64, p += 32) {
         __m512i c = u4_codes64(p, sgn);
         __m512 v[4];
-        U4_QUARTERS(c, sgn, {
-            int64_t col = k0 + i + 16 * q_;
-            if (col >= gend) {   /* once per group */
-                g = col / gcols;
-                gend = (g + 1) * gcols;
-                gs = _mm512_maskz_loadu_ps(km, scale + g * s->sg);
-                gz = zp ? _mm512_maskz_loadu_ps(km, zp + g * s->sg) : _mm512_setzero_ps();
-                zero = _mm512_cmp_ps_mask(gs, _mm512_setzero_ps(), _CMP_EQ_OQ) != 0;
-            }
-            __m512i idx = _mm512_loadu_si512(s->conv_pos[ph]);
-            __m512 sc = _mm512_permutexvar_ps(idx, gs);
-            __m512 zz = zp ? _mm512_permutexvar_ps(idx, gz) : _mm512_setzero_ps();
-            __m512 r = zp ? _mm512_add_ps(_mm512_mul_ps(v_, sc), zz) : _mm512_mul_ps(v_, sc);   /* as finish_conv */
-            if (zero) r = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, _mm512_setzero_ps(), _CMP_EQ_OQ), r, zz);
-            v[q_] = r;
-            ph = s->conv_nph[ph];
-        });
+        U4_QUARTERS(c, sgn, v[q_] = group_scale(s, &cs, k0 + i + 16 * q_, v_));
         store64_bf16(d + i / 2, v, al);
     }
 }
