@@ -12,6 +12,7 @@
 #include "quant/sdnq_decode_fast.h"
 #include "quant/sdnq_unpack.h"
 #include "base/half.h"
+#include "tensor/bf16_pairs.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -569,21 +570,6 @@ static void u4_conv_run_bf16(const qd_sdnq_state *s, int64_t o, int64_t k0, int6
     }
 }
 
-/* n <= PIECE floats (times alpha) into pairs, the high half of an odd last pair 0 */
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
-static void floats_bf16(uint32_t *d, const float *f, int64_t n, float alpha) {
-    __m512 al = _mm512_set1_ps(alpha);
-    for (int64_t k = 0; k < n; k += 32) {
-        int64_t left = n - k;
-        __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
-        __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
-        __m512 lo = _mm512_maskz_loadu_ps(m0, f + k), hi = _mm512_maskz_loadu_ps(m1, f + k + 16);
-        if (alpha != 1.0f) { lo = _mm512_maskz_mul_ps(m0, lo, al); hi = _mm512_maskz_mul_ps(m1, hi, al); }   /* +0 past n */
-        int64_t words = (left >= 32 ? 32 : left + 1) / 2;
-        _mm512_mask_storeu_epi32(d + k / 2, (__mmask16)((1u << words) - 1), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    }
-}
-
 /* One row piece (n <= PIECE columns from k0, k0 even) of the base weight into pairs: the
  * 64-at-a-time paths where the whole piece is made of them, else row_piece into floats. */
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -613,7 +599,7 @@ static void row_piece_bf16(const qd_sdnq_state *s, int64_t o, int64_t k0, int64_
     }
     float f[PIECE];
     row_piece(s, o, k0, n, f);
-    floats_bf16(d, f, n, alpha);
+    qd_floats_to_bf16_pairs(d, f, n, alpha);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))

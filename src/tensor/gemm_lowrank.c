@@ -14,9 +14,8 @@
 #include "tensor/gemm_internal.h"
 #include "tensor/weight.h"
 #include "base/threads.h"
-#include "base/half.h"
+#include "tensor/bf16_pairs.h"
 
-#include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -135,20 +134,6 @@ static int pre_bf16(const qd_weight *w, int64_t r0, int64_t nr, int64_t k0, int6
     return 1;
 }
 
-/* n floats into bf16 pairs (round to nearest even, as the packer's row conversion), the
- * high half of an odd last pair 0 */
-__attribute__((target("avx512f,avx512bw,avx512bf16")))
-static void floats_to_pairs(uint32_t *d, const float *f, int64_t n) {
-    for (int64_t k = 0; k < n; k += 32) {
-        int64_t left = n - k;
-        __mmask16 m0 = left >= 16 ? 0xffff : (__mmask16)((1u << left) - 1);
-        __mmask16 m1 = left >= 32 ? 0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
-        __m512 lo = _mm512_maskz_loadu_ps(m0, f + k), hi = _mm512_maskz_loadu_ps(m1, f + k + 16);
-        int64_t words = (left >= 32 ? 32 : left + 1) / 2;
-        _mm512_mask_storeu_epi32(d + k / 2, (__mmask16)((1u << words) - 1), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    }
-}
-
 #define PRE_STRIP 16   /* rows per task */
 #define PRE_KT 256
 
@@ -161,7 +146,8 @@ static void pre_part(void *arg, int64_t b, int64_t e, int thread) {
         for (int64_t k0 = 0; k0 < w->cols; k0 += PRE_KT) {
             int64_t kt = w->cols - k0 < PRE_KT ? w->cols - k0 : PRE_KT;
             w->decode_lowp(w, r0, nr, k0, kt, f, kt);
-            for (int64_t r = 0; r < nr; r++) floats_to_pairs(p->rows + (r0 + r) * p->ldw + k0 / 2, f + r * kt, kt);
+            for (int64_t r = 0; r < nr; r++)
+                qd_floats_to_bf16_pairs(p->rows + (r0 + r) * p->ldw + k0 / 2, f + r * kt, kt, 1.0f);
         }
     }
 }
