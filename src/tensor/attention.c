@@ -540,7 +540,7 @@ void qd_attention(qd_ctx *ctx, const float *q, int64_t ldq, const float *k, int6
      * QD_ATT_NO_PRE=1 turns it off (to compare). */
     if (bf16 && qblocks >= PRE_QBLOCKS && Lk > 0 && !getenv("QD_ATT_NO_PRE")) {
         int64_t dhp = (dh + 1) / 2 * 2;
-        a.krows = (Lk + KB - 1) / KB * KB + KR;   /* even: whole key blocks and a tile of zero rows */
+        a.krows = (Lk + KB - 1) / KB * KB;   /* whole key blocks (KB even, a multiple of KR): what a block reads */
         a.k16 = qd_act_alloc(ctx, sizeof(uint16_t) * (size_t)(B * heads * a.krows * dhp));
         a.v2 = a.k16 ? qd_act_alloc(ctx, sizeof(uint32_t) * (size_t)(B * heads * a.krows / 2 * dh)) : NULL;
         if (!a.v2) {
